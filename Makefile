@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine: `make test` and `make bench`.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+TORCH   ?= torch==2.14.1
+STAMP   := $(VENV)/.deps-stamp
+BUILT   := $(VENV)/.build-stamp
+SOURCES := $(shell find csrc -type f) setup.py
+CUDA_INC = $(shell $(VPY) -c "import os,importlib.util as u; s=u.find_spec('nvidia'); print(os.path.join(list(s.submodule_search_locations)[0],'cu13','include') if s else '')" 2>/dev/null)
+
+.PHONY: test bench build install test-gpu bench-gpu clean
+
+$(STAMP):
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "$(TORCH)" pytest hypothesis ninja numpy setuptools wheel expecttest
+	touch $@
+
+$(BUILT): $(STAMP) $(SOURCES)
+	CPLUS_INCLUDE_PATH="$(CUDA_INC):$$CPLUS_INCLUDE_PATH" $(VPY) -m pip install -q --no-build-isolation -e .
+	touch $@
+
+install build: $(BUILT)
+
+test: $(BUILT)
+	$(VPY) -m pytest -q tests
+
+bench: $(BUILT)
+	$(VPY) -m bench
+
+# On a GPU machine (see README): the CUDA tests and the GPU benchmark.
+test-gpu: $(BUILT)
+	$(VPY) -m pytest -q tests -k "cuda or gpu"
+
+bench-gpu: $(BUILT)
+	$(VPY) -m bench --device cuda
+
+clean:
+	rm -rf build *.egg-info pyoptim/*.so $(BUILT)

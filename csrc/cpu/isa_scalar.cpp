@@ -1,0 +1,5 @@
+// CPU kernels at the scalar level (setup.py gives this file alone its ISA flags).
+#include "pyoptim/cpu/vec_scalar.h"
+#define PYOPTIM_ISA scalar
+#define PYOPTIM_ISA_ENUM ::pyoptim::cpu::CpuIsa::kScalar
+#include "cpu/kernels_impl.h"

@@ -1,0 +1,26 @@
+// The CPU kernels of one ISA level. Each csrc/cpu/isa_<level>.cpp includes its vector header,
+// defines PYOPTIM_ISA and PYOPTIM_ISA_ENUM, then includes this file.
+// Rules (csrc/README.md): no torch, no STL beyond <cstdint>/<cstring>, everything in the ISA
+// namespace or PYOPTIM_INLINE, so no code built with AVX-512 flags can leak into another level.
+#pragma once
+
+#include "pyoptim/cpu/isa.h"
+#include "pyoptim/math/adam.h"
+
+namespace pyoptim {
+namespace cpu {
+namespace PYOPTIM_ISA {
+namespace {
+
+#include "cpu/adam_impl.h"
+
+}  // namespace
+
+const KernelTable& kernel_table() {
+  static const KernelTable table{PYOPTIM_ISA_ENUM, make_adam_kernels()};
+  return table;
+}
+
+}  // namespace PYOPTIM_ISA
+}  // namespace cpu
+}  // namespace pyoptim

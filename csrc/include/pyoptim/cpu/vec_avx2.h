@@ -1,0 +1,93 @@
+// 256-bit vector types for the AVX2 (+FMA, F16C) level. Included only by csrc/cpu/isa_avx2.cpp.
+// Each operation is the correctly rounded IEEE operation of the scalar math, lane by lane.
+// See Note [Bitwise agreement across paths] in math/adam.h.
+#pragma once
+
+#include <immintrin.h>
+
+#include "pyoptim/cpu/dtypes.h"
+
+namespace pyoptim {
+namespace cpu {
+namespace avx2 {
+
+struct VecF {
+  __m256 v;
+  static constexpr int kSize = 8;
+  VecF() = default;
+  PYOPTIM_INLINE VecF(__m256 x) : v(x) {}
+  PYOPTIM_INLINE VecF(float s) : v(_mm256_set1_ps(s)) {}
+};
+struct VecD {
+  __m256d v;
+  static constexpr int kSize = 4;
+  VecD() = default;
+  PYOPTIM_INLINE VecD(__m256d x) : v(x) {}
+  PYOPTIM_INLINE VecD(double s) : v(_mm256_set1_pd(s)) {}
+};
+
+PYOPTIM_INLINE VecF operator+(VecF a, VecF b) { return _mm256_add_ps(a.v, b.v); }
+PYOPTIM_INLINE VecF operator-(VecF a, VecF b) { return _mm256_sub_ps(a.v, b.v); }
+PYOPTIM_INLINE VecF operator*(VecF a, VecF b) { return _mm256_mul_ps(a.v, b.v); }
+PYOPTIM_INLINE VecF operator/(VecF a, VecF b) { return _mm256_div_ps(a.v, b.v); }
+PYOPTIM_INLINE VecF operator-(VecF a) { return _mm256_xor_ps(a.v, _mm256_set1_ps(-0.0f)); }  // -x
+PYOPTIM_INLINE VecF vsqrt(VecF a) { return _mm256_sqrt_ps(a.v); }
+// (a != a) ? a : (b != b) ? b : (a > b ? a : b);   max_ps returns b when either is NaN
+PYOPTIM_INLINE VecF vmax_nan(VecF a, VecF b) {
+  return _mm256_blendv_ps(_mm256_max_ps(a.v, b.v), a.v, _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q));
+}
+
+PYOPTIM_INLINE VecD operator+(VecD a, VecD b) { return _mm256_add_pd(a.v, b.v); }
+PYOPTIM_INLINE VecD operator-(VecD a, VecD b) { return _mm256_sub_pd(a.v, b.v); }
+PYOPTIM_INLINE VecD operator*(VecD a, VecD b) { return _mm256_mul_pd(a.v, b.v); }
+PYOPTIM_INLINE VecD operator/(VecD a, VecD b) { return _mm256_div_pd(a.v, b.v); }
+PYOPTIM_INLINE VecD operator-(VecD a) { return _mm256_xor_pd(a.v, _mm256_set1_pd(-0.0)); }
+PYOPTIM_INLINE VecD vsqrt(VecD a) { return _mm256_sqrt_pd(a.v); }
+PYOPTIM_INLINE VecD vmax_nan(VecD a, VecD b) {
+  return _mm256_blendv_pd(_mm256_max_pd(a.v, b.v), a.v, _mm256_cmp_pd(a.v, a.v, _CMP_UNORD_Q));
+}
+
+template <class S>
+struct VecOf {
+  using type = VecF;
+  static constexpr int kSize = 8;
+};
+template <>
+struct VecOf<double> {
+  using type = VecD;
+  static constexpr int kSize = 4;
+};
+
+PYOPTIM_INLINE VecF vload(const float* p) { return _mm256_loadu_ps(p); }
+PYOPTIM_INLINE VecD vload(const double* p) { return _mm256_loadu_pd(p); }
+// bfloat16 -> float: the 16 bits become the high half of the float.
+PYOPTIM_INLINE VecF vload(const bf16* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+PYOPTIM_INLINE VecF vload(const fp16* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+PYOPTIM_INLINE void vstore(float* p, VecF x) { _mm256_storeu_ps(p, x.v); }
+PYOPTIM_INLINE void vstore(double* p, VecD x) { _mm256_storeu_pd(p, x.v); }
+// float -> bfloat16, round to nearest even, NaN -> 0x7FC0 (as from_opmath<bf16>).
+PYOPTIM_INLINE void vstore(bf16* p, VecF x) {
+  const __m256i u = _mm256_castps_si256(x.v);
+  const __m256i bias =
+      _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)),
+                       _mm256_set1_epi32(0x7FFF));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, bias), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+  // 8 x u32 (each < 2^16) -> 8 x u16: pack within 128-bit lanes, then gather lanes 0 and 2.
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+PYOPTIM_INLINE void vstore(fp16* p, VecF x) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT));
+}
+
+}  // namespace avx2
+}  // namespace cpu
+}  // namespace pyoptim

@@ -1,0 +1,100 @@
+// 512-bit vector types for the AVX-512 (F/BW/VL/DQ) level. Included only by
+// csrc/cpu/isa_avx512.cpp. Each operation is the correctly rounded IEEE operation of the scalar
+// math, lane by lane. See Note [Bitwise agreement across paths] in math/adam.h.
+#pragma once
+
+#include <immintrin.h>
+
+#include "pyoptim/cpu/dtypes.h"
+
+namespace pyoptim {
+namespace cpu {
+namespace avx512 {
+
+struct VecF {
+  __m512 v;
+  static constexpr int kSize = 16;
+  VecF() = default;
+  PYOPTIM_INLINE VecF(__m512 x) : v(x) {}
+  PYOPTIM_INLINE VecF(float s) : v(_mm512_set1_ps(s)) {}
+};
+struct VecD {
+  __m512d v;
+  static constexpr int kSize = 8;
+  VecD() = default;
+  PYOPTIM_INLINE VecD(__m512d x) : v(x) {}
+  PYOPTIM_INLINE VecD(double s) : v(_mm512_set1_pd(s)) {}
+};
+
+PYOPTIM_INLINE VecF operator+(VecF a, VecF b) { return _mm512_add_ps(a.v, b.v); }
+PYOPTIM_INLINE VecF operator-(VecF a, VecF b) { return _mm512_sub_ps(a.v, b.v); }
+PYOPTIM_INLINE VecF operator*(VecF a, VecF b) { return _mm512_mul_ps(a.v, b.v); }
+PYOPTIM_INLINE VecF operator/(VecF a, VecF b) { return _mm512_div_ps(a.v, b.v); }
+PYOPTIM_INLINE VecF operator-(VecF a) {  // -x
+  return _mm512_castsi512_ps(
+      _mm512_xor_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(int(0x80000000u))));
+}
+PYOPTIM_INLINE VecF vsqrt(VecF a) { return _mm512_sqrt_ps(a.v); }
+// (a != a) ? a : (b != b) ? b : (a > b ? a : b);   max_ps returns b when either is NaN
+PYOPTIM_INLINE VecF vmax_nan(VecF a, VecF b) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q), _mm512_max_ps(a.v, b.v),
+                              a.v);
+}
+
+PYOPTIM_INLINE VecD operator+(VecD a, VecD b) { return _mm512_add_pd(a.v, b.v); }
+PYOPTIM_INLINE VecD operator-(VecD a, VecD b) { return _mm512_sub_pd(a.v, b.v); }
+PYOPTIM_INLINE VecD operator*(VecD a, VecD b) { return _mm512_mul_pd(a.v, b.v); }
+PYOPTIM_INLINE VecD operator/(VecD a, VecD b) { return _mm512_div_pd(a.v, b.v); }
+PYOPTIM_INLINE VecD operator-(VecD a) {
+  return _mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(a.v),
+                                              _mm512_set1_epi64((long long)0x8000000000000000ull)));
+}
+PYOPTIM_INLINE VecD vsqrt(VecD a) { return _mm512_sqrt_pd(a.v); }
+PYOPTIM_INLINE VecD vmax_nan(VecD a, VecD b) {
+  return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.v, a.v, _CMP_UNORD_Q), _mm512_max_pd(a.v, b.v),
+                              a.v);
+}
+
+template <class S>
+struct VecOf {
+  using type = VecF;
+  static constexpr int kSize = 16;
+};
+template <>
+struct VecOf<double> {
+  using type = VecD;
+  static constexpr int kSize = 8;
+};
+
+PYOPTIM_INLINE VecF vload(const float* p) { return _mm512_loadu_ps(p); }
+PYOPTIM_INLINE VecD vload(const double* p) { return _mm512_loadu_pd(p); }
+// bfloat16 -> float: the 16 bits become the high half of the float.
+PYOPTIM_INLINE VecF vload(const bf16* p) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+PYOPTIM_INLINE VecF vload(const fp16* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+PYOPTIM_INLINE void vstore(float* p, VecF x) { _mm512_storeu_ps(p, x.v); }
+PYOPTIM_INLINE void vstore(double* p, VecD x) { _mm512_storeu_pd(p, x.v); }
+// float -> bfloat16, round to nearest even, NaN -> 0x7FC0 (as from_opmath<bf16>).
+PYOPTIM_INLINE void vstore(bf16* p, VecF x) {
+  const __m512i u = _mm512_castps_si512(x.v);
+  const __m512i bias =
+      _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)),
+                       _mm512_set1_epi32(0x7FFF));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q), r,
+                              _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
+PYOPTIM_INLINE void vstore(fp16* p, VecF x) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+}  // namespace avx512
+}  // namespace cpu
+}  // namespace pyoptim

@@ -1,0 +1,28 @@
+// The "vector" types of the scalar level: one element, the math's own float / double.
+// Included only by csrc/cpu/isa_scalar.cpp. Same interface as vec_avx2.h / vec_avx512.h.
+#pragma once
+
+#include "pyoptim/cpu/dtypes.h"
+
+namespace pyoptim {
+namespace cpu {
+namespace scalar {
+
+template <class S>
+struct VecOf {
+  using type = opmath_t<S>;
+  static constexpr int kSize = 1;
+};
+
+template <class S>
+PYOPTIM_INLINE opmath_t<S> vload(const S* p) {
+  return to_opmath(*p);
+}
+template <class S>
+PYOPTIM_INLINE void vstore(S* p, opmath_t<S> x) {
+  *p = from_opmath<S>(x);
+}
+
+}  // namespace scalar
+}  // namespace cpu
+}  // namespace pyoptim

@@ -1,0 +1,23 @@
+// Macros shared by the math headers, the CPU kernels and the CUDA kernels. Torch-free.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define PYOPTIM_HOST_DEVICE __host__ __device__
+#define PYOPTIM_INLINE __forceinline__
+#else
+#define PYOPTIM_HOST_DEVICE
+#define PYOPTIM_INLINE inline __attribute__((always_inline))
+#endif
+
+// Lifts a runtime bool into a constexpr one for the body (after flash-attn's BOOL_SWITCH):
+//   PYOPTIM_BOOL_SWITCH(amsgrad, kAmsgrad, [&] { run<kAmsgrad>(); });
+#define PYOPTIM_BOOL_SWITCH(COND, NAME, ...)      \
+  [&] {                                           \
+    if (COND) {                                   \
+      constexpr static bool NAME = true;          \
+      return __VA_ARGS__();                       \
+    } else {                                      \
+      constexpr static bool NAME = false;         \
+      return __VA_ARGS__();                       \
+    }                                             \
+  }()

@@ -1,0 +1,112 @@
+// THE Adam / AdamW / AMSGrad update. One expression tree for every path: the CPU SIMD body
+// (V = a vector type), the CPU scalar tail and the CUDA kernels (V = float or double).
+//
+// Note [Bitwise agreement across paths]
+// The math uses only + - * / sqrt and a NaN-propagating max, all correctly rounded in IEEE
+// arithmetic, and no FMA: host code is built with -ffp-contract=off and nvcc with --fmad=false.
+// So scalar, AVX2, AVX-512 and CUDA compute the same bits for the same inputs, whatever the
+// vector width, the tail length or the thread split. tests/test_isa_agreement.py checks it.
+//
+// Note [Bias correction in double]
+// Per-step coefficients (1 - beta^step, lr / bc1, sqrt(bc2), 1 - lr * wd) are computed once per
+// tensor in double, as torch.optim computes them in Python floats, then narrowed to the math
+// type T (float for float/bfloat16/half params, double for double params).
+#pragma once
+
+#include "pyoptim/math/scalar_ops.h"
+
+#if !defined(__CUDA_ARCH__)
+#include <cmath>
+#endif
+
+namespace pyoptim {
+namespace math {
+
+template <class T>
+struct AdamCoeffs {
+  T beta2;
+  T lerp_weight;            // 1 - beta1
+  T lerp_weight_compl;      // 1 - (1 - beta1), rounded in T, as torch's lerp computes it
+  T one_minus_beta2;
+  T weight_decay;
+  T decay_factor;           // 1 - lr * weight_decay   (decoupled / AdamW)
+  T bias_correction2_sqrt;  // sqrt(1 - beta2^step)
+  T eps;
+  T neg_step_size;          // -lr / (1 - beta1^step)
+  T grad_scale;             // GradScaler's scale (1 when absent)
+  bool lerp_small;          // |weight| < 0.5: torch's lerp picks its formula by this
+  bool has_weight_decay;
+};
+
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE double pow_d(double b, double e) {
+#if defined(__CUDA_ARCH__)
+  return ::pow(b, e);
+#else
+  return std::pow(b, e);
+#endif
+}
+
+// See Note [Bias correction in double].
+template <class T>
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE AdamCoeffs<T> make_adam_coeffs(double lr, double beta1,
+                                                                 double beta2, double eps,
+                                                                 double weight_decay, double step,
+                                                                 double grad_scale) {
+  AdamCoeffs<T> c;
+  const double bias_correction1 = 1.0 - pow_d(beta1, step);  // 1 - beta1 ** step
+  const double bias_correction2 = 1.0 - pow_d(beta2, step);  // 1 - beta2 ** step
+  c.beta2 = T(beta2);
+  c.lerp_weight = T(1.0 - beta1);
+  c.lerp_weight_compl = T(1) - c.lerp_weight;
+  c.lerp_small = (c.lerp_weight < T(0.5)) && (c.lerp_weight > T(-0.5));
+  c.one_minus_beta2 = T(1.0 - beta2);
+  c.weight_decay = T(weight_decay);
+  c.has_weight_decay = weight_decay != 0.0;
+  c.decay_factor = T(1.0 - lr * weight_decay);
+#if defined(__CUDA_ARCH__)
+  c.bias_correction2_sqrt = T(::sqrt(bias_correction2));
+#else
+  c.bias_correction2_sqrt = T(std::sqrt(bias_correction2));  // bias_correction2 ** 0.5
+#endif
+  c.eps = T(eps);
+  c.neg_step_size = T(-(lr / bias_correction1));  // step_size = lr / bias_correction1
+  c.grad_scale = T(grad_scale);
+  return c;
+}
+
+// torch.lerp(self, end, w) with torch's two formulas.
+template <class V, class T>
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE V lerp(V self, V end, T w, T w_compl, bool small) {
+  return small ? self + bcast<V>(w) * (end - self) : end - (end - self) * bcast<V>(w_compl);
+}
+
+// One element (or one vector of elements) of an Adam step, in place on p, m, v, vmax.
+//   kDecoupled: AdamW (decoupled_weight_decay=True); else L2 weight decay on the gradient.
+//   kScale:     divide the gradient by GradScaler's scale first.
+template <bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale, class V, class T>
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE void adam_step(V& p, V g, V& m, V& v, V& vmax,
+                                                  const AdamCoeffs<T>& c) {
+  if (kScale) g = g / bcast<V>(c.grad_scale);  // grad / scale (GradScaler unscale)
+  if (kMaximize) g = -g;                       // grad = -grad
+  if (c.has_weight_decay) {
+    if (kDecoupled) {
+      p = p * bcast<V>(c.decay_factor);  // param.mul_(1 - lr * weight_decay)
+    } else {
+      g = g + bcast<V>(c.weight_decay) * p;  // grad = grad.add(param, alpha=weight_decay)
+    }
+  }
+  m = lerp(m, g, c.lerp_weight, c.lerp_weight_compl, c.lerp_small);  // exp_avg.lerp_(grad, 1 - beta1)
+  v = v * bcast<V>(c.beta2) + bcast<V>(c.one_minus_beta2) * g * g;
+  // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+  V second = v;
+  if (kAmsgrad) {
+    vmax = vmax_nan(vmax, v);  // torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+    second = vmax;
+  }
+  // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+  const V denom = vsqrt(second) / bcast<V>(c.bias_correction2_sqrt) + bcast<V>(c.eps);
+  p = p + bcast<V>(c.neg_step_size) * (m / denom);  // param.addcdiv_(exp_avg, denom, value=-step_size)
+}
+
+}  // namespace math
+}  // namespace pyoptim

@@ -1,0 +1,36 @@
+// Every pyoptim op schema, in one place. Kernels register per backend in ops/*_cpu.cpp and
+// cuda/*_cuda.cu (TORCH_LIBRARY_IMPL), so a CPU-only build compiles no CUDA and needs no #ifdef.
+//
+// Conventions (after aten::_fused_adam_): ops are in place and return (); tensor lists first,
+// hyper-parameters after `*`; only the tensors an op writes are marked mutable.
+// Note [All-or-nothing step]: every check on every tensor runs before any memory is written,
+// so an op that raises leaves params, state and step counts exactly as they were.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// A bare module: `import pyoptim._C` loads this library, whose static initializers register the
+// ops with the dispatcher. No pybind11 (after pytorch/extension-cpp).
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(pyoptim, m) {
+  // Adam (decoupled=False) and AdamW (decoupled=True). Increments each state_steps[i] by one
+  // and uses the new value for bias correction, unless found_inf is non-zero, in which case
+  // nothing at all is written (GradScaler's skipped step). grads are read, never written.
+  m.def(
+      "adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, *, "
+      "float lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
+      "bool maximize, bool decoupled, Tensor? lr_tensor=None, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None) -> ()");
+
+  // CPU kernel level: "scalar", "avx2" or "avx512".
+  m.def("cpu_capability() -> str");
+  m.def("max_cpu_capability() -> str");
+  // Test hook: run the CPU kernels at `level` from now on; returns the previous level.
+  m.def("_set_cpu_capability(str level) -> str");
+}
