@@ -126,6 +126,14 @@ def get_extensions():
     ]
 
 
+class BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """build_ext that first builds the ISA libraries (plain `build_ext --inplace` skips build_clib)."""
+
+    def run(self):
+        self.run_command("build_clib")
+        super().run()
+
+
 setup(
     name="pyoptim",
     version="0.1.0",
@@ -133,7 +141,7 @@ setup(
     packages=["pyoptim"],
     libraries=isa_libraries(),
     ext_modules=get_extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt},
     python_requires=">=3.9",
     install_requires=["torch"],
 )
