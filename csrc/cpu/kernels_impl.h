@@ -12,12 +12,21 @@ namespace cpu {
 namespace PYOPTIM_ISA {
 namespace {
 
-#include "cpu/adam_impl.h"
+#include "cpu/adam_impl.h"  // one include per optimizer
 
 }  // namespace
 
+namespace {
+KernelTable make_table() {
+  KernelTable t{};
+  t.isa = PYOPTIM_ISA_ENUM;
+  t.adam = make_adam_kernels();  // one line per optimizer
+  return t;
+}
+}  // namespace
+
 const KernelTable& kernel_table() {
-  static const KernelTable table{PYOPTIM_ISA_ENUM, make_adam_kernels()};
+  static const KernelTable table = make_table();
   return table;
 }
 

@@ -43,6 +43,7 @@ struct AdamKernels {
 };
 
 // ---- the table -----------------------------------------------------------------------------
+// One member per optimizer, filled by make_table() in cpu/kernels_impl.h.
 struct KernelTable {
   CpuIsa isa;
   AdamKernels adam;
