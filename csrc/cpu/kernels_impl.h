@@ -12,6 +12,7 @@ namespace cpu {
 namespace PYOPTIM_ISA {
 namespace {
 
+#include "cpu/sparse_rows_impl.h"  // shared by the sparse optimizers
 #include "cpu/adam_impl.h"  // one include per optimizer
 
 }  // namespace

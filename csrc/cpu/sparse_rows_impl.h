@@ -1,0 +1,23 @@
+// Summing a sparse gradient's duplicate rows, for one ISA level. Included by cpu/kernels_impl.h
+// inside namespace pyoptim::cpu::<isa>. See Note [Sparse rows: one deterministic pass] in
+// ops/sparse_rows.h: the order of the sum is fixed by `order`, never by the thread count.
+
+// out[j] = values[order[k0]][j] + values[order[k0 + 1]][j] + ... + values[order[k1 - 1]][j],
+// summed left to right in opmath_t<S>. Rows are walked one after another (k outer) so each value
+// row is read once, contiguously, while `out` stays in L1.
+template <class S>
+void sum_duplicate_rows(const S* values, int64_t width, const int64_t* order, int64_t k0,
+                        int64_t k1, opmath_t<S>* out) {
+  using V = typename VecOf<S>::type;
+  constexpr int64_t W = VecOf<S>::kSize;
+  const S* first = values + order[k0] * width;
+  int64_t j = 0;
+  for (; j + W <= width; j += W) vstore(out + j, V(vload(first + j)));
+  for (; j < width; ++j) out[j] = to_opmath(first[j]);
+  for (int64_t k = k0 + 1; k < k1; ++k) {
+    const S* row = values + order[k] * width;
+    j = 0;
+    for (; j + W <= width; j += W) vstore(out + j, V(vload(out + j)) + V(vload(row + j)));
+    for (; j < width; ++j) out[j] = out[j] + to_opmath(row[j]);
+  }
+}
