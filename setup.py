@@ -95,7 +95,11 @@ def cuda_include_dirs():
 
 
 def get_extensions():
-    sources = sorted(glob.glob("csrc/ops/*.cpp")) + ["csrc/cpu/isa_dispatch.cpp"]
+    sources = (
+        sorted(glob.glob("csrc/ops/*.cpp"))
+        + sorted(glob.glob("csrc/python/*.cpp"))
+        + ["csrc/cpu/isa_dispatch.cpp"]
+    )
     cxx = ["-fopenmp"] + COMMON  # torch adds its own -std (C++20 for torch 2.14)
     include_dirs = [INCLUDE, os.path.join(ROOT, "csrc")]
     libs = [name for name, _ in isa_libraries()]

@@ -63,23 +63,29 @@ def adam_(
     grad_scale: Optional[Tensor] = None,
     found_inf: Optional[Tensor] = None,
 ) -> None:
-    """One fused Adam/AdamW step over tensor lists; increments `state_steps` (see library.cpp)."""
-    _ops.adam_.default(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        state_steps,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        weight_decay=weight_decay,
-        eps=eps,
-        amsgrad=amsgrad,
-        maximize=maximize,
-        decoupled=decoupled,
-        lr_tensor=lr_tensor,
-        grad_scale=grad_scale,
-        found_inf=found_inf,
+    """One fused Adam/AdamW step over tensor lists; increments `state_steps` (see library.cpp).
+
+    Same as torch.ops.pyoptim.adam_ (Note [Fast op calls] in csrc/python/module.cpp).
+    """
+    _C._call(
+        "pyoptim::adam_",
+        (
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            max_exp_avg_sqs,
+            state_steps,
+            lr,
+            beta1,
+            beta2,
+            weight_decay,
+            eps,
+            amsgrad,
+            maximize,
+            decoupled,
+            lr_tensor,
+            grad_scale,
+            found_inf,
+        ),
     )

@@ -5,17 +5,8 @@
 // hyper-parameters after `*`; only the tensors an op writes are marked mutable.
 // Note [All-or-nothing step]: every check on every tensor runs before any memory is written,
 // so an op that raises leaves params, state and step counts exactly as they were.
-#include <Python.h>
+// The Python module itself (PyInit__C, no pybind11) is in csrc/python/module.cpp.
 #include <torch/library.h>
-
-extern "C" {
-// A bare module: `import pyoptim._C` loads this library, whose static initializers register the
-// ops with the dispatcher. No pybind11 (after pytorch/extension-cpp).
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
 
 TORCH_LIBRARY(pyoptim, m) {
   // Adam (decoupled=False) and AdamW (decoupled=True). Increments each state_steps[i] by one
