@@ -61,7 +61,8 @@ def sparse_adam_bytes(
 
 
 def stream_probe_bytes(numel: int, dtype: torch.dtype = torch.float32) -> int:
-    """The 4-read/3-write probe (pyoptim._stream_probe_): 7 arrays of `numel` elements."""
+    """The 4-read/3-write probe (pyoptim._stream_probe_): 4 arrays of `numel` elements read,
+    3 written back in place, as Adam does."""
     return 7 * itemsize(dtype) * numel
 
 

@@ -34,9 +34,8 @@ TORCH_LIBRARY(pyoptim, m) {
   // Test hook: run the CPU kernels at `level` from now on; returns the previous level.
   m.def("_set_cpu_capability(str level) -> str");
 
-  // bench/ only: one 4-read/3-write streaming pass (Adam's memory pattern) over float32
-  // arrays of equal size: o1 = a + b, o2 = c + d, o3 = a - d. See ops/probe_cpu.cpp.
-  m.def(
-      "_stream_probe_(Tensor(a!) o1, Tensor(b!) o2, Tensor(c!) o3, Tensor a, Tensor b, "
-      "Tensor c, Tensor d) -> ()");
+  // bench/ only: one streaming pass with Adam's memory pattern over four equal float32 arrays:
+  // read all four, write three in place (x = x/2 + g, y = y/2 + g, z = z/2 - g). See
+  // ops/probe_cpu.cpp.
+  m.def("_stream_probe_(Tensor(a!) x, Tensor(b!) y, Tensor(c!) z, Tensor g) -> ()");
 }
