@@ -2,7 +2,7 @@
 
 Four shapes, each for Adam and AdamW with default hyper-parameters (AdamW: weight_decay=1e-2):
   fp32-1x64M          one float32 tensor of 64M elements (pure streaming)
-  fp32-transformer    ~200 float32 tensors, ~25M elements: a 12-layer d=384 transformer
+  fp32-transformer    196 float32 tensors, 25.3M elements: a 16-layer d=320 transformer
   fp32-1000x1k        1000 float32 tensors of 1024 elements (per-tensor overhead)
   bf16-1x64M          one bfloat16 tensor of 64M elements (state in bfloat16 too, like torch)
 """
@@ -29,8 +29,8 @@ IMPLS = {
 
 
 def transformer_shapes(d: int, layers: int, vocab: int, ctx: int) -> List[Tuple[int, ...]]:
-    """A GPT-like parameter list: embeddings, then per layer ln1, qkv, out, ln2, mlp (with
-    biases), then the final layernorm. 16 tensors per layer + 4."""
+    """A GPT-like parameter list: token and position embeddings, then per layer ln1, qkv, out,
+    ln2, mlp fc1, fc2 (each a weight and a bias: 12 tensors), then the final layernorm."""
     shapes: List[Tuple[int, ...]] = [(vocab, d), (ctx, d)]
     for _ in range(layers):
         shapes += [(d,), (d,)]  # ln1 weight, bias
@@ -92,8 +92,8 @@ def workloads(cfg: BenchConfig) -> List[Workload]:
     dev = cfg.device
     big = cfg.n(64 * M, minimum=1024)
     s = math.sqrt(cfg.scale)
-    d = max(16, int(round(384 * s / 16)) * 16)
-    tshapes = transformer_shapes(d, layers=12, vocab=max(64, int(10000 * s)), ctx=512)
+    d = max(16, int(round(320 * s / 16)) * 16)
+    tshapes = transformer_shapes(d, layers=16, vocab=max(64, int(16000 * s)), ctx=512)
     small = cfg.n(1024, minimum=16)
     cases = [
         (f"fp32-1x{_fmt(big)}", [(big,)], torch.float32, {"%probe": 95.0, "torch-forloop": 5.0}),
