@@ -1,5 +1,7 @@
 """Smoke tests for `python -m bench` (bench/): the harness runs in quick mode on tiny sizes,
-in-process, and produces its result rows. No timing assertions."""
+in-process, and produces its result rows. No timing assertions. The run itself takes well
+under a second; the first torch.optim constructor in a process imports torch._dynamo (~3 s),
+which any test building a torch optimizer pays once."""
 
 import json
 
@@ -17,9 +19,11 @@ TINY = ["--quick", "--scale", str(1 / 65536), "--repeat", "2", "--min-time", "0"
 def test_quick_run_produces_rows(tmp_path):
     path = tmp_path / "r.json"
     lines = []
-    res = cli.main(TINY + ["--filter", "^adam/", "--json", str(path)], out=lines.append)
+    # the two single-tensor workloads: the many-tensor ones cost seconds in torch's for-loop
+    args = TINY + ["--filter", "^adam/(fp32|bf16)-1x", "--json", str(path)]
+    res = cli.main(args, out=lines.append)
     names = [w["name"] for w in res["workloads"]]
-    assert len(names) == 4 and all(n.startswith("adam/") for n in names)
+    assert len(names) == 2 and all(n.startswith("adam/") for n in names)
     for w in res["workloads"]:
         impls = {r["impl"] for r in w["rows"]}
         assert impls == {"torch-forloop", "torch-foreach", "torch-fused", "pyoptim"}
@@ -36,13 +40,17 @@ def test_quick_run_produces_rows(tmp_path):
     out = []
     cli.main(["--compare", str(path), "--against", str(path)], out=out.append)
     rows = [line for line in "\n".join(out).splitlines() if "pyoptim" in line]
-    assert len(rows) == 4 and all("1.00x" in line for line in rows)
+    assert len(rows) == 2 and all("1.00x" in line for line in rows)
 
 
 def test_discover_finds_adam_and_adamw():
     cfg = harness.BenchConfig(scale=1 / 65536)
-    groups = {w.group for w in harness.discover(cfg)}
-    assert {"adam", "adamw"} <= groups
+    found = harness.discover(cfg)  # builds Workloads only: setup() allocates when run
+    for group in ("adam", "adamw"):
+        ws = [w for w in found if w.group == group]
+        assert len(ws) == 4, [w.name for w in ws]
+        assert all(set(w.impls) >= {"torch-forloop", "torch-foreach", "torch-fused"} for w in ws)
+        assert all(w.baseline in w.impls and w.bytes_per_step > 0 for w in ws)
 
 
 def test_stream_probe_op_writes_its_outputs():
