@@ -46,11 +46,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap.add_argument("--scale", type=float, help="multiply workload sizes by this (tests)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: all CPUs)")
     ap.add_argument("--json", metavar="PATH", help="also write the results here")
-    ap.add_argument("--no-latest", action="store_true", help="don't write bench/results/latest.json")
+    ap.add_argument(
+        "--no-latest", action="store_true", help="don't write bench/results/latest.json"
+    )
     ap.add_argument("--no-probe", action="store_true", help="skip the bandwidth probes")
     ap.add_argument("--list", action="store_true", help="list the workloads and exit")
     ap.add_argument("--compare", metavar="OLD.json", help="print ratios between OLD and this run")
-    ap.add_argument("--against", metavar="NEW.json", help="with --compare: compare to this file, no run")
+    ap.add_argument(
+        "--against", metavar="NEW.json", help="with --compare: compare to this file, no run"
+    )
     return ap.parse_args(argv)
 
 
@@ -188,6 +192,20 @@ def run(args: argparse.Namespace, out=print) -> dict:
         + (f", gpu={info['gpu']}" if "gpu" in info else "")
         + (" [quick]" if cfg.quick else "")
     )
+    load = info["loadavg_1m"]
+    if load is not None and cfg.device == "cpu":
+        busy = load > info["threads"]
+        out(
+            f"load average (1 min) at start: {load:.2f}"
+            + (
+                f" > {info['threads']} threads: other processes compete for the cores. Impls "
+                "that open many parallel regions per step (torch for-loop/foreach/fused over many "
+                "tensors) suffer most, which inflates their ratios; rerun on an idle machine or "
+                "with --threads 1 to confirm."
+                if busy
+                else ""
+            )
+        )
     out(
         f"timing: warmup {cfg.warmup}, then interleaved rounds until >= {cfg.min_reps} steps and "
         f">= {cfg.min_time:g} s per impl (max {cfg.max_reps}); median and IQR of single steps"
@@ -226,7 +244,9 @@ def run(args: argparse.Namespace, out=print) -> dict:
             }
         )
     wall = time.perf_counter() - t_start
-    out(f"\ntotal wall time: {wall:.1f} s")
+    load_end = harness.load_average()
+    tail = f", load average (1 min) at end: {load_end:.2f}" if load_end is not None else ""
+    out(f"\ntotal wall time: {wall:.1f} s{tail}")
 
     res = {
         "machine": info,
@@ -242,6 +262,7 @@ def run(args: argparse.Namespace, out=print) -> dict:
         },
         "probe_gbps_for_pct": probe_gbps,
         "wall_s": wall,
+        "loadavg_1m_end": load_end,
         "workloads": results,
     }
     paths = [] if args.no_latest else [os.path.join(RESULTS_DIR, "latest.json")]

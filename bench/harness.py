@@ -336,6 +336,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> Optional[float]:
+    """1-minute load average (None where unknown): other processes' share of the CPUs."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def machine_info(cfg: BenchConfig) -> dict:
     import pyoptim
 
@@ -350,6 +358,7 @@ def machine_info(cfg: BenchConfig) -> dict:
         "python": platform.python_version(),
         "hostname": platform.node(),
         "device": cfg.device,
+        "loadavg_1m": load_average(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if cfg.device == "cuda":

@@ -10,7 +10,7 @@ Four shapes, each for Adam and AdamW with default hyper-parameters (AdamW: weigh
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -43,14 +43,11 @@ def transformer_shapes(d: int, layers: int, vocab: int, ctx: int) -> List[Tuple[
     return shapes
 
 
-def _make_setup(
-    opt_cls: Callable, kwargs: dict, shapes: Sequence[Tuple[int, ...]], dtype, device, grads
-) -> SetupFn:
+def _make_setup(opt_cls: Callable, kwargs: dict, data: Callable) -> SetupFn:
     def setup():
-        gen = torch.Generator(device="cpu").manual_seed(0)
         params = []
-        for shape, g in zip(shapes, grads()):
-            p = torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+        for base, g in zip(*data()):
+            p = base.clone()  # each impl updates its own copy of the same initial values
             p.grad = g  # shared, read-only: no impl writes grads (maximize=False)
             params.append(p)
         opt = opt_cls(params, **kwargs)
@@ -59,18 +56,21 @@ def _make_setup(
     return setup
 
 
-def _shared_grads(shapes, dtype, device):
-    """Gradients made once per workload (on first use) and shared by its impls."""
-    cache: Dict[str, list] = {}
+def _shared_data(shapes, dtype, device):
+    """Initial params and grads, made once per workload (on first use) and shared by its impls
+    (randn of 64M elements is slower than a clone). `get.cleanup` drops them."""
+    cache: Dict[str, tuple] = {}
 
     def get():
-        if "g" not in cache:
-            gen = torch.Generator(device="cpu").manual_seed(1)
-            cache["g"] = [
+        if "d" not in cache:
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            params = [torch.randn(s, generator=gen).to(device=device, dtype=dtype) for s in shapes]
+            grads = [
                 (torch.randn(s, generator=gen) * 1e-2).to(device=device, dtype=dtype)
                 for s in shapes
             ]
-        return cache["g"]
+            cache["d"] = (params, grads)
+        return cache["d"]
 
     get.cleanup = cache.clear
     return get
@@ -109,20 +109,25 @@ def workloads(cfg: BenchConfig) -> List[Workload]:
             torch.float32,
             {"torch-fused": 5.0, "torch-forloop": 5.0},
         ),
-        (f"bf16-1x{_fmt(big)}", [(big,)], torch.bfloat16, {"torch-fused": 1.5, "torch-forloop": 5.0}),
+        (
+            f"bf16-1x{_fmt(big)}",
+            [(big,)],
+            torch.bfloat16,
+            {"torch-fused": 1.5, "torch-forloop": 5.0},
+        ),
     ]
     groups = [("adam", torch.optim.Adam, pyoptim.Adam), ("adamw", torch.optim.AdamW, pyoptim.AdamW)]
     out = []
     for group, torch_cls, py_cls in groups:
         for what, shapes, dtype, targets in cases:
             numel = sum(math.prod(sh) for sh in shapes)
-            grads = _shared_grads(shapes, dtype, dev)
+            data = _shared_data(shapes, dtype, dev)
             impls: Dict[str, SetupFn] = {
-                name: _make_setup(torch_cls, dict(lr=1e-3, **kw), shapes, dtype, dev, grads)
+                name: _make_setup(torch_cls, dict(lr=1e-3, **kw), data)
                 for name, kw in IMPLS.items()
             }
             if _pyoptim_has(dev):
-                impls["pyoptim"] = _make_setup(py_cls, dict(lr=1e-3), shapes, dtype, dev, grads)
+                impls["pyoptim"] = _make_setup(py_cls, dict(lr=1e-3), data)
             out.append(
                 Workload(
                     name=f"{group}/{what}",
@@ -134,7 +139,7 @@ def workloads(cfg: BenchConfig) -> List[Workload]:
                     baseline="pyoptim",
                     description=f"{torch_cls.__name__}, {dtype}, {len(shapes)} tensors",
                     targets=targets,
-                    cleanup=grads.cleanup,
+                    cleanup=data.cleanup,
                 )
             )
     return out
