@@ -107,7 +107,7 @@ struct Chunk {
   bool aligned;
 };
 
-template <int Depth, int MaxTensors, class Op>
+template <class S, int Depth, int MaxTensors, class Op>
 __global__ void __launch_bounds__(kBlockSize)
     multi_tensor_kernel(const __grid_constant__ TensorListMeta<Depth, MaxTensors> meta,
                         const __grid_constant__ Op op) {
@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(kBlockSize)
   c.extra = meta.extra[t];
   c.aligned = meta.aligned[t];
 #pragma unroll
-  for (int d = 0; d < Depth; ++d) c.addr[d] = meta.addr[d][t];
+  for (int d = 0; d < Depth; ++d) c.addr[d] = static_cast<S*>(meta.addr[d][t]) + begin;
   op(c, begin);
 }
 
@@ -159,7 +159,7 @@ void multi_tensor_apply(const std::vector<TensorRef<Depth>>& tensors, const Op& 
     if (n == 0) return;
     meta.n_tensors = n;
     meta.first_chunk[n] = static_cast<int32_t>(blocks);
-    multi_tensor_kernel<Depth, kMax, Op>
+    multi_tensor_kernel<S, Depth, kMax, Op>
         <<<static_cast<unsigned>(blocks), kBlockSize, 0, stream>>>(meta, op);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     n = 0;
