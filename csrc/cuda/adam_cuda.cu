@@ -220,7 +220,7 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   c10::Device dev(c10::kCUDA);
   if (n > 0) dev = params[0].device();
   ops::WriteSet writes;
-  bool any_host_step = false, any_device_step = false;
+  bool any_host_step = false;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     TORCH_CHECK_VALUE(p.defined(), kOp, ": params[", i, "] is undefined");
@@ -251,7 +251,6 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
       TORCH_CHECK_TYPE(s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble, kOp,
                        ": state_steps[", i, "] on ", dev,
                        " must be float32 or float64, got ", s.scalar_type());
-      any_device_step = true;
     }
     writes.add(p, "params", i);
     writes.add(exp_avgs[i], "exp_avgs", i);
@@ -331,7 +330,9 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
 
   // ---- 3. update: one multi_tensor_apply per group ----------------------------------------
   const bool has_scale = grad_scale.has_value();
-  for (const auto& [key, items] : groups) {
+  for (const auto& group : groups) {
+    const GroupKey& key = group.first;
+    const std::vector<WorkItem>& items = group.second;
     double host_step = 0.0;
     std::memcpy(&host_step, &key.host_step_bits, sizeof(double));
     auto args_for = [&](auto zero) {
