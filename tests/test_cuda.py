@@ -8,6 +8,7 @@ with a reason where there is none.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import shutil
@@ -351,8 +352,9 @@ def test_class_matches_torch_fused(cls, amsgrad):
         assert st_mine["step"].dtype == st_ref["step"].dtype
         assert st_mine["step"].item() == st_ref["step"].item() == 10.0
         torch.testing.assert_close(st_mine["exp_avg"], st_ref["exp_avg"], rtol=1e-5, atol=1e-7)
-    # state_dict both ways: torch's fused state loads into pyoptim and steps on
-    opt_mine.load_state_dict(opt_ref.state_dict())
+    # torch's fused state loads into pyoptim and steps on (a deep copy: state_dict() returns the
+    # live step tensors, which load_state_dict would otherwise share between the two optimizers)
+    opt_mine.load_state_dict(copy.deepcopy(opt_ref.state_dict()))
     for p, q in zip(ref, mine):
         p.grad = torch.ones_like(p)
         q.grad = torch.ones_like(q)
