@@ -31,6 +31,10 @@ bench: $(BUILT)
 # On a GPU machine (see README): the CUDA tests and the GPU benchmark. The build compiles the
 # CUDA kernels when nvcc is found (setup.py: PYOPTIM_CUDA=auto; PYOPTIM_CUDA=1 makes it an error
 # not to). test-gpu fails rather than skips when no GPU is visible.
+# Toolchain: build with a g++ that links libstdc++ dynamically, as torch does. The lent H100
+# image sets CC/CXX=/opt/gcc/bin/g*, whose link embeds a static libstdc++ in _C.so; there the
+# first C++ error message built in the extension segfaulted (std::ostream in a second copy of
+# libstdc++). `CC=gcc CXX=g++ LDSHARED="gcc -shared" LDCXXSHARED="g++ -shared"` fixed it.
 test-gpu: $(BUILT)
 	$(VPY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: no CUDA GPU visible')"
 	$(VPY) -m pytest -q tests/test_cuda.py

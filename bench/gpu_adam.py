@@ -9,6 +9,10 @@ each rep), and the bandwidth it reaches as a share of a device-to-device copy me
 same run (Adam reads param, grad, exp_avg, exp_avg_sq and writes three of them: 28 bytes per
 float32 element; the copy moves 8 bytes per element).
 
+The events bracket the whole `opt.step()` call, so host-side work (Python, argument packing,
+launches) counts wherever the GPU waits for it: the 256M case is bandwidth-bound, the list
+cases are largely host-bound.
+
 Implementations: torch fused (torch.optim.X(fused=True)), pyoptim default (step counts on the
 CPU, coefficients on the host) and pyoptim fused (step counts on the GPU, as torch's fused).
 """
