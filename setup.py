@@ -16,7 +16,25 @@ import re
 import subprocess
 
 from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+
+def _default_cuda_home():
+    """torch's cpp_extension looks at CUDA_HOME / CUDA_PATH, then `which nvcc`, then /usr/local/cuda.
+    A wrapper script at /usr/local/bin/nvcc makes it pick /usr/local, which has no CUDA headers;
+    so when neither variable is set, prefer a toolkit that has both nvcc and cuda_runtime.h."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    for home in ("/usr/local/cuda",):
+        if os.path.isfile(os.path.join(home, "bin", "nvcc")) and os.path.isfile(
+            os.path.join(home, "include", "cuda_runtime.h")
+        ):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+_default_cuda_home()
+
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEBUG = os.environ.get("DEBUG", "0") == "1"

@@ -11,7 +11,9 @@ State per param is torch's: `step` (a 0-dim float32 tensor), `exp_avg`, `exp_avg
 
 Flags: `foreach` and `fused` are accepted and validated as torch validates them; the step is
 always pyoptim's fused kernel. `differentiable=True` falls back to torch's own implementation
-(autograd cannot see through a native kernel). `capturable` is accepted (it matters on CUDA).
+(autograd cannot see through a native kernel). On CUDA, `capturable=True` or `fused=True` keeps
+`step` on the param's device (as torch does) and the kernel reads and increments it there, with a
+Tensor lr read on the device too, so the step can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -99,6 +101,11 @@ class _AdamStep:
             beta1, beta2 = group["betas"]
             lr = group["lr"]
             for chunk in cache.chunks(grads):
+                # A Tensor lr on the GPU (capturable) is read by the kernel: no host sync, so
+                # the step can be captured in a CUDA graph. Elsewhere it is read here.
+                lr_tensor = None
+                if isinstance(lr, Tensor) and lr.device.type != "cpu":
+                    lr_tensor = _on(lr, chunk.device)
                 _ops.adam_(
                     chunk.params,
                     chunk.grads,
@@ -106,7 +113,7 @@ class _AdamStep:
                     chunk.state[1],
                     chunk.state[2] if group["amsgrad"] else [],
                     chunk.steps,
-                    lr=float(lr),
+                    lr=0.0 if lr_tensor is not None else float(lr),
                     beta1=float(beta1),
                     beta2=float(beta2),
                     weight_decay=float(group["weight_decay"]),
@@ -114,6 +121,7 @@ class _AdamStep:
                     amsgrad=group["amsgrad"],
                     maximize=group["maximize"],
                     decoupled=group["decoupled_weight_decay"],
+                    lr_tensor=lr_tensor,
                     grad_scale=_on(grad_scale, chunk.device),
                     found_inf=_on(found_inf, chunk.device),
                 )

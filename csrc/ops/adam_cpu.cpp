@@ -26,17 +26,6 @@ struct AdamItem {
   at::ScalarType dtype;
 };
 
-// True when every tensor has param's strides and param covers its memory densely: then the
-// kernel can walk all of them as flat arrays in memory order (transposed or channels-last
-// weights included) with no copy.
-bool same_dense_layout(const at::Tensor& p, std::initializer_list<const at::Tensor*> others) {
-  if (!p.is_non_overlapping_and_dense()) return false;
-  for (const at::Tensor* t : others) {
-    if (t->defined() && t->strides() != p.strides()) return false;
-  }
-  return true;
-}
-
 void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
               at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
               at::TensorList state_steps, double lr, double beta1, double beta2,
@@ -103,7 +92,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     AdamItem& it = items[i];
     const at::Tensor none;
     const at::Tensor& vmax = amsgrad ? max_exp_avg_sqs[i] : none;
-    if (same_dense_layout(params[i], {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax})) {
+    if (ops::same_dense_layout(params[i], {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax})) {
       it.param = params[i];
       it.grad = grads[i];
       it.exp_avg = exp_avgs[i];

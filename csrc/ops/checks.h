@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 namespace pyoptim {
@@ -34,6 +35,17 @@ inline void check_like_param(const char* op, const at::Tensor& param, const at::
 inline void check_list_size(const char* op, at::TensorList list, size_t n, const char* what) {
   TORCH_CHECK_VALUE(list.size() == n, op, ": expected ", n, " ", what, " (one per param), got ",
                     list.size());
+}
+
+// True when every defined tensor in `others` has p's strides and p covers its memory densely:
+// then a kernel can walk all of them as flat arrays in memory order (transposed or channels-last
+// weights included) with no copy.
+inline bool same_dense_layout(const at::Tensor& p, std::initializer_list<const at::Tensor*> others) {
+  if (!p.is_non_overlapping_and_dense()) return false;
+  for (const at::Tensor* t : others) {
+    if (t->defined() && t->strides() != p.strides()) return false;
+  }
+  return true;
 }
 
 // Bytes spanned by a strided tensor, from its first element to its last.
