@@ -15,15 +15,42 @@ namespace {
 
 constexpr const char* kOp = "pyoptim.adam_";
 
-// One tensor's share of the step, after validation. `work` tensors are what the kernel reads
-// and writes: the user's own tensors when their layouts agree, else contiguous copies that are
-// copied back after the kernel.
+// One tensor's share of the step, after validation: raw pointers (no tensor handles, so many
+// small tensors cost no reference counting) and an index into the coefficient table.
 struct AdamItem {
-  at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;  // work tensors
   cpu::AdamPtrs ptrs;
-  math::AdamCoeffs<float> cf;
-  math::AdamCoeffs<double> cd;
   at::ScalarType dtype;
+  int32_t coeffs;
+};
+
+// Tensors whose layouts disagree are updated in row-major copies, copied back afterwards.
+struct Relayout {
+  size_t index;
+  at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
+};
+
+// Coefficients per distinct step count (usually one for the whole list).
+class CoeffTable {
+ public:
+  int32_t get(double step, bool is_double, double lr, double beta1, double beta2, double eps,
+              double weight_decay, double scale) {
+    for (size_t k = 0; k < steps_.size(); ++k) {
+      if (steps_[k] == step && is_double_[k] == is_double) return static_cast<int32_t>(k);
+    }
+    steps_.push_back(step);
+    is_double_.push_back(is_double);
+    f_.push_back(math::make_adam_coeffs<float>(lr, beta1, beta2, eps, weight_decay, step, scale));
+    d_.push_back(math::make_adam_coeffs<double>(lr, beta1, beta2, eps, weight_decay, step, scale));
+    return static_cast<int32_t>(steps_.size() - 1);
+  }
+  const math::AdamCoeffs<float>& f(int32_t k) const { return f_[k]; }
+  const math::AdamCoeffs<double>& d(int32_t k) const { return d_[k]; }
+
+ private:
+  std::vector<double> steps_;
+  std::vector<bool> is_double_;
+  std::vector<math::AdamCoeffs<float>> f_;
+  std::vector<math::AdamCoeffs<double>> d_;
 };
 
 void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -87,34 +114,31 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
 
   // ---- 2. plan: pointers (or contiguous copies) and per-tensor coefficients ---------------
   std::vector<AdamItem> items(n);
+  std::vector<Relayout> relayouts;
+  CoeffTable coeffs;
   ops::ItemSplit split;
+  const at::Tensor none;
   for (size_t i = 0; i < n; ++i) {
     AdamItem& it = items[i];
-    const at::Tensor none;
     const at::Tensor& vmax = amsgrad ? max_exp_avg_sqs[i] : none;
     if (ops::same_dense_layout(params[i], {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax})) {
-      it.param = params[i];
-      it.grad = grads[i];
-      it.exp_avg = exp_avgs[i];
-      it.exp_avg_sq = exp_avg_sqs[i];
-      it.max_exp_avg_sq = vmax;
-    } else {  // layouts differ: work on row-major copies (only those that are not already)
-      it.param = params[i].contiguous();
-      it.grad = grads[i].contiguous();
-      it.exp_avg = exp_avgs[i].contiguous();
-      it.exp_avg_sq = exp_avg_sqs[i].contiguous();
-      if (amsgrad) it.max_exp_avg_sq = vmax.contiguous();
+      it.ptrs = cpu::AdamPtrs{params[i].data_ptr(), grads[i].data_ptr(), exp_avgs[i].data_ptr(),
+                              exp_avg_sqs[i].data_ptr(), amsgrad ? vmax.data_ptr() : nullptr};
+    } else {  // layouts differ: work on row-major copies (only of those that are not already)
+      Relayout r{i,
+                 params[i].contiguous(),
+                 grads[i].contiguous(),
+                 exp_avgs[i].contiguous(),
+                 exp_avg_sqs[i].contiguous(),
+                 amsgrad ? vmax.contiguous() : at::Tensor()};
+      it.ptrs = cpu::AdamPtrs{r.param.data_ptr(), r.grad.data_ptr(), r.exp_avg.data_ptr(),
+                              r.exp_avg_sq.data_ptr(),
+                              amsgrad ? r.max_exp_avg_sq.data_ptr() : nullptr};
+      relayouts.push_back(std::move(r));
     }
     it.dtype = params[i].scalar_type();
-    it.ptrs = cpu::AdamPtrs{it.param.data_ptr(), it.grad.data_ptr(), it.exp_avg.data_ptr(),
-                            it.exp_avg_sq.data_ptr(),
-                            amsgrad ? it.max_exp_avg_sq.data_ptr() : nullptr};
-    const double step = steps[i] + 1.0;
-    if (it.dtype == at::kDouble) {
-      it.cd = math::make_adam_coeffs<double>(lr, beta1, beta2, eps, weight_decay, step, scale);
-    } else {
-      it.cf = math::make_adam_coeffs<float>(lr, beta1, beta2, eps, weight_decay, step, scale);
-    }
+    it.coeffs = coeffs.get(steps[i] + 1.0, it.dtype == at::kDouble, lr, beta1, beta2, eps,
+                           weight_decay, scale);
     split.add(params[i].numel(), params[i].element_size());
   }
 
@@ -124,22 +148,22 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   split.run([&](size_t i, int64_t begin, int64_t end) {
     const AdamItem& it = items[i];
     switch (it.dtype) {
-      case at::kFloat: k.f32(it.ptrs, begin, end, it.cf, flags); break;
-      case at::kDouble: k.f64(it.ptrs, begin, end, it.cd, flags); break;
-      case at::kBFloat16: k.bf16(it.ptrs, begin, end, it.cf, flags); break;
-      case at::kHalf: k.f16(it.ptrs, begin, end, it.cf, flags); break;
+      case at::kFloat: k.f32(it.ptrs, begin, end, coeffs.f(it.coeffs), flags); break;
+      case at::kDouble: k.f64(it.ptrs, begin, end, coeffs.d(it.coeffs), flags); break;
+      case at::kBFloat16: k.bf16(it.ptrs, begin, end, coeffs.f(it.coeffs), flags); break;
+      case at::kHalf: k.f16(it.ptrs, begin, end, coeffs.f(it.coeffs), flags); break;
       default: break;  // unreachable: rejected above
     }
   });
 
   // ---- 4. copy back what was updated in a copy, and count the step ------------------------
-  for (size_t i = 0; i < n; ++i) {
-    AdamItem& it = items[i];
-    if (!it.param.is_same(params[i])) params[i].copy_(it.param);
-    if (!it.exp_avg.is_same(exp_avgs[i])) exp_avgs[i].copy_(it.exp_avg);
-    if (!it.exp_avg_sq.is_same(exp_avg_sqs[i])) exp_avg_sqs[i].copy_(it.exp_avg_sq);
-    if (amsgrad && !it.max_exp_avg_sq.is_same(max_exp_avg_sqs[i])) {
-      max_exp_avg_sqs[i].copy_(it.max_exp_avg_sq);
+  for (const Relayout& r : relayouts) {
+    const size_t i = r.index;
+    if (!r.param.is_same(params[i])) params[i].copy_(r.param);
+    if (!r.exp_avg.is_same(exp_avgs[i])) exp_avgs[i].copy_(r.exp_avg);
+    if (!r.exp_avg_sq.is_same(exp_avg_sqs[i])) exp_avg_sqs[i].copy_(r.exp_avg_sq);
+    if (amsgrad && !r.max_exp_avg_sq.is_same(max_exp_avg_sqs[i])) {
+      max_exp_avg_sqs[i].copy_(r.max_exp_avg_sq);
     }
   }
   for (size_t i = 0; i < n; ++i) {

@@ -97,6 +97,10 @@ PyObject* call(PyObject* /*self*/, PyObject* args) {
       stack.push_back(to_ivalue(PyTuple_GET_ITEM(op_args, i), schema_args[i]));
       if (PyErr_Occurred()) return nullptr;
     }
+    // A second reference to every list: the boxed kernel then copies the tensors out instead of
+    // taking the stack's, so no tensor's last C++ reference is dropped without the GIL (that
+    // would make each one take the GIL to release its Python object).
+    const torch::jit::Stack keep = stack;
     {
       PyThreadState* save = PyEval_SaveThread();  // release the GIL for the call
       try {
