@@ -23,13 +23,18 @@ def normwise_error(x: Tensor, oracle: Tensor, x0: Tensor) -> float:
 def bits(t: Tensor) -> Tensor:
     """The raw bytes of a tensor (NaN == NaN, -0.0 != 0.0): for bitwise comparisons."""
     t = torch.view_as_real(t) if t.is_complex() else t
+    if t.device.type == "meta":  # no data: shape and dtype are all there is
+        return torch.tensor(list(t.shape), dtype=torch.int64).view(torch.uint8)
+    if t.layout != torch.strided:
+        t = t.to_dense()
     dense = torch.empty(t.shape, dtype=t.dtype)  # fresh row-major storage, whatever t's strides
     dense.copy_(t.detach())
     return dense.view(-1).view(torch.uint8)
 
 
 def bitwise_equal(a: Tensor, b: Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(bits(a), bits(b))
+    return (a.dtype == b.dtype and a.shape == b.shape and a.device == b.device
+            and a.layout == b.layout and torch.equal(bits(a), bits(b)))
 
 
 def assert_bitwise_equal(a, b, what: str = "") -> None:
