@@ -59,33 +59,35 @@ def op_tolerance(op: str, dtype: torch.dtype) -> OpTol:
 
 @dataclasses.dataclass(frozen=True)
 class ParityTol:
-    rtol: float
-    atol: float
+    k: float  # multiple of torch's own disagreement (for-loop vs fused=True)
+    floor_ulps: float  # plus this many eps of the dtype, times max |param|
     why: str
 
+    def bound(self, torch_spread: float, scale: float, dtype: torch.dtype) -> float:
+        return self.k * torch_spread + self.floor_ulps * torch.finfo(dtype).eps * scale
 
-# (optimizer family, param dtype) -> how close pyoptim's params stay to torch.optim's after
-# PARITY_STEPS steps of the same training run.
+
+_PARITY_WHY = (
+    "pyoptim and torch.optim's for-loop Adam round differently (torch: FMA in lerp/addcmul/"
+    "add(alpha), a sqrt that is not correctly rounded, bf16/fp16 intermediates rounded per op), "
+    "and training feeds each ulp back through the loss, so after 200 steps the params drift "
+    "apart by an amount that depends on the run. The yardstick is torch's own drift: its "
+    "for-loop and fused=True implementations, trained side by side. Measured on the test MLP "
+    "(every config, float32 and float64): |pyoptim - loop| <= 2.0 x |fused - loop|. k=4 gives 2x "
+    "margin; the floor covers runs where torch's two happen to agree bitwise. A formula slip "
+    "(bias correction, eps placement, decay order) moves params by >1e-3, far outside."
+)
+
+# (optimizer family, param dtype) -> bound on max |pyoptim - torch for-loop| over all params
+# after PARITY_STEPS steps of the same training run (tests/test_optim_parity.py)
 PARITY_STEPS = 200
 PARITY: dict[tuple[str, torch.dtype], ParityTol] = {
-    ("adam", torch.float32): ParityTol(
-        rtol=1e-4,
-        atol=1e-5,
-        why=(
-            "torch.optim's for-loop Adam uses FMA in lerp/addcmul/add(alpha) and a sqrt that is "
-            "not correctly rounded (reference.py), so the two differ by an ulp or so per step in "
-            "some elements; training feeds that back through the loss. Measured over "
-            "200 steps of the test MLP: max |diff| ~1e-6 on weights of O(0.1..1) for every "
-            "config; torch's own for-loop vs fused=True differ by the same order. 1e-4 rel / "
-            "1e-5 abs is ~10x the measured drift and still catches any real formula slip "
-            "(a wrong bias correction or eps placement moves weights by >1e-3 in 200 steps)."
-        ),
-    ),
-    ("adam", torch.float64): ParityTol(
-        rtol=1e-10,
-        atol=1e-12,
-        why="As float32, scaled by float64's epsilon (~2^-29 of float32's), with margin.",
-    ),
+    ("adam", torch.float32): ParityTol(k=4.0, floor_ulps=16.0, why=_PARITY_WHY),
+    ("adam", torch.float64): ParityTol(k=4.0, floor_ulps=16.0, why=_PARITY_WHY),
+    # bfloat16 / float16: torch's for-loop rounds every intermediate to the param dtype while
+    # fused (and pyoptim) compute in float32: |fused - loop| is large and measures exactly that.
+    ("adam", torch.bfloat16): ParityTol(k=4.0, floor_ulps=16.0, why=_PARITY_WHY),
+    ("adam", torch.float16): ParityTol(k=4.0, floor_ulps=16.0, why=_PARITY_WHY),
 }
 
 
