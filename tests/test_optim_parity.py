@@ -264,7 +264,6 @@ def test_lr_schedulers(sched):
             s.step()
         lrs.append(t.opts["pyoptim"].param_groups[0]["lr"])
     assert len(set(lrs)) > 3  # the schedule really changed lr
-    assert lrs == [0] * 0 + [g for g in lrs]  # (lrs recorded from pyoptim's own groups)
     assert t.opts["pyoptim"].param_groups[0]["lr"] == t.opts["loop"].param_groups[0]["lr"]
     t.check()
 
@@ -274,15 +273,19 @@ def test_lr_as_tensor():
     t = Triplet(cfg)
     t.step(50)
     t.check()
-    # and with a scheduler that writes into the tensor
-    sched = torch.optim.lr_scheduler.StepLR(t.opts["pyoptim"], step_size=1, gamma=0.5)
-    before = snapshot(t.params("pyoptim"))
-    sched.step()
-    assert isinstance(t.opts["pyoptim"].param_groups[0]["lr"], torch.Tensor)
-    t.opts["pyoptim"].zero_grad()
-    t.backward("pyoptim")
-    t.opts["pyoptim"].step()
-    assert any_changed(before, t.params("pyoptim"))
+    # and with a scheduler that writes into the tensor: the new value is used
+    opt = t.opts["pyoptim"]
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    lr_tensor = opt.param_groups[0]["lr"]
+    for k in range(2):
+        before = snapshot(t.params("pyoptim"))
+        opt.zero_grad()
+        t.backward("pyoptim")
+        opt.step()
+        assert any_changed(before, t.params("pyoptim"))
+        sched.step()
+    assert opt.param_groups[0]["lr"] is lr_tensor
+    assert lr_tensor.item() == torch.tensor(1e-2 * 0.25).item()
 
 
 def test_tensor_betas():
@@ -355,9 +358,6 @@ def test_mixed_dtypes_in_one_group():
         m[2].bias.data = m[2].bias.data.bfloat16().float()  # exact in bf16
         return m
 
-    class Cast(nn.Module):
-        pass
-
     def loss_fn(m, x, y):
         h = torch.tanh(m[0](x.double())).float()
         return ((m[2](h) - y) ** 2).mean()
@@ -421,23 +421,28 @@ def test_non_contiguous_params_and_grads():
 
 
 def test_zero_element_params():
+    """Empty params get state and a step count like torch's, and do not disturb the others."""
+    torch.manual_seed(0)
     ps = [nn.Parameter(torch.empty(0)), nn.Parameter(torch.empty(3, 0)),
           nn.Parameter(torch.randn(4))]
     qs = [nn.Parameter(p.detach().clone()) for p in ps]
+    alone = nn.Parameter(ps[2].detach().clone())
     opt, ref = pyoptim.Adam(ps, lr=1e-2), torch.optim.Adam(qs, lr=1e-2, foreach=False)
+    opt_alone = pyoptim.Adam([alone], lr=1e-2)
+    before = snapshot(list(ps))
     for p, q in zip(ps, qs):
         p.grad = torch.ones_like(p)
         q.grad = torch.ones_like(q)
+    alone.grad = torch.ones_like(alone)
     opt.step()
     ref.step()
+    opt_alone.step()
     for p, q in zip(ps, qs):
         assert opt.state[p].keys() == ref.state[q].keys()
         assert opt.state[p]["step"].item() == ref.state[q]["step"].item() == 1.0
         assert opt.state[p]["exp_avg"].shape == p.shape
-    assert any_changed([qs[2].detach()], [torch.zeros(0)]) or True
-    assert not torch.equal(ps[2], ps[2].detach() + 0) or any_changed([ps[2]], [qs[2]]) or True
-    assert torch.allclose(ps[2], qs[2])  # the non-empty one stepped like torch
-    assert not torch.equal(ps[2].detach(), torch.zeros(4)) and ps[2].grad is not None
+    assert_bitwise_equal(ps[2], alone)
+    assert any_changed(before, list(ps))
 
 
 def test_params_without_grad_are_skipped():
@@ -483,13 +488,16 @@ def test_complex_params(cls):
 @pytest.mark.parametrize("cls", ["Adam", "AdamW"])
 @pytest.mark.parametrize("amsgrad", [False, True], ids=["", "amsgrad"])
 def test_nan_and_inf_grads_like_torch(cls, amsgrad):
+    """NaN / inf in grads: the same elements become NaN / inf as in torch (params and state);
+    the finite ones follow the PARITY rule (torch's for-loop vs fused as the yardstick)."""
     torch.manual_seed(0)
     p0 = torch.randn(40)
     res = {}
-    for impl in ("pyoptim", "torch"):
+    for impl in ("pyoptim", "loop", "fused"):
         p = nn.Parameter(p0.clone())
-        opt = (getattr(pyoptim, cls) if impl == "pyoptim" else torch_cls(cls))(
-            [p], lr=1e-2, amsgrad=amsgrad)
+        make = getattr(pyoptim, cls) if impl == "pyoptim" else torch_cls(cls)
+        extra = {"pyoptim": {}, "loop": dict(foreach=False), "fused": dict(fused=True)}[impl]
+        opt = make([p], lr=1e-2, amsgrad=amsgrad, **extra)
         for k in range(3):
             g = torch.randn(40, generator=torch.Generator().manual_seed(k))
             g[5], g[17], g[18] = float("nan"), float("inf"), -float("inf")
@@ -498,14 +506,16 @@ def test_nan_and_inf_grads_like_torch(cls, amsgrad):
             p.grad = g
             opt.step()
         res[impl] = (p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()})
-    (pp, ps), (tp, ts) = res["pyoptim"], res["torch"]
+    (pp, ps), (tp, ts), (fp, _) = res["pyoptim"], res["loop"], res["fused"]
     assert torch.equal(pp.isnan(), tp.isnan()) and torch.equal(pp.isinf(), tp.isinf())
     for key in ps:
         assert torch.equal(ps[key].isnan(), ts[key].isnan()), key
         assert torch.equal(ps[key].isinf(), ts[key].isinf()), key
     finite = pp.isfinite()
-    assert torch.allclose(pp[finite], tp[finite], rtol=0, atol=0) or torch.allclose(
-        pp[finite], tp[finite])
+    tol = parity_tolerance("adam", torch.float32)
+    spread = (fp[finite] - tp[finite]).abs().max().item()
+    bound = tol.bound(spread, tp[finite].abs().max().item(), torch.float32)
+    assert (pp[finite] - tp[finite]).abs().max().item() <= bound
     assert pp.isnan().any() and not torch.equal(pp[finite], p0[finite])
 
 
@@ -558,3 +568,9 @@ def test_isinstance_torch_optimizer(cls):
     assert isinstance(opt, torch.optim.Optimizer)
     assert isinstance(opt, torch_cls(cls))
     assert opt.defaults == torch_cls(cls)([nn.Parameter(torch.randn(2))]).defaults
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(restore_num_threads):
+    """Tiny models: intra-op threads only add synchronization (results do not depend on it)."""
+    torch.set_num_threads(1)
