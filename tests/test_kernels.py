@@ -83,7 +83,35 @@ def test_adam_matches_reference(isa, case):
             assert e_kernel <= bound, (
                 f"{key}[{i}]: kernel error {e_kernel:.3g} > {bound:.3g} "
                 f"(reference error {e_ref:.3g}; {tol.why})")
+    if tol.bitwise_to_reference:
+        assert_bitwise_equal({k: kern[k] for k in STATE_KEYS}, {k: ref[k] for k in STATE_KEYS},
+                             "kernel vs same-precision reference")
     assert_bitwise_equal(kern["state_steps"], ref["state_steps"], "state_steps")
+    assert_stepped(case, state0, kern, oracle)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("beta1", [0.0, 0.3, 0.5, 0.50000006, 0.49999997, 0.9])
+def test_lerp_branch_boundary(isa, dtype, beta1):
+    """torch.lerp switches formula at |weight| = 0.5 (weight = 1 - beta1, in opmath): both sides
+    of the switch and the switch itself, deterministically, against the reference."""
+    hp = dict(lr=1e-2, beta1=beta1, beta2=0.99, weight_decay=0.0, eps=1e-8, amsgrad=False,
+              maximize=False, decoupled=False)
+    case = AdamCase(sizes=[33, 70], dtype=dtype, hp=hp, seed=7, step0=3, skips=(False, False))
+    state0 = case.state()
+    kern, ref = clone_state(state0), clone_state(state0)
+    for k in range(case.steps):
+        grads = case.grads(k)
+        _ops.adam_(*op_args(kern, grads), **hp)
+        adam_reference(*op_args(ref, grads), **hp)
+    tol = op_tolerance("adam", dtype)
+    oracle = oracle_run(case, state0)
+    for key in STATE_KEYS:
+        for x, r, o, x0 in zip(kern[key], ref[key], oracle[key], state0[key]):
+            assert normwise_error(x, o, x0) <= tol.bound(normwise_error(r, o, x0), dtype)
+            if tol.bitwise_to_reference:
+                assert bitwise_equal(x, r), key
     assert_stepped(case, state0, kern, oracle)
 
 
