@@ -200,17 +200,21 @@ def test_power_of_two_grad_scale_unscales_exactly(isa, case, log2_scale):
     assert_stepped(case, before, a)
 
 
+@pytest.mark.parametrize("lr_dtype", [torch.float32, torch.float64], ids=["lr-f32", "lr-f64"])
 @given(case=adam_cases(skips=False))
-def test_lr_tensor_equals_lr(isa, case):
+def test_lr_tensor_equals_lr(isa, lr_dtype, case):
+    """lr_tensor holds the learning rate in its own dtype: same bits as lr=<that value>."""
+    lr_t = torch.tensor([case.hp["lr"]], dtype=lr_dtype)
+    hp_float = dict(case.hp, lr=lr_t.item())
+    hp_tensor = dict(case.hp, lr=0.0)  # ignored when lr_tensor is given
     a, b = case.state(), case.state()
     before = snapshot(a)
-    hp_tensor = dict(case.hp, lr=0.0)  # ignored when lr_tensor is given
     for k in range(case.steps):
         grads = case.grads(k)
-        _ops.adam_(*op_args(a, grads), **hp_tensor, lr_tensor=torch.tensor([case.hp["lr"]]))
-        _ops.adam_(*op_args(b, grads), **case.hp)
+        _ops.adam_(*op_args(a, grads), **hp_tensor, lr_tensor=lr_t)
+        _ops.adam_(*op_args(b, grads), **hp_float)
     assert_bitwise_equal(a, b)
-    assert_stepped(case, before, a)
+    assert_stepped(case, before, a, hp=hp_float)
 
 
 LAYOUTS = {
