@@ -181,4 +181,10 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
 
 TORCH_LIBRARY_IMPL(pyoptim, CPU, m) { m.impl("adam_", &adam_cpu); }
 
+// A sparse grad (or param) among CPU tensors makes the dispatcher pick SparseCPU. The same
+// function serves it: its checks reject every non-strided tensor before anything is written,
+// with torch.optim's "Adam does not support sparse gradients" for grads, instead of the
+// dispatcher's "Could not run 'pyoptim::adam_' with arguments from the 'SparseCPU' backend".
+TORCH_LIBRARY_IMPL(pyoptim, SparseCPU, m) { m.impl("adam_", &adam_cpu); }
+
 }  // namespace pyoptim

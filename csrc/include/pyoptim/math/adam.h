@@ -113,7 +113,9 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE void adam_step(V& p, V g, V& m, V& v, V& vmax
   // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps), with the division by the
   // per-step constant done as a multiplication by its reciprocal (Note [One division per element])
   const V denom = vsqrt(second) * bcast<V>(c.inv_bias_correction2_sqrt) + bcast<V>(c.eps);
-  p = p + bcast<V>(c.neg_step_size) * (m / denom);  // param.addcdiv_(exp_avg, denom, value=-step_size)
+  // param.addcdiv_(exp_avg, denom, value=-step_size): torch computes self + value * t1 / t2,
+  // left to right (CPU addcdiv, fused CPU and CUDA Adam alike), so (value * m) / denom.
+  p = p + (bcast<V>(c.neg_step_size) * m) / denom;
 }
 
 }  // namespace math

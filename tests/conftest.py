@@ -1,0 +1,52 @@
+"""Shared pytest configuration: hypothesis profiles and the CPU-capability fixture.
+
+Profiles (select with HYPOTHESIS_PROFILE; .ci/run sets `ci`, default `dev`):
+  * dev: random, more examples, prints reproduction blobs.
+  * ci:  derandomized (same examples every run, no flaky CI), bounded examples so the whole
+         suite stays within a few minutes on 2 cores, no example database.
+No deadline anywhere: timings on a shared 2-core machine are noise, and tests assert no timings.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+import pyoptim
+from pyoptim import _ops
+
+_COMMON = dict(
+    deadline=None,
+    # the `isa` fixture is function-scoped on purpose: it applies to every example alike
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                           HealthCheck.data_too_large],
+)
+settings.register_profile("dev", max_examples=40, print_blob=True, **_COMMON)
+settings.register_profile("ci", max_examples=12, derandomize=True, database=None,
+                          print_blob=True, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+ISA_LEVELS = _ops.available_cpu_capabilities()
+
+
+@pytest.fixture(params=ISA_LEVELS, ids=lambda level: f"isa={level}")
+def isa(request):
+    """Run the test body with the CPU kernels at each level this CPU supports."""
+    with _ops.cpu_capability_override(request.param):
+        assert pyoptim.cpu_capability() == request.param
+        yield request.param
+
+
+@pytest.fixture
+def restore_num_threads():
+    """Tests that call torch.set_num_threads get the original count back afterwards."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def dtype_id(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")

@@ -1,0 +1,257 @@
+"""Bad input -> a clear Python exception, and a failed step changes nothing.
+
+Constructor errors are torch.optim's own (type and message). Op-level errors: every check runs
+before any write (Note [All-or-nothing step] in csrc/ops/library.cpp), so for every case the
+params, grads, every state tensor and every step count are bitwise what they were before. The
+bad tensor is always the LAST of several, so a kernel that validated and wrote tensor by tensor
+would already have written the good ones.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+
+import pyoptim
+from pyoptim import _ops
+from helpers import assert_bitwise_equal, any_changed, snapshot
+from strategies import AdamCase, op_args
+
+SPARSE_MSG = "Adam does not support sparse gradients, please consider SparseAdam instead"
+
+# ---- constructor: the same exception type and message as torch.optim -----------------------
+
+BAD_KWARGS = {
+    "negative-lr": dict(lr=-1e-3),
+    "lr-tensor-2-elements": dict(lr=torch.tensor([1e-3, 1e-3])),
+    "lr-tensor-with-foreach": dict(lr=torch.tensor(1e-3), foreach=True),
+    "negative-eps": dict(eps=-1.0),
+    "beta1-is-1": dict(betas=(1.0, 0.999)),
+    "beta1-negative": dict(betas=(-0.1, 0.999)),
+    "beta2-negative": dict(betas=(0.9, -0.1)),
+    "beta2-above-1-amsgrad": dict(betas=(0.9, 1.5), amsgrad=True),
+    "betas-one-element": dict(betas=(0.9,)),
+    "betas-float-and-tensor-foreach": dict(betas=(torch.tensor(0.9), 0.999), foreach=True),
+    "betas-tensor-2-elements": dict(betas=(torch.tensor([0.9, 0.9]), 0.99)),
+    "negative-weight-decay": dict(weight_decay=-0.1),
+    "lr-string": dict(lr="0.1"),
+    "fused-and-foreach": dict(fused=True, foreach=True),
+    "fused-and-differentiable": dict(fused=True, differentiable=True),
+}
+
+
+def _error_of(fn: Callable[[], object]):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - we compare whatever torch raises
+        return type(e), str(e)
+    return None
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+@pytest.mark.parametrize("name", list(BAD_KWARGS))
+def test_constructor_errors_match_torch(cls, name):
+    kwargs = BAD_KWARGS[name]
+    params = [torch.nn.Parameter(torch.randn(3))]
+    expected = _error_of(lambda: getattr(torch.optim, cls)(params, **kwargs))
+    assert expected is not None, "torch accepts these kwargs; the table row is wrong"
+    assert _error_of(lambda: getattr(pyoptim, cls)(params, **kwargs)) == expected
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_empty_param_list_matches_torch(cls):
+    expected = _error_of(lambda: getattr(torch.optim, cls)([]))
+    assert expected is not None
+    assert _error_of(lambda: getattr(pyoptim, cls)([])) == expected
+
+
+# ---- class level: sparse gradients ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_sparse_grad_raises_and_changes_nothing(cls):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(3)]
+    opt = getattr(pyoptim, cls)(params, lr=1e-2)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    before_step = snapshot(params)
+    opt.step()  # state exists now
+    assert any_changed(before_step, params)
+    params[-1].grad = torch.randn(4, 3).to_sparse()
+    before = snapshot(dict(params=list(params), grads=[p.grad for p in params],
+                           state=[dict(opt.state[p]) for p in params]))
+    with pytest.raises(RuntimeError, match=SPARSE_MSG):
+        opt.step()
+    after = dict(params=list(params), grads=[p.grad for p in params],
+                 state=[dict(opt.state[p]) for p in params])
+    assert_bitwise_equal(after["params"], before["params"], "params")
+    assert_bitwise_equal(after["state"], before["state"], "state")
+    for g0, g1 in zip(before["grads"][:-1], after["grads"][:-1]):
+        assert_bitwise_equal(g0, g1, "grads")
+    assert torch.equal(before["grads"][-1].to_dense(), after["grads"][-1].to_dense())
+    # torch raises the same error for the same input
+    ref = getattr(torch.optim, cls)([torch.nn.Parameter(torch.randn(2))])
+    ref.param_groups[0]["params"][0].grad = torch.randn(2).to_sparse()
+    with pytest.raises(RuntimeError, match=SPARSE_MSG):
+        ref.step()
+
+
+# ---- op level: validation before mutation -----------------------------------------------------
+
+HP = dict(lr=1e-2, beta1=0.9, beta2=0.999, weight_decay=0.1, eps=1e-8, amsgrad=True,
+          maximize=False, decoupled=False)
+
+
+def _sample():
+    case = AdamCase(sizes=[17, 5, 33], dtype=torch.float32, hp=HP, seed=2, step0=4,
+                    skips=(False,))
+    state = case.state()
+    return state, case.grads(0)
+
+
+def _append(state, grads, p, g=None, same=None):
+    """Append a 4th param (with fresh state like it, or `same`'s overrides) to the lists."""
+    g = torch.zeros_like(p) if g is None else g
+    state["params"].append(p)
+    grads.append(g)
+    for key in ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"):
+        state[key].append(torch.zeros(p.shape, dtype=p.dtype) if p.layout == torch.strided
+                          else torch.zeros(p.shape))
+    state["state_steps"].append(torch.tensor(4.0))
+
+
+def bad_grad_shape(state, grads):
+    _append(state, grads, torch.randn(6), torch.randn(7))
+
+
+def bad_grad_dtype(state, grads):
+    _append(state, grads, torch.randn(6), torch.randn(6, dtype=torch.float64))
+
+
+def bad_grad_device(state, grads):
+    _append(state, grads, torch.randn(6), torch.randn(6, device="meta"))
+
+
+def bad_grad_sparse(state, grads):
+    _append(state, grads, torch.randn(6), torch.randn(6).to_sparse())
+
+
+def bad_state_dtype(state, grads):
+    _append(state, grads, torch.randn(6))
+    state["exp_avg_sqs"][-1] = torch.zeros(6, dtype=torch.float16)
+
+
+def bad_state_shape(state, grads):
+    _append(state, grads, torch.randn(6))
+    state["exp_avgs"][-1] = torch.zeros(2, 3)
+
+
+def short_grads(state, grads):
+    _append(state, grads, torch.randn(6))
+    grads.pop()
+
+
+def short_steps(state, grads):
+    _append(state, grads, torch.randn(6))
+    state["state_steps"].pop()
+
+
+def missing_max_exp_avg_sqs(state, grads):
+    _append(state, grads, torch.randn(6))
+    state["max_exp_avg_sqs"].clear()
+
+
+def step_two_elements(state, grads):
+    _append(state, grads, torch.randn(6))
+    state["state_steps"][-1] = torch.tensor([4.0, 4.0])
+
+
+def aliased_same_tensor(state, grads):
+    p = state["params"][0]
+    _append(state, grads, p)
+
+
+def aliased_overlapping_views(state, grads):
+    base = torch.randn(40)
+    state["params"][0] = base[:20]
+    for key in ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"):
+        state[key][0] = torch.zeros(20)
+    grads[0] = torch.randn(20)
+    _append(state, grads, base[10:30])
+
+
+def state_aliases_param(state, grads):
+    p = torch.randn(6)
+    _append(state, grads, p)
+    state["exp_avgs"][-1] = p
+
+
+def expanded_param(state, grads):
+    _append(state, grads, torch.randn(1).expand(6))
+    for key in ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"):
+        state[key][-1] = torch.zeros(6)
+
+
+def int_param(state, grads):
+    _append(state, grads, torch.arange(6), torch.arange(6))
+
+
+def complex_param(state, grads):
+    _append(state, grads, torch.randn(6, dtype=torch.complex64),
+            torch.randn(6, dtype=torch.complex64))
+
+
+OP_ERRORS = {
+    # name: (mutation, hyper-parameter overrides, exception type, message fragment)
+    "grad-shape": (bad_grad_shape, {}, ValueError, "grads\\[3\\] has shape"),
+    "grad-dtype": (bad_grad_dtype, {}, TypeError, "grads\\[3\\] has dtype"),
+    # a meta grad among CPU tensors: the dispatcher picks the Meta key and refuses
+    # (a CUDA grad with CPU params reaches the device check; needs a GPU to test)
+    "grad-device": (bad_grad_device, {}, NotImplementedError, "Meta"),
+    "grad-sparse": (bad_grad_sparse, {}, RuntimeError, SPARSE_MSG),
+    "state-dtype": (bad_state_dtype, {}, TypeError, "exp_avg_sqs\\[3\\] has dtype"),
+    "state-shape": (bad_state_shape, {}, ValueError, "exp_avgs\\[3\\] has shape"),
+    "list-length-grads": (short_grads, {}, ValueError, "expected 4 grads"),
+    "list-length-steps": (short_steps, {}, ValueError, "expected 4 state_steps"),
+    "list-length-max_exp_avg_sqs": (missing_max_exp_avg_sqs, {}, ValueError,
+                                    "expected 4 max_exp_avg_sqs"),
+    "step-not-one-element": (step_two_elements, {}, ValueError, "state_steps\\[3\\]"),
+    "aliased-same-tensor": (aliased_same_tensor, {}, ValueError, "overlap in memory"),
+    "aliased-overlapping-views": (aliased_overlapping_views, {}, ValueError, "overlap in memory"),
+    "state-aliases-param": (state_aliases_param, {}, ValueError, "overlap in memory"),
+    "expanded-param": (expanded_param, {}, ValueError, "share memory"),
+    "int-param": (int_param, {}, TypeError, "params\\[3\\] has dtype"),
+    "complex-param": (complex_param, {}, TypeError, "params\\[3\\] has dtype"),
+    "negative-lr": (lambda s, g: None, dict(lr=-1.0), ValueError, "Invalid learning rate"),
+    "negative-lr-tensor": (lambda s, g: None, dict(lr_tensor=torch.tensor(-1.0)), ValueError,
+                           "Invalid learning rate"),
+    "beta1-is-1": (lambda s, g: None, dict(beta1=1.0), ValueError, "beta parameter at index 0"),
+    "beta2-negative": (lambda s, g: None, dict(beta2=-0.5), ValueError,
+                       "beta parameter at index 1"),
+    "negative-eps": (lambda s, g: None, dict(eps=-1.0), ValueError, "Invalid epsilon"),
+    "negative-weight-decay": (lambda s, g: None, dict(weight_decay=-1.0), ValueError,
+                              "Invalid weight_decay"),
+    "grad-scale-2-elements": (lambda s, g: None, dict(grad_scale=torch.ones(2)), ValueError,
+                              "grad_scale must have one element"),
+    "found-inf-2-elements": (lambda s, g: None, dict(found_inf=torch.zeros(2)), ValueError,
+                             "found_inf must have one element"),
+}
+
+
+@pytest.mark.parametrize("name", list(OP_ERRORS))
+def test_op_error_changes_nothing(isa, name):
+    mutate, overrides, exc, match = OP_ERRORS[name]
+    state, grads = _sample()
+    mutate(state, grads)
+    before = snapshot(dict(state=state, grads=grads))
+    with pytest.raises(exc, match=match):
+        _ops.adam_(*op_args(state, grads), **dict(HP, **overrides))
+    assert_bitwise_equal(dict(state=state, grads=grads), before, name)
+    # the same lists without the defect do step (the check is what stopped it)
+    good_state, good_grads = _sample()
+    good_before = snapshot(good_state)
+    _ops.adam_(*op_args(good_state, good_grads), **HP)
+    assert any_changed(good_before["params"], good_state["params"])

@@ -1,0 +1,576 @@
+"""Class level: pyoptim.Adam / AdamW against torch.optim.Adam / AdamW.
+
+Every run trains THREE copies of the same model (same init, same data): pyoptim, torch's
+for-loop implementation and torch's fused=True (foreach=True where fused does not apply). The
+distance pyoptim <-> for-loop must stay within tests/tolerances.py's PARITY rule, which is
+relative to torch's own spread (fused <-> for-loop). Plus the API surface: param groups,
+zero_grad, closures, add_param_group, hooks, schedulers, tensor lr / betas, GradScaler,
+state_dict both ways, odd params (mixed dtypes, non-contiguous, empty, no grad, complex),
+NaN/inf, differentiable fallback, foreach/fused flags, isinstance.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Callable, Optional
+
+import pytest
+import torch
+from torch import nn
+
+import pyoptim
+from pyoptim import _ops
+from conftest import dtype_id
+from helpers import any_changed, assert_bitwise_equal, bitwise_equal, snapshot
+from tolerances import PARITY_STEPS, parity_tolerance
+
+IMPLS = ("pyoptim", "loop", "other")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """One row of the OptimizerInfo-like table."""
+
+    cls: str  # "Adam" or "AdamW"
+    kwargs: dict
+    desc: str
+    loss_sign: float = 1.0  # maximize=True trains on -loss, so training still converges
+
+    @property
+    def id(self) -> str:
+        return f"{self.cls}-{self.desc}"
+
+
+CONFIGS = [
+    OptimConfig("Adam", {}, "defaults"),
+    OptimConfig("Adam", dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6), "lr-betas-eps"),
+    OptimConfig("Adam", dict(lr=1e-2, betas=(0.3, 0.9)), "beta1<0.5-lerp-branch"),
+    OptimConfig("Adam", dict(lr=1e-2, weight_decay=0.1), "l2"),
+    OptimConfig("Adam", dict(lr=1e-2, amsgrad=True), "amsgrad"),
+    OptimConfig("Adam", dict(lr=1e-2, maximize=True), "maximize", loss_sign=-1.0),
+    OptimConfig("Adam", dict(lr=1e-2, weight_decay=0.1, amsgrad=True, maximize=True),
+                "l2-amsgrad-maximize", loss_sign=-1.0),
+    OptimConfig("Adam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True),
+                "decoupled"),
+    OptimConfig("AdamW", {}, "defaults"),
+    OptimConfig("AdamW", dict(lr=1e-2, weight_decay=0.1, amsgrad=True), "amsgrad"),
+    OptimConfig("AdamW", dict(lr=1e-2, weight_decay=0.0), "no-decay"),
+    OptimConfig("AdamW", dict(lr=1e-2, maximize=True, betas=(0.0, 0.5)), "maximize-beta1=0",
+                loss_sign=-1.0),
+]
+
+
+def mlp(dtype=torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).to(dtype)
+
+
+def data(dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(64, 8, generator=g).to(dtype), torch.randn(64, 4, generator=g).to(dtype)
+
+
+def torch_cls(cls: str):
+    return getattr(torch.optim, cls)
+
+
+class Triplet:
+    """One model per implementation, same init and data, stepped together."""
+
+    def __init__(self, cfg: OptimConfig, dtype=torch.float32,
+                 model_fn: Callable[[torch.dtype], nn.Module] = mlp,
+                 params_fn: Callable[[nn.Module], object] = lambda m: m.parameters(),
+                 other: str = "fused", loss_fn: Optional[Callable] = None,
+                 reference: str = "loop"):
+        self.cfg, self.dtype, self.reference = cfg, dtype, reference
+        self.models = {name: model_fn(dtype) for name in IMPLS}
+        other_kw = {"fused": dict(fused=True), "foreach": dict(foreach=True)}[other]
+        makers = {
+            "pyoptim": lambda p: getattr(pyoptim, cfg.cls)(p, **copy.deepcopy(cfg.kwargs)),
+            "loop": lambda p: torch_cls(cfg.cls)(p, **copy.deepcopy(cfg.kwargs), foreach=False),
+            "other": lambda p: torch_cls(cfg.cls)(p, **copy.deepcopy(cfg.kwargs), **other_kw),
+        }
+        self.opts = {n: makers[n](params_fn(self.models[n])) for n in IMPLS}
+        self.x, self.y = data(dtype)
+        self.loss_fn = loss_fn or (lambda m, x, y: ((m(x) - y) ** 2).mean())
+        self.init = snapshot(self.params("pyoptim"))
+
+    def params(self, name: str) -> list:
+        return [p for g in self.opts[name].param_groups for p in g["params"]]
+
+    def backward(self, name: str):
+        loss = self.cfg.loss_sign * self.loss_fn(self.models[name], self.x, self.y)
+        loss.backward()
+        return loss
+
+    def step(self, n: int = 1, closure: bool = False, after_backward=None) -> None:
+        for _ in range(n):
+            for name in IMPLS:
+                opt = self.opts[name]
+                if closure:
+                    def closure_fn(name=name, opt=opt):
+                        opt.zero_grad()
+                        return self.backward(name)
+                    opt.step(closure_fn)
+                else:
+                    opt.zero_grad()
+                    self.backward(name)
+                    if after_backward:
+                        after_backward(self.models[name])
+                    opt.step()
+
+    def check(self, family: str = "adam") -> None:
+        """Params close to torch (PARITY rule), step counts equal, and trained."""
+        def real(p):
+            return torch.view_as_real(p.detach()) if p.is_complex() else p.detach()
+
+        flat = {n: torch.cat([real(p).double().flatten() for p in self.params(n)])
+                for n in IMPLS}
+        ref, other = ("loop", "other") if self.reference == "loop" else ("other", "loop")
+        tol = parity_tolerance(family, self.dtype)
+        spread = (flat[other] - flat[ref]).abs().max().item()
+        dist = (flat["pyoptim"] - flat[ref]).abs().max().item()
+        bound = tol.bound(spread, flat[ref].abs().max().item(), self.dtype)
+        assert dist <= bound, f"|pyoptim - torch| = {dist:.3g} > {bound:.3g} (torch spread {spread:.3g})"
+        for p, q in zip(self.params("pyoptim"), self.params("loop")):
+            s, t = self.opts["pyoptim"].state.get(p, {}), self.opts["loop"].state.get(q, {})
+            assert s.keys() == t.keys()
+            if "step" in s:
+                assert s["step"].item() == t["step"].item()
+                assert s["step"].dtype == t["step"].dtype
+        assert any_changed(self.init, self.params("pyoptim")), "training did not move params"
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.id)
+def test_training_matches_torch(cfg):
+    t = Triplet(cfg, torch.float32)
+    t.step(PARITY_STEPS)
+    t.check()
+
+
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[6], CONFIGS[9]], ids=lambda c: c.id)
+def test_float64_training_matches_torch(cfg):
+    t = Triplet(cfg, torch.float64)
+    t.step(PARITY_STEPS)
+    t.check()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[9]], ids=lambda c: c.id)
+def test_reduced_precision_training_matches_torch(cfg, dtype):
+    """Against torch's fused kernel, which (like pyoptim) computes in float32 and rounds once;
+    torch's for-loop (every intermediate rounded to the param dtype) is the spread. eps=1e-3:
+    the default 1e-8 is 0 in float16, where torch's for-loop divides 0 by 0 (NaN) at step 2."""
+    cfg = dataclasses.replace(cfg, kwargs=dict(cfg.kwargs, eps=1e-3))
+    t = Triplet(cfg, dtype, reference="fused")
+    t.step(50)
+    t.check()
+
+
+def two_groups(m: nn.Module):
+    return [dict(params=m[0].parameters()), dict(params=m[2].parameters(), lr=1e-2)]
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_param_groups_with_own_lr(cls):
+    """backbone at the default 1e-3, classifier at 1e-2: each group steps with its own lr."""
+    t = Triplet(OptimConfig(cls, dict(lr=1e-3), "groups"), params_fn=two_groups)
+    assert [g["lr"] for g in t.opts["pyoptim"].param_groups] == [1e-3, 1e-2]
+    t.step(50)
+    t.check()
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad(set_to_none):
+    m = mlp()
+    opt = pyoptim.Adam(m.parameters())
+    before = snapshot(list(m.parameters()))
+    ((m(data()[0])) ** 2).mean().backward()
+    opt.step()
+    assert any_changed(before, list(m.parameters()))
+    opt.zero_grad(set_to_none=set_to_none)
+    for p in m.parameters():
+        assert (p.grad is None) if set_to_none else bool((p.grad == 0).all())
+
+
+def test_step_with_closure_returns_loss():
+    t = Triplet(CONFIGS[1])
+    losses = {}
+    for name in IMPLS:
+        opt = t.opts[name]
+        def closure(name=name, opt=opt):
+            opt.zero_grad()
+            return t.backward(name)
+        losses[name] = opt.step(closure)
+    assert losses["pyoptim"] is not None
+    assert losses["pyoptim"].item() == losses["loop"].item()
+    t.step(30, closure=True)
+    t.check()
+
+
+def test_add_param_group_mid_training():
+    def model_fn(dtype):
+        torch.manual_seed(0)
+        return nn.ModuleDict(dict(body=mlp(dtype), head=nn.Linear(4, 2).to(dtype)))
+
+    def loss_fn(m, x, y):
+        return (m["head"](m["body"](x)) ** 2).mean() + ((m["body"](x) - y) ** 2).mean()
+
+    t = Triplet(CONFIGS[3], model_fn=model_fn, params_fn=lambda m: m["body"].parameters(),
+                loss_fn=loss_fn)
+    t.step(20)
+    head_before = snapshot(list(t.models["pyoptim"]["head"].parameters()))
+    for name in IMPLS:
+        t.opts[name].add_param_group(dict(params=t.models[name]["head"].parameters(), lr=5e-3))
+    t.step(20)
+    t.check()
+    assert any_changed(head_before, list(t.models["pyoptim"]["head"].parameters()))
+    assert len(t.opts["pyoptim"].state) == 6
+
+
+def test_step_pre_and_post_hooks():
+    m = mlp()
+    opt = pyoptim.AdamW(m.parameters())
+    calls = []
+    h1 = opt.register_step_pre_hook(lambda o, a, k: calls.append(("pre", o)))
+    h2 = opt.register_step_post_hook(lambda o, a, k: calls.append(("post", o)))
+    before = snapshot(list(m.parameters()))
+    for _ in range(2):
+        opt.zero_grad()
+        ((m(data()[0])) ** 2).mean().backward()
+        opt.step()
+    assert calls == [("pre", opt), ("post", opt)] * 2
+    h1.remove()
+    h2.remove()
+    opt.step()
+    assert len(calls) == 4
+    assert any_changed(before, list(m.parameters()))
+
+
+@pytest.mark.parametrize("sched", ["StepLR", "OneCycleLR"])
+def test_lr_schedulers(sched):
+    t = Triplet(OptimConfig("Adam", dict(lr=1e-2), "sched"))
+    make = {
+        "StepLR": lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=10, gamma=0.5),
+        "OneCycleLR": lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=5e-2,
+                                                                    total_steps=60),
+    }[sched]
+    scheds = {n: make(t.opts[n]) for n in IMPLS}
+    lrs = []
+    for _ in range(60):
+        t.step()
+        for s in scheds.values():
+            s.step()
+        lrs.append(t.opts["pyoptim"].param_groups[0]["lr"])
+    assert len(set(lrs)) > 3  # the schedule really changed lr
+    assert t.opts["pyoptim"].param_groups[0]["lr"] == t.opts["loop"].param_groups[0]["lr"]
+    t.check()
+
+
+def test_lr_as_tensor():
+    cfg = OptimConfig("Adam", dict(lr=torch.tensor(1e-2)), "lr-tensor")
+    t = Triplet(cfg)
+    t.step(50)
+    t.check()
+    # and with a scheduler that writes into the tensor: the new value is used
+    opt = t.opts["pyoptim"]
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    lr_tensor = opt.param_groups[0]["lr"]
+    for k in range(2):
+        before = snapshot(t.params("pyoptim"))
+        opt.zero_grad()
+        t.backward("pyoptim")
+        opt.step()
+        assert any_changed(before, t.params("pyoptim"))
+        sched.step()
+    assert opt.param_groups[0]["lr"] is lr_tensor
+    assert lr_tensor.item() == torch.tensor(1e-2 * 0.25).item()
+
+
+def test_tensor_betas():
+    cfg = OptimConfig("AdamW", dict(lr=1e-2, betas=(torch.tensor(0.8), torch.tensor(0.99))),
+                      "tensor-betas")
+    t = Triplet(cfg)
+    t.step(50)
+    t.check()
+
+
+def test_grad_scaler_with_forced_inf_step():
+    """GradScaler on CPU: normal steps match torch; an inf grad skips the step entirely."""
+    t = Triplet(OptimConfig("Adam", dict(lr=1e-2), "amp"))
+    scalers = {n: torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=5)
+               for n in IMPLS}
+
+    def amp_step(poison: bool):
+        for name in IMPLS:
+            opt, sc = t.opts[name], scalers[name]
+            opt.zero_grad()
+            sc.scale(t.cfg.loss_sign * t.loss_fn(t.models[name], t.x, t.y)).backward()
+            if poison:
+                next(t.models[name].parameters()).grad.view(-1)[3] = float("inf")
+            sc.step(opt)
+            sc.update()
+
+    for _ in range(12):
+        amp_step(False)
+    t.check()
+    opt = t.opts["pyoptim"]
+    before = snapshot(dict(params=t.params("pyoptim"),
+                           state=[dict(opt.state[p]) for p in t.params("pyoptim")]))
+    scale_before = scalers["pyoptim"].get_scale()
+    amp_step(True)
+    after = dict(params=t.params("pyoptim"), state=[dict(opt.state[p]) for p in t.params("pyoptim")])
+    assert_bitwise_equal(after, before, "skipped step")
+    assert scalers["pyoptim"].get_scale() == scale_before / 2
+    assert scalers["pyoptim"].get_scale() == scalers["loop"].get_scale()
+    for _ in range(5):
+        amp_step(False)
+    t.check()
+
+
+@pytest.mark.parametrize("direction", ["torch->pyoptim", "pyoptim->torch"])
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[6], CONFIGS[9]], ids=lambda c: c.id)
+def test_state_dict_round_trip(cfg, direction):
+    """Train one implementation, load its state_dict (and weights) into the other kind, train
+    both on: the continuation matches torch's own continuation."""
+    src_is_torch = direction == "torch->pyoptim"
+    t = Triplet(cfg)
+    t.step(20)
+    src = "loop" if src_is_torch else "pyoptim"
+    sd = copy.deepcopy(t.opts[src].state_dict())
+    weights = copy.deepcopy(t.models[src].state_dict())
+    for name in IMPLS:  # everyone continues from the same point: src's weights and state
+        t.models[name].load_state_dict(weights)
+        t.opts[name].load_state_dict(copy.deepcopy(sd))
+    dst = "pyoptim" if src_is_torch else "loop"
+    assert_bitwise_equal(t.opts[dst].state_dict()["state"], sd["state"], "loaded state")
+    t.init = snapshot(t.params("pyoptim"))
+    t.step(20)
+    t.check()
+
+
+def test_mixed_dtypes_in_one_group():
+    def model_fn(dtype):
+        torch.manual_seed(0)
+        m = mlp(torch.float32)
+        m[0].double()
+        m[2].bias.data = m[2].bias.data.bfloat16().float()  # exact in bf16
+        return m
+
+    def loss_fn(m, x, y):
+        h = torch.tanh(m[0](x.double())).float()
+        return ((m[2](h) - y) ** 2).mean()
+
+    t = Triplet(CONFIGS[1], model_fn=model_fn, loss_fn=loss_fn)
+    dtypes = {p.dtype for p in t.params("pyoptim")}
+    assert dtypes == {torch.float32, torch.float64}
+    t.step(50)
+    t.check()
+
+
+def test_mixed_dtypes_including_bfloat16():
+    """float32, float64 and bfloat16 params in one group: each follows its own dtype's math
+    (checked against pyoptim on single-dtype groups, bitwise) and the step counts match."""
+    torch.manual_seed(0)
+    ps = [torch.randn(33, dtype=dt) for dt in (torch.float32, torch.float64, torch.bfloat16)]
+    gs = [torch.randn(33, dtype=dt) for dt in (torch.float32, torch.float64, torch.bfloat16)]
+    mixed = [nn.Parameter(p.clone()) for p in ps]
+    alone = [nn.Parameter(p.clone()) for p in ps]
+    opt = pyoptim.Adam(mixed, lr=1e-2)
+    opts = [pyoptim.Adam([p], lr=1e-2) for p in alone]
+    for _ in range(3):
+        for p, q, g in zip(mixed, alone, gs):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        for o in opts:
+            o.step()
+    assert_bitwise_equal(list(mixed), list(alone))
+    assert any_changed(ps, list(mixed))
+
+
+def test_non_contiguous_params_and_grads():
+    """A transposed weight as the parameter, a grad with other strides than the param."""
+    torch.manual_seed(0)
+    w0 = torch.randn(5, 7)
+    x = torch.randn(16, 7)
+    g_rows = torch.randn(7, 5)
+    res = {}
+    for impl in ("pyoptim", "loop", "other"):
+        w = nn.Parameter(w0.clone().t())  # (7, 5), strides (1, 7)
+        assert not w.is_contiguous()
+        strides = w.stride()
+        opt = {"pyoptim": lambda p: pyoptim.Adam(p, lr=1e-2),
+               "loop": lambda p: torch.optim.Adam(p, lr=1e-2, foreach=False),
+               "other": lambda p: torch.optim.Adam(p, lr=1e-2, fused=True)}[impl]([w])
+        for k in range(30):
+            opt.zero_grad()
+            if k % 2:
+                ((x @ w) ** 2).mean().backward()  # autograd's grad
+            else:
+                w.grad = g_rows.clone()  # contiguous (7, 5): strides differ from w's
+                assert w.grad.stride() != w.stride()
+            opt.step()
+        assert w.stride() == strides  # updated in place, layout kept
+        res[impl] = w.detach().clone()
+    tol = parity_tolerance("adam", torch.float32)
+    spread = (res["other"] - res["loop"]).abs().max().item()
+    bound = tol.bound(spread, res["loop"].abs().max().item(), torch.float32)
+    assert (res["pyoptim"] - res["loop"]).abs().max().item() <= bound
+    assert not torch.equal(res["pyoptim"], w0.t())
+
+
+def test_zero_element_params():
+    """Empty params get state and a step count like torch's, and do not disturb the others."""
+    torch.manual_seed(0)
+    ps = [nn.Parameter(torch.empty(0)), nn.Parameter(torch.empty(3, 0)),
+          nn.Parameter(torch.randn(4))]
+    qs = [nn.Parameter(p.detach().clone()) for p in ps]
+    alone = nn.Parameter(ps[2].detach().clone())
+    opt, ref = pyoptim.Adam(ps, lr=1e-2), torch.optim.Adam(qs, lr=1e-2, foreach=False)
+    opt_alone = pyoptim.Adam([alone], lr=1e-2)
+    before = snapshot(list(ps))
+    for p, q in zip(ps, qs):
+        p.grad = torch.ones_like(p)
+        q.grad = torch.ones_like(q)
+    alone.grad = torch.ones_like(alone)
+    opt.step()
+    ref.step()
+    opt_alone.step()
+    for p, q in zip(ps, qs):
+        assert opt.state[p].keys() == ref.state[q].keys()
+        assert opt.state[p]["step"].item() == ref.state[q]["step"].item() == 1.0
+        assert opt.state[p]["exp_avg"].shape == p.shape
+    assert_bitwise_equal(ps[2], alone)
+    assert any_changed(before, list(ps))
+
+
+def test_params_without_grad_are_skipped():
+    m = mlp()
+    opt = pyoptim.Adam(m.parameters(), lr=1e-2)
+    ((m(data()[0])) ** 2).mean().backward()
+    m[2].bias.grad = None
+    frozen = m[2].bias.detach().clone()
+    before = snapshot(list(m.parameters()))
+    opt.step()
+    assert m[2].bias not in opt.state  # no state created, as torch
+    assert torch.equal(m[2].bias, frozen)
+    assert len(opt.state) == 3
+    assert any_changed(before, list(m.parameters()))
+    # later it gets a grad: state is created then, and the other params keep theirs
+    ((m(data()[0])) ** 2).mean().backward()
+    opt.step()
+    assert opt.state[m[2].bias]["step"].item() == 1.0
+    assert opt.state[m[0].weight]["step"].item() == 2.0
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_complex_params(cls):
+    cfg = OptimConfig(cls, dict(lr=1e-2, weight_decay=0.05, amsgrad=True), "complex")
+
+    def model_fn(dtype):
+        torch.manual_seed(0)
+        m = nn.Module()
+        m.w = nn.Parameter(torch.randn(6, 4, dtype=torch.complex64))
+        m.b = nn.Parameter(torch.randn(4))
+        return m
+
+    def loss_fn(m, x, y):
+        z = x[:, :6].to(torch.complex64) @ m.w
+        return (z.abs() ** 2).mean() + ((z.real + m.b - y) ** 2).mean()
+
+    t = Triplet(cfg, model_fn=model_fn, loss_fn=loss_fn, other="foreach")
+    t.step(50)
+    t.check()
+    assert t.opts["pyoptim"].state[t.models["pyoptim"].w]["exp_avg"].is_complex()
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["", "amsgrad"])
+def test_nan_and_inf_grads_like_torch(cls, amsgrad):
+    """NaN / inf in grads: the same elements become NaN / inf as in torch (params and state);
+    the finite ones follow the PARITY rule (torch's for-loop vs fused as the yardstick)."""
+    torch.manual_seed(0)
+    p0 = torch.randn(40)
+    res = {}
+    for impl in ("pyoptim", "loop", "fused"):
+        p = nn.Parameter(p0.clone())
+        make = getattr(pyoptim, cls) if impl == "pyoptim" else torch_cls(cls)
+        extra = {"pyoptim": {}, "loop": dict(foreach=False), "fused": dict(fused=True)}[impl]
+        opt = make([p], lr=1e-2, amsgrad=amsgrad, **extra)
+        for k in range(3):
+            g = torch.randn(40, generator=torch.Generator().manual_seed(k))
+            g[5], g[17], g[18] = float("nan"), float("inf"), -float("inf")
+            if k == 2:
+                g[30] = float("nan")
+            p.grad = g
+            opt.step()
+        res[impl] = (p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()})
+    (pp, ps), (tp, ts), (fp, _) = res["pyoptim"], res["loop"], res["fused"]
+    assert torch.equal(pp.isnan(), tp.isnan()) and torch.equal(pp.isinf(), tp.isinf())
+    for key in ps:
+        assert torch.equal(ps[key].isnan(), ts[key].isnan()), key
+        assert torch.equal(ps[key].isinf(), ts[key].isinf()), key
+    finite = pp.isfinite()
+    tol = parity_tolerance("adam", torch.float32)
+    spread = (fp[finite] - tp[finite]).abs().max().item()
+    bound = tol.bound(spread, tp[finite].abs().max().item(), torch.float32)
+    assert (pp[finite] - tp[finite]).abs().max().item() <= bound
+    assert pp.isnan().any() and not torch.equal(pp[finite], p0[finite])
+
+
+def test_differentiable_falls_back_to_torch(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the native op must not run with differentiable=True")
+
+    monkeypatch.setattr(_ops, "adam_", boom)
+    torch.manual_seed(0)
+    w0 = torch.randn(5)
+    res = {}
+    for impl in ("pyoptim", "torch"):
+        leaf = w0.clone().requires_grad_(True)
+        w = leaf.clone()  # differentiable steps need a non-leaf param (in-place on a graph)
+        opt = (pyoptim.Adam if impl == "pyoptim" else torch.optim.Adam)(
+            [w], lr=1e-2, differentiable=True)
+        for _ in range(3):
+            w.grad = torch.sin(w.detach())
+            opt.step()
+        # the update is differentiable: d(sum w)/d(leaf) exists
+        (dleaf,) = torch.autograd.grad(w.sum(), leaf)
+        res[impl] = (w.detach().clone(), dleaf)
+    assert_bitwise_equal(res["pyoptim"], res["torch"])
+    assert not torch.equal(res["pyoptim"][0], w0)
+
+
+@pytest.mark.parametrize("flag", [dict(foreach=True), dict(fused=True), dict(capturable=True)],
+                         ids=["foreach", "fused", "capturable"])
+def test_foreach_fused_capturable_accepted(flag):
+    """Accepted as torch accepts them; the step is pyoptim's kernel either way (same bits)."""
+    x, y = data()
+    finals = []
+    for kwargs in ({}, flag):
+        m = mlp()
+        opt = pyoptim.Adam(m.parameters(), lr=1e-2, **kwargs)
+        before = snapshot(list(m.parameters()))
+        for _ in range(10):
+            opt.zero_grad()
+            ((m(x) - y) ** 2).mean().backward()
+            opt.step()
+        assert any_changed(before, list(m.parameters()))
+        finals.append(snapshot(list(m.parameters())))
+    assert opt.param_groups[0][next(iter(flag))] is True
+    assert_bitwise_equal(finals[0], finals[1])
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_isinstance_torch_optimizer(cls):
+    opt = getattr(pyoptim, cls)([nn.Parameter(torch.randn(2))])
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert isinstance(opt, torch_cls(cls))
+    assert opt.defaults == torch_cls(cls)([nn.Parameter(torch.randn(2))]).defaults
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(restore_num_threads):
+    """Tiny models: intra-op threads only add synchronization (results do not depend on it)."""
+    torch.set_num_threads(1)
