@@ -1,0 +1,112 @@
+// SGD loops for one ISA level: the dense loop (vector body + scalar tail) and the sparse row
+// loop, all calling math::sgd_step. Included by cpu/kernels_impl.h inside namespace
+// pyoptim::cpu::<isa>.
+
+// Elements [begin, end) of one row (or one whole tensor): p and buf of storage type S, the
+// gradient of type G (S for a dense grad or a single sparse value row, opmath_t<S> for a row of
+// summed duplicates).
+template <class S, class G, bool kMomentum, bool kNesterov, bool kFirst, bool kMaximize,
+          bool kScale>
+PYOPTIM_INLINE void sgd_span(S* __restrict__ param, const G* __restrict__ grad,
+                             S* __restrict__ buf, int64_t begin, int64_t end,
+                             const math::SgdCoeffs<opmath_t<S>>& c) {
+  using V = typename VecOf<S>::type;
+  using T = opmath_t<S>;
+  constexpr int64_t W = VecOf<S>::kSize;
+  int64_t i = begin;
+  for (; i + W <= end; i += W) {
+    V p = vload(param + i);
+    V b = (kMomentum && !kFirst) ? vload(buf + i) : p;
+    math::sgd_step<kMomentum, kNesterov, kFirst, kMaximize, kScale>(p, V(vload(grad + i)), b, c);
+    vstore(param + i, p);
+    if (kMomentum) vstore(buf + i, b);
+  }
+  for (; i < end; ++i) {  // tail: the same math on single elements
+    T p = to_opmath(param[i]);
+    T b = (kMomentum && !kFirst) ? to_opmath(buf[i]) : p;
+    math::sgd_step<kMomentum, kNesterov, kFirst, kMaximize, kScale>(p, to_opmath(grad[i]), b, c);
+    param[i] = from_opmath<S>(p);
+    if (kMomentum) buf[i] = from_opmath<S>(b);
+  }
+}
+
+// Lifts the runtime flags into template parameters and calls
+// Body::run<kMomentum, kNesterov, kFirst, kMaximize, kScale>(args...). With momentum off,
+// nesterov and the first-step rule are unused and fixed to false.
+template <class Body, class... Args>
+void sgd_switch(SgdFlags f, const Args&... args) {
+  PYOPTIM_BOOL_SWITCH(f.maximize, kMaximize, [&] {
+    PYOPTIM_BOOL_SWITCH(f.scale, kScale, [&] {
+      if (!f.momentum) {
+        Body::template run<false, false, false, kMaximize, kScale>(args...);
+        return;
+      }
+      PYOPTIM_BOOL_SWITCH(f.nesterov, kNesterov, [&] {
+        PYOPTIM_BOOL_SWITCH(f.first_step, kFirst, [&] {
+          Body::template run<true, kNesterov, kFirst, kMaximize, kScale>(args...);
+        });
+      });
+    });
+  });
+}
+
+template <class S>
+struct SgdDense {
+  template <bool kM, bool kN, bool kF, bool kMax, bool kS>
+  static void run(const SgdPtrs& a, int64_t begin, int64_t end,
+                  const math::SgdCoeffs<opmath_t<S>>& c) {
+    sgd_span<S, S, kM, kN, kF, kMax, kS>(static_cast<S*>(a.param), static_cast<const S*>(a.grad),
+                                         static_cast<S*>(a.momentum_buffer), begin, end, c);
+  }
+};
+
+template <class S>
+void sgd_range(const SgdPtrs& a, int64_t begin, int64_t end,
+               const math::SgdCoeffs<opmath_t<S>>& c, SgdFlags f) {
+  sgd_switch<SgdDense<S>>(f, a, begin, end, c);
+}
+
+// Unique rows [u_begin, u_end) of a sparse gradient. See Note [Sparse rows: one deterministic
+// pass] in ops/sparse_rows.h and Note [Sparse SGD] in ops/sgd_cpu.cpp.
+//  * plain SGD (no momentum, no weight decay): the row's duplicates are applied one after
+//    another, in position order, to the row (which stays in L1): exactly torch's
+//    `param.add_(grad, alpha=-lr)` for a sparse grad, which adds each nnz row in turn (fmadd).
+//  * otherwise (lazy momentum / weight decay): the duplicates are summed left to right in
+//    opmath into `scratch`, then the row is updated once by the same math as the dense kernel.
+template <class S>
+struct SgdSparse {
+  template <bool kM, bool kN, bool kF, bool kMax, bool kS>
+  static void run(const SgdSparsePtrs& a, int64_t u_begin, int64_t u_end,
+                  const math::SgdCoeffs<opmath_t<S>>& c, opmath_t<S>* scratch) {
+    S* param = static_cast<S*>(a.param);
+    const S* values = static_cast<const S*>(a.values);
+    S* buf = static_cast<S*>(a.momentum_buffer);
+    const int64_t w = a.width;
+    const bool sequential = !kM && !c.has_weight_decay;
+    for (int64_t u = u_begin; u < u_end; ++u) {
+      S* prow = param + a.rows[u] * w;
+      S* brow = kM ? buf + a.rows[u] * w : nullptr;
+      const int64_t k0 = a.offsets[u], k1 = a.offsets[u + 1];
+      if (sequential) {
+        for (int64_t k = k0; k < k1; ++k) {
+          sgd_span<S, S, kM, kN, kF, kMax, kS>(prow, values + a.order[k] * w, brow, 0, w, c);
+        }
+      } else {
+        sum_duplicate_rows<S>(values, w, a.order, k0, k1, scratch);
+        sgd_span<S, opmath_t<S>, kM, kN, kF, kMax, kS>(prow, scratch, brow, 0, w, c);
+      }
+    }
+  }
+};
+
+template <class S>
+void sgd_sparse_rows(const SgdSparsePtrs& a, int64_t u_begin, int64_t u_end,
+                     const math::SgdCoeffs<opmath_t<S>>& c, SgdFlags f, opmath_t<S>* scratch) {
+  sgd_switch<SgdSparse<S>>(f, a, u_begin, u_end, c, scratch);
+}
+
+inline SgdKernels make_sgd_kernels() {
+  return SgdKernels{&sgd_range<float>,      &sgd_range<double>,      &sgd_range<bf16>,
+                    &sgd_range<fp16>,       &sgd_sparse_rows<float>, &sgd_sparse_rows<double>,
+                    &sgd_sparse_rows<bf16>, &sgd_sparse_rows<fp16>};
+}
