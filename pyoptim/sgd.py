@@ -149,30 +149,8 @@ class SGD(torch.optim.SGD):
                 maximize=bool(group["maximize"]),
             )
             has_momentum = group["momentum"] != 0
-            dense = cache.chunks(grads) if len(cache.sparse) < len(cache.active) else []
-            for chunk in dense:
-                if not chunk.params:
-                    continue
-                _ops.sgd_(
-                    chunk.params,
-                    chunk.grads,
-                    chunk.state[0] if has_momentum else [],
-                    is_first_step=False,
-                    grad_scale=_on(grad_scale, chunk.device),
-                    found_inf=_on(found_inf, chunk.device),
-                    **kw,
-                )
-            if cache.first is not None:
-                for chunk in cache.first.chunks(grads):
-                    _ops.sgd_(
-                        chunk.params,
-                        chunk.grads,
-                        chunk.state[0],
-                        is_first_step=True,
-                        grad_scale=_on(grad_scale, chunk.device),
-                        found_inf=_on(found_inf, chunk.device),
-                        **kw,
-                    )
+            # sparse params first: their index checks are the likeliest to fail, and a failure
+            # then leaves the whole group untouched
             skipped = (cache.sparse or cache.first_bufs) and (
                 found_inf is not None and bool(found_inf.item())
             )
@@ -196,6 +174,29 @@ class SGD(torch.optim.SGD):
                 )
                 if first and not skipped:
                     state["momentum_buffer"] = buf
+            for chunk in cache.chunks(grads):
+                if not chunk.params:
+                    continue
+                _ops.sgd_(
+                    chunk.params,
+                    chunk.grads,
+                    chunk.state[0] if has_momentum else [],
+                    is_first_step=False,
+                    grad_scale=_on(grad_scale, chunk.device),
+                    found_inf=_on(found_inf, chunk.device),
+                    **kw,
+                )
+            if cache.first is not None:
+                for chunk in cache.first.chunks(grads):
+                    _ops.sgd_(
+                        chunk.params,
+                        chunk.grads,
+                        chunk.state[0],
+                        is_first_step=True,
+                        grad_scale=_on(grad_scale, chunk.device),
+                        found_inf=_on(found_inf, chunk.device),
+                        **kw,
+                    )
             if cache.first_bufs:
                 if not skipped:
                     for p, buf in cache.first_bufs:

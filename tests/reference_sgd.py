@@ -9,10 +9,12 @@ for float32 / bfloat16 / float16, float64 for float64) and rounded once to the p
 the end, which is what the kernel does (widen on load, round on store).
 
 Sparse: `sgd_sparse_reference` implements the LAZY definition of pyoptim.SGD for sparse grads
-(Note [Sparse SGD] in csrc/ops/sgd_cpu.cpp): duplicates summed (coalesce, in opmath), then the
+(Note [Sparse SGD] in csrc/ops/sgd_cpu.cpp): duplicates summed left to right in position order
+in opmath, then the
 dense reference applied to the present rows only; rows absent from the grad are untouched. The
 buffer's first step uses buf = grad on the present rows (the buffer is zeros elsewhere). Plain
-SGD (no momentum, no weight decay) is torch's own `param.add_(grad, alpha=-lr)`.
+SGD (no momentum, no weight decay) applies each duplicate row in turn, which for float32 /
+float64 is torch's own `param.add_(grad, alpha=-lr)`.
 """
 
 from __future__ import annotations
@@ -72,28 +74,37 @@ def sgd_reference(p: Tensor, g: Tensor, buf: Optional[Tensor], **hp) -> None:
 def sgd_sparse_reference(p: Tensor, grad: Tensor, buf: Optional[Tensor], **hp) -> None:
     """In place on p (and buf), like the sgd_sparse_ op: lazy, present rows only."""
     plain = hp["momentum"] == 0 and hp["weight_decay"] == 0
-    if plain and hp.get("grad_scale") is None:
-        # torch.optim.SGD's own sparse step (it negates the grad for maximize)
+    if plain and hp.get("grad_scale") is None and p.dtype in (torch.float32, torch.float64):
+        # torch.optim.SGD's own sparse step (it negates the grad for maximize). For bfloat16 /
+        # float16 torch rounds lr * value to the param dtype first; the kernel (and the
+        # sequential branch below) keeps it in float, like the dense kernel.
         p.add_(-grad if hp["maximize"] else grad, alpha=-hp["lr"])
         return
     t = opmath(p.dtype)
-    c = torch.sparse_coo_tensor(grad._indices(), grad._values().to(t), grad.shape).coalesce()
-    sd = c.sparse_dim()
-    flat_rows = c.indices()
-    rows = torch.zeros(flat_rows.shape[1], dtype=torch.long)
+    sd = grad.sparse_dim()
+    idx = grad._indices()
+    lin = torch.zeros(idx.shape[1], dtype=torch.long)
     for d in range(sd):
-        rows = rows * p.shape[d] + flat_rows[d]
+        lin = lin * p.shape[d] + idx[d]
     width = p[(0,) * sd].numel() if p.numel() else 0
     P = p.reshape(-1, width)
-    vals = c.values().reshape(-1, width)
     B = None if buf is None else buf.reshape(-1, width)
-    if plain:  # with a grad scale: each duplicate applied in turn, as the kernel does
-        for k in range(grad._nnz()):
-            r = 0
-            for d in range(sd):
-                r = r * p.shape[d] + int(grad._indices()[d, k])
+    allvals = grad._values().reshape(-1, width).to(t)
+    # duplicates summed left to right in position order (NOT via coalesce(), whose summation
+    # order differs once a row has many duplicates)
+    sums: dict[int, Tensor] = {}
+    for k in range(lin.numel()):
+        r = int(lin[k])
+        sums[r] = allvals[k].clone() if r not in sums else sums[r] + allvals[k]
+    if not sums:
+        return
+    rows = torch.tensor(sorted(sums))
+    vals = torch.stack([sums[int(r)] for r in rows])
+    if plain:  # each duplicate applied in turn in opmath, rounded per row, as the kernel does
+        for k in range(lin.numel()):
+            r = int(lin[k])
             row = P[r : r + 1].to(t)
-            v = grad._values().reshape(-1, width)[k : k + 1].to(t)
+            v = allvals[k : k + 1]
             new, _ = sgd_math(row, v, None, **dict(hp, first=False))
             P[r : r + 1] = new.to(p.dtype)
         return
