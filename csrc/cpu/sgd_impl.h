@@ -73,6 +73,36 @@ void sgd_range(const SgdPtrs& a, int64_t begin, int64_t end,
 //    `param.add_(grad, alpha=-lr)` for a sparse grad, which adds each nnz row in turn (fmadd).
 //  * otherwise (lazy momentum / weight decay): the duplicates are summed left to right in
 //    opmath into `scratch`, then the row is updated once by the same math as the dense kernel.
+// Rows are scattered over the table (and their value rows over the gradient), so the hardware
+// prefetcher cannot guess the next one: ask for row u + kSparseAhead while updating row u.
+constexpr int64_t kSparseAhead = 4;
+constexpr int64_t kPrefetchDups = 4;  // value rows prefetched per unique row, at most
+
+template <class S>
+PYOPTIM_INLINE void prefetch_span(const S* p, int64_t n, bool write) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(S));
+  for (int64_t b = 0; b < bytes; b += 64) {
+    if (write) {
+      __builtin_prefetch(c + b, 1, 3);
+    } else {
+      __builtin_prefetch(c + b, 0, 3);
+    }
+  }
+}
+
+template <bool kM, class S>
+PYOPTIM_INLINE void prefetch_rows(const SgdSparsePtrs& a, int64_t u, const S* param,
+                                  const S* values, const S* buf, bool with_values) {
+  const int64_t w = a.width;
+  prefetch_span(param + a.rows[u] * w, w, true);
+  if (kM) prefetch_span(buf + a.rows[u] * w, w, true);
+  if (!with_values) return;
+  const int64_t k0 = a.offsets[u];
+  const int64_t k1 = a.offsets[u + 1] < k0 + kPrefetchDups ? a.offsets[u + 1] : k0 + kPrefetchDups;
+  for (int64_t k = k0; k < k1; ++k) prefetch_span(values + a.order[k] * w, w, false);
+}
+
 template <class S>
 struct SgdSparse {
   template <bool kM, bool kN, bool kF, bool kMax, bool kS>
@@ -83,12 +113,18 @@ struct SgdSparse {
     S* buf = static_cast<S*>(a.momentum_buffer);
     const int64_t w = a.width;
     const bool sequential = !kM && !c.has_weight_decay;
+    const int64_t k_end = a.offsets[u_end];
     for (int64_t u = u_begin; u < u_end; ++u) {
+      if (u + kSparseAhead < u_end) {
+        prefetch_rows<kM>(a, u + kSparseAhead, param, values, buf, !sequential);
+      }
       S* prow = param + a.rows[u] * w;
       S* brow = kM ? buf + a.rows[u] * w : nullptr;
       const int64_t k0 = a.offsets[u], k1 = a.offsets[u + 1];
       if (sequential) {
         for (int64_t k = k0; k < k1; ++k) {
+          // value rows in visiting order, kSparseAhead ahead (hot rows have many duplicates)
+          if (k + kSparseAhead < k_end) prefetch_span(values + a.order[k + kSparseAhead] * w, w, false);
           sgd_span<S, S, kM, kN, kF, kMax, kS>(prow, values + a.order[k] * w, brow, 0, w, c);
         }
       } else {
