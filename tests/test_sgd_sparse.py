@@ -306,3 +306,20 @@ def test_sparse_class_error_changes_nothing():
     assert torch.equal(emb.weight, snap[0])
     # the dense params of the group were not stepped either: sparse grads are checked first
     assert torch.equal(lin.weight, snap[1])
+
+
+def test_bench_sgd_workloads_run():
+    """bench/workloads_sgd.py is discovered and its sparse workloads run (tiny scale, no
+    timing assertions): pyoptim is the baseline, torch's loop is timed next to it."""
+    from bench import __main__ as cli
+    from bench import harness
+
+    found = [w for w in harness.discover(harness.BenchConfig(scale=1 / 65536)) if w.group == "sgd"]
+    assert len(found) == 6 and all("pyoptim" in w.impls for w in found)
+    args = ["--quick", "--scale", str(1 / 65536), "--repeat", "2", "--min-time", "0",
+            "--no-latest", "--no-probe", "--filter", "^sgd-sparse/"]
+    res = cli.main(args, out=lambda line: None)
+    assert len(res["workloads"]) == 2
+    for w in res["workloads"]:
+        assert {r["impl"] for r in w["rows"]} == {"torch-forloop", "pyoptim", "pyoptim-momentum"}
+        assert all(r["median_ms"] > 0 for r in w["rows"])
