@@ -68,9 +68,10 @@ void sgd_range(const SgdPtrs& a, int64_t begin, int64_t end,
 
 // Unique rows [u_begin, u_end) of a sparse gradient. See Note [Sparse rows: one deterministic
 // pass] in ops/sparse_rows.h and Note [Sparse SGD] in ops/sgd_cpu.cpp.
-//  * plain SGD (no momentum, no weight decay): the row's duplicates are applied one after
-//    another, in position order, to the row (which stays in L1): exactly torch's
-//    `param.add_(grad, alpha=-lr)` for a sparse grad, which adds each nnz row in turn (fmadd).
+//  * plain SGD (no momentum, no weight decay): each value row is applied in turn, in position
+//    order, to its param row: exactly torch's `param.add_(grad, alpha=-lr)` for a sparse grad,
+//    which adds each nnz row in turn (fmadd). The call owns rows[u_begin..u_end) and scans the
+//    whole index list for them, so the value rows stream in order.
 //  * otherwise (lazy momentum / weight decay): the duplicates are summed left to right in
 //    opmath into `scratch`, then the row is updated once by the same math as the dense kernel.
 // Rows are scattered over the table (and their value rows over the gradient), so the hardware
@@ -93,11 +94,10 @@ PYOPTIM_INLINE void prefetch_span(const S* p, int64_t n, bool write) {
 
 template <bool kM, class S>
 PYOPTIM_INLINE void prefetch_rows(const SgdSparsePtrs& a, int64_t u, const S* param,
-                                  const S* values, const S* buf, bool with_values) {
+                                  const S* values, const S* buf) {
   const int64_t w = a.width;
   prefetch_span(param + a.rows[u] * w, w, true);
   if (kM) prefetch_span(buf + a.rows[u] * w, w, true);
-  if (!with_values) return;
   const int64_t k0 = a.offsets[u];
   const int64_t k1 = a.offsets[u + 1] < k0 + kPrefetchDups ? a.offsets[u + 1] : k0 + kPrefetchDups;
   for (int64_t k = k0; k < k1; ++k) prefetch_span(values + a.order[k] * w, w, false);
@@ -113,24 +113,29 @@ struct SgdSparse {
     S* buf = static_cast<S*>(a.momentum_buffer);
     const int64_t w = a.width;
     const bool sequential = !kM && !c.has_weight_decay;
-    const int64_t k_end = a.offsets[u_end];
-    for (int64_t u = u_begin; u < u_end; ++u) {
-      if (u + kSparseAhead < u_end) {
-        prefetch_rows<kM>(a, u + kSparseAhead, param, values, buf, !sequential);
+    if (sequential) {
+      // Plain SGD: walk the gradient in its own order (value rows stream in sequentially, as
+      // in torch) and apply the entries whose row this call owns, rows[u_begin..u_end). Each
+      // row sees its duplicates in position order, whatever the split: torch's bits.
+      const int64_t rlo = a.rows[u_begin], rhi = a.rows[u_end - 1];
+      const int64_t* index = a.index;
+      for (int64_t k = 0; k < a.nnz; ++k) {
+        const int64_t r = index[k];
+        if (r < rlo || r > rhi) continue;
+        if (k + kSparseAhead < a.nnz) {
+          const int64_t rn = index[k + kSparseAhead];
+          if (rn >= rlo && rn <= rhi) prefetch_span(param + rn * w, w, true);
+        }
+        sgd_span<S, S, kM, kN, kF, kMax, kS>(param + r * w, values + k * w, nullptr, 0, w, c);
       }
+      return;
+    }
+    for (int64_t u = u_begin; u < u_end; ++u) {
+      if (u + kSparseAhead < u_end) prefetch_rows<kM>(a, u + kSparseAhead, param, values, buf);
       S* prow = param + a.rows[u] * w;
       S* brow = kM ? buf + a.rows[u] * w : nullptr;
-      const int64_t k0 = a.offsets[u], k1 = a.offsets[u + 1];
-      if (sequential) {
-        for (int64_t k = k0; k < k1; ++k) {
-          // value rows in visiting order, kSparseAhead ahead (hot rows have many duplicates)
-          if (k + kSparseAhead < k_end) prefetch_span(values + a.order[k + kSparseAhead] * w, w, false);
-          sgd_span<S, S, kM, kN, kF, kMax, kS>(prow, values + a.order[k] * w, brow, 0, w, c);
-        }
-      } else {
-        sum_duplicate_rows<S>(values, w, a.order, k0, k1, scratch);
-        sgd_span<S, opmath_t<S>, kM, kN, kF, kMax, kS>(prow, scratch, brow, 0, w, c);
-      }
+      sum_duplicate_rows<S>(values, w, a.order, a.offsets[u], a.offsets[u + 1], scratch);
+      sgd_span<S, opmath_t<S>, kM, kN, kF, kMax, kS>(prow, scratch, brow, 0, w, c);
     }
   }
 };

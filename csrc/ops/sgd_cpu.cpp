@@ -225,7 +225,8 @@ void sgd_sparse_cpu(const at::Tensor& param, const at::Tensor& grad,
   const cpu::SgdSparsePtrs ptrs{wp.data_ptr(),        values.data_ptr(),
                                 has_momentum ? wb.data_ptr() : nullptr,
                                 groups.rows.data(),   groups.offsets.data(),
-                                groups.order.data(),  width};
+                                groups.order.data(),  width,
+                                lin.data(),           nnz};
   const auto cf = math::make_sgd_coeffs<float>(lr, momentum, dampening, weight_decay, scale);
   const auto cd = math::make_sgd_coeffs<double>(lr, momentum, dampening, weight_decay, scale);
   const cpu::SgdFlags flags{has_momentum, nesterov, is_first_step, maximize,

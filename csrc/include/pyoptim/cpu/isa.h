@@ -72,6 +72,8 @@ struct SgdSparsePtrs {
   const int64_t* offsets;
   const int64_t* order;
   int64_t width;
+  const int64_t* index;  // [nnz] row of each value row, in gradient order (validated)
+  int64_t nnz;
 };
 template <class T>
 using SgdSparseFn = void (*)(const SgdSparsePtrs&, int64_t u_begin, int64_t u_end,
