@@ -89,3 +89,71 @@ def adam_(
             found_inf,
         ),
     )
+
+
+def sgd_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    momentum_buffers: Sequence[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    is_first_step: bool,
+    lr_tensor: Optional[Tensor] = None,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+) -> None:
+    """One fused SGD step over tensor lists (see library.cpp); buffers unused if momentum == 0."""
+    _ops.sgd_.default(
+        params,
+        grads,
+        momentum_buffers,
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        maximize=maximize,
+        is_first_step=is_first_step,
+        lr_tensor=lr_tensor,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+    )
+
+
+def sgd_sparse_(
+    param: Tensor,
+    grad: Tensor,
+    momentum_buffer: Optional[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    is_first_step: bool,
+    lr_tensor: Optional[Tensor] = None,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+) -> None:
+    """Lazy SGD step of one param with a sparse COO grad (see Note [Sparse SGD], sgd_cpu.cpp)."""
+    _ops.sgd_sparse_.default(
+        param,
+        grad,
+        momentum_buffer,
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        maximize=maximize,
+        is_first_step=is_first_step,
+        lr_tensor=lr_tensor,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+    )

@@ -102,5 +102,7 @@ class GroupCache:
     def chunks(self, grads: list) -> list[Chunk]:
         if self.state_len < 0:  # first use after building: the lazy state now exists
             self.state_len = len(self.state_obj)
-        whole = len(self._chunks) == 1 and len(self.active) == len(self.params)
+        whole = len(self._chunks) == 1 and all(
+            len(c.index) == len(self.params) for c in self._chunks.values()
+        )
         return [c.bind(grads, whole) for c in self._chunks.values()]

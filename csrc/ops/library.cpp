@@ -19,6 +19,24 @@ TORCH_LIBRARY(pyoptim, m) {
       "bool maximize, bool decoupled, Tensor? lr_tensor=None, Tensor? grad_scale=None, "
       "Tensor? found_inf=None) -> ()");
 
+  // SGD with momentum / dampening / Nesterov / L2 weight decay, mirroring
+  // torch.optim.SGD's single-tensor expressions. momentum_buffers is ignored (may be empty) when
+  // momentum == 0. is_first_step: every buffer starts as this step's gradient (buf = grad), as
+  // torch starts a missing buffer. found_inf non-zero: nothing is written. grads are read only.
+  m.def(
+      "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, *, float lr, "
+      "float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, "
+      "bool is_first_step, Tensor? lr_tensor=None, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None) -> ()");
+  // SGD for one param with a sparse COO gradient (duplicates allowed), lazily: only the rows
+  // present in `grad` are updated (momentum, weight decay and the param). Plain SGD (momentum 0,
+  // weight decay 0) gives torch's exact result. See Note [Sparse SGD] in ops/sgd_cpu.cpp.
+  m.def(
+      "sgd_sparse_(Tensor(a!) param, Tensor grad, Tensor(b!)? momentum_buffer, *, float lr, "
+      "float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, "
+      "bool is_first_step, Tensor? lr_tensor=None, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None) -> ()");
+
   // CPU kernel level: "scalar", "avx2" or "avx512".
   m.def("cpu_capability() -> str");
   m.def("max_cpu_capability() -> str");

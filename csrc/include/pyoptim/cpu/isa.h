@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "pyoptim/math/adam.h"
+#include "pyoptim/math/sgd.h"
 
 namespace pyoptim {
 namespace cpu {
@@ -42,11 +43,58 @@ struct AdamKernels {
   AdamFn<float> f16;
 };
 
+// ---- SGD (momentum / Nesterov) -------------------------------------------------------------
+// Dense: pointers to element 0 of one tensor's param, grad and momentum buffer (all of the
+// param's dtype and layout); buf is only touched when flags.momentum.
+struct SgdPtrs {
+  void* param;
+  const void* grad;
+  void* momentum_buffer;
+};
+struct SgdFlags {
+  bool momentum;  // momentum != 0
+  bool nesterov;
+  bool first_step;  // buf = grad (see Note [SGD first step] in math/sgd.h)
+  bool maximize;
+  bool scale;  // divide grads by coeffs.grad_scale
+};
+template <class T>
+using SgdFn = void (*)(const SgdPtrs&, int64_t begin, int64_t end, const math::SgdCoeffs<T>&,
+                       SgdFlags);
+// Sparse (COO rows): `param` / `momentum_buffer` are [num_rows, width] row-major, `values` is
+// [nnz, width]; rows[u], order[offsets[u] .. offsets[u+1]) come from ops::group_rows. The kernel
+// updates unique rows [u_begin, u_end); `scratch` holds `width` opmath elements (per thread).
+struct SgdSparsePtrs {
+  void* param;
+  const void* values;
+  void* momentum_buffer;
+  const int64_t* rows;
+  const int64_t* offsets;
+  const int64_t* order;
+  int64_t width;
+  const int64_t* index;  // [nnz] row of each value row, in gradient order (validated)
+  int64_t nnz;
+};
+template <class T>
+using SgdSparseFn = void (*)(const SgdSparsePtrs&, int64_t u_begin, int64_t u_end,
+                             const math::SgdCoeffs<T>&, SgdFlags, T* scratch);
+struct SgdKernels {
+  SgdFn<float> f32;
+  SgdFn<double> f64;
+  SgdFn<float> bf16;
+  SgdFn<float> f16;
+  SgdSparseFn<float> sparse_f32;
+  SgdSparseFn<double> sparse_f64;
+  SgdSparseFn<float> sparse_bf16;
+  SgdSparseFn<float> sparse_f16;
+};
+
 // ---- the table -----------------------------------------------------------------------------
 // One member per optimizer, filled by make_table() in cpu/kernels_impl.h.
 struct KernelTable {
   CpuIsa isa;
   AdamKernels adam;
+  SgdKernels sgd;
 };
 
 namespace scalar {

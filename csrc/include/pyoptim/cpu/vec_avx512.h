@@ -55,6 +55,10 @@ PYOPTIM_INLINE VecD vmax_nan(VecD a, VecD b) {
                               a.v);
 }
 
+// a * b + c with one rounding (fmadd), as scalar_ops.h's vfma.
+PYOPTIM_INLINE VecF vfma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
+PYOPTIM_INLINE VecD vfma(VecD a, VecD b, VecD c) { return _mm512_fmadd_pd(a.v, b.v, c.v); }
+
 template <class S>
 struct VecOf {
   using type = VecF;

@@ -30,6 +30,24 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE T vmax_nan(T a, T b) {
   return (a != a) ? a : ((b != b) ? b : (a > b ? a : b));
 }
 
+// fma(a, b, c) = a * b + c with ONE rounding (torch's `x.add(y, alpha=a)` is vec::fmadd on
+// AVX2/AVX-512 builds). Explicit, never contracted implicitly: see Note [Bitwise agreement
+// across paths]. On the scalar level without -mfma this is libm's correctly rounded fma.
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE float vfma(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return __builtin_fmaf(a, b, c);
+#endif
+}
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE double vfma(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return __fma_rn(a, b, c);
+#else
+  return __builtin_fma(a, b, c);
+#endif
+}
+
 // Broadcast a scalar coefficient to the value type (identity for scalars).
 template <class V, class S>
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE V bcast(S s) {

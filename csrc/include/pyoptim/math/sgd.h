@@ -1,0 +1,79 @@
+// THE SGD update (momentum, dampening, Nesterov, L2 weight decay, maximize). One expression tree
+// for the dense CPU kernel (SIMD body and scalar tail), the sparse row kernel and CUDA.
+//
+// Note [SGD mirrors torch's single-tensor expressions]
+// Each line reproduces one line of torch.optim.sgd._single_tensor_sgd (torch 2.14), in the same
+// order and with the same rounding points. torch's `x.add(y, alpha=a)` is `vec::fmadd(y, a, x)`
+// in ATen's AVX2/AVX-512 kernels (one rounding), so we use an explicit vfma there. Everything
+// else is + - * / only, so the paths still agree bitwise (Note [Bitwise agreement across paths]
+// in math/adam.h), and float32 / float64 params get torch's own bits on this kind of CPU.
+// Reduced precision (bfloat16 / float16) is computed in float and rounded once on store, where
+// torch rounds after every op: those differ from torch by the intermediate roundings.
+//
+// Note [SGD first step]
+// torch starts the momentum buffer as a copy of the (decayed) gradient on a param's first step
+// (`buf = grad.detach().clone()`), not as zeros. kFirst selects that rule; the op layer sets it
+// for tensors whose buffer does not exist yet (the Python class creates it just before).
+#pragma once
+
+#include "pyoptim/math/scalar_ops.h"
+
+namespace pyoptim {
+namespace math {
+
+template <class T>
+struct SgdCoeffs {
+  T weight_decay;
+  T momentum;
+  T one_minus_dampening;  // 1 - dampening, computed in double (torch: a Python float alpha)
+  T neg_lr;               // -lr
+  T grad_scale;           // GradScaler's scale (1 when absent)
+  bool has_weight_decay;
+};
+
+// Computed once per call on the host, in double, then narrowed (as torch narrows its alphas).
+template <class T>
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE SgdCoeffs<T> make_sgd_coeffs(double lr, double momentum,
+                                                               double dampening,
+                                                               double weight_decay,
+                                                               double grad_scale) {
+  SgdCoeffs<T> c;
+  c.weight_decay = T(weight_decay);
+  c.has_weight_decay = weight_decay != 0.0;
+  c.momentum = T(momentum);
+  c.one_minus_dampening = T(1.0 - dampening);
+  c.neg_lr = T(-lr);
+  c.grad_scale = T(grad_scale);
+  return c;
+}
+
+// One element (or one vector of elements) of an SGD step, in place on p and buf.
+//   kMomentum: momentum != 0 (else buf is neither read nor written).
+//   kFirst:    the buffer's first step: buf = grad (Note [SGD first step]).
+//   kScale:    divide the gradient by GradScaler's scale first.
+template <bool kMomentum, bool kNesterov, bool kFirst, bool kMaximize, bool kScale, class V,
+          class T>
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE void sgd_step(V& p, V g, V& buf, const SgdCoeffs<T>& c) {
+  if (kScale) g = g / bcast<V>(c.grad_scale);  // grad / scale (GradScaler unscale)
+  if (kMaximize) g = -g;                       // grad = -grads[i]
+  if (c.has_weight_decay) {
+    g = vfma(p, bcast<V>(c.weight_decay), g);  // grad = grad.add(param, alpha=weight_decay)
+  }
+  if (kMomentum) {
+    if (kFirst) {
+      buf = g;  // buf = grad.detach().clone()
+    } else {
+      // buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+      buf = vfma(g, bcast<V>(c.one_minus_dampening), buf * bcast<V>(c.momentum));
+    }
+    if (kNesterov) {
+      g = vfma(buf, bcast<V>(c.momentum), g);  // grad = grad.add(buf, alpha=momentum)
+    } else {
+      g = buf;  // grad = buf
+    }
+  }
+  p = vfma(g, bcast<V>(c.neg_lr), p);  // param.add_(grad, alpha=-lr)
+}
+
+}  // namespace math
+}  // namespace pyoptim
