@@ -6,6 +6,7 @@
 
 #include "pyoptim/cpu/isa.h"
 #include "pyoptim/math/adam.h"
+#include "pyoptim/math/sparse_adam.h"
 
 namespace pyoptim {
 namespace cpu {
@@ -14,6 +15,7 @@ namespace {
 
 #include "cpu/sparse_rows_impl.h"  // shared by the sparse optimizers
 #include "cpu/adam_impl.h"  // one include per optimizer
+#include "cpu/sparse_adam_impl.h"
 
 }  // namespace
 
@@ -22,6 +24,7 @@ KernelTable make_table() {
   KernelTable t{};
   t.isa = PYOPTIM_ISA_ENUM;
   t.adam = make_adam_kernels();  // one line per optimizer
+  t.sparse_adam = make_sparse_adam_kernels();
   return t;
 }
 }  // namespace

@@ -28,6 +28,15 @@ TORCH_LIBRARY(pyoptim, m) {
       "bool maximize, bool decoupled, Tensor? lr_tensor=None, Tensor? grad_scale=None, "
       "Tensor? found_inf=None) -> ()");
 
+  // SparseAdam (torch.optim.SparseAdam's formula). grads are sparse COO, read as they come
+  // (uncoalesced). steps[i] is params[i]'s step count *after* this step (the caller increments
+  // the Python int in its state once the op returns). weight_decay != 0 (a pyoptim extension)
+  // decays the touched rows, decoupled. grads are read, never written.
+  m.def(
+      "sparse_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, int[] steps, *, float lr, float beta1, float beta2, "
+      "float eps, float weight_decay, bool maximize) -> ()");
+
   // CPU kernel level: "scalar", "avx2" or "avx512".
   m.def("cpu_capability() -> str");
   m.def("max_cpu_capability() -> str");
