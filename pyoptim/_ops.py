@@ -98,6 +98,7 @@ def sparse_adam_(
     eps: float,
     weight_decay: float,
     maximize: bool,
+    lr_tensor: Optional[Tensor] = None,
 ) -> None:
     """One fused SparseAdam step; `steps` are the counts after this step (see library.cpp)."""
     _ops.sparse_adam_.default(
@@ -112,4 +113,5 @@ def sparse_adam_(
         eps=eps,
         weight_decay=weight_decay,
         maximize=maximize,
+        lr_tensor=lr_tensor,
     )

@@ -102,18 +102,21 @@ class SparseAdam(torch.optim.SparseAdam):
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 steps.append(int(state["step"]) + 1)
             beta1, beta2 = group["betas"]
+            lr = group["lr"]
             _ops.sparse_adam_(
                 params,
                 grads,
                 exp_avgs,
                 exp_avg_sqs,
                 steps,
-                lr=_to_float(group["lr"]),
+                lr=_to_float(lr),
                 beta1=float(beta1),
                 beta2=float(beta2),
                 eps=float(group["eps"]),
                 weight_decay=float(group.get("weight_decay", 0.0)),
                 maximize=bool(group.get("maximize", False)),
+                # a Tensor lr: step_size is computed in its dtype, as torch does
+                lr_tensor=lr.detach() if isinstance(lr, Tensor) else None,
             )
             for p, state in fresh:
                 self.state[p] = state

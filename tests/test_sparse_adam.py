@@ -17,8 +17,12 @@ from hypothesis import strategies as st
 
 import pyoptim
 from pyoptim import _ops
-from tests.reference_sparse_adam import sparse_adam_reference
-from tests.tolerances_sparse_adam import SPARSE_ADAM_VS_REFERENCE, SPARSE_ADAM_VS_TORCH
+from tests.reference_sparse_adam import ieee_torch_mode, sparse_adam_reference
+from tests.tolerances_sparse_adam import (
+    SPARSE_ADAM_VS_REFERENCE,
+    SPARSE_ADAM_VS_TORCH_IEEE,
+    SPARSE_ADAM_VS_TORCH_MKL,
+)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 LEVELS = _ops.available_cpu_capabilities()
@@ -59,6 +63,8 @@ def make_grad(indices: torch.Tensor, shape, dtype, gen: torch.Generator) -> torc
 
 
 def draw_indices(kind: str, nnz: int, n_rows: int, gen: torch.Generator) -> torch.Tensor:
+    if nnz == 0:
+        return torch.zeros(0, dtype=torch.long)
     if kind == "uniform":
         return torch.randint(0, n_rows, (nnz,), generator=gen)
     if kind == "repeated":  # a few hot rows, many duplicates each
@@ -219,7 +225,7 @@ def test_bitwise_across_levels_and_threads(dtype, width):
     assert not torch.equal(p0, param)
     for level, threads, p, m, v in results[1:]:
         for a, b in ((p, p0), (m, m0), (v, v0)):
-            assert torch.equal(a.view(torch.uint8) if False else a, b), (level, threads)
+            assert torch.equal(a, b), (level, threads)
 
 
 # ---- class level: parity with torch.optim.SparseAdam ----------------------------------------
@@ -247,7 +253,14 @@ class TwoTables(torch.nn.Module):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dname)
 @pytest.mark.parametrize("bag", [False, True], ids=["embedding", "embeddingbag"])
 @pytest.mark.parametrize("maximize", [False, True])
-def test_parity_with_torch_200_steps(dtype, bag, maximize):
+@pytest.mark.parametrize("pinned", [True, False], ids=["ieee", "as_built"])
+def test_parity_with_torch_200_steps(dtype, bag, maximize, pinned):
+    """torch.optim.SparseAdam's own code vs pyoptim over 200 steps of a two-table model.
+
+    pinned: torch runs under ieee_torch_mode (IEEE sqrt, position-order duplicate sums; see
+    tests/reference_sparse_adam.py): bitwise equal. as_built: torch as installed (MKL VML sqrt,
+    unstable-sort order), within the justified tolerance."""
+    table = SPARSE_ADAM_VS_TORCH_IEEE if pinned else SPARSE_ADAM_VS_TORCH_MKL
     torch.manual_seed(0)
     model = TwoTables(dtype, bag)
     ours_model = copy.deepcopy(model)
@@ -263,13 +276,17 @@ def test_parity_with_torch_200_steps(dtype, bag, maximize):
             opt.zero_grad()
             loss = ((mdl(u, i) - y) ** 2).mean()
             loss.backward()
-            opt.step()
+            if pinned and opt is theirs:
+                with ieee_torch_mode():
+                    opt.step()
+            else:
+                opt.step()
     for (name, a), b in zip(ours_model.named_parameters(), model.parameters()):
-        assert_close(a, b, dtype, SPARSE_ADAM_VS_TORCH, msg=name)
+        assert_close(a, b, dtype, table, msg=name)
         st_a, st_b = ours.state[a], theirs.state[b]
         assert st_a["step"] == st_b["step"] == 200 and isinstance(st_a["step"], int)
-        assert_close(st_a["exp_avg"], st_b["exp_avg"], dtype, SPARSE_ADAM_VS_TORCH)
-        assert_close(st_a["exp_avg_sq"], st_b["exp_avg_sq"], dtype, SPARSE_ADAM_VS_TORCH)
+        assert_close(st_a["exp_avg"], st_b["exp_avg"], dtype, table, msg=name)
+        assert_close(st_a["exp_avg_sq"], st_b["exp_avg_sq"], dtype, table, msg=name)
     assert not torch.equal(model.users.weight, TwoTables(dtype, bag).users.weight)
 
 
@@ -279,6 +296,7 @@ def test_empty_grad_counts_step():
     p_theirs = torch.nn.Parameter(p_ours.detach().clone())
     ours = pyoptim.SparseAdam([p_ours])
     theirs = torch.optim.SparseAdam([p_theirs])
+    p_before = p_ours.detach().clone()
     empty = torch.sparse_coo_tensor(torch.zeros(1, 0, dtype=torch.long), torch.zeros(0, 4),
                                     (10, 4))
     for p, opt in ((p_ours, ours), (p_theirs, theirs)):
@@ -291,9 +309,10 @@ def test_empty_grad_counts_step():
     g = make_grad(torch.tensor([1, 1, 7]), (10, 4), torch.float32, torch.Generator())
     for p, opt in ((p_ours, ours), (p_theirs, theirs)):
         p.grad = g.clone()
-        opt.step()
+        with ieee_torch_mode():
+            opt.step()
     assert torch.equal(p_ours, p_theirs)
-    assert not torch.equal(p_ours[1], p_ours.new_zeros(4))
+    assert not torch.equal(p_ours, p_before)
 
 
 def test_lr_tensor_and_param_groups():
@@ -311,7 +330,8 @@ def test_lr_tensor_and_param_groups():
         gb = make_grad(torch.randint(0, 30, (9,), generator=gen), (30, 5), torch.float32, gen)
         pa.grad, pb.grad, qa.grad, qb.grad = ga, gb, ga.clone(), gb.clone()
         ours.step()
-        theirs.step()
+        with ieee_torch_mode():
+            theirs.step()
     assert torch.equal(pa, qa) and torch.equal(pb, qb)
     assert not torch.equal(pa.detach(), a)
 
@@ -336,7 +356,8 @@ def test_state_dict_both_ways(direction):
             idx = torch.randint(0, 100, (40,), generator=g2)
             opt.zero_grad()
             model(idx).pow(2).sum().backward()
-            opt.step()
+            with ieee_torch_mode():  # no effect on pyoptim; pins torch's sqrt and sum order
+                opt.step()
 
     train(model_a, opt_a, 10)
     model_b.load_state_dict(model_a.state_dict())
@@ -411,13 +432,17 @@ def test_constructor_errors_match_torch():
 def bad_grad_cases():
     ok_idx = torch.tensor([[0, 2, 2]])
     vals = torch.randn(3, 4)
-    unsafe = torch._sparse_coo_tensor_unsafe
+
+    def unsafe(i, v, size):
+        return torch.sparse_coo_tensor(i, v, size, check_invariants=False)
+
     return {
         "out_of_range": (unsafe(torch.tensor([[0, 10]]), torch.randn(2, 4), (10, 4)), IndexError,
                          "out of range"),
         "negative": (unsafe(torch.tensor([[-1, 3]]), torch.randn(2, 4), (10, 4)), IndexError,
                      "out of range"),
-        "count_mismatch": (unsafe(ok_idx, torch.randn(2, 4), (10, 4)), ValueError, "must match"),
+        # (an index/value count mismatch cannot be built: torch's constructors all reject it;
+        # the op checks it anyway)
         "shape_mismatch": (torch.sparse_coo_tensor(ok_idx, vals, (12, 4)), ValueError, "shape"),
         "width_mismatch": (torch.sparse_coo_tensor(ok_idx, torch.randn(3, 5), (10, 5)),
                            ValueError, "shape"),
@@ -461,7 +486,8 @@ def test_bad_grad_changes_nothing(case):
 def test_bad_grad_on_first_step_creates_no_state():
     p = torch.nn.Parameter(torch.randn(10, 4))
     opt = pyoptim.SparseAdam([p])
-    p.grad = torch._sparse_coo_tensor_unsafe(torch.tensor([[0, 11]]), torch.randn(2, 4), (10, 4))
+    p.grad = torch.sparse_coo_tensor(torch.tensor([[0, 11]]), torch.randn(2, 4), (10, 4),
+                                     check_invariants=False)
     before = p.detach().clone()
     with pytest.raises(IndexError, match="out of range"):
         opt.step()

@@ -5,10 +5,17 @@ duplicate-summation order): every operation is a correctly rounded IEEE operatio
 the results are bitwise equal for every dtype (0 ULP). A non-zero difference is a bug (wrong
 formula, wrong summation order, wrong rounding of a coefficient), never noise.
 
-pyoptim.SparseAdam vs torch.optim.SparseAdam: bitwise equal for float32 / float64 (torch computes
-in the param dtype, which is pyoptim's math type there). For bfloat16 / float16 torch rounds
-every intermediate to the param dtype while pyoptim computes in float32 and rounds once, so they
-are not compared with each other; each is compared with the reference instead.
+pyoptim.SparseAdam vs torch.optim.SparseAdam run under tests/reference_sparse_adam.py's
+ieee_torch_mode (torch's own SparseAdam code with IEEE sqrt and position-order duplicate sums):
+bitwise equal for float32 / float64, where torch computes in the param dtype. For bfloat16 /
+float16 torch rounds every intermediate to the param dtype while pyoptim computes in float32 and
+rounds once, so those are compared with the reference only.
+
+vs torch.optim.SparseAdam as built (no pins): torch's CPU sqrt is MKL VML's (up to 1 ULP off;
+~15% of float32 results), and with many duplicates its coalesce() sums in a different order
+(1-2 ULP per sum). Each step's update differs by a few ULP of the update, not of the param;
+over 200 steps of the parity test at lr=0.01 the largest measured difference is given below
+with 10x headroom.
 """
 
 import torch
@@ -21,8 +28,14 @@ SPARSE_ADAM_VS_REFERENCE = {
     torch.float16: (0.0, 0.0),
 }
 
-# vs torch.optim.SparseAdam, param dtypes torch computes in the same math type.
-SPARSE_ADAM_VS_TORCH = {
+# vs torch.optim.SparseAdam under ieee_torch_mode.
+SPARSE_ADAM_VS_TORCH_IEEE = {
     torch.float32: (0.0, 0.0),
     torch.float64: (0.0, 0.0),
+}
+
+# vs torch.optim.SparseAdam as built (MKL sqrt, unstable-sort sum order); see above.
+SPARSE_ADAM_VS_TORCH_MKL = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float64: (1e-13, 1e-13),
 }

@@ -7,8 +7,8 @@
 // body and a scalar tail both calling math::sparse_adam_step. Rows are independent and each is
 // computed the same way whatever the thread split, so results never depend on it.
 
-// Bytes ahead of the row being updated that are prefetched: the next rows' param and state
-// lines are in flight while this row computes (uniform lookups miss every cache).
+// How many rows ahead of the one being updated are prefetched: that row's param, state and
+// first value row are in flight while this row computes (uniform lookups miss every cache).
 constexpr int64_t kSparseAdamPrefetchRows = 4;
 
 template <class S>
@@ -59,6 +59,7 @@ void sparse_adam_loop(const SparseAdamPtrs& a, int64_t u_begin, int64_t u_end,
       prefetch_row(param + r * a.param_row_stride, width);
       prefetch_row(exp_avg + r * a.exp_avg_row_stride, width);
       prefetch_row(exp_avg_sq + r * a.exp_avg_sq_row_stride, width);
+      prefetch_row(values + a.order[a.offsets[ahead]] * width, width);  // its first value row
     }
     const int64_t r = a.rows[u];
     S* p_row = param + r * a.param_row_stride;

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <vector>
 
 #include "ops/checks.h"
@@ -76,8 +77,14 @@ std::vector<int64_t> linear_rows(const at::Tensor& indices, const at::Tensor& pa
 
 void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                      at::TensorList exp_avg_sqs, at::IntArrayRef steps, double lr, double beta1,
-                     double beta2, double eps, double weight_decay, bool maximize) {
+                     double beta2, double eps, double weight_decay, bool maximize,
+                     const std::optional<at::Tensor>& lr_tensor) {
   // ---- 1. validate and group everything; nothing is written in this part ------------------
+  if (lr_tensor.has_value()) {
+    TORCH_CHECK_VALUE(lr_tensor->numel() == 1 && at::isFloatingType(lr_tensor->scalar_type()),
+                      kOp, ": lr_tensor must be a one-element floating-point tensor");
+    lr = ops::scalar_value(*lr_tensor, "lr");
+  }
   TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning rate: ", lr);
   TORCH_CHECK_VALUE(eps >= 0.0, "Invalid epsilon value: ", eps);
   TORCH_CHECK_VALUE(beta1 >= 0.0 && beta1 < 1.0, "Invalid beta parameter at index 0: ", beta1);
@@ -185,10 +192,22 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
                                   it.groups.offsets.data(),
                                   it.groups.order.data()};
     const double step = static_cast<double>(steps[i]);
-    if (it.dtype == at::kDouble) {
-      it.cd = math::make_sparse_adam_coeffs<double>(lr, beta1, beta2, eps, weight_decay, step);
+    double step_size;
+    if (lr_tensor.has_value()) {
+      // torch.optim.SparseAdam with a Tensor lr computes step_size = lr * math.sqrt(bc2) / bc1
+      // as tensor arithmetic in the lr tensor's dtype; run the same two ops.
+      const math::SparseAdamBiasCorrections b =
+          math::sparse_adam_bias_corrections(beta1, beta2, step);
+      step_size = lr_tensor->reshape({}).mul(b.sqrt_bias_correction2)
+                      .div(b.bias_correction1)
+                      .item<double>();
     } else {
-      it.cf = math::make_sparse_adam_coeffs<float>(lr, beta1, beta2, eps, weight_decay, step);
+      step_size = math::sparse_adam_step_size(lr, beta1, beta2, step);
+    }
+    if (it.dtype == at::kDouble) {
+      it.cd = math::make_sparse_adam_coeffs<double>(lr, beta1, beta2, eps, weight_decay, step_size);
+    } else {
+      it.cf = math::make_sparse_adam_coeffs<float>(lr, beta1, beta2, eps, weight_decay, step_size);
     }
   }
 

@@ -39,20 +39,37 @@ struct SparseAdamCoeffs {
   T decay_factor;   // 1 - lr * weight_decay (pyoptim extension; see sparse_adam_step)
 };
 
+struct SparseAdamBiasCorrections {
+  double bias_correction1;  // 1 - beta1**step
+  double sqrt_bias_correction2;  // math.sqrt(1 - beta2**step)
+};
+
 // See Note [Bias correction in double]. `step` is the param's step count after this step's
 // increment (torch increments state["step"] before computing bias corrections).
-template <class T>
-PYOPTIM_HOST_DEVICE PYOPTIM_INLINE SparseAdamCoeffs<T> make_sparse_adam_coeffs(
-    double lr, double beta1, double beta2, double eps, double weight_decay, double step) {
-  SparseAdamCoeffs<T> c;
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE SparseAdamBiasCorrections
+sparse_adam_bias_corrections(double beta1, double beta2, double step) {
   const double bias_correction1 = 1.0 - pow_d(beta1, step);  // 1 - beta1**step
   const double bias_correction2 = 1.0 - pow_d(beta2, step);  // 1 - beta2**step
 #if defined(__CUDA_ARCH__)
-  const double sqrt_bc2 = ::sqrt(bias_correction2);
+  return {bias_correction1, ::sqrt(bias_correction2)};
 #else
-  const double sqrt_bc2 = std::sqrt(bias_correction2);  // math.sqrt(bias_correction2)
+  return {bias_correction1, std::sqrt(bias_correction2)};  // math.sqrt(bias_correction2)
 #endif
-  const double step_size = lr * sqrt_bc2 / bias_correction1;  // lr * math.sqrt(bc2) / bc1
+}
+
+// step_size = lr * math.sqrt(bias_correction2) / bias_correction1, in Python floats.
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE double sparse_adam_step_size(double lr, double beta1,
+                                                                double beta2, double step) {
+  const SparseAdamBiasCorrections b = sparse_adam_bias_corrections(beta1, beta2, step);
+  return lr * b.sqrt_bias_correction2 / b.bias_correction1;
+}
+
+// `step_size` from sparse_adam_step_size (or, for a Tensor lr, computed in the lr tensor's
+// dtype as torch does: see ops/sparse_adam_cpu.cpp).
+template <class T>
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE SparseAdamCoeffs<T> make_sparse_adam_coeffs(
+    double lr, double beta1, double beta2, double eps, double weight_decay, double step_size) {
+  SparseAdamCoeffs<T> c;
   c.one_minus_beta1 = T(1.0 - beta1);
   c.one_minus_beta2 = T(1.0 - beta2);
   c.eps = T(eps);
