@@ -43,4 +43,9 @@ TORCH_LIBRARY(pyoptim, m) {
   m.def("max_cpu_capability() -> str");
   // Test hook: run the CPU kernels at `level` from now on; returns the previous level.
   m.def("_set_cpu_capability(str level) -> str");
+
+  // bench/ only: one streaming pass with Adam's memory pattern over four equal float32 arrays:
+  // read all four, write three in place (x = x/2 + g, y = y/2 + g, z = z/2 - g). See
+  // ops/probe_cpu.cpp.
+  m.def("_stream_probe_(Tensor(a!) x, Tensor(b!) y, Tensor(c!) z, Tensor g) -> ()");
 }

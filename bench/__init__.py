@@ -1,0 +1,1 @@
+"""pyoptim's benchmark: `python -m bench` (see bench/README.md)."""

@@ -1,0 +1,71 @@
+"""Bytes each optimizer step moves through memory, per parameter element.
+
+The model is the minimum traffic of one fused pass: every tensor the update reads is read once,
+every tensor it writes is written once, and nothing else (no temporaries, no re-reads). It is
+what an ideal kernel moves, so `bytes / time` is the bandwidth a step achieves and can be put
+next to the machine's streaming bandwidth (see harness.stream_probe). Implementations that make
+several passes (torch's for-loop and foreach) move more than this; their GB/s column then says
+how far they are from a one-pass kernel, not what the memory bus carried.
+
+Cache-line write-allocate traffic is not counted, as in STREAM: the probe has the same read/write
+mix as Adam, so the two are comparable.
+
+    fp32 Adam/AdamW   read p, g, m, v; write p, m, v      7 x 4 = 28 B/elem
+    + amsgrad         read and write max_exp_avg_sq      + 2 x 4 =  8
+    SGD (no momentum) read p, g; write p                  3 x 4 = 12
+    SGD + momentum    read p, g, buf; write p, buf        5 x 4 = 20
+    SparseAdam        per touched element: Adam's 7 arrays, plus the gradient's index bytes
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def adam_bytes_per_elem(
+    dtype: torch.dtype = torch.float32,
+    *,
+    amsgrad: bool = False,
+    grad_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
+) -> int:
+    """Adam and AdamW (weight decay adds no traffic): read p, g, m, v; write p, m, v."""
+    p = itemsize(dtype)
+    g = itemsize(grad_dtype or dtype)
+    s = itemsize(state_dtype or dtype)
+    n_state = 3 if amsgrad else 2  # exp_avg, exp_avg_sq (+ max_exp_avg_sq)
+    return 2 * p + g + 2 * n_state * s
+
+
+def sgd_bytes_per_elem(
+    dtype: torch.dtype = torch.float32, *, momentum: bool = False, first_step: bool = False
+) -> int:
+    """SGD: read p, g; write p. With momentum: also read and write the buffer (on the first
+    step the buffer is only written: it is a copy of the gradient)."""
+    e = itemsize(dtype)
+    if not momentum:
+        return 3 * e
+    return (4 if first_step else 5) * e
+
+
+def sparse_adam_bytes(
+    nnz_elems: int, dtype: torch.dtype = torch.float32, *, nnz_rows: int = 0, index_bytes: int = 8
+) -> int:
+    """SparseAdam, per step: for each of the `nnz_elems` touched elements, read p, g, m, v and
+    write p, m, v; plus one index per touched row (`nnz_rows`, int64 by default)."""
+    return 7 * itemsize(dtype) * nnz_elems + index_bytes * nnz_rows
+
+
+def stream_probe_bytes(numel: int, dtype: torch.dtype = torch.float32) -> int:
+    """The 4-read/3-write probe (pyoptim._stream_probe_): 4 arrays of `numel` elements read,
+    3 written back in place, as Adam does."""
+    return 7 * itemsize(dtype) * numel
+
+
+def copy_probe_bytes(numel: int, dtype: torch.dtype = torch.float32) -> int:
+    """A copy (dst.copy_(src)): one array read, one written."""
+    return 2 * itemsize(dtype) * numel

@@ -1,0 +1,82 @@
+"""Smoke tests for `python -m bench` (bench/): the harness runs in quick mode on tiny sizes,
+in-process, and produces its result rows. No timing assertions. The run itself takes well
+under a second; the first torch.optim constructor in a process imports torch._dynamo (~3 s),
+which any test building a torch optimizer pays once."""
+
+import json
+
+import pytest
+import torch
+
+import pyoptim  # noqa: F401  (registers torch.ops.pyoptim.*)
+from bench import __main__ as cli
+from bench import bytes as nbytes
+from bench import harness
+
+TINY = ["--quick", "--scale", str(1 / 65536), "--repeat", "2", "--min-time", "0", "--no-latest"]
+
+
+def test_quick_run_produces_rows(tmp_path):
+    path = tmp_path / "r.json"
+    lines = []
+    # the two single-tensor workloads: the many-tensor ones cost seconds in torch's for-loop
+    args = TINY + ["--filter", "^adam/(fp32|bf16)-1x", "--json", str(path)]
+    res = cli.main(args, out=lines.append)
+    names = [w["name"] for w in res["workloads"]]
+    assert len(names) == 2 and all(n.startswith("adam/") for n in names)
+    for w in res["workloads"]:
+        impls = {r["impl"] for r in w["rows"]}
+        assert impls == {"torch-forloop", "torch-foreach", "torch-fused", "pyoptim"}
+        for r in w["rows"]:
+            assert r["n"] >= 2 and r["median_ms"] > 0 and r["gbps"] > 0
+            assert r["ratio"] > 0 and r["pct_probe"] > 0
+        assert [r["ratio"] for r in w["rows"] if r["impl"] == "pyoptim"] == [1.0]
+    assert set(res["probes"]) == {"stream-4r3w", "torch-copy-1r1w"}
+    assert res["machine"]["threads"] == torch.get_num_threads()
+    assert json.loads(path.read_text())["workloads"][0]["name"] == names[0]
+    assert any(line.startswith("adam/fp32-1x") for line in lines)
+
+    # --compare OLD --against NEW prints one line per (workload, impl) found in both
+    out = []
+    cli.main(["--compare", str(path), "--against", str(path)], out=out.append)
+    rows = [line for line in "\n".join(out).splitlines() if "pyoptim" in line]
+    assert len(rows) == 2 and all("1.00x" in line for line in rows)
+
+
+def test_discover_finds_adam_and_adamw():
+    cfg = harness.BenchConfig(scale=1 / 65536)
+    found = harness.discover(cfg)  # builds Workloads only: setup() allocates when run
+    for group in ("adam", "adamw"):
+        ws = [w for w in found if w.group == group]
+        assert len(ws) == 4, [w.name for w in ws]
+        assert all(set(w.impls) >= {"torch-forloop", "torch-foreach", "torch-fused"} for w in ws)
+        assert all(w.baseline in w.impls and w.bytes_per_step > 0 for w in ws)
+
+
+def test_stream_probe_op_writes_its_outputs():
+    x, y, z, g = (torch.randn(1000) for _ in range(4))
+    x0, y0, z0, g0 = x.clone(), y.clone(), z.clone(), g.clone()
+    torch.ops.pyoptim._stream_probe_(x, y, z, g)
+    assert torch.equal(x, x0 * 0.5 + g0) and torch.equal(y, y0 * 0.5 + g0)
+    assert torch.equal(z, z0 * 0.5 - g0) and torch.equal(g, g0)
+
+
+def test_stream_probe_op_rejects_aliased_arrays_before_writing():
+    x, y, g = torch.randn(64), torch.randn(64), torch.randn(64)
+    x0, y0 = x.clone(), y.clone()
+    with pytest.raises(ValueError, match="must not share memory"):
+        torch.ops.pyoptim._stream_probe_(x, y, g, g)
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
+def test_bytes_model():
+    assert nbytes.adam_bytes_per_elem(torch.float32) == 28
+    assert nbytes.adam_bytes_per_elem(torch.float32, amsgrad=True) == 36
+    assert nbytes.adam_bytes_per_elem(torch.bfloat16) == 14
+    assert nbytes.sgd_bytes_per_elem(torch.float32, momentum=True) == 20
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_cuda_without_gpu_exits_with_message():
+    with pytest.raises(SystemExit, match="--device cuda"):
+        cli.main(["--device", "cuda", "--no-latest"])
