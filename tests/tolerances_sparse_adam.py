@@ -13,9 +13,11 @@ rounds once, so those are compared with the reference only.
 
 vs torch.optim.SparseAdam as built (no pins): torch's CPU sqrt is MKL VML's (up to 1 ULP off;
 ~15% of float32 results), and with many duplicates its coalesce() sums in a different order
-(1-2 ULP per sum). Each step's update differs by a few ULP of the update, not of the param;
-over 200 steps of the parity test at lr=0.01 the largest measured difference is given below
-with 10x headroom.
+(1-2 ULP per sum). Each step's update then differs by a few ULP of the update, not of the
+param. Measured over the 200-step parity test (lr=0.01, both models, maximize on and off): the
+largest absolute difference in param / exp_avg / exp_avg_sq is 1.4e-6 for float32 and 1.8e-15
+for float64 (relative differences are large only where exp_avg is near zero, hence atol). The
+rows give ~10x headroom on atol.
 """
 
 import torch
@@ -36,6 +38,6 @@ SPARSE_ADAM_VS_TORCH_IEEE = {
 
 # vs torch.optim.SparseAdam as built (MKL sqrt, unstable-sort sum order); see above.
 SPARSE_ADAM_VS_TORCH_MKL = {
-    torch.float32: (1e-5, 1e-5),
-    torch.float64: (1e-13, 1e-13),
+    torch.float32: (1.5e-5, 1e-5),
+    torch.float64: (2e-14, 1e-13),
 }
