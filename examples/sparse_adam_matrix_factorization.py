@@ -75,11 +75,11 @@ def train(model, opt, batches):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--users", type=int, default=200_000)
-    ap.add_argument("--items", type=int, default=500_000)
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--items", type=int, default=300_000)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8192)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
