@@ -16,7 +16,8 @@ template <class S>
 PYOPTIM_INLINE void prefetch_row_w(const S* row, int64_t width) {
   const char* b = reinterpret_cast<const char*>(row);
   // the first 2 KiB: a wider row is a sequential stream the hardware prefetcher follows
-  const int64_t bytes = (width * static_cast<int64_t>(sizeof(S)) < 2048 ? width * static_cast<int64_t>(sizeof(S)) : 2048);
+  const int64_t row_bytes = width * static_cast<int64_t>(sizeof(S));
+  const int64_t bytes = row_bytes < 2048 ? row_bytes : 2048;
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(b + o, 1, 3);
 }
 
