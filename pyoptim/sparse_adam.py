@@ -12,7 +12,8 @@ SparseAdam's own (eps added to sqrt(exp_avg_sq) before the bias corrections, whi
 into the step size); `state["step"]` is a Python int counting every step in which the param had
 a gradient, even one with no entries. float32 and float64 results equal torch's bit for bit;
 bfloat16 and float16 params are computed in float32 and rounded once on store (torch rounds
-after every operation). Bad input raises before anything, step counts included, is changed.
+after every operation). Bad input raises before anything, step counts included, is changed
+(within a param group; a dense gradient anywhere is caught before any group is updated).
 
 Beyond torch (opt-in): `weight_decay` (default 0: torch's update exactly) applies decoupled
 weight decay, `param *= 1 - lr * weight_decay`, to the rows touched in this step only, before
@@ -75,17 +76,17 @@ class SparseAdam(torch.optim.SparseAdam):
             with torch.enable_grad():
                 loss = closure()
 
+        # Every group's gradients are checked before any group is updated.
+        work = []
         for group in self.param_groups:
-            params: list[Tensor] = []
-            grads: list[Tensor] = []
-            for p in group["params"]:
-                if p.grad is not None:
-                    if not p.grad.is_sparse:
-                        raise RuntimeError(_DENSE_MSG)
-                    params.append(p)
-                    grads.append(p.grad)
-            if not params:
-                continue
+            params = [p for p in group["params"] if p.grad is not None]
+            grads = [p.grad for p in params]
+            if not all(g.is_sparse for g in grads):
+                raise RuntimeError(_DENSE_MSG)
+            if params:
+                work.append((group, params, grads))
+
+        for group, params, grads in work:
             # Lazy state, as torch's, but stored only once the op has succeeded, so a step that
             # raises leaves the optimizer exactly as it was.
             states = [self.state.get(p) for p in params]
