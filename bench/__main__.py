@@ -95,10 +95,11 @@ def _ms(x: float) -> str:
     return f"{x:.3f}" if x < 10 else f"{x:.1f}"
 
 
-def format_table(w: Workload, rows: List[Row]) -> str:
+def format_table(w: Workload, rows: List[Row], probe_gbps: Optional[float] = None) -> str:
     lines = [
         f"{w.name}: {w.description}, {w.numel / 1e6:.2f}M elements, "
-        f"{w.bytes_per_step / w.numel:g} B/elem = {w.bytes_per_step / 1e9:.3f} GB/step",
+        f"{w.bytes_per_step / w.numel:g} B/elem = {w.bytes_per_step / 1e9:.3f} GB/step"
+        + (f"; probe alongside: {probe_gbps:.1f} GB/s" if probe_gbps else ""),
         f"  {'impl':<15} {'ms/step':>9} {'IQR (ms)':>17} {'n':>5} "
         f"{'ratio':>7} {'GB/s':>7} {'%probe':>7}",
     ]
@@ -212,24 +213,25 @@ def run(args: argparse.Namespace, out=print) -> dict:
     )
 
     probes = {}
-    probe_gbps = None
+    probe = None
     if not args.no_probe:
-        probes = harness.run_probes(cfg.n(PROBE_NUMEL, minimum=1024), cfg)
+        probe = harness.ReferenceProbe(cfg.n(PROBE_NUMEL, minimum=1024), cfg)
+        probes = probe.run_all(cfg)
         for p in probes.values():
             out(
                 f"probe {p.name:<16} {p.numel / 1e6:.1f}M fp32 elems/array: "
                 f"{p.timing.median * 1e3:.2f} ms, {p.gbps:.1f} GB/s"
             )
-        ref = probes.get("stream-4r3w") or probes.get("torch-copy-1r1w")
-        probe_gbps = ref.gbps if ref else None
-        if "stream-4r3w" not in probes:
-            out("(no native 4R/3W probe on this device: %probe uses the copy probe)")
+        out(
+            f"%probe: vs {probe.name}, re-measured inside each workload's rounds (same load)"
+            + ("" if probe.name == "stream-4r3w" else "; no native 4R/3W probe on this device")
+        )
 
     results = []
     for w in workloads:
         out("")
-        rows = harness.run_workload(w, cfg, probe_gbps)
-        out(format_table(w, rows))
+        rows, probe_gbps = harness.run_workload(w, cfg, probe)
+        out(format_table(w, rows, probe_gbps))
         results.append(
             {
                 "name": w.name,
@@ -240,9 +242,12 @@ def run(args: argparse.Namespace, out=print) -> dict:
                 "bytes_per_step": w.bytes_per_step,
                 "baseline": w.baseline,
                 "targets": w.targets,
+                "probe_gbps": probe_gbps,
                 "rows": [harness.row_dict(r) for r in rows],
             }
         )
+    probe_name = probe.name if probe else None
+    del probe  # frees its arrays before the JSON is written
     wall = time.perf_counter() - t_start
     load_end = harness.load_average()
     tail = f", load average (1 min) at end: {load_end:.2f}" if load_end is not None else ""
@@ -260,7 +265,7 @@ def run(args: argparse.Namespace, out=print) -> dict:
             }
             for k, p in probes.items()
         },
-        "probe_gbps_for_pct": probe_gbps,
+        "probe_for_pct": probe_name,
         "wall_s": wall,
         "loadavg_1m_end": load_end,
         "workloads": results,

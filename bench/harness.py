@@ -31,7 +31,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -194,8 +194,11 @@ def make_timer(cfg: BenchConfig):
     raise ValueError(f"unknown device {cfg.device!r} (expected cpu or cuda)")
 
 
-def time_interleaved(steps: Dict[str, StepFn], cfg: BenchConfig, timer=None) -> Dict[str, Timing]:
-    """Time every step() in interleaved rounds (see the module docstring)."""
+def time_interleaved(
+    steps: Dict[str, StepFn], cfg: BenchConfig, timer=None, light: Sequence[str] = ()
+) -> Dict[str, Timing]:
+    """Time every step() in interleaved rounds (see the module docstring). Steps named in
+    `light` (the probe riding along with a workload) stop at 3 samples and min_time / 4."""
     timer = timer or make_timer(cfg)
     est: Dict[str, float] = {}
     for name, step in steps.items():
@@ -206,6 +209,8 @@ def time_interleaved(steps: Dict[str, StepFn], cfg: BenchConfig, timer=None) -> 
 
     def done(name: str) -> bool:
         s = samples[name]
+        if name in light:
+            return len(s) >= cfg.max_reps or (len(s) >= 3 and sum(s) >= cfg.min_time / 4)
         return len(s) >= cfg.max_reps or (len(s) >= cfg.min_reps and sum(s) >= cfg.min_time)
 
     while not all(done(name) for name in steps):
@@ -244,26 +249,34 @@ def has_native_probe(device: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("pyoptim::_stream_probe_", key)
 
 
-def run_probes(numel: int, cfg: BenchConfig) -> Dict[str, Probe]:
-    """The 4-read/3-write probe (Adam's pattern: 4 arrays read, 3 of them written back in place;
-    a native op) and a torch copy (1R/1W), over float32 arrays of `numel` elements, timed like
-    the workloads."""
-    dev = cfg.device
-    steps: Dict[str, StepFn] = {}
-    nbytes_of: Dict[str, int] = {}
-    arrays = [torch.rand(numel, device=dev) for _ in range(4)]
-    if has_native_probe(dev):
-        op = torch.ops.pyoptim._stream_probe_.default
-        x, y, z, g = arrays
-        steps["stream-4r3w"] = lambda: op(x, y, z, g)
-        nbytes_of["stream-4r3w"] = nbytes.stream_probe_bytes(numel)
-    src, dst = arrays[3], arrays[0]
-    steps["torch-copy-1r1w"] = lambda: dst.copy_(src)
-    nbytes_of["torch-copy-1r1w"] = nbytes.copy_probe_bytes(numel)
-    timings = time_interleaved(steps, cfg)
-    del steps, arrays, src, dst
-    gc.collect()
-    return {k: Probe(k, numel, nbytes_of[k], t) for k, t in timings.items()}
+class ReferenceProbe:
+    """The probe that %probe divides by: `stream-4r3w` (native, Adam's pattern) where the device
+    has it, else the copy. Its arrays live as long as this object, so it can also be timed
+    inside each workload's rounds (run_workload): %probe then compares numbers measured in the
+    same seconds, under the same background load."""
+
+    def __init__(self, numel: int, cfg: BenchConfig):
+        dev = cfg.device
+        self.numel = numel
+        self.arrays = [torch.rand(numel, device=dev) for _ in range(4)]
+        x, y, z, g = self.arrays
+        self.steps: Dict[str, StepFn] = {}
+        self.bytes: Dict[str, int] = {}
+        if has_native_probe(dev):
+            op = torch.ops.pyoptim._stream_probe_.default
+            self.steps["stream-4r3w"] = lambda: op(x, y, z, g)
+            self.bytes["stream-4r3w"] = nbytes.stream_probe_bytes(numel)
+        self.steps["torch-copy-1r1w"] = lambda: x.copy_(g)
+        self.bytes["torch-copy-1r1w"] = nbytes.copy_probe_bytes(numel)
+        self.name = next(iter(self.steps))  # the reference: stream-4r3w when there is one
+
+    def run_all(self, cfg: BenchConfig) -> Dict[str, Probe]:
+        """Every probe, timed on its own (interleaved with each other) at the start of a run."""
+        timings = time_interleaved(self.steps, cfg)
+        return {k: Probe(k, self.numel, self.bytes[k], t) for k, t in timings.items()}
+
+    def gbps(self, t: Timing) -> float:
+        return self.bytes[self.name] / t.median / 1e9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,15 +295,25 @@ class Row:
     pct_probe: Optional[float]
 
 
-def run_workload(w: Workload, cfg: BenchConfig, probe_gbps: Optional[float]) -> List[Row]:
+PROBE_KEY = "(probe)"
+
+
+def run_workload(
+    w: Workload, cfg: BenchConfig, probe: Optional[ReferenceProbe] = None
+) -> Tuple[List[Row], Optional[float]]:
+    """Time every impl of `w`, with the reference probe (if given) in the same rounds.
+    Returns the rows and the probe's GB/s measured alongside (None without a probe)."""
     steps = {name: setup() for name, setup in w.impls.items()}
+    if probe is not None:
+        steps[PROBE_KEY] = probe.steps[probe.name]
     try:
-        timings = time_interleaved(steps, cfg)
+        timings = time_interleaved(steps, cfg, light=(PROBE_KEY,))
     finally:
         del steps
         if w.cleanup is not None:
             w.cleanup()
         gc.collect()
+    probe_gbps = probe.gbps(timings.pop(PROBE_KEY)) if probe is not None else None
     base = timings.get(w.baseline)
     rows = []
     for name, t in timings.items():
@@ -307,7 +330,7 @@ def run_workload(w: Workload, cfg: BenchConfig, probe_gbps: Optional[float]) -> 
                 pct_probe=(100.0 * gbps / probe_gbps) if probe_gbps else None,
             )
         )
-    return rows
+    return rows, probe_gbps
 
 
 def row_dict(r: Row) -> dict:
