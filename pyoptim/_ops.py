@@ -107,21 +107,27 @@ def sgd_(
     grad_scale: Optional[Tensor] = None,
     found_inf: Optional[Tensor] = None,
 ) -> None:
-    """One fused SGD step over tensor lists (see library.cpp); buffers unused if momentum == 0."""
-    _ops.sgd_.default(
-        params,
-        grads,
-        momentum_buffers,
-        lr=lr,
-        momentum=momentum,
-        dampening=dampening,
-        weight_decay=weight_decay,
-        nesterov=nesterov,
-        maximize=maximize,
-        is_first_step=is_first_step,
-        lr_tensor=lr_tensor,
-        grad_scale=grad_scale,
-        found_inf=found_inf,
+    """One fused SGD step over tensor lists (see library.cpp); buffers unused if momentum == 0.
+
+    Same as torch.ops.pyoptim.sgd_ (Note [Fast op calls] in csrc/python/module.cpp).
+    """
+    _C._call(
+        "pyoptim::sgd_",
+        (
+            params,
+            grads,
+            momentum_buffers,
+            lr,
+            momentum,
+            dampening,
+            weight_decay,
+            nesterov,
+            maximize,
+            is_first_step,
+            lr_tensor,
+            grad_scale,
+            found_inf,
+        ),
     )
 
 
@@ -156,4 +162,36 @@ def sgd_sparse_(
         lr_tensor=lr_tensor,
         grad_scale=grad_scale,
         found_inf=found_inf,
+    )
+
+
+def sparse_adam_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    steps: Sequence[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    lr_tensor: Optional[Tensor] = None,
+) -> None:
+    """One fused SparseAdam step; `steps` are the counts after this step (see library.cpp)."""
+    _ops.sparse_adam_.default(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        lr_tensor=lr_tensor,
     )

@@ -7,6 +7,7 @@
 #include "pyoptim/cpu/isa.h"
 #include "pyoptim/math/adam.h"
 #include "pyoptim/math/sgd.h"
+#include "pyoptim/math/sparse_adam.h"
 
 namespace pyoptim {
 namespace cpu {
@@ -16,6 +17,7 @@ namespace {
 #include "cpu/sparse_rows_impl.h"  // shared by the sparse optimizers
 #include "cpu/adam_impl.h"  // one include per optimizer
 #include "cpu/sgd_impl.h"
+#include "cpu/sparse_adam_impl.h"
 
 }  // namespace
 
@@ -25,6 +27,7 @@ KernelTable make_table() {
   t.isa = PYOPTIM_ISA_ENUM;
   t.adam = make_adam_kernels();  // one line per optimizer
   t.sgd = make_sgd_kernels();
+  t.sparse_adam = make_sparse_adam_kernels();
   return t;
 }
 }  // namespace

@@ -2,6 +2,20 @@
 // inside namespace pyoptim::cpu::<isa>. See Note [Sparse rows: one deterministic pass] in
 // ops/sparse_rows.h: the order of the sum is fixed by `order`, never by the thread count.
 
+// Prefetch the `width` elements at `row` (every 64-byte line) into the cache.
+template <class S>
+PYOPTIM_INLINE void prefetch_row(const S* row, int64_t width) {
+  const char* b = reinterpret_cast<const char*>(row);
+  // the first 2 KiB: a wider row is a sequential stream the hardware prefetcher follows
+  const int64_t row_bytes = width * static_cast<int64_t>(sizeof(S));
+  const int64_t bytes = row_bytes < 2048 ? row_bytes : 2048;
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(b + o, 0, 3);
+}
+
+// Value rows of one sum prefetched ahead of the one being added: duplicates sit at random
+// positions of `values`, so each is a cache miss otherwise.
+constexpr int64_t kDuplicatePrefetchRows = 4;
+
 // out[j] = values[order[k0]][j] + values[order[k0 + 1]][j] + ... + values[order[k1 - 1]][j],
 // summed left to right in opmath_t<S>. Rows are walked one after another (k outer) so each value
 // row is read once, contiguously, while `out` stays in L1.
@@ -15,6 +29,9 @@ void sum_duplicate_rows(const S* values, int64_t width, const int64_t* order, in
   for (; j + W <= width; j += W) vstore(out + j, V(vload(first + j)));
   for (; j < width; ++j) out[j] = to_opmath(first[j]);
   for (int64_t k = k0 + 1; k < k1; ++k) {
+    if (k + kDuplicatePrefetchRows < k1) {
+      prefetch_row(values + order[k + kDuplicatePrefetchRows] * width, width);
+    }
     const S* row = values + order[k] * width;
     j = 0;
     for (; j + W <= width; j += W) vstore(out + j, V(vload(out + j)) + V(vload(row + j)));

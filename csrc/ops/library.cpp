@@ -36,6 +36,15 @@ TORCH_LIBRARY(pyoptim, m) {
       "float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, "
       "bool is_first_step, Tensor? lr_tensor=None, Tensor? grad_scale=None, "
       "Tensor? found_inf=None) -> ()");
+  // SparseAdam (torch.optim.SparseAdam's formula). grads are sparse COO, read as they come
+  // (uncoalesced). steps[i] is params[i]'s step count *after* this step (the caller increments
+  // the Python int in its state once the op returns). weight_decay != 0 (a pyoptim extension)
+  // decays the touched rows, decoupled. lr_tensor (a Tensor lr) replaces lr, and step_size is
+  // then computed in its dtype, as torch does. grads are read, never written.
+  m.def(
+      "sparse_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, int[] steps, *, float lr, float beta1, float beta2, "
+      "float eps, float weight_decay, bool maximize, Tensor? lr_tensor=None) -> ()");
 
   // CPU kernel level: "scalar", "avx2" or "avx512".
   m.def("cpu_capability() -> str");

@@ -6,9 +6,10 @@
 // group_rows() validates every index (IndexError before anything is written) and groups the
 // positions by row with a stable LSD radix sort: unique rows come out ascending, and the
 // duplicates of a row keep ascending position order. Kernels then sum each row's duplicates
-// left to right in that order (cpu/sparse_rows_impl.h), which is also the order torch's
-// coalesce() sums them in, and update each touched row once. Nothing depends on the thread
-// count, so results are bitwise reproducible.
+// left to right in that order (cpu/sparse_rows_impl.h) and update each touched row once.
+// Nothing depends on the thread count, so results are bitwise reproducible. (torch's CPU
+// coalesce() sums duplicates in the order of an *unstable* sort of the indices: the same order
+// for small inputs, a different one, 1-2 ULP apart, for large ones.)
 #pragma once
 
 #include <ATen/ATen.h>
@@ -28,6 +29,53 @@ struct RowGroups {
   int64_t num_unique() const { return static_cast<int64_t>(rows.size()); }
 };
 
+// group_rows for keys of `key_bits` bits and nnz < 2^pos_bits with key_bits + pos_bits <= 64
+// (every realistic case): one LSD radix sort of the words (key << pos_bits | position), with
+// digits of at most 11 bits over the key bits only. Positions start in order and every pass is
+// stable, so duplicates stay in position order; moving one word per element (not a key and a
+// position) and computing every pass's histogram in one read makes it ~3x faster.
+inline RowGroups group_rows_packed(const int64_t* idx, int64_t nnz, int key_bits, int pos_bits) {
+  RowGroups g;
+  const int passes = (key_bits + 10) / 11;
+  const int digit = passes == 0 ? 0 : (key_bits + passes - 1) / passes;
+  const uint64_t mask = (uint64_t(1) << digit) - 1;
+  std::vector<uint64_t> a(nnz), b(nnz);
+  for (int64_t k = 0; k < nnz; ++k) a[k] = (uint64_t(idx[k]) << pos_bits) | uint64_t(k);
+  std::vector<int64_t> count(size_t(passes) << digit, 0);
+  for (int64_t k = 0; k < nnz; ++k) {
+    const uint64_t key = a[k] >> pos_bits;
+    for (int p = 0; p < passes; ++p) ++count[(size_t(p) << digit) + ((key >> (p * digit)) & mask)];
+  }
+  for (int p = 0; p < passes; ++p) {
+    int64_t* c = count.data() + (size_t(p) << digit);
+    int64_t sum = 0;
+    for (uint64_t d = 0; d <= mask; ++d) {
+      const int64_t t = c[d];
+      c[d] = sum;
+      sum += t;
+    }
+    const int shift = pos_bits + p * digit;
+    for (int64_t k = 0; k < nnz; ++k) b[c[(a[k] >> shift) & mask]++] = a[k];
+    a.swap(b);
+  }
+  const uint64_t pmask = pos_bits == 64 ? ~uint64_t(0) : (uint64_t(1) << pos_bits) - 1;
+  g.order.resize(nnz);
+  g.rows.reserve(nnz);
+  g.offsets.reserve(nnz + 1);
+  int64_t prev = -1;
+  for (int64_t k = 0; k < nnz; ++k) {
+    const int64_t key = pos_bits == 64 ? 0 : int64_t(a[k] >> pos_bits);
+    g.order[k] = int64_t(a[k] & pmask);
+    if (key != prev) {
+      g.rows.push_back(key);
+      g.offsets.push_back(k);
+      prev = key;
+    }
+  }
+  g.offsets.push_back(nnz);
+  return g;
+}
+
 // `idx`: nnz row indices. Throws IndexError (nothing written anywhere) if any index is outside
 // [0, num_rows). `what` names the op in the message.
 inline RowGroups group_rows(const int64_t* idx, int64_t nnz, int64_t num_rows, const char* what) {
@@ -44,6 +92,9 @@ inline RowGroups group_rows(const int64_t* idx, int64_t nnz, int64_t num_rows, c
                     lo < 0 ? lo : hi, " out of range for a parameter with ", num_rows, " rows");
   int bits = 0;
   while (bits < 63 && (int64_t(1) << bits) <= hi) ++bits;
+  int pos_bits = 0;
+  while ((int64_t(1) << pos_bits) < nnz) ++pos_bits;
+  if (bits + pos_bits <= 64) return group_rows_packed(idx, nnz, bits, pos_bits);
 
   // Stable LSD radix sort of positions by key, 11 bits per pass (2048 buckets fit in L1).
   constexpr int kDigit = 11;

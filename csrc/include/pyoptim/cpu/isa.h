@@ -9,6 +9,7 @@
 
 #include "pyoptim/math/adam.h"
 #include "pyoptim/math/sgd.h"
+#include "pyoptim/math/sparse_adam.h"
 
 namespace pyoptim {
 namespace cpu {
@@ -89,12 +90,46 @@ struct SgdKernels {
   SgdSparseFn<float> sparse_f16;
 };
 
+// ---- SparseAdam ----------------------------------------------------------------------------
+// One param's touched rows, grouped by ops::group_rows (see ops/sparse_rows.h). Row r of
+// param / exp_avg / exp_avg_sq starts at element r * <tensor>_row_stride of that tensor and
+// holds `width` contiguous elements; value row k (of the gradient's nnz) starts at k * width.
+struct SparseAdamPtrs {
+  void* param;
+  void* exp_avg;
+  void* exp_avg_sq;
+  int64_t param_row_stride;
+  int64_t exp_avg_row_stride;
+  int64_t exp_avg_sq_row_stride;
+  const void* values;      // [nnz, width], the param's dtype
+  int64_t width;
+  const int64_t* rows;     // [U] unique rows, ascending
+  const int64_t* offsets;  // [U + 1]
+  const int64_t* order;    // [nnz] value rows grouped by row
+};
+struct SparseAdamFlags {
+  bool maximize;
+  bool weight_decay;
+};
+// Updates unique rows [u_begin, u_end). `scratch` holds `width` elements of the math type
+// (the sum of a row's duplicates); one per thread.
+template <class T>
+using SparseAdamFn = void (*)(const SparseAdamPtrs&, int64_t u_begin, int64_t u_end,
+                              const math::SparseAdamCoeffs<T>&, SparseAdamFlags, T* scratch);
+struct SparseAdamKernels {
+  SparseAdamFn<float> f32;
+  SparseAdamFn<double> f64;
+  SparseAdamFn<float> bf16;
+  SparseAdamFn<float> f16;
+};
+
 // ---- the table -----------------------------------------------------------------------------
 // One member per optimizer, filled by make_table() in cpu/kernels_impl.h.
 struct KernelTable {
   CpuIsa isa;
   AdamKernels adam;
   SgdKernels sgd;
+  SparseAdamKernels sparse_adam;
 };
 
 namespace scalar {

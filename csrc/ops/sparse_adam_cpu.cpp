@@ -1,0 +1,250 @@
+// pyoptim::sparse_adam_ on CPU: validate and group every gradient, then update each touched
+// row of each param once, in parallel over rows.
+//
+// The gradient is read as it comes (uncoalesced COO: grad._indices(), grad._values()); no
+// coalesce() or sparse_mask. See Note [Sparse rows: one deterministic pass] in
+// ops/sparse_rows.h and math/sparse_adam.h for the update.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <vector>
+
+#include "ops/checks.h"
+#include "ops/sparse_rows.h"
+#include "pyoptim/cpu/isa.h"
+#include "pyoptim/math/sparse_adam.h"
+
+namespace pyoptim {
+namespace {
+
+constexpr const char* kOp = "pyoptim.sparse_adam_";
+
+// Row layout of a param-shaped tensor whose first `sparse_dim` dims index rows: true when the
+// trailing (dense) dims are packed row-major and the leading dims collapse into one row stride.
+bool row_layout(const at::Tensor& t, int64_t sparse_dim, int64_t* row_stride) {
+  int64_t expected = 1;  // dense part: contiguous
+  for (int64_t d = t.dim() - 1; d >= sparse_dim; --d) {
+    if (t.size(d) != 1 && t.stride(d) != expected) return false;
+    expected *= t.size(d);
+  }
+  // sparse part: row r = linearized index over dims [0, sparse_dim) must sit at r * stride
+  int64_t stride = -1;
+  for (int64_t d = sparse_dim - 1; d >= 0; --d) {
+    if (t.size(d) == 1) continue;
+    if (stride < 0) {
+      stride = t.stride(d);
+      expected = t.size(d);  // rows spanned so far, in units of `stride`
+    } else {
+      if (t.stride(d) != stride * expected) return false;
+      expected *= t.size(d);
+    }
+  }
+  *row_stride = stride < 0 ? expected : stride;  // a single row: any stride works
+  return true;
+}
+
+struct SparseAdamItem {
+  at::Tensor param, exp_avg, exp_avg_sq;  // work tensors (the user's, or contiguous copies)
+  at::Tensor values;                      // contiguous [nnz, width]
+  ops::RowGroups groups;
+  cpu::SparseAdamPtrs ptrs;
+  math::SparseAdamCoeffs<float> cf;
+  math::SparseAdamCoeffs<double> cd;
+  at::ScalarType dtype;
+  bool copied = false;
+};
+
+// Linear row index of each of the gradient's nnz entries; IndexError (before any write) for an
+// index outside its dimension.
+std::vector<int64_t> linear_rows(const at::Tensor& indices, const at::Tensor& param,
+                                 int64_t sparse_dim, size_t i) {
+  const int64_t nnz = indices.size(1);
+  std::vector<int64_t> rows(nnz, 0);
+  const auto acc = indices.accessor<int64_t, 2>();
+  for (int64_t d = 0; d < sparse_dim; ++d) {
+    const int64_t size = param.size(d);
+    for (int64_t k = 0; k < nnz; ++k) {
+      const int64_t x = acc[d][k];
+      TORCH_CHECK_INDEX(x >= 0 && x < size, kOp, ": grads[", i, "] has index ", x,
+                        " in sparse dimension ", d, ", out of range for params[", i,
+                        "] of shape ", param.sizes());
+      rows[k] = rows[k] * size + x;
+    }
+  }
+  return rows;
+}
+
+void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                     at::TensorList exp_avg_sqs, at::IntArrayRef steps, double lr, double beta1,
+                     double beta2, double eps, double weight_decay, bool maximize,
+                     const std::optional<at::Tensor>& lr_tensor) {
+  // ---- 1. validate and group everything; nothing is written in this part ------------------
+  if (lr_tensor.has_value()) {
+    TORCH_CHECK_VALUE(lr_tensor->numel() == 1 && at::isFloatingType(lr_tensor->scalar_type()),
+                      kOp, ": lr_tensor must be a one-element floating-point tensor");
+    lr = ops::scalar_value(*lr_tensor, "lr");
+  }
+  TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning rate: ", lr);
+  TORCH_CHECK_VALUE(eps >= 0.0, "Invalid epsilon value: ", eps);
+  TORCH_CHECK_VALUE(beta1 >= 0.0 && beta1 < 1.0, "Invalid beta parameter at index 0: ", beta1);
+  TORCH_CHECK_VALUE(beta2 >= 0.0 && beta2 < 1.0, "Invalid beta parameter at index 1: ", beta2);
+  TORCH_CHECK_VALUE(weight_decay >= 0.0, "Invalid weight_decay value: ", weight_decay);
+
+  const size_t n = params.size();
+  ops::check_list_size(kOp, grads, n, "grads");
+  ops::check_list_size(kOp, exp_avgs, n, "exp_avgs");
+  ops::check_list_size(kOp, exp_avg_sqs, n, "exp_avg_sqs");
+  TORCH_CHECK_VALUE(steps.size() == n, kOp, ": expected ", n, " steps (one per param), got ",
+                    steps.size());
+
+  ops::WriteSet writes;
+  std::vector<SparseAdamItem> items(n);
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    const at::Tensor& g = grads[i];
+    TORCH_CHECK_VALUE(p.defined(), kOp, ": params[", i, "] is undefined");
+    TORCH_CHECK(p.layout() == at::kStrided, kOp, ": params[", i,
+                "] is sparse; SparseAdam requires dense parameter tensors");
+    TORCH_CHECK(p.device().is_cpu(), kOp, ": params[", i, "] is on ", p.device(),
+                "; this is the CPU kernel");
+    TORCH_CHECK_TYPE(!p.is_complex(), kOp, ": params[", i,
+                     "] is complex; SparseAdam does not support complex parameters");
+    TORCH_CHECK_TYPE(ops::is_supported_float(p.scalar_type()), kOp, ": params[", i,
+                     "] has dtype ", p.scalar_type(),
+                     "; supported: float32, float64, bfloat16, float16");
+    TORCH_CHECK_VALUE(g.defined(), kOp, ": grads[", i, "] is undefined");
+    TORCH_CHECK(g.layout() == at::kSparse,
+                "SparseAdam does not support dense gradients, please consider Adam instead");
+    TORCH_CHECK(g.device() == p.device(), kOp, ": grads[", i, "] is on ", g.device(),
+                " but params[", i, "] is on ", p.device());
+    TORCH_CHECK_TYPE(g.scalar_type() == p.scalar_type(), kOp, ": grads[", i, "] has dtype ",
+                     g.scalar_type(), " but params[", i, "] has dtype ", p.scalar_type());
+    TORCH_CHECK_VALUE(g.sizes() == p.sizes(), kOp, ": grads[", i, "] has shape ", g.sizes(),
+                      " but params[", i, "] has shape ", p.sizes());
+    ops::check_like_param(kOp, p, exp_avgs[i], "exp_avgs", i);
+    ops::check_like_param(kOp, p, exp_avg_sqs[i], "exp_avg_sqs", i);
+    TORCH_CHECK_VALUE(steps[i] >= 1, kOp, ": steps[", i, "] is ", steps[i],
+                      "; expected the step count after this step's increment (>= 1)");
+
+    const int64_t sparse_dim = g.sparse_dim();
+    const at::Tensor indices = g._indices();
+    const at::Tensor values = g._values();
+    TORCH_CHECK_VALUE(indices.dim() == 2 && indices.size(0) == sparse_dim, kOp, ": grads[", i,
+                      "] has indices of shape ", indices.sizes(), " for sparse_dim ", sparse_dim);
+    const int64_t nnz = indices.size(1);
+    TORCH_CHECK_VALUE(values.dim() >= 1 && values.size(0) == nnz, kOp, ": grads[", i, "] has ",
+                      nnz, " indices but ", values.dim() >= 1 ? values.size(0) : 0,
+                      " value rows; they must match");
+    TORCH_CHECK_VALUE(values.sizes().slice(1) == p.sizes().slice(sparse_dim), kOp, ": grads[",
+                      i, "] has values of shape ", values.sizes(), " for params[", i,
+                      "] of shape ", p.sizes(), " and sparse_dim ", sparse_dim);
+    int64_t num_rows = 1, width = 1;
+    for (int64_t d = 0; d < p.dim(); ++d) (d < sparse_dim ? num_rows : width) *= p.size(d);
+
+    writes.add(p, "params", i);
+    writes.add(exp_avgs[i], "exp_avgs", i);
+    writes.add(exp_avg_sqs[i], "exp_avg_sqs", i);
+
+    SparseAdamItem& it = items[i];
+    it.dtype = p.scalar_type();
+    if (nnz == 0 || width == 0) continue;  // torch skips an empty grad (the step still counts)
+    if (sparse_dim == 1 && indices.stride(1) == 1) {
+      it.groups = ops::group_rows(indices.data_ptr<int64_t>(), nnz, num_rows, kOp);
+    } else {
+      const std::vector<int64_t> rows = linear_rows(indices, p, sparse_dim, i);
+      it.groups = ops::group_rows(rows.data(), nnz, num_rows, kOp);
+    }
+    it.values = values.contiguous();
+  }
+  writes.check(kOp);
+
+  // ---- 2. plan: row layouts (or contiguous copies) and per-param coefficients --------------
+  for (size_t i = 0; i < n; ++i) {
+    SparseAdamItem& it = items[i];
+    if (it.groups.num_unique() == 0) continue;
+    const int64_t sparse_dim = grads[i].sparse_dim();
+    int64_t sp = 0, sm = 0, sv = 0;
+    if (row_layout(params[i], sparse_dim, &sp) && row_layout(exp_avgs[i], sparse_dim, &sm) &&
+        row_layout(exp_avg_sqs[i], sparse_dim, &sv)) {
+      it.param = params[i];
+      it.exp_avg = exp_avgs[i];
+      it.exp_avg_sq = exp_avg_sqs[i];
+    } else {  // rare layouts: work on row-major copies, copied back after the update
+      it.param = params[i].contiguous();
+      it.exp_avg = exp_avgs[i].contiguous();
+      it.exp_avg_sq = exp_avg_sqs[i].contiguous();
+      it.copied = true;
+      row_layout(it.param, sparse_dim, &sp);
+      row_layout(it.exp_avg, sparse_dim, &sm);
+      row_layout(it.exp_avg_sq, sparse_dim, &sv);
+    }
+    const int64_t width = it.values.numel() / it.values.size(0);
+    it.ptrs = cpu::SparseAdamPtrs{it.param.data_ptr(),
+                                  it.exp_avg.data_ptr(),
+                                  it.exp_avg_sq.data_ptr(),
+                                  sp,
+                                  sm,
+                                  sv,
+                                  it.values.data_ptr(),
+                                  width,
+                                  it.groups.rows.data(),
+                                  it.groups.offsets.data(),
+                                  it.groups.order.data()};
+    const double step = static_cast<double>(steps[i]);
+    double step_size;
+    if (lr_tensor.has_value()) {
+      // torch.optim.SparseAdam with a Tensor lr computes step_size = lr * math.sqrt(bc2) / bc1
+      // as tensor arithmetic in the lr tensor's dtype; run the same two ops.
+      const math::SparseAdamBiasCorrections b =
+          math::sparse_adam_bias_corrections(beta1, beta2, step);
+      step_size = lr_tensor->reshape({}).mul(b.sqrt_bias_correction2)
+                      .div(b.bias_correction1)
+                      .item<double>();
+    } else {
+      step_size = math::sparse_adam_step_size(lr, beta1, beta2, step);
+    }
+    if (it.dtype == at::kDouble) {
+      it.cd = math::make_sparse_adam_coeffs<double>(lr, beta1, beta2, eps, weight_decay, step_size);
+    } else {
+      it.cf = math::make_sparse_adam_coeffs<float>(lr, beta1, beta2, eps, weight_decay, step_size);
+    }
+  }
+
+  // ---- 3. update: each param's touched rows, in parallel over rows --------------------------
+  const cpu::SparseAdamKernels& k = cpu::current_kernels().sparse_adam;
+  const cpu::SparseAdamFlags flags{maximize, weight_decay != 0.0};
+  for (size_t i = 0; i < n; ++i) {
+    const SparseAdamItem& it = items[i];
+    if (it.groups.num_unique() == 0) continue;
+    const int64_t width = it.ptrs.width;
+    ops::parallel_over_rows(it.groups, width, [&](int64_t ub, int64_t ue) {
+      if (it.dtype == at::kDouble) {
+        std::vector<double> scratch(width);
+        k.f64(it.ptrs, ub, ue, it.cd, flags, scratch.data());
+        return;
+      }
+      std::vector<float> scratch(width);
+      switch (it.dtype) {
+        case at::kFloat: k.f32(it.ptrs, ub, ue, it.cf, flags, scratch.data()); break;
+        case at::kBFloat16: k.bf16(it.ptrs, ub, ue, it.cf, flags, scratch.data()); break;
+        case at::kHalf: k.f16(it.ptrs, ub, ue, it.cf, flags, scratch.data()); break;
+        default: break;  // unreachable: rejected above
+      }
+    });
+    if (it.copied) {
+      params[i].copy_(it.param);
+      exp_avgs[i].copy_(it.exp_avg);
+      exp_avg_sqs[i].copy_(it.exp_avg_sq);
+    }
+  }
+}
+
+}  // namespace
+
+// The grads are sparse, so the dispatcher picks the SparseCPU kernel; CPU serves calls whose
+// tensors are all dense (empty lists), which the op rejects or treats as a no-op alike.
+TORCH_LIBRARY_IMPL(pyoptim, CPU, m) { m.impl("sparse_adam_", &sparse_adam_cpu); }
+TORCH_LIBRARY_IMPL(pyoptim, SparseCPU, m) { m.impl("sparse_adam_", &sparse_adam_cpu); }
+
+}  // namespace pyoptim
