@@ -1,7 +1,5 @@
 """Plain-PyTorch references for pyoptim's SGD ops (dense and sparse).
 
-TO FOLD INTO tests/reference.py at merge (kept apart while the shared file is being written).
-
 Dense: `sgd_reference` copies torch.optim.sgd._single_tensor_sgd line by line (the same
 expression forms: `grad.add(param, alpha=wd)`, `buf.mul_(m).add_(grad, alpha=1-d)`,
 `grad.add(buf, alpha=m)`, `param.add_(grad, alpha=-lr)`), computed in the op's opmath (float32

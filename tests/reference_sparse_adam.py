@@ -1,8 +1,5 @@
 """Plain-PyTorch reference for SparseAdam (torch.optim._functional.sparse_adam's formula).
 
-TO BE FOLDED INTO tests/reference.py by the lead at merge (kept apart while helpers work in
-parallel).
-
 `sparse_adam_reference` runs torch's own expression tree (torch 2.14,
 torch/optim/_functional.py::sparse_adam) with plain dense gathers and scatters instead of
 sparse_mask, in the math type pyoptim uses: the param's dtype for float32 / float64, float32 for

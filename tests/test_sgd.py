@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import pyoptim
 from pyoptim import _ops
 from reference_sgd import sgd_reference
-from tolerances_sgd import sgd_tol
+from tolerances import sgd_tol
 
 ISA_LEVELS = _ops.available_cpu_capabilities()
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

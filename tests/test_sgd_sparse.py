@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import pyoptim
 from pyoptim import _ops
 from reference_sgd import sgd_sparse_reference
-from tolerances_sgd import sgd_tol
+from tolerances import sgd_tol
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import pyoptim
 from pyoptim import _ops
 from tests.reference_sparse_adam import ieee_torch_mode, sparse_adam_reference
-from tests.tolerances_sparse_adam import (
+from tests.tolerances import (
     SPARSE_ADAM_VS_REFERENCE,
     SPARSE_ADAM_VS_TORCH_IEEE,
     SPARSE_ADAM_VS_TORCH_MKL,

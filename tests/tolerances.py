@@ -96,3 +96,83 @@ PARITY: dict[tuple[str, torch.dtype], ParityTol] = {
 
 def parity_tolerance(family: str, dtype: torch.dtype) -> ParityTol:
     return PARITY[(family, dtype)]
+
+
+# ==============================================================================================
+# SGD (sgd_, sgd_sparse_): tests/test_sgd.py, tests/test_sgd_sparse.py
+# ==============================================================================================
+# SGD_EXACT: the sgd_ / sgd_sparse_ kernels vs tests/reference_sgd.py, every dtype: BITWISE.
+# Why this is not optimistic: the kernel performs the same IEEE operations, in the same order and
+# in the same opmath, as the reference (widen on load; `x.add(y, alpha=a)` = one fused multiply-add
+# on both sides, since ATen's AVX2/AVX-512 add kernel is vec::fmadd and the kernel calls vfma;
+# `buf.mul(m)` a plain multiply on both; round once on store). Duplicate sparse rows are summed left
+# to right in position order on both sides (coalesce's order). Measured: equal on every ISA level.
+#
+# That premise needs ATen's own CPU kernels to fuse `add(alpha)`; `ATEN_FUSES_ADD_ALPHA` probes it.
+# Where they do not (ATEN_CPU_CAPABILITY=default), each of the <= 4 fused ops of a step may differ
+# by one rounding, so the bound becomes SGD_UNFUSED (4 ulps of the opmath, relative, per step).
+def _probe() -> bool:
+    # (1 + 2^-12)^2 = 1 + 2^-11 + 2^-24 is not a float32 (spacing 2^-23 in [1, 2)): adding
+    # -(1 + 2^-11) gives 2^-24 with one rounding, 0 when the product is rounded first.
+    a = torch.full((64,), 1 + 2.0**-12, dtype=torch.float32)
+    c = torch.full((64,), -(1 + 2.0**-11), dtype=torch.float32)
+    fused = c.add(a, alpha=1 + 2.0**-12)
+    return bool((fused != 0).all())
+
+
+ATEN_FUSES_ADD_ALPHA = _probe()
+
+SGD_EXACT = dict(atol=0.0, rtol=0.0)
+SGD_UNFUSED_ULPS = 4
+
+
+def sgd_tol(dtype: torch.dtype, steps: int = 1) -> dict:
+    """assert_close kwargs for kernel-vs-reference after `steps` steps."""
+    if ATEN_FUSES_ADD_ALPHA:
+        return SGD_EXACT
+    eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+    rtol = max(SGD_UNFUSED_ULPS * steps * eps, torch.finfo(dtype).eps if dtype in (
+        torch.bfloat16, torch.float16) else 0.0)
+    return dict(atol=rtol, rtol=rtol)
+
+
+# ==============================================================================================
+# SparseAdam (sparse_adam_): tests/test_sparse_adam.py
+# ==============================================================================================
+# pyoptim.SparseAdam vs tests/reference_sparse_adam.py (same math type, same expression tree, same
+# duplicate-summation order): every operation is a correctly rounded IEEE operation in both, so
+# the results are bitwise equal for every dtype (0 ULP). A non-zero difference is a bug (wrong
+# formula, wrong summation order, wrong rounding of a coefficient), never noise.
+#
+# pyoptim.SparseAdam vs torch.optim.SparseAdam run under tests/reference_sparse_adam.py's
+# ieee_torch_mode (torch's own SparseAdam code with IEEE sqrt and position-order duplicate sums):
+# bitwise equal for float32 / float64, where torch computes in the param dtype. For bfloat16 /
+# float16 torch rounds every intermediate to the param dtype while pyoptim computes in float32 and
+# rounds once, so those are compared with the reference only.
+#
+# vs torch.optim.SparseAdam as built (no pins): torch's CPU sqrt is MKL VML's (up to 1 ULP off;
+# ~15% of float32 results), and with many duplicates its coalesce() sums in a different order
+# (1-2 ULP per sum). Each step's update then differs by a few ULP of the update, not of the
+# param. Measured over the 200-step parity test (lr=0.01, both models, maximize on and off): the
+# largest absolute difference in param / exp_avg / exp_avg_sq is 1.4e-6 for float32 and 1.8e-15
+# for float64 (relative differences are large only where exp_avg is near zero, hence atol). The
+# rows give ~10x headroom on atol.
+# (atol, rtol) per param dtype, vs the same-precision reference.
+SPARSE_ADAM_VS_REFERENCE = {
+    torch.float32: (0.0, 0.0),
+    torch.float64: (0.0, 0.0),
+    torch.bfloat16: (0.0, 0.0),
+    torch.float16: (0.0, 0.0),
+}
+
+# vs torch.optim.SparseAdam under ieee_torch_mode.
+SPARSE_ADAM_VS_TORCH_IEEE = {
+    torch.float32: (0.0, 0.0),
+    torch.float64: (0.0, 0.0),
+}
+
+# vs torch.optim.SparseAdam as built (MKL sqrt, unstable-sort sum order); see above.
+SPARSE_ADAM_VS_TORCH_MKL = {
+    torch.float32: (1.5e-5, 1e-5),
+    torch.float64: (2e-14, 1e-13),
+}
