@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import operator
 from itertools import repeat
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -106,3 +106,56 @@ class GroupCache:
             len(c.index) == len(self.params) for c in self._chunks.values()
         )
         return [c.bind(grads, whole) for c in self._chunks.values()]
+
+
+def on_device(t: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
+    """GradScaler's grad_scale / found_inf (or a Tensor lr) on the device of the params."""
+    if t is None or t.device == device:
+        return t
+    return t.to(device)
+
+
+class FusedStep:
+    """The `step` frame shared by pyoptim's optimizers (first in their MRO, before the torch
+    class): torch's fallback for differentiable=True, the closure, GradScaler's attributes, and
+    the gradients of each group; the subclass steps one group in `_step_group`."""
+
+    _step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf to step()
+
+    def _cached_group(
+        self, group: dict, grads: list, flags: Any, build: Callable[[], GroupCache]
+    ) -> Any:
+        """The group's GroupCache, rebuilt by `build()` when no longer valid (see above)."""
+        caches = self.__dict__.setdefault("_pyoptim_caches", {})
+        cache = caches.get(id(group))
+        if cache is None or not cache.valid(group, self.state, grads, flags):
+            cache = build()
+            caches[id(group)] = cache
+        return cache
+
+    def _step_group(self, group: dict, grads: list, grad_scale, found_inf) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Any] = None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model
+                and returns the loss.
+        """
+        if any(g["differentiable"] for g in self.param_groups):
+            return super().step(closure)  # torch's own math, differentiable through autograd
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        grad_scale: Optional[Tensor] = getattr(self, "grad_scale", None)
+        found_inf: Optional[Tensor] = getattr(self, "found_inf", None)
+        for group in self.param_groups:
+            grads = [p.grad for p in group["params"]]
+            if any(map(operator.is_not, grads, repeat(None))):
+                self._step_group(group, grads, grad_scale, found_inf)
+        return loss

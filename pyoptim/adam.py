@@ -18,25 +18,20 @@ Tensor lr read on the device too, so the step can be captured in a CUDA graph.
 
 from __future__ import annotations
 
-import operator
-from itertools import repeat
-from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from . import _ops
-from ._state import GroupCache, scalar_dtype
+from ._state import FusedStep, GroupCache, on_device, scalar_dtype
 
 __all__ = ["Adam", "AdamW"]
 
 _SPARSE_MSG = "Adam does not support sparse gradients, please consider SparseAdam instead"
 
 
-class _AdamStep:
+class _AdamStep(FusedStep):
     """The fused `step` shared by Adam and AdamW (first in their MRO)."""
-
-    _step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf to step()
 
     def _build_cache(self, group: dict, grads: list) -> GroupCache:
         amsgrad = group["amsgrad"]
@@ -67,71 +62,37 @@ class _AdamStep:
             )
         return cache
 
-    def _group_cache(self, group: dict, grads: list) -> GroupCache:
-        caches = self.__dict__.setdefault("_pyoptim_caches", {})
-        cache = caches.get(id(group))
-        if cache is None or not cache.valid(group, self.state, grads, group["amsgrad"]):
-            cache = self._build_cache(group, grads)
-            caches[id(group)] = cache
-        return cache
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Any] = None):
-        """Perform a single optimization step.
-
-        Args:
-            closure (Callable, optional): A closure that reevaluates the model
-                and returns the loss.
-        """
-        if any(g["differentiable"] for g in self.param_groups):
-            return super().step(closure)  # torch's own math, differentiable through autograd
-
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        grad_scale: Optional[Tensor] = getattr(self, "grad_scale", None)
-        found_inf: Optional[Tensor] = getattr(self, "found_inf", None)
-        for group in self.param_groups:
-            grads = [p.grad for p in group["params"]]
-            if not any(map(operator.is_not, grads, repeat(None))):
-                continue
-            cache = self._group_cache(group, grads)
-            beta1, beta2 = group["betas"]
-            lr = group["lr"]
-            for chunk in cache.chunks(grads):
-                # A Tensor lr on the GPU (capturable) is read by the kernel: no host sync, so
-                # the step can be captured in a CUDA graph. Elsewhere it is read here.
-                lr_tensor = None
-                if isinstance(lr, Tensor) and lr.device.type != "cpu":
-                    lr_tensor = _on(lr, chunk.device)
-                _ops.adam_(
-                    chunk.params,
-                    chunk.grads,
-                    chunk.state[0],
-                    chunk.state[1],
-                    chunk.state[2] if group["amsgrad"] else [],
-                    chunk.steps,
-                    lr=0.0 if lr_tensor is not None else float(lr),
-                    beta1=float(beta1),
-                    beta2=float(beta2),
-                    weight_decay=float(group["weight_decay"]),
-                    eps=float(group["eps"]),
-                    amsgrad=group["amsgrad"],
-                    maximize=group["maximize"],
-                    decoupled=group["decoupled_weight_decay"],
-                    lr_tensor=lr_tensor,
-                    grad_scale=_on(grad_scale, chunk.device),
-                    found_inf=_on(found_inf, chunk.device),
-                )
-        return loss
-
-
-def _on(t: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
-    if t is None or t.device == device:
-        return t
-    return t.to(device)
+    def _step_group(self, group: dict, grads: list, grad_scale, found_inf) -> None:
+        cache = self._cached_group(
+            group, grads, group["amsgrad"], lambda: self._build_cache(group, grads)
+        )
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        for chunk in cache.chunks(grads):
+            # A Tensor lr on the GPU (capturable) is read by the kernel: no host sync, so
+            # the step can be captured in a CUDA graph. Elsewhere it is read here.
+            lr_tensor = None
+            if isinstance(lr, Tensor) and lr.device.type != "cpu":
+                lr_tensor = on_device(lr, chunk.device)
+            _ops.adam_(
+                chunk.params,
+                chunk.grads,
+                chunk.state[0],
+                chunk.state[1],
+                chunk.state[2] if group["amsgrad"] else [],
+                chunk.steps,
+                lr=0.0 if lr_tensor is not None else float(lr),
+                beta1=float(beta1),
+                beta2=float(beta2),
+                weight_decay=float(group["weight_decay"]),
+                eps=float(group["eps"]),
+                amsgrad=group["amsgrad"],
+                maximize=group["maximize"],
+                decoupled=group["decoupled_weight_decay"],
+                lr_tensor=lr_tensor,
+                grad_scale=on_device(grad_scale, chunk.device),
+                found_inf=on_device(found_inf, chunk.device),
+            )
 
 
 class Adam(_AdamStep, torch.optim.Adam):

@@ -41,15 +41,13 @@ GradScaler: like torch's fused SGD, `step` takes `grad_scale` / `found_inf` from
 
 from __future__ import annotations
 
-import operator
-from itertools import repeat
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from . import _ops
-from ._state import GroupCache
+from ._state import FusedStep, GroupCache, on_device
 
 __all__ = ["SGD"]
 
@@ -63,25 +61,21 @@ class _SgdCache(GroupCache):
         self.first: Optional[GroupCache] = None
         self.first_bufs: list[tuple[Tensor, Tensor]] = []  # (param, new buffer) to store
         self.sparse: list[tuple[int, Tensor]] = []  # (position, param)
-        self.sparse_mask: list[bool] = []
 
 
 def _sparse_mask(grads: list) -> list[bool]:
     return [g is not None and g.is_sparse for g in grads]
 
 
-class SGD(torch.optim.SGD):
+class SGD(FusedStep, torch.optim.SGD):
     __doc__ = (
         "Drop-in torch.optim.SGD with a fused native step and lazy sparse momentum "
         "(see pyoptim.sgd).\n\n" + (torch.optim.SGD.__doc__ or "")
     )
 
-    _step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf to step()
-
     def _build_cache(self, group: dict, grads: list, sparse_mask: list[bool]) -> _SgdCache:
         has_momentum = group["momentum"] != 0
-        cache = _SgdCache(group, self.state, grads, has_momentum)
-        cache.sparse_mask = sparse_mask
+        cache = _SgdCache(group, self.state, grads, (has_momentum, sparse_mask))
         for i in cache.active:
             p = group["params"][i]
             if sparse_mask[i]:
@@ -96,7 +90,7 @@ class SGD(torch.optim.SGD):
                 buf = torch.empty_like(p, memory_format=torch.preserve_format)
                 cache.first_bufs.append((p, buf))
                 if cache.first is None:
-                    cache.first = GroupCache(group, self.state, grads, has_momentum)
+                    cache.first = GroupCache(group, self.state, grads, None)
                 cache.first.add(i, p, state=[buf])
             else:
                 if buf.is_sparse:  # a torch state_dict from sparse momentum
@@ -104,108 +98,74 @@ class SGD(torch.optim.SGD):
                 cache.add(i, p, state=[buf])
         return cache
 
-    def _group_cache(self, group: dict, grads: list) -> _SgdCache:
-        caches = self.__dict__.setdefault("_pyoptim_caches", {})
-        cache = caches.get(id(group))
+    def _step_group(self, group: dict, grads: list, grad_scale, found_inf) -> None:
         sparse_mask = _sparse_mask(grads)
-        if (
-            cache is None
-            or not cache.valid(group, self.state, grads, group["momentum"] != 0)
-            or cache.sparse_mask != sparse_mask
-        ):
-            cache = self._build_cache(group, grads, sparse_mask)
-            caches[id(group)] = cache
-        return cache
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Any] = None):
-        """Perform a single optimization step.
-
-        Args:
-            closure (Callable, optional): A closure that reevaluates the model
-                and returns the loss.
-        """
-        if any(g["differentiable"] for g in self.param_groups):
-            return super().step(closure)  # torch's own math, differentiable through autograd
-
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        grad_scale: Optional[Tensor] = getattr(self, "grad_scale", None)
-        found_inf: Optional[Tensor] = getattr(self, "found_inf", None)
-        for group in self.param_groups:
-            grads = [p.grad for p in group["params"]]
-            if not any(map(operator.is_not, grads, repeat(None))):
+        cache = self._cached_group(
+            group,
+            grads,
+            (group["momentum"] != 0, sparse_mask),
+            lambda: self._build_cache(group, grads, sparse_mask),
+        )
+        kw = dict(
+            lr=float(group["lr"]),
+            momentum=float(group["momentum"]),
+            dampening=float(group["dampening"]),
+            weight_decay=float(group["weight_decay"]),
+            nesterov=bool(group["nesterov"]),
+            maximize=bool(group["maximize"]),
+        )
+        has_momentum = group["momentum"] != 0
+        # sparse params first: their index checks are the likeliest to fail, and a failure
+        # then leaves the whole group untouched
+        skipped = (cache.sparse or cache.first_bufs) and (
+            found_inf is not None and bool(found_inf.item())
+        )
+        for i, p in cache.sparse:
+            buf, first = None, False
+            if has_momentum:
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is not None and buf.is_sparse:
+                    buf = state["momentum_buffer"] = buf.to_dense()
+                if buf is None:
+                    buf, first = torch.zeros_like(p), True
+            _ops.sgd_sparse_(
+                p,
+                grads[i],
+                buf,
+                is_first_step=first,
+                grad_scale=on_device(grad_scale, p.device),
+                found_inf=on_device(found_inf, p.device),
+                **kw,
+            )
+            if first and not skipped:
+                state["momentum_buffer"] = buf
+        for chunk in cache.chunks(grads):
+            if not chunk.params:
                 continue
-            cache = self._group_cache(group, grads)
-            kw = dict(
-                lr=float(group["lr"]),
-                momentum=float(group["momentum"]),
-                dampening=float(group["dampening"]),
-                weight_decay=float(group["weight_decay"]),
-                nesterov=bool(group["nesterov"]),
-                maximize=bool(group["maximize"]),
+            _ops.sgd_(
+                chunk.params,
+                chunk.grads,
+                chunk.state[0] if has_momentum else [],
+                is_first_step=False,
+                grad_scale=on_device(grad_scale, chunk.device),
+                found_inf=on_device(found_inf, chunk.device),
+                **kw,
             )
-            has_momentum = group["momentum"] != 0
-            # sparse params first: their index checks are the likeliest to fail, and a failure
-            # then leaves the whole group untouched
-            skipped = (cache.sparse or cache.first_bufs) and (
-                found_inf is not None and bool(found_inf.item())
-            )
-            for i, p in cache.sparse:
-                buf, first = None, False
-                if has_momentum:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is not None and buf.is_sparse:
-                        buf = state["momentum_buffer"] = buf.to_dense()
-                    if buf is None:
-                        buf, first = torch.zeros_like(p), True
-                _ops.sgd_sparse_(
-                    p,
-                    grads[i],
-                    buf,
-                    is_first_step=first,
-                    grad_scale=_on(grad_scale, p.device),
-                    found_inf=_on(found_inf, p.device),
-                    **kw,
-                )
-                if first and not skipped:
-                    state["momentum_buffer"] = buf
-            for chunk in cache.chunks(grads):
-                if not chunk.params:
-                    continue
+        if cache.first is not None:
+            for chunk in cache.first.chunks(grads):
                 _ops.sgd_(
                     chunk.params,
                     chunk.grads,
-                    chunk.state[0] if has_momentum else [],
-                    is_first_step=False,
-                    grad_scale=_on(grad_scale, chunk.device),
-                    found_inf=_on(found_inf, chunk.device),
+                    chunk.state[0],
+                    is_first_step=True,
+                    grad_scale=on_device(grad_scale, chunk.device),
+                    found_inf=on_device(found_inf, chunk.device),
                     **kw,
                 )
-            if cache.first is not None:
-                for chunk in cache.first.chunks(grads):
-                    _ops.sgd_(
-                        chunk.params,
-                        chunk.grads,
-                        chunk.state[0],
-                        is_first_step=True,
-                        grad_scale=_on(grad_scale, chunk.device),
-                        found_inf=_on(found_inf, chunk.device),
-                        **kw,
-                    )
-            if cache.first_bufs:
-                if not skipped:
-                    for p, buf in cache.first_bufs:
-                        self.state[p]["momentum_buffer"] = buf
-                    self._pyoptim_caches.pop(id(group), None)  # rebuild without first steps
-        return loss
+        if cache.first_bufs:
+            if not skipped:
+                for p, buf in cache.first_bufs:
+                    self.state[p]["momentum_buffer"] = buf
+                self._pyoptim_caches.pop(id(group), None)  # rebuild without first steps
 
-
-def _on(t: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
-    if t is None or t.device == device:
-        return t
-    return t.to(device)
