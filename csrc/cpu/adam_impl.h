@@ -13,6 +13,27 @@ void adam_loop(const AdamPtrs& a, int64_t begin, int64_t end,
   S* __restrict__ exp_avg_sq = static_cast<S*>(a.exp_avg_sq);
   S* __restrict__ max_sq = static_cast<S*>(a.max_exp_avg_sq);
   int64_t i = begin;
+  if constexpr (HasPaired<S>::value) {  // two vectors per register of 16-bit values
+    for (; i + 2 * W <= end; i += 2 * W) {
+      V p0, p1, g0, g1, m0, m1, v0, v1, x0, x1;
+      vload2(param + i, p0, p1);
+      vload2(grad + i, g0, g1);
+      vload2(exp_avg + i, m0, m1);
+      vload2(exp_avg_sq + i, v0, v1);
+      if (kAmsgrad) {
+        vload2(max_sq + i, x0, x1);
+      } else {
+        x0 = v0;
+        x1 = v1;
+      }
+      math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(p0, g0, m0, v0, x0, c);
+      math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(p1, g1, m1, v1, x1, c);
+      vstore2(param + i, p0, p1);
+      vstore2(exp_avg + i, m0, m1);
+      vstore2(exp_avg_sq + i, v0, v1);
+      if (kAmsgrad) vstore2(max_sq + i, x0, x1);
+    }
+  }
   for (; i + W <= end; i += W) {
     V p = vload(param + i), m = vload(exp_avg + i), v = vload(exp_avg_sq + i);
     V vmax = kAmsgrad ? vload(max_sq + i) : v;

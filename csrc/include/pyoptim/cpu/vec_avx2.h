@@ -75,21 +75,48 @@ PYOPTIM_INLINE VecF vload(const fp16* p) {
 
 PYOPTIM_INLINE void vstore(float* p, VecF x) { _mm256_storeu_ps(p, x.v); }
 PYOPTIM_INLINE void vstore(double* p, VecD x) { _mm256_storeu_pd(p, x.v); }
-// float -> bfloat16, round to nearest even, NaN -> 0x7FC0 (as from_opmath<bf16>).
-PYOPTIM_INLINE void vstore(bf16* p, VecF x) {
+// float -> bfloat16 bits, round to nearest even, NaN -> 0x7FC0 (as from_opmath<bf16>), in the
+// low half of each 32-bit lane.
+PYOPTIM_INLINE __m256i bf16_bits(VecF x) {
   const __m256i u = _mm256_castps_si256(x.v);
   const __m256i bias =
       _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)),
                        _mm256_set1_epi32(0x7FFF));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, bias), 16);
+  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, bias), 16);
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+  return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+}
+PYOPTIM_INLINE void vstore(bf16* p, VecF x) {
+  const __m256i r = bf16_bits(x);
   // 8 x u32 (each < 2^16) -> 8 x u16: pack within 128-bit lanes, then gather lanes 0 and 2.
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
 PYOPTIM_INLINE void vstore(fp16* p, VecF x) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT));
+}
+
+
+// Paired bfloat16 access: one full register of bfloat16 as two float vectors. unpacklo/hi put
+// the elements in an interleaved lane order that packus in vstore2 undoes exactly; the math is
+// element-wise and every array of a step uses the same order, so elements never mix. Half the
+// conversion instructions of vload/vstore, where bfloat16 steps are compute-bound.
+template <class S>
+struct HasPaired {
+  static constexpr bool value = false;
+};
+template <>
+struct HasPaired<bf16> {
+  static constexpr bool value = true;
+};
+PYOPTIM_INLINE void vload2(const bf16* p, VecF& a, VecF& b) {
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i z = _mm256_setzero_si256();
+  a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, x));  // bf16 bits in the high half
+  b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, x));
+}
+PYOPTIM_INLINE void vstore2(bf16* p, VecF a, VecF b) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_packus_epi32(bf16_bits(a), bf16_bits(b)));
 }
 
 }  // namespace avx2

@@ -83,20 +83,46 @@ PYOPTIM_INLINE VecF vload(const fp16* p) {
 
 PYOPTIM_INLINE void vstore(float* p, VecF x) { _mm512_storeu_ps(p, x.v); }
 PYOPTIM_INLINE void vstore(double* p, VecD x) { _mm512_storeu_pd(p, x.v); }
-// float -> bfloat16, round to nearest even, NaN -> 0x7FC0 (as from_opmath<bf16>).
-PYOPTIM_INLINE void vstore(bf16* p, VecF x) {
+// float -> bfloat16 bits, round to nearest even, NaN -> 0x7FC0 (as from_opmath<bf16>), in the
+// low half of each 32-bit lane.
+PYOPTIM_INLINE __m512i bf16_bits(VecF x) {
   const __m512i u = _mm512_castps_si512(x.v);
   const __m512i bias =
       _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)),
                        _mm512_set1_epi32(0x7FFF));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
-  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q), r,
-                              _mm512_set1_epi32(0x7FC0));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+  return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q), r,
+                                 _mm512_set1_epi32(0x7FC0));
+}
+PYOPTIM_INLINE void vstore(bf16* p, VecF x) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bf16_bits(x)));
 }
 PYOPTIM_INLINE void vstore(fp16* p, VecF x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                       _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+
+// Paired bfloat16 access: one full register of bfloat16 as two float vectors. unpacklo/hi put
+// the elements in an interleaved lane order that packus in vstore2 undoes exactly; the math is
+// element-wise and every array of a step uses the same order, so elements never mix. Half the
+// conversion instructions of vload/vstore, where bfloat16 steps are compute-bound.
+template <class S>
+struct HasPaired {
+  static constexpr bool value = false;
+};
+template <>
+struct HasPaired<bf16> {
+  static constexpr bool value = true;
+};
+PYOPTIM_INLINE void vload2(const bf16* p, VecF& a, VecF& b) {
+  const __m512i x = _mm512_loadu_si512(p);
+  const __m512i z = _mm512_setzero_si512();
+  a = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, x));  // bf16 bits in the high half
+  b = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, x));
+}
+PYOPTIM_INLINE void vstore2(bf16* p, VecF a, VecF b) {
+  _mm512_storeu_si512(reinterpret_cast<__m512i*>(p), _mm512_packus_epi32(bf16_bits(a), bf16_bits(b)));
 }
 
 }  // namespace avx512

@@ -23,6 +23,12 @@ PYOPTIM_INLINE void vstore(S* p, opmath_t<S> x) {
   *p = from_opmath<S>(x);
 }
 
+// No paired access at this level (see vec_avx512.h).
+template <class S>
+struct HasPaired {
+  static constexpr bool value = false;
+};
+
 }  // namespace scalar
 }  // namespace cpu
 }  // namespace pyoptim
