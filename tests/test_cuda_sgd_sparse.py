@@ -285,7 +285,11 @@ def run_sparse_adam(dev, params0, grads_fn, n_steps, **kw):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("maximize,weight_decay", [(False, 0.0), (True, 0.0), (False, 0.01)])
 def test_sparse_adam_matches_cpu_bitwise(dtype, maximize, weight_decay):
-    specs = [((50, 7), 1, 200), ((3000, 64), 1, 5000), ((6, 5, 33), 2, 80), ((20, 3), 1, 0)]
+    # widths 7/3 and 33/64 and 128 and 200 (1, 2, 4, 8 columns per lane in registers), 300 (the
+    # generic column loop); (3, 128) with 3000 lookups: ~1000 duplicates per row, partial batches
+    specs = [((50, 7), 1, 200), ((3000, 64), 1, 5000), ((6, 5, 33), 2, 80), ((20, 3), 1, 0),
+             ((100, 128), 1, 2000), ((30, 200), 1, 500), ((40, 300), 1, 150),
+             ((3, 128), 1, 3001)]
     gen = torch.Generator().manual_seed(3)
     params0 = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s, _, _ in specs]
 
