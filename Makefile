@@ -37,10 +37,11 @@ bench: $(BUILT)
 # libstdc++). `CC=gcc CXX=g++ LDSHARED="gcc -shared" LDCXXSHARED="g++ -shared"` fixed it.
 test-gpu: $(BUILT)
 	$(VPY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: no CUDA GPU visible')"
-	$(VPY) -m pytest -q tests/test_cuda.py
+	$(VPY) -m pytest -q tests/test_cuda.py tests/test_cuda_sgd_sparse.py
 
 bench-gpu: $(BUILT)
 	$(VPY) -m bench.gpu_adam
+	$(VPY) -m bench.gpu_sparse
 
 clean:
 	rm -rf build *.egg-info pyoptim/*.so $(BUILT)

@@ -1,0 +1,220 @@
+// pyoptim::sparse_adam_ on CUDA: the CPU op's validation and semantics (ops/sparse_adam_cpu.cpp),
+// the same math (math/sparse_adam.h) and the same duplicate-summation order (Note [Sparse rows
+// on the GPU] in cuda/sparse_rows.cuh), so float32 / float64 results equal the CPU's bitwise.
+// Per param: group its rows (one sync for the index check), then one warp per unique row.
+// Coefficients are computed on the host in double, as on the CPU (a GPU lr_tensor is read on
+// the host: this op syncs anyway).
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <vector>
+
+#include "cuda/multi_tensor_apply.cuh"
+#include "cuda/sparse_rows.cuh"
+#include "ops/checks.h"
+#include "pyoptim/math/sparse_adam.h"
+
+namespace pyoptim {
+namespace cuda {
+namespace {
+
+constexpr const char* kOp = "pyoptim.sparse_adam_";
+constexpr int kWarpsPerBlock = 4;
+
+template <class S, bool kMaximize, bool kWeightDecay>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    sparse_adam_kernel(S* __restrict__ param, S* __restrict__ exp_avg, S* __restrict__ exp_avg_sq,
+                       const S* __restrict__ values, const int64_t* __restrict__ rows,
+                       const int64_t* __restrict__ offsets, const int64_t* __restrict__ order,
+                       int64_t num_unique, int64_t width,
+                       const math::SparseAdamCoeffs<mta::opmath_t<S>> c) {
+  using T = mta::opmath_t<S>;
+  const int64_t u = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  if (u >= num_unique) return;
+  const int lane = threadIdx.x % 32;
+  const int64_t r = rows[u], k0 = offsets[u], k1 = offsets[u + 1];
+  const int64_t base = r * width;
+  for (int64_t j = lane; j < width; j += 32) {
+    T g = mta::load_op<S>(values[order[k0] * width + j]);
+    for (int64_t k = k0 + 1; k < k1; ++k) g = g + mta::load_op<S>(values[order[k] * width + j]);
+    T p = mta::load_op<S>(param[base + j]);
+    T m = mta::load_op<S>(exp_avg[base + j]);
+    T v = mta::load_op<S>(exp_avg_sq[base + j]);
+    math::sparse_adam_step<kMaximize, kWeightDecay>(p, g, m, v, c);
+    param[base + j] = mta::store_op<S>(p);
+    exp_avg[base + j] = mta::store_op<S>(m);
+    exp_avg_sq[base + j] = mta::store_op<S>(v);
+  }
+}
+
+template <class S>
+void launch(const at::Tensor& p, const at::Tensor& m, const at::Tensor& v, const at::Tensor& values,
+            const DeviceRowGroups& g, int64_t width,
+            const math::SparseAdamCoeffs<mta::opmath_t<S>>& c, bool maximize, bool decay) {
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t blocks = (g.num_unique + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  PYOPTIM_BOOL_SWITCH(maximize, kMaximize, [&] {
+    PYOPTIM_BOOL_SWITCH(decay, kWeightDecay, [&] {
+      sparse_adam_kernel<S, kMaximize, kWeightDecay>
+          <<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
+              static_cast<S*>(p.data_ptr()), static_cast<S*>(m.data_ptr()),
+              static_cast<S*>(v.data_ptr()), static_cast<const S*>(values.data_ptr()),
+              g.rows.data_ptr<int64_t>(), g.offsets.data_ptr<int64_t>(),
+              g.order.data_ptr<int64_t>(), g.num_unique, width, c);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+struct Item {
+  at::Tensor values;
+  DeviceRowGroups groups;
+  int64_t width = 0;
+};
+
+void sparse_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                      at::TensorList exp_avg_sqs, at::IntArrayRef steps, double lr, double beta1,
+                      double beta2, double eps, double weight_decay, bool maximize,
+                      const std::optional<at::Tensor>& lr_tensor) {
+  // ---- 1. validate and group everything; nothing is written in this part ------------------
+  std::optional<at::Tensor> lr_host;
+  if (lr_tensor.has_value()) {
+    TORCH_CHECK_VALUE(lr_tensor->numel() == 1 && at::isFloatingType(lr_tensor->scalar_type()),
+                      kOp, ": lr_tensor must be a one-element floating-point tensor");
+    lr_host = lr_tensor->cpu();
+    lr = ops::scalar_value(*lr_host, "lr");
+  }
+  TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning rate: ", lr);
+  TORCH_CHECK_VALUE(eps >= 0.0, "Invalid epsilon value: ", eps);
+  TORCH_CHECK_VALUE(beta1 >= 0.0 && beta1 < 1.0, "Invalid beta parameter at index 0: ", beta1);
+  TORCH_CHECK_VALUE(beta2 >= 0.0 && beta2 < 1.0, "Invalid beta parameter at index 1: ", beta2);
+  TORCH_CHECK_VALUE(weight_decay >= 0.0, "Invalid weight_decay value: ", weight_decay);
+
+  const size_t n = params.size();
+  ops::check_list_size(kOp, grads, n, "grads");
+  ops::check_list_size(kOp, exp_avgs, n, "exp_avgs");
+  ops::check_list_size(kOp, exp_avg_sqs, n, "exp_avg_sqs");
+  TORCH_CHECK_VALUE(steps.size() == n, kOp, ": expected ", n, " steps (one per param), got ",
+                    steps.size());
+  ops::WriteSet writes;
+  std::vector<Item> items(n);
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    const at::Tensor& g = grads[i];
+    TORCH_CHECK_VALUE(p.defined(), kOp, ": params[", i, "] is undefined");
+    TORCH_CHECK(p.layout() == at::kStrided, kOp, ": params[", i,
+                "] is sparse; SparseAdam requires dense parameter tensors");
+    TORCH_CHECK(p.is_cuda(), kOp, ": params[", i, "] is on ", p.device(),
+                "; this is the CUDA kernel");
+    TORCH_CHECK_TYPE(!p.is_complex(), kOp, ": params[", i,
+                     "] is complex; SparseAdam does not support complex parameters");
+    TORCH_CHECK_TYPE(ops::is_supported_float(p.scalar_type()), kOp, ": params[", i,
+                     "] has dtype ", p.scalar_type(),
+                     "; supported: float32, float64, bfloat16, float16");
+    TORCH_CHECK_VALUE(g.defined(), kOp, ": grads[", i, "] is undefined");
+    TORCH_CHECK(g.layout() == at::kSparse,
+                "SparseAdam does not support dense gradients, please consider Adam instead");
+    TORCH_CHECK(g.device() == p.device(), kOp, ": grads[", i, "] is on ", g.device(),
+                " but params[", i, "] is on ", p.device());
+    TORCH_CHECK_TYPE(g.scalar_type() == p.scalar_type(), kOp, ": grads[", i, "] has dtype ",
+                     g.scalar_type(), " but params[", i, "] has dtype ", p.scalar_type());
+    TORCH_CHECK_VALUE(g.sizes() == p.sizes(), kOp, ": grads[", i, "] has shape ", g.sizes(),
+                      " but params[", i, "] has shape ", p.sizes());
+    ops::check_like_param(kOp, p, exp_avgs[i], "exp_avgs", i);
+    ops::check_like_param(kOp, p, exp_avg_sqs[i], "exp_avg_sqs", i);
+    TORCH_CHECK_VALUE(steps[i] >= 1, kOp, ": steps[", i, "] is ", steps[i],
+                      "; expected the step count after this step's increment (>= 1)");
+    const int64_t sparse_dim = g.sparse_dim();
+    const at::Tensor indices = g._indices();
+    const at::Tensor values = g._values();
+    TORCH_CHECK_VALUE(indices.dim() == 2 && indices.size(0) == sparse_dim, kOp, ": grads[", i,
+                      "] has indices of shape ", indices.sizes(), " for sparse_dim ", sparse_dim);
+    const int64_t nnz = indices.size(1);
+    TORCH_CHECK_VALUE(values.dim() >= 1 && values.size(0) == nnz, kOp, ": grads[", i, "] has ",
+                      nnz, " indices but ", values.dim() >= 1 ? values.size(0) : 0,
+                      " value rows; they must match");
+    TORCH_CHECK_VALUE(values.sizes().slice(1) == p.sizes().slice(sparse_dim), kOp, ": grads[",
+                      i, "] has values of shape ", values.sizes(), " for params[", i,
+                      "] of shape ", p.sizes(), " and sparse_dim ", sparse_dim);
+    int64_t width = 1;
+    for (int64_t d = sparse_dim; d < p.dim(); ++d) width *= p.size(d);
+    writes.add(p, "params", i);
+    writes.add(exp_avgs[i], "exp_avgs", i);
+    writes.add(exp_avg_sqs[i], "exp_avg_sqs", i);
+    Item& it = items[i];
+    it.width = width;
+    if (nnz == 0 || width == 0) continue;  // torch skips an empty grad (the step still counts)
+    const c10::cuda::CUDAGuard guard(p.device());
+    it.groups = group_rows_cuda(indices, p.sizes(), kOp, c10::str("grads[", i, "]").c_str());
+    it.values = values.contiguous();
+  }
+  writes.check(kOp);
+
+  // ---- 2./3. per param: coefficients on the host, then one launch ---------------------------
+  const bool decay = weight_decay != 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    Item& it = items[i];
+    if (it.groups.num_unique == 0) continue;
+    const c10::cuda::CUDAGuard guard(params[i].device());
+    const double step = static_cast<double>(steps[i]);
+    double step_size;
+    if (lr_host.has_value()) {
+      // as the CPU op: step_size computed in the lr tensor's dtype (see sparse_adam_cpu.cpp)
+      const math::SparseAdamBiasCorrections b =
+          math::sparse_adam_bias_corrections(beta1, beta2, step);
+      step_size = lr_host->reshape({}).mul(b.sqrt_bias_correction2)
+                      .div(b.bias_correction1)
+                      .item<double>();
+    } else {
+      step_size = math::sparse_adam_step_size(lr, beta1, beta2, step);
+    }
+    const at::Tensor p = params[i].is_contiguous() ? params[i] : params[i].contiguous();
+    const at::Tensor m = exp_avgs[i].is_contiguous() ? exp_avgs[i] : exp_avgs[i].contiguous();
+    const at::Tensor v =
+        exp_avg_sqs[i].is_contiguous() ? exp_avg_sqs[i] : exp_avg_sqs[i].contiguous();
+    switch (params[i].scalar_type()) {
+      case at::kFloat:
+        launch<float>(p, m, v, it.values, it.groups, it.width,
+                      math::make_sparse_adam_coeffs<float>(lr, beta1, beta2, eps, weight_decay,
+                                                           step_size),
+                      maximize, decay);
+        break;
+      case at::kDouble:
+        launch<double>(p, m, v, it.values, it.groups, it.width,
+                       math::make_sparse_adam_coeffs<double>(lr, beta1, beta2, eps, weight_decay,
+                                                             step_size),
+                       maximize, decay);
+        break;
+      case at::kBFloat16:
+        launch<c10::BFloat16>(p, m, v, it.values, it.groups, it.width,
+                              math::make_sparse_adam_coeffs<float>(lr, beta1, beta2, eps,
+                                                                   weight_decay, step_size),
+                              maximize, decay);
+        break;
+      case at::kHalf:
+        launch<c10::Half>(p, m, v, it.values, it.groups, it.width,
+                          math::make_sparse_adam_coeffs<float>(lr, beta1, beta2, eps,
+                                                               weight_decay, step_size),
+                          maximize, decay);
+        break;
+      default: break;  // unreachable: rejected above
+    }
+    // ---- 4. copy back what was updated in a copy --------------------------------------------
+    if (!p.is_same(params[i])) params[i].copy_(p);
+    if (!m.is_same(exp_avgs[i])) exp_avgs[i].copy_(m);
+    if (!v.is_same(exp_avg_sqs[i])) exp_avg_sqs[i].copy_(v);
+  }
+}
+
+}  // namespace
+
+// Sparse grads carry the SparseCUDA key, which the dispatcher picks over CUDA; CUDA serves calls
+// whose tensors are all dense, which the op rejects.
+TORCH_LIBRARY_IMPL(pyoptim, CUDA, m) { m.impl("sparse_adam_", &sparse_adam_cuda); }
+TORCH_LIBRARY_IMPL(pyoptim, SparseCUDA, m) { m.impl("sparse_adam_", &sparse_adam_cuda); }
+
+}  // namespace cuda
+}  // namespace pyoptim
