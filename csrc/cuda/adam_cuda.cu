@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "cuda/multi_tensor_apply.cuh"
+#include "ops/adam_checks.h"
 #include "ops/checks.h"
 #include "pyoptim/math/adam.h"
 
@@ -205,17 +206,10 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                const std::optional<at::Tensor>& grad_scale,
                const std::optional<at::Tensor>& found_inf) {
   // ---- 1. validate everything; nothing is written in this part --------------------------
-  TORCH_CHECK_VALUE(eps >= 0.0, "Invalid epsilon value: ", eps);
-  TORCH_CHECK_VALUE(beta1 >= 0.0 && beta1 < 1.0, "Invalid beta parameter at index 0: ", beta1);
-  TORCH_CHECK_VALUE(beta2 >= 0.0 && beta2 < 1.0, "Invalid beta parameter at index 1: ", beta2);
-  TORCH_CHECK_VALUE(weight_decay >= 0.0, "Invalid weight_decay value: ", weight_decay);
-
+  ops::check_adam_hyper(eps, beta1, beta2, weight_decay);
   const size_t n = params.size();
-  ops::check_list_size(kOp, grads, n, "grads");
-  ops::check_list_size(kOp, exp_avgs, n, "exp_avgs");
-  ops::check_list_size(kOp, exp_avg_sqs, n, "exp_avg_sqs");
-  ops::check_list_size(kOp, state_steps, n, "state_steps");
-  if (amsgrad) ops::check_list_size(kOp, max_exp_avg_sqs, n, "max_exp_avg_sqs");
+  ops::check_adam_lists(kOp, n, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+                        amsgrad);
 
   c10::Device dev(c10::kCUDA);
   if (n > 0) dev = params[0].device();
@@ -229,19 +223,9 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                 "; this is the CUDA kernel (all tensors of one call on one device)");
     TORCH_CHECK(p.device() == dev, kOp, ": params[", i, "] is on ", p.device(),
                 " but params[0] is on ", dev, "; expected all tensors to be on the same device");
-    TORCH_CHECK_TYPE(ops::is_supported_float(p.scalar_type()), kOp, ": params[", i,
-                     "] has dtype ", p.scalar_type(),
-                     "; supported: float32, float64, bfloat16, float16 (complex params are "
-                     "passed as real views)");
-    TORCH_CHECK(grads[i].layout() == at::kStrided,
-                "Adam does not support sparse gradients, please consider SparseAdam instead");
-    ops::check_like_param(kOp, p, grads[i], "grads", i);
-    ops::check_like_param(kOp, p, exp_avgs[i], "exp_avgs", i);
-    ops::check_like_param(kOp, p, exp_avg_sqs[i], "exp_avg_sqs", i);
-    if (amsgrad) ops::check_like_param(kOp, p, max_exp_avg_sqs[i], "max_exp_avg_sqs", i);
+    ops::check_adam_tensor(kOp, i, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+                           state_steps, amsgrad, writes);
     const at::Tensor& s = state_steps[i];
-    TORCH_CHECK_VALUE(s.defined() && s.numel() == 1 && at::isFloatingType(s.scalar_type()), kOp,
-                      ": state_steps[", i, "] must be a one-element floating-point tensor");
     if (s.device().is_cpu()) {
       any_host_step = true;
     } else {
@@ -252,10 +236,6 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                        ": state_steps[", i, "] on ", dev,
                        " must be float32 or float64, got ", s.scalar_type());
     }
-    writes.add(p, "params", i);
-    writes.add(exp_avgs[i], "exp_avgs", i);
-    writes.add(exp_avg_sqs[i], "exp_avg_sqs", i);
-    if (amsgrad) writes.add(max_exp_avg_sqs[i], "max_exp_avg_sqs", i);
   }
   writes.check(kOp);
   check_scalar_arg(lr_tensor, "lr_tensor", dev);
