@@ -175,29 +175,6 @@ void launch_group(const std::vector<WorkItem>& items, const AdamArgs<mta::opmath
   });
 }
 
-// A one-element scalar tensor that the kernels read on the device (float32 or float64).
-mta::ScalarRef device_scalar(const at::Tensor& t, std::vector<at::Tensor>& keep_alive) {
-  at::Tensor u = t;
-  if (u.scalar_type() != at::kFloat && u.scalar_type() != at::kDouble) {
-    u = u.to(at::kDouble);  // exact; asynchronous
-    keep_alive.push_back(u);
-  }
-  mta::ScalarRef r;
-  r.ptr = u.data_ptr();
-  r.is_double = u.scalar_type() == at::kDouble;
-  return r;
-}
-
-void check_scalar_arg(const std::optional<at::Tensor>& t, const char* what, c10::Device dev) {
-  if (!t.has_value()) return;
-  TORCH_CHECK_VALUE(t->defined() && t->numel() == 1, kOp, ": ", what,
-                    " must be a one-element tensor");
-  TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), kOp, ": ", what,
-                   " must be a floating-point tensor, got ", t->scalar_type());
-  TORCH_CHECK(t->device().is_cpu() || t->device() == dev, kOp, ": ", what, " is on ",
-              t->device(), " but the params are on ", dev);
-}
-
 void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
                at::TensorList state_steps, double lr, double beta1, double beta2,
@@ -238,9 +215,9 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
     }
   }
   writes.check(kOp);
-  check_scalar_arg(lr_tensor, "lr_tensor", dev);
-  check_scalar_arg(grad_scale, "grad_scale", dev);
-  check_scalar_arg(found_inf, "found_inf", dev);
+  ops::check_scalar_arg(kOp, lr_tensor, "lr_tensor", dev);
+  ops::check_scalar_arg(kOp, grad_scale, "grad_scale", dev);
+  ops::check_scalar_arg(kOp, found_inf, "found_inf", dev);
 
   // Host values; see Note [Where the step count lives].
   const bool lr_on_device = lr_tensor.has_value() && !lr_tensor->device().is_cpu();
@@ -272,9 +249,9 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   const c10::cuda::CUDAGuard guard(dev);
   std::vector<at::Tensor> keep_alive;
   mta::ScalarRef lr_ref, scale_ref, inf_ref;
-  if (lr_read_on_device) lr_ref = device_scalar(*lr_tensor, keep_alive);
-  if (scale_on_device) scale_ref = device_scalar(*grad_scale, keep_alive);
-  if (inf_read_on_device) inf_ref = device_scalar(*found_inf, keep_alive);
+  if (lr_read_on_device) lr_ref = mta::device_scalar(*lr_tensor, keep_alive);
+  if (scale_on_device) scale_ref = mta::device_scalar(*grad_scale, keep_alive);
+  if (inf_read_on_device) inf_ref = mta::device_scalar(*found_inf, keep_alive);
 
   struct Work {
     at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;

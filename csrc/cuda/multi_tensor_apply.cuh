@@ -20,6 +20,7 @@
 // the results are identical.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/BFloat16.h>
@@ -81,6 +82,19 @@ struct ScalarRef {
                      : static_cast<double>(*static_cast<const float*>(ptr));
   }
 };
+
+// A one-element scalar tensor that the kernels read on the device (float32 or float64).
+inline ScalarRef device_scalar(const at::Tensor& t, std::vector<at::Tensor>& keep_alive) {
+  at::Tensor u = t;
+  if (u.scalar_type() != at::kFloat && u.scalar_type() != at::kDouble) {
+    u = u.to(at::kDouble);  // exact; asynchronous
+    keep_alive.push_back(u);
+  }
+  ScalarRef r;
+  r.ptr = u.data_ptr();
+  r.is_double = u.scalar_type() == at::kDouble;
+  return r;
+}
 
 // Tensors per launch for a given depth, so that the table plus `op_bytes` of functor fits.
 constexpr int max_tensors(int depth, int op_bytes) {

@@ -19,6 +19,7 @@
 #include "cuda/multi_tensor_apply.cuh"
 #include "cuda/sparse_rows.cuh"
 #include "ops/checks.h"
+#include "ops/sparse_rows.h"
 #include "pyoptim/math/sgd.h"
 
 namespace pyoptim {
@@ -106,29 +107,6 @@ void launch_dense(const std::vector<SgdWork>& items, const SgdArgs<mta::opmath_t
   });
 }
 
-mta::ScalarRef device_scalar(const at::Tensor& t, std::vector<at::Tensor>& keep_alive) {
-  at::Tensor u = t;
-  if (u.scalar_type() != at::kFloat && u.scalar_type() != at::kDouble) {
-    u = u.to(at::kDouble);  // exact; asynchronous
-    keep_alive.push_back(u);
-  }
-  mta::ScalarRef r;
-  r.ptr = u.data_ptr();
-  r.is_double = u.scalar_type() == at::kDouble;
-  return r;
-}
-
-void check_scalar_arg(const char* op, const std::optional<at::Tensor>& t, const char* what,
-                      c10::Device dev) {
-  if (!t.has_value()) return;
-  TORCH_CHECK_VALUE(t->defined() && t->numel() == 1, op, ": ", what,
-                    " must be a one-element tensor");
-  TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), op, ": ", what,
-                   " must be a floating-point tensor, got ", t->scalar_type());
-  TORCH_CHECK(t->device().is_cpu() || t->device() == dev, op, ": ", what, " is on ",
-              t->device(), " but the params are on ", dev);
-}
-
 // torch.optim.SGD's messages; lr is checked where its value is known on the host.
 void check_hyper(double lr, bool check_lr, double momentum, double dampening,
                  double weight_decay, bool nesterov) {
@@ -161,9 +139,9 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   const size_t n = params.size();
   c10::Device dev(c10::kCUDA);
   if (n > 0 && params[0].defined()) dev = params[0].device();
-  check_scalar_arg(kOp, lr_tensor, "lr_tensor", dev);
-  check_scalar_arg(kOp, grad_scale, "grad_scale", dev);
-  check_scalar_arg(kOp, found_inf, "found_inf", dev);
+  ops::check_scalar_arg(kOp, lr_tensor, "lr_tensor", dev);
+  ops::check_scalar_arg(kOp, grad_scale, "grad_scale", dev);
+  ops::check_scalar_arg(kOp, found_inf, "found_inf", dev);
   const bool lr_on_device = lr_tensor.has_value() && !lr_tensor->device().is_cpu();
   if (lr_tensor.has_value() && !lr_on_device) lr = ops::scalar_value(*lr_tensor, "lr");
   check_hyper(lr, !lr_on_device, momentum, dampening, weight_decay, nesterov);
@@ -202,9 +180,9 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   const c10::cuda::CUDAGuard guard(dev);
   std::vector<at::Tensor> keep_alive;
   mta::ScalarRef lr_ref, scale_ref, inf_ref;
-  if (lr_on_device) lr_ref = device_scalar(*lr_tensor, keep_alive);
-  if (scale_on_device) scale_ref = device_scalar(*grad_scale, keep_alive);
-  if (inf_on_device) inf_ref = device_scalar(*found_inf, keep_alive);
+  if (lr_on_device) lr_ref = mta::device_scalar(*lr_tensor, keep_alive);
+  if (scale_on_device) scale_ref = mta::device_scalar(*grad_scale, keep_alive);
+  if (inf_on_device) inf_ref = mta::device_scalar(*found_inf, keep_alive);
 
   struct Work {
     at::Tensor param, grad, buf;
@@ -358,23 +336,17 @@ void sgd_sparse_cuda(const at::Tensor& param, const at::Tensor& grad,
   TORCH_CHECK_VALUE(param.defined(), kSparseOp, ": params[0] is undefined");
   const c10::Device dev = param.device();
   check_cuda_param(kSparseOp, param, 0, dev);
-  check_scalar_arg(kSparseOp, lr_tensor, "lr_tensor", dev);
-  check_scalar_arg(kSparseOp, grad_scale, "grad_scale", dev);
-  check_scalar_arg(kSparseOp, found_inf, "found_inf", dev);
+  ops::check_scalar_arg(kSparseOp, lr_tensor, "lr_tensor", dev);
+  ops::check_scalar_arg(kSparseOp, grad_scale, "grad_scale", dev);
+  ops::check_scalar_arg(kSparseOp, found_inf, "found_inf", dev);
   if (lr_tensor.has_value()) lr = ops::scalar_value(*lr_tensor, "lr");
   check_hyper(lr, true, momentum, dampening, weight_decay, nesterov);
   const bool has_momentum = momentum != 0.0;
   TORCH_CHECK_VALUE(grad.defined() && grad.layout() == at::kSparse, kSparseOp,
                     ": expected a sparse COO gradient, got ",
                     grad.defined() ? c10::str(grad.layout()) : std::string("an undefined tensor"));
-  TORCH_CHECK(grad.device() == param.device(), kSparseOp, ": the gradient is on ", grad.device(),
-              " but the param is on ", param.device());
-  TORCH_CHECK_TYPE(grad.scalar_type() == param.scalar_type(), kSparseOp,
-                   ": the gradient has dtype ", grad.scalar_type(), " but the param has dtype ",
-                   param.scalar_type());
-  TORCH_CHECK_VALUE(grad.sizes() == param.sizes(), kSparseOp, ": the gradient has shape ",
-                    grad.sizes(), " but the param has shape ", param.sizes());
-  const int64_t sd = grad.sparse_dim();
+  const ops::CooGrad coo = ops::check_coo_grad(kSparseOp, param, grad, 0);
+  const int64_t sd = coo.sparse_dim;
   TORCH_CHECK_VALUE(sd >= 1, kSparseOp, ": the sparse gradient has no sparse dimension");
   at::Tensor buf;
   ops::WriteSet writes;
@@ -390,9 +362,7 @@ void sgd_sparse_cuda(const at::Tensor& param, const at::Tensor& grad,
 
   const c10::cuda::CUDAGuard guard(dev);
   const at::IntArrayRef sizes = param.sizes();
-  int64_t num_rows = 1;
-  for (int64_t d = 0; d < sd; ++d) num_rows *= sizes[d];
-  const int64_t width = num_rows == 0 ? 0 : param.numel() / num_rows;
+  const int64_t num_rows = coo.num_rows, width = coo.width;
   const DeviceRowGroups groups =
       group_rows_cuda(grad._indices(), sizes, kSparseOp, "the sparse gradient");
 

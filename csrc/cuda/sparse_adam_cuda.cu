@@ -14,7 +14,9 @@
 
 #include "cuda/multi_tensor_apply.cuh"
 #include "cuda/sparse_rows.cuh"
+#include "ops/adam_checks.h"
 #include "ops/checks.h"
+#include "ops/sparse_rows.h"
 #include "pyoptim/math/sparse_adam.h"
 
 namespace pyoptim {
@@ -88,10 +90,7 @@ void sparse_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
     lr = ops::scalar_value(*lr_host, "lr");
   }
   TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning rate: ", lr);
-  TORCH_CHECK_VALUE(eps >= 0.0, "Invalid epsilon value: ", eps);
-  TORCH_CHECK_VALUE(beta1 >= 0.0 && beta1 < 1.0, "Invalid beta parameter at index 0: ", beta1);
-  TORCH_CHECK_VALUE(beta2 >= 0.0 && beta2 < 1.0, "Invalid beta parameter at index 1: ", beta2);
-  TORCH_CHECK_VALUE(weight_decay >= 0.0, "Invalid weight_decay value: ", weight_decay);
+  ops::check_adam_hyper(eps, beta1, beta2, weight_decay);
 
   const size_t n = params.size();
   ops::check_list_size(kOp, grads, n, "grads");
@@ -117,30 +116,14 @@ void sparse_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
     TORCH_CHECK_VALUE(g.defined(), kOp, ": grads[", i, "] is undefined");
     TORCH_CHECK(g.layout() == at::kSparse,
                 "SparseAdam does not support dense gradients, please consider Adam instead");
-    TORCH_CHECK(g.device() == p.device(), kOp, ": grads[", i, "] is on ", g.device(),
-                " but params[", i, "] is on ", p.device());
-    TORCH_CHECK_TYPE(g.scalar_type() == p.scalar_type(), kOp, ": grads[", i, "] has dtype ",
-                     g.scalar_type(), " but params[", i, "] has dtype ", p.scalar_type());
-    TORCH_CHECK_VALUE(g.sizes() == p.sizes(), kOp, ": grads[", i, "] has shape ", g.sizes(),
-                      " but params[", i, "] has shape ", p.sizes());
+    const ops::CooGrad coo = ops::check_coo_grad(kOp, p, g, i);
     ops::check_like_param(kOp, p, exp_avgs[i], "exp_avgs", i);
     ops::check_like_param(kOp, p, exp_avg_sqs[i], "exp_avg_sqs", i);
     TORCH_CHECK_VALUE(steps[i] >= 1, kOp, ": steps[", i, "] is ", steps[i],
                       "; expected the step count after this step's increment (>= 1)");
-    const int64_t sparse_dim = g.sparse_dim();
-    const at::Tensor indices = g._indices();
-    const at::Tensor values = g._values();
-    TORCH_CHECK_VALUE(indices.dim() == 2 && indices.size(0) == sparse_dim, kOp, ": grads[", i,
-                      "] has indices of shape ", indices.sizes(), " for sparse_dim ", sparse_dim);
-    const int64_t nnz = indices.size(1);
-    TORCH_CHECK_VALUE(values.dim() >= 1 && values.size(0) == nnz, kOp, ": grads[", i, "] has ",
-                      nnz, " indices but ", values.dim() >= 1 ? values.size(0) : 0,
-                      " value rows; they must match");
-    TORCH_CHECK_VALUE(values.sizes().slice(1) == p.sizes().slice(sparse_dim), kOp, ": grads[",
-                      i, "] has values of shape ", values.sizes(), " for params[", i,
-                      "] of shape ", p.sizes(), " and sparse_dim ", sparse_dim);
-    int64_t width = 1;
-    for (int64_t d = sparse_dim; d < p.dim(); ++d) width *= p.size(d);
+    const int64_t nnz = coo.nnz, width = coo.width;
+    const at::Tensor& indices = coo.indices;
+    const at::Tensor& values = coo.values;
     writes.add(p, "params", i);
     writes.add(exp_avgs[i], "exp_avgs", i);
     writes.add(exp_avg_sqs[i], "exp_avg_sqs", i);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <initializer_list>
 #include <vector>
 
@@ -89,6 +90,19 @@ class WriteSet {
   };
   std::vector<Span> spans_;
 };
+
+// An optional one-element scalar argument (lr_tensor, grad_scale, found_inf) on the CPU or on
+// the params' device.
+inline void check_scalar_arg(const char* op, const std::optional<at::Tensor>& t,
+                             const char* what, c10::Device dev) {
+  if (!t.has_value()) return;
+  TORCH_CHECK_VALUE(t->defined() && t->numel() == 1, op, ": ", what,
+                    " must be a one-element tensor");
+  TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), op, ": ", what,
+                   " must be a floating-point tensor, got ", t->scalar_type());
+  TORCH_CHECK(t->device().is_cpu() || t->device() == dev, op, ": ", what, " is on ",
+              t->device(), " but the params are on ", dev);
+}
 
 // Value of a one-element tensor (step counts, grad_scale, found_inf) read on the host.
 inline double scalar_value(const at::Tensor& t, const char* what) {

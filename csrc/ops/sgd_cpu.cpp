@@ -151,25 +151,6 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
   }
 }
 
-// Row index of each nnz entry of a COO gradient over its sparse dims, every index checked.
-std::vector<int64_t> linear_rows(const at::Tensor& indices, at::IntArrayRef sizes) {
-  const int64_t sd = indices.size(0), nnz = indices.size(1);
-  const at::Tensor idx = indices.contiguous();
-  const int64_t* ip = idx.data_ptr<int64_t>();
-  if (sd == 1) return std::vector<int64_t>(ip, ip + nnz);  // group_rows checks the range
-  std::vector<int64_t> rows(nnz, 0);
-  for (int64_t d = 0; d < sd; ++d) {
-    const int64_t* id = ip + d * nnz;
-    for (int64_t k = 0; k < nnz; ++k) {
-      TORCH_CHECK_INDEX(id[k] >= 0 && id[k] < sizes[d], kSparseOp,
-                        ": sparse gradient has index ", id[k], " out of range for dimension ",
-                        d, " of size ", sizes[d]);
-      rows[k] = rows[k] * sizes[d] + id[k];
-    }
-  }
-  return rows;
-}
-
 void sgd_sparse_cpu(const at::Tensor& param, const at::Tensor& grad,
                     const std::optional<at::Tensor>& momentum_buffer, double lr, double momentum,
                     double dampening, double weight_decay, bool nesterov, bool maximize,
@@ -183,14 +164,8 @@ void sgd_sparse_cpu(const at::Tensor& param, const at::Tensor& grad,
   TORCH_CHECK_VALUE(grad.defined() && grad.layout() == at::kSparse, kSparseOp,
                     ": expected a sparse COO gradient, got ",
                     grad.defined() ? c10::str(grad.layout()) : std::string("an undefined tensor"));
-  TORCH_CHECK(grad.device() == param.device(), kSparseOp, ": the gradient is on ", grad.device(),
-              " but the param is on ", param.device());
-  TORCH_CHECK_TYPE(grad.scalar_type() == param.scalar_type(), kSparseOp,
-                   ": the gradient has dtype ", grad.scalar_type(), " but the param has dtype ",
-                   param.scalar_type());
-  TORCH_CHECK_VALUE(grad.sizes() == param.sizes(), kSparseOp, ": the gradient has shape ",
-                    grad.sizes(), " but the param has shape ", param.sizes());
-  const int64_t sd = grad.sparse_dim();
+  const ops::CooGrad coo = ops::check_coo_grad(kSparseOp, param, grad, 0);
+  const int64_t sd = coo.sparse_dim;
   TORCH_CHECK_VALUE(sd >= 1, kSparseOp, ": the sparse gradient has no sparse dimension");
   at::Tensor buf;
   ops::WriteSet writes;
@@ -205,12 +180,9 @@ void sgd_sparse_cpu(const at::Tensor& param, const at::Tensor& grad,
   writes.check(kSparseOp);
 
   const at::IntArrayRef sizes = param.sizes();
-  int64_t num_rows = 1;
-  for (int64_t d = 0; d < sd; ++d) num_rows *= sizes[d];
-  const int64_t width = num_rows == 0 ? 0 : param.numel() / num_rows;
-  const at::Tensor indices = grad._indices();
-  const int64_t nnz = indices.size(1);
-  const std::vector<int64_t> lin = linear_rows(indices, sizes);
+  const int64_t num_rows = coo.num_rows, width = coo.width;
+  const int64_t nnz = coo.nnz;
+  const std::vector<int64_t> lin = ops::linear_rows(kSparseOp, coo, sizes, 0);
   const ops::RowGroups groups = ops::group_rows(lin.data(), nnz, num_rows, kSparseOp);
 
   double scale = 1.0;

@@ -10,6 +10,7 @@
 #include <optional>
 #include <vector>
 
+#include "ops/adam_checks.h"
 #include "ops/checks.h"
 #include "ops/sparse_rows.h"
 #include "pyoptim/cpu/isa.h"
@@ -55,26 +56,6 @@ struct SparseAdamItem {
   bool copied = false;
 };
 
-// Linear row index of each of the gradient's nnz entries; IndexError (before any write) for an
-// index outside its dimension.
-std::vector<int64_t> linear_rows(const at::Tensor& indices, const at::Tensor& param,
-                                 int64_t sparse_dim, size_t i) {
-  const int64_t nnz = indices.size(1);
-  std::vector<int64_t> rows(nnz, 0);
-  const auto acc = indices.accessor<int64_t, 2>();
-  for (int64_t d = 0; d < sparse_dim; ++d) {
-    const int64_t size = param.size(d);
-    for (int64_t k = 0; k < nnz; ++k) {
-      const int64_t x = acc[d][k];
-      TORCH_CHECK_INDEX(x >= 0 && x < size, kOp, ": grads[", i, "] has index ", x,
-                        " in sparse dimension ", d, ", out of range for params[", i,
-                        "] of shape ", param.sizes());
-      rows[k] = rows[k] * size + x;
-    }
-  }
-  return rows;
-}
-
 void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                      at::TensorList exp_avg_sqs, at::IntArrayRef steps, double lr, double beta1,
                      double beta2, double eps, double weight_decay, bool maximize,
@@ -86,10 +67,7 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
     lr = ops::scalar_value(*lr_tensor, "lr");
   }
   TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning rate: ", lr);
-  TORCH_CHECK_VALUE(eps >= 0.0, "Invalid epsilon value: ", eps);
-  TORCH_CHECK_VALUE(beta1 >= 0.0 && beta1 < 1.0, "Invalid beta parameter at index 0: ", beta1);
-  TORCH_CHECK_VALUE(beta2 >= 0.0 && beta2 < 1.0, "Invalid beta parameter at index 1: ", beta2);
-  TORCH_CHECK_VALUE(weight_decay >= 0.0, "Invalid weight_decay value: ", weight_decay);
+  ops::check_adam_hyper(eps, beta1, beta2, weight_decay);
 
   const size_t n = params.size();
   ops::check_list_size(kOp, grads, n, "grads");
@@ -116,31 +94,16 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
     TORCH_CHECK_VALUE(g.defined(), kOp, ": grads[", i, "] is undefined");
     TORCH_CHECK(g.layout() == at::kSparse,
                 "SparseAdam does not support dense gradients, please consider Adam instead");
-    TORCH_CHECK(g.device() == p.device(), kOp, ": grads[", i, "] is on ", g.device(),
-                " but params[", i, "] is on ", p.device());
-    TORCH_CHECK_TYPE(g.scalar_type() == p.scalar_type(), kOp, ": grads[", i, "] has dtype ",
-                     g.scalar_type(), " but params[", i, "] has dtype ", p.scalar_type());
-    TORCH_CHECK_VALUE(g.sizes() == p.sizes(), kOp, ": grads[", i, "] has shape ", g.sizes(),
-                      " but params[", i, "] has shape ", p.sizes());
+    const ops::CooGrad coo = ops::check_coo_grad(kOp, p, g, i);
     ops::check_like_param(kOp, p, exp_avgs[i], "exp_avgs", i);
     ops::check_like_param(kOp, p, exp_avg_sqs[i], "exp_avg_sqs", i);
     TORCH_CHECK_VALUE(steps[i] >= 1, kOp, ": steps[", i, "] is ", steps[i],
                       "; expected the step count after this step's increment (>= 1)");
 
-    const int64_t sparse_dim = g.sparse_dim();
-    const at::Tensor indices = g._indices();
-    const at::Tensor values = g._values();
-    TORCH_CHECK_VALUE(indices.dim() == 2 && indices.size(0) == sparse_dim, kOp, ": grads[", i,
-                      "] has indices of shape ", indices.sizes(), " for sparse_dim ", sparse_dim);
-    const int64_t nnz = indices.size(1);
-    TORCH_CHECK_VALUE(values.dim() >= 1 && values.size(0) == nnz, kOp, ": grads[", i, "] has ",
-                      nnz, " indices but ", values.dim() >= 1 ? values.size(0) : 0,
-                      " value rows; they must match");
-    TORCH_CHECK_VALUE(values.sizes().slice(1) == p.sizes().slice(sparse_dim), kOp, ": grads[",
-                      i, "] has values of shape ", values.sizes(), " for params[", i,
-                      "] of shape ", p.sizes(), " and sparse_dim ", sparse_dim);
-    int64_t num_rows = 1, width = 1;
-    for (int64_t d = 0; d < p.dim(); ++d) (d < sparse_dim ? num_rows : width) *= p.size(d);
+    const int64_t sparse_dim = coo.sparse_dim, nnz = coo.nnz;
+    const int64_t num_rows = coo.num_rows, width = coo.width;
+    const at::Tensor& indices = coo.indices;
+    const at::Tensor& values = coo.values;
 
     writes.add(p, "params", i);
     writes.add(exp_avgs[i], "exp_avgs", i);
@@ -152,7 +115,7 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
     if (sparse_dim == 1 && indices.stride(1) == 1) {
       it.groups = ops::group_rows(indices.data_ptr<int64_t>(), nnz, num_rows, kOp);
     } else {
-      const std::vector<int64_t> rows = linear_rows(indices, p, sparse_dim, i);
+      const std::vector<int64_t> rows = ops::linear_rows(kOp, coo, p.sizes(), i);
       it.groups = ops::group_rows(rows.data(), nnz, num_rows, kOp);
     }
     it.values = values.contiguous();

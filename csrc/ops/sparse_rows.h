@@ -22,6 +22,41 @@
 namespace pyoptim {
 namespace ops {
 
+// A COO gradient for params[i], checked against it (device, dtype, shape, indices/values
+// agreement), seen as `num_rows` rows of `width` elements over its sparse dims. The caller
+// checks the layout first (each optimizer has torch's own message for a dense gradient).
+struct CooGrad {
+  int64_t sparse_dim, nnz, num_rows, width;
+  at::Tensor indices, values;  // [sparse_dim, nnz], [nnz, dense dims...]
+};
+
+inline CooGrad check_coo_grad(const char* op, const at::Tensor& p, const at::Tensor& g, size_t i) {
+  TORCH_CHECK(g.device() == p.device(), op, ": grads[", i, "] is on ", g.device(), " but params[",
+              i, "] is on ", p.device());
+  TORCH_CHECK_TYPE(g.scalar_type() == p.scalar_type(), op, ": grads[", i, "] has dtype ",
+                   g.scalar_type(), " but params[", i, "] has dtype ", p.scalar_type());
+  TORCH_CHECK_VALUE(g.sizes() == p.sizes(), op, ": grads[", i, "] has shape ", g.sizes(),
+                    " but params[", i, "] has shape ", p.sizes());
+  CooGrad c;
+  c.sparse_dim = g.sparse_dim();
+  c.indices = g._indices();
+  c.values = g._values();
+  TORCH_CHECK_VALUE(c.indices.dim() == 2 && c.indices.size(0) == c.sparse_dim, op, ": grads[", i,
+                    "] has indices of shape ", c.indices.sizes(), " for sparse_dim ",
+                    c.sparse_dim);
+  c.nnz = c.indices.size(1);
+  TORCH_CHECK_VALUE(c.values.dim() >= 1 && c.values.size(0) == c.nnz, op, ": grads[", i,
+                    "] has ", c.nnz, " indices but ", c.values.dim() >= 1 ? c.values.size(0) : 0,
+                    " value rows; they must match");
+  TORCH_CHECK_VALUE(c.values.sizes().slice(1) == p.sizes().slice(c.sparse_dim), op, ": grads[",
+                    i, "] has values of shape ", c.values.sizes(), " for params[", i,
+                    "] of shape ", p.sizes(), " and sparse_dim ", c.sparse_dim);
+  c.num_rows = 1;
+  c.width = 1;
+  for (int64_t d = 0; d < p.dim(); ++d) (d < c.sparse_dim ? c.num_rows : c.width) *= p.size(d);
+  return c;
+}
+
 struct RowGroups {
   std::vector<int64_t> rows;     // [U] unique row indices, ascending
   std::vector<int64_t> offsets;  // [U + 1] row u's duplicates are order[offsets[u] .. offsets[u+1])
@@ -129,6 +164,27 @@ inline RowGroups group_rows(const int64_t* idx, int64_t nnz, int64_t num_rows, c
   }
   g.offsets.push_back(nnz);
   return g;
+}
+
+// Row index (over the sparse dims, row-major) of each of the gradient's nnz entries, in gradient
+// order. With several sparse dims every index is range-checked here (IndexError); with one,
+// group_rows checks the range.
+inline std::vector<int64_t> linear_rows(const char* op, const CooGrad& c, at::IntArrayRef sizes,
+                                        size_t i) {
+  const at::Tensor idx = c.indices.contiguous();
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  if (c.sparse_dim == 1) return std::vector<int64_t>(ip, ip + c.nnz);
+  std::vector<int64_t> rows(c.nnz, 0);
+  for (int64_t d = 0; d < c.sparse_dim; ++d) {
+    const int64_t* id = ip + d * c.nnz;
+    for (int64_t k = 0; k < c.nnz; ++k) {
+      TORCH_CHECK_INDEX(id[k] >= 0 && id[k] < sizes[d], op, ": grads[", i, "] has index ", id[k],
+                        " in sparse dimension ", d, ", out of range for a parameter of shape ",
+                        sizes);
+      rows[k] = rows[k] * sizes[d] + id[k];
+    }
+  }
+  return rows;
 }
 
 // Parallel over unique rows, split by cost (each row costs its duplicates plus the update), so
