@@ -7,9 +7,8 @@ for float32 / bfloat16 / float16, float64 for float64) and rounded once to the p
 the end, which is what the kernel does (widen on load, round on store).
 
 Sparse: `sgd_sparse_reference` implements the LAZY definition of pyoptim.SGD for sparse grads
-(Note [Sparse SGD] in csrc/ops/sgd_cpu.cpp): duplicates summed left to right in position order
-in opmath, then the
-dense reference applied to the present rows only; rows absent from the grad are untouched. The
+(Note [Sparse SGD] in csrc/ops/sgd_cpu.cpp): duplicates summed in opmath in pyoptim's order
+(reference_sparse_adam.ordered_row_sum: position order, in blocks of 256), then the dense reference applied to the present rows only; rows absent from the grad are untouched. The
 buffer's first step uses buf = grad on the present rows (the buffer is zeros elsewhere). Plain
 SGD (no momentum, no weight decay) applies each duplicate row in turn, which for float32 /
 float64 is torch's own `param.add_(grad, alpha=-lr)`.
@@ -21,6 +20,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from tests.reference_sparse_adam import ordered_row_sum
 
 
 def opmath(dtype: torch.dtype) -> torch.dtype:
@@ -88,16 +89,11 @@ def sgd_sparse_reference(p: Tensor, grad: Tensor, buf: Optional[Tensor], **hp) -
     P = p.reshape(-1, width)
     B = None if buf is None else buf.reshape(-1, width)
     allvals = grad._values().reshape(-1, width).to(t)
-    # duplicates summed left to right in position order (NOT via coalesce(), whose summation
-    # order differs once a row has many duplicates)
-    sums: dict[int, Tensor] = {}
-    for k in range(lin.numel()):
-        r = int(lin[k])
-        sums[r] = allvals[k].clone() if r not in sums else sums[r] + allvals[k]
-    if not sums:
+    # duplicates summed in pyoptim's (position, blocked) order, NOT via coalesce(), whose
+    # summation order differs once a row has many duplicates
+    rows, vals = ordered_row_sum(lin, allvals)
+    if rows.numel() == 0:
         return
-    rows = torch.tensor(sorted(sums))
-    vals = torch.stack([sums[int(r)] for r in rows])
     if plain:  # each duplicate applied in turn in opmath, rounded per row, as the kernel does
         for k in range(lin.numel()):
             r = int(lin[k])

@@ -11,9 +11,9 @@ decay of the touched rows, applied before the update.
 Two implementation-defined details of torch's CPU build are pinned here (and in pyoptim):
   * sqrt is the correctly rounded IEEE sqrt. torch's CPU sqrt goes through MKL VML, which is
     not correctly rounded (~15% of float32 results are 1 ULP off), and differs between builds.
-  * duplicates of a row are summed left to right in ascending position order (stable). torch's
-    coalesce() sums them in the order of an unstable sort of the indices, which is position
-    order for small inputs only.
+  * duplicates of a row are summed in ascending position order (stable), in blocks of 256 for
+    hot rows (ordered_row_sum). torch's coalesce() sums them left to right in the order of an
+    unstable sort of the indices, which is position order for small inputs only.
 `ieee_torch_mode()` applies both pins to torch itself, so torch.optim.SparseAdam's own code can
 be compared with pyoptim bit for bit.
 """
@@ -37,23 +37,45 @@ def sqrt_rn(x: Tensor) -> Tensor:
     return sqrt_rn(x.float()).to(x.dtype)
 
 
+# Note [Blocked duplicate sums] in csrc/include/pyoptim/math/duplicate_sum.h (kDuplicateBlock)
+DUPLICATE_BLOCK = 256
+
+
+def segment_sum(seg: Tensor, values: Tensor) -> Tensor:
+    """Row k of the result: the values of segment k summed left to right, each addition rounded
+    in values' dtype. `seg` is non-decreasing with every id in [0, seg[-1]] present."""
+    counts = torch.bincount(seg)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(seg.numel()) - starts[seg]
+    out = torch.empty((counts.numel(), *values.shape[1:]), dtype=values.dtype)
+    first = rank == 0
+    out[seg[first]] = values[first]
+    for k in range(1, int(counts.max()) if counts.numel() else 0):
+        sel = rank == k
+        sid = seg[sel]  # distinct segments: one addition each
+        out[sid] = out[sid] + values[sel]
+    return out
+
+
 def ordered_row_sum(rows: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-    """Unique rows (ascending) and, for each, its value rows summed left to right in position
-    order, each addition rounded in values' dtype."""
+    """Unique rows (ascending) and, for each, its value rows summed in pyoptim's order: the
+    duplicates in ascending position order, cut into blocks of DUPLICATE_BLOCK, each block summed
+    left to right, then the block sums added left to right (a row with at most DUPLICATE_BLOCK
+    duplicates: plainly left to right). Each addition rounded in values' dtype."""
+    if rows.numel() == 0:
+        return rows.new_zeros(0), values.new_zeros((0, *values.shape[1:]))
     order = torch.sort(rows, stable=True).indices
     srows, svals = rows[order], values[order]
     uniq, inverse, counts = torch.unique_consecutive(srows, return_inverse=True,
                                                      return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(srows.numel()) - starts[inverse]
-    out = torch.empty((uniq.numel(), *values.shape[1:]), dtype=values.dtype)
-    first = rank == 0
-    out[inverse[first]] = svals[first]
-    for k in range(1, int(counts.max()) if counts.numel() else 0):
-        sel = rank == k
-        gid = inverse[sel]  # distinct groups: one addition each
-        out[gid] = out[gid] + svals[sel]
-    return uniq, out
+    block = (torch.arange(srows.numel()) - starts[inverse]) // DUPLICATE_BLOCK
+    # (row, block) pairs are non-decreasing in sorted order: one segment per pair
+    _, pair, pair_counts = torch.unique_consecutive(inverse * srows.numel() + block,
+                                                    return_inverse=True, return_counts=True)
+    block_sums = segment_sum(pair, svals)
+    pair_row = inverse[torch.cumsum(pair_counts, 0) - pair_counts]
+    return uniq, segment_sum(pair_row, block_sums)
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -117,7 +139,7 @@ def sparse_adam_reference(
 
 class ieee_torch_mode(TorchDispatchMode):
     """Runs torch ops with the two pins above: IEEE sqrt, and coalesce() summing duplicates in
-    position order. Used to compare torch.optim.SparseAdam's own code with pyoptim bitwise."""
+    pyoptim's order (ordered_row_sum). Used to compare torch.optim.SparseAdam's own code with pyoptim bitwise."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -1,6 +1,6 @@
 """CUDA sgd_, sgd_sparse_ and sparse_adam_ against the CPU kernels, bitwise (same math headers,
-explicit fma on both sides, no implicit contraction; duplicate rows summed in the same position
-order on both, see Note [Sparse rows on the GPU] in csrc/cuda/sparse_rows.cuh), plus GradScaler
+explicit fma on both sides, no implicit contraction; duplicate rows summed in the same blocked
+position order on both, see Note [Sparse rows on the GPU] in csrc/cuda/sparse_rows.cuh), plus GradScaler
 inputs on the device, a CUDA graph, index errors and class-level checks against torch.optim.
 
 Self-contained (like tests/test_cuda.py): the CPU kernel is the reference, itself checked against
@@ -236,8 +236,9 @@ SPARSE_SGD_FLAGS = [
 @needs_gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("flags", SPARSE_SGD_FLAGS, ids=sgd_id)
+# (4, 300) with 2000 lookups: ~500 duplicates per row, summed in blocks (partials on the GPU)
 @pytest.mark.parametrize("shape,sparse_dim,nnz", [((50, 7), 1, 200), ((3000, 64), 1, 5000),
-                                                  ((6, 5, 33), 2, 80)])
+                                                  ((6, 5, 33), 2, 80), ((4, 300), 1, 2000)])
 def test_sgd_sparse_matches_cpu_bitwise(dtype, flags, shape, sparse_dim, nnz):
     p0 = torch.randn(shape, generator=torch.Generator().manual_seed(1),
                      dtype=torch.float64).to(dtype)
@@ -285,8 +286,9 @@ def run_sparse_adam(dev, params0, grads_fn, n_steps, **kw):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("maximize,weight_decay", [(False, 0.0), (True, 0.0), (False, 0.01)])
 def test_sparse_adam_matches_cpu_bitwise(dtype, maximize, weight_decay):
-    # widths 7/3 and 33/64 and 128 and 200 (1, 2, 4, 8 columns per lane in registers), 300 (the
-    # generic column loop); (3, 128) with 3000 lookups: ~1000 duplicates per row, partial batches
+    # widths 3 / 7 / 33 / 64 (part of a warp pass), 128 (one pass of 32 lanes x 4 columns), 200
+    # and 300 (a second, partial pass); (3, 128) with 3001 lookups: ~1000 duplicates per row,
+    # summed in blocks of 256 (block sums on the GPU, then added per row)
     specs = [((50, 7), 1, 200), ((3000, 64), 1, 5000), ((6, 5, 33), 2, 80), ((20, 3), 1, 0),
              ((100, 128), 1, 2000), ((30, 200), 1, 500), ((40, 300), 1, 150),
              ((3, 128), 1, 3001)]

@@ -125,7 +125,9 @@ def test_found_inf_skips_everything(isa, case):
         _ops.adam_(*op_args(state, grads), **case.hp,
                    grad_scale=torch.tensor(1.0), found_inf=torch.tensor(found))
         assert_bitwise_equal(state, before, f"found_inf={found}")
-    _ops.adam_(*op_args(state, grads), **case.hp, found_inf=torch.tensor(0.0))
+    # the case's grad_scale too (its grads are scaled; assert_stepped's oracle unscales them)
+    _ops.adam_(*op_args(state, grads), **case.hp,
+               **dict(case.extras(0), found_inf=torch.tensor(0.0)))
     single = dataclasses.replace(case, skips=(False,))
     assert_stepped(single, before, state)
 
@@ -211,8 +213,9 @@ def test_lr_tensor_equals_lr(isa, lr_dtype, case):
     before = snapshot(a)
     for k in range(case.steps):
         grads = case.grads(k)
-        _ops.adam_(*op_args(a, grads), **hp_tensor, lr_tensor=lr_t)
-        _ops.adam_(*op_args(b, grads), **hp_float)
+        # the case's grad_scale too: its grads are scaled, and assert_stepped's oracle unscales
+        _ops.adam_(*op_args(a, grads), **hp_tensor, **case.extras(k), lr_tensor=lr_t)
+        _ops.adam_(*op_args(b, grads), **hp_float, **case.extras(k))
     assert_bitwise_equal(a, b)
     assert_stepped(case, before, a, hp=hp_float)
 

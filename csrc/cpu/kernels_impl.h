@@ -7,6 +7,7 @@
 #include "pyoptim/cpu/isa.h"
 #include "pyoptim/math/adam.h"
 #include "pyoptim/math/sgd.h"
+#include "pyoptim/math/duplicate_sum.h"
 #include "pyoptim/math/sparse_adam.h"
 
 namespace pyoptim {

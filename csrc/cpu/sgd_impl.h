@@ -72,8 +72,8 @@ void sgd_range(const SgdPtrs& a, int64_t begin, int64_t end,
 //    order, to its param row: exactly torch's `param.add_(grad, alpha=-lr)` for a sparse grad,
 //    which adds each nnz row in turn (fmadd). The call owns rows[u_begin..u_end) and scans the
 //    whole index list for them, so the value rows stream in order.
-//  * otherwise (lazy momentum / weight decay): the duplicates are summed left to right in
-//    opmath into `scratch`, then the row is updated once by the same math as the dense kernel.
+//  * otherwise (lazy momentum / weight decay): the duplicates are summed in opmath into
+//    `scratch`, in the order of Note [Blocked duplicate sums] (math/duplicate_sum.h), then the row is updated once by the same math as the dense kernel.
 // Rows are scattered over the table (and their value rows over the gradient), so the hardware
 // prefetcher cannot guess the next one: ask for row u + kSparseAhead while updating row u.
 constexpr int64_t kSparseAhead = 4;
@@ -134,7 +134,8 @@ struct SgdSparse {
       if (u + kSparseAhead < u_end) prefetch_rows<kM>(a, u + kSparseAhead, param, values, buf);
       S* prow = param + a.rows[u] * w;
       S* brow = kM ? buf + a.rows[u] * w : nullptr;
-      sum_duplicate_rows<S>(values, w, a.order, a.offsets[u], a.offsets[u + 1], scratch);
+      sum_duplicate_rows<S>(values, w, a.order, a.offsets[u], a.offsets[u + 1], scratch,
+                            scratch + w);
       sgd_span<S, opmath_t<S>, kM, kN, kF, kMax, kS>(prow, scratch, brow, 0, w, c);
     }
   }

@@ -2,7 +2,7 @@
 // pyoptim::cpu::<isa>, after cpu/sparse_rows_impl.h.
 //
 // For each unique row u in [u_begin, u_end): the row's gradient is its single value row read
-// directly, or its duplicates summed in position order into `scratch` (sum_duplicate_rows);
+// directly, or its duplicates summed in position order into `scratch` (sum_duplicate_rows, blocked);
 // then param, exp_avg and exp_avg_sq of the row are each read once and written once, a vector
 // body and a scalar tail both calling math::sparse_adam_step. Rows are independent and each is
 // computed the same way whatever the thread split, so results never depend on it.
@@ -73,7 +73,7 @@ void sparse_adam_loop(const SparseAdamPtrs& a, int64_t u_begin, int64_t u_end,
       sparse_adam_row<S, kMaximize, kWeightDecay>(p_row, m_row, v_row,
                                                   values + a.order[k0] * width, width, c);
     } else {
-      sum_duplicate_rows<S>(values, width, a.order, k0, k1, scratch);
+      sum_duplicate_rows<S>(values, width, a.order, k0, k1, scratch, scratch + width);
       sparse_adam_row<S, kMaximize, kWeightDecay>(p_row, m_row, v_row,
                                                   static_cast<const opmath_t<S>*>(scratch),
                                                   width, c);

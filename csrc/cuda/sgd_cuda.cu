@@ -255,41 +255,60 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
 // ---- sparse ----------------------------------------------------------------------------------
 constexpr int kWarpsPerBlock = 4;
 
-// One warp per unique row u; lanes stride over the row's width. kSeq (plain SGD): each value
-// row is applied in turn, in position order, rounded to S after each (as the CPU applies and
-// stores them); else the duplicates are summed left to right in opmath and the row is updated
-// once. See Note [Sparse SGD] in ops/sgd_cpu.cpp.
+// One warp per unique row u; each lane keeps kCols columns of the row (cuda/sparse_rows.cuh).
+// kSeq (plain SGD): each value row is applied in turn, in position order, rounded to S after
+// each (as the CPU applies and stores them); else the row's gradient is its duplicates summed
+// in the order of Note [Blocked duplicate sums] and the row is updated once. See Note [Sparse
+// SGD] in ops/sgd_cpu.cpp.
 template <class S, bool kM, bool kN, bool kF, bool kMax, bool kS, bool kSeq>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    sgd_sparse_kernel(S* __restrict__ param, S* __restrict__ buf, const S* __restrict__ values,
-                      const int64_t* __restrict__ rows, const int64_t* __restrict__ offsets,
-                      const int64_t* __restrict__ order, int64_t num_unique, int64_t width,
-                      const math::SgdCoeffs<mta::opmath_t<S>> c) {
+    sgd_sparse_kernel(S* __restrict__ param, S* __restrict__ buf,
+                      const int64_t* __restrict__ rows, const DuplicateSums<S> d,
+                      int64_t num_unique, const math::SgdCoeffs<mta::opmath_t<S>> c) {
   using T = mta::opmath_t<S>;
   const int64_t u = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   if (u >= num_unique) return;
   const int lane = threadIdx.x % 32;
-  const int64_t r = rows[u], k0 = offsets[u], k1 = offsets[u + 1];
-  S* prow = param + r * width;
-  S* brow = kM ? buf + r * width : nullptr;
-  for (int64_t j = lane; j < width; j += 32) {
+  const int64_t width = d.width;
+  S* prow = param + rows[u] * width;
+  S* brow = kM ? buf + rows[u] * width : nullptr;
+  for (int64_t jb = 0; jb < width; jb += 32 * kCols) {
     if (kSeq) {
-      S p = prow[j];
-      for (int64_t k = k0; k < k1; ++k) {
-        T pv = mta::load_op<S>(p), dummy = pv;
-        math::sgd_step<false, false, false, kMax, kS>(pv, mta::load_op<S>(values[order[k] * width + j]),
-                                                      dummy, c);
-        p = mta::store_op<S>(pv);
+      S p[kCols];
+#pragma unroll
+      for (int t = 0; t < kCols; ++t) {
+        const int64_t j = jb + lane + 32 * t;
+        p[t] = j < width ? prow[j] : S(0);
       }
-      prow[j] = p;
+      for (int64_t k = d.offsets[u]; k < d.offsets[u + 1]; ++k) {
+        const S* vrow = d.values + d.order[k] * width;
+#pragma unroll
+        for (int t = 0; t < kCols; ++t) {
+          const int64_t j = jb + lane + 32 * t;
+          if (j >= width) continue;
+          T pv = mta::load_op<S>(p[t]), dummy = pv;
+          math::sgd_step<false, false, false, kMax, kS>(pv, mta::load_op<S>(vrow[j]), dummy, c);
+          p[t] = mta::store_op<S>(pv);
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < kCols; ++t) {
+        const int64_t j = jb + lane + 32 * t;
+        if (j < width) prow[j] = p[t];
+      }
     } else {
-      T g = mta::load_op<S>(values[order[k0] * width + j]);
-      for (int64_t k = k0 + 1; k < k1; ++k) g = g + mta::load_op<S>(values[order[k] * width + j]);
-      T p = mta::load_op<S>(prow[j]);
-      T b = (kM && !kF) ? mta::load_op<S>(brow[j]) : p;
-      math::sgd_step<kM, kN, kF, kMax, kS>(p, g, b, c);
-      prow[j] = mta::store_op<S>(p);
-      if (kM) brow[j] = mta::store_op<S>(b);
+      T g[kCols];
+      row_gradient(d, u, jb + lane, g);
+#pragma unroll
+      for (int t = 0; t < kCols; ++t) {
+        const int64_t j = jb + lane + 32 * t;
+        if (j >= width) continue;
+        T p = mta::load_op<S>(prow[j]);
+        T b = (kM && !kF) ? mta::load_op<S>(brow[j]) : p;
+        math::sgd_step<kM, kN, kF, kMax, kS>(p, g[t], b, c);
+        prow[j] = mta::store_op<S>(p);
+        if (kM) brow[j] = mta::store_op<S>(b);
+      }
     }
   }
 }
@@ -301,13 +320,13 @@ void launch_sparse(const at::Tensor& param, const at::Tensor& buf, const at::Ten
                    bool first, bool maximize, bool scale) {
   const bool seq = !momentum && !c.has_weight_decay;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor partials;  // block sums of hot rows: alive until the update is queued
+  const DuplicateSums<S> d =
+      duplicate_sums<S>(values, g, width, partials, /*sum_blocks=*/!seq);  // plain SGD sums none
   const int64_t blocks = (g.num_unique + kWarpsPerBlock - 1) / kWarpsPerBlock;
   S* pp = static_cast<S*>(param.data_ptr());
   S* bp = momentum ? static_cast<S*>(buf.data_ptr()) : nullptr;
-  const S* vp = static_cast<const S*>(values.data_ptr());
   const int64_t* rp = g.rows.data_ptr<int64_t>();
-  const int64_t* op = g.offsets.data_ptr<int64_t>();
-  const int64_t* orp = g.order.data_ptr<int64_t>();
   sgd_flags_switch(momentum, nesterov, first, maximize, scale, [&](auto m, auto n, auto f,
                                                                    auto mx, auto s) {
     constexpr bool kM = decltype(m)::value;
@@ -318,7 +337,7 @@ void launch_sparse(const at::Tensor& param, const at::Tensor& buf, const at::Ten
         sgd_sparse_kernel<S, kM, decltype(n)::value, decltype(f)::value, decltype(mx)::value,
                           decltype(s)::value, kSeq>
             <<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
-                pp, bp, vp, rp, op, orp, g.num_unique, width, c);
+                pp, bp, rp, d, g.num_unique, c);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     });

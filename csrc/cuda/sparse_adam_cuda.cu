@@ -1,7 +1,8 @@
 // pyoptim::sparse_adam_ on CUDA: the CPU op's validation and semantics (ops/sparse_adam_cpu.cpp),
 // the same math (math/sparse_adam.h) and the same duplicate-summation order (Note [Sparse rows
 // on the GPU] in cuda/sparse_rows.cuh), so float32 / float64 results equal the CPU's bitwise.
-// Per param: group its rows (one sync for the index check), then one warp per unique row.
+// Per param: group its rows (one sync for the index check), sum the blocks of hot rows, then
+// one warp per unique row.
 // Coefficients are computed on the host in double, as on the CPU (a GPU lr_tensor is read on
 // the host: this op syncs anyway).
 #include <ATen/ATen.h>
@@ -29,26 +30,29 @@ constexpr int kWarpsPerBlock = 4;
 template <class S, bool kMaximize, bool kWeightDecay>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     sparse_adam_kernel(S* __restrict__ param, S* __restrict__ exp_avg, S* __restrict__ exp_avg_sq,
-                       const S* __restrict__ values, const int64_t* __restrict__ rows,
-                       const int64_t* __restrict__ offsets, const int64_t* __restrict__ order,
-                       int64_t num_unique, int64_t width,
-                       const math::SparseAdamCoeffs<mta::opmath_t<S>> c) {
+                       const int64_t* __restrict__ rows, const DuplicateSums<S> d,
+                       int64_t num_unique, const math::SparseAdamCoeffs<mta::opmath_t<S>> c) {
   using T = mta::opmath_t<S>;
   const int64_t u = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   if (u >= num_unique) return;
   const int lane = threadIdx.x % 32;
-  const int64_t r = rows[u], k0 = offsets[u], k1 = offsets[u + 1];
-  const int64_t base = r * width;
-  for (int64_t j = lane; j < width; j += 32) {
-    T g = mta::load_op<S>(values[order[k0] * width + j]);
-    for (int64_t k = k0 + 1; k < k1; ++k) g = g + mta::load_op<S>(values[order[k] * width + j]);
-    T p = mta::load_op<S>(param[base + j]);
-    T m = mta::load_op<S>(exp_avg[base + j]);
-    T v = mta::load_op<S>(exp_avg_sq[base + j]);
-    math::sparse_adam_step<kMaximize, kWeightDecay>(p, g, m, v, c);
-    param[base + j] = mta::store_op<S>(p);
-    exp_avg[base + j] = mta::store_op<S>(m);
-    exp_avg_sq[base + j] = mta::store_op<S>(v);
+  const int64_t width = d.width;
+  const int64_t base = rows[u] * width;
+  for (int64_t jb = 0; jb < width; jb += 32 * kCols) {
+    T g[kCols];
+    row_gradient(d, u, jb + lane, g);
+#pragma unroll
+    for (int t = 0; t < kCols; ++t) {
+      const int64_t j = jb + lane + 32 * t;
+      if (j >= width) continue;
+      T p = mta::load_op<S>(param[base + j]);
+      T m = mta::load_op<S>(exp_avg[base + j]);
+      T v = mta::load_op<S>(exp_avg_sq[base + j]);
+      math::sparse_adam_step<kMaximize, kWeightDecay>(p, g[t], m, v, c);
+      param[base + j] = mta::store_op<S>(p);
+      exp_avg[base + j] = mta::store_op<S>(m);
+      exp_avg_sq[base + j] = mta::store_op<S>(v);
+    }
   }
 }
 
@@ -57,15 +61,15 @@ void launch(const at::Tensor& p, const at::Tensor& m, const at::Tensor& v, const
             const DeviceRowGroups& g, int64_t width,
             const math::SparseAdamCoeffs<mta::opmath_t<S>>& c, bool maximize, bool decay) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor partials;  // block sums of hot rows: alive until the update is queued
+  const DuplicateSums<S> d = duplicate_sums<S>(values, g, width, partials);
   const int64_t blocks = (g.num_unique + kWarpsPerBlock - 1) / kWarpsPerBlock;
   PYOPTIM_BOOL_SWITCH(maximize, kMaximize, [&] {
     PYOPTIM_BOOL_SWITCH(decay, kWeightDecay, [&] {
       sparse_adam_kernel<S, kMaximize, kWeightDecay>
           <<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
               static_cast<S*>(p.data_ptr()), static_cast<S*>(m.data_ptr()),
-              static_cast<S*>(v.data_ptr()), static_cast<const S*>(values.data_ptr()),
-              g.rows.data_ptr<int64_t>(), g.offsets.data_ptr<int64_t>(),
-              g.order.data_ptr<int64_t>(), g.num_unique, width, c);
+              static_cast<S*>(v.data_ptr()), g.rows.data_ptr<int64_t>(), d, g.num_unique, c);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

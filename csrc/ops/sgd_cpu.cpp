@@ -4,7 +4,8 @@
 // A sparse COO gradient (nn.Embedding / nn.EmbeddingBag with sparse=True: uncoalesced, any
 // order, duplicate rows) updates the param LAZILY: only the rows r present in this step's grad
 // are touched. For each such row, with g_r the sum of its duplicate value rows (summed left to
-// right in position order, see Note [Sparse rows: one deterministic pass]):
+// right in position order, in blocks: Notes [Sparse rows: one deterministic pass] and
+// [Blocked duplicate sums]):
 //     g_r = -g_r                                  if maximize
 //     g_r = g_r + weight_decay * p_r              (weight decay only on present rows)
 //     b_r = g_r                                   on the buffer's first step (is_first_step)
@@ -209,11 +210,11 @@ void sgd_sparse_cpu(const at::Tensor& param, const at::Tensor& grad,
   // ---- 3. update: parallel over unique rows, split by cost ----------------------------------
   ops::parallel_over_rows(groups, width, [&](int64_t ub, int64_t ue) {
     if (dtype == at::kDouble) {
-      std::vector<double> scratch(width);
+      std::vector<double> scratch(2 * width);  // see SgdKernels
       k.sparse_f64(ptrs, ub, ue, cd, flags, scratch.data());
       return;
     }
-    std::vector<float> scratch(width);
+    std::vector<float> scratch(2 * width);
     switch (dtype) {
       case at::kFloat: k.sparse_f32(ptrs, ub, ue, cf, flags, scratch.data()); break;
       case at::kBFloat16: k.sparse_bf16(ptrs, ub, ue, cf, flags, scratch.data()); break;

@@ -183,11 +183,11 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
     const int64_t width = it.ptrs.width;
     ops::parallel_over_rows(it.groups, width, [&](int64_t ub, int64_t ue) {
       if (it.dtype == at::kDouble) {
-        std::vector<double> scratch(width);
+        std::vector<double> scratch(2 * width);  // see SparseAdamKernels
         k.f64(it.ptrs, ub, ue, it.cd, flags, scratch.data());
         return;
       }
-      std::vector<float> scratch(width);
+      std::vector<float> scratch(2 * width);
       switch (it.dtype) {
         case at::kFloat: k.f32(it.ptrs, ub, ue, it.cf, flags, scratch.data()); break;
         case at::kBFloat16: k.bf16(it.ptrs, ub, ue, it.cf, flags, scratch.data()); break;

@@ -6,7 +6,8 @@
 // group_rows() validates every index (IndexError before anything is written) and groups the
 // positions by row with a stable LSD radix sort: unique rows come out ascending, and the
 // duplicates of a row keep ascending position order. Kernels then sum each row's duplicates
-// left to right in that order (cpu/sparse_rows_impl.h) and update each touched row once.
+// in that order, in blocks (Note [Blocked duplicate sums] in math/duplicate_sum.h;
+// cpu/sparse_rows_impl.h) and update each touched row once.
 // Nothing depends on the thread count, so results are bitwise reproducible. (torch's CPU
 // coalesce() sums duplicates in the order of an *unstable* sort of the indices: the same order
 // for small inputs, a different one, 1-2 ULP apart, for large ones.)

@@ -64,7 +64,7 @@ using SgdFn = void (*)(const SgdPtrs&, int64_t begin, int64_t end, const math::S
                        SgdFlags);
 // Sparse (COO rows): `param` / `momentum_buffer` are [num_rows, width] row-major, `values` is
 // [nnz, width]; rows[u], order[offsets[u] .. offsets[u+1]) come from ops::group_rows. The kernel
-// updates unique rows [u_begin, u_end); `scratch` holds `width` opmath elements (per thread).
+// updates unique rows [u_begin, u_end); `scratch` holds 2 * `width` opmath elements (per thread).
 struct SgdSparsePtrs {
   void* param;
   const void* values;
@@ -111,8 +111,8 @@ struct SparseAdamFlags {
   bool maximize;
   bool weight_decay;
 };
-// Updates unique rows [u_begin, u_end). `scratch` holds `width` elements of the math type
-// (the sum of a row's duplicates); one per thread.
+// Updates unique rows [u_begin, u_end). `scratch` holds 2 * `width` elements of the math
+// type (the sum of a row's duplicates, and one block of it); one per thread.
 template <class T>
 using SparseAdamFn = void (*)(const SparseAdamPtrs&, int64_t u_begin, int64_t u_end,
                               const math::SparseAdamCoeffs<T>&, SparseAdamFlags, T* scratch);

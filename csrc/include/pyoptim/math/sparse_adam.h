@@ -1,8 +1,9 @@
 // THE SparseAdam update: torch.optim.SparseAdam's own expression tree, which is not Adam's.
 // Mirrors torch/optim/_functional.py::sparse_adam (torch 2.14) element by element, for one
 // element (V = float / double) or one vector of elements (V = a SIMD type) of a touched row.
-// `g` is the row's coalesced gradient value: the duplicates of the row summed in position order
-// (cpu/sparse_rows_impl.h), which is what grad.coalesce() computes.
+// `g` is the row's coalesced gradient value: the duplicates of the row summed in position order,
+// in blocks of 256 (Note [Blocked duplicate sums] in math/duplicate_sum.h), which is what
+// grad.coalesce() computes for rows with up to 256 duplicates.
 //
 // torch computes, for the coalesced values (all ops in the param dtype):
 //   old_m   = exp_avg.sparse_mask(grad)._values()
