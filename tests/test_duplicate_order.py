@@ -75,31 +75,26 @@ def _levels(device):
             for level in _ops.available_cpu_capabilities()]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_sparse_adam_sums_in_blocks(device, dtype):
-    for level, forced in _levels(device):
-        grad, expect = hot_row_grad(dtype, device)
-        p = torch.zeros(5, WIDTH, dtype=dtype, device=device)
-        m, v = torch.zeros_like(p), torch.zeros_like(p)
-        with forced:
-            _ops.sparse_adam_([p], [grad], [m], [v], [1], lr=1e-3, beta1=0.0, beta2=0.999,
-                              eps=1e-8, weight_decay=0.0, maximize=False)
-        # beta1 = 0: exp_avg = (g - 0) * 1 + 0 = g, the summed gradient itself
-        assert torch.all(m[3] == expect), (level, m[3, :3].tolist())
-        assert not m[1].any() and not m[2].any()
+def summed_by_op(op: str, grad: torch.Tensor, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """The op's state after one step from zeros, which holds the summed gradient itself."""
+    p = torch.zeros(5, WIDTH, dtype=dtype, device=device)
+    state = torch.zeros_like(p)
+    if op == "sparse_adam_":  # beta1 = 0: exp_avg = (g - 0) * 1 + 0 = g
+        _ops.sparse_adam_([p], [grad], [state], [torch.zeros_like(p)], [1], lr=1e-3, beta1=0.0,
+                          beta2=0.999, eps=1e-8, weight_decay=0.0, maximize=False)
+    else:  # lazy momentum, first step: buf = g
+        _ops.sgd_sparse_(p, grad, state, lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0,
+                         nesterov=False, maximize=False, is_first_step=True)
+    return state
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_lazy_sparse_sgd_sums_in_blocks(device, dtype):
+@pytest.mark.parametrize("op", ["sparse_adam_", "sgd_sparse_"])
+def test_ops_sum_in_blocks(op, device, dtype):
     for level, forced in _levels(device):
         grad, expect = hot_row_grad(dtype, device)
-        p = torch.zeros(5, WIDTH, dtype=dtype, device=device)
-        buf = torch.zeros_like(p)
         with forced:
-            _ops.sgd_sparse_(p, grad, buf, lr=0.1, momentum=0.9, dampening=0.0,
-                             weight_decay=0.0, nesterov=False, maximize=False,
-                             is_first_step=True)
-        assert torch.all(buf[3] == expect), (level, buf[3, :3].tolist())  # first step: buf = g
-        assert not buf[1].any() and not buf[2].any()
+            g = summed_by_op(op, grad, dtype, device)
+        assert torch.all(g[3] == expect), (level, g[3, :3].tolist())
+        assert not g[1].any() and not g[2].any()  # rows absent from the grad

@@ -15,8 +15,8 @@
 
 #include "cuda/multi_tensor_apply.cuh"
 #include "cuda/sparse_rows.cuh"
-#include "ops/adam_checks.h"
 #include "ops/checks.h"
+#include "ops/sparse_adam_args.h"
 #include "ops/sparse_rows.h"
 #include "pyoptim/math/sparse_adam.h"
 
@@ -86,51 +86,19 @@ void sparse_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
                       double beta2, double eps, double weight_decay, bool maximize,
                       const std::optional<at::Tensor>& lr_tensor) {
   // ---- 1. validate and group everything; nothing is written in this part ------------------
-  std::optional<at::Tensor> lr_host;
-  if (lr_tensor.has_value()) {
-    TORCH_CHECK_VALUE(lr_tensor->numel() == 1 && at::isFloatingType(lr_tensor->scalar_type()),
-                      kOp, ": lr_tensor must be a one-element floating-point tensor");
-    lr_host = lr_tensor->cpu();
-    lr = ops::scalar_value(*lr_host, "lr");
-  }
-  TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning rate: ", lr);
-  ops::check_adam_hyper(eps, beta1, beta2, weight_decay);
-
+  const std::optional<at::Tensor> lr_host = ops::read_sparse_adam_lr(kOp, lr_tensor, lr);
   const size_t n = params.size();
-  ops::check_list_size(kOp, grads, n, "grads");
-  ops::check_list_size(kOp, exp_avgs, n, "exp_avgs");
-  ops::check_list_size(kOp, exp_avg_sqs, n, "exp_avg_sqs");
-  TORCH_CHECK_VALUE(steps.size() == n, kOp, ": expected ", n, " steps (one per param), got ",
-                    steps.size());
+  ops::check_sparse_adam_args(kOp, lr, beta1, beta2, eps, weight_decay, n, grads, exp_avgs,
+                              exp_avg_sqs, steps);
   ops::WriteSet writes;
   std::vector<Item> items(n);
   for (size_t i = 0; i < n; ++i) {
+    const ops::CooGrad coo = ops::check_sparse_adam_tensor(
+        kOp, i, c10::DeviceType::CUDA, params, grads, exp_avgs, exp_avg_sqs, steps, writes);
     const at::Tensor& p = params[i];
-    const at::Tensor& g = grads[i];
-    TORCH_CHECK_VALUE(p.defined(), kOp, ": params[", i, "] is undefined");
-    TORCH_CHECK(p.layout() == at::kStrided, kOp, ": params[", i,
-                "] is sparse; SparseAdam requires dense parameter tensors");
-    TORCH_CHECK(p.is_cuda(), kOp, ": params[", i, "] is on ", p.device(),
-                "; this is the CUDA kernel");
-    TORCH_CHECK_TYPE(!p.is_complex(), kOp, ": params[", i,
-                     "] is complex; SparseAdam does not support complex parameters");
-    TORCH_CHECK_TYPE(ops::is_supported_float(p.scalar_type()), kOp, ": params[", i,
-                     "] has dtype ", p.scalar_type(),
-                     "; supported: float32, float64, bfloat16, float16");
-    TORCH_CHECK_VALUE(g.defined(), kOp, ": grads[", i, "] is undefined");
-    TORCH_CHECK(g.layout() == at::kSparse,
-                "SparseAdam does not support dense gradients, please consider Adam instead");
-    const ops::CooGrad coo = ops::check_coo_grad(kOp, p, g, i);
-    ops::check_like_param(kOp, p, exp_avgs[i], "exp_avgs", i);
-    ops::check_like_param(kOp, p, exp_avg_sqs[i], "exp_avg_sqs", i);
-    TORCH_CHECK_VALUE(steps[i] >= 1, kOp, ": steps[", i, "] is ", steps[i],
-                      "; expected the step count after this step's increment (>= 1)");
     const int64_t nnz = coo.nnz, width = coo.width;
     const at::Tensor& indices = coo.indices;
     const at::Tensor& values = coo.values;
-    writes.add(p, "params", i);
-    writes.add(exp_avgs[i], "exp_avgs", i);
-    writes.add(exp_avg_sqs[i], "exp_avg_sqs", i);
     Item& it = items[i];
     it.width = width;
     if (nnz == 0 || width == 0) continue;  // torch skips an empty grad (the step still counts)
@@ -146,18 +114,7 @@ void sparse_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
     Item& it = items[i];
     if (it.groups.num_unique == 0) continue;
     const c10::cuda::CUDAGuard guard(params[i].device());
-    const double step = static_cast<double>(steps[i]);
-    double step_size;
-    if (lr_host.has_value()) {
-      // as the CPU op: step_size computed in the lr tensor's dtype (see sparse_adam_cpu.cpp)
-      const math::SparseAdamBiasCorrections b =
-          math::sparse_adam_bias_corrections(beta1, beta2, step);
-      step_size = lr_host->reshape({}).mul(b.sqrt_bias_correction2)
-                      .div(b.bias_correction1)
-                      .item<double>();
-    } else {
-      step_size = math::sparse_adam_step_size(lr, beta1, beta2, step);
-    }
+    const double step_size = ops::sparse_adam_step_size(lr, lr_host, beta1, beta2, steps[i]);
     const at::Tensor p = params[i].is_contiguous() ? params[i] : params[i].contiguous();
     const at::Tensor m = exp_avgs[i].is_contiguous() ? exp_avgs[i] : exp_avgs[i].contiguous();
     const at::Tensor v =
