@@ -8,7 +8,8 @@ the end, which is what the kernel does (widen on load, round on store).
 
 Sparse: `sgd_sparse_reference` implements the LAZY definition of pyoptim.SGD for sparse grads
 (Note [Sparse SGD] in csrc/ops/sgd_cpu.cpp): duplicates summed in opmath in pyoptim's order
-(reference_sparse_adam.ordered_row_sum: position order, in blocks of 256), then the dense reference applied to the present rows only; rows absent from the grad are untouched. The
+(reference_sparse_adam.ordered_row_sum: position order, in blocks of 256), then the dense
+reference applied to the present rows only; rows absent from the grad are untouched. The
 buffer's first step uses buf = grad on the present rows (the buffer is zeros elsewhere). Plain
 SGD (no momentum, no weight decay) applies each duplicate row in turn, which for float32 /
 float64 is torch's own `param.add_(grad, alpha=-lr)`.

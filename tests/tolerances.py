@@ -105,8 +105,9 @@ def parity_tolerance(family: str, dtype: torch.dtype) -> ParityTol:
 # Why this is not optimistic: the kernel performs the same IEEE operations, in the same order and
 # in the same opmath, as the reference (widen on load; `x.add(y, alpha=a)` = one fused multiply-add
 # on both sides, since ATen's AVX2/AVX-512 add kernel is vec::fmadd and the kernel calls vfma;
-# `buf.mul(m)` a plain multiply on both; round once on store). Duplicate sparse rows are summed left
-# to right in position order on both sides (coalesce's order). Measured: equal on every ISA level.
+# `buf.mul(m)` a plain multiply on both; round once on store). Duplicate sparse rows are summed in
+# position order, in blocks of 256, on both sides (Note [Blocked duplicate sums]; coalesce's order
+# for up to 256 duplicates). Measured: equal on every ISA level.
 #
 # That premise needs ATen's own CPU kernels to fuse `add(alpha)`; `ATEN_FUSES_ADD_ALPHA` probes it.
 # Where they do not (ATEN_CPU_CAPABILITY=default), each of the <= 4 fused ops of a step may differ
