@@ -139,7 +139,8 @@ def sparse_adam_reference(
 
 class ieee_torch_mode(TorchDispatchMode):
     """Runs torch ops with the two pins above: IEEE sqrt, and coalesce() summing duplicates in
-    pyoptim's order (ordered_row_sum). Used to compare torch.optim.SparseAdam's own code with pyoptim bitwise."""
+    pyoptim's order (ordered_row_sum). Used to compare torch.optim.SparseAdam's own code with
+    pyoptim bitwise."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -1,7 +1,8 @@
 """CUDA sgd_, sgd_sparse_ and sparse_adam_ against the CPU kernels, bitwise (same math headers,
 explicit fma on both sides, no implicit contraction; duplicate rows summed in the same blocked
 position order on both, see Note [Sparse rows on the GPU] in csrc/cuda/sparse_rows.cuh), plus
-GradScaler inputs on the device, a CUDA graph, index errors and class-level checks against torch.optim.
+GradScaler inputs on the device, a CUDA graph, index errors and class-level checks against
+torch.optim.
 
 Self-contained (like tests/test_cuda.py): the CPU kernel is the reference, itself checked against
 torch.optim elsewhere. Every test but the first needs a GPU and skips with a reason without one.

@@ -75,9 +75,10 @@ def _levels(device):
             for level in _ops.available_cpu_capabilities()]
 
 
-def summed_by_op(op: str, grad: torch.Tensor, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """The op's state after one step from zeros, which holds the summed gradient itself."""
-    p = torch.zeros(5, WIDTH, dtype=dtype, device=device)
+def summed_by_op(op: str, grad: torch.Tensor) -> torch.Tensor:
+    """The op's state after one step from zeros: it holds the summed gradient itself (rounded to
+    the param dtype), zeros on rows absent from the grad."""
+    p = torch.zeros(grad.shape, dtype=grad.dtype, device=grad.device)
     state = torch.zeros_like(p)
     if op == "sparse_adam_":  # beta1 = 0: exp_avg = (g - 0) * 1 + 0 = g
         _ops.sparse_adam_([p], [grad], [state], [torch.zeros_like(p)], [1], lr=1e-3, beta1=0.0,
@@ -88,13 +89,47 @@ def summed_by_op(op: str, grad: torch.Tensor, dtype: torch.dtype, device: str) -
     return state
 
 
+OPS = ["sparse_adam_", "sgd_sparse_"]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("op", ["sparse_adam_", "sgd_sparse_"])
+@pytest.mark.parametrize("op", OPS)
 def test_ops_sum_in_blocks(op, device, dtype):
     for level, forced in _levels(device):
         grad, expect = hot_row_grad(dtype, device)
         with forced:
-            g = summed_by_op(op, grad, dtype, device)
+            g = summed_by_op(op, grad)
         assert torch.all(g[3] == expect), (level, g[3, :3].tolist())
         assert not g[1].any() and not g[2].any()  # rows absent from the grad
+
+
+# rows 0..6 get these many duplicates: one block, a full block, one past it, two full blocks, ...
+BOUNDARY_COUNTS = [1, 255, 256, 257, 512, 513, 700]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=str)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("width", [5, 300])  # 300: a vector body and a tail; 3 warp passes
+def test_block_boundaries_match_reference(op, device, dtype, width):
+    """Random values, duplicate counts around the block size: the op's summed rows equal
+    ordered_row_sum's bitwise (summed in the op's math type, rounded once to the dtype)."""
+    gen = torch.Generator().manual_seed(width)
+    rows = torch.cat([torch.full((n,), r) for r, n in enumerate(BOUNDARY_COUNTS)])
+    perm = torch.randperm(rows.numel(), generator=gen)
+    rows = rows[perm]
+    n_rows = len(BOUNDARY_COUNTS) + 1  # the last row is never touched
+    vals = torch.randn(rows.numel(), width, generator=gen, dtype=torch.float64).to(dtype)
+    grad = torch.sparse_coo_tensor(rows[None], vals, (n_rows, width)).to(device)
+    math_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    uniq, sums = ordered_row_sum(rows, vals.to(math_dtype))
+    assert uniq.tolist() == list(range(len(BOUNDARY_COUNTS)))
+    expect = sums.to(dtype)
+    for level, forced in _levels(device):
+        with forced:
+            g = summed_by_op(op, grad).cpu()
+        bad = (g[:-1] != expect).sum().item()
+        assert bad == 0, (level, f"{bad} elements differ")
+        assert not g[-1].any()

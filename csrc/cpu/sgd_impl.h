@@ -73,7 +73,8 @@ void sgd_range(const SgdPtrs& a, int64_t begin, int64_t end,
 //    which adds each nnz row in turn (fmadd). The call owns rows[u_begin..u_end) and scans the
 //    whole index list for them, so the value rows stream in order.
 //  * otherwise (lazy momentum / weight decay): the duplicates are summed in opmath into
-//    `scratch`, in the order of Note [Blocked duplicate sums] (math/duplicate_sum.h), then the row is updated once by the same math as the dense kernel.
+//    `scratch`, in the order of Note [Blocked duplicate sums] (math/duplicate_sum.h), then
+//    the row is updated once by the same math as the dense kernel.
 // Rows are scattered over the table (and their value rows over the gradient), so the hardware
 // prefetcher cannot guess the next one: ask for row u + kSparseAhead while updating row u.
 constexpr int64_t kSparseAhead = 4;

@@ -2,7 +2,7 @@
 // pyoptim::cpu::<isa>, after cpu/sparse_rows_impl.h.
 //
 // For each unique row u in [u_begin, u_end): the row's gradient is its single value row read
-// directly, or its duplicates summed in position order into `scratch` (sum_duplicate_rows, blocked);
+// directly, or its duplicates summed into `scratch` (sum_duplicate_rows, blocked position order);
 // then param, exp_avg and exp_avg_sq of the row are each read once and written once, a vector
 // body and a scalar tail both calling math::sparse_adam_step. Rows are independent and each is
 // computed the same way whatever the thread split, so results never depend on it.

@@ -280,7 +280,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
         const int64_t j = jb + lane + 32 * t;
         p[t] = j < width ? prow[j] : S(0);
       }
-      for (int64_t k = d.offsets[u]; k < d.offsets[u + 1]; ++k) {
+      const int64_t k1 = d.offsets[u + 1];
+      for (int64_t k = d.offsets[u]; k < k1; ++k) {
         const S* vrow = d.values + d.order[k] * width;
 #pragma unroll
         for (int t = 0; t < kCols; ++t) {
@@ -383,7 +384,8 @@ void sgd_sparse_cuda(const at::Tensor& param, const at::Tensor& grad,
   const at::IntArrayRef sizes = param.sizes();
   const int64_t num_rows = coo.num_rows, width = coo.width;
   const DeviceRowGroups groups =
-      group_rows_cuda(grad._indices(), sizes, kSparseOp, "the sparse gradient");
+      group_rows_cuda(grad._indices(), sizes, kSparseOp, "the sparse gradient",
+                      /*block_sums=*/has_momentum || weight_decay != 0.0);  // else plain SGD
 
   double scale = 1.0;
   if (grad_scale.has_value()) scale = ops::scalar_value(*grad_scale, "grad_scale");

@@ -103,7 +103,8 @@ void sparse_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
     it.width = width;
     if (nnz == 0 || width == 0) continue;  // torch skips an empty grad (the step still counts)
     const c10::cuda::CUDAGuard guard(p.device());
-    it.groups = group_rows_cuda(indices, p.sizes(), kOp, c10::str("grads[", i, "]").c_str());
+    it.groups = group_rows_cuda(indices, p.sizes(), kOp, c10::str("grads[", i, "]").c_str(),
+                                /*block_sums=*/true);
     it.values = values.contiguous();
   }
   writes.check(kOp);

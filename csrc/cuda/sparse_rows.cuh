@@ -37,6 +37,7 @@ struct DeviceRowGroups {
   at::Tensor order;    // [nnz] int64 positions into the values, grouped by row
   // [U + 1] int64: row u's block sums are partials[block_offsets[u] .. block_offsets[u+1]),
   // none for a row of one block; undefined when no row can have two (nnz <= kDuplicateBlock)
+  // or the caller sums nothing
   at::Tensor block_offsets;
   int64_t max_blocks = 0;  // >= block_offsets[U]: sizes `partials` without a sync
   int64_t num_unique = 0;
@@ -45,17 +46,20 @@ struct DeviceRowGroups {
 constexpr int kCols = 4;  // columns per lane per pass over a row
 constexpr int kSumWarpsPerBlock = 4;
 
-// `static`: this header is included by several .cu files.
-static __global__ void count_blocks_kernel(const int64_t* __restrict__ offsets, int64_t num_unique,
-                                    int64_t* __restrict__ blocks) {
-  const int64_t u = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+// A template (like every kernel of this header) so each .cu file that includes it may
+// instantiate it without breaking the one-definition rule.
+template <class Index>
+__global__ void count_blocks_kernel(const Index* __restrict__ offsets, Index num_unique,
+                                    Index* __restrict__ blocks) {
+  const Index u = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (u < num_unique) blocks[u] = math::duplicate_blocks(offsets[u + 1] - offsets[u]);
 }
 
 // `indices`: the COO indices [sparse_dim, nnz] (on the GPU), `sizes` the param's shape. Throws
-// IndexError (nothing written) if any index is outside its dimension.
+// IndexError (nothing written) if any index is outside its dimension. `block_sums`: the caller
+// sums duplicates (duplicate_sums), so plan the blocks of hot rows too.
 inline DeviceRowGroups group_rows_cuda(const at::Tensor& indices, at::IntArrayRef sizes,
-                                       const char* op, const char* what) {
+                                       const char* op, const char* what, bool block_sums) {
   DeviceRowGroups g;
   const int64_t sd = indices.size(0), nnz = indices.size(1);
   if (nnz == 0) return g;
@@ -82,13 +86,13 @@ inline DeviceRowGroups group_rows_cuda(const at::Tensor& indices, at::IntArrayRe
   g.offsets = at::zeros({g.num_unique + 1}, idx.options());
   g.offsets.slice(0, 1).copy_(counts.cumsum(0));
   g.order = order.contiguous();
-  if (nnz > math::kDuplicateBlock) {
+  if (block_sums && nnz > math::kDuplicateBlock) {
     // a row of n > B duplicates has ceil(n / B) < 2n / B blocks, so all rows < 2 nnz / B
     g.max_blocks = 2 * nnz / math::kDuplicateBlock + 1;
     at::Tensor blocks = at::empty({g.num_unique}, idx.options());
     const int threads = 256;
-    count_blocks_kernel<<<static_cast<unsigned>((g.num_unique + threads - 1) / threads), threads,
-                          0, at::cuda::getCurrentCUDAStream()>>>(
+    const unsigned grid = static_cast<unsigned>((g.num_unique + threads - 1) / threads);
+    count_blocks_kernel<int64_t><<<grid, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
         g.offsets.data_ptr<int64_t>(), g.num_unique, blocks.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     g.block_offsets = at::zeros({g.num_unique + 1}, idx.options());
@@ -210,9 +214,12 @@ template <class S>
 DuplicateSums<S> duplicate_sums(const at::Tensor& values, const DeviceRowGroups& g,
                                 int64_t width, at::Tensor& partials, bool sum_blocks = true) {
   using T = mta::opmath_t<S>;
-  DuplicateSums<S> d{static_cast<const S*>(values.data_ptr()), g.offsets.data_ptr<int64_t>(),
-                     g.order.data_ptr<int64_t>(), nullptr, nullptr, width};
-  if (!sum_blocks || !g.block_offsets.defined() || g.num_unique == 0 || width == 0) return d;
+  DuplicateSums<S> d{nullptr, nullptr, nullptr, nullptr, nullptr, width};
+  if (g.num_unique == 0) return d;  // no rows: nothing to read
+  d.values = static_cast<const S*>(values.data_ptr());
+  d.offsets = g.offsets.data_ptr<int64_t>();
+  d.order = g.order.data_ptr<int64_t>();
+  if (!sum_blocks || !g.block_offsets.defined() || width == 0) return d;
   partials = at::empty({g.max_blocks, width},
                        values.options().dtype(c10::CppTypeToScalarType<T>::value));
   d.block_offsets = g.block_offsets.data_ptr<int64_t>();
@@ -220,7 +227,8 @@ DuplicateSums<S> duplicate_sums(const at::Tensor& values, const DeviceRowGroups&
   block_sums_kernel<S>
       <<<static_cast<unsigned>((g.max_blocks + kSumWarpsPerBlock - 1) / kSumWarpsPerBlock),
          kSumWarpsPerBlock * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
-          d.values, d.offsets, d.order, d.block_offsets, g.num_unique, width, partials.data_ptr<T>());
+          d.values, d.offsets, d.order, d.block_offsets, g.num_unique, width,
+          partials.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return d;
 }
