@@ -43,6 +43,18 @@ def cpu_capability_override(level: str) -> Iterator[None]:
         _ops._set_cpu_capability.default(previous)
 
 
+@contextlib.contextmanager
+def check_only() -> Iterator[None]:
+    """Inside the block the optimizer ops of this thread only validate their arguments: they
+    raise what they would raise and write nothing (Note [Check-only calls] in
+    csrc/ops/checks.h). The optimizers use it to make a step of several calls all-or-nothing."""
+    previous = _ops._set_check_only.default(True)
+    try:
+        yield
+    finally:
+        _ops._set_check_only.default(previous)
+
+
 def adam_(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],

@@ -26,6 +26,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from . import _ops
+
 
 def scalar_dtype(is_fused: Optional[bool] = None) -> torch.dtype:
     """torch.optim.optimizer._get_scalar_dtype: the dtype of `step` tensors."""
@@ -115,10 +117,32 @@ def on_device(t: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
     return t.to(device)
 
 
+# What a param group's step is: the op calls to make (each a zero-argument callable), and what
+# to store once every call of the step has succeeded (or None).
+GroupPlan = tuple[list[Callable[[], None]], Optional[Callable[[], None]]]
+
+
+def run_all_or_nothing(plans: list[GroupPlan]) -> None:
+    """Makes the op calls of a whole step, then its commits. One op call is all-or-nothing; with
+    several, every call is first made in check-only mode, so an error in any of them is raised
+    before any of them writes (Note [Check-only calls] in csrc/ops/checks.h)."""
+    calls = [call for group_calls, _ in plans for call in group_calls]
+    if len(calls) > 1:
+        with _ops.check_only():
+            for call in calls:
+                call()
+    for call in calls:
+        call()
+    for _, commit in plans:
+        if commit is not None:
+            commit()
+
+
 class FusedStep:
     """The `step` frame shared by pyoptim's optimizers (first in their MRO, before the torch
     class): torch's fallback for differentiable=True, the closure, GradScaler's attributes, and
-    the gradients of each group; the subclass steps one group in `_step_group`."""
+    the gradients of each group; the subclass plans one group's op calls in `_plan_group`, and
+    the step runs all of them all-or-nothing (run_all_or_nothing)."""
 
     _step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf to step()
 
@@ -133,7 +157,7 @@ class FusedStep:
             caches[id(group)] = cache
         return cache
 
-    def _step_group(self, group: dict, grads: list, grad_scale, found_inf) -> None:
+    def _plan_group(self, group: dict, grads: list, grad_scale, found_inf) -> GroupPlan:
         raise NotImplementedError
 
     @torch.no_grad()
@@ -154,8 +178,10 @@ class FusedStep:
 
         grad_scale: Optional[Tensor] = getattr(self, "grad_scale", None)
         found_inf: Optional[Tensor] = getattr(self, "found_inf", None)
+        plans = []
         for group in self.param_groups:
             grads = [p.grad for p in group["params"]]
             if any(map(operator.is_not, grads, repeat(None))):
-                self._step_group(group, grads, grad_scale, found_inf)
+                plans.append(self._plan_group(group, grads, grad_scale, found_inf))
+        run_all_or_nothing(plans)
         return loss

@@ -18,12 +18,13 @@ Tensor lr read on the device too, so the step can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import functools
 
 import torch
 from torch import Tensor
 
 from . import _ops
-from ._state import FusedStep, GroupCache, on_device, scalar_dtype
+from ._state import Chunk, FusedStep, GroupCache, GroupPlan, on_device, scalar_dtype
 
 __all__ = ["Adam", "AdamW"]
 
@@ -62,37 +63,41 @@ class _AdamStep(FusedStep):
             )
         return cache
 
-    def _step_group(self, group: dict, grads: list, grad_scale, found_inf) -> None:
+    def _plan_group(self, group: dict, grads: list, grad_scale, found_inf) -> GroupPlan:
         cache = self._cached_group(
             group, grads, group["amsgrad"], lambda: self._build_cache(group, grads)
         )
+        return [functools.partial(self._call, group, chunk, grad_scale, found_inf)
+                for chunk in cache.chunks(grads)], None
+
+    @staticmethod
+    def _call(group: dict, chunk: Chunk, grad_scale, found_inf) -> None:
         beta1, beta2 = group["betas"]
         lr = group["lr"]
-        for chunk in cache.chunks(grads):
-            # A Tensor lr on the GPU (capturable) is read by the kernel: no host sync, so
-            # the step can be captured in a CUDA graph. Elsewhere it is read here.
-            lr_tensor = None
-            if isinstance(lr, Tensor) and lr.device.type != "cpu":
-                lr_tensor = on_device(lr, chunk.device)
-            _ops.adam_(
-                chunk.params,
-                chunk.grads,
-                chunk.state[0],
-                chunk.state[1],
-                chunk.state[2] if group["amsgrad"] else [],
-                chunk.steps,
-                lr=0.0 if lr_tensor is not None else float(lr),
-                beta1=float(beta1),
-                beta2=float(beta2),
-                weight_decay=float(group["weight_decay"]),
-                eps=float(group["eps"]),
-                amsgrad=group["amsgrad"],
-                maximize=group["maximize"],
-                decoupled=group["decoupled_weight_decay"],
-                lr_tensor=lr_tensor,
-                grad_scale=on_device(grad_scale, chunk.device),
-                found_inf=on_device(found_inf, chunk.device),
-            )
+        # A Tensor lr on the GPU (capturable) is read by the kernel: no host sync, so
+        # the step can be captured in a CUDA graph. Elsewhere it is read here.
+        lr_tensor = None
+        if isinstance(lr, Tensor) and lr.device.type != "cpu":
+            lr_tensor = on_device(lr, chunk.device)
+        _ops.adam_(
+            chunk.params,
+            chunk.grads,
+            chunk.state[0],
+            chunk.state[1],
+            chunk.state[2] if group["amsgrad"] else [],
+            chunk.steps,
+            lr=0.0 if lr_tensor is not None else float(lr),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            weight_decay=float(group["weight_decay"]),
+            eps=float(group["eps"]),
+            amsgrad=group["amsgrad"],
+            maximize=group["maximize"],
+            decoupled=group["decoupled_weight_decay"],
+            lr_tensor=lr_tensor,
+            grad_scale=on_device(grad_scale, chunk.device),
+            found_inf=on_device(found_inf, chunk.device),
+        )
 
 
 class Adam(_AdamStep, torch.optim.Adam):

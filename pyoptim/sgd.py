@@ -41,13 +41,14 @@ GradScaler: like torch's fused SGD, `step` takes `grad_scale` / `found_inf` from
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from . import _ops
-from ._state import FusedStep, GroupCache, on_device
+from ._state import FusedStep, GroupCache, GroupPlan, on_device
 
 __all__ = ["SGD"]
 
@@ -98,7 +99,7 @@ class SGD(FusedStep, torch.optim.SGD):
                 cache.add(i, p, state=[buf])
         return cache
 
-    def _step_group(self, group: dict, grads: list, grad_scale, found_inf) -> None:
+    def _plan_group(self, group: dict, grads: list, grad_scale, found_inf) -> GroupPlan:
         sparse_mask = _sparse_mask(grads)
         cache = self._cached_group(
             group,
@@ -115,11 +116,8 @@ class SGD(FusedStep, torch.optim.SGD):
             maximize=bool(group["maximize"]),
         )
         has_momentum = group["momentum"] != 0
-        # sparse params first: their index checks are the likeliest to fail, and a failure
-        # then leaves the whole group untouched
-        skipped = (cache.sparse or cache.first_bufs) and (
-            found_inf is not None and bool(found_inf.item())
-        )
+        calls = []
+        new_bufs: list[tuple[Tensor, Tensor]] = []  # (param, buffer) stored by the commit
         for i, p in cache.sparse:
             buf, first = None, False
             if has_momentum:
@@ -129,7 +127,9 @@ class SGD(FusedStep, torch.optim.SGD):
                     buf = state["momentum_buffer"] = buf.to_dense()
                 if buf is None:
                     buf, first = torch.zeros_like(p), True
-            _ops.sgd_sparse_(
+                    new_bufs.append((p, buf))
+            calls.append(functools.partial(
+                _ops.sgd_sparse_,
                 p,
                 grads[i],
                 buf,
@@ -137,24 +137,23 @@ class SGD(FusedStep, torch.optim.SGD):
                 grad_scale=on_device(grad_scale, p.device),
                 found_inf=on_device(found_inf, p.device),
                 **kw,
-            )
-            if first and not skipped:
-                state["momentum_buffer"] = buf
+            ))
         for chunk in cache.chunks(grads):
-            if not chunk.params:
-                continue
-            _ops.sgd_(
-                chunk.params,
-                chunk.grads,
-                chunk.state[0] if has_momentum else [],
-                is_first_step=False,
-                grad_scale=on_device(grad_scale, chunk.device),
-                found_inf=on_device(found_inf, chunk.device),
-                **kw,
-            )
+            if chunk.params:
+                calls.append(functools.partial(
+                    _ops.sgd_,
+                    chunk.params,
+                    chunk.grads,
+                    chunk.state[0] if has_momentum else [],
+                    is_first_step=False,
+                    grad_scale=on_device(grad_scale, chunk.device),
+                    found_inf=on_device(found_inf, chunk.device),
+                    **kw,
+                ))
         if cache.first is not None:
             for chunk in cache.first.chunks(grads):
-                _ops.sgd_(
+                calls.append(functools.partial(
+                    _ops.sgd_,
                     chunk.params,
                     chunk.grads,
                     chunk.state[0],
@@ -162,10 +161,17 @@ class SGD(FusedStep, torch.optim.SGD):
                     grad_scale=on_device(grad_scale, chunk.device),
                     found_inf=on_device(found_inf, chunk.device),
                     **kw,
-                )
-        if cache.first_bufs:
-            if not skipped:
-                for p, buf in cache.first_bufs:
-                    self.state[p]["momentum_buffer"] = buf
+                ))
+        if not new_bufs and not cache.first_bufs:
+            return calls, None
+
+        def commit() -> None:
+            # new buffers become state once written (not when GradScaler skipped the step)
+            if found_inf is not None and bool(found_inf.item()):
+                return
+            for p, buf in new_bufs + cache.first_bufs:
+                self.state[p]["momentum_buffer"] = buf
+            if cache.first_bufs:
                 self._pyoptim_caches.pop(id(group), None)  # rebuild without first steps
 
+        return calls, commit

@@ -12,8 +12,8 @@ SparseAdam's own (eps added to sqrt(exp_avg_sq) before the bias corrections, whi
 into the step size); `state["step"]` is a Python int counting every step in which the param had
 a gradient, even one with no entries. float32 and float64 results equal torch's bit for bit;
 bfloat16 and float16 params are computed in float32 and rounded once on store (torch rounds
-after every operation). Bad input raises before anything, step counts included, is changed
-(within a param group; a dense gradient anywhere is caught before any group is updated).
+after every operation). Bad input raises before anything, step counts included, is changed, in
+any param group (the step's calls are first made in check-only mode when there are several).
 
 Beyond torch (opt-in): `weight_decay` (default 0: torch's update exactly) applies decoupled
 weight decay, `param *= 1 - lr * weight_decay`, to the rows touched in this step only, before
@@ -23,12 +23,14 @@ param group and is kept in state_dict param groups (torch.optim.SparseAdam ignor
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from . import _ops
+from ._state import run_all_or_nothing
 
 __all__ = ["SparseAdam"]
 
@@ -86,9 +88,10 @@ class SparseAdam(torch.optim.SparseAdam):
             if params:
                 work.append((group, params, grads))
 
+        plans = []
         for group, params, grads in work:
-            # Lazy state, as torch's, but stored only once the op has succeeded, so a step that
-            # raises leaves the optimizer exactly as it was.
+            # Lazy state, as torch's, but stored only once every op of the step has succeeded,
+            # so a step that raises leaves the optimizer exactly as it was.
             states = [self.state.get(p) for p in params]
             exp_avgs, exp_avg_sqs, steps, fresh = [], [], [], []
             for p, state in zip(params, states):
@@ -104,7 +107,8 @@ class SparseAdam(torch.optim.SparseAdam):
                 steps.append(int(state["step"]) + 1)
             beta1, beta2 = group["betas"]
             lr = group["lr"]
-            _ops.sparse_adam_(
+            call = functools.partial(
+                _ops.sparse_adam_,
                 params,
                 grads,
                 exp_avgs,
@@ -119,10 +123,15 @@ class SparseAdam(torch.optim.SparseAdam):
                 # a Tensor lr: step_size is computed in its dtype, as torch does
                 lr_tensor=lr.detach() if isinstance(lr, Tensor) else None,
             )
-            for p, state in fresh:
-                self.state[p] = state
-            for p, step in zip(params, steps):
-                self.state[p]["step"] = step
+
+            def commit(params=params, steps=steps, fresh=fresh) -> None:
+                for p, state in fresh:
+                    self.state[p] = state
+                for p, step in zip(params, steps):
+                    self.state[p]["step"] = step
+
+            plans.append(([call], commit))
+        run_all_or_nothing(plans)
         return loss
 
 

@@ -226,6 +226,7 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   }
   const bool lr_read_on_device = lr_on_device && !any_host_step;
   if (!lr_read_on_device) TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning rate: ", lr);
+  if (ops::check_only()) return;  // Note [Check-only calls]
   const bool inf_on_device = found_inf.has_value() && !found_inf->device().is_cpu();
   const bool inf_read_on_device = inf_on_device && !any_host_step;
   if (found_inf.has_value() && !inf_read_on_device &&

@@ -163,6 +163,7 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
     }
   }
   writes.check(kOp);
+  if (ops::check_only()) return;  // Note [Check-only calls]
 
   const bool scale_on_device = grad_scale.has_value() && !grad_scale->device().is_cpu();
   const bool inf_on_device = found_inf.has_value() && !found_inf->device().is_cpu();
@@ -383,6 +384,10 @@ void sgd_sparse_cuda(const at::Tensor& param, const at::Tensor& grad,
   const c10::cuda::CUDAGuard guard(dev);
   const at::IntArrayRef sizes = param.sizes();
   const int64_t num_rows = coo.num_rows, width = coo.width;
+  if (ops::check_only()) {  // Note [Check-only calls]: the index checks, no grouping
+    if (coo.nnz > 0) check_indices_cuda(coo.indices, sizes, kSparseOp, "the sparse gradient");
+    return;
+  }
   const DeviceRowGroups groups =
       group_rows_cuda(grad._indices(), sizes, kSparseOp, "the sparse gradient",
                       /*block_sums=*/has_momentum || weight_decay != 0.0);  // else plain SGD

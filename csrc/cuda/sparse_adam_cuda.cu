@@ -103,11 +103,16 @@ void sparse_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
     it.width = width;
     if (nnz == 0 || width == 0) continue;  // torch skips an empty grad (the step still counts)
     const c10::cuda::CUDAGuard guard(p.device());
+    if (ops::check_only()) {  // Note [Check-only calls]: the index checks, no grouping
+      check_indices_cuda(indices, p.sizes(), kOp, c10::str("grads[", i, "]").c_str());
+      continue;
+    }
     it.groups = group_rows_cuda(indices, p.sizes(), kOp, c10::str("grads[", i, "]").c_str(),
                                 /*block_sums=*/true);
     it.values = values.contiguous();
   }
   writes.check(kOp);
+  if (ops::check_only()) return;  // Note [Check-only calls]
 
   // ---- 2./3. per param: coefficients on the host, then one launch ---------------------------
   const bool decay = weight_decay != 0.0;

@@ -55,16 +55,13 @@ __global__ void count_blocks_kernel(const Index* __restrict__ offsets, Index num
   if (u < num_unique) blocks[u] = math::duplicate_blocks(offsets[u + 1] - offsets[u]);
 }
 
-// `indices`: the COO indices [sparse_dim, nnz] (on the GPU), `sizes` the param's shape. Throws
-// IndexError (nothing written) if any index is outside its dimension. `block_sums`: the caller
-// sums duplicates (duplicate_sums), so plan the blocks of hot rows too.
-inline DeviceRowGroups group_rows_cuda(const at::Tensor& indices, at::IntArrayRef sizes,
-                                       const char* op, const char* what, bool block_sums) {
-  DeviceRowGroups g;
-  const int64_t sd = indices.size(0), nnz = indices.size(1);
-  if (nnz == 0) return g;
-  const at::Tensor idx = indices.to(at::kLong);
-  // one sync: every dimension's min and max
+// `indices`: the COO indices [sparse_dim, nnz >= 1] (on the GPU), `sizes` the param's shape.
+// Throws IndexError (nothing written) if any index is outside its dimension; returns the
+// indices as int64. One sync: every dimension's min and max are read on the host.
+inline at::Tensor check_indices_cuda(const at::Tensor& indices, at::IntArrayRef sizes,
+                                     const char* op, const char* what) {
+  const int64_t sd = indices.size(0);
+  at::Tensor idx = indices.to(at::kLong);
   const at::Tensor mm = at::stack({std::get<0>(idx.min(1)), std::get<0>(idx.max(1))}).cpu();
   const auto acc = mm.accessor<int64_t, 2>();
   for (int64_t d = 0; d < sd; ++d) {
@@ -73,6 +70,17 @@ inline DeviceRowGroups group_rows_cuda(const at::Tensor& indices, at::IntArrayRe
                       lo < 0 ? lo : hi, " in sparse dimension ", d,
                       ", out of range for a param of shape ", sizes);
   }
+  return idx;
+}
+
+// check_indices_cuda (the same IndexError), then the grouping. `block_sums`: the caller sums
+// duplicates (duplicate_sums), so plan the blocks of hot rows too.
+inline DeviceRowGroups group_rows_cuda(const at::Tensor& indices, at::IntArrayRef sizes,
+                                       const char* op, const char* what, bool block_sums) {
+  DeviceRowGroups g;
+  const int64_t sd = indices.size(0), nnz = indices.size(1);
+  if (nnz == 0) return g;
+  const at::Tensor idx = check_indices_cuda(indices, sizes, op, what);
   at::Tensor lin = idx[0];
   for (int64_t d = 1; d < sd; ++d) lin = lin * sizes[d] + idx[d];
   at::Tensor sorted, order;

@@ -82,6 +82,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     steps[i] = ops::scalar_value(state_steps[i], "state_steps[i]");
   }
   writes.check(kOp);
+  if (ops::check_only()) return;  // Note [Check-only calls]
 
   double scale = 1.0;
   if (grad_scale.has_value()) {

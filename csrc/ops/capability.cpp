@@ -1,8 +1,10 @@
-// Ops that report and (for tests) set the CPU kernel level. See cpu/isa_dispatch.cpp.
+// Ops that set modes: the CPU kernel level (reported, and set by tests; see
+// cpu/isa_dispatch.cpp) and the check-only mode (Note [Check-only calls] in ops/checks.h).
 #include <torch/library.h>
 
 #include <string>
 
+#include "ops/checks.h"
 #include "pyoptim/cpu/isa.h"
 
 namespace pyoptim {
@@ -30,12 +32,19 @@ std::string set_cpu_capability(const std::string& level) {
   return previous;
 }
 
+bool set_check_only(bool on) {
+  const bool previous = ops::check_only_mode();
+  ops::check_only_mode() = on;
+  return previous;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyoptim, CatchAll, m) {
   m.impl("cpu_capability", &cpu_capability);
   m.impl("max_cpu_capability", &max_cpu_capability);
   m.impl("_set_cpu_capability", &set_cpu_capability);
+  m.impl("_set_check_only", &set_check_only);
 }
 
 }  // namespace pyoptim

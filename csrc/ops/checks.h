@@ -14,6 +14,20 @@
 namespace pyoptim {
 namespace ops {
 
+// Note [Check-only calls]
+// One op call is all-or-nothing (Note [All-or-nothing step] in ops/library.cpp); an optimizer
+// step may make several calls (one per param group, device and kind of gradient). So that a
+// step, too, happens whole or not at all, the Python step makes every call twice when it makes
+// more than one: first in check-only mode, in which each op runs every check it would run and
+// returns before writing anything (and before work only the update needs, such as grouping
+// sparse rows), then for real. The mode is per thread: pyoptim::_set_check_only
+// (pyoptim._ops.check_only()) sets it, the ops read it with check_only().
+inline bool& check_only_mode() {
+  static thread_local bool on = false;
+  return on;
+}
+inline bool check_only() { return check_only_mode(); }
+
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
 }

@@ -51,6 +51,9 @@ TORCH_LIBRARY(pyoptim, m) {
   m.def("max_cpu_capability() -> str");
   // Test hook: run the CPU kernels at `level` from now on; returns the previous level.
   m.def("_set_cpu_capability(str level) -> str");
+  // Check-only mode of this thread (Note [Check-only calls] in ops/checks.h): while on, the
+  // optimizer ops above validate their arguments and write nothing. Returns the previous mode.
+  m.def("_set_check_only(bool on) -> bool");
 
   // bench/ only: one streaming pass with Adam's memory pattern over four equal float32 arrays:
   // read all four, write three in place (x = x/2 + g, y = y/2 + g, z = z/2 - g). See

@@ -97,6 +97,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
     }
   }
   writes.check(kOp);
+  if (ops::check_only()) return;  // Note [Check-only calls]
 
   double scale = 1.0;
   if (grad_scale.has_value()) scale = ops::scalar_value(*grad_scale, "grad_scale");
@@ -184,6 +185,10 @@ void sgd_sparse_cpu(const at::Tensor& param, const at::Tensor& grad,
   const int64_t num_rows = coo.num_rows, width = coo.width;
   const int64_t nnz = coo.nnz;
   const std::vector<int64_t> lin = ops::linear_rows(kSparseOp, coo, sizes, 0);
+  if (ops::check_only()) {  // Note [Check-only calls]: the index checks, no grouping
+    if (nnz > 0) ops::check_rows(lin.data(), nnz, num_rows, kSparseOp);
+    return;
+  }
   const ops::RowGroups groups = ops::group_rows(lin.data(), nnz, num_rows, kSparseOp);
 
   double scale = 1.0;

@@ -79,15 +79,23 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
     SparseAdamItem& it = items[i];
     it.dtype = p.scalar_type();
     if (nnz == 0 || width == 0) continue;  // torch skips an empty grad (the step still counts)
+    std::vector<int64_t> linear;
+    const int64_t* rows = nullptr;
     if (sparse_dim == 1 && indices.stride(1) == 1) {
-      it.groups = ops::group_rows(indices.data_ptr<int64_t>(), nnz, num_rows, kOp);
+      rows = indices.data_ptr<int64_t>();
     } else {
-      const std::vector<int64_t> rows = ops::linear_rows(kOp, coo, p.sizes(), i);
-      it.groups = ops::group_rows(rows.data(), nnz, num_rows, kOp);
+      linear = ops::linear_rows(kOp, coo, p.sizes(), i);
+      rows = linear.data();
     }
+    if (ops::check_only()) {  // Note [Check-only calls]: the index checks, no grouping
+      ops::check_rows(rows, nnz, num_rows, kOp);
+      continue;
+    }
+    it.groups = ops::group_rows(rows, nnz, num_rows, kOp);
     it.values = values.contiguous();
   }
   writes.check(kOp);
+  if (ops::check_only()) return;  // Note [Check-only calls]
 
   // ---- 2. plan: row layouts (or contiguous copies) and per-param coefficients --------------
   for (size_t i = 0; i < n; ++i) {

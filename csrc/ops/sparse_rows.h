@@ -112,13 +112,9 @@ inline RowGroups group_rows_packed(const int64_t* idx, int64_t nnz, int key_bits
   return g;
 }
 
-// `idx`: nnz row indices. Throws IndexError (nothing written anywhere) if any index is outside
-// [0, num_rows). `what` names the op in the message.
-inline RowGroups group_rows(const int64_t* idx, int64_t nnz, int64_t num_rows, const char* what) {
-  RowGroups g;
-  g.offsets.push_back(0);
-  if (nnz == 0) return g;
-  // Validate (and find the key width) before any work.
+// `idx`: nnz >= 1 row indices. Throws IndexError (nothing written anywhere) if any index is
+// outside [0, num_rows); returns the largest. `what` names the op in the message.
+inline int64_t check_rows(const int64_t* idx, int64_t nnz, int64_t num_rows, const char* what) {
   int64_t lo = idx[0], hi = idx[0];
   for (int64_t k = 1; k < nnz; ++k) {
     lo = std::min(lo, idx[k]);
@@ -126,6 +122,15 @@ inline RowGroups group_rows(const int64_t* idx, int64_t nnz, int64_t num_rows, c
   }
   TORCH_CHECK_INDEX(lo >= 0 && hi < num_rows, what, ": sparse gradient has row index ",
                     lo < 0 ? lo : hi, " out of range for a parameter with ", num_rows, " rows");
+  return hi;
+}
+
+// Groups `idx` (nnz row indices) by row, after check_rows (the same IndexError).
+inline RowGroups group_rows(const int64_t* idx, int64_t nnz, int64_t num_rows, const char* what) {
+  RowGroups g;
+  g.offsets.push_back(0);
+  if (nnz == 0) return g;
+  const int64_t hi = check_rows(idx, nnz, num_rows, what);  // before any work; the key width
   int bits = 0;
   while (bits < 63 && (int64_t(1) << bits) <= hi) ++bits;
   int pos_bits = 0;

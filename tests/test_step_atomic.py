@@ -1,0 +1,212 @@
+"""A step that raises changes nothing, across param groups too (Note [Check-only calls] in
+csrc/ops/checks.h): when a step makes several op calls, all are first made in check-only mode,
+so an error in a later group is raised before an earlier group is written. The bad input is
+always in the LAST group, after a good one that a step-by-step implementation would already have
+updated. (A param that had no state may be left with torch.optim's initial state, created
+lazily before the checks, as torch creates it: step 0 and zeros, which a later step starts
+from exactly as from no state.)
+
+Also the check-only mode itself, per op: valid arguments write nothing (params, state, step
+counts), invalid ones raise the error the real call raises.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pyoptim
+from pyoptim import _ops
+
+
+def _bad_sparse_grad(shape, device="cpu"):
+    """A COO gradient with an out-of-range row index (torch does not check it when built)."""
+    return torch.sparse_coo_tensor(torch.tensor([[0, shape[0]]]), torch.ones(2, *shape[1:]),
+                                   shape, check_invariants=False).to(device)
+
+
+def _snapshot(opt):
+    params = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+    state = {id(p): {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+             for p, s in opt.state.items()}
+    return params, state
+
+
+def _is_initial(s: dict) -> bool:
+    """torch.optim's lazily created state before any step: nothing (SGD), or step 0 and zeros."""
+    return all((not v.any()) if isinstance(v, torch.Tensor) else v == 0 for v in s.values())
+
+
+def _assert_unchanged(opt, before):
+    params, state = before
+    now = [p.detach() for g in opt.param_groups for p in g["params"]]
+    for i, (a, b) in enumerate(zip(now, params)):
+        assert torch.equal(a, b), f"param {i} changed"
+    assert set(state) <= set(id(p) for p in opt.state), "state entries removed"
+    for p, s in opt.state.items():
+        if id(p) not in state:  # a param that never stepped: at most torch's initial state
+            assert _is_initial(s), "a param that did not step has non-initial state"
+            continue
+        old = state[id(p)]
+        assert set(s) == set(old), "state keys changed"
+        for k, v in s.items():
+            same = torch.equal(v, old[k]) if isinstance(v, torch.Tensor) else v == old[k]
+            assert same, f"state[{k}] changed"
+
+
+def _two_groups(make_opt, bad_second):
+    """Steps once (state exists), then makes the second group bad; returns (opt, snapshot)."""
+    torch.manual_seed(0)
+    good = [torch.nn.Parameter(torch.randn(6, 4)) for _ in range(2)]
+    second = [torch.nn.Parameter(torch.randn(6, 4)) for _ in range(2)]
+    opt = make_opt(good, second)
+    for p in good + second:
+        p.grad = torch.randn_like(p)
+    start = [p.detach().clone() for p in good]
+    opt.step()
+    assert not torch.equal(good[0].detach(), start[0])  # the good group steps
+    for p in good:
+        p.grad = torch.randn_like(p)
+    bad_second(opt.param_groups[1]["params"])
+    return opt, _snapshot(opt)
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW", "SGD"])
+def test_error_in_a_later_group_changes_no_group(cls):
+    def make(good, second):
+        kw = dict(momentum=0.9) if cls == "SGD" else {}
+        return getattr(pyoptim, cls)([{"params": good}, {"params": second, "lr": 0.5}], lr=0.1,
+                                     **kw)
+
+    def bad(params):  # Adam: a sparse grad (torch's RuntimeError); SGD: a bad sparse index
+        params[1].grad = (_bad_sparse_grad(params[1].shape) if cls == "SGD"
+                          else torch.randn(params[1].shape).to_sparse())
+
+    opt, before = _two_groups(make, bad)
+    with pytest.raises(IndexError if cls == "SGD" else RuntimeError):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("cls", ["Adam", "SGD"])
+def test_op_error_in_a_later_group_changes_no_group(cls):
+    """The later group's error comes from the op's own checks (overlapping params)."""
+    torch.manual_seed(0)
+    good = [torch.nn.Parameter(torch.randn(6, 4))]
+    base = torch.randn(10)
+    overlapping = [torch.nn.Parameter(base[:6]), torch.nn.Parameter(base[4:])]
+    kw = dict(momentum=0.9) if cls == "SGD" else {}
+    opt = getattr(pyoptim, cls)([{"params": good}], lr=0.1, **kw)
+    good[0].grad = torch.randn_like(good[0])
+    opt.step()  # state of the good group exists
+    opt.add_param_group({"params": overlapping})
+    for p in good + overlapping:
+        p.grad = torch.randn_like(p)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="overlap"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+def test_sparse_adam_error_in_a_later_group_changes_no_group():
+    def make(good, second):
+        return pyoptim.SparseAdam([{"params": good}, {"params": second}], lr=0.1)
+
+    torch.manual_seed(0)
+    good = [torch.nn.Parameter(torch.randn(6, 4)) for _ in range(2)]
+    second = [torch.nn.Parameter(torch.randn(6, 4))]
+    opt = make(good, second)
+    sparse = [torch.randn(6, 4).to_sparse() for _ in range(3)]
+    for p, g in zip(good + second, sparse):
+        p.grad = g
+    opt.step()
+    for p in good:
+        p.grad = torch.randn(6, 4).to_sparse()
+    second[0].grad = _bad_sparse_grad((6, 4))
+    before = _snapshot(opt)
+    with pytest.raises(IndexError, match="out of range"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+def test_sgd_first_step_buffers_not_stored_when_a_later_group_fails():
+    torch.manual_seed(0)
+    good = [torch.nn.Parameter(torch.randn(5, 3))]
+    second = [torch.nn.Parameter(torch.randn(5, 3))]
+    opt = pyoptim.SGD([{"params": good}, {"params": second}], lr=0.1, momentum=0.9)
+    good[0].grad = torch.randn(5, 3)
+    second[0].grad = _bad_sparse_grad((5, 3))
+    start = good[0].detach().clone()
+    with pytest.raises(IndexError):
+        opt.step()
+    assert torch.equal(good[0].detach(), start)
+    assert "momentum_buffer" not in opt.state.get(good[0], {})
+    second[0].grad = torch.randn(5, 3).to_sparse()
+    opt.step()  # now it steps, as a first step: buf = grad
+    assert torch.equal(opt.state[good[0]]["momentum_buffer"], good[0].grad)
+
+
+# ---- the mode itself, per op ------------------------------------------------------------------
+
+ADAM_KW = dict(lr=0.1, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False,
+               maximize=False, decoupled=False)
+SGD_KW = dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False,
+              maximize=False, is_first_step=False)
+SPARSE_ADAM_KW = dict(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                      maximize=False)
+
+
+def _op_cases(bad: bool, device: str):
+    """(name, tensors to watch, call) for each op; `bad`: the last tensor's input is invalid."""
+    torch.manual_seed(1)
+
+    def rnd(*shape):
+        return torch.randn(*shape).to(device)
+
+    p = [rnd(5, 3) for _ in range(2)]
+    g = [rnd(5, 3) for _ in range(2)]
+    m = [rnd(5, 3) for _ in range(2)]
+    v = [rnd(5, 3).abs() for _ in range(2)]
+    steps = [torch.tensor(3.0) for _ in range(2)]  # host step counts, on every device
+    if bad:
+        g[1] = rnd(5, 4)  # shape mismatch
+    sg = [torch.randn(5, 3).to_sparse().to(device) for _ in range(2)]
+    if bad:
+        sg[1] = _bad_sparse_grad((5, 3), device)
+    return [
+        ("adam_", p + m + v + steps,
+         lambda: _ops.adam_(p, g, m, v, [], steps, **ADAM_KW)),
+        ("sgd_", p + m, lambda: _ops.sgd_(p, g, m, **SGD_KW)),
+        ("sgd_sparse_", [p[1], m[1]], lambda: _ops.sgd_sparse_(p[1], sg[1], m[1], **SGD_KW)),
+        ("sparse_adam_", p + m + v,
+         lambda: _ops.sparse_adam_(p, sg, m, v, [4, 4], **SPARSE_ADAM_KW)),
+    ]
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("index", range(4), ids=["adam_", "sgd_", "sgd_sparse_", "sparse_adam_"])
+def test_check_only_writes_nothing_and_raises_what_the_call_raises(index, device):
+    name, watched, call = _op_cases(False, device)[index]
+    before = [t.clone() for t in watched]
+    with _ops.check_only():
+        call()
+    assert all(torch.equal(a, b) for a, b in zip(watched, before)), name
+    call()  # the mode is off again: the same call writes
+    assert not all(torch.equal(a, b) for a, b in zip(watched, before)), name
+
+    name, watched, call = _op_cases(True, device)[index]
+    with pytest.raises((ValueError, IndexError)) as real:
+        call()
+    with pytest.raises(real.type) as checked:
+        with _ops.check_only():
+            call()
+    assert str(checked.value) == str(real.value)
+    # the mode was restored by the context manager despite the error
+    name, watched, call = _op_cases(False, device)[index]
+    before = [t.clone() for t in watched]
+    call()
+    assert not all(torch.equal(a, b) for a, b in zip(watched, before)), name
