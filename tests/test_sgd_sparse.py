@@ -125,13 +125,18 @@ def test_lazy_definition_by_hand():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("zipf", [False, True], ids=["uniform", "zipf"])
-def test_sparse_bitwise_across_isa_and_threads(dtype, zipf):
+@pytest.mark.parametrize("plain", [False, True], ids=["lazy", "plain"])
+def test_sparse_bitwise_across_isa_and_threads(dtype, zipf, plain):
+    """Large enough for the rows to be split over threads: the same bits for every level and
+    thread count; plain SGD (each duplicate applied in turn) also gives torch's float32 bits."""
     gen = torch.Generator().manual_seed(7)
     rows, width = 5000, 48
     p0 = torch.randn(rows, width, generator=gen).to(dtype)
     grads = [_sparse_grad(rows, width, 8192, dtype, gen, zipf=zipf) for _ in range(2)]
     hp = dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=1e-2, nesterov=True,
               maximize=False)
+    if plain:
+        hp.update(momentum=0.0, weight_decay=0.0, nesterov=False)
     out = []
     old = torch.get_num_threads()
     try:
@@ -149,6 +154,11 @@ def test_sparse_bitwise_across_isa_and_threads(dtype, zipf):
     for level, threads, p, b in out[1:]:
         assert torch.equal(p, out[0][2]), (level, threads)
         assert torch.equal(b, out[0][3]), (level, threads)
+    if plain and dtype == torch.float32:
+        expect = p0.clone()
+        for g in grads:
+            expect.add_(g, alpha=-hp["lr"])  # torch.optim.SGD's sparse step
+        assert torch.equal(out[0][2], expect)
 
 
 def test_sparse_hybrid_and_multi_sparse_dims():

@@ -79,6 +79,7 @@ void sgd_range(const SgdPtrs& a, int64_t begin, int64_t end,
 // prefetcher cannot guess the next one: ask for row u + kSparseAhead while updating row u.
 constexpr int64_t kSparseAhead = 4;
 constexpr int64_t kPrefetchDups = 4;  // value rows prefetched per unique row, at most
+constexpr int64_t kPlainAhead = 8;    // plain SGD: owned entries in flight (a power of two)
 
 template <class S>
 PYOPTIM_INLINE void prefetch_span(const S* p, int64_t n, bool write) {
@@ -118,16 +119,30 @@ struct SgdSparse {
       // Plain SGD: walk the gradient in its own order (value rows stream in sequentially, as
       // in torch) and apply the entries whose row this call owns, rows[u_begin..u_end). Each
       // row sees its duplicates in position order, whatever the split: torch's bits.
+      // The entries this call owns are found kPlainAhead owned entries ahead of the one being
+      // applied (a ring of positions), and their param and value rows prefetched then: rows
+      // are scattered, so without it each entry waits for its own cache misses.
       const int64_t rlo = a.rows[u_begin], rhi = a.rows[u_end - 1];
       const int64_t* index = a.index;
-      for (int64_t k = 0; k < a.nnz; ++k) {
-        const int64_t r = index[k];
-        if (r < rlo || r > rhi) continue;
-        if (k + kSparseAhead < a.nnz) {
-          const int64_t rn = index[k + kSparseAhead];
-          if (rn >= rlo && rn <= rhi) prefetch_span(param + rn * w, w, true);
+      int64_t ring[kPlainAhead];
+      int64_t head = 0, count = 0, scan = 0;
+      for (;;) {
+        while (count < kPlainAhead && scan < a.nnz) {  // refill: the next owned entries
+          const int64_t r = index[scan];
+          if (r >= rlo && r <= rhi) {
+            prefetch_span(param + r * w, w, true);
+            prefetch_span(values + scan * w, w, false);
+            ring[(head + count) % kPlainAhead] = scan;
+            ++count;
+          }
+          ++scan;
         }
-        sgd_span<S, S, kM, kN, kF, kMax, kS>(param + r * w, values + k * w, nullptr, 0, w, c);
+        if (count == 0) break;
+        const int64_t k = ring[head];
+        head = (head + 1) % kPlainAhead;
+        --count;
+        sgd_span<S, S, kM, kN, kF, kMax, kS>(param + index[k] * w, values + k * w, nullptr, 0,
+                                             w, c);
       }
       return;
     }

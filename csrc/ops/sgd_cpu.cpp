@@ -184,12 +184,15 @@ void sgd_sparse_cpu(const at::Tensor& param, const at::Tensor& grad,
   const at::IntArrayRef sizes = param.sizes();
   const int64_t num_rows = coo.num_rows, width = coo.width;
   const int64_t nnz = coo.nnz;
-  const std::vector<int64_t> lin = ops::linear_rows(kSparseOp, coo, sizes, 0);
+  // per-thread buffers, refilled by every call (Note [Grouping buffers] in ops/sparse_rows.h)
+  static thread_local std::vector<int64_t> lin_storage;
+  static thread_local ops::RowGroups groups;
+  const int64_t* lin = ops::linear_rows(kSparseOp, coo, sizes, 0, lin_storage);
   if (ops::check_only()) {  // Note [Check-only calls]: the index checks, no grouping
-    if (nnz > 0) ops::check_rows(lin.data(), nnz, num_rows, kSparseOp);
+    if (nnz > 0) ops::check_rows(lin, nnz, num_rows, kSparseOp);
     return;
   }
-  const ops::RowGroups groups = ops::group_rows(lin.data(), nnz, num_rows, kSparseOp);
+  ops::group_rows(lin, nnz, num_rows, kSparseOp, groups);
 
   double scale = 1.0;
   if (grad_scale.has_value()) scale = ops::scalar_value(*grad_scale, "grad_scale");
@@ -204,7 +207,7 @@ void sgd_sparse_cpu(const at::Tensor& param, const at::Tensor& grad,
                                 has_momentum ? wb.data_ptr() : nullptr,
                                 groups.rows.data(),   groups.offsets.data(),
                                 groups.order.data(),  width,
-                                lin.data(),           nnz};
+                                lin,                  nnz};
   const auto cf = math::make_sgd_coeffs<float>(lr, momentum, dampening, weight_decay, scale);
   const auto cd = math::make_sgd_coeffs<double>(lr, momentum, dampening, weight_decay, scale);
   const cpu::SgdFlags flags{has_momentum, nesterov, is_first_step, maximize,

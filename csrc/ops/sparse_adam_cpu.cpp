@@ -48,7 +48,7 @@ bool row_layout(const at::Tensor& t, int64_t sparse_dim, int64_t* row_stride) {
 struct SparseAdamItem {
   at::Tensor param, exp_avg, exp_avg_sq;  // work tensors (the user's, or contiguous copies)
   at::Tensor values;                      // contiguous [nnz, width]
-  ops::RowGroups groups;
+  ops::RowGroups* groups = nullptr;  // this thread's buffers (see sparse_adam_cpu); null: no rows
   cpu::SparseAdamPtrs ptrs;
   math::SparseAdamCoeffs<float> cf;
   math::SparseAdamCoeffs<double> cd;
@@ -67,31 +67,27 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
                               exp_avg_sqs, steps);
   ops::WriteSet writes;
   std::vector<SparseAdamItem> items(n);
+  // per-thread buffers, refilled by every call (Note [Grouping buffers] in ops/sparse_rows.h)
+  static thread_local std::vector<int64_t> linear_storage;
+  static thread_local std::vector<ops::RowGroups> group_pool;
+  if (group_pool.size() < n) group_pool.resize(n);
   for (size_t i = 0; i < n; ++i) {
     const ops::CooGrad coo = ops::check_sparse_adam_tensor(
         kOp, i, c10::DeviceType::CPU, params, grads, exp_avgs, exp_avg_sqs, steps, writes);
     const at::Tensor& p = params[i];
-    const int64_t sparse_dim = coo.sparse_dim, nnz = coo.nnz;
-    const int64_t num_rows = coo.num_rows, width = coo.width;
-    const at::Tensor& indices = coo.indices;
+    const int64_t nnz = coo.nnz, num_rows = coo.num_rows, width = coo.width;
     const at::Tensor& values = coo.values;
 
     SparseAdamItem& it = items[i];
     it.dtype = p.scalar_type();
     if (nnz == 0 || width == 0) continue;  // torch skips an empty grad (the step still counts)
-    std::vector<int64_t> linear;
-    const int64_t* rows = nullptr;
-    if (sparse_dim == 1 && indices.stride(1) == 1) {
-      rows = indices.data_ptr<int64_t>();
-    } else {
-      linear = ops::linear_rows(kOp, coo, p.sizes(), i);
-      rows = linear.data();
-    }
+    const int64_t* rows = ops::linear_rows(kOp, coo, p.sizes(), i, linear_storage);
     if (ops::check_only()) {  // Note [Check-only calls]: the index checks, no grouping
       ops::check_rows(rows, nnz, num_rows, kOp);
       continue;
     }
-    it.groups = ops::group_rows(rows, nnz, num_rows, kOp);
+    it.groups = &group_pool[i];
+    ops::group_rows(rows, nnz, num_rows, kOp, *it.groups);
     it.values = values.contiguous();
   }
   writes.check(kOp);
@@ -100,7 +96,7 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
   // ---- 2. plan: row layouts (or contiguous copies) and per-param coefficients --------------
   for (size_t i = 0; i < n; ++i) {
     SparseAdamItem& it = items[i];
-    if (it.groups.num_unique() == 0) continue;
+    if (it.groups == nullptr || it.groups->num_unique() == 0) continue;
     const int64_t sparse_dim = grads[i].sparse_dim();
     int64_t sp = 0, sm = 0, sv = 0;
     if (row_layout(params[i], sparse_dim, &sp) && row_layout(exp_avgs[i], sparse_dim, &sm) &&
@@ -126,9 +122,9 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
                                   sv,
                                   it.values.data_ptr(),
                                   width,
-                                  it.groups.rows.data(),
-                                  it.groups.offsets.data(),
-                                  it.groups.order.data()};
+                                  it.groups->rows.data(),
+                                  it.groups->offsets.data(),
+                                  it.groups->order.data()};
     const double step_size = ops::sparse_adam_step_size(lr, lr_host, beta1, beta2, steps[i]);
     if (it.dtype == at::kDouble) {
       it.cd = math::make_sparse_adam_coeffs<double>(lr, beta1, beta2, eps, weight_decay, step_size);
@@ -142,9 +138,9 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
   const cpu::SparseAdamFlags flags{maximize, weight_decay != 0.0};
   for (size_t i = 0; i < n; ++i) {
     const SparseAdamItem& it = items[i];
-    if (it.groups.num_unique() == 0) continue;
+    if (it.groups == nullptr || it.groups->num_unique() == 0) continue;
     const int64_t width = it.ptrs.width;
-    ops::parallel_over_rows(it.groups, width, [&](int64_t ub, int64_t ue) {
+    ops::parallel_over_rows(*it.groups, width, [&](int64_t ub, int64_t ue) {
       if (it.dtype == at::kDouble) {
         std::vector<double> scratch(2 * width);  // see SparseAdamKernels
         k.f64(it.ptrs, ub, ue, it.cd, flags, scratch.data());

@@ -58,6 +58,19 @@ inline CooGrad check_coo_grad(const char* op, const at::Tensor& p, const at::Ten
   return c;
 }
 
+// Note [Grouping buffers]
+// glibc serves an allocation above 128 KiB with a fresh mmap, whose pages the kernel zero-fills
+// on first touch. Grouping 64k lookups used ~3 MB of such buffers per call, and their page
+// faults cost more than the sort itself (plain sparse SGD, width 1: 2.0 ms per call, 0.9 ms
+// without the faults). So the buffers live on: the radix sort's two temporaries are per thread
+// here (radix_buffer), and the ops keep their RowGroups and linearized rows per thread
+// (thread_local) and refill them, reusing their capacity. A thread that steps a sparse optimizer
+// keeps ~40 bytes per lookup of the largest gradient it has seen.
+inline std::vector<uint64_t>& radix_buffer(int which) {
+  static thread_local std::vector<uint64_t> buffers[2];
+  return buffers[which];
+}
+
 struct RowGroups {
   std::vector<int64_t> rows;     // [U] unique row indices, ascending
   std::vector<int64_t> offsets;  // [U + 1] row u's duplicates are order[offsets[u] .. offsets[u+1])
@@ -70,12 +83,15 @@ struct RowGroups {
 // digits of at most 11 bits over the key bits only. Positions start in order and every pass is
 // stable, so duplicates stay in position order; moving one word per element (not a key and a
 // position) and computing every pass's histogram in one read makes it ~3x faster.
-inline RowGroups group_rows_packed(const int64_t* idx, int64_t nnz, int key_bits, int pos_bits) {
-  RowGroups g;
+inline void group_rows_packed(const int64_t* idx, int64_t nnz, int key_bits, int pos_bits,
+                              RowGroups& g) {
   const int passes = (key_bits + 10) / 11;
   const int digit = passes == 0 ? 0 : (key_bits + passes - 1) / passes;
   const uint64_t mask = (uint64_t(1) << digit) - 1;
-  std::vector<uint64_t> a(nnz), b(nnz);
+  std::vector<uint64_t>& a = radix_buffer(0);  // Note [Grouping buffers]
+  std::vector<uint64_t>& b = radix_buffer(1);
+  a.resize(nnz);
+  b.resize(nnz);
   for (int64_t k = 0; k < nnz; ++k) a[k] = (uint64_t(idx[k]) << pos_bits) | uint64_t(k);
   std::vector<int64_t> count(size_t(passes) << digit, 0);
   for (int64_t k = 0; k < nnz; ++k) {
@@ -96,7 +112,9 @@ inline RowGroups group_rows_packed(const int64_t* idx, int64_t nnz, int key_bits
   }
   const uint64_t pmask = pos_bits == 64 ? ~uint64_t(0) : (uint64_t(1) << pos_bits) - 1;
   g.order.resize(nnz);
+  g.rows.clear();
   g.rows.reserve(nnz);
+  g.offsets.clear();
   g.offsets.reserve(nnz + 1);
   int64_t prev = -1;
   for (int64_t k = 0; k < nnz; ++k) {
@@ -109,7 +127,6 @@ inline RowGroups group_rows_packed(const int64_t* idx, int64_t nnz, int key_bits
     }
   }
   g.offsets.push_back(nnz);
-  return g;
 }
 
 // `idx`: nnz >= 1 row indices. Throws IndexError (nothing written anywhere) if any index is
@@ -125,17 +142,20 @@ inline int64_t check_rows(const int64_t* idx, int64_t nnz, int64_t num_rows, con
   return hi;
 }
 
-// Groups `idx` (nnz row indices) by row, after check_rows (the same IndexError).
-inline RowGroups group_rows(const int64_t* idx, int64_t nnz, int64_t num_rows, const char* what) {
-  RowGroups g;
-  g.offsets.push_back(0);
-  if (nnz == 0) return g;
+// Groups `idx` (nnz row indices) by row into `g` (refilled, its capacity reused: Note [Grouping
+// buffers]), after check_rows (the same IndexError).
+inline void group_rows(const int64_t* idx, int64_t nnz, int64_t num_rows, const char* what,
+                       RowGroups& g) {
+  g.rows.clear();
+  g.order.clear();
+  g.offsets.assign(1, 0);
+  if (nnz == 0) return;
   const int64_t hi = check_rows(idx, nnz, num_rows, what);  // before any work; the key width
   int bits = 0;
   while (bits < 63 && (int64_t(1) << bits) <= hi) ++bits;
   int pos_bits = 0;
   while ((int64_t(1) << pos_bits) < nnz) ++pos_bits;
-  if (bits + pos_bits <= 64) return group_rows_packed(idx, nnz, bits, pos_bits);
+  if (bits + pos_bits <= 64) return group_rows_packed(idx, nnz, bits, pos_bits, g);
 
   // Stable LSD radix sort of positions by key, 11 bits per pass (2048 buckets fit in L1).
   constexpr int kDigit = 11;
@@ -169,18 +189,20 @@ inline RowGroups group_rows(const int64_t* idx, int64_t nnz, int64_t num_rows, c
     }
   }
   g.offsets.push_back(nnz);
-  return g;
 }
 
 // Row index (over the sparse dims, row-major) of each of the gradient's nnz entries, in gradient
-// order. With several sparse dims every index is range-checked here (IndexError); with one,
-// group_rows checks the range.
-inline std::vector<int64_t> linear_rows(const char* op, const CooGrad& c, at::IntArrayRef sizes,
-                                        size_t i) {
+// order: the indices themselves when they are one contiguous sparse dim, else computed into
+// `storage` (refilled: Note [Grouping buffers]). With several sparse dims every index is
+// range-checked here (IndexError); with one, check_rows / group_rows check the range. The
+// pointer is valid while c.indices and `storage` are.
+inline const int64_t* linear_rows(const char* op, const CooGrad& c, at::IntArrayRef sizes,
+                                  size_t i, std::vector<int64_t>& storage) {
+  if (c.sparse_dim == 1 && c.indices.stride(1) == 1) return c.indices.data_ptr<int64_t>();
   const at::Tensor idx = c.indices.contiguous();
   const int64_t* ip = idx.data_ptr<int64_t>();
-  if (c.sparse_dim == 1) return std::vector<int64_t>(ip, ip + c.nnz);
-  std::vector<int64_t> rows(c.nnz, 0);
+  std::vector<int64_t>& rows = storage;
+  rows.assign(c.nnz, 0);
   for (int64_t d = 0; d < c.sparse_dim; ++d) {
     const int64_t* id = ip + d * c.nnz;
     for (int64_t k = 0; k < c.nnz; ++k) {
@@ -190,7 +212,7 @@ inline std::vector<int64_t> linear_rows(const char* op, const CooGrad& c, at::In
       rows[k] = rows[k] * sizes[d] + id[k];
     }
   }
-  return rows;
+  return rows.data();
 }
 
 // Parallel over unique rows, split by cost (each row costs its duplicates plus the update), so
