@@ -65,7 +65,9 @@ inline CooGrad check_coo_grad(const char* op, const at::Tensor& p, const at::Ten
 // without the faults). So the buffers live on: the radix sort's two temporaries are per thread
 // here (radix_buffer), and the ops keep their RowGroups and linearized rows per thread
 // (thread_local) and refill them, reusing their capacity. A thread that steps a sparse optimizer
-// keeps ~40 bytes per lookup of the largest gradient it has seen.
+// keeps ~40 bytes per lookup of the largest gradient it has seen. Worker threads reach these
+// buffers only through pointers and references taken on the calling thread: code running on a
+// worker that named a thread_local would get the worker's own, empty, instance.
 inline std::vector<uint64_t>& radix_buffer(int which) {
   static thread_local std::vector<uint64_t> buffers[2];
   return buffers[which];
@@ -88,10 +90,12 @@ inline void group_rows_packed(const int64_t* idx, int64_t nnz, int key_bits, int
   const int passes = (key_bits + 10) / 11;
   const int digit = passes == 0 ? 0 : (key_bits + passes - 1) / passes;
   const uint64_t mask = (uint64_t(1) << digit) - 1;
-  std::vector<uint64_t>& a = radix_buffer(0);  // Note [Grouping buffers]
-  std::vector<uint64_t>& b = radix_buffer(1);
-  a.resize(nnz);
-  b.resize(nnz);
+  // Note [Grouping buffers]. Plain pointers from here on: each use of a thread_local costs a
+  // __tls_get_addr call in a shared library, which the compiler repeats inside the loops.
+  radix_buffer(0).resize(nnz);
+  radix_buffer(1).resize(nnz);
+  uint64_t* a = radix_buffer(0).data();
+  uint64_t* b = radix_buffer(1).data();
   for (int64_t k = 0; k < nnz; ++k) a[k] = (uint64_t(idx[k]) << pos_bits) | uint64_t(k);
   std::vector<int64_t> count(size_t(passes) << digit, 0);
   for (int64_t k = 0; k < nnz; ++k) {
@@ -108,7 +112,7 @@ inline void group_rows_packed(const int64_t* idx, int64_t nnz, int key_bits, int
     }
     const int shift = pos_bits + p * digit;
     for (int64_t k = 0; k < nnz; ++k) b[c[(a[k] >> shift) & mask]++] = a[k];
-    a.swap(b);
+    std::swap(a, b);
   }
   const uint64_t pmask = pos_bits == 64 ? ~uint64_t(0) : (uint64_t(1) << pos_bits) - 1;
   g.order.resize(nnz);
