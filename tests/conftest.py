@@ -29,6 +29,10 @@ settings.register_profile("ci", max_examples=12, derandomize=True, database=None
                           print_blob=True, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
+# Sparse tensors built by the tests are checked when built (torch's constructors otherwise skip
+# the checks, with a warning): a test that means to pass a bad index says check_invariants=False.
+torch.sparse.check_sparse_tensor_invariants.enable()
+
 ISA_LEVELS = _ops.available_cpu_capabilities()
 
 
