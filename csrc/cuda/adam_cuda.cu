@@ -313,22 +313,11 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
       }
       return a;
     };
-    switch (key.dtype) {
-      case at::kFloat:
-        launch_group<float>(items, args_for(0.0f), decoupled, amsgrad, maximize, has_scale);
-        break;
-      case at::kDouble:
-        launch_group<double>(items, args_for(0.0), decoupled, amsgrad, maximize, has_scale);
-        break;
-      case at::kBFloat16:
-        launch_group<c10::BFloat16>(items, args_for(0.0f), decoupled, amsgrad, maximize,
-                                    has_scale);
-        break;
-      case at::kHalf:
-        launch_group<c10::Half>(items, args_for(0.0f), decoupled, amsgrad, maximize, has_scale);
-        break;
-      default: break;  // unreachable: rejected above
-    }
+    mta::dispatch_param_dtype(key.dtype, [&](auto zero) {
+      using S = decltype(zero);
+      launch_group<S>(items, args_for(mta::opmath_t<S>{}), decoupled, amsgrad, maximize,
+                      has_scale);
+    });
   }
 
   // ---- 4. copy back what was updated in a copy, and count the step ------------------------

@@ -62,6 +62,19 @@ struct OpmathOf<c10::Half> {
 template <class S>
 using opmath_t = typename OpmathOf<S>::type;
 
+// Calls f(S{}) with S the storage type of a param dtype: float, double, c10::BFloat16 or
+// c10::Half (the ops reject every other dtype before they launch anything).
+template <class F>
+void dispatch_param_dtype(at::ScalarType dtype, const F& f) {
+  switch (dtype) {
+    case at::kFloat: f(float{}); break;
+    case at::kDouble: f(double{}); break;
+    case at::kBFloat16: f(c10::BFloat16{}); break;
+    case at::kHalf: f(c10::Half{}); break;
+    default: TORCH_INTERNAL_ASSERT(false, "unsupported dtype ", dtype, " reached a kernel");
+  }
+}
+
 // Widen on load, narrow on store (c10's conversions round to nearest even, like the CPU's).
 template <class S>
 __device__ __forceinline__ opmath_t<S> load_op(const S& x) {

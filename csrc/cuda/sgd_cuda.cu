@@ -224,25 +224,11 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   };
   for (const auto& group : groups) {
     const auto& items = group.second;
-    switch (group.first) {
-      case at::kFloat:
-        launch_dense<float>(items, args_for(0.0f), has_momentum, nesterov, is_first_step,
-                            maximize, has_scale);
-        break;
-      case at::kDouble:
-        launch_dense<double>(items, args_for(0.0), has_momentum, nesterov, is_first_step,
-                             maximize, has_scale);
-        break;
-      case at::kBFloat16:
-        launch_dense<c10::BFloat16>(items, args_for(0.0f), has_momentum, nesterov,
-                                    is_first_step, maximize, has_scale);
-        break;
-      case at::kHalf:
-        launch_dense<c10::Half>(items, args_for(0.0f), has_momentum, nesterov, is_first_step,
-                                maximize, has_scale);
-        break;
-      default: break;  // unreachable: rejected above
-    }
+    mta::dispatch_param_dtype(group.first, [&](auto zero) {
+      using S = decltype(zero);
+      launch_dense<S>(items, args_for(mta::opmath_t<S>{}), has_momentum, nesterov,
+                      is_first_step, maximize, has_scale);
+    });
   }
 
   // ---- 4. copy back what was updated in a copy ----------------------------------------------
@@ -383,7 +369,7 @@ void sgd_sparse_cuda(const at::Tensor& param, const at::Tensor& grad,
 
   const c10::cuda::CUDAGuard guard(dev);
   const at::IntArrayRef sizes = param.sizes();
-  const int64_t num_rows = coo.num_rows, width = coo.width;
+  const int64_t width = coo.width;
   if (ops::check_only()) {  // Note [Check-only calls]: the index checks, no grouping
     if (coo.nnz > 0) check_indices_cuda(coo.indices, sizes, kSparseOp, "the sparse gradient");
     return;
@@ -404,33 +390,13 @@ void sgd_sparse_cuda(const at::Tensor& param, const at::Tensor& grad,
 
   // ---- 3. update: one warp per unique row ---------------------------------------------------
   const bool has_scale = grad_scale.has_value();
-  switch (param.scalar_type()) {
-    case at::kFloat:
-      launch_sparse<float>(wp, wb, values, groups, width,
-                           math::make_sgd_coeffs<float>(lr, momentum, dampening, weight_decay,
-                                                        scale),
-                           has_momentum, nesterov, is_first_step, maximize, has_scale);
-      break;
-    case at::kDouble:
-      launch_sparse<double>(wp, wb, values, groups, width,
-                            math::make_sgd_coeffs<double>(lr, momentum, dampening, weight_decay,
-                                                          scale),
-                            has_momentum, nesterov, is_first_step, maximize, has_scale);
-      break;
-    case at::kBFloat16:
-      launch_sparse<c10::BFloat16>(wp, wb, values, groups, width,
-                                   math::make_sgd_coeffs<float>(lr, momentum, dampening,
-                                                                weight_decay, scale),
-                                   has_momentum, nesterov, is_first_step, maximize, has_scale);
-      break;
-    case at::kHalf:
-      launch_sparse<c10::Half>(wp, wb, values, groups, width,
-                               math::make_sgd_coeffs<float>(lr, momentum, dampening,
-                                                            weight_decay, scale),
-                               has_momentum, nesterov, is_first_step, maximize, has_scale);
-      break;
-    default: break;  // unreachable: rejected above
-  }
+  mta::dispatch_param_dtype(param.scalar_type(), [&](auto zero) {
+    using S = decltype(zero);
+    launch_sparse<S>(wp, wb, values, groups, width,
+                     math::make_sgd_coeffs<mta::opmath_t<S>>(lr, momentum, dampening,
+                                                             weight_decay, scale),
+                     has_momentum, nesterov, is_first_step, maximize, has_scale);
+  });
 
   // ---- 4. copy back what was updated in a copy ----------------------------------------------
   if (!wp.is_same(param)) param.copy_(wp);

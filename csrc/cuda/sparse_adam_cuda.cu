@@ -125,33 +125,13 @@ void sparse_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
     const at::Tensor m = exp_avgs[i].is_contiguous() ? exp_avgs[i] : exp_avgs[i].contiguous();
     const at::Tensor v =
         exp_avg_sqs[i].is_contiguous() ? exp_avg_sqs[i] : exp_avg_sqs[i].contiguous();
-    switch (params[i].scalar_type()) {
-      case at::kFloat:
-        launch<float>(p, m, v, it.values, it.groups, it.width,
-                      math::make_sparse_adam_coeffs<float>(lr, beta1, beta2, eps, weight_decay,
-                                                           step_size),
-                      maximize, decay);
-        break;
-      case at::kDouble:
-        launch<double>(p, m, v, it.values, it.groups, it.width,
-                       math::make_sparse_adam_coeffs<double>(lr, beta1, beta2, eps, weight_decay,
-                                                             step_size),
-                       maximize, decay);
-        break;
-      case at::kBFloat16:
-        launch<c10::BFloat16>(p, m, v, it.values, it.groups, it.width,
-                              math::make_sparse_adam_coeffs<float>(lr, beta1, beta2, eps,
-                                                                   weight_decay, step_size),
-                              maximize, decay);
-        break;
-      case at::kHalf:
-        launch<c10::Half>(p, m, v, it.values, it.groups, it.width,
-                          math::make_sparse_adam_coeffs<float>(lr, beta1, beta2, eps,
-                                                               weight_decay, step_size),
-                          maximize, decay);
-        break;
-      default: break;  // unreachable: rejected above
-    }
+    mta::dispatch_param_dtype(params[i].scalar_type(), [&](auto zero) {
+      using S = decltype(zero);
+      launch<S>(p, m, v, it.values, it.groups, it.width,
+                math::make_sparse_adam_coeffs<mta::opmath_t<S>>(lr, beta1, beta2, eps,
+                                                                weight_decay, step_size),
+                maximize, decay);
+    });
     // ---- 4. copy back what was updated in a copy --------------------------------------------
     if (!p.is_same(params[i])) params[i].copy_(p);
     if (!m.is_same(exp_avgs[i])) exp_avgs[i].copy_(m);
