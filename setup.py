@@ -80,7 +80,7 @@ def want_cuda():
             "PYOPTIM_CUDA=1 but CUDA cannot be built: "
             f"CUDA_HOME={CUDA_HOME}, torch.version.cuda={torch.version.cuda}"
         )
-    return have and bool(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+    return have and bool(glob.glob(os.path.join(ROOT, "csrc", "ops", "*.cu")))
 
 
 def check_nvcc_matches_torch():
@@ -124,7 +124,7 @@ def get_extensions():
     if want_cuda():
         check_nvcc_matches_torch()
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        sources += sorted(glob.glob("csrc/ops/*.cu"))
         nvcc = OPT + ["-lineinfo", "--fmad=false", "--expt-relaxed-constexpr"]
         return [
             CUDAExtension(

@@ -118,7 +118,7 @@ def workloads(cfg: BenchConfig) -> List[Workload]:
         )
 
     rows, width, lookups = cfg.n(M, minimum=64), 128, cfg.n(65536, minimum=64)
-    if dev == "cpu" and _pyoptim_has(dev, "sgd_sparse_"):
+    if dev == "cpu" and _pyoptim_has(dev, "sgd_"):
         for dist in ("uniform", "zipf"):
             data = _sparse_data(rows, width, lookups, dist == "zipf", dev)
             impls = {

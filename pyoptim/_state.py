@@ -1,32 +1,38 @@
-"""Per-group tensor lists, built once and reused while nothing they depend on has changed.
+"""The `step` frame shared by pyoptim's optimizers, and the plan it reuses from step to step.
 
-Looking up `optimizer.state[p]` costs a Python-level `Tensor.__hash__` per parameter; with
-thousands of small parameters that alone is slower than the whole fused update. So each param
-group keeps a GroupCache: the lists of params, state tensors and step counts to pass to the op,
-split by device. A step only re-reads `p.grad` for every param (C-level loops) and reuses the
-lists while all of these hold:
+A step makes one op call per device over every param group (Note [Param groups in one call] in
+csrc/ops/groups.h): per-group hyper-parameters as lists, the tensors of all groups in one list
+each. Building those lists the way torch.optim does (`optimizer.state[p]` per param) costs a
+Python-level `Tensor.__hash__` per parameter, which with thousands of small parameters is
+slower than the fused update itself. So the optimizer keeps a Plan: which params step, in which
+call, and the state dict of each. Every step re-reads each gradient and each state tensor from
+those dicts (C-level loops), so in-place edits, a new tensor assigned to a key and a cleared
+dict are all seen, and the Plan is reused while all of these hold:
 
-  * the group is the same dict, with the same param objects in the same order;
+  * `param_groups` holds the same group dicts, with the same param objects in the same order;
   * the same params have a gradient (None-pattern of `p.grad` unchanged);
-  * `optimizer.state` is the same object with the same number of entries (load_state_dict,
-    unpickling and `optimizer.state = ...` all replace it);
-  * the flags that change the state layout (amsgrad, momentum, ...) are unchanged.
+  * `optimizer.state` is the same object, with the same number of entries, and the state dict of
+    every param is still the dict the Plan holds (`optimizer.state[p] = {}` replaces it);
+  * the per-group flags that change the state layout (amsgrad, momentum != 0, ...) are unchanged;
+  * every state dict still has the keys the step reads (a cleared dict is initialized again,
+    as torch.optim does).
 
-Otherwise the lists are rebuilt (and lazy state is created) exactly as torch.optim builds them.
-State tensors are used in place, so in-place edits (`state[p]["exp_avg"].zero_()`) are seen;
-assigning a *new* tensor to an existing key by hand between steps is not. Use load_state_dict.
+Otherwise the Plan is rebuilt, creating lazy state exactly as torch.optim does. State created
+by a step that then raises is removed again, so a failed step leaves the optimizer as it was.
+Under torch.compile no Plan is kept: the lists are built afresh in each traced step.
 """
 
 from __future__ import annotations
 
 import operator
-from itertools import repeat
-from typing import Any, Callable, Optional
+from itertools import chain, compress, repeat
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from . import _ops
+_grad_of = operator.attrgetter("grad")
+_params_of = operator.itemgetter("params")
 
 
 def scalar_dtype(is_fused: Optional[bool] = None) -> torch.dtype:
@@ -36,140 +42,225 @@ def scalar_dtype(is_fused: Optional[bool] = None) -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _real(t: Tensor) -> Tensor:
+def real_view(t: Tensor) -> Tensor:
+    """Complex tensors go to the ops as real views (torch.optim does the same)."""
     return torch.view_as_real(t) if t.is_complex() else t
 
 
-class Chunk:
-    """One device's share of a param group: the lists handed to one op call."""
-
-    def __init__(self, device: torch.device, n_state: int) -> None:
-        self.device = device
-        self.index: list[int] = []  # positions in group["params"]
-        self.params: list[Tensor] = []
-        self.grads: list[Tensor] = []
-        self.state: list[list[Tensor]] = [[] for _ in range(n_state)]
-        self.steps: list[Any] = []
-        self.complex_pos: list[int] = []  # positions in this chunk of complex params
-        self._param_objs: list[Tensor] = []
-
-    def add(self, i: int, p: Tensor, state: list[Tensor], step: Any) -> None:
-        if p.is_complex():
-            self.complex_pos.append(len(self.params))
-        self.index.append(i)
-        self._param_objs.append(p)
-        self.params.append(_real(p))
-        for lst, t in zip(self.state, state):
-            lst.append(_real(t))
-        self.steps.append(step)
-
-    def bind(self, grads: list, whole: bool) -> "Chunk":
-        """Point the chunk at this step's gradients (and fresh views of complex params)."""
-        self.grads = grads if whole else [grads[i] for i in self.index]
-        for k in self.complex_pos:
-            self.params[k] = torch.view_as_real(self._param_objs[k])
-            self.grads[k] = _real(self.grads[k])
-        return self
-
-
-class GroupCache:
-    def __init__(self, group: dict, state: Any, grads: list, flags: Any) -> None:
-        self.group = group
-        self.params = list(group["params"])
-        self.state_obj = state
-        self.flags = flags
-        self.mask = list(map(operator.is_not, grads, repeat(None)))
-        self.active = [i for i, has in enumerate(self.mask) if has]
-        self._chunks: dict[torch.device, Chunk] = {}
-        self.state_len = -1
-
-    def add(self, i: int, p: Tensor, state: list[Tensor], step: Any = None) -> None:
-        chunk = self._chunks.get(p.device)
-        if chunk is None:
-            chunk = self._chunks[p.device] = Chunk(p.device, len(state))
-        chunk.add(i, p, state, step)
-
-    def valid(self, group: dict, state: Any, grads: list, flags: Any) -> bool:
-        params = group["params"]
-        return (
-            group is self.group
-            and state is self.state_obj
-            and len(state) == self.state_len
-            and flags == self.flags
-            and len(params) == len(self.params)
-            and all(map(operator.is_, params, self.params))
-            and list(map(operator.is_not, grads, repeat(None))) == self.mask
-        )
-
-    def chunks(self, grads: list) -> list[Chunk]:
-        if self.state_len < 0:  # first use after building: the lazy state now exists
-            self.state_len = len(self.state_obj)
-        whole = len(self._chunks) == 1 and all(
-            len(c.index) == len(self.params) for c in self._chunks.values()
-        )
-        return [c.bind(grads, whole) for c in self._chunks.values()]
-
-
 def on_device(t: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
-    """GradScaler's grad_scale / found_inf (or a Tensor lr) on the device of the params."""
+    """GradScaler's grad_scale / found_inf on the device of the params (torch moves them too)."""
     if t is None or t.device == device:
         return t
     return t.to(device)
 
 
-# What a param group's step is: the op calls to make (each a zero-argument callable), and what
-# to store once every call of the step has succeeded (or None).
-GroupPlan = tuple[list[Callable[[], None]], Optional[Callable[[], None]]]
+def pick(items: Sequence[Any], index: Optional[list[int]]) -> list:
+    """[items[i] for i in index] as a list, in C (index None: all of them)."""
+    if index is None:
+        return items if isinstance(items, list) else list(items)
+    if not index:
+        return []
+    got = operator.itemgetter(*index)(items)
+    return [got] if len(index) == 1 else list(got)
 
 
-def run_all_or_nothing(plans: list[GroupPlan]) -> None:
-    """Makes the op calls of a whole step, then its commits. One op call is all-or-nothing; with
-    several, every call is first made in check-only mode, so an error in any of them is raised
-    before any of them writes (Note [Check-only calls] in csrc/ops/checks.h)."""
-    calls = [call for group_calls, _ in plans for call in group_calls]
-    if len(calls) > 1:
-        with _ops.check_only():
-            for call in calls:
-                call()
-    for call in calls:
-        call()
-    for _, commit in plans:
-        if commit is not None:
-            commit()
+class DeviceCall:
+    """One op call of a step: the active params on one device, group by group."""
+
+    def __init__(self, device: torch.device, n_groups: int) -> None:
+        self.device = device
+        self.index: list[int] = []  # positions among the step's active params
+        self.state_index: list[int] = []  # positions among the active params that have state
+        self.group_sizes = [0] * n_groups
+        self.group_of: list[int] = []  # group of each param of the call
+        self.params: list[Tensor] = []  # real views of complex params: refreshed every step
+        self.complex_pos: list[int] = []  # positions in this call of complex params
+        self.complex_state_pos: list[int] = []  # and in its state lists
+
+
+class Plan:
+    """Which params a step updates, in which op call, with which state dicts."""
+
+    def __init__(self, opt: torch.optim.Optimizer, params: list[Tensor], mask: list[bool],
+                 layout: Any) -> None:
+        self.groups = list(opt.param_groups)
+        self.params = params
+        self.mask = mask
+        self.layout = layout
+        self.state_obj = opt.state
+        self.state_len = -1
+        self.active: list[Tensor] = list(compress(params, mask))
+        self.group_of: list[int] = []  # group of each active param
+        self.has_state: list[bool] = []  # per active param: does the op read its state
+        self.dicts: list[dict] = []  # state dict of each active param that has state
+        self.dict_pos: list[int] = []  # where each of them sits in state.values()
+        self.fresh: list[Tensor] = []  # params whose state this build created
+        self.calls: list[DeviceCall] = []
+        self.extra: Any = None  # what a subclass keeps with the plan
+
+    def finish(self, opt: torch.optim.Optimizer) -> None:
+        """After lazy state creation: record the dicts and split the params by device."""
+        n_groups = len(self.groups)
+        by_device: dict[torch.device, DeviceCall] = {}
+        s = 0
+        for k, (p, g, has) in enumerate(zip(self.active, self.group_of, self.has_state)):
+            call = by_device.get(p.device)
+            if call is None:
+                call = by_device[p.device] = DeviceCall(p.device, n_groups)
+            if p.is_complex():
+                call.complex_pos.append(len(call.params))
+                if has:
+                    call.complex_state_pos.append(len(call.state_index))
+            call.index.append(k)
+            call.params.append(real_view(p))
+            call.group_sizes[g] += 1
+            call.group_of.append(g)
+            if has:
+                call.state_index.append(s)
+                s += 1
+        self.calls = list(by_device.values())
+        state = opt.state
+        self.dicts = [state[p] for p in compress(self.active, self.has_state)]
+        if self.dicts:
+            positions = {id(d): k for k, d in enumerate(state.values())}
+            self.dict_pos = [positions[id(d)] for d in self.dicts]
+        self.state_len = len(state)
+
+    def valid(self, opt: torch.optim.Optimizer, params: list[Tensor], mask: list[bool],
+              layout: Any) -> bool:
+        groups = opt.param_groups
+        if not (
+            opt.state is self.state_obj
+            and len(opt.state) == self.state_len
+            and layout == self.layout
+            and len(groups) == len(self.groups)
+            and all(map(operator.is_, groups, self.groups))
+            and len(params) == len(self.params)
+            and all(map(operator.is_, params, self.params))
+            and mask == self.mask
+        ):
+            return False
+        if not self.dicts:
+            return True
+        values = list(opt.state.values())
+        return all(map(operator.is_, pick(values, self.dict_pos), self.dicts))
+
+    def state_lists(self, keys: Sequence[str],
+                    optional: Sequence[str] = ()) -> Optional[list[list[Any]]]:
+        """Each key's value in the state dict of every param with state (None where an optional
+        key is missing); None if a dict is missing a required key."""
+        try:
+            lists = [list(map(operator.itemgetter(key), self.dicts)) for key in keys]
+        except KeyError:
+            return None
+        return lists + [list(map(dict.get, self.dicts, repeat(key))) for key in optional]
+
+    def real_views(self, call: DeviceCall, grads: list[Tensor],
+                   states: list[list[Any]]) -> tuple[list[Tensor], list[Tensor], list[list[Any]]]:
+        """The call's params, grads and state tensors with every complex one as a fresh real
+        view (a view made in an earlier step would miss a later `p.data = ...`)."""
+        if not call.complex_pos:
+            return call.params, grads, states
+        params, grads, states = list(call.params), list(grads), [list(s) for s in states]
+        for k in call.complex_pos:
+            params[k] = real_view(self.active[call.index[k]])
+            grads[k] = real_view(grads[k])
+        for k in call.complex_state_pos:
+            for s in states:
+                if isinstance(s[k], Tensor):
+                    s[k] = real_view(s[k])
+        return params, grads, states
+
+    def split(self, items: list, by_state: bool = False) -> list[list]:
+        """A list over the active params (or over those with state), split like the calls."""
+        if len(self.calls) == 1 and (not by_state or len(self.dicts) == len(self.active)):
+            return [items]
+        return [pick(items, c.state_index if by_state else c.index) for c in self.calls]
 
 
 class FusedStep:
     """The `step` frame shared by pyoptim's optimizers (first in their MRO, before the torch
-    class): torch's fallback for differentiable=True, the closure, GradScaler's attributes, and
-    the gradients of each group; the subclass plans one group's op calls in `_plan_group`, and
-    the step runs all of them all-or-nothing (run_all_or_nothing)."""
+    class): torch's fallback for differentiable=True, the closure, GradScaler's attributes, the
+    Plan, and the op calls of the step, all-or-nothing (Note [All-or-nothing step] in
+    csrc/ops/groups.h). A subclass says what its state is and makes its op call:
+
+      _layout(groups)         what, in the groups, changes which state the op reads
+      _state_keys(plan)       the state keys the op reads, in order: required ones (a dict
+                              without one is initialized again) and optional ones (None where
+                              absent)
+      _init_param(group, p)   torch's checks and lazy state initialization for one param with a
+                              grad; returns whether the op reads its state (and True when it
+                              created state: it is removed again if the step raises)
+      _run(plan, call, params, grads, states, grad_scale, found_inf, validate_only)
+                              one op call (complex tensors already real views)
+      _commit(plan, found_inf)  what to store once every call has succeeded
+    """
 
     _step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf to step()
+    def _layout(self, groups: list[dict]) -> Any:
+        return None
 
-    def _cached_group(
-        self, group: dict, grads: list, flags: Any, build: Callable[[], GroupCache]
-    ) -> Any:
-        """The group's GroupCache, rebuilt by `build()` when no longer valid (see above)."""
-        caches = self.__dict__.setdefault("_pyoptim_caches", {})
-        cache = caches.get(id(group))
-        if cache is None or not cache.valid(group, self.state, grads, flags):
-            cache = build()
-            caches[id(group)] = cache
-        return cache
+    def _state_keys(self, plan: Plan) -> tuple[Sequence[str], Sequence[str]]:
+        return (), ()
 
-    def _plan_group(self, group: dict, grads: list, grad_scale, found_inf) -> GroupPlan:
+    def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
         raise NotImplementedError
 
+    def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
+             states: list[list[Any]], grad_scale: Optional[Tensor],
+             found_inf: Optional[Tensor], validate_only: bool) -> None:
+        raise NotImplementedError
+
+    def _commit(self, plan: Plan, found_inf: Optional[Tensor]) -> None:
+        pass
+
+    def _build_plan(self, params: list[Tensor], mask: list[bool], layout: Any) -> Plan:
+        plan = Plan(self, params, mask, layout)
+        try:
+            k = 0
+            for g, group in enumerate(self.param_groups):
+                for p in group["params"]:
+                    if mask[k]:
+                        plan.has_state.append(self._init_param(plan, group, p))
+                        plan.group_of.append(g)
+                    k += 1
+            plan.finish(self)
+        except BaseException:
+            self._forget_fresh(plan)
+            raise
+        return plan
+
+    def _forget_fresh(self, plan: Plan) -> None:
+        for p in plan.fresh:
+            self.state.pop(p, None)
+        plan.fresh = []
+        self.__dict__.pop("_pyoptim_plan", None)
+
+    def _plan(self, params: list[Tensor], mask: list[bool]) -> Plan:
+        layout = self._layout(self.param_groups)
+        compiling = torch.compiler.is_compiling()
+        plan = None if compiling else self.__dict__.get("_pyoptim_plan")
+        if plan is None or not plan.valid(self, params, mask, layout):
+            plan = self._build_plan(params, mask, layout)
+            if not compiling:
+                self.__dict__["_pyoptim_plan"] = plan
+        return plan
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())  # type: ignore[misc]
+        state.pop("_pyoptim_plan", None)
+        return state
+
     @torch.no_grad()
-    def step(self, closure: Optional[Any] = None):
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """Perform a single optimization step.
 
         Args:
             closure (Callable, optional): A closure that reevaluates the model
                 and returns the loss.
         """
-        if any(g["differentiable"] for g in self.param_groups):
-            return super().step(closure)  # torch's own math, differentiable through autograd
+        if any(g.get("differentiable", False) for g in self.param_groups):
+            return super().step(closure)  # type: ignore[misc]  # torch's own, differentiable
 
         loss = None
         if closure is not None:
@@ -178,10 +269,31 @@ class FusedStep:
 
         grad_scale: Optional[Tensor] = getattr(self, "grad_scale", None)
         found_inf: Optional[Tensor] = getattr(self, "found_inf", None)
-        plans = []
-        for group in self.param_groups:
-            grads = [p.grad for p in group["params"]]
-            if any(map(operator.is_not, grads, repeat(None))):
-                plans.append(self._plan_group(group, grads, grad_scale, found_inf))
-        run_all_or_nothing(plans)
+        params = list(chain.from_iterable(map(_params_of, self.param_groups)))
+        grads = list(map(_grad_of, params))
+        mask = list(map(operator.is_not, grads, repeat(None)))
+        plan = self._plan(params, mask)
+        keys, optional = self._state_keys(plan)
+        states = plan.state_lists(keys, optional) if plan.dicts else []
+        if states is None:  # a state dict lost a key (cleared): initialize it again, as torch does
+            plan = self._build_plan(params, mask, plan.layout)
+            if not torch.compiler.is_compiling():
+                self.__dict__["_pyoptim_plan"] = plan
+            states = plan.state_lists(keys, optional) if plan.dicts else []
+        try:
+            grads_per_call = plan.split(list(compress(grads, mask)))
+            states_per_call = [plan.split(s, by_state=True) for s in states]
+            runs = [(call, *plan.real_views(call, grads_per_call[k],
+                                            [s[k] for s in states_per_call]))
+                    for k, call in enumerate(plan.calls)]
+            if len(runs) > 1:  # Note [All-or-nothing step]: every call's checks first
+                for run in runs:
+                    self._run(plan, *run, grad_scale, found_inf, True)
+            for run in runs:
+                self._run(plan, *run, grad_scale, found_inf, False)
+            self._commit(plan, found_inf)
+        except BaseException:
+            self._forget_fresh(plan)
+            raise
+        plan.fresh = []
         return loss

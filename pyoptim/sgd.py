@@ -3,18 +3,17 @@
 The class subclasses torch.optim.SGD, so the constructor (lr as float or Tensor, momentum,
 dampening, weight_decay, nesterov, maximize, foreach, differentiable, fused), its defaults and
 its error messages, param groups, hooks, LR schedulers and state_dict handling are torch's own.
-Only `step` differs:
+Only `step` differs: one call to `torch.ops.pyoptim.sgd_` per device covers every param group,
+validates everything, then updates every tensor in one parallel region.
 
-* Dense gradients: one call to `torch.ops.pyoptim.sgd_` per param group (and device), which
-  validates everything, then updates every tensor in one parallel region. The math mirrors
-  torch's single-tensor SGD expression by expression (see csrc/include/pyoptim/math/sgd.h);
-  float32 / float64 results are torch's own bits on AVX2 / AVX-512 CPUs.
+* Dense gradients: the math mirrors torch's single-tensor SGD expression by expression (see
+  csrc/include/pyoptim/math/sgd.h); float32 / float64 results are torch's own bits on AVX2 /
+  AVX-512 CPUs.
 * Sparse COO gradients (`nn.Embedding(sparse=True)`, `nn.EmbeddingBag(sparse=True)`, coalesced
-  or not, duplicate indices summed): one call to `torch.ops.pyoptim.sgd_sparse_` per param.
-  Plain SGD (momentum=0, weight_decay=0) gives torch's exact result. Unlike torch, momentum,
-  nesterov, dampening and weight decay are supported, with LAZY semantics: only the rows present
-  in this step's gradient are updated. For each present row r, with g_r the sum of its
-  duplicate rows::
+  or not, duplicate indices summed), in the same call. Plain SGD (momentum=0, weight_decay=0)
+  gives torch's exact result. Unlike torch, momentum, nesterov, dampening and weight decay are
+  supported, with LAZY semantics: only the rows present in this step's gradient are updated.
+  For each present row r, with g_r the sum of its duplicate rows::
 
       g_r = -g_r                                      (maximize)
       g_r = g_r + weight_decay * p_r
@@ -28,6 +27,9 @@ Only `step` differs:
   the param has no momentum buffer yet, one is created as zeros and each present row gets
   b_r = g_r (torch's first-step rule, row-wise); rows first seen on a later step start from
   b_r = 0, i.e. b_r = (1 - dampening) * g_r.
+* A gradient whose dtype differs from its param's (a bfloat16 grad of a float32 param: torch
+  promotes) is stepped by torch's own single-tensor SGD, after every other check of the step
+  has passed, so the result (and the momentum buffer's dtype, the grad's) is torch's.
 
 State per param is torch's: `momentum_buffer` (a dense tensor like the param), only when
 momentum != 0, so state_dicts load both ways between torch.optim.SGD and pyoptim.SGD. (torch
@@ -36,36 +38,23 @@ keeps a *sparse* buffer for sparse grads with momentum; one loaded from torch is
 Flags: `foreach` and `fused` are accepted and validated as torch validates them; the step is
 always pyoptim's fused kernel. `differentiable=True` falls back to torch's own implementation.
 GradScaler: like torch's fused SGD, `step` takes `grad_scale` / `found_inf` from the scaler
-(grads are divided by the scale inside the kernel; a step with inf/NaN grads changes nothing).
+(grads are divided by the scale inside the kernel; a step with inf/NaN grads changes nothing and
+creates no momentum buffer).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import _device_dtype_check_for_fused
 
-from . import _ops
-from ._state import FusedStep, GroupCache, GroupPlan, on_device
+from ._state import DeviceCall, FusedStep, Plan, on_device, pick
 
 __all__ = ["SGD"]
 
-
-class _SgdCache(GroupCache):
-    """GroupCache plus SGD's extras: params on their momentum buffer's first step (`first`,
-    stepped by a second op call with is_first_step=True) and sparse-grad params (`sparse`)."""
-
-    def __init__(self, group: dict, state: Any, grads: list, flags: Any) -> None:
-        super().__init__(group, state, grads, flags)
-        self.first: Optional[GroupCache] = None
-        self.first_bufs: list[tuple[Tensor, Tensor]] = []  # (param, new buffer) to store
-        self.sparse: list[tuple[int, Tensor]] = []  # (position, param)
-
-
-def _sparse_mask(grads: list) -> list[bool]:
-    return [g is not None and g.is_sparse for g in grads]
+_sgd_ = torch.ops.pyoptim.sgd_.default
 
 
 class SGD(FusedStep, torch.optim.SGD):
@@ -74,104 +63,122 @@ class SGD(FusedStep, torch.optim.SGD):
         "(see pyoptim.sgd).\n\n" + (torch.optim.SGD.__doc__ or "")
     )
 
-    def _build_cache(self, group: dict, grads: list, sparse_mask: list[bool]) -> _SgdCache:
-        has_momentum = group["momentum"] != 0
-        cache = _SgdCache(group, self.state, grads, (has_momentum, sparse_mask))
-        for i in cache.active:
-            p = group["params"][i]
-            if sparse_mask[i]:
-                cache.sparse.append((i, p))
-                continue
-            if not has_momentum:  # torch does not touch the state without momentum
-                cache.add(i, p, state=[])
-                continue
-            state = self.state[p]
-            buf = state.get("momentum_buffer")
-            if buf is None:  # first step: the kernel writes buf = grad
-                buf = torch.empty_like(p, memory_format=torch.preserve_format)
-                cache.first_bufs.append((p, buf))
-                if cache.first is None:
-                    cache.first = GroupCache(group, self.state, grads, None)
-                cache.first.add(i, p, state=[buf])
+
+    def _layout(self, groups: list[dict]) -> Any:
+        return [g["momentum"] != 0 for g in groups]
+
+    def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("momentum_buffer",), ()
+
+    def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
+        if group["fused"] and getattr(self, "_need_device_dtype_check_for_fused", True):
+            _device_dtype_check_for_fused(p)  # torch checks the first param with a grad, once
+            self._need_device_dtype_check_for_fused = False
+        if group["momentum"] == 0:  # torch does not touch the state without momentum
+            return False
+        if plan.extra is None:
+            plan.extra = []  # per param with a buffer: does the buffer take its first step
+        state = self.state[p]
+        buf = state.get("momentum_buffer")
+        if buf is None:  # first step: the kernel writes buf = grad (present rows, if sparse)
+            plan.fresh.append(p)
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            plan.extra.append(True)
+        else:
+            if buf.is_sparse:  # a torch state_dict from sparse momentum
+                state["momentum_buffer"] = buf.to_dense()
+            plan.extra.append(False)
+        return True
+
+    def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
+             states: list[list[Any]], grad_scale: Optional[Tensor],
+             found_inf: Optional[Tensor], validate_only: bool) -> None:
+        groups = plan.groups
+        bufs = states[0] if states else []
+        first = pick(plan.extra, call.state_index) if plan.extra and any(plan.extra) else []
+        lr_tensors = [g["lr"] if isinstance(g["lr"], Tensor) else None for g in groups]
+        kwargs = dict(
+            lr=[0.0 if isinstance(g["lr"], Tensor) else g["lr"] for g in groups],
+            momentum=[g["momentum"] for g in groups],
+            dampening=[g["dampening"] for g in groups],
+            weight_decay=[g["weight_decay"] for g in groups],
+            nesterov=[g["nesterov"] for g in groups],
+            maximize=[g["maximize"] for g in groups],
+            lr_tensors=[on_device(t, call.device) if t is not None and t.device.type != "cpu"
+                        else t for t in lr_tensors] if any(t is not None for t in lr_tensors)
+            else [],
+            grad_scale=on_device(grad_scale, call.device),
+            found_inf=on_device(found_inf, call.device),
+        )
+        try:
+            _sgd_(params, grads, bufs, group_sizes=call.group_sizes, first_step=first,
+                  validate_only=validate_only, **kwargs)
+            return
+        except TypeError:
+            mixed = [k for k, (p, g) in enumerate(zip(params, grads)) if g.dtype != p.dtype]
+            if not mixed:
+                raise
+        self._run_mixed(plan, call, params, grads, bufs, first, mixed, kwargs, found_inf,
+                        validate_only)
+
+    def _run_mixed(self, plan: Plan, call: DeviceCall, params: list[Tensor],
+                   grads: list[Tensor], bufs: list[Tensor], first: list[bool], mixed: list[int],
+                   kwargs: dict, found_inf: Optional[Tensor], validate_only: bool) -> None:
+        """Params whose grad dtype differs from theirs: torch's own SGD steps them, after the
+        op has checked everything else and the checks torch would fail on have passed."""
+        groups = plan.groups
+        is_mixed = [False] * len(params)
+        for k in mixed:
+            is_mixed[k] = True
+        buf_pos = []  # position in bufs of each param's buffer, or -1
+        n_bufs = 0
+        for g in call.group_of:
+            if groups[g]["momentum"] != 0:
+                buf_pos.append(n_bufs)
+                n_bufs += 1
             else:
-                if buf.is_sparse:  # a torch state_dict from sparse momentum
-                    buf = state["momentum_buffer"] = buf.to_dense()
-                cache.add(i, p, state=[buf])
-        return cache
+                buf_pos.append(-1)
+        keep = [k for k in range(len(params)) if not is_mixed[k]]
+        keep_bufs = [buf_pos[k] for k in keep if buf_pos[k] >= 0]
+        sizes = [0] * len(groups)
+        for k in keep:
+            sizes[call.group_of[k]] += 1
+        sub = dict(kwargs, group_sizes=sizes,
+                   first_step=pick(first, keep_bufs) if first else [])
+        keep_args = (pick(params, keep), pick(grads, keep), pick(bufs, keep_bufs))
+        _sgd_(*keep_args, validate_only=True, **sub)
+        for k in mixed:
+            p, g = params[k], grads[k]
+            if not (g.is_floating_point() and g.shape == p.shape and g.device == p.device):
+                raise RuntimeError(
+                    f"pyoptim.SGD: the grad of a {p.dtype} param of shape {tuple(p.shape)} on "
+                    f"{p.device} is a {g.dtype} tensor of shape {tuple(g.shape)} on {g.device}")
+        if validate_only:
+            return
+        if found_inf is not None and bool(found_inf.item()):
+            return  # GradScaler found inf/NaN grads: nothing is stepped
+        scale = kwargs["grad_scale"]
+        for k in mixed:
+            group = groups[call.group_of[k]]
+            p, g = params[k], grads[k]
+            if scale is not None:
+                g = g / scale.to(g.device)
+            buf_list: list[Optional[Tensor]] = []
+            if buf_pos[k] >= 0:
+                buf_list = [None if first and first[buf_pos[k]] else bufs[buf_pos[k]]]
+            torch.optim.sgd.sgd(
+                [p], [g], buf_list, foreach=False, weight_decay=group["weight_decay"],
+                momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"],
+                nesterov=group["nesterov"], maximize=group["maximize"],
+                has_sparse_grad=g.is_sparse)
+            if buf_list:  # torch's buffer (of the grad's dtype) replaces ours
+                plan.dicts[call.state_index[buf_pos[k]]]["momentum_buffer"] = buf_list[0]
+        _sgd_(*keep_args, validate_only=False, **sub)
 
-    def _plan_group(self, group: dict, grads: list, grad_scale, found_inf) -> GroupPlan:
-        sparse_mask = _sparse_mask(grads)
-        cache = self._cached_group(
-            group,
-            grads,
-            (group["momentum"] != 0, sparse_mask),
-            lambda: self._build_cache(group, grads, sparse_mask),
-        )
-        kw = dict(
-            lr=float(group["lr"]),
-            momentum=float(group["momentum"]),
-            dampening=float(group["dampening"]),
-            weight_decay=float(group["weight_decay"]),
-            nesterov=bool(group["nesterov"]),
-            maximize=bool(group["maximize"]),
-        )
-        has_momentum = group["momentum"] != 0
-        calls = []
-        new_bufs: list[tuple[Tensor, Tensor]] = []  # (param, buffer) stored by the commit
-        for i, p in cache.sparse:
-            buf, first = None, False
-            if has_momentum:
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is not None and buf.is_sparse:
-                    buf = state["momentum_buffer"] = buf.to_dense()
-                if buf is None:
-                    buf, first = torch.zeros_like(p), True
-                    new_bufs.append((p, buf))
-            calls.append(functools.partial(
-                _ops.sgd_sparse_,
-                p,
-                grads[i],
-                buf,
-                is_first_step=first,
-                grad_scale=on_device(grad_scale, p.device),
-                found_inf=on_device(found_inf, p.device),
-                **kw,
-            ))
-        for chunk in cache.chunks(grads):
-            if chunk.params:
-                calls.append(functools.partial(
-                    _ops.sgd_,
-                    chunk.params,
-                    chunk.grads,
-                    chunk.state[0] if has_momentum else [],
-                    is_first_step=False,
-                    grad_scale=on_device(grad_scale, chunk.device),
-                    found_inf=on_device(found_inf, chunk.device),
-                    **kw,
-                ))
-        if cache.first is not None:
-            for chunk in cache.first.chunks(grads):
-                calls.append(functools.partial(
-                    _ops.sgd_,
-                    chunk.params,
-                    chunk.grads,
-                    chunk.state[0],
-                    is_first_step=True,
-                    grad_scale=on_device(grad_scale, chunk.device),
-                    found_inf=on_device(found_inf, chunk.device),
-                    **kw,
-                ))
-        if not new_bufs and not cache.first_bufs:
-            return calls, None
-
-        def commit() -> None:
-            # new buffers become state once written (not when GradScaler skipped the step)
-            if found_inf is not None and bool(found_inf.item()):
-                return
-            for p, buf in new_bufs + cache.first_bufs:
-                self.state[p]["momentum_buffer"] = buf
-            if cache.first_bufs:
-                self._pyoptim_caches.pop(id(group), None)  # rebuild without first steps
-
-        return calls, commit
+    def _commit(self, plan: Plan, found_inf: Optional[Tensor]) -> None:
+        if not plan.extra or not any(plan.extra):
+            return
+        if found_inf is not None and bool(found_inf.item()):
+            self._forget_fresh(plan)  # a skipped step creates no momentum buffer
+            return
+        plan.extra = [False] * len(plan.extra)  # the new buffers have taken their first step

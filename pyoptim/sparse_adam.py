@@ -1,11 +1,12 @@
-"""pyoptim.SparseAdam: torch.optim.SparseAdam with one fused native pass per param group.
+"""pyoptim.SparseAdam: torch.optim.SparseAdam with one fused native pass per step.
 
 The class subclasses torch.optim.SparseAdam, so the constructor, its defaults and error messages
 (sparse or complex params), param groups, hooks, LR schedulers and state_dict handling are
 torch's own. Only `step` differs: it makes one call to `torch.ops.pyoptim.sparse_adam_` per
-param group, which reads each sparse gradient as it comes from `nn.Embedding(sparse=True)` /
-`nn.EmbeddingBag(sparse=True)` (uncoalesced: no `coalesce()`, no `sparse_mask`), groups its row
-indices, sums duplicate rows in a fixed order and updates each touched row once, in parallel.
+device, covering every param group, which reads each sparse gradient as it comes from
+`nn.Embedding(sparse=True)` / `nn.EmbeddingBag(sparse=True)` (uncoalesced: no `coalesce()`, no
+`sparse_mask`), groups its row indices, sums duplicate rows in a fixed order and updates each
+touched row once, in parallel.
 
 Semantics are torch's: duplicate indices are summed before the update; the formula is
 SparseAdam's own (eps added to sqrt(exp_avg_sq) before the bias corrections, which are folded
@@ -13,7 +14,7 @@ into the step size); `state["step"]` is a Python int counting every step in whic
 a gradient, even one with no entries. float32 and float64 results equal torch's bit for bit;
 bfloat16 and float16 params are computed in float32 and rounded once on store (torch rounds
 after every operation). Bad input raises before anything, step counts included, is changed, in
-any param group (the step's calls are first made in check-only mode when there are several).
+any param group (one call covers every group; Note [All-or-nothing step] in csrc/ops/groups.h).
 
 Beyond torch (opt-in): `weight_decay` (default 0: torch's update exactly) applies decoupled
 weight decay, `param *= 1 - lr * weight_decay`, to the rows touched in this step only, before
@@ -23,25 +24,22 @@ param group and is kept in state_dict param groups (torch.optim.SparseAdam ignor
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from . import _ops
-from ._state import run_all_or_nothing
+from ._state import DeviceCall, FusedStep, Plan
 
 __all__ = ["SparseAdam"]
 
 _DENSE_MSG = "SparseAdam does not support dense gradients, please consider Adam instead"
+_sparse_adam_ = torch.ops.pyoptim.sparse_adam_.default
 
 
-def _to_float(x: Any) -> float:
-    return float(x.item()) if isinstance(x, Tensor) else float(x)
+class SparseAdam(FusedStep, torch.optim.SparseAdam):
+    _step_supports_amp_scaling = False  # torch's SparseAdam takes no GradScaler arguments
 
-
-class SparseAdam(torch.optim.SparseAdam):
     def __init__(
         self,
         params,
@@ -65,74 +63,48 @@ class SparseAdam(torch.optim.SparseAdam):
             raise ValueError(f"Invalid weight_decay value: {wd}")
         super().add_param_group(param_group)
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Any] = None):
-        """Perform a single optimization step.
+    def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("step", "exp_avg", "exp_avg_sq"), ()
 
-        Args:
-            closure (Callable, optional): A closure that reevaluates the model
-                and returns the loss.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
+        if not p.grad.is_sparse:
+            raise RuntimeError(_DENSE_MSG)
+        state = self.state[p]
+        if len(state) == 0:  # lazy state initialization, as torch.optim.SparseAdam
+            plan.fresh.append(p)  # removed again if the step raises
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return True
 
-        # Every group's gradients are checked before any group is updated.
-        work = []
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            grads = [p.grad for p in params]
-            if not all(g.is_sparse for g in grads):
-                raise RuntimeError(_DENSE_MSG)
-            if params:
-                work.append((group, params, grads))
+    def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
+             states: list[list[Any]], grad_scale: Optional[Tensor],
+             found_inf: Optional[Tensor], validate_only: bool) -> None:
+        steps, exp_avgs, exp_avg_sqs = states
+        groups = plan.groups
+        lr_tensors = [g["lr"] if isinstance(g["lr"], Tensor) else None for g in groups]
+        _sparse_adam_(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [int(s) + 1 for s in steps],  # the counts after this step
+            group_sizes=call.group_sizes,
+            lr=[0.0 if isinstance(g["lr"], Tensor) else g["lr"] for g in groups],
+            beta1=[g["betas"][0] for g in groups],
+            beta2=[g["betas"][1] for g in groups],
+            eps=[g["eps"] for g in groups],
+            weight_decay=[g.get("weight_decay", 0.0) for g in groups],
+            maximize=[bool(g.get("maximize", False)) for g in groups],
+            # a Tensor lr: step_size is computed in its dtype, as torch does
+            lr_tensors=[t.detach() if t is not None else None for t in lr_tensors]
+            if any(t is not None for t in lr_tensors) else [],
+            validate_only=validate_only,
+        )
 
-        plans = []
-        for group, params, grads in work:
-            # Lazy state, as torch's, but stored only once every op of the step has succeeded,
-            # so a step that raises leaves the optimizer exactly as it was.
-            states = [self.state.get(p) for p in params]
-            exp_avgs, exp_avg_sqs, steps, fresh = [], [], [], []
-            for p, state in zip(params, states):
-                if not state:
-                    state = {
-                        "step": 0,
-                        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-                    }
-                    fresh.append((p, state))
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                steps.append(int(state["step"]) + 1)
-            beta1, beta2 = group["betas"]
-            lr = group["lr"]
-            call = functools.partial(
-                _ops.sparse_adam_,
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                steps,
-                lr=_to_float(lr),
-                beta1=float(beta1),
-                beta2=float(beta2),
-                eps=float(group["eps"]),
-                weight_decay=float(group.get("weight_decay", 0.0)),
-                maximize=bool(group.get("maximize", False)),
-                # a Tensor lr: step_size is computed in its dtype, as torch does
-                lr_tensor=lr.detach() if isinstance(lr, Tensor) else None,
-            )
-
-            def commit(params=params, steps=steps, fresh=fresh) -> None:
-                for p, state in fresh:
-                    self.state[p] = state
-                for p, step in zip(params, steps):
-                    self.state[p]["step"] = step
-
-            plans.append(([call], commit))
-        run_all_or_nothing(plans)
-        return loss
+    def _commit(self, plan: Plan, found_inf: Optional[Tensor]) -> None:
+        for state in plan.dicts:
+            state["step"] = int(state["step"]) + 1
 
 
 SparseAdam.__doc__ = (

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from pyoptim import _ops
+import op_calls
 from tests.reference_sparse_adam import DUPLICATE_BLOCK, ordered_row_sum
 
 N_DUP = 700
@@ -81,10 +82,10 @@ def summed_by_op(op: str, grad: torch.Tensor) -> torch.Tensor:
     p = torch.zeros(grad.shape, dtype=grad.dtype, device=grad.device)
     state = torch.zeros_like(p)
     if op == "sparse_adam_":  # beta1 = 0: exp_avg = (g - 0) * 1 + 0 = g
-        _ops.sparse_adam_([p], [grad], [state], [torch.zeros_like(p)], [1], lr=1e-3, beta1=0.0,
+        op_calls.sparse_adam_([p], [grad], [state], [torch.zeros_like(p)], [1], lr=1e-3, beta1=0.0,
                           beta2=0.999, eps=1e-8, weight_decay=0.0, maximize=False)
     else:  # lazy momentum, first step: buf = g
-        _ops.sgd_sparse_(p, grad, state, lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0,
+        op_calls.sgd_sparse_(p, grad, state, lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0,
                          nesterov=False, maximize=False, is_first_step=True)
     return state
 

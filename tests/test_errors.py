@@ -16,6 +16,7 @@ import torch
 
 import pyoptim
 from pyoptim import _ops
+import op_calls
 from helpers import assert_bitwise_equal, any_changed, snapshot
 from strategies import AdamCase, op_args
 
@@ -208,9 +209,10 @@ OP_ERRORS = {
     # name: (mutation, hyper-parameter overrides, exception type, message fragment)
     "grad-shape": (bad_grad_shape, {}, ValueError, "grads\\[3\\] has shape"),
     "grad-dtype": (bad_grad_dtype, {}, TypeError, "grads\\[3\\] has dtype"),
-    # a meta grad among CPU tensors: the dispatcher picks the Meta key and refuses
-    # (a CUDA grad with CPU params reaches the device check; needs a GPU to test)
-    "grad-device": (bad_grad_device, {}, NotImplementedError, "Meta"),
+    # a meta grad among CPU tensors: the dispatcher picks the Meta kernel, whose device check
+    # refuses the CPU params (a CUDA grad with CPU params reaches the CUDA kernel's)
+    "grad-device": (bad_grad_device, {}, RuntimeError,
+                    "expected all tensors to be on the same device"),
     "grad-sparse": (bad_grad_sparse, {}, RuntimeError, SPARSE_MSG),
     "state-dtype": (bad_state_dtype, {}, TypeError, "exp_avg_sqs\\[3\\] has dtype"),
     "state-shape": (bad_state_shape, {}, ValueError, "exp_avgs\\[3\\] has shape"),
@@ -235,9 +237,9 @@ OP_ERRORS = {
     "negative-weight-decay": (lambda s, g: None, dict(weight_decay=-1.0), ValueError,
                               "Invalid weight_decay"),
     "grad-scale-2-elements": (lambda s, g: None, dict(grad_scale=torch.ones(2)), ValueError,
-                              "grad_scale must have one element"),
+                              "grad_scale must be a one-element tensor"),
     "found-inf-2-elements": (lambda s, g: None, dict(found_inf=torch.zeros(2)), ValueError,
-                             "found_inf must have one element"),
+                             "found_inf must be a one-element tensor"),
 }
 
 
@@ -248,10 +250,10 @@ def test_op_error_changes_nothing(isa, name):
     mutate(state, grads)
     before = snapshot(dict(state=state, grads=grads))
     with pytest.raises(exc, match=match):
-        _ops.adam_(*op_args(state, grads), **dict(HP, **overrides))
+        op_calls.adam_(*op_args(state, grads), **dict(HP, **overrides))
     assert_bitwise_equal(dict(state=state, grads=grads), before, name)
     # the same lists without the defect do step (the check is what stopped it)
     good_state, good_grads = _sample()
     good_before = snapshot(good_state)
-    _ops.adam_(*op_args(good_state, good_grads), **HP)
+    op_calls.adam_(*op_args(good_state, good_grads), **HP)
     assert any_changed(good_before["params"], good_state["params"])

@@ -17,6 +17,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from pyoptim import _ops
+import op_calls
 from conftest import ISA_LEVELS, dtype_id
 from helpers import assert_bitwise_equal, any_changed, snapshot
 from strategies import DTYPES, AdamCase, adam_cases, adam_hparams, clone_state, op_args, seeds
@@ -29,7 +30,7 @@ def run(case: AdamCase, state0: dict, level: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     with _ops.cpu_capability_override(level):
         for k in range(case.steps):
-            _ops.adam_(*op_args(state, case.grads(k)), **case.hp, **case.extras(k))
+            op_calls.adam_(*op_args(state, case.grads(k)), **case.hp, **case.extras(k))
     return state
 
 
@@ -96,7 +97,7 @@ def env_case_results() -> list:
                                 amsgrad=True, maximize=True, decoupled=False))
         state = case.state()
         for k in range(case.steps):
-            _ops.adam_(*op_args(state, case.grads(k)), **case.hp)
+            op_calls.adam_(*op_args(state, case.grads(k)), **case.hp)
         states.append(state)
     return states
 

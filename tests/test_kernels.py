@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, strategies as st
 
 from pyoptim import _ops
+import op_calls
 from helpers import any_changed, assert_bitwise_equal, bitwise_equal, normwise_error, snapshot
 from reference import adam_reference
 from strategies import (AdamCase, adam_cases, adam_hparams, clone_state, dtypes, op_args, seeds,
@@ -27,7 +28,7 @@ STATE_KEYS = ("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
 def run_kernel(case: AdamCase, state: dict, hp: dict | None = None, grads_fn=None) -> None:
     for k in range(case.steps):
         grads = grads_fn(k) if grads_fn else case.grads(k)
-        _ops.adam_(*op_args(state, grads), **(hp or case.hp), **case.extras(k))
+        op_calls.adam_(*op_args(state, grads), **(hp or case.hp), **case.extras(k))
 
 
 def oracle_run(case: AdamCase, before: dict, hp: dict | None = None, grads_fn=None) -> dict:
@@ -68,7 +69,7 @@ def test_adam_matches_reference(isa, case):
     for k in range(case.steps):
         grads = case.grads(k)
         extras = case.extras(k)
-        _ops.adam_(*op_args(kern, grads), **case.hp, **extras)
+        op_calls.adam_(*op_args(kern, grads), **case.hp, **extras)
         adam_reference(*op_args(ref, grads), **case.hp, **extras)
         adam_reference(*op_args(oracle, [g.double() for g in grads]), **case.hp, **extras,
                        compute_dtype=torch.float64, torch_kernels=True)
@@ -103,7 +104,7 @@ def test_lerp_branch_boundary(isa, dtype, beta1):
     kern, ref = clone_state(state0), clone_state(state0)
     for k in range(case.steps):
         grads = case.grads(k)
-        _ops.adam_(*op_args(kern, grads), **hp)
+        op_calls.adam_(*op_args(kern, grads), **hp)
         adam_reference(*op_args(ref, grads), **hp)
     tol = op_tolerance("adam", dtype)
     oracle = oracle_run(case, state0)
@@ -122,11 +123,11 @@ def test_found_inf_skips_everything(isa, case):
     grads = case.grads(0)
     before = snapshot(state)
     for found in (1.0, float("inf"), float("nan")):
-        _ops.adam_(*op_args(state, grads), **case.hp,
+        op_calls.adam_(*op_args(state, grads), **case.hp,
                    grad_scale=torch.tensor(1.0), found_inf=torch.tensor(found))
         assert_bitwise_equal(state, before, f"found_inf={found}")
     # the case's grad_scale too (its grads are scaled; assert_stepped's oracle unscales them)
-    _ops.adam_(*op_args(state, grads), **case.hp,
+    op_calls.adam_(*op_args(state, grads), **case.hp,
                **dict(case.extras(0), found_inf=torch.tensor(0.0)))
     single = dataclasses.replace(case, skips=(False,))
     assert_stepped(single, before, state)
@@ -195,9 +196,9 @@ def test_power_of_two_grad_scale_unscales_exactly(isa, case, log2_scale):
     before = snapshot(a)
     for k in range(case.steps):
         grads = case.grads(k)
-        _ops.adam_(*op_args(a, [g * scale for g in grads]), **case.hp,
+        op_calls.adam_(*op_args(a, [g * scale for g in grads]), **case.hp,
                    grad_scale=torch.tensor(scale), found_inf=torch.tensor(0.0))
-        _ops.adam_(*op_args(b, grads), **case.hp)
+        op_calls.adam_(*op_args(b, grads), **case.hp)
     assert_bitwise_equal(a, b)
     assert_stepped(case, before, a)
 
@@ -214,8 +215,8 @@ def test_lr_tensor_equals_lr(isa, lr_dtype, case):
     for k in range(case.steps):
         grads = case.grads(k)
         # the case's grad_scale too: its grads are scaled, and assert_stepped's oracle unscales
-        _ops.adam_(*op_args(a, grads), **hp_tensor, **case.extras(k), lr_tensor=lr_t)
-        _ops.adam_(*op_args(b, grads), **hp_float, **case.extras(k))
+        op_calls.adam_(*op_args(a, grads), **hp_tensor, **case.extras(k), lr_tensor=lr_t)
+        op_calls.adam_(*op_args(b, grads), **hp_float, **case.extras(k))
     assert_bitwise_equal(a, b)
     assert_stepped(case, before, a, hp=hp_float)
 
@@ -252,8 +253,8 @@ def test_any_layout_equals_contiguous(isa, layout, dtype, hp, seed, shape):
     odd = {k: [make(t) if k != "state_steps" else t.clone() for t in v] for k, v in dense.items()}
     keep = [t for k in STATE_KEYS for t in odd[k]]  # the caller's tensors must be updated in place
     g = case.grads(0)[0].view(rows, cols)
-    _ops.adam_(*op_args(dense, [g]), **hp)
-    _ops.adam_(*op_args(odd, [make_grad(g)]), **hp)
+    op_calls.adam_(*op_args(dense, [g]), **hp)
+    op_calls.adam_(*op_args(odd, [make_grad(g)]), **hp)
     for key in STATE_KEYS:
         for x, y in zip(dense[key], odd[key]):
             assert bitwise_equal(x, y.contiguous()), key

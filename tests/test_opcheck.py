@@ -1,9 +1,13 @@
-"""torch.library.opcheck on every pyoptim op, over several samples.
+"""torch.library.opcheck on every pyoptim optimizer op, over samples of several param groups.
 
-opcheck's default test_utils all apply to adam_ (schema / mutation annotations, autograd
-registration, fake tensors, AOT dispatch with dynamic shapes): a mutating op that returns ()
-needs no fake kernel, and every one of them passes, so none is deselected. The static AOT
-dispatch check is added explicitly.
+opcheck's default test_utils all apply (schema / mutation annotations, autograd registration,
+fake tensors through the Meta kernels of csrc/ops/meta.cpp, AOT dispatch with static and
+dynamic shapes), so none is deselected for dense samples. With sparse COO grads, opcheck's
+schema and AOT checks cannot run (they read every input's storage, which a sparse tensor has
+not: "Cannot access storage of SparseTensorImpl"); those samples run the other two, and the
+mutation claims of the schema are checked directly: the sparse grads come out bitwise unchanged.
+Each sample also runs for real, and must move the params: a sample that exercised nothing would
+make the check vacuous.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import torch
 from torch.library import opcheck
 
 from conftest import dtype_id
-from helpers import any_changed, snapshot
+from helpers import any_changed, assert_bitwise_equal, snapshot
 from strategies import AdamCase, op_args
 
 TEST_UTILS = (
@@ -23,38 +27,116 @@ TEST_UTILS = (
     "test_aot_dispatch_static",
     "test_aot_dispatch_dynamic",
 )
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
-FLAGS = {
-    "adam": dict(amsgrad=False, maximize=False, decoupled=False, weight_decay=0.0),
-    "adam-l2-amsgrad": dict(amsgrad=True, maximize=False, decoupled=False, weight_decay=0.1),
-    "adamw-maximize": dict(amsgrad=False, maximize=True, decoupled=True, weight_decay=0.01),
-    "adamw-amsgrad-maximize": dict(amsgrad=True, maximize=True, decoupled=True, weight_decay=0.01),
+ADAM_GROUPS = {
+    # two groups each: (amsgrad, maximize, decoupled, weight_decay)
+    "adam-and-amsgrad": ((False, False, False, 0.0), (True, False, False, 0.1)),
+    "adamw-maximize-and-amsgrad": ((False, True, True, 0.01), (True, True, True, 0.01)),
 }
 EXTRAS = {
     "plain": lambda: {},
     "grad_scale": lambda: dict(grad_scale=torch.tensor(4.0), found_inf=torch.tensor(0.0)),
-    "lr_tensor": lambda: dict(lr_tensor=torch.tensor(3e-3)),
+    "lr_tensors": lambda: dict(lr_tensors=[torch.tensor(3e-3), None]),
+    "validate_only": lambda: dict(validate_only=True),
 }
 
 
-def sample(flags: str, dtype: torch.dtype, step0: int = 0):
-    hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, **FLAGS[flags])
-    case = AdamCase(sizes=[5, 33, 0], dtype=dtype, hp=hp, seed=5, step0=step0, skips=(False,))
-    state = case.state()
-    return case, state, op_args(state, case.grads(0))
+SPARSE_TEST_UTILS = ("test_autograd_registration", "test_faketensor")
+
+
+def _check(op, args, kwargs, sparse: bool = False) -> None:
+    utils = SPARSE_TEST_UTILS if sparse else TEST_UTILS
+    result = opcheck(op, args, kwargs, test_utils=utils)
+    assert result == {name: "SUCCESS" for name in utils}
+
+
+def adam_sample(groups: str, dtype: torch.dtype):
+    """Two groups (sizes 2 and 2) of tensors of 5, 33, 0, 7 elements after 3 steps."""
+    states = []
+    for k, (amsgrad, *_rest) in enumerate(ADAM_GROUPS[groups]):
+        hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=amsgrad,
+                  maximize=False, decoupled=False)
+        case = AdamCase(sizes=[5, 33] if k == 0 else [0, 7], dtype=dtype, hp=hp, seed=5 + k,
+                        step0=3, skips=(False,))
+        states.append(case.state())
+        states[-1]["grads"] = case.grads(0)
+    state = {key: states[0][key] + states[1][key] for key in states[0]}
+    args = op_args(state, state["grads"])
+    cfg = ADAM_GROUPS[groups]
+    kwargs = dict(group_sizes=[2, 2], lr=[1e-2, 2e-2], beta1=[0.9, 0.8], beta2=[0.999, 0.99],
+                  weight_decay=[c[3] for c in cfg], eps=[1e-8, 1e-6],
+                  amsgrad=[c[0] for c in cfg], maximize=[c[1] for c in cfg],
+                  decoupled=[c[2] for c in cfg], lr_tensors=[])
+    return state, args, kwargs
 
 
 @pytest.mark.parametrize("extra", list(EXTRAS))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
-                         ids=dtype_id)
-@pytest.mark.parametrize("flags", list(FLAGS))
-def test_opcheck_adam(flags, dtype, extra):
-    case, state, args = sample(flags, dtype, step0=3)
-    kwargs = dict(case.hp, **EXTRAS[extra]())
-    result = opcheck(torch.ops.pyoptim.adam_.default, args, kwargs, test_utils=TEST_UTILS)
-    assert result == {name: "SUCCESS" for name in TEST_UTILS}
-    # the sample really exercises the op: running it moves the params and counts the step
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("groups", list(ADAM_GROUPS))
+def test_opcheck_adam(groups, dtype, extra):
+    state, args, kwargs = adam_sample(groups, dtype)
+    kwargs.update(EXTRAS[extra]())
+    _check(torch.ops.pyoptim.adam_.default, args, kwargs)
     before = snapshot(state)
     torch.ops.pyoptim.adam_.default(*args, **kwargs)
-    assert any_changed(before["params"], state["params"])
-    assert state["state_steps"][0].item() == before["state_steps"][0].item() + 1
+    if kwargs.get("validate_only"):
+        assert not any_changed(before["params"], state["params"])
+    else:
+        assert any_changed(before["params"], state["params"])
+        assert state["state_steps"][0].item() == before["state_steps"][0].item() + 1
+
+
+def _sparse(rows: int, width: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, rows, (1, 9), generator=g)
+    return torch.sparse_coo_tensor(idx, torch.randn(9, width, generator=g).to(dtype),
+                                   (rows, width))
+
+
+def sgd_sample(dtype: torch.dtype, sparse: bool):
+    """Group 0: plain SGD; group 1: momentum with one buffer on its first step."""
+    g = torch.Generator().manual_seed(11)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    params = [rnd(6, 3), rnd(5), rnd(6, 3), rnd(4, 2)]
+    grads = [_sparse(6, 3, dtype, 1) if sparse else rnd(6, 3), rnd(5),
+             _sparse(6, 3, dtype, 2) if sparse else rnd(6, 3), rnd(4, 2)]
+    bufs = [rnd(6, 3), torch.zeros(4, 2, dtype=dtype)]
+    kwargs = dict(group_sizes=[2, 2], lr=[0.1, 0.05], momentum=[0.0, 0.9],
+                  dampening=[0.0, 0.1], weight_decay=[0.0, 0.01], nesterov=[False, False],
+                  maximize=[False, True], first_step=[False, True], lr_tensors=[])
+    return params, bufs, (params, grads, bufs), kwargs
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "dense-and-sparse"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_opcheck_sgd(dtype, sparse):
+    params, bufs, args, kwargs = sgd_sample(dtype, sparse)
+    _check(torch.ops.pyoptim.sgd_.default, args, kwargs, sparse=sparse)
+    before = snapshot(params + bufs)
+    grads_before = snapshot(args[1])
+    torch.ops.pyoptim.sgd_.default(*args, **kwargs)
+    assert any_changed(before[:4], params) and any_changed(before[4:], bufs)
+    assert_bitwise_equal(args[1], grads_before, "grads (read only)")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_opcheck_sparse_adam(dtype):
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.randn(6, 3, generator=gen).to(dtype) for _ in range(3)]
+    grads = [_sparse(6, 3, dtype, 10 + k) for k in range(3)]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    args = (params, grads, m, v, [1, 4, 2])
+    kwargs = dict(group_sizes=[1, 2], lr=[0.1, 0.01], beta1=[0.9, 0.8], beta2=[0.999, 0.99],
+                  eps=[1e-8, 1e-6], weight_decay=[0.0, 0.1], maximize=[False, True],
+                  lr_tensors=[])
+    _check(torch.ops.pyoptim.sparse_adam_.default, args, kwargs, sparse=True)
+    before = snapshot(params)
+    grads_before = snapshot(grads)
+    torch.ops.pyoptim.sparse_adam_.default(*args, **kwargs)
+    assert any_changed(before, params)
+    assert_bitwise_equal(grads, grads_before, "grads (read only)")

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import pyoptim
 from pyoptim import _ops
+import op_calls
 from reference_sgd import sgd_reference
 from tolerances import sgd_tol
 
@@ -49,7 +50,7 @@ def _randn(shape, dtype, gen):
 
 
 def _op_step(params, grads, bufs, hp, first, grad_scale=None):
-    _ops.sgd_(
+    op_calls.sgd_(
         params,
         grads,
         bufs if hp["momentum"] != 0 else [],
@@ -123,17 +124,20 @@ def test_sgd_bitwise_across_isa_and_threads(dtype, nesterov):
             assert torch.equal(a, b), (level, threads)
 
 
-def test_sgd_momentum_zero_touches_no_buffer():
+def test_sgd_momentum_zero_takes_no_buffer():
+    """momentum == 0: the op reads and writes no buffer, so it takes none (a buffer given anyway
+    is a caller's mistake: ValueError, nothing written)."""
     p = torch.randn(100)
     g = torch.randn(100)
     sentinel = torch.full((100,), 7.0)
     before = p.clone()
-    _ops.sgd_([p], [g], [sentinel], lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0,
-              nesterov=False, maximize=False, is_first_step=True)
-    assert torch.equal(sentinel, torch.full((100,), 7.0))
+    hp = dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+              maximize=False, is_first_step=False)
+    with pytest.raises(ValueError, match="momentum_buffers"):
+        op_calls.sgd_([p], [g], [sentinel], **hp)
+    assert torch.equal(p, before) and torch.equal(sentinel, torch.full((100,), 7.0))
+    op_calls.sgd_([p], [g], [], **hp)
     assert not torch.equal(p, before)
-    _ops.sgd_([p], [g], [], lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0,
-              nesterov=False, maximize=False, is_first_step=False)
 
 
 def test_sgd_noncontiguous_and_transposed():
@@ -375,9 +379,9 @@ def test_sgd_op_errors_change_nothing(case):
     elif case == "lr":
         hp.update(lr=-1.0)
     with pytest.raises(err):
-        _ops.sgd_(params, grads, bufs, **hp)
+        op_calls.sgd_(params, grads, bufs, **hp)
     for a, b in zip(snap, (p1, p2, b1, b2)):
         assert torch.equal(a, b)
     # and the same call with valid input does change them (the test can fail)
-    _ops.sgd_([p1, p2], [g1, g2], [b1, b2], **dict(hp, nesterov=False, dampening=0.0, lr=0.1))
+    op_calls.sgd_([p1, p2], [g1, g2], [b1, b2], **dict(hp, nesterov=False, dampening=0.0, lr=0.1))
     assert not torch.equal(p1, snap[0])

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import pyoptim
 from pyoptim import _ops
+import op_calls
 from tests.reference_sparse_adam import ieee_torch_mode, sparse_adam_reference
 from tests.tolerances import (
     SPARSE_ADAM_VS_REFERENCE,
@@ -86,11 +87,11 @@ def run_steps_both(param, grads, hp, weight_decay=0.0, level=None):
     for step, g in enumerate(grads, start=1):
         kw = dict(lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"], eps=hp["eps"])
         if level is None:
-            _ops.sparse_adam_([p1], [g], [m1], [v1], [step], weight_decay=weight_decay,
+            op_calls.sparse_adam_([p1], [g], [m1], [v1], [step], weight_decay=weight_decay,
                               maximize=hp["maximize"], **kw)
         else:
             with _ops.cpu_capability_override(level):
-                _ops.sparse_adam_([p1], [g], [m1], [v1], [step], weight_decay=weight_decay,
+                op_calls.sparse_adam_([p1], [g], [m1], [v1], [step], weight_decay=weight_decay,
                                   maximize=hp["maximize"], **kw)
         sparse_adam_reference(p2, g, m2, v2, step, maximize=hp["maximize"],
                               weight_decay=weight_decay, **kw)
@@ -178,7 +179,7 @@ def test_strided_params(layout):
     for step in (1, 2):
         g = make_grad(torch.randint(0, view.shape[0], (50,), generator=gen), view.shape,
                       torch.float32, gen)
-        _ops.sparse_adam_([view], [g], [m], [v], [step], lr=0.1, beta1=0.9, beta2=0.999,
+        op_calls.sparse_adam_([view], [g], [m], [v], [step], lr=0.1, beta1=0.9, beta2=0.999,
                           eps=1e-8, weight_decay=0.0, maximize=False)
         sparse_adam_reference(ref_param, g, m_ref, v_ref, step, lr=0.1, beta1=0.9, beta2=0.999,
                               eps=1e-8)
@@ -215,7 +216,7 @@ def test_bitwise_across_levels_and_threads(dtype, width):
                 p, m, v = param.clone(), torch.zeros_like(param), torch.zeros_like(param)
                 with _ops.cpu_capability_override(level):
                     for step, g in enumerate(grads, start=1):
-                        _ops.sparse_adam_([p], [g], [m], [v], [step], lr=0.01, beta1=0.9,
+                        op_calls.sparse_adam_([p], [g], [m], [v], [step], lr=0.01, beta1=0.9,
                                           beta2=0.999, eps=1e-8, weight_decay=0.0,
                                           maximize=False)
                 results.append((level, threads, p, m, v))
@@ -477,7 +478,7 @@ def test_bad_grad_changes_nothing(case):
             opt.step()
         else:
             st_g, st_b = opt.state[good], opt.state[bad]
-            _ops.sparse_adam_([good, bad], [good.grad, grad], [st_g["exp_avg"], st_b["exp_avg"]],
+            op_calls.sparse_adam_([good, bad], [good.grad, grad], [st_g["exp_avg"], st_b["exp_avg"]],
                               [st_g["exp_avg_sq"], st_b["exp_avg_sq"]], [2, 2], lr=0.1,
                               beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                               maximize=False)
@@ -512,11 +513,11 @@ def test_op_rejects_aliasing_and_bad_lists():
     before = p.clone()
     kw = dict(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, maximize=False)
     with pytest.raises(ValueError, match="overlap"):
-        _ops.sparse_adam_([p], [g], [m], [m], [1], **kw)
+        op_calls.sparse_adam_([p], [g], [m], [m], [1], **kw)
     with pytest.raises(ValueError, match="steps"):
-        _ops.sparse_adam_([p], [g], [m], [torch.zeros_like(p)], [], **kw)
+        op_calls.sparse_adam_([p], [g], [m], [torch.zeros_like(p)], [], **kw)
     with pytest.raises(ValueError, match="steps"):
-        _ops.sparse_adam_([p], [g], [m], [torch.zeros_like(p)], [0], **kw)
+        op_calls.sparse_adam_([p], [g], [m], [torch.zeros_like(p)], [0], **kw)
     assert torch.equal(p, before) and torch.equal(m, torch.zeros_like(p))
 
 

@@ -1,13 +1,11 @@
-"""A step that raises changes nothing, across param groups too (Note [Check-only calls] in
-csrc/ops/checks.h): when a step makes several op calls, all are first made in check-only mode,
-so an error in a later group is raised before an earlier group is written. The bad input is
-always in the LAST group, after a good one that a step-by-step implementation would already have
-updated. (A param that had no state may be left with torch.optim's initial state, created
-lazily before the checks, as torch creates it: step 0 and zeros, which a later step starts
-from exactly as from no state.)
+"""A step that raises changes nothing, across param groups too (Note [All-or-nothing step] in
+csrc/ops/groups.h): one op call covers every param group of a device, and a step over several
+devices first makes every call with validate_only=True. The bad input is always in the LAST
+group, after a good one that a group-by-group implementation would already have updated. State
+that the failed step created lazily (torch.optim's initial state) is removed again.
 
-Also the check-only mode itself, per op: valid arguments write nothing (params, state, step
-counts), invalid ones raise the error the real call raises.
+Also validate_only itself, per op: valid arguments write nothing (params, state, step counts),
+invalid ones raise the error the real call raises.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import pytest
 import torch
 
 import pyoptim
-from pyoptim import _ops
+import op_calls
 
 
 def _bad_sparse_grad(shape, device="cpu"):
@@ -32,21 +30,13 @@ def _snapshot(opt):
     return params, state
 
 
-def _is_initial(s: dict) -> bool:
-    """torch.optim's lazily created state before any step: nothing (SGD), or step 0 and zeros."""
-    return all((not v.any()) if isinstance(v, torch.Tensor) else v == 0 for v in s.values())
-
-
 def _assert_unchanged(opt, before):
     params, state = before
     now = [p.detach() for g in opt.param_groups for p in g["params"]]
     for i, (a, b) in enumerate(zip(now, params)):
         assert torch.equal(a, b), f"param {i} changed"
-    assert set(state) <= set(id(p) for p in opt.state), "state entries removed"
+    assert set(state) == set(id(p) for p in opt.state), "state entries added or removed"
     for p, s in opt.state.items():
-        if id(p) not in state:  # a param that never stepped: at most torch's initial state
-            assert _is_initial(s), "a param that did not step has non-initial state"
-            continue
         old = state[id(p)]
         assert set(s) == set(old), "state keys changed"
         for k, v in s.items():
@@ -157,7 +147,8 @@ SPARSE_ADAM_KW = dict(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0
 
 
 def _op_cases(bad: bool, device: str):
-    """(name, tensors to watch, call) for each op; `bad`: the last tensor's input is invalid."""
+    """(name, tensors to watch, call(validate_only)) for each op; `bad`: the last tensor's input
+    is invalid."""
     torch.manual_seed(1)
 
     def rnd(*shape):
@@ -175,11 +166,13 @@ def _op_cases(bad: bool, device: str):
         sg[1] = _bad_sparse_grad((5, 3), device)
     return [
         ("adam_", p + m + v + steps,
-         lambda: _ops.adam_(p, g, m, v, [], steps, **ADAM_KW)),
-        ("sgd_", p + m, lambda: _ops.sgd_(p, g, m, **SGD_KW)),
-        ("sgd_sparse_", [p[1], m[1]], lambda: _ops.sgd_sparse_(p[1], sg[1], m[1], **SGD_KW)),
+         lambda vo: op_calls.adam_(p, g, m, v, [], steps, **ADAM_KW, validate_only=vo)),
+        ("sgd_", p + m, lambda vo: op_calls.sgd_(p, g, m, **SGD_KW, validate_only=vo)),
+        ("sgd_-sparse", p + m,
+         lambda vo: op_calls.sgd_(p, sg, m, **SGD_KW, validate_only=vo)),
         ("sparse_adam_", p + m + v,
-         lambda: _ops.sparse_adam_(p, sg, m, v, [4, 4], **SPARSE_ADAM_KW)),
+         lambda vo: op_calls.sparse_adam_(p, sg, m, v, [4, 4], **SPARSE_ADAM_KW,
+                                          validate_only=vo)),
     ]
 
 
@@ -188,25 +181,20 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("index", range(4), ids=["adam_", "sgd_", "sgd_sparse_", "sparse_adam_"])
-def test_check_only_writes_nothing_and_raises_what_the_call_raises(index, device):
+@pytest.mark.parametrize("index", range(4), ids=["adam_", "sgd_", "sgd_-sparse", "sparse_adam_"])
+def test_validate_only_writes_nothing_and_raises_what_the_call_raises(index, device):
     name, watched, call = _op_cases(False, device)[index]
     before = [t.clone() for t in watched]
-    with _ops.check_only():
-        call()
+    call(True)
     assert all(torch.equal(a, b) for a, b in zip(watched, before)), name
-    call()  # the mode is off again: the same call writes
+    call(False)  # the same call for real writes
     assert not all(torch.equal(a, b) for a, b in zip(watched, before)), name
 
     name, watched, call = _op_cases(True, device)[index]
-    with pytest.raises((ValueError, IndexError)) as real:
-        call()
-    with pytest.raises(real.type) as checked:
-        with _ops.check_only():
-            call()
-    assert str(checked.value) == str(real.value)
-    # the mode was restored by the context manager despite the error
-    name, watched, call = _op_cases(False, device)[index]
     before = [t.clone() for t in watched]
-    call()
-    assert not all(torch.equal(a, b) for a, b in zip(watched, before)), name
+    with pytest.raises((ValueError, IndexError)) as real:
+        call(False)
+    with pytest.raises(real.type) as checked:
+        call(True)
+    assert str(checked.value) == str(real.value)
+    assert all(torch.equal(a, b) for a, b in zip(watched, before)), name

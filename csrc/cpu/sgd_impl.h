@@ -164,7 +164,8 @@ void sgd_sparse_rows(const SgdSparsePtrs& a, int64_t u_begin, int64_t u_end,
 }
 
 inline SgdKernels make_sgd_kernels() {
-  return SgdKernels{&sgd_range<float>,      &sgd_range<double>,      &sgd_range<bf16>,
-                    &sgd_range<fp16>,       &sgd_sparse_rows<float>, &sgd_sparse_rows<double>,
-                    &sgd_sparse_rows<bf16>, &sgd_sparse_rows<fp16>};
+  return SgdKernels{
+      {&sgd_range<float>, &sgd_range<double>, &sgd_range<bf16>, &sgd_range<fp16>},
+      {&sgd_sparse_rows<float>, &sgd_sparse_rows<double>, &sgd_sparse_rows<bf16>,
+       &sgd_sparse_rows<fp16>}};
 }

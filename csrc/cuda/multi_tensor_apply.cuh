@@ -1,5 +1,5 @@
 // multi_tensor_apply: one kernel launch for a whole list of tensors (after apex's idea; our own
-// code). Used by every pyoptim CUDA optimizer; see cuda/adam_cuda.cu for a user.
+// code). Used by every pyoptim CUDA optimizer; see ops/adam_cuda.cu for a user.
 //
 // Note [Chunks and blocks]
 // Every tensor is cut into chunks of kChunkSize elements; one thread block handles one chunk.
@@ -32,6 +32,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "pyoptim/math/scalar_ops.h"
+
 namespace pyoptim {
 namespace cuda {
 namespace mta {
@@ -47,33 +49,7 @@ constexpr int kArgBytes = 16384;
 constexpr int kArgBytes = 4000;
 #endif
 
-template <class S>
-struct OpmathOf {
-  using type = S;
-};
-template <>
-struct OpmathOf<c10::BFloat16> {
-  using type = float;
-};
-template <>
-struct OpmathOf<c10::Half> {
-  using type = float;
-};
-template <class S>
-using opmath_t = typename OpmathOf<S>::type;
-
-// Calls f(S{}) with S the storage type of a param dtype: float, double, c10::BFloat16 or
-// c10::Half (the ops reject every other dtype before they launch anything).
-template <class F>
-void dispatch_param_dtype(at::ScalarType dtype, const F& f) {
-  switch (dtype) {
-    case at::kFloat: f(float{}); break;
-    case at::kDouble: f(double{}); break;
-    case at::kBFloat16: f(c10::BFloat16{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    default: TORCH_INTERNAL_ASSERT(false, "unsupported dtype ", dtype, " reached a kernel");
-  }
-}
+using math::opmath_t;  // float for the 16-bit types (math/scalar_ops.h)
 
 // Widen on load, narrow on store (c10's conversions round to nearest even, like the CPU's).
 template <class S>

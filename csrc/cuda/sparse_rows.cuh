@@ -1,5 +1,5 @@
-// Row grouping and duplicate sums for sparse (COO) gradients on the GPU, shared by sgd_sparse_
-// and sparse_adam_.
+// Row grouping and duplicate sums for sparse (COO) gradients on the GPU, shared by sgd_ and
+// sparse_adam_.
 //
 // Note [Sparse rows on the GPU]
 // The same contract as the CPU's group_rows (Note [Sparse rows: one deterministic pass] in
@@ -81,7 +81,8 @@ inline DeviceRowGroups group_rows_cuda(const at::Tensor& indices, at::IntArrayRe
   const int64_t sd = indices.size(0), nnz = indices.size(1);
   if (nnz == 0) return g;
   const at::Tensor idx = check_indices_cuda(indices, sizes, op, what);
-  at::Tensor lin = idx[0];
+  // row-major row index over the sparse dims (no sparse dim: one row, the whole param)
+  at::Tensor lin = sd == 0 ? at::zeros({nnz}, idx.options()) : idx[0];
   for (int64_t d = 1; d < sd; ++d) lin = lin * sizes[d] + idx[d];
   at::Tensor sorted, order;
   std::tie(sorted, order) = at::sort(lin.contiguous(), /*stable=*/true, /*dim=*/0,

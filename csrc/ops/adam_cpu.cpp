@@ -1,12 +1,14 @@
-// pyoptim::adam_ on CPU: validate everything, then one parallel region over all tensors.
+// pyoptim::adam_ on CPU: validate everything, then one parallel region over all tensors of all
+// param groups (Note [Param groups in one call] in ops/groups.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <vector>
 
-#include "ops/adam_checks.h"
+#include "ops/adam_args.h"
 #include "ops/checks.h"
+#include "ops/dtypes.h"
 #include "ops/parallel.h"
 #include "pyoptim/cpu/isa.h"
 #include "pyoptim/math/adam.h"
@@ -17,10 +19,11 @@ namespace {
 constexpr const char* kOp = "pyoptim.adam_";
 
 // One tensor's share of the step, after validation: raw pointers (no tensor handles, so many
-// small tensors cost no reference counting) and an index into the coefficient table.
+// small tensors cost no reference counting), its flags and an index into the coefficients.
 struct AdamItem {
   cpu::AdamPtrs ptrs;
   at::ScalarType dtype;
+  cpu::AdamFlags flags;
   int32_t coeffs;
 };
 
@@ -30,110 +33,127 @@ struct Relayout {
   at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
 };
 
-// Coefficients per distinct step count (usually one for the whole list).
+// Coefficients per distinct (group, step count, math type); usually one per group. Computed
+// while validating: a coefficient that does not fit the math type raises torch's overflow error
+// (Note [Narrowing coefficients] in math/scalar_ops.h) before anything is written.
 class CoeffTable {
  public:
-  int32_t get(double step, bool is_double, double lr, double beta1, double beta2, double eps,
-              double weight_decay, double scale) {
-    for (size_t k = 0; k < steps_.size(); ++k) {
-      if (steps_[k] == step && is_double_[k] == is_double) return static_cast<int32_t>(k);
+  int32_t get(size_t group, double step, bool is_double, const ops::AdamGroup& g, double lr,
+              double scale) {
+    for (size_t k = 0; k < keys_.size(); ++k) {
+      if (keys_[k].group == group && keys_[k].step == step && keys_[k].is_double == is_double) {
+        return static_cast<int32_t>(k);
+      }
     }
-    steps_.push_back(step);
-    is_double_.push_back(is_double);
-    f_.push_back(math::make_adam_coeffs<float>(lr, beta1, beta2, eps, weight_decay, step, scale));
-    d_.push_back(math::make_adam_coeffs<double>(lr, beta1, beta2, eps, weight_decay, step, scale));
-    return static_cast<int32_t>(steps_.size() - 1);
+    keys_.push_back(Key{group, step, is_double});
+    if (is_double) {
+      d_.push_back(math::make_adam_coeffs<double>(lr, g.beta1, g.beta2, g.eps, g.weight_decay,
+                                                  step, scale, ops::CheckedNarrow<double>()));
+      f_.emplace_back();
+    } else {
+      f_.push_back(math::make_adam_coeffs<float>(lr, g.beta1, g.beta2, g.eps, g.weight_decay,
+                                                 step, scale, ops::CheckedNarrow<float>()));
+      d_.emplace_back();
+    }
+    return static_cast<int32_t>(keys_.size() - 1);
   }
   const math::AdamCoeffs<float>& f(int32_t k) const { return f_[k]; }
   const math::AdamCoeffs<double>& d(int32_t k) const { return d_[k]; }
 
  private:
-  std::vector<double> steps_;
-  std::vector<bool> is_double_;
+  struct Key {
+    size_t group;
+    double step;
+    bool is_double;
+  };
+  std::vector<Key> keys_;
   std::vector<math::AdamCoeffs<float>> f_;
   std::vector<math::AdamCoeffs<double>> d_;
 };
 
 void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
               at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-              at::TensorList state_steps, double lr, double beta1, double beta2,
-              double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled,
-              const std::optional<at::Tensor>& lr_tensor,
+              at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> lr,
+              at::ArrayRef<double> beta1, at::ArrayRef<double> beta2,
+              at::ArrayRef<double> weight_decay, at::ArrayRef<double> eps,
+              const c10::List<bool>& amsgrad, const c10::List<bool>& maximize,
+              const c10::List<bool>& decoupled,
+              const c10::List<std::optional<at::Tensor>>& lr_tensors,
               const std::optional<at::Tensor>& grad_scale,
-              const std::optional<at::Tensor>& found_inf) {
-  // ---- 1. validate everything; nothing is written in this part --------------------------
-  if (lr_tensor.has_value()) lr = ops::scalar_value(*lr_tensor, "lr");
-  TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning rate: ", lr);
-  ops::check_adam_hyper(eps, beta1, beta2, weight_decay);
-  const size_t n = params.size();
-  ops::check_adam_lists(kOp, n, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-                        amsgrad);
-
+              const std::optional<at::Tensor>& found_inf, bool validate_only) {
+  // ---- 1. validate everything and compute the coefficients; nothing is written here -------
   ops::WriteSet writes;
-  std::vector<double> steps(n);
-  for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& p = params[i];
-    TORCH_CHECK_VALUE(p.defined(), kOp, ": params[", i, "] is undefined");
-    TORCH_CHECK(p.layout() == at::kStrided, kOp, ": params[", i, "] must be a dense tensor");
-    TORCH_CHECK(p.device().is_cpu(), kOp, ": params[", i, "] is on ", p.device(),
-                "; this is the CPU kernel");
-    ops::check_adam_tensor(kOp, i, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                           state_steps, amsgrad, writes);
-    steps[i] = ops::scalar_value(state_steps[i], "state_steps[i]");
+  const ops::AdamCall call = ops::check_adam_call(
+      kOp, c10::DeviceType::CPU, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+      state_steps, group_sizes, lr, beta1, beta2, weight_decay, eps, amsgrad, maximize,
+      decoupled, lr_tensors, grad_scale, found_inf, writes);
+  std::vector<double> group_lr(call.groups.size());
+  for (size_t g = 0; g < call.groups.size(); ++g) {
+    const ops::AdamGroup& grp = call.groups[g];
+    group_lr[g] = grp.lr_tensor.has_value() ? ops::scalar_value(*grp.lr_tensor, "lr") : grp.lr;
+    ops::check_lr(group_lr[g]);
   }
-  writes.check(kOp);
-  if (ops::check_only()) return;  // Note [Check-only calls]
-
   double scale = 1.0;
   if (grad_scale.has_value()) {
     scale = ops::scalar_value(*grad_scale, "grad_scale");
+    ops::check_grad_scale(kOp, scale);
   }
-  if (found_inf.has_value() && ops::scalar_value(*found_inf, "found_inf") != 0.0) {
-    return;  // GradScaler found inf/NaN grads: skip the step and the step count
-  }
-
-  // ---- 2. plan: pointers (or contiguous copies) and per-tensor coefficients ---------------
+  const bool skip = found_inf.has_value() && ops::scalar_value(*found_inf, "found_inf") != 0.0;
+  const size_t n = params.size();
+  std::vector<double> steps(n);
   std::vector<AdamItem> items(n);
-  std::vector<Relayout> relayouts;
   CoeffTable coeffs;
+  for (size_t i = 0; i < n; ++i) {
+    steps[i] = ops::scalar_value(state_steps[i], "state_steps[i]");
+    ops::check_step_count(kOp, steps[i], "state_steps", i);
+    const ops::AdamGroup& grp = call.of(i);
+    AdamItem& it = items[i];
+    it.dtype = params[i].scalar_type();
+    it.flags = cpu::AdamFlags{grp.decoupled, grp.amsgrad, grp.maximize, grad_scale.has_value()};
+    it.coeffs = coeffs.get(call.group[i], steps[i] + 1.0, it.dtype == at::kDouble, grp,
+                           group_lr[call.group[i]], scale);
+  }
+  writes.check(kOp);
+  if (validate_only || skip) return;  // skip: GradScaler found inf/NaN grads (no step counted)
+
+  // ---- 2. plan: pointers, or contiguous copies where layouts differ -----------------------
+  std::vector<Relayout> relayouts;
   ops::ItemSplit split;
   const at::Tensor none;
   for (size_t i = 0; i < n; ++i) {
     AdamItem& it = items[i];
-    const at::Tensor& vmax = amsgrad ? max_exp_avg_sqs[i] : none;
+    const at::Tensor& vmax = call.vmax[i] >= 0 ? max_exp_avg_sqs[call.vmax[i]] : none;
     if (ops::same_dense_layout(params[i], {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax})) {
-      it.ptrs = cpu::AdamPtrs{params[i].data_ptr(), grads[i].data_ptr(), exp_avgs[i].data_ptr(),
-                              exp_avg_sqs[i].data_ptr(), amsgrad ? vmax.data_ptr() : nullptr};
-    } else {  // layouts differ: work on row-major copies (only of those that are not already)
+      it.ptrs = cpu::AdamPtrs{params[i].data_ptr(), grads[i].const_data_ptr(),
+                              exp_avgs[i].data_ptr(), exp_avg_sqs[i].data_ptr(),
+                              vmax.defined() ? vmax.data_ptr() : nullptr};
+    } else {
       Relayout r{i,
                  params[i].contiguous(),
                  grads[i].contiguous(),
                  exp_avgs[i].contiguous(),
                  exp_avg_sqs[i].contiguous(),
-                 amsgrad ? vmax.contiguous() : at::Tensor()};
-      it.ptrs = cpu::AdamPtrs{r.param.data_ptr(), r.grad.data_ptr(), r.exp_avg.data_ptr(),
+                 vmax.defined() ? vmax.contiguous() : at::Tensor()};
+      it.ptrs = cpu::AdamPtrs{r.param.data_ptr(), r.grad.const_data_ptr(), r.exp_avg.data_ptr(),
                               r.exp_avg_sq.data_ptr(),
-                              amsgrad ? r.max_exp_avg_sq.data_ptr() : nullptr};
+                              vmax.defined() ? r.max_exp_avg_sq.data_ptr() : nullptr};
       relayouts.push_back(std::move(r));
     }
-    it.dtype = params[i].scalar_type();
-    it.coeffs = coeffs.get(steps[i] + 1.0, it.dtype == at::kDouble, lr, beta1, beta2, eps,
-                           weight_decay, scale);
     split.add(params[i].numel(), params[i].element_size());
   }
 
   // ---- 3. update: one parallel region over every tensor -----------------------------------
   const cpu::AdamKernels& k = cpu::current_kernels().adam;
-  const cpu::AdamFlags flags{decoupled, amsgrad, maximize, grad_scale.has_value()};
   split.run([&](size_t i, int64_t begin, int64_t end) {
     const AdamItem& it = items[i];
-    switch (it.dtype) {
-      case at::kFloat: k.f32(it.ptrs, begin, end, coeffs.f(it.coeffs), flags); break;
-      case at::kDouble: k.f64(it.ptrs, begin, end, coeffs.d(it.coeffs), flags); break;
-      case at::kBFloat16: k.bf16(it.ptrs, begin, end, coeffs.f(it.coeffs), flags); break;
-      case at::kHalf: k.f16(it.ptrs, begin, end, coeffs.f(it.coeffs), flags); break;
-      default: break;  // unreachable: rejected above
-    }
+    ops::dispatch_param_dtype(it.dtype, [&](auto s) {
+      using S = decltype(s);
+      if constexpr (std::is_same<S, double>::value) {
+        ops::cpu_kernel<S>(k)(it.ptrs, begin, end, coeffs.d(it.coeffs), it.flags);
+      } else {
+        ops::cpu_kernel<S>(k)(it.ptrs, begin, end, coeffs.f(it.coeffs), it.flags);
+      }
+    });
   });
 
   // ---- 4. copy back what was updated in a copy, and count the step ------------------------
@@ -142,14 +162,15 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     if (!r.param.is_same(params[i])) params[i].copy_(r.param);
     if (!r.exp_avg.is_same(exp_avgs[i])) exp_avgs[i].copy_(r.exp_avg);
     if (!r.exp_avg_sq.is_same(exp_avg_sqs[i])) exp_avg_sqs[i].copy_(r.exp_avg_sq);
-    if (amsgrad && !r.max_exp_avg_sq.is_same(max_exp_avg_sqs[i])) {
-      max_exp_avg_sqs[i].copy_(r.max_exp_avg_sq);
+    if (r.max_exp_avg_sq.defined()) {
+      const at::Tensor& vmax = max_exp_avg_sqs[call.vmax[i]];
+      if (!r.max_exp_avg_sq.is_same(vmax)) vmax.copy_(r.max_exp_avg_sq);
     }
   }
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& s = state_steps[i];
     const double step = steps[i] + 1.0;
-    if (s.device().is_cpu() && s.scalar_type() == at::kFloat) {
+    if (s.scalar_type() == at::kFloat) {
       *static_cast<float*>(s.data_ptr()) = static_cast<float>(step);
     } else {
       s.fill_(step);

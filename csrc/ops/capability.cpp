@@ -1,10 +1,8 @@
-// Ops that set modes: the CPU kernel level (reported, and set by tests; see
-// cpu/isa_dispatch.cpp) and the check-only mode (Note [Check-only calls] in ops/checks.h).
+// Ops that report or set the CPU kernel level (cpu/isa_dispatch.cpp), and what was built.
 #include <torch/library.h>
 
 #include <string>
 
-#include "ops/checks.h"
 #include "pyoptim/cpu/isa.h"
 
 namespace pyoptim {
@@ -32,11 +30,17 @@ std::string set_cpu_capability(const std::string& level) {
   return previous;
 }
 
-bool set_check_only(bool on) {
-  const bool previous = ops::check_only_mode();
-  ops::check_only_mode() = on;
-  return previous;
+// Whether this build compiled the CUDA kernels (setup.py defines PYOPTIM_WITH_CUDA for them).
+bool built_with_cuda() {
+#ifdef PYOPTIM_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
 }
+
+// The `isa` field of the table current_kernels() returns: each ISA library fills in its own.
+std::string kernel_table_isa() { return cpu::isa_name(cpu::current_kernels().isa); }
 
 }  // namespace
 
@@ -44,7 +48,8 @@ TORCH_LIBRARY_IMPL(pyoptim, CatchAll, m) {
   m.impl("cpu_capability", &cpu_capability);
   m.impl("max_cpu_capability", &max_cpu_capability);
   m.impl("_set_cpu_capability", &set_cpu_capability);
-  m.impl("_set_check_only", &set_check_only);
+  m.impl("_kernel_table_isa", &kernel_table_isa);
+  m.impl("_built_with_cuda", &built_with_cuda);
 }
 
 }  // namespace pyoptim

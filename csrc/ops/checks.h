@@ -1,32 +1,21 @@
-// Validate-before-mutate helpers shared by the CPU (and CUDA) op layers.
-// See Note [All-or-nothing step] in ops/library.cpp.
+// Validate-before-mutate helpers shared by every op (CPU, CUDA and Meta kernels).
+// See Note [All-or-nothing step] in ops/groups.h. Structural checks compare sym_sizes /
+// sym_numel: under torch.compile the Meta kernel sees tensors of symbolic shape.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
+#include <c10/util/TypeCast.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
-#include <optional>
 #include <initializer_list>
+#include <optional>
 #include <vector>
 
 namespace pyoptim {
 namespace ops {
-
-// Note [Check-only calls]
-// One op call is all-or-nothing (Note [All-or-nothing step] in ops/library.cpp); an optimizer
-// step may make several calls (one per param group, device and kind of gradient). So that a
-// step, too, happens whole or not at all, the Python step makes every call twice when it makes
-// more than one: first in check-only mode, in which each op runs every check it would run and
-// returns before writing anything (and before work only the update needs, such as grouping
-// sparse rows), then for real. The mode is per thread: pyoptim::_set_check_only
-// (pyoptim._ops.check_only()) sets it, the ops read it with check_only().
-inline bool& check_only_mode() {
-  static thread_local bool on = false;
-  return on;
-}
-inline bool check_only() { return check_only_mode(); }
 
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
@@ -43,13 +32,27 @@ inline void check_like_param(const char* op, const at::Tensor& param, const at::
               "; expected all tensors to be on the same device");
   TORCH_CHECK_TYPE(t.scalar_type() == param.scalar_type(), op, ": ", what, "[", i, "] has dtype ",
                    t.scalar_type(), " but params[", i, "] has dtype ", param.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == param.sizes(), op, ": ", what, "[", i, "] has shape ", t.sizes(),
-                    " but params[", i, "] has shape ", param.sizes());
+  TORCH_CHECK_VALUE(t.sym_sizes() == param.sym_sizes(), op, ": ", what, "[", i, "] has shape ",
+                    t.sym_sizes(), " but params[", i, "] has shape ", param.sym_sizes());
 }
 
-inline void check_list_size(const char* op, at::TensorList list, size_t n, const char* what) {
-  TORCH_CHECK_VALUE(list.size() == n, op, ": expected ", n, " ", what, " (one per param), got ",
-                    list.size());
+inline void check_list_size(const char* op, size_t got, size_t n, const char* what,
+                            const char* per) {
+  TORCH_CHECK_VALUE(got == n, op, ": expected ", n, " ", what, " (one per ", per, "), got ", got);
+}
+
+// params[i] is a defined, strided tensor of a supported floating dtype on the kernel's device
+// type (`backend`: CPU, CUDA or Meta).
+inline void check_param(const char* op, const at::Tensor& p, size_t i, c10::DeviceType backend) {
+  TORCH_CHECK_VALUE(p.defined(), op, ": params[", i, "] is undefined");
+  TORCH_CHECK(p.layout() == at::kStrided, op, ": params[", i, "] must be a dense tensor");
+  TORCH_CHECK(p.device().type() == backend, op, ": params[", i, "] is on ", p.device(),
+              " but the call's tensors chose its ", c10::DeviceTypeName(backend, /*lower_case=*/true),
+              " kernel; expected all tensors to be on the same device (one call per device)");
+  TORCH_CHECK_TYPE(is_supported_float(p.scalar_type()), op, ": params[", i, "] has dtype ",
+                   p.scalar_type(),
+                   "; supported: float32, float64, bfloat16, float16 (complex params are "
+                   "passed as real views)");
 }
 
 // True when every defined tensor in `others` has p's strides and p covers its memory densely:
@@ -63,46 +66,35 @@ inline bool same_dense_layout(const at::Tensor& p, std::initializer_list<const a
   return true;
 }
 
-// Bytes spanned by a strided tensor, from its first element to its last.
-inline int64_t span_bytes(const at::Tensor& t) {
-  if (t.numel() == 0) return 0;
-  int64_t last = 0;
-  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
-  return (last + 1) * static_cast<int64_t>(t.element_size());
-}
-
-// Memory regions written by one step. No region may overlap another (aliased params, or state
-// sharing memory with a param) or itself (expanded tensors): the result would depend on order.
+// Note [Exact overlap]
+// Memory written by one step may not be written twice: two params that share elements (the same
+// parameter twice, a state tensor that is a view of a param, a step count inside a param) or an
+// expanded tensor make the result depend on the order of the writes. Tensors may share memory
+// without sharing elements, though: `w.split(k, dim=1)` or `w[:, 0::2]` and `w[:, 1::2]` are
+// disjoint views whose address ranges interleave, and torch.optim steps them. So WriteSet sorts
+// the address ranges and, only for ranges that intersect, decides exactly whether two tensors
+// share a byte: (1) by residues: every byte of a strided tensor lies within its element size of
+// its first address modulo the gcd of both tensors' strides (in bytes), so disjoint residue
+// windows mean no overlap (strided slices like 0::2 / 1::2); (2) by runs: a tensor whose
+// dims, sorted by stride, nest (each stride at least the extent of the dims inside it) is a
+// sorted list of contiguous runs, and two sorted run lists are merged in one pass (splits along
+// any dim). A layout that fits neither is checked element by element on a bitmap.
 class WriteSet {
  public:
-  void add(const at::Tensor& t, const char* what, size_t i) {
-    if (t.numel() == 0) return;
-    TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, what, "[", i,
-                      "] has elements that share memory (an expanded tensor?); it cannot be "
-                      "updated in place");
-    const auto start = reinterpret_cast<uintptr_t>(t.data_ptr());
-    spans_.push_back(Span{start, start + static_cast<uintptr_t>(span_bytes(t)), what, i});
-  }
-  void check(const char* op) {
-    std::sort(spans_.begin(), spans_.end(),
-              [](const Span& a, const Span& b) { return a.start < b.start; });
-    for (size_t k = 1; k < spans_.size(); ++k) {
-      const Span& a = spans_[k - 1];
-      const Span& b = spans_[k];
-      TORCH_CHECK_VALUE(b.start >= a.end, op, ": ", a.what, "[", a.index, "] and ", b.what, "[",
-                        b.index,
-                        "] overlap in memory (the same parameter passed twice, or views of one "
-                        "tensor); every parameter and state tensor must have memory of its own");
-    }
-  }
+  // Records t (a tensor the step writes) and rejects a tensor that overlaps itself (expanded).
+  // Tensors with no memory (meta, no elements) are not recorded.
+  void add(const at::Tensor& t, const char* what, size_t i);
+  // Raises ValueError if two recorded tensors share an element.
+  void check(const char* op);
 
  private:
-  struct Span {
-    uintptr_t start, end;
+  struct Entry {
+    uintptr_t start, end;  // [first byte, one past the last byte]
+    const at::Tensor* t;
     const char* what;
     size_t index;
   };
-  std::vector<Span> spans_;
+  std::vector<Entry> entries_;
 };
 
 // An optional one-element scalar argument (lr_tensor, grad_scale, found_inf) on the CPU or on
@@ -110,7 +102,7 @@ class WriteSet {
 inline void check_scalar_arg(const char* op, const std::optional<at::Tensor>& t,
                              const char* what, c10::Device dev) {
   if (!t.has_value()) return;
-  TORCH_CHECK_VALUE(t->defined() && t->numel() == 1, op, ": ", what,
+  TORCH_CHECK_VALUE(t->defined() && t->sym_numel() == 1, op, ": ", what,
                     " must be a one-element tensor");
   TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), op, ": ", what,
                    " must be a floating-point tensor, got ", t->scalar_type());
@@ -118,18 +110,43 @@ inline void check_scalar_arg(const char* op, const std::optional<at::Tensor>& t,
               t->device(), " but the params are on ", dev);
 }
 
-// Value of a one-element tensor (step counts, grad_scale, found_inf) read on the host.
+// Value of a one-element real tensor (step counts, lr, grad_scale, found_inf) read on the host.
 inline double scalar_value(const at::Tensor& t, const char* what) {
   TORCH_CHECK_VALUE(t.numel() == 1, what, " must have one element, got ", t.numel());
   if (t.device().is_cpu()) {
     switch (t.scalar_type()) {
-      case at::kFloat: return *static_cast<const float*>(t.data_ptr());
-      case at::kDouble: return *static_cast<const double*>(t.data_ptr());
+      case at::kFloat: return *static_cast<const float*>(t.const_data_ptr());
+      case at::kDouble: return *static_cast<const double*>(t.const_data_ptr());
       default: break;
     }
   }
   return t.item<double>();
 }
+
+// A step count (read from a checkpoint or set by hand): a non-negative whole number. torch's
+// bias corrections divide by 1 - beta^step, which a negative count makes 0 or a fraction makes
+// meaningless; torch raises on such a count, and so do the ops, before anything is written.
+inline void check_step_count(const char* op, double step, const char* what, size_t i) {
+  TORCH_CHECK_VALUE(std::isfinite(step) && step >= 0.0 && step == std::floor(step), op, ": ",
+                    what, "[", i, "] is ", step,
+                    "; a step count must be a non-negative whole number (a corrupted or "
+                    "hand-edited state['step']?)");
+}
+
+// GradScaler's scale divides every gradient: zero, infinite or NaN would turn the step into NaN.
+inline void check_grad_scale(const char* op, double scale) {
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale != 0.0, op, ": grad_scale is ", scale,
+                    "; it must be finite and non-zero");
+}
+
+// Narrowing of per-step coefficients on the host (Note [Narrowing coefficients] in
+// math/scalar_ops.h): torch's error when a finite value does not fit the math type.
+template <class T>
+struct CheckedNarrow {
+  T operator()(double x) const {
+    return c10::checked_convert<T, double>(x, std::is_same<T, float>::value ? "float" : "double");
+  }
+};
 
 }  // namespace ops
 }  // namespace pyoptim

@@ -1,4 +1,5 @@
-// pyoptim::sgd_ and pyoptim::sgd_sparse_ on CPU: validate everything, then one parallel region.
+// pyoptim::sgd_ on CPU: validate everything (sparse gradients' rows grouped while validating),
+// then one parallel region over every dense tensor and one over each sparse gradient's rows.
 //
 // Note [Sparse SGD]
 // A sparse COO gradient (nn.Embedding / nn.EmbeddingBag with sparse=True: uncoalesced, any
@@ -8,7 +9,7 @@
 // [Blocked duplicate sums]):
 //     g_r = -g_r                                  if maximize
 //     g_r = g_r + weight_decay * p_r              (weight decay only on present rows)
-//     b_r = g_r                                   on the buffer's first step (is_first_step)
+//     b_r = g_r                                   on the buffer's first step (first_step)
 //     b_r = momentum * b_r + (1 - dampening) * g_r  otherwise
 //     g_r = g_r + momentum * b_r  (nesterov)  or  g_r = b_r
 //     p_r = p_r - lr * g_r
@@ -17,7 +18,8 @@
 // Without momentum and weight decay (plain SGD) each duplicate row is instead applied in turn,
 // p_r = p_r - lr * v_k, which is exactly what torch's `param.add_(grad, alpha=-lr)` computes,
 // so plain sparse SGD gives torch's bits. Rows are independent, each is updated by one thread
-// in a fixed order, so the result does not depend on the thread count.
+// in a fixed order, so the result does not depend on the thread count. A gradient with no
+// sparse dim (a 0-dim param's) is one row: the whole param.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -25,7 +27,9 @@
 #include <vector>
 
 #include "ops/checks.h"
+#include "ops/dtypes.h"
 #include "ops/parallel.h"
+#include "ops/sgd_args.h"
 #include "ops/sparse_rows.h"
 #include "pyoptim/cpu/isa.h"
 #include "pyoptim/math/sgd.h"
@@ -34,85 +38,100 @@ namespace pyoptim {
 namespace {
 
 constexpr const char* kOp = "pyoptim.sgd_";
-constexpr const char* kSparseOp = "pyoptim.sgd_sparse_";
 
 struct SgdItem {
-  at::Tensor param, grad, buf;  // work tensors (see AdamItem in adam_cpu.cpp)
+  at::Tensor param, grad, buf;  // work tensors: the user's, or row-major copies
   cpu::SgdPtrs ptrs;
-  at::ScalarType dtype;
+  cpu::SgdFlags flags;
 };
 
-bool same_dense_layout(const at::Tensor& p, const at::Tensor& g, const at::Tensor& b) {
-  if (!p.is_non_overlapping_and_dense()) return false;
-  if (g.strides() != p.strides()) return false;
-  return !b.defined() || b.strides() == p.strides();
-}
+struct SparseItem {
+  size_t index;
+  ops::RowGroups* groups;  // this thread's buffers (Note [Grouping buffers] in ops/sparse_rows.h)
+  const int64_t* lin;      // each entry's row, in gradient order
+  at::Tensor param, buf, values;  // work tensors
+  cpu::SgdFlags flags;
+};
 
-// Hyper-parameter checks shared by both ops (torch.optim.SGD's messages).
-double check_hyper(double lr, double momentum, double dampening, double weight_decay,
-                   bool nesterov, const std::optional<at::Tensor>& lr_tensor) {
-  if (lr_tensor.has_value()) lr = ops::scalar_value(*lr_tensor, "lr");
-  TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning rate: ", lr);
-  TORCH_CHECK_VALUE(momentum >= 0.0, "Invalid momentum value: ", momentum);
-  TORCH_CHECK_VALUE(weight_decay >= 0.0, "Invalid weight_decay value: ", weight_decay);
-  TORCH_CHECK_VALUE(!nesterov || (momentum > 0.0 && dampening == 0.0),
-                    "Nesterov momentum requires a momentum and zero dampening");
-  return lr;
-}
-
-void check_param(const char* op, const at::Tensor& p, size_t i) {
-  TORCH_CHECK_VALUE(p.defined(), op, ": params[", i, "] is undefined");
-  TORCH_CHECK(p.layout() == at::kStrided, op, ": params[", i, "] must be a dense tensor");
-  TORCH_CHECK(p.device().is_cpu(), op, ": params[", i, "] is on ", p.device(),
-              "; this is the CPU kernel");
-  TORCH_CHECK_TYPE(ops::is_supported_float(p.scalar_type()), op, ": params[", i,
-                   "] has dtype ", p.scalar_type(),
-                   "; supported: float32, float64, bfloat16, float16 (complex params are "
-                   "passed as real views)");
-}
+// Per-group coefficients in both math types, narrowed with torch's overflow check.
+struct SgdCoeffPair {
+  math::SgdCoeffs<float> f;
+  math::SgdCoeffs<double> d;
+};
 
 void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-             double lr, double momentum, double dampening, double weight_decay, bool nesterov,
-             bool maximize, bool is_first_step, const std::optional<at::Tensor>& lr_tensor,
+             at::IntArrayRef group_sizes, at::ArrayRef<double> lr, at::ArrayRef<double> momentum,
+             at::ArrayRef<double> dampening, at::ArrayRef<double> weight_decay,
+             const c10::List<bool>& nesterov, const c10::List<bool>& maximize,
+             const c10::List<bool>& first_step,
+             const c10::List<std::optional<at::Tensor>>& lr_tensors,
              const std::optional<at::Tensor>& grad_scale,
-             const std::optional<at::Tensor>& found_inf) {
-  // ---- 1. validate everything; nothing is written in this part --------------------------
-  lr = check_hyper(lr, momentum, dampening, weight_decay, nesterov, lr_tensor);
-  const bool has_momentum = momentum != 0.0;
-  const size_t n = params.size();
-  ops::check_list_size(kOp, grads, n, "grads");
-  if (has_momentum) ops::check_list_size(kOp, momentum_buffers, n, "momentum_buffers");
-
+             const std::optional<at::Tensor>& found_inf, bool validate_only) {
+  // ---- 1. validate everything (sparse rows grouped); nothing is written here --------------
   ops::WriteSet writes;
-  for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& p = params[i];
-    check_param(kOp, p, i);
-    TORCH_CHECK_VALUE(!grads[i].defined() || grads[i].layout() == at::kStrided, kOp, ": grads[",
-                      i, "] is sparse; use pyoptim.sgd_sparse_ for sparse gradients");
-    ops::check_like_param(kOp, p, grads[i], "grads", i);
-    writes.add(p, "params", i);
-    if (has_momentum) {
-      ops::check_like_param(kOp, p, momentum_buffers[i], "momentum_buffers", i);
-      writes.add(momentum_buffers[i], "momentum_buffers", i);
+  const ops::SgdCall call = ops::check_sgd_call(
+      kOp, c10::DeviceType::CPU, params, grads, momentum_buffers, group_sizes, lr, momentum,
+      dampening, weight_decay, nesterov, maximize, first_step, lr_tensors, grad_scale, found_inf,
+      writes);
+  double scale = 1.0;
+  if (grad_scale.has_value()) {
+    scale = ops::scalar_value(*grad_scale, "grad_scale");
+    ops::check_grad_scale(kOp, scale);
+  }
+  const bool skip = found_inf.has_value() && ops::scalar_value(*found_inf, "found_inf") != 0.0;
+  std::vector<SgdCoeffPair> coeffs(call.groups.size());
+  for (size_t g = 0; g < call.groups.size(); ++g) {
+    const ops::SgdGroup& grp = call.groups[g];
+    double glr = grp.lr;
+    if (grp.lr_tensor.has_value()) {
+      glr = ops::scalar_value(*grp.lr_tensor, "lr");
+      TORCH_CHECK_VALUE(glr >= 0.0, "Invalid learning rate: ", glr);
     }
+    coeffs[g].f = math::make_sgd_coeffs<float>(glr, grp.momentum, grp.dampening,
+                                               grp.weight_decay, scale,
+                                               ops::CheckedNarrow<float>());
+    coeffs[g].d = math::make_sgd_coeffs<double>(glr, grp.momentum, grp.dampening,
+                                                grp.weight_decay, scale,
+                                                ops::CheckedNarrow<double>());
+  }
+  const size_t n = params.size();
+  // per-thread buffers, refilled by every call (Note [Grouping buffers] in ops/sparse_rows.h)
+  static thread_local std::vector<ops::RowGroups> group_pool;
+  static thread_local std::vector<std::vector<int64_t>> lin_pool;
+  size_t num_sparse = 0;
+  for (size_t i = 0; i < n; ++i) num_sparse += call.sparse[i].has_value();
+  if (group_pool.size() < num_sparse) group_pool.resize(num_sparse);
+  if (lin_pool.size() < num_sparse) lin_pool.resize(num_sparse);
+  std::vector<SparseItem> sparse;
+  sparse.reserve(num_sparse);
+  for (size_t i = 0; i < n; ++i) {
+    if (!call.sparse[i].has_value()) continue;
+    const ops::CooGrad& coo = *call.sparse[i];
+    const size_t k = sparse.size();
+    const int64_t* lin = ops::linear_rows(kOp, coo, params[i].sizes(), i, lin_pool[k]);
+    if (validate_only) {  // the index checks, no grouping
+      if (coo.nnz > 0) ops::check_rows(lin, coo.nnz, coo.num_rows, kOp);
+      continue;
+    }
+    ops::group_rows(lin, coo.nnz, coo.num_rows, kOp, group_pool[k]);
+    sparse.push_back(SparseItem{i, &group_pool[k], lin, {}, {}, {}, {}});
   }
   writes.check(kOp);
-  if (ops::check_only()) return;  // Note [Check-only calls]
+  if (validate_only || skip) return;  // skip: GradScaler found inf/NaN grads
 
-  double scale = 1.0;
-  if (grad_scale.has_value()) scale = ops::scalar_value(*grad_scale, "grad_scale");
-  if (found_inf.has_value() && ops::scalar_value(*found_inf, "found_inf") != 0.0) {
-    return;  // GradScaler found inf/NaN grads: skip the step
-  }
-
-  // ---- 2. plan ------------------------------------------------------------------------------
-  std::vector<SgdItem> items(n);
+  // ---- 2. plan --------------------------------------------------------------------------------
+  std::vector<SgdItem> items;
+  std::vector<size_t> dense_index;
   ops::ItemSplit split;
   const at::Tensor none;
   for (size_t i = 0; i < n; ++i) {
-    SgdItem& it = items[i];
-    const at::Tensor& buf = has_momentum ? momentum_buffers[i] : none;
-    if (same_dense_layout(params[i], grads[i], buf)) {
+    if (call.sparse[i].has_value()) continue;
+    const ops::SgdGroup& grp = call.of(i);
+    const at::Tensor& buf = call.buf[i] >= 0 ? momentum_buffers[call.buf[i]] : none;
+    SgdItem it;
+    it.flags = cpu::SgdFlags{grp.has_momentum(), grp.nesterov, call.first[i], grp.maximize,
+                             grad_scale.has_value()};
+    if (ops::same_dense_layout(params[i], {&grads[i], &buf})) {
       it.param = params[i];
       it.grad = grads[i];
       it.buf = buf;
@@ -120,130 +139,84 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
       it.param = params[i].contiguous();
       it.grad = grads[i].contiguous();
       // a first-step buffer is written before it is read: no need to copy its contents
-      if (has_momentum) it.buf = is_first_step ? at::empty_like(it.param) : buf.contiguous();
+      if (buf.defined()) it.buf = call.first[i] ? at::empty_like(it.param) : buf.contiguous();
     }
-    it.dtype = params[i].scalar_type();
-    it.ptrs = cpu::SgdPtrs{it.param.data_ptr(), it.grad.data_ptr(),
-                           has_momentum ? it.buf.data_ptr() : nullptr};
+    it.ptrs = cpu::SgdPtrs{it.param.data_ptr(), it.grad.const_data_ptr(),
+                           it.buf.defined() ? it.buf.data_ptr() : nullptr};
     split.add(params[i].numel(), params[i].element_size());
+    items.push_back(std::move(it));
+    dense_index.push_back(i);
   }
-  const auto cf = math::make_sgd_coeffs<float>(lr, momentum, dampening, weight_decay, scale);
-  const auto cd = math::make_sgd_coeffs<double>(lr, momentum, dampening, weight_decay, scale);
-
-  // ---- 3. update: one parallel region over every tensor -----------------------------------
-  const cpu::SgdKernels& k = cpu::current_kernels().sgd;
-  const cpu::SgdFlags flags{has_momentum, nesterov, is_first_step, maximize,
+  for (SparseItem& s : sparse) {
+    const size_t i = s.index;
+    const ops::SgdGroup& grp = call.of(i);
+    const at::Tensor& buf = call.buf[i] >= 0 ? momentum_buffers[call.buf[i]] : none;
+    s.flags = cpu::SgdFlags{grp.has_momentum(), grp.nesterov, call.first[i], grp.maximize,
                             grad_scale.has_value()};
-  split.run([&](size_t i, int64_t begin, int64_t end) {
-    const SgdItem& it = items[i];
-    switch (it.dtype) {
-      case at::kFloat: k.f32(it.ptrs, begin, end, cf, flags); break;
-      case at::kDouble: k.f64(it.ptrs, begin, end, cd, flags); break;
-      case at::kBFloat16: k.bf16(it.ptrs, begin, end, cf, flags); break;
-      case at::kHalf: k.f16(it.ptrs, begin, end, cf, flags); break;
-      default: break;  // unreachable: rejected above
-    }
+    s.values = call.sparse[i]->values.contiguous();
+    s.param = params[i].is_contiguous() ? params[i] : params[i].contiguous();
+    s.buf = (!buf.defined() || buf.is_contiguous()) ? buf : buf.contiguous();
+  }
+
+  // ---- 3. update ------------------------------------------------------------------------------
+  const cpu::SgdKernels& k = cpu::current_kernels().sgd;
+  split.run([&](size_t j, int64_t begin, int64_t end) {
+    const SgdItem& it = items[j];
+    const SgdCoeffPair& c = coeffs[call.group[dense_index[j]]];
+    ops::dispatch_param_dtype(it.param.scalar_type(), [&](auto st) {
+      using S = decltype(st);
+      if constexpr (std::is_same<S, double>::value) {
+        ops::cpu_kernel<S>(k.dense)(it.ptrs, begin, end, c.d, it.flags);
+      } else {
+        ops::cpu_kernel<S>(k.dense)(it.ptrs, begin, end, c.f, it.flags);
+      }
+    });
   });
+  for (const SparseItem& s : sparse) {
+    const ops::CooGrad& coo = *call.sparse[s.index];
+    if (s.groups->num_unique() == 0 || coo.width == 0) continue;
+    const SgdCoeffPair& c = coeffs[call.group[s.index]];
+    const cpu::SgdSparsePtrs ptrs{s.param.data_ptr(),    s.values.const_data_ptr(),
+                                  s.buf.defined() ? s.buf.data_ptr() : nullptr,
+                                  s.groups->rows.data(), s.groups->offsets.data(),
+                                  s.groups->order.data(), coo.width,
+                                  s.lin,                 coo.nnz};
+    ops::parallel_over_rows(*s.groups, coo.width, [&](int64_t ub, int64_t ue) {
+      ops::dispatch_param_dtype(s.param.scalar_type(), [&](auto st) {
+        using S = decltype(st);
+        using T = ops::opmath_t<S>;
+        std::vector<T> scratch(2 * coo.width);  // see SgdKernels
+        if constexpr (std::is_same<S, double>::value) {
+          ops::cpu_kernel<S>(k.sparse)(ptrs, ub, ue, c.d, s.flags, scratch.data());
+        } else {
+          ops::cpu_kernel<S>(k.sparse)(ptrs, ub, ue, c.f, s.flags, scratch.data());
+        }
+      });
+    });
+  }
 
   // ---- 4. copy back what was updated in a copy ----------------------------------------------
-  for (size_t i = 0; i < n; ++i) {
-    SgdItem& it = items[i];
+  for (size_t j = 0; j < items.size(); ++j) {
+    const size_t i = dense_index[j];
+    const SgdItem& it = items[j];
     if (!it.param.is_same(params[i])) params[i].copy_(it.param);
-    if (has_momentum && !it.buf.is_same(momentum_buffers[i])) momentum_buffers[i].copy_(it.buf);
-  }
-}
-
-void sgd_sparse_cpu(const at::Tensor& param, const at::Tensor& grad,
-                    const std::optional<at::Tensor>& momentum_buffer, double lr, double momentum,
-                    double dampening, double weight_decay, bool nesterov, bool maximize,
-                    bool is_first_step, const std::optional<at::Tensor>& lr_tensor,
-                    const std::optional<at::Tensor>& grad_scale,
-                    const std::optional<at::Tensor>& found_inf) {
-  // ---- 1. validate everything; nothing is written in this part --------------------------
-  lr = check_hyper(lr, momentum, dampening, weight_decay, nesterov, lr_tensor);
-  const bool has_momentum = momentum != 0.0;
-  check_param(kSparseOp, param, 0);
-  TORCH_CHECK_VALUE(grad.defined() && grad.layout() == at::kSparse, kSparseOp,
-                    ": expected a sparse COO gradient, got ",
-                    grad.defined() ? c10::str(grad.layout()) : std::string("an undefined tensor"));
-  const ops::CooGrad coo = ops::check_coo_grad(kSparseOp, param, grad, 0);
-  const int64_t sd = coo.sparse_dim;
-  TORCH_CHECK_VALUE(sd >= 1, kSparseOp, ": the sparse gradient has no sparse dimension");
-  at::Tensor buf;
-  ops::WriteSet writes;
-  writes.add(param, "params", 0);
-  if (has_momentum) {
-    TORCH_CHECK_VALUE(momentum_buffer.has_value() && momentum_buffer->defined(), kSparseOp,
-                      ": momentum != 0 needs a momentum_buffer");
-    buf = *momentum_buffer;
-    ops::check_like_param(kSparseOp, param, buf, "momentum_buffers", 0);
-    writes.add(buf, "momentum_buffers", 0);
-  }
-  writes.check(kSparseOp);
-
-  const at::IntArrayRef sizes = param.sizes();
-  const int64_t num_rows = coo.num_rows, width = coo.width;
-  const int64_t nnz = coo.nnz;
-  // per-thread buffers, refilled by every call (Note [Grouping buffers] in ops/sparse_rows.h)
-  static thread_local std::vector<int64_t> lin_storage;
-  static thread_local ops::RowGroups groups;
-  const int64_t* lin = ops::linear_rows(kSparseOp, coo, sizes, 0, lin_storage);
-  if (ops::check_only()) {  // Note [Check-only calls]: the index checks, no grouping
-    if (nnz > 0) ops::check_rows(lin, nnz, num_rows, kSparseOp);
-    return;
-  }
-  ops::group_rows(lin, nnz, num_rows, kSparseOp, groups);
-
-  double scale = 1.0;
-  if (grad_scale.has_value()) scale = ops::scalar_value(*grad_scale, "grad_scale");
-  if (found_inf.has_value() && ops::scalar_value(*found_inf, "found_inf") != 0.0) return;
-  if (groups.num_unique() == 0 || width == 0) return;
-
-  // ---- 2. plan ------------------------------------------------------------------------------
-  const at::Tensor values = grad._values().contiguous();
-  at::Tensor wp = param.is_contiguous() ? param : param.contiguous();
-  at::Tensor wb = (!has_momentum || buf.is_contiguous()) ? buf : buf.contiguous();
-  const cpu::SgdSparsePtrs ptrs{wp.data_ptr(),        values.data_ptr(),
-                                has_momentum ? wb.data_ptr() : nullptr,
-                                groups.rows.data(),   groups.offsets.data(),
-                                groups.order.data(),  width,
-                                lin,                  nnz};
-  const auto cf = math::make_sgd_coeffs<float>(lr, momentum, dampening, weight_decay, scale);
-  const auto cd = math::make_sgd_coeffs<double>(lr, momentum, dampening, weight_decay, scale);
-  const cpu::SgdFlags flags{has_momentum, nesterov, is_first_step, maximize,
-                            grad_scale.has_value()};
-  const cpu::SgdKernels& k = cpu::current_kernels().sgd;
-  const at::ScalarType dtype = param.scalar_type();
-
-  // ---- 3. update: parallel over unique rows, split by cost ----------------------------------
-  ops::parallel_over_rows(groups, width, [&](int64_t ub, int64_t ue) {
-    if (dtype == at::kDouble) {
-      std::vector<double> scratch(2 * width);  // see SgdKernels
-      k.sparse_f64(ptrs, ub, ue, cd, flags, scratch.data());
-      return;
+    if (it.buf.defined() && !it.buf.is_same(momentum_buffers[call.buf[i]])) {
+      momentum_buffers[call.buf[i]].copy_(it.buf);
     }
-    std::vector<float> scratch(2 * width);
-    switch (dtype) {
-      case at::kFloat: k.sparse_f32(ptrs, ub, ue, cf, flags, scratch.data()); break;
-      case at::kBFloat16: k.sparse_bf16(ptrs, ub, ue, cf, flags, scratch.data()); break;
-      case at::kHalf: k.sparse_f16(ptrs, ub, ue, cf, flags, scratch.data()); break;
-      default: break;  // unreachable: rejected above
+  }
+  for (const SparseItem& s : sparse) {
+    const size_t i = s.index;
+    if (!s.param.is_same(params[i])) params[i].copy_(s.param);
+    if (s.buf.defined() && !s.buf.is_same(momentum_buffers[call.buf[i]])) {
+      momentum_buffers[call.buf[i]].copy_(s.buf);
     }
-  });
-
-  // ---- 4. copy back what was updated in a copy ----------------------------------------------
-  if (!wp.is_same(param)) param.copy_(wp);
-  if (has_momentum && !wb.is_same(buf)) buf.copy_(wb);
+  }
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pyoptim, CPU, m) {
-  m.impl("sgd_", &sgd_cpu);
-  m.impl("sgd_sparse_", &sgd_sparse_cpu);  // reached with a dense grad: raises ValueError
-}
-
+TORCH_LIBRARY_IMPL(pyoptim, CPU, m) { m.impl("sgd_", &sgd_cpu); }
 // A sparse grad carries the SparseCPU key, which the dispatcher picks over CPU.
-TORCH_LIBRARY_IMPL(pyoptim, SparseCPU, m) { m.impl("sgd_sparse_", &sgd_sparse_cpu); }
+TORCH_LIBRARY_IMPL(pyoptim, SparseCPU, m) { m.impl("sgd_", &sgd_cpu); }
 
 }  // namespace pyoptim

@@ -1,88 +1,123 @@
-// sparse_adam_'s arguments, shared by the CPU (ops/sparse_adam_cpu.cpp) and CUDA
-// (cuda/sparse_adam_cuda.cu) kernels: the checks (see Note [All-or-nothing step] in
-// ops/library.cpp: nothing here writes) and each param's step size.
+// sparse_adam_'s arguments, shared by its CPU, CUDA and Meta kernels: the groups'
+// hyper-parameters, every structural check (Note [All-or-nothing step] in ops/groups.h: nothing
+// here writes) and each param's step size.
 #pragma once
 
 #include <ATen/ATen.h>
-
-#include "ops/adam_checks.h"
-#include "ops/checks.h"
-#include "ops/sparse_rows.h"
-#include "pyoptim/math/sparse_adam.h"
+#include <ATen/core/List.h>
 
 #include <optional>
+#include <vector>
+
+#include "ops/adam_args.h"
+#include "ops/checks.h"
+#include "ops/groups.h"
+#include "ops/sparse_rows.h"
+#include "pyoptim/math/sparse_adam.h"
 
 namespace pyoptim {
 namespace ops {
 
-// A Tensor lr, copied to the host (the op syncs anyway); its value replaces `lr`.
-inline std::optional<at::Tensor> read_sparse_adam_lr(const char* op,
-                                                     const std::optional<at::Tensor>& lr_tensor,
-                                                     double& lr) {
-  if (!lr_tensor.has_value()) return std::nullopt;
-  TORCH_CHECK_VALUE(lr_tensor->numel() == 1 && at::isFloatingType(lr_tensor->scalar_type()), op,
-                    ": lr_tensor must be a one-element floating-point tensor");
-  at::Tensor host = lr_tensor->cpu();
-  lr = scalar_value(host, "lr");
-  return host;
-}
+struct SparseAdamGroup {
+  double lr, beta1, beta2, eps, weight_decay;
+  bool maximize;
+  std::optional<at::Tensor> lr_host;  // a Tensor lr, copied to the host (read once per call)
+};
 
-// lr (its value, after read_sparse_adam_lr), Adam's hyper-parameters and the list lengths.
-inline void check_sparse_adam_args(const char* op, double lr, double beta1, double beta2,
-                                   double eps, double weight_decay, size_t n,
-                                   at::TensorList grads, at::TensorList exp_avgs,
-                                   at::TensorList exp_avg_sqs, at::IntArrayRef steps) {
-  TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning rate: ", lr);
-  check_adam_hyper(eps, beta1, beta2, weight_decay);
-  check_list_size(op, grads, n, "grads");
-  check_list_size(op, exp_avgs, n, "exp_avgs");
-  check_list_size(op, exp_avg_sqs, n, "exp_avg_sqs");
-  TORCH_CHECK_VALUE(steps.size() == n, op, ": expected ", n, " steps (one per param), got ",
-                    steps.size());
-}
+struct SparseAdamCall {
+  std::vector<SparseAdamGroup> groups;
+  std::vector<size_t> group;
+  std::vector<CooGrad> coo;
+  const SparseAdamGroup& of(size_t i) const { return groups[group[i]]; }
+};
 
-// Param i of the call, on the backend `device_type` (the CPU or the CUDA kernel): the param, its
-// COO gradient (returned, checked) and its state; records what the step writes.
-inline CooGrad check_sparse_adam_tensor(const char* op, size_t i, c10::DeviceType device_type,
-                                        at::TensorList params, at::TensorList grads,
-                                        at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                                        at::IntArrayRef steps, WriteSet& writes) {
-  const at::Tensor& p = params[i];
-  const at::Tensor& g = grads[i];
-  TORCH_CHECK_VALUE(p.defined(), op, ": params[", i, "] is undefined");
-  TORCH_CHECK(p.layout() == at::kStrided, op, ": params[", i,
-              "] is sparse; SparseAdam requires dense parameter tensors");
-  TORCH_CHECK(p.device().type() == device_type, op, ": params[", i, "] is on ", p.device(),
-              "; this is the ", device_type == c10::DeviceType::CPU ? "CPU" : "CUDA", " kernel");
-  TORCH_CHECK_TYPE(!p.is_complex(), op, ": params[", i,
-                   "] is complex; SparseAdam does not support complex parameters");
-  TORCH_CHECK_TYPE(is_supported_float(p.scalar_type()), op, ": params[", i, "] has dtype ",
-                   p.scalar_type(), "; supported: float32, float64, bfloat16, float16");
-  TORCH_CHECK_VALUE(g.defined(), op, ": grads[", i, "] is undefined");
-  TORCH_CHECK(g.layout() == at::kSparse,
-              "SparseAdam does not support dense gradients, please consider Adam instead");
-  CooGrad coo = check_coo_grad(op, p, g, i);
-  check_like_param(op, p, exp_avgs[i], "exp_avgs", i);
-  check_like_param(op, p, exp_avg_sqs[i], "exp_avg_sqs", i);
-  TORCH_CHECK_VALUE(steps[i] >= 1, op, ": steps[", i, "] is ", steps[i],
-                    "; expected the step count after this step's increment (>= 1)");
-  writes.add(p, "params", i);
-  writes.add(exp_avgs[i], "exp_avgs", i);
-  writes.add(exp_avg_sqs[i], "exp_avg_sqs", i);
-  return coo;
+// `read_values`: copy Tensor lrs to the host and check their values (CPU and CUDA kernels; the
+// Meta kernel reads nothing).
+inline SparseAdamCall check_sparse_adam_call(
+    const char* op, c10::DeviceType backend, at::TensorList params, at::TensorList grads,
+    at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::IntArrayRef steps,
+    at::IntArrayRef group_sizes, at::ArrayRef<double> lr, at::ArrayRef<double> beta1,
+    at::ArrayRef<double> beta2, at::ArrayRef<double> eps, at::ArrayRef<double> weight_decay,
+    const c10::List<bool>& maximize, const c10::List<std::optional<at::Tensor>>& lr_tensors,
+    bool read_values, WriteSet& writes) {
+  const size_t n = params.size();
+  const Groups groups(op, group_sizes, n);
+  groups.check_per_group(lr.size(), "lr");
+  groups.check_per_group(beta1.size(), "beta1");
+  groups.check_per_group(beta2.size(), "beta2");
+  groups.check_per_group(eps.size(), "eps");
+  groups.check_per_group(weight_decay.size(), "weight_decay");
+  groups.check_per_group(maximize.size(), "maximize");
+  check_list_size(op, grads.size(), n, "grads", "param");
+  check_list_size(op, exp_avgs.size(), n, "exp_avgs", "param");
+  check_list_size(op, exp_avg_sqs.size(), n, "exp_avg_sqs", "param");
+  check_list_size(op, steps.size(), n, "steps", "param");
+
+  c10::Device device(backend);
+  if (n > 0 && params[0].defined()) device = params[0].device();
+  const auto lr_ts = groups.lr_tensors(lr_tensors, device);
+  SparseAdamCall call;
+  call.groups.resize(groups.count());
+  for (size_t g = 0; g < groups.count(); ++g) {
+    SparseAdamGroup& grp = call.groups[g];
+    grp = SparseAdamGroup{lr[g], beta1[g], beta2[g], eps[g], weight_decay[g], maximize.get(g),
+                          std::nullopt};
+    if (lr_ts[g].has_value() && read_values) {
+      // the op syncs anyway (it reads the indices): one copy of a Tensor lr per call
+      grp.lr_host = lr_ts[g]->cpu();
+      grp.lr = scalar_value(*grp.lr_host, "lr");
+    }
+    if (!lr_ts[g].has_value() || read_values) check_lr(grp.lr);
+    check_adam_hyper(eps[g], beta1[g], beta2[g], weight_decay[g]);
+  }
+
+  call.group.resize(n);
+  call.coo.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    call.group[i] = groups.of(i);
+    const at::Tensor& p = params[i];
+    const at::Tensor& g = grads[i];
+    TORCH_CHECK_VALUE(p.defined(), op, ": params[", i, "] is undefined");
+    TORCH_CHECK(p.layout() == at::kStrided, op, ": params[", i,
+                "] is sparse; SparseAdam requires dense parameter tensors");
+    TORCH_CHECK_TYPE(!p.is_complex(), op, ": params[", i,
+                     "] is complex; SparseAdam does not support complex parameters");
+    check_param(op, p, i, backend);
+    TORCH_CHECK(p.device() == device, op, ": params[", i, "] is on ", p.device(),
+                " but params[0] is on ", device,
+                "; expected all tensors to be on the same device");
+    TORCH_CHECK_VALUE(g.defined(), op, ": grads[", i, "] is undefined");
+    TORCH_CHECK(g.layout() == at::kSparse,
+                "SparseAdam does not support dense gradients, please consider Adam instead");
+    call.coo[i] = check_coo_grad(op, p, g, i);
+    check_like_param(op, p, exp_avgs[i], "exp_avgs", i);
+    check_like_param(op, p, exp_avg_sqs[i], "exp_avg_sqs", i);
+    TORCH_CHECK_VALUE(steps[i] >= 1, op, ": steps[", i, "] is ", steps[i],
+                      "; expected the step count after this step's increment (>= 1)");
+    writes.add(p, "params", i);
+    writes.add(exp_avgs[i], "exp_avgs", i);
+    writes.add(exp_avg_sqs[i], "exp_avg_sqs", i);
+  }
+  return call;
 }
 
 // step_size = lr * sqrt(1 - beta2^step) / (1 - beta1^step) for a param at `step`. With a Tensor
 // lr, torch.optim.SparseAdam computes it as tensor arithmetic in the lr tensor's dtype
 // (lr * math.sqrt(bc2) / bc1): run the same two ops.
-inline double sparse_adam_step_size(double lr, const std::optional<at::Tensor>& lr_host,
-                                    double beta1, double beta2, int64_t step) {
-  if (!lr_host.has_value()) {
-    return math::sparse_adam_step_size(lr, beta1, beta2, static_cast<double>(step));
+inline double sparse_adam_step_size(const SparseAdamGroup& g, int64_t step) {
+  if (!g.lr_host.has_value()) {
+    return math::sparse_adam_step_size(g.lr, g.beta1, g.beta2, static_cast<double>(step));
   }
   const math::SparseAdamBiasCorrections b =
-      math::sparse_adam_bias_corrections(beta1, beta2, static_cast<double>(step));
-  return lr_host->reshape({}).mul(b.sqrt_bias_correction2).div(b.bias_correction1).item<double>();
+      math::sparse_adam_bias_corrections(g.beta1, g.beta2, static_cast<double>(step));
+  return g.lr_host->reshape({}).mul(b.sqrt_bias_correction2).div(b.bias_correction1).item<double>();
+}
+
+// The coefficients of param i of a checked call, narrowed with torch's overflow check.
+template <class T>
+math::SparseAdamCoeffs<T> sparse_adam_coeffs(const SparseAdamGroup& g, int64_t step) {
+  return math::make_sparse_adam_coeffs<T>(g.lr, g.beta1, g.beta2, g.eps, g.weight_decay,
+                                          sparse_adam_step_size(g, step), CheckedNarrow<T>());
 }
 
 }  // namespace ops

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ops/checks.h"
+#include "ops/dtypes.h"
 #include "ops/sparse_adam_args.h"
 #include "ops/sparse_rows.h"
 #include "pyoptim/cpu/isa.h"
@@ -52,52 +53,55 @@ struct SparseAdamItem {
   cpu::SparseAdamPtrs ptrs;
   math::SparseAdamCoeffs<float> cf;
   math::SparseAdamCoeffs<double> cd;
-  at::ScalarType dtype;
   bool copied = false;
 };
 
 void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                     at::TensorList exp_avg_sqs, at::IntArrayRef steps, double lr, double beta1,
-                     double beta2, double eps, double weight_decay, bool maximize,
-                     const std::optional<at::Tensor>& lr_tensor) {
+                     at::TensorList exp_avg_sqs, at::IntArrayRef steps,
+                     at::IntArrayRef group_sizes, at::ArrayRef<double> lr,
+                     at::ArrayRef<double> beta1, at::ArrayRef<double> beta2,
+                     at::ArrayRef<double> eps, at::ArrayRef<double> weight_decay,
+                     const c10::List<bool>& maximize,
+                     const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                     bool validate_only) {
   // ---- 1. validate and group everything; nothing is written in this part ------------------
-  const std::optional<at::Tensor> lr_host = ops::read_sparse_adam_lr(kOp, lr_tensor, lr);
-  const size_t n = params.size();
-  ops::check_sparse_adam_args(kOp, lr, beta1, beta2, eps, weight_decay, n, grads, exp_avgs,
-                              exp_avg_sqs, steps);
   ops::WriteSet writes;
+  const ops::SparseAdamCall call = ops::check_sparse_adam_call(
+      kOp, c10::DeviceType::CPU, params, grads, exp_avgs, exp_avg_sqs, steps, group_sizes, lr,
+      beta1, beta2, eps, weight_decay, maximize, lr_tensors, /*read_values=*/true, writes);
+  const size_t n = params.size();
   std::vector<SparseAdamItem> items(n);
   // per-thread buffers, refilled by every call (Note [Grouping buffers] in ops/sparse_rows.h)
   static thread_local std::vector<int64_t> linear_storage;
   static thread_local std::vector<ops::RowGroups> group_pool;
   if (group_pool.size() < n) group_pool.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    const ops::CooGrad coo = ops::check_sparse_adam_tensor(
-        kOp, i, c10::DeviceType::CPU, params, grads, exp_avgs, exp_avg_sqs, steps, writes);
-    const at::Tensor& p = params[i];
-    const int64_t nnz = coo.nnz, num_rows = coo.num_rows, width = coo.width;
-    const at::Tensor& values = coo.values;
-
+    const ops::CooGrad& coo = call.coo[i];
     SparseAdamItem& it = items[i];
-    it.dtype = p.scalar_type();
-    if (nnz == 0 || width == 0) continue;  // torch skips an empty grad (the step still counts)
-    const int64_t* rows = ops::linear_rows(kOp, coo, p.sizes(), i, linear_storage);
-    if (ops::check_only()) {  // Note [Check-only calls]: the index checks, no grouping
-      ops::check_rows(rows, nnz, num_rows, kOp);
+    const ops::SparseAdamGroup& grp = call.of(i);
+    if (params[i].scalar_type() == at::kDouble) {
+      it.cd = ops::sparse_adam_coeffs<double>(grp, steps[i]);
+    } else {
+      it.cf = ops::sparse_adam_coeffs<float>(grp, steps[i]);
+    }
+    if (coo.nnz == 0 || coo.width == 0) continue;  // torch skips an empty grad (the step counts)
+    const int64_t* rows = ops::linear_rows(kOp, coo, params[i].sizes(), i, linear_storage);
+    if (validate_only) {  // the index checks, no grouping
+      ops::check_rows(rows, coo.nnz, coo.num_rows, kOp);
       continue;
     }
     it.groups = &group_pool[i];
-    ops::group_rows(rows, nnz, num_rows, kOp, *it.groups);
-    it.values = values.contiguous();
+    ops::group_rows(rows, coo.nnz, coo.num_rows, kOp, *it.groups);
+    it.values = coo.values.contiguous();
   }
   writes.check(kOp);
-  if (ops::check_only()) return;  // Note [Check-only calls]
+  if (validate_only) return;
 
-  // ---- 2. plan: row layouts (or contiguous copies) and per-param coefficients --------------
+  // ---- 2. plan: row layouts (or contiguous copies) --------------------------------------------
   for (size_t i = 0; i < n; ++i) {
     SparseAdamItem& it = items[i];
     if (it.groups == nullptr || it.groups->num_unique() == 0) continue;
-    const int64_t sparse_dim = grads[i].sparse_dim();
+    const int64_t sparse_dim = call.coo[i].sparse_dim;
     int64_t sp = 0, sm = 0, sv = 0;
     if (row_layout(params[i], sparse_dim, &sp) && row_layout(exp_avgs[i], sparse_dim, &sm) &&
         row_layout(exp_avg_sqs[i], sparse_dim, &sv)) {
@@ -113,46 +117,37 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
       row_layout(it.exp_avg, sparse_dim, &sm);
       row_layout(it.exp_avg_sq, sparse_dim, &sv);
     }
-    const int64_t width = it.values.numel() / it.values.size(0);
     it.ptrs = cpu::SparseAdamPtrs{it.param.data_ptr(),
                                   it.exp_avg.data_ptr(),
                                   it.exp_avg_sq.data_ptr(),
                                   sp,
                                   sm,
                                   sv,
-                                  it.values.data_ptr(),
-                                  width,
+                                  it.values.const_data_ptr(),
+                                  call.coo[i].width,
                                   it.groups->rows.data(),
                                   it.groups->offsets.data(),
                                   it.groups->order.data()};
-    const double step_size = ops::sparse_adam_step_size(lr, lr_host, beta1, beta2, steps[i]);
-    if (it.dtype == at::kDouble) {
-      it.cd = math::make_sparse_adam_coeffs<double>(lr, beta1, beta2, eps, weight_decay, step_size);
-    } else {
-      it.cf = math::make_sparse_adam_coeffs<float>(lr, beta1, beta2, eps, weight_decay, step_size);
-    }
   }
 
   // ---- 3. update: each param's touched rows, in parallel over rows --------------------------
   const cpu::SparseAdamKernels& k = cpu::current_kernels().sparse_adam;
-  const cpu::SparseAdamFlags flags{maximize, weight_decay != 0.0};
   for (size_t i = 0; i < n; ++i) {
     const SparseAdamItem& it = items[i];
     if (it.groups == nullptr || it.groups->num_unique() == 0) continue;
+    const ops::SparseAdamGroup& grp = call.of(i);
+    const cpu::SparseAdamFlags flags{grp.maximize, grp.weight_decay != 0.0};
     const int64_t width = it.ptrs.width;
     ops::parallel_over_rows(*it.groups, width, [&](int64_t ub, int64_t ue) {
-      if (it.dtype == at::kDouble) {
-        std::vector<double> scratch(2 * width);  // see SparseAdamKernels
-        k.f64(it.ptrs, ub, ue, it.cd, flags, scratch.data());
-        return;
-      }
-      std::vector<float> scratch(2 * width);
-      switch (it.dtype) {
-        case at::kFloat: k.f32(it.ptrs, ub, ue, it.cf, flags, scratch.data()); break;
-        case at::kBFloat16: k.bf16(it.ptrs, ub, ue, it.cf, flags, scratch.data()); break;
-        case at::kHalf: k.f16(it.ptrs, ub, ue, it.cf, flags, scratch.data()); break;
-        default: break;  // unreachable: rejected above
-      }
+      ops::dispatch_param_dtype(params[i].scalar_type(), [&](auto st) {
+        using S = decltype(st);
+        std::vector<ops::opmath_t<S>> scratch(2 * width);  // see SparseAdamKernels
+        if constexpr (std::is_same<S, double>::value) {
+          ops::cpu_kernel<S>(k)(it.ptrs, ub, ue, it.cd, flags, scratch.data());
+        } else {
+          ops::cpu_kernel<S>(k)(it.ptrs, ub, ue, it.cf, flags, scratch.data());
+        }
+      });
     });
     if (it.copied) {
       params[i].copy_(it.param);

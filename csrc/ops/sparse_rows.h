@@ -36,25 +36,32 @@ inline CooGrad check_coo_grad(const char* op, const at::Tensor& p, const at::Ten
               i, "] is on ", p.device());
   TORCH_CHECK_TYPE(g.scalar_type() == p.scalar_type(), op, ": grads[", i, "] has dtype ",
                    g.scalar_type(), " but params[", i, "] has dtype ", p.scalar_type());
-  TORCH_CHECK_VALUE(g.sizes() == p.sizes(), op, ": grads[", i, "] has shape ", g.sizes(),
-                    " but params[", i, "] has shape ", p.sizes());
+  TORCH_CHECK_VALUE(g.sym_sizes() == p.sym_sizes(), op, ": grads[", i, "] has shape ",
+                    g.sym_sizes(), " but params[", i, "] has shape ", p.sym_sizes());
   CooGrad c;
   c.sparse_dim = g.sparse_dim();
   c.indices = g._indices();
   c.values = g._values();
-  TORCH_CHECK_VALUE(c.indices.dim() == 2 && c.indices.size(0) == c.sparse_dim, op, ": grads[", i,
-                    "] has indices of shape ", c.indices.sizes(), " for sparse_dim ",
-                    c.sparse_dim);
-  c.nnz = c.indices.size(1);
-  TORCH_CHECK_VALUE(c.values.dim() >= 1 && c.values.size(0) == c.nnz, op, ": grads[", i,
-                    "] has ", c.nnz, " indices but ", c.values.dim() >= 1 ? c.values.size(0) : 0,
+  TORCH_CHECK_VALUE(c.indices.dim() == 2 && c.indices.sym_size(0) == c.sparse_dim, op,
+                    ": grads[", i, "] has indices of shape ", c.indices.sym_sizes(),
+                    " for sparse_dim ", c.sparse_dim);
+  TORCH_CHECK_VALUE(c.values.dim() >= 1 && c.values.sym_size(0) == c.indices.sym_size(1), op,
+                    ": grads[", i, "] has ", c.indices.sym_size(1), " indices but ",
+                    c.values.dim() >= 1 ? c.values.sym_size(0) : c10::SymInt(0),
                     " value rows; they must match");
-  TORCH_CHECK_VALUE(c.values.sizes().slice(1) == p.sizes().slice(c.sparse_dim), op, ": grads[",
-                    i, "] has values of shape ", c.values.sizes(), " for params[", i,
-                    "] of shape ", p.sizes(), " and sparse_dim ", c.sparse_dim);
+  TORCH_CHECK_VALUE(c.values.sym_sizes().slice(1) == p.sym_sizes().slice(c.sparse_dim), op,
+                    ": grads[", i, "] has values of shape ", c.values.sym_sizes(), " for params[",
+                    i, "] of shape ", p.sym_sizes(), " and sparse_dim ", c.sparse_dim);
+  // the sizes the CPU and CUDA kernels use (-1 where a shape is symbolic: Meta kernels only)
+  auto as_int = [](const c10::SymInt& v) { return v.maybe_as_int().value_or(-1); };
+  c.nnz = as_int(c.indices.sym_size(1));
   c.num_rows = 1;
   c.width = 1;
-  for (int64_t d = 0; d < p.dim(); ++d) (d < c.sparse_dim ? c.num_rows : c.width) *= p.size(d);
+  for (int64_t d = 0; d < p.dim(); ++d) {
+    const int64_t n = as_int(p.sym_size(d));
+    int64_t& prod = d < c.sparse_dim ? c.num_rows : c.width;
+    prod = (n < 0 || prod < 0) ? -1 : prod * n;
+  }
   return c;
 }
 

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "pyoptim/macros.h"
+#include "pyoptim/math/scalar_ops.h"
 
 namespace pyoptim {
 namespace cpu {
@@ -21,20 +22,7 @@ struct fp16 {
   uint16_t x;
 };
 
-template <class S>
-struct OpmathOf {
-  using type = S;  // float -> float, double -> double
-};
-template <>
-struct OpmathOf<bf16> {
-  using type = float;
-};
-template <>
-struct OpmathOf<fp16> {
-  using type = float;
-};
-template <class S>
-using opmath_t = typename OpmathOf<S>::type;
+using math::opmath_t;  // float for bf16 / fp16 (math/scalar_ops.h)
 
 PYOPTIM_INLINE float bits_to_f32(uint32_t u) {
   float f;

@@ -79,15 +79,21 @@ struct SgdSparsePtrs {
 template <class T>
 using SgdSparseFn = void (*)(const SgdSparsePtrs&, int64_t u_begin, int64_t u_end,
                              const math::SgdCoeffs<T>&, SgdFlags, T* scratch);
-struct SgdKernels {
+struct SgdDenseKernels {
   SgdFn<float> f32;
   SgdFn<double> f64;
   SgdFn<float> bf16;
   SgdFn<float> f16;
-  SgdSparseFn<float> sparse_f32;
-  SgdSparseFn<double> sparse_f64;
-  SgdSparseFn<float> sparse_bf16;
-  SgdSparseFn<float> sparse_f16;
+};
+struct SgdSparseKernels {
+  SgdSparseFn<float> f32;
+  SgdSparseFn<double> f64;
+  SgdSparseFn<float> bf16;
+  SgdSparseFn<float> f16;
+};
+struct SgdKernels {
+  SgdDenseKernels dense;
+  SgdSparseKernels sparse;
 };
 
 // ---- SparseAdam ----------------------------------------------------------------------------

@@ -53,31 +53,32 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE double pow_d(double b, double e) {
 #endif
 }
 
-// See Note [Bias correction in double].
-template <class T>
+// See Note [Bias correction in double] and Note [Narrowing coefficients] (math/scalar_ops.h).
+template <class T, class N = Narrow<T>>
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE AdamCoeffs<T> make_adam_coeffs(double lr, double beta1,
                                                                  double beta2, double eps,
                                                                  double weight_decay, double step,
-                                                                 double grad_scale) {
+                                                                 double grad_scale,
+                                                                 const N& narrow = N()) {
   AdamCoeffs<T> c;
   const double bias_correction1 = 1.0 - pow_d(beta1, step);  // 1 - beta1 ** step
   const double bias_correction2 = 1.0 - pow_d(beta2, step);  // 1 - beta2 ** step
-  c.beta2 = T(beta2);
-  c.lerp_weight = T(1.0 - beta1);
+  c.beta2 = narrow(beta2);
+  c.lerp_weight = narrow(1.0 - beta1);
   c.lerp_weight_compl = T(1) - c.lerp_weight;
   c.lerp_small = (c.lerp_weight < T(0.5)) && (c.lerp_weight > T(-0.5));
-  c.one_minus_beta2 = T(1.0 - beta2);
-  c.weight_decay = T(weight_decay);
+  c.one_minus_beta2 = narrow(1.0 - beta2);
+  c.weight_decay = narrow(weight_decay);
   c.has_weight_decay = weight_decay != 0.0;
-  c.decay_factor = T(1.0 - lr * weight_decay);
+  c.decay_factor = narrow(1.0 - lr * weight_decay);
 #if defined(__CUDA_ARCH__)
-  c.inv_bias_correction2_sqrt = T(1.0 / ::sqrt(bias_correction2));
+  c.inv_bias_correction2_sqrt = narrow(1.0 / ::sqrt(bias_correction2));
 #else
-  c.inv_bias_correction2_sqrt = T(1.0 / std::sqrt(bias_correction2));  // 1 / bias_correction2 ** 0.5
+  c.inv_bias_correction2_sqrt = narrow(1.0 / std::sqrt(bias_correction2));  // 1 / bias_correction2 ** 0.5
 #endif
-  c.eps = T(eps);
-  c.neg_step_size = T(-(lr / bias_correction1));  // step_size = lr / bias_correction1
-  c.grad_scale = T(grad_scale);
+  c.eps = narrow(eps);
+  c.neg_step_size = narrow(-(lr / bias_correction1));  // step_size = lr / bias_correction1
+  c.grad_scale = narrow(grad_scale);
   return c;
 }
 

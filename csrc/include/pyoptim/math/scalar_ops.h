@@ -5,8 +5,15 @@
 
 #include "pyoptim/macros.h"
 
+#include <type_traits>
+
 namespace pyoptim {
 namespace math {
+
+// The math type of a storage type S: double for double, float for float and for the 16-bit
+// types (widened on load, narrowed once on store; csrc/README.md rule 5).
+template <class S>
+using opmath_t = std::conditional_t<std::is_same<S, double>::value, double, float>;
 
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE float vsqrt(float x) {
 #if defined(__CUDA_ARCH__)
@@ -47,6 +54,19 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE double vfma(double a, double b, double c) {
   return __builtin_fma(a, b, c);
 #endif
 }
+
+// Note [Narrowing coefficients]
+// Per-step coefficients are computed in double (Note [Bias correction in double] in math/adam.h)
+// and narrowed to the math type T. A finite double beyond T's range has no T value (the
+// conversion is undefined behaviour in C++, where torch raises), so the make_*_coeffs functions
+// take the narrowing function as a parameter: the host op layer passes one that raises torch's
+// own error (ops::CheckedNarrow, "value cannot be converted to type float without overflow"),
+// device code, which cannot raise, this plain conversion (the GPU rounds out-of-range values to
+// infinity).
+template <class T>
+struct Narrow {
+  PYOPTIM_HOST_DEVICE PYOPTIM_INLINE T operator()(double x) const { return static_cast<T>(x); }
+};
 
 // Broadcast a scalar coefficient to the value type (identity for scalars).
 template <class V, class S>

@@ -31,19 +31,21 @@ struct SgdCoeffs {
   bool has_weight_decay;
 };
 
-// Computed once per call on the host, in double, then narrowed (as torch narrows its alphas).
-template <class T>
+// Computed once per call on the host, in double, then narrowed (as torch narrows its alphas;
+// Note [Narrowing coefficients] in math/scalar_ops.h).
+template <class T, class N = Narrow<T>>
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE SgdCoeffs<T> make_sgd_coeffs(double lr, double momentum,
                                                                double dampening,
                                                                double weight_decay,
-                                                               double grad_scale) {
+                                                               double grad_scale,
+                                                               const N& narrow = N()) {
   SgdCoeffs<T> c;
-  c.weight_decay = T(weight_decay);
+  c.weight_decay = narrow(weight_decay);
   c.has_weight_decay = weight_decay != 0.0;
-  c.momentum = T(momentum);
-  c.one_minus_dampening = T(1.0 - dampening);
-  c.neg_lr = T(-lr);
-  c.grad_scale = T(grad_scale);
+  c.momentum = narrow(momentum);
+  c.one_minus_dampening = narrow(1.0 - dampening);
+  c.neg_lr = narrow(-lr);
+  c.grad_scale = narrow(grad_scale);
   return c;
 }
 

@@ -1,0 +1,125 @@
+// adam_'s arguments, shared by its CPU, CUDA and Meta kernels: the groups' hyper-parameters and
+// every structural check (Note [All-or-nothing step] in ops/groups.h: nothing here writes).
+// What each backend reads on the host (lr tensors, step counts, grad_scale) it checks itself.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/List.h>
+
+#include <optional>
+#include <vector>
+
+#include "ops/checks.h"
+#include "ops/groups.h"
+
+namespace pyoptim {
+namespace ops {
+
+// torch.optim.Adam's hyper-parameter checks (lr is checked where its value is known).
+inline void check_adam_hyper(double eps, double beta1, double beta2, double weight_decay) {
+  TORCH_CHECK_VALUE(eps >= 0.0, "Invalid epsilon value: ", eps);
+  TORCH_CHECK_VALUE(beta1 >= 0.0 && beta1 < 1.0, "Invalid beta parameter at index 0: ", beta1);
+  TORCH_CHECK_VALUE(beta2 >= 0.0 && beta2 < 1.0, "Invalid beta parameter at index 1: ", beta2);
+  TORCH_CHECK_VALUE(weight_decay >= 0.0, "Invalid weight_decay value: ", weight_decay);
+}
+
+inline void check_lr(double lr) { TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning rate: ", lr); }
+
+struct AdamGroup {
+  double lr, beta1, beta2, weight_decay, eps;
+  bool amsgrad, maximize, decoupled;
+  std::optional<at::Tensor> lr_tensor;  // a Tensor lr: its value replaces lr
+};
+
+// One adam_ call, checked: per group its settings, per tensor its group and its entry in
+// max_exp_avg_sqs (-1 outside amsgrad groups).
+struct AdamCall {
+  c10::Device device{c10::kCPU};  // of every param
+  std::vector<AdamGroup> groups;
+  std::vector<size_t> group;
+  std::vector<int64_t> vmax;
+  const AdamGroup& of(size_t i) const { return groups[group[i]]; }
+};
+
+// Every structural check of an adam_ call on the backend `backend` (CPU, CUDA or Meta): list
+// lengths, each group's hyper-parameters, and each tensor's device, dtype, shape and layout.
+// Records everything the step writes in `writes` (the caller runs writes.check).
+inline AdamCall check_adam_call(
+    const char* op, c10::DeviceType backend, at::TensorList params, at::TensorList grads,
+    at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+    at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> lr,
+    at::ArrayRef<double> beta1, at::ArrayRef<double> beta2, at::ArrayRef<double> weight_decay,
+    at::ArrayRef<double> eps, const c10::List<bool>& amsgrad, const c10::List<bool>& maximize,
+    const c10::List<bool>& decoupled, const c10::List<std::optional<at::Tensor>>& lr_tensors,
+    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+    WriteSet& writes) {
+  const size_t n = params.size();
+  const Groups groups(op, group_sizes, n);
+  groups.check_per_group(lr.size(), "lr");
+  groups.check_per_group(beta1.size(), "beta1");
+  groups.check_per_group(beta2.size(), "beta2");
+  groups.check_per_group(weight_decay.size(), "weight_decay");
+  groups.check_per_group(eps.size(), "eps");
+  groups.check_per_group(amsgrad.size(), "amsgrad");
+  groups.check_per_group(maximize.size(), "maximize");
+  groups.check_per_group(decoupled.size(), "decoupled");
+  check_list_size(op, grads.size(), n, "grads", "param");
+  check_list_size(op, exp_avgs.size(), n, "exp_avgs", "param");
+  check_list_size(op, exp_avg_sqs.size(), n, "exp_avg_sqs", "param");
+  check_list_size(op, state_steps.size(), n, "state_steps", "param");
+
+  AdamCall call;
+  call.device = c10::Device(backend);
+  if (n > 0 && params[0].defined()) call.device = params[0].device();
+  const auto lr_ts = groups.lr_tensors(lr_tensors, call.device);
+  const std::vector<bool> ams = to_vector(amsgrad);
+  call.groups.resize(groups.count());
+  for (size_t g = 0; g < groups.count(); ++g) {
+    call.groups[g] = AdamGroup{lr[g],           beta1[g],           beta2[g],
+                               weight_decay[g], eps[g],             ams[g],
+                               maximize.get(g), decoupled.get(g),   lr_ts[g]};
+    check_adam_hyper(eps[g], beta1[g], beta2[g], weight_decay[g]);
+    if (!lr_ts[g].has_value()) check_lr(lr[g]);
+  }
+  call.vmax = positions_in_partial_list(op, groups, n, ams, max_exp_avg_sqs.size(),
+                                        "max_exp_avg_sqs", "param of an amsgrad group");
+  check_scalar_arg(op, grad_scale, "grad_scale", call.device);
+  check_scalar_arg(op, found_inf, "found_inf", call.device);
+
+  call.group.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    call.group[i] = groups.of(i);
+    const at::Tensor& p = params[i];
+    check_param(op, p, i, backend);
+    TORCH_CHECK(p.device() == call.device, op, ": params[", i, "] is on ", p.device(),
+                " but params[0] is on ", call.device,
+                "; expected all tensors to be on the same device");
+    TORCH_CHECK(grads[i].layout() == at::kStrided,
+                "Adam does not support sparse gradients, please consider SparseAdam instead");
+    check_like_param(op, p, grads[i], "grads", i);
+    check_like_param(op, p, exp_avgs[i], "exp_avgs", i);
+    check_like_param(op, p, exp_avg_sqs[i], "exp_avg_sqs", i);
+    if (call.vmax[i] >= 0) {
+      check_like_param(op, p, max_exp_avg_sqs[call.vmax[i]], "max_exp_avg_sqs", i);
+    }
+    const at::Tensor& s = state_steps[i];
+    TORCH_CHECK_VALUE(s.defined() && s.sym_numel() == 1 && s.layout() == at::kStrided, op,
+                      ": state_steps[", i, "] must be a one-element tensor");
+    TORCH_CHECK_TYPE(at::isFloatingType(s.scalar_type()) || at::isIntegralType(s.scalar_type(),
+                                                                                /*includeBool=*/false),
+                     op, ": state_steps[", i, "] has dtype ", s.scalar_type(),
+                     "; a step count is a real number");
+    TORCH_CHECK(s.device().is_cpu() || s.device() == p.device(), op, ": state_steps[", i,
+                "] is on ", s.device(), " but params[", i, "] is on ", p.device(),
+                "; a step count lives on the CPU or on its param's device");
+    writes.add(p, "params", i);
+    writes.add(exp_avgs[i], "exp_avgs", i);
+    writes.add(exp_avg_sqs[i], "exp_avg_sqs", i);
+    if (call.vmax[i] >= 0) writes.add(max_exp_avg_sqs[call.vmax[i]], "max_exp_avg_sqs", i);
+    writes.add(s, "state_steps", i);
+  }
+  return call;
+}
+
+}  // namespace ops
+}  // namespace pyoptim

@@ -1,0 +1,96 @@
+// Meta kernels: params on the meta device (a model built with device="meta", or under
+// FakeTensorMode / torch.compile, where every tensor reports device meta inside the kernel).
+// They run the structural checks of the CPU and CUDA kernels (shapes, dtypes, layouts, list
+// lengths; meta tensors have no values and no memory to compare) and write nothing, as
+// torch.optim's step on meta params computes nothing. Step counts that really live on the CPU
+// are counted, as torch counts them.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "ops/adam_args.h"
+#include "ops/checks.h"
+#include "ops/sgd_args.h"
+#include "ops/sparse_adam_args.h"
+
+namespace pyoptim {
+namespace {
+
+void adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+               at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+               at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> lr,
+               at::ArrayRef<double> beta1, at::ArrayRef<double> beta2,
+               at::ArrayRef<double> weight_decay, at::ArrayRef<double> eps,
+               const c10::List<bool>& amsgrad, const c10::List<bool>& maximize,
+               const c10::List<bool>& decoupled,
+               const c10::List<std::optional<at::Tensor>>& lr_tensors,
+               const std::optional<at::Tensor>& grad_scale,
+               const std::optional<at::Tensor>& found_inf, bool validate_only) {
+  constexpr const char* kOp = "pyoptim.adam_";
+  ops::WriteSet writes;
+  ops::check_adam_call(kOp, c10::DeviceType::Meta, params, grads, exp_avgs, exp_avg_sqs,
+                       max_exp_avg_sqs, state_steps, group_sizes, lr, beta1, beta2,
+                       weight_decay, eps, amsgrad, maximize, decoupled, lr_tensors, grad_scale,
+                       found_inf, writes);
+  writes.check(kOp);  // step counts on the CPU
+  std::vector<double> steps(state_steps.size(), 0.0);
+  for (size_t i = 0; i < state_steps.size(); ++i) {
+    if (!state_steps[i].device().is_cpu()) continue;
+    steps[i] = ops::scalar_value(state_steps[i], "state_steps[i]");
+    ops::check_step_count(kOp, steps[i], "state_steps", i);
+  }
+  if (validate_only) return;
+  if (found_inf.has_value() && found_inf->device().is_cpu() &&
+      ops::scalar_value(*found_inf, "found_inf") != 0.0) {
+    return;
+  }
+  for (size_t i = 0; i < state_steps.size(); ++i) {
+    if (state_steps[i].device().is_cpu()) state_steps[i].fill_(steps[i] + 1.0);
+  }
+}
+
+void sgd_meta(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+              at::IntArrayRef group_sizes, at::ArrayRef<double> lr, at::ArrayRef<double> momentum,
+              at::ArrayRef<double> dampening, at::ArrayRef<double> weight_decay,
+              const c10::List<bool>& nesterov, const c10::List<bool>& maximize,
+              const c10::List<bool>& first_step,
+              const c10::List<std::optional<at::Tensor>>& lr_tensors,
+              const std::optional<at::Tensor>& grad_scale,
+              const std::optional<at::Tensor>& found_inf, bool /*validate_only*/) {
+  ops::WriteSet writes;
+  ops::check_sgd_call("pyoptim.sgd_", c10::DeviceType::Meta, params, grads, momentum_buffers,
+                      group_sizes, lr, momentum, dampening, weight_decay, nesterov, maximize,
+                      first_step, lr_tensors, grad_scale, found_inf, writes);
+}
+
+void sparse_adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                      at::TensorList exp_avg_sqs, at::IntArrayRef steps,
+                      at::IntArrayRef group_sizes, at::ArrayRef<double> lr,
+                      at::ArrayRef<double> beta1, at::ArrayRef<double> beta2,
+                      at::ArrayRef<double> eps, at::ArrayRef<double> weight_decay,
+                      const c10::List<bool>& maximize,
+                      const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                      bool /*validate_only*/) {
+  ops::WriteSet writes;
+  ops::check_sparse_adam_call("pyoptim.sparse_adam_", c10::DeviceType::Meta, params, grads,
+                              exp_avgs, exp_avg_sqs, steps, group_sizes, lr, beta1, beta2, eps,
+                              weight_decay, maximize, lr_tensors, /*read_values=*/false, writes);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyoptim, Meta, m) {
+  m.impl("adam_", &adam_meta);
+  m.impl("sgd_", &sgd_meta);
+  m.impl("sparse_adam_", &sparse_adam_meta);
+}
+
+// Sparse meta gradients carry the SparseMeta key.
+TORCH_LIBRARY_IMPL(pyoptim, SparseMeta, m) {
+  m.impl("adam_", &adam_meta);
+  m.impl("sgd_", &sgd_meta);
+  m.impl("sparse_adam_", &sparse_adam_meta);
+}
+
+}  // namespace pyoptim

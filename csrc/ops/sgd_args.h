@@ -1,0 +1,118 @@
+// sgd_'s arguments, shared by its CPU, CUDA and Meta kernels: the groups' hyper-parameters and
+// every structural check, for dense and sparse (COO) gradients alike (Note [All-or-nothing step]
+// in ops/groups.h: nothing here writes). Index ranges and host values each backend checks itself.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/List.h>
+
+#include <optional>
+#include <vector>
+
+#include "ops/checks.h"
+#include "ops/groups.h"
+#include "ops/sparse_rows.h"
+
+namespace pyoptim {
+namespace ops {
+
+// torch.optim.SGD's messages (lr is checked where its value is known).
+inline void check_sgd_hyper(double momentum, double dampening, double weight_decay,
+                            bool nesterov) {
+  TORCH_CHECK_VALUE(momentum >= 0.0, "Invalid momentum value: ", momentum);
+  TORCH_CHECK_VALUE(weight_decay >= 0.0, "Invalid weight_decay value: ", weight_decay);
+  TORCH_CHECK_VALUE(!nesterov || (momentum > 0.0 && dampening == 0.0),
+                    "Nesterov momentum requires a momentum and zero dampening");
+}
+
+struct SgdGroup {
+  double lr, momentum, dampening, weight_decay;
+  bool nesterov, maximize;
+  std::optional<at::Tensor> lr_tensor;  // a Tensor lr: its value replaces lr
+  bool has_momentum() const { return momentum != 0.0; }
+};
+
+// One sgd_ call, checked: per group its settings; per tensor its group, its momentum buffer's
+// entry (-1 without momentum), whether that buffer takes its first step, and for a sparse
+// gradient its checked COO parts.
+struct SgdCall {
+  c10::Device device{c10::kCPU};
+  std::vector<SgdGroup> groups;
+  std::vector<size_t> group;
+  std::vector<int64_t> buf;
+  std::vector<bool> first;
+  std::vector<std::optional<CooGrad>> sparse;
+  const SgdGroup& of(size_t i) const { return groups[group[i]]; }
+};
+
+inline SgdCall check_sgd_call(
+    const char* op, c10::DeviceType backend, at::TensorList params, at::TensorList grads,
+    at::TensorList momentum_buffers, at::IntArrayRef group_sizes, at::ArrayRef<double> lr,
+    at::ArrayRef<double> momentum, at::ArrayRef<double> dampening,
+    at::ArrayRef<double> weight_decay, const c10::List<bool>& nesterov,
+    const c10::List<bool>& maximize, const c10::List<bool>& first_step,
+    const c10::List<std::optional<at::Tensor>>& lr_tensors,
+    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+    WriteSet& writes) {
+  const size_t n = params.size();
+  const Groups groups(op, group_sizes, n);
+  groups.check_per_group(lr.size(), "lr");
+  groups.check_per_group(momentum.size(), "momentum");
+  groups.check_per_group(dampening.size(), "dampening");
+  groups.check_per_group(weight_decay.size(), "weight_decay");
+  groups.check_per_group(nesterov.size(), "nesterov");
+  groups.check_per_group(maximize.size(), "maximize");
+  check_list_size(op, grads.size(), n, "grads", "param");
+
+  SgdCall call;
+  call.device = c10::Device(backend);
+  if (n > 0 && params[0].defined()) call.device = params[0].device();
+  const auto lr_ts = groups.lr_tensors(lr_tensors, call.device);
+  std::vector<bool> has_buf(groups.count());
+  call.groups.resize(groups.count());
+  for (size_t g = 0; g < groups.count(); ++g) {
+    call.groups[g] = SgdGroup{lr[g],           momentum[g],     dampening[g], weight_decay[g],
+                              nesterov.get(g), maximize.get(g), lr_ts[g]};
+    check_sgd_hyper(momentum[g], dampening[g], weight_decay[g], nesterov.get(g));
+    if (!lr_ts[g].has_value()) TORCH_CHECK_VALUE(lr[g] >= 0.0, "Invalid learning rate: ", lr[g]);
+    has_buf[g] = call.groups[g].has_momentum();
+  }
+  call.buf = positions_in_partial_list(op, groups, n, has_buf, momentum_buffers.size(),
+                                       "momentum_buffers", "param of a group with momentum");
+  TORCH_CHECK_VALUE(first_step.size() == 0 || first_step.size() == momentum_buffers.size(), op,
+                    ": first_step has ", first_step.size(),
+                    " entries; expected none or one per momentum buffer (",
+                    momentum_buffers.size(), ")");
+  check_scalar_arg(op, grad_scale, "grad_scale", call.device);
+  check_scalar_arg(op, found_inf, "found_inf", call.device);
+
+  call.group.resize(n);
+  call.first.assign(n, false);
+  call.sparse.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    call.group[i] = groups.of(i);
+    const at::Tensor& p = params[i];
+    check_param(op, p, i, backend);
+    TORCH_CHECK(p.device() == call.device, op, ": params[", i, "] is on ", p.device(),
+                " but params[0] is on ", call.device,
+                "; expected all tensors to be on the same device");
+    const at::Tensor& g = grads[i];
+    TORCH_CHECK_VALUE(g.defined(), op, ": grads[", i, "] is undefined");
+    if (g.layout() == at::kSparse) {
+      call.sparse[i] = check_coo_grad(op, p, g, i);
+    } else {
+      check_like_param(op, p, g, "grads", i);
+    }
+    writes.add(p, "params", i);
+    if (call.buf[i] >= 0) {
+      const at::Tensor& b = momentum_buffers[call.buf[i]];
+      check_like_param(op, p, b, "momentum_buffers", i);
+      writes.add(b, "momentum_buffers", i);
+      if (first_step.size() > 0) call.first[i] = first_step.get(call.buf[i]);
+    }
+  }
+  return call;
+}
+
+}  // namespace ops
+}  // namespace pyoptim

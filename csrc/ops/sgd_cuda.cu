@@ -1,0 +1,222 @@
+// pyoptim::sgd_ on CUDA. The same semantics as ops/sgd_cpu.cpp (read its Note [Sparse SGD]) and
+// the same math (math/sgd.h, fma via __fma_rn / __fmaf_rn), so float32 / float64 results equal
+// the CPU kernel's bitwise. Kernels: cuda/sgd_kernels.cuh.
+//
+// Dense grads: one multi_tensor_apply per (group, dtype, first step). A Tensor lr, grad_scale and
+// found_inf on the GPU are read by the kernel (no host sync; a step with only dense grads can be
+// captured in a CUDA graph), so a device lr is not range-checked. Momentum 0 reads and writes no
+// buffer (depth 2).
+// Sparse grads: their rows are grouped while validating (one sync for the index range,
+// cuda/sparse_rows.cuh), then one warp per unique row. A call with a sparse grad reads its
+// scalars on the host: it syncs anyway.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <map>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "cuda/multi_tensor_apply.cuh"
+#include "cuda/sgd_kernels.cuh"
+#include "cuda/sparse_rows.cuh"
+#include "ops/checks.h"
+#include "ops/dtypes.h"
+#include "ops/sgd_args.h"
+#include "pyoptim/math/sgd.h"
+
+namespace pyoptim {
+namespace {
+
+constexpr const char* kOp = "pyoptim.sgd_";
+
+struct DenseKey {
+  size_t group;
+  at::ScalarType dtype;
+  bool first;
+  bool operator<(const DenseKey& o) const {
+    return std::tie(group, dtype, first) < std::tie(o.group, o.dtype, o.first);
+  }
+};
+
+void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+              at::IntArrayRef group_sizes, at::ArrayRef<double> lr, at::ArrayRef<double> momentum,
+              at::ArrayRef<double> dampening, at::ArrayRef<double> weight_decay,
+              const c10::List<bool>& nesterov, const c10::List<bool>& maximize,
+              const c10::List<bool>& first_step,
+              const c10::List<std::optional<at::Tensor>>& lr_tensors,
+              const std::optional<at::Tensor>& grad_scale,
+              const std::optional<at::Tensor>& found_inf, bool validate_only) {
+  // ---- 1. validate everything (sparse rows grouped); nothing is written here --------------
+  ops::WriteSet writes;
+  const ops::SgdCall call = ops::check_sgd_call(
+      kOp, c10::DeviceType::CUDA, params, grads, momentum_buffers, group_sizes, lr, momentum,
+      dampening, weight_decay, nesterov, maximize, first_step, lr_tensors, grad_scale, found_inf,
+      writes);
+  const size_t n = params.size();
+  const c10::Device dev = call.device;
+  bool any_sparse = false;
+  for (size_t i = 0; i < n; ++i) any_sparse = any_sparse || call.sparse[i].has_value();
+  // With a sparse grad the op syncs anyway: every scalar is read (and checked) on the host.
+  const size_t num_groups = call.groups.size();
+  std::vector<double> group_lr(num_groups);
+  std::vector<bool> lr_on_device(num_groups, false);
+  for (size_t g = 0; g < num_groups; ++g) {
+    const ops::SgdGroup& grp = call.groups[g];
+    group_lr[g] = grp.lr;
+    if (grp.lr_tensor.has_value()) {
+      lr_on_device[g] = !grp.lr_tensor->device().is_cpu() && !any_sparse;
+      if (!lr_on_device[g]) {
+        group_lr[g] = ops::scalar_value(*grp.lr_tensor, "lr");
+        TORCH_CHECK_VALUE(group_lr[g] >= 0.0, "Invalid learning rate: ", group_lr[g]);
+      }
+    }
+  }
+  const bool scale_on_device = grad_scale.has_value() && !grad_scale->device().is_cpu() &&
+                               !any_sparse;
+  const bool inf_on_device = found_inf.has_value() && !found_inf->device().is_cpu() &&
+                             !any_sparse;
+  double scale = 1.0;
+  if (grad_scale.has_value() && !scale_on_device) {
+    scale = ops::scalar_value(*grad_scale, "grad_scale");
+    ops::check_grad_scale(kOp, scale);
+  }
+  const bool skip = found_inf.has_value() && !inf_on_device &&
+                    ops::scalar_value(*found_inf, "found_inf") != 0.0;
+  std::vector<math::SgdCoeffs<float>> coeffs_f(num_groups);
+  std::vector<math::SgdCoeffs<double>> coeffs_d(num_groups);
+  for (size_t g = 0; g < num_groups; ++g) {
+    const ops::SgdGroup& grp = call.groups[g];
+    const double glr = lr_on_device[g] ? 0.0 : group_lr[g];
+    coeffs_f[g] = math::make_sgd_coeffs<float>(glr, grp.momentum, grp.dampening,
+                                               grp.weight_decay, scale,
+                                               ops::CheckedNarrow<float>());
+    coeffs_d[g] = math::make_sgd_coeffs<double>(glr, grp.momentum, grp.dampening,
+                                                grp.weight_decay, scale,
+                                                ops::CheckedNarrow<double>());
+  }
+  std::vector<cuda::DeviceRowGroups> rows(n);
+  if (n > 0) {
+    const c10::cuda::CUDAGuard guard(dev);
+    for (size_t i = 0; i < n; ++i) {
+      if (!call.sparse[i].has_value()) continue;
+      const ops::CooGrad& coo = *call.sparse[i];
+      if (coo.nnz == 0) continue;
+      const std::string what = c10::str("grads[", i, "]");
+      if (validate_only) {  // the index checks, no grouping
+        cuda::check_indices_cuda(coo.indices, params[i].sizes(), kOp, what.c_str());
+        continue;
+      }
+      const ops::SgdGroup& grp = call.of(i);
+      rows[i] = cuda::group_rows_cuda(coo.indices, params[i].sizes(), kOp, what.c_str(),
+                                      /*block_sums=*/grp.has_momentum() ||
+                                          grp.weight_decay != 0.0);  // else plain SGD
+    }
+  }
+  writes.check(kOp);
+  if (validate_only || skip || n == 0) return;
+
+  // ---- 2. plan: dense pointers (or contiguous copies), grouped by launch ---------------------
+  const c10::cuda::CUDAGuard guard(dev);
+  std::vector<at::Tensor> keep_alive;
+  std::vector<mta::ScalarRef> lr_ref(num_groups);
+  for (size_t g = 0; g < num_groups; ++g) {
+    if (lr_on_device[g]) lr_ref[g] = mta::device_scalar(*call.groups[g].lr_tensor, keep_alive);
+  }
+  mta::ScalarRef scale_ref, inf_ref;
+  if (scale_on_device) scale_ref = mta::device_scalar(*grad_scale, keep_alive);
+  if (inf_on_device) inf_ref = mta::device_scalar(*found_inf, keep_alive);
+
+  struct Work {
+    at::Tensor param, grad, buf;
+  };
+  std::vector<Work> work(n);
+  std::map<DenseKey, std::vector<cuda::SgdWork>> launches;
+  const at::Tensor none;
+  for (size_t i = 0; i < n; ++i) {
+    Work& w = work[i];
+    const at::Tensor& buf = call.buf[i] >= 0 ? momentum_buffers[call.buf[i]] : none;
+    if (call.sparse[i].has_value()) {
+      w.param = params[i].is_contiguous() ? params[i] : params[i].contiguous();
+      w.buf = (!buf.defined() || buf.is_contiguous()) ? buf : buf.contiguous();
+      continue;
+    }
+    if (ops::same_dense_layout(params[i], {&grads[i], &buf})) {
+      w = Work{params[i], grads[i], buf};
+    } else {  // layouts differ: work on row-major copies (only those that are not already)
+      w.param = params[i].contiguous();
+      w.grad = grads[i].contiguous();
+      // a first-step buffer is written before it is read: no need to copy its contents
+      if (buf.defined()) w.buf = call.first[i] ? at::empty_like(w.param) : buf.contiguous();
+    }
+    launches[DenseKey{call.group[i], params[i].scalar_type(), call.first[i]}].push_back(
+        cuda::SgdWork{{w.param.data_ptr(), const_cast<void*>(w.grad.const_data_ptr()),
+                       w.buf.defined() ? w.buf.data_ptr() : nullptr},
+                      params[i].numel()});
+  }
+
+  // ---- 3. update ------------------------------------------------------------------------------
+  const bool has_scale = grad_scale.has_value();
+  for (const auto& launch : launches) {
+    const DenseKey& key = launch.first;
+    const ops::SgdGroup& grp = call.groups[key.group];
+    ops::dispatch_param_dtype(key.dtype, [&](auto st) {
+      using S = decltype(st);
+      using T = mta::opmath_t<S>;
+      cuda::SgdLaunchArgs<T> a{};
+      if constexpr (std::is_same<T, double>::value) {
+        a.coeffs = coeffs_d[key.group];
+      } else {
+        a.coeffs = coeffs_f[key.group];
+      }
+      a.momentum = grp.momentum;
+      a.dampening = grp.dampening;
+      a.weight_decay = grp.weight_decay;
+      a.scale = scale;
+      a.lr_dev = lr_ref[key.group];
+      a.scale_dev = scale_ref;
+      a.found_inf = inf_ref;
+      cuda::launch_dense<S>(launch.second, a, grp.has_momentum(), grp.nesterov, key.first,
+                            grp.maximize, has_scale);
+    });
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (!call.sparse[i].has_value() || rows[i].num_unique == 0) continue;
+    const ops::CooGrad& coo = *call.sparse[i];
+    if (coo.width == 0) continue;
+    const ops::SgdGroup& grp = call.of(i);
+    const at::Tensor values = coo.values.contiguous();
+    ops::dispatch_param_dtype(params[i].scalar_type(), [&](auto st) {
+      using S = decltype(st);
+      using T = mta::opmath_t<S>;
+      math::SgdCoeffs<T> c;
+      if constexpr (std::is_same<T, double>::value) {
+        c = coeffs_d[call.group[i]];
+      } else {
+        c = coeffs_f[call.group[i]];
+      }
+      cuda::launch_sparse<S>(work[i].param, work[i].buf, values, rows[i], coo.width, c,
+                             grp.has_momentum(), grp.nesterov, call.first[i], grp.maximize,
+                             has_scale);
+    });
+  }
+
+  // ---- 4. copy back what was updated in a copy ----------------------------------------------
+  for (size_t i = 0; i < n; ++i) {
+    Work& w = work[i];
+    if (!w.param.is_same(params[i])) params[i].copy_(w.param);
+    if (w.buf.defined() && !w.buf.is_same(momentum_buffers[call.buf[i]])) {
+      momentum_buffers[call.buf[i]].copy_(w.buf);
+    }
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyoptim, CUDA, m) { m.impl("sgd_", &sgd_cuda); }
+// A sparse grad carries the SparseCUDA key, which the dispatcher picks over CUDA.
+TORCH_LIBRARY_IMPL(pyoptim, SparseCUDA, m) { m.impl("sgd_", &sgd_cuda); }
+
+}  // namespace pyoptim

@@ -1,0 +1,62 @@
+"""Calls of the optimizer ops for ONE param group, with scalar hyper-parameters.
+
+The ops take every hyper-parameter as a per-group list (Note [Param groups in one call] in
+csrc/ops/groups.h); most op-level tests exercise one group, so these helpers turn scalar
+keyword arguments into one-group lists and call torch.ops.pyoptim.* directly. Tests of several
+groups call the ops themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+import pyoptim  # noqa: F401  (registers torch.ops.pyoptim.*)
+
+ops = torch.ops.pyoptim
+
+
+def adam_(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+          *, lr: float, beta1: float, beta2: float, weight_decay: float, eps: float,
+          amsgrad: bool, maximize: bool, decoupled: bool, lr_tensor: Optional[Tensor] = None,
+          grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+          validate_only: bool = False) -> None:
+    ops.adam_.default(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+        group_sizes=[len(params)], lr=[lr], beta1=[beta1], beta2=[beta2],
+        weight_decay=[weight_decay], eps=[eps], amsgrad=[amsgrad], maximize=[maximize],
+        decoupled=[decoupled], lr_tensors=[lr_tensor] if lr_tensor is not None else [],
+        grad_scale=grad_scale, found_inf=found_inf, validate_only=validate_only)
+
+
+def sgd_(params: Sequence[Tensor], grads, momentum_buffers, *, lr: float, momentum: float,
+         dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
+         is_first_step: bool, lr_tensor: Optional[Tensor] = None,
+         grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+         validate_only: bool = False) -> None:
+    """Dense or sparse grads alike; momentum_buffers: one per param when momentum != 0."""
+    ops.sgd_.default(
+        params, grads, momentum_buffers, group_sizes=[len(params)], lr=[lr],
+        momentum=[momentum], dampening=[dampening], weight_decay=[weight_decay],
+        nesterov=[nesterov], maximize=[maximize],
+        first_step=[True] * len(momentum_buffers) if is_first_step else [],
+        lr_tensors=[lr_tensor] if lr_tensor is not None else [], grad_scale=grad_scale,
+        found_inf=found_inf, validate_only=validate_only)
+
+
+def sgd_sparse_(param: Tensor, grad: Tensor, momentum_buffer: Optional[Tensor], **kw) -> None:
+    """One param with a (sparse) grad; the buffer is passed only with momentum."""
+    sgd_([param], [grad], [momentum_buffer] if kw["momentum"] != 0 else [], **kw)
+
+
+def sparse_adam_(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs, steps, *, lr: float,
+                 beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
+                 maximize: bool = False, lr_tensor: Optional[Tensor] = None,
+                 validate_only: bool = False) -> None:
+    ops.sparse_adam_.default(
+        params, grads, exp_avgs, exp_avg_sqs, steps, group_sizes=[len(params)], lr=[lr],
+        beta1=[beta1], beta2=[beta2], eps=[eps], weight_decay=[weight_decay],
+        maximize=[maximize], lr_tensors=[lr_tensor] if lr_tensor is not None else [],
+        validate_only=validate_only)
