@@ -54,6 +54,22 @@ def on_device(t: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
     return t.to(device)
 
 
+def hyper(groups: list[dict], key: str) -> list:
+    """One hyper-parameter of every group, as the per-group list the ops take."""
+    return list(map(operator.itemgetter(key), groups))
+
+
+def lr_lists(groups: list[dict], device: torch.device) -> tuple[list[float], list]:
+    """The ops' `lr` and `lr_tensors` arguments: a Tensor lr travels as a tensor (read on the
+    device where the op can, with no host sync), its entry in `lr` unused."""
+    lrs = hyper(groups, "lr")
+    if not any(map(isinstance, lrs, repeat(Tensor))):
+        return lrs, []
+    tensors = [(x if x.device.type == "cpu" else on_device(x, device)).detach()
+               if isinstance(x, Tensor) else None for x in lrs]
+    return [0.0 if isinstance(x, Tensor) else x for x in lrs], tensors
+
+
 def pick(items: Sequence[Any], index: Optional[list[int]]) -> list:
     """[items[i] for i in index] as a list, in C (index None: all of them)."""
     if index is None:

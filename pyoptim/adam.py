@@ -24,9 +24,9 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _device_dtype_check_for_fused
+from torch.optim.optimizer import _device_dtype_check_for_fused, _get_capturable_supported_devices
 
-from ._state import DeviceCall, FusedStep, Plan, on_device, scalar_dtype
+from ._state import DeviceCall, FusedStep, Plan, hyper, lr_lists, on_device, scalar_dtype
 
 __all__ = ["Adam", "AdamW"]
 
@@ -63,22 +63,25 @@ class _AdamStep(FusedStep):
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         elif group["amsgrad"] and "max_exp_avg_sq" not in state:
             raise KeyError("max_exp_avg_sq")  # amsgrad switched on after the state was made: torch's
+        if group["capturable"] and not torch.compiler.is_compiling():
+            devices = _get_capturable_supported_devices()
+            if not (p.device.type == state["step"].device.type and p.device.type in devices):
+                raise AssertionError(  # torch's check, before its step writes anything
+                    "If capturable=True, params and state_steps must be on supported devices: "
+                    f"{devices}.")
         return True
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
              states: list[list[Any]], grad_scale: Optional[Tensor],
              found_inf: Optional[Tensor], validate_only: bool) -> None:
         steps, exp_avgs, exp_avg_sqs = states[:3]
-        max_sqs = states[3] if len(states) > 3 else []
-        amsgrad = [g["amsgrad"] for g in plan.groups]
-        if all(amsgrad):
-            pass
-        elif any(amsgrad):  # only the params of amsgrad groups have (and pass) max_exp_avg_sq
+        max_sqs = states[3] if len(states) > 3 else []  # amsgrad groups only (see _state_keys)
+        groups = plan.groups
+        amsgrad = hyper(groups, "amsgrad")
+        if any(amsgrad) and not all(amsgrad):  # only params of amsgrad groups have max_exp_avg_sq
             max_sqs = [m for m, g in zip(max_sqs, call.group_of) if amsgrad[g]]
-        else:
-            max_sqs = []
-        lr_tensors = [g["lr"] if isinstance(g["lr"], Tensor) else None for g in plan.groups]
-        has_lr_tensor = any(t is not None for t in lr_tensors)
+        betas = hyper(groups, "betas")
+        lr, lr_tensors = lr_lists(groups, call.device)
         _adam_(
             params,
             grads,
@@ -86,20 +89,19 @@ class _AdamStep(FusedStep):
             exp_avg_sqs,
             max_sqs,
             steps,
-            group_sizes=call.group_sizes,
-            lr=[0.0 if isinstance(g["lr"], Tensor) else g["lr"] for g in plan.groups],
-            beta1=[_real(g["betas"][0]) for g in plan.groups],
-            beta2=[_real(g["betas"][1]) for g in plan.groups],
-            weight_decay=[g["weight_decay"] for g in plan.groups],
-            eps=[g["eps"] for g in plan.groups],
-            amsgrad=amsgrad,
-            maximize=[g["maximize"] for g in plan.groups],
-            decoupled=[g["decoupled_weight_decay"] for g in plan.groups],
-            lr_tensors=[on_device(t, call.device) if t is not None and t.device.type != "cpu"
-                        else t for t in lr_tensors] if has_lr_tensor else [],
-            grad_scale=on_device(grad_scale, call.device),
-            found_inf=on_device(found_inf, call.device),
-            validate_only=validate_only,
+            call.group_sizes,
+            lr,
+            [_real(b[0]) for b in betas],
+            [_real(b[1]) for b in betas],
+            hyper(groups, "weight_decay"),
+            hyper(groups, "eps"),
+            amsgrad,
+            hyper(groups, "maximize"),
+            hyper(groups, "decoupled_weight_decay"),
+            lr_tensors,
+            on_device(grad_scale, call.device),
+            on_device(found_inf, call.device),
+            validate_only,
         )
 
 

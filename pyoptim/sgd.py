@@ -49,8 +49,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused
+from torch.optim.sgd import sgd as _torch_sgd
 
-from ._state import DeviceCall, FusedStep, Plan, on_device, pick
+from ._state import DeviceCall, FusedStep, Plan, hyper, lr_lists, on_device, pick
 
 __all__ = ["SGD"]
 
@@ -74,6 +75,8 @@ class SGD(FusedStep, torch.optim.SGD):
         if group["fused"] and getattr(self, "_need_device_dtype_check_for_fused", True):
             _device_dtype_check_for_fused(p)  # torch checks the first param with a grad, once
             self._need_device_dtype_check_for_fused = False
+        if group["fused"] and p.grad.is_sparse:
+            raise RuntimeError("`_fused_sgd` does not support sparse gradients")  # torch's
         if group["momentum"] == 0:  # torch does not touch the state without momentum
             return False
         if plan.extra is None:
@@ -96,34 +99,24 @@ class SGD(FusedStep, torch.optim.SGD):
         groups = plan.groups
         bufs = states[0] if states else []
         first = pick(plan.extra, call.state_index) if plan.extra and any(plan.extra) else []
-        lr_tensors = [g["lr"] if isinstance(g["lr"], Tensor) else None for g in groups]
-        kwargs = dict(
-            lr=[0.0 if isinstance(g["lr"], Tensor) else g["lr"] for g in groups],
-            momentum=[g["momentum"] for g in groups],
-            dampening=[g["dampening"] for g in groups],
-            weight_decay=[g["weight_decay"] for g in groups],
-            nesterov=[g["nesterov"] for g in groups],
-            maximize=[g["maximize"] for g in groups],
-            lr_tensors=[on_device(t, call.device) if t is not None and t.device.type != "cpu"
-                        else t for t in lr_tensors] if any(t is not None for t in lr_tensors)
-            else [],
-            grad_scale=on_device(grad_scale, call.device),
-            found_inf=on_device(found_inf, call.device),
-        )
+        lr, lr_tensors = lr_lists(groups, call.device)
+        hp = (call.group_sizes, lr, hyper(groups, "momentum"), hyper(groups, "dampening"),
+              hyper(groups, "weight_decay"), hyper(groups, "nesterov"), hyper(groups, "maximize"))
+        tail = (lr_tensors, on_device(grad_scale, call.device), on_device(found_inf, call.device))
         try:
-            _sgd_(params, grads, bufs, group_sizes=call.group_sizes, first_step=first,
-                  validate_only=validate_only, **kwargs)
+            _sgd_(params, grads, bufs, *hp, first, *tail, validate_only)
             return
         except TypeError:
             mixed = [k for k, (p, g) in enumerate(zip(params, grads)) if g.dtype != p.dtype]
             if not mixed:
                 raise
-        self._run_mixed(plan, call, params, grads, bufs, first, mixed, kwargs, found_inf,
+        self._run_mixed(plan, call, params, grads, bufs, first, mixed, hp, tail, found_inf,
                         validate_only)
 
     def _run_mixed(self, plan: Plan, call: DeviceCall, params: list[Tensor],
                    grads: list[Tensor], bufs: list[Tensor], first: list[bool], mixed: list[int],
-                   kwargs: dict, found_inf: Optional[Tensor], validate_only: bool) -> None:
+                   hp: tuple, tail: tuple, found_inf: Optional[Tensor],
+                   validate_only: bool) -> None:
         """Params whose grad dtype differs from theirs: torch's own SGD steps them, after the
         op has checked everything else and the checks torch would fail on have passed."""
         groups = plan.groups
@@ -143,10 +136,13 @@ class SGD(FusedStep, torch.optim.SGD):
         sizes = [0] * len(groups)
         for k in keep:
             sizes[call.group_of[k]] += 1
-        sub = dict(kwargs, group_sizes=sizes,
-                   first_step=pick(first, keep_bufs) if first else [])
-        keep_args = (pick(params, keep), pick(grads, keep), pick(bufs, keep_bufs))
-        _sgd_(*keep_args, validate_only=True, **sub)
+        keep_first = pick(first, keep_bufs) if first else []
+
+        def call_op(validate: bool) -> None:
+            _sgd_(pick(params, keep), pick(grads, keep), pick(bufs, keep_bufs), sizes, *hp[1:],
+                  keep_first, *tail, validate)
+
+        call_op(True)
         for k in mixed:
             p, g = params[k], grads[k]
             if not (g.is_floating_point() and g.shape == p.shape and g.device == p.device):
@@ -157,7 +153,7 @@ class SGD(FusedStep, torch.optim.SGD):
             return
         if found_inf is not None and bool(found_inf.item()):
             return  # GradScaler found inf/NaN grads: nothing is stepped
-        scale = kwargs["grad_scale"]
+        scale = tail[1]
         for k in mixed:
             group = groups[call.group_of[k]]
             p, g = params[k], grads[k]
@@ -166,14 +162,14 @@ class SGD(FusedStep, torch.optim.SGD):
             buf_list: list[Optional[Tensor]] = []
             if buf_pos[k] >= 0:
                 buf_list = [None if first and first[buf_pos[k]] else bufs[buf_pos[k]]]
-            torch.optim.sgd.sgd(
+            _torch_sgd(
                 [p], [g], buf_list, foreach=False, weight_decay=group["weight_decay"],
                 momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"],
                 nesterov=group["nesterov"], maximize=group["maximize"],
                 has_sparse_grad=g.is_sparse)
             if buf_list:  # torch's buffer (of the grad's dtype) replaces ours
                 plan.dicts[call.state_index[buf_pos[k]]]["momentum_buffer"] = buf_list[0]
-        _sgd_(*keep_args, validate_only=False, **sub)
+        call_op(False)
 
     def _commit(self, plan: Plan, found_inf: Optional[Tensor]) -> None:
         if not plan.extra or not any(plan.extra):

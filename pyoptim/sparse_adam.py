@@ -29,7 +29,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ._state import DeviceCall, FusedStep, Plan
+from ._state import DeviceCall, FusedStep, Plan, hyper, lr_lists
 
 __all__ = ["SparseAdam"]
 
@@ -82,24 +82,23 @@ class SparseAdam(FusedStep, torch.optim.SparseAdam):
              found_inf: Optional[Tensor], validate_only: bool) -> None:
         steps, exp_avgs, exp_avg_sqs = states
         groups = plan.groups
-        lr_tensors = [g["lr"] if isinstance(g["lr"], Tensor) else None for g in groups]
+        betas = hyper(groups, "betas")
+        lr, lr_tensors = lr_lists(groups, call.device)
         _sparse_adam_(
             params,
             grads,
             exp_avgs,
             exp_avg_sqs,
             [int(s) + 1 for s in steps],  # the counts after this step
-            group_sizes=call.group_sizes,
-            lr=[0.0 if isinstance(g["lr"], Tensor) else g["lr"] for g in groups],
-            beta1=[g["betas"][0] for g in groups],
-            beta2=[g["betas"][1] for g in groups],
-            eps=[g["eps"] for g in groups],
-            weight_decay=[g.get("weight_decay", 0.0) for g in groups],
-            maximize=[bool(g.get("maximize", False)) for g in groups],
-            # a Tensor lr: step_size is computed in its dtype, as torch does
-            lr_tensors=[t.detach() if t is not None else None for t in lr_tensors]
-            if any(t is not None for t in lr_tensors) else [],
-            validate_only=validate_only,
+            call.group_sizes,
+            lr,
+            [b[0] for b in betas],
+            [b[1] for b in betas],
+            hyper(groups, "eps"),
+            [g.get("weight_decay", 0.0) for g in groups],
+            [bool(g.get("maximize", False)) for g in groups],
+            lr_tensors,  # a Tensor lr: step_size is computed in its dtype, as torch does
+            validate_only,
         )
 
     def _commit(self, plan: Plan, found_inf: Optional[Tensor]) -> None:

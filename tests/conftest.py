@@ -38,9 +38,12 @@ ISA_LEVELS = _ops.available_cpu_capabilities()
 
 @pytest.fixture(params=ISA_LEVELS, ids=lambda level: f"isa={level}")
 def isa(request):
-    """Run the test body with the CPU kernels at each level this CPU supports."""
+    """Run the test body with the CPU kernels at each level this CPU supports: the ops call that
+    level's own kernel table (each ISA library reports its own level, so a dispatch that ran one
+    table for every level fails here)."""
     with _ops.cpu_capability_override(request.param):
         assert pyoptim.cpu_capability() == request.param
+        assert _ops.kernel_table_isa() == request.param
         yield request.param
 
 
@@ -50,6 +53,14 @@ def restore_num_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def one_thread(restore_num_threads):
+    """Class-level tests on tiny models: on a loaded 2-core machine a second intra-op thread only
+    adds waiting (torch's small sparse ops took 50x longer with 2 threads than with 1). Results
+    do not depend on the thread count (tests/test_isa_agreement.py and the *_across_* tests)."""
+    torch.set_num_threads(1)
 
 
 def dtype_id(dtype: torch.dtype) -> str:

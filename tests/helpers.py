@@ -67,3 +67,15 @@ def snapshot(obj):
 
 def any_changed(before: Iterable[Tensor], after: Iterable[Tensor]) -> bool:
     return any(not bitwise_equal(a, b) for a, b in zip(before, after))
+
+
+def ulp(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """The spacing of `dtype`'s numbers at |x|, as a float64 tensor: 2^(e - p) for
+    2^e <= |x| < 2^(e+1) (p: the dtype's mantissa bits), the subnormal spacing below the smallest
+    normal. Non-decreasing in |x|, so ulp(x) <= ulp(round(x)) for any rounding to nearest."""
+    fi = torch.finfo(dtype)
+    a = x.detach().double().abs()
+    _, e = torch.frexp(a)  # a = m * 2^e, m in [0.5, 1)
+    normal = torch.ldexp(torch.full_like(a, fi.eps), e - 1)
+    return torch.where(a < fi.smallest_normal, torch.full_like(a, fi.smallest_normal * fi.eps),
+                       normal)

@@ -10,7 +10,10 @@ copies of the same inputs. `compute_dtype` says in which precision the math runs
     float32 for float32 / bfloat16 / float16 params, float64 for float64), reduced-precision
     tensors widened on load and rounded once on store, as torch's fused CPU kernel (and ours)
     does. Its distance to the oracle is the error the dtype itself carries;
-    tests/tolerances.py allows the kernel a multiple of it.
+    tests/tolerances.py allows the kernel a multiple of it. Its denominator multiplies by the
+    reciprocal of sqrt(bias_correction2), as the kernel does, so that the two can be compared
+    bit for bit; ``division_form=True`` divides as torch does instead, and
+    tests/tolerances.py (DIVISION_FORM) bounds the kernel's distance to that form.
 
 Why the same-precision reference spells the expressions out (``torch_kernels=False``): torch's
 CPU kernels for lerp / addcmul / add(alpha=) are compiled with FMA contraction (measured: about
@@ -29,6 +32,7 @@ REFERENCES, and add its rows to tests/tolerances.py.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -68,11 +72,22 @@ def adam_reference(
     found_inf: Optional[Tensor] = None,
     compute_dtype: Optional[torch.dtype] = None,
     torch_kernels: bool = False,
+    division_form: bool = False,
+    trace: Optional[dict] = None,
 ) -> None:
     """torch.optim.Adam/AdamW's single-tensor step (`_single_tensor_adam`), per tensor.
 
     GradScaler's unscale is a division by `grad_scale` (as torch's fused kernels do it);
     a non-zero `found_inf` skips the whole step, step counts included.
+
+    The same-precision reference (torch_kernels=False) computes denom the kernel's way by
+    default: sqrt(v) times the reciprocal of sqrt(bias_correction2), computed in double and
+    rounded once (Note [One division per element] in math/adam.h), so that it can equal the
+    kernel bit for bit. division_form=True computes it torch's way instead,
+    sqrt(v) / bias_correction2_sqrt (torch rounds that Python float to the tensor's dtype and
+    divides); tests/tolerances.py's DIVISION_FORM bounds the distance between the two. `trace`,
+    when given, receives per tensor the opmath "denom" and "update" (-step_size * exp_avg /
+    denom) of the last step.
     """
     if _skip_step(found_inf):
         return
@@ -120,17 +135,23 @@ def adam_reference(
             torch.maximum(max_sq, exp_avg_sq, out=max_sq)
             max_exp_avg_sqs[i].copy_(max_sq)
             second = max_sq
-        if torch_kernels:
+        if torch_kernels or division_form:
             denom = (_sqrt(second) / bias_correction2_sqrt).add_(eps)  # exp_avg_sq.sqrt() / ...
         else:
-            # the kernel multiplies by the reciprocal, computed in double (Note [One division
-            # per element] in math/adam.h); within an ulp of torch's division
-            denom = (_sqrt(second) * (1.0 / bias_correction2_sqrt)).add_(eps)
+            # the kernel multiplies by the reciprocal, computed in double and rounded once: 1 /
+            # sqrt(bc2) with a correctly rounded sqrt, not torch's pow(bc2, 0.5), which glibc does
+            # not always round correctly (tolerances.py, DIVISION_FORM_DENOM_ULPS)
+            denom = (_sqrt(second) * (1.0 / math.sqrt(bias_correction2))).add_(eps)
         if torch_kernels:
+            update = None
             p.addcdiv_(exp_avg, denom, value=-step_size)
         else:
             # param.addcdiv_(exp_avg, denom, value=-step_size): self + value * t1 / t2
-            p = p + (exp_avg * -step_size) / denom
+            update = (exp_avg * -step_size) / denom
+            p = p + update
+        if trace is not None:
+            trace.setdefault("denom", {})[i] = denom
+            trace.setdefault("update", {})[i] = update
 
         # round once on store
         param.copy_(p)

@@ -1,9 +1,10 @@
 """Op level: torch.ops.pyoptim.adam_ against the plain-PyTorch reference, at every ISA level.
 
 Property tests (hypothesis): several steps reusing state, every dtype and flag, grad_scale and
-found_inf; error against the float64 oracle bounded by tests/tolerances.py. Metamorphic tests
-(bitwise): split == whole, maximize(g) == minimize(-g), AdamW(wd=0) == Adam, exact unscale,
-lr_tensor == lr, and any layout == contiguous.
+found_inf; error against the float64 oracle bounded by tests/tolerances.py, and the distance to
+torch's division form of the denominator (the kernel multiplies by a reciprocal) bounded by its
+DIVISION_FORM rows. Metamorphic tests (bitwise): split == whole, maximize(g) == minimize(-g),
+AdamW(wd=0) == Adam, exact unscale, lr_tensor == lr, and any layout == contiguous.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from hypothesis import given, strategies as st
 
 from pyoptim import _ops
 import op_calls
-from helpers import any_changed, assert_bitwise_equal, bitwise_equal, normwise_error, snapshot
-from reference import adam_reference
-from strategies import (AdamCase, adam_cases, adam_hparams, clone_state, dtypes, op_args, seeds,
-                        sizes)
-from tolerances import op_tolerance
+from conftest import dtype_id
+from helpers import (any_changed, assert_bitwise_equal, bitwise_equal, normwise_error, snapshot,
+                     ulp)
+from reference import adam_reference, opmath_dtype
+from strategies import (DTYPES, AdamCase, adam_cases, adam_hparams, clone_state, dtypes, op_args,
+                        seeds)
+from tolerances import DIVISION_FORM_DENOM_ULPS, division_form_param_bound, op_tolerance
 
 STATE_KEYS = ("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
 
@@ -43,23 +46,23 @@ def oracle_run(case: AdamCase, before: dict, hp: dict | None = None, grads_fn=No
 
 def assert_stepped(case: AdamCase, before: dict, after: dict, oracle: dict | None = None,
                    hp: dict | None = None) -> None:
-    """The call did something: step counts advanced, exp_avg moved, and params moved wherever
-    the oracle says the move is visible in the dtype (a 1e-5 step on a bfloat16 1.0 is not)."""
+    """The call did something: step counts advanced, and exp_avg and the params moved wherever
+    the oracle says the move is visible in the dtype (a 1e-5 step on a bfloat16 1.0 is not, nor
+    is exp_avg's (1 - beta1) (g - m) with beta1 = 0.998 and |g| ~ 1e-3)."""
     counted = sum(1 for s in case.skips if not s)
     assert counted > 0
     for s0, s1 in zip(before["state_steps"], after["state_steps"]):
         assert s1.item() == s0.item() + counted
-    nonempty = [i for i, n in enumerate(case.sizes) if n > 0]
-    assert any_changed([before["exp_avgs"][i] for i in nonempty],
-                       [after["exp_avgs"][i] for i in nonempty])
     if oracle is None:
         oracle = oracle_run(case, before, hp)
     eps = torch.finfo(case.dtype).eps
-    visible = any(
-        bool(((o - p0.double()).abs() > 2 * eps * p0.double().abs()).any())
-        for p0, o in zip(before["params"], oracle["params"]) if p0.numel())
-    if visible:
-        assert any_changed(before["params"], after["params"]), "params did not change"
+    for key in ("exp_avgs", "params"):
+        # a move by more than 2 eps |x0| is more than an ulp of x0: the rounded result moves too
+        visible = any(
+            bool(((o - x0.double()).abs() > 2 * eps * x0.double().abs()).any())
+            for x0, o in zip(before[key], oracle[key]) if x0.numel())
+        if visible:
+            assert any_changed(before[key], after[key]), f"{key} did not change"
 
 
 @given(case=adam_cases())
@@ -280,7 +283,80 @@ def test_step_count_dtypes(isa, step_dtype):
     assert_stepped(case, before, b)
 
 
-def test_isa_fixture_covers_every_level():
-    """The fixture above runs each level this CPU has; the scalar level is always there."""
-    levels = _ops.available_cpu_capabilities()
-    assert levels[0] == "scalar" and _ops.max_cpu_capability() == levels[-1]
+def test_each_level_runs_its_own_kernel_table():
+    """Under each override the CPU ops call that level's own kernel table (each ISA library
+    fills in its own level, so kernel_table_isa() names the code that runs, not the level asked
+    for), before and after a step; the levels' results come from different tables (so the
+    bitwise agreement of tests/test_isa_agreement.py compares different code) and agree; a level
+    this CPU cannot run is refused, not run at a lower level."""
+    case = AdamCase(sizes=[7, 33, 4099], dtype=torch.float32, seed=5, step0=3,
+                    skips=(False, False),
+                    hp=dict(lr=1e-2, beta1=0.9, beta2=0.999, weight_decay=0.1, eps=1e-8,
+                            amsgrad=True, maximize=False, decoupled=True))
+    state0 = case.state()
+    tables, results = {}, {}
+    for level in _ops.available_cpu_capabilities():
+        with _ops.cpu_capability_override(level):
+            before_step = _ops.kernel_table_isa()
+            state = clone_state(state0)
+            run_kernel(case, state)
+            tables[level] = (before_step, _ops.kernel_table_isa())
+        assert tables[level] == (level, level)
+        results[level] = state
+    assert "scalar" in tables and _ops.max_cpu_capability() in tables
+    assert len({table for table, _ in tables.values()}) == len(tables)
+    base = results["scalar"]
+    assert_stepped(case, state0, base)
+    for level, state in results.items():
+        assert_bitwise_equal(state, base, f"{level} vs scalar")
+    current = _ops.kernel_table_isa()
+    for level in _ops.CPU_LEVELS:
+        if level not in tables:
+            with pytest.raises(ValueError, match="cannot run"):
+                with _ops.cpu_capability_override(level):
+                    pass
+            assert _ops.kernel_table_isa() == current
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@given(data=st.data())
+def test_adam_within_bound_of_torch_division_form(isa, dtype, data):
+    """The kernel's denom multiplies by 1 / sqrt(bias_correction2) where torch divides by
+    bias_correction2 ** 0.5 (Note [One division per element]). Each step, from the kernel's
+    current state, against the same-precision reference in torch's division form: the moments
+    and step counts bitwise equal, each param within tolerances.division_form_param_bound of
+    it (derived, elementwise), and its premise: the reciprocal form's denom (the kernel's, bit
+    for bit, see test_adam_matches_reference) within DIVISION_FORM_DENOM_ULPS of torch's."""
+    case = data.draw(adam_cases(dtype=dtype))
+    t = opmath_dtype(dtype)
+    kern = case.state()
+    before = snapshot(kern)
+    for k in range(case.steps):
+        grads, extras = case.grads(k), case.extras(k)
+        div, rec = clone_state(kern), clone_state(kern)
+        div_trace, rec_trace = {}, {}
+        adam_reference(*op_args(div, grads), **case.hp, **extras, division_form=True,
+                       trace=div_trace)
+        adam_reference(*op_args(rec, grads), **case.hp, **extras, trace=rec_trace)
+        op_calls.adam_(*op_args(kern, grads), **case.hp, **extras)
+        assert_bitwise_equal(kern["params"], rec["params"], f"step {k}: reciprocal form")
+        assert_bitwise_equal({key: kern[key] for key in STATE_KEYS if key != "params"},
+                             {key: div[key] for key in STATE_KEYS if key != "params"},
+                             f"step {k}: moments")
+        assert_bitwise_equal(kern["state_steps"], div["state_steps"], "state_steps")
+        for i, (x, r) in enumerate(zip(kern["params"], div["params"])):
+            if i not in div_trace.get("update", {}):  # a skipped step writes nothing
+                assert_bitwise_equal(x, r, f"step {k}: skipped param {i}")
+                continue
+            d_rec, d_div = rec_trace["denom"][i], div_trace["denom"][i]
+            ulps = (d_rec.double() - d_div.double()).abs() / ulp(
+                torch.maximum(d_rec.abs(), d_div.abs()), t)
+            assert ulps.numel() == 0 or ulps.max().item() <= DIVISION_FORM_DENOM_ULPS[t], (
+                f"step {k}: denom[{i}] {ulps.max().item()} ulps from torch's division form")
+            bound = division_form_param_bound(div_trace["update"][i], x, r, dtype)
+            excess = (x.double() - r.double()).abs() - bound
+            assert excess.numel() == 0 or excess.max().item() <= 0, (
+                f"step {k}: param[{i}] off torch's division form by "
+                f"{(x.double() - r.double()).abs().max().item():.3g}, bound "
+                f"{bound[excess.argmax()].item():.3g} there")
+    assert_stepped(case, before, kern)

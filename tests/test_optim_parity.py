@@ -1,4 +1,6 @@
-"""Class level: pyoptim.Adam / AdamW against torch.optim.Adam / AdamW.
+"""Class level: pyoptim.Adam / AdamW against torch.optim.Adam / AdamW, and every optimizer
+(Adam, AdamW, SGD dense and sparse, SparseAdam) for every flag combination torch accepts against
+torch.optim's own run with those flags (the *_every_flag_combination_* tests).
 
 Every run trains THREE copies of the same model (same init, same data): pyoptim, torch's
 for-loop implementation and torch's fused=True (foreach=True where fused does not apply). The
@@ -20,10 +22,11 @@ import torch
 from torch import nn
 
 import pyoptim
-from pyoptim import _ops
 from conftest import dtype_id
-from helpers import any_changed, assert_bitwise_equal, bitwise_equal, snapshot
-from tolerances import PARITY_STEPS, parity_tolerance
+from helpers import any_changed, assert_bitwise_equal, snapshot
+from reference_sparse_adam import ieee_torch_mode
+from tolerances import (MATRIX_STEPS, PARITY_STEPS, SPARSE_ADAM_VS_TORCH_IEEE,
+                        SPARSE_ADAM_VS_TORCH_MKL, parity_tolerance, sgd_tol, sgd_vs_torch_bound)
 
 IMPLS = ("pyoptim", "loop", "other")
 
@@ -132,7 +135,8 @@ class Triplet:
         spread = (flat[other] - flat[ref]).abs().max().item()
         dist = (flat["pyoptim"] - flat[ref]).abs().max().item()
         bound = tol.bound(spread, flat[ref].abs().max().item(), self.dtype)
-        assert dist <= bound, f"|pyoptim - torch| = {dist:.3g} > {bound:.3g} (torch spread {spread:.3g})"
+        assert dist <= bound, (f"|pyoptim - torch| = {dist:.3g} > {bound:.3g} "
+                               f"(torch spread {spread:.3g})")
         for p, q in zip(self.params("pyoptim"), self.params("loop")):
             s, t = self.opts["pyoptim"].state.get(p, {}), self.opts["loop"].state.get(q, {})
             assert s.keys() == t.keys()
@@ -320,7 +324,8 @@ def test_grad_scaler_with_forced_inf_step():
                            state=[dict(opt.state[p]) for p in t.params("pyoptim")]))
     scale_before = scalers["pyoptim"].get_scale()
     amp_step(True)
-    after = dict(params=t.params("pyoptim"), state=[dict(opt.state[p]) for p in t.params("pyoptim")])
+    after = dict(params=t.params("pyoptim"),
+                 state=[dict(opt.state[p]) for p in t.params("pyoptim")])
     assert_bitwise_equal(after, before, "skipped step")
     assert scalers["pyoptim"].get_scale() == scale_before / 2
     assert scalers["pyoptim"].get_scale() == scalers["loop"].get_scale()
@@ -542,24 +547,248 @@ def test_differentiable_falls_back_to_torch(monkeypatch):
     assert not torch.equal(res["pyoptim"][0], w0)
 
 
-@pytest.mark.parametrize("flag", [dict(foreach=True), dict(fused=True), dict(capturable=True)],
-                         ids=["foreach", "fused", "capturable"])
-def test_foreach_fused_capturable_accepted(flag):
-    """Accepted as torch accepts them; the step is pyoptim's kernel either way (same bits)."""
+# ---- every flag combination against torch.optim's own run ------------------------------------
+# pyoptim(flags) against torch.optim(flags), MATRIX_STEPS steps from the same init on the same
+# data, params and every state tensor. torch's runs depend only on the optimizer, its hyper-
+# parameters and its own flag, so each is made once and shared by the tests that need it.
+
+_TORCH_RUNS: dict = {}
+
+
+@dataclasses.dataclass
+class Run:
+    params: torch.Tensor  # every param, flattened and concatenated, as float64
+    state: dict  # state key -> the params' tensors for it, flattened and concatenated
+    steps: list  # per param: its step count (a Python number), or None
+    group: dict  # param_groups[0] without "params", tensors as Python numbers
+    moved: bool  # training changed the params
+
+
+def _group(opt) -> dict:
+    return {k: (v.item() if isinstance(v, torch.Tensor) else v)
+            for k, v in opt.param_groups[0].items() if k != "params"}
+
+
+def _train_run(make, model_fn, batch_fn, steps: int = MATRIX_STEPS) -> Run:
+    model = model_fn()
+    params = list(model.parameters())
+    init = snapshot(params)
+    opt = make(params)
+    for k in range(steps):
+        opt.zero_grad()
+        batch_fn(model, k).backward()
+        opt.step()
+    state = {}
+    for key in sorted({key for p in params for key, v in opt.state[p].items()
+                       if isinstance(v, torch.Tensor) and key != "step"}):
+        state[key] = torch.cat([opt.state[p][key].detach().double().flatten() for p in params])
+    steps_ = [(lambda s: s.item() if isinstance(s, torch.Tensor) else s)(opt.state[p]["step"])
+              if "step" in opt.state[p] else None for p in params]
+    return Run(torch.cat([p.detach().double().flatten() for p in params]), state, steps_,
+               _group(opt), any_changed(init, params))
+
+
+def _torch_run(key: tuple, make, model_fn, batch_fn) -> Run:
+    if key not in _TORCH_RUNS:
+        _TORCH_RUNS[key] = _train_run(make, model_fn, batch_fn)
+    return _TORCH_RUNS[key]
+
+
+def _mlp_batch(sign: float):
     x, y = data()
-    finals = []
-    for kwargs in ({}, flag):
-        m = mlp()
-        opt = pyoptim.Adam(m.parameters(), lr=1e-2, **kwargs)
-        before = snapshot(list(m.parameters()))
-        for _ in range(10):
-            opt.zero_grad()
-            ((m(x) - y) ** 2).mean().backward()
-            opt.step()
-        assert any_changed(before, list(m.parameters()))
-        finals.append(snapshot(list(m.parameters())))
-    assert opt.param_groups[0][next(iter(flag))] is True
-    assert_bitwise_equal(finals[0], finals[1])
+    return lambda m, k: sign * ((m(x) - y) ** 2).mean()
+
+
+def _assert_same_error(make_torch, make_pyoptim, model_fn, batch_fn):
+    """A combination torch refuses: pyoptim refuses it too, with torch's exception and message
+    (at construction or at the first step, wherever torch raises)."""
+    errors = []
+    for make in (make_torch, make_pyoptim):
+        with pytest.raises(Exception) as info:
+            _train_run(make, model_fn, batch_fn, steps=1)
+        errors.append(info)
+    (theirs, ours) = errors
+    assert type(ours.value) is type(theirs.value) and str(ours.value) == str(theirs.value)
+
+
+def _lr(kind: str, value: float):
+    return torch.tensor(value) if kind == "tensor-lr" else value
+
+
+ADAM_FLAGS = {"default": {}, "foreach": dict(foreach=True), "fused": dict(fused=True),
+              "capturable": dict(capturable=True)}
+
+
+@pytest.mark.parametrize("lr_kind", ["float-lr", "tensor-lr"])
+@pytest.mark.parametrize("impl", list(ADAM_FLAGS))
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1], ids=["wd=0", "wd=0.1"])
+@pytest.mark.parametrize("maximize", [False, True], ids=["min", "max"])
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["", "amsgrad"])
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_adam_every_flag_combination_matches_torch(cls, amsgrad, maximize, weight_decay, impl,
+                                                   lr_kind):
+    """pyoptim.<cls>(flags) against torch.optim.<cls>(flags): params and every state tensor
+    within PARITY (k x torch's own fused-vs-for-loop spread of that tensor + floor), step counts
+    and param_groups equal. The reference is torch's run with the same flags: its for-loop for
+    the default, its foreach / fused implementation for foreach=True / fused=True. torch
+    refuses capturable=True for CPU params and foreach=True with a Tensor lr, and so must
+    pyoptim, with the same error."""
+    kw = dict(lr=_lr(lr_kind, 1e-2), amsgrad=amsgrad, maximize=maximize,
+              weight_decay=weight_decay)
+    flags = ADAM_FLAGS[impl]
+    batch = _mlp_batch(-1.0 if maximize else 1.0)  # maximize trains on -loss: still converges
+
+    def maker(impl_cls, **extra):
+        return lambda p: impl_cls(p, **copy.deepcopy(kw), **extra)
+
+    if impl == "capturable" or (impl == "foreach" and lr_kind == "tensor-lr"):
+        _assert_same_error(maker(torch_cls(cls), **flags), maker(getattr(pyoptim, cls), **flags),
+                           mlp, batch)
+        return
+    config = (cls, amsgrad, maximize, weight_decay, lr_kind)
+    ours = _train_run(maker(getattr(pyoptim, cls), **flags), mlp, batch)
+    loop = _torch_run(config + ("loop",), maker(torch_cls(cls), foreach=False), mlp, batch)
+    fused = _torch_run(config + ("fused",), maker(torch_cls(cls), fused=True), mlp, batch)
+    ref = {"default": loop, "fused": fused}.get(impl) or _torch_run(
+        config + ("foreach",), maker(torch_cls(cls), foreach=True), mlp, batch)
+    tol = parity_tolerance("adam", torch.float32)
+    assert ours.moved and ours.state.keys() == ref.state.keys()
+    for key, x, r, lo, fu in [("params", ours.params, ref.params, loop.params, fused.params)] + [
+            (k, ours.state[k], ref.state[k], loop.state[k], fused.state[k]) for k in ours.state]:
+        spread = (fu - lo).abs().max().item()
+        dist = (x - r).abs().max().item()
+        bound = tol.bound(spread, r.abs().max().item(), torch.float32)
+        assert dist <= bound, (f"{key}: |pyoptim - torch| = {dist:.3g} > {bound:.3g} "
+                               f"(torch's spread {spread:.3g})")
+    assert ours.steps == ref.steps == [float(MATRIX_STEPS)] * len(ours.steps)
+    assert ours.group == _group(maker(torch_cls(cls), **flags)(mlp().parameters()))
+
+
+SGD_MOMENTUM = {
+    "plain": dict(momentum=0.0),
+    "plain-dampening": dict(momentum=0.0, dampening=0.5),  # accepted; no effect without momentum
+    "momentum": dict(momentum=0.9),
+    "momentum-dampening": dict(momentum=0.9, dampening=0.5),
+    "nesterov": dict(momentum=0.9, nesterov=True),
+}
+SGD_FLAGS = {"default": {}, "foreach": dict(foreach=True), "fused": dict(fused=True)}
+
+
+@pytest.mark.parametrize("lr_kind", ["float-lr", "tensor-lr"])
+@pytest.mark.parametrize("impl", list(SGD_FLAGS))
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2], ids=["wd=0", "wd=0.01"])
+@pytest.mark.parametrize("maximize", [False, True], ids=["min", "max"])
+@pytest.mark.parametrize("momentum", list(SGD_MOMENTUM))
+def test_sgd_every_flag_combination_matches_torch(momentum, maximize, weight_decay, impl,
+                                                  lr_kind):
+    """pyoptim.SGD(flags), dense grads, against torch.optim.SGD: equal to torch's for-loop within
+    sgd_tol (bit for bit where ATen fuses add(alpha)), params and momentum buffers, and against
+    torch's own foreach / fused run for those flags within sgd_vs_torch_bound (torch's own
+    spread to its for-loop, nothing more)."""
+    kw = dict(lr=_lr(lr_kind, 0.05), weight_decay=weight_decay, maximize=maximize,
+              **SGD_MOMENTUM[momentum])
+    flags = SGD_FLAGS[impl]
+    batch = _mlp_batch(-1.0 if maximize else 1.0)
+
+    def maker(impl_cls, **extra):
+        return lambda p: impl_cls(p, **copy.deepcopy(kw), **extra)
+
+    config = ("SGD", momentum, maximize, weight_decay, lr_kind)
+    ours = _train_run(maker(pyoptim.SGD, **flags), mlp, batch)
+    loop = _torch_run(config + ("loop",), maker(torch.optim.SGD, foreach=False), mlp, batch)
+    assert ours.moved and ours.state.keys() == loop.state.keys()
+    assert ("momentum_buffer" in ours.state) == (kw["momentum"] != 0)
+    pairs = [("params", ours.params, loop.params)] + [
+        (k, ours.state[k], loop.state[k]) for k in ours.state]
+    for key, x, r in pairs:
+        torch.testing.assert_close(x.float(), r.float(), **sgd_tol(torch.float32, MATRIX_STEPS),
+                                   msg=f"{key}: pyoptim vs torch's for-loop")
+    if impl != "default":
+        ref = _torch_run(config + (impl,), maker(torch.optim.SGD, **flags), mlp, batch)
+        for key, x, lo in pairs:
+            r = ref.params if key == "params" else ref.state[key]
+            spread = (r - lo).abs().max().item()
+            dist = (x - r).abs().max().item()
+            bound = sgd_vs_torch_bound(spread, lo.abs().max().item(), torch.float32,
+                                       MATRIX_STEPS)
+            assert dist <= bound, f"{key}: |pyoptim - torch {impl}| = {dist:.3g} > {bound:.3g}"
+    assert ours.group == _group(maker(torch.optim.SGD, **flags)(mlp().parameters()))
+
+
+def _embedding(bag: bool = False, dtype=torch.float32):
+    def make():
+        torch.manual_seed(0)
+        if bag:
+            return nn.EmbeddingBag(60, 8, mode="sum", sparse=True, dtype=dtype)
+        return nn.Embedding(60, 8, sparse=True, dtype=dtype)
+    return make
+
+
+def _lookup_batch(sign: float, bag: bool = False, dtype=torch.float32):
+    """Zipf-like lookups with repeats (duplicate rows in every grad), a bounded loss."""
+    g = torch.Generator().manual_seed(3)
+    w = 1.0 / torch.arange(1, 61, dtype=torch.float64)
+    idx = [torch.multinomial(w, 48, replacement=True, generator=g) for _ in range(MATRIX_STEPS)]
+    ys = [torch.randn(48 // (2 if bag else 1), 8, generator=g).to(dtype)
+          for _ in range(MATRIX_STEPS)]
+
+    def batch(m, k):
+        out = m(idx[k].view(-1, 2)) if bag else m(idx[k])
+        return sign * torch.tanh(out - ys[k]).pow(2).sum()
+    return batch
+
+
+@pytest.mark.parametrize("lr_kind", ["float-lr", "tensor-lr"])
+@pytest.mark.parametrize("impl", ["default", "foreach"])
+@pytest.mark.parametrize("maximize", [False, True], ids=["min", "max"])
+@pytest.mark.parametrize("bag", [False, True], ids=["Embedding", "EmbeddingBag"])
+def test_sparse_sgd_every_flag_combination_matches_torch(bag, maximize, impl, lr_kind):
+    """pyoptim.SGD with sparse grads, where torch supports them (plain SGD: momentum and weight
+    decay have torch's dense semantics there, pyoptim's are lazy), against torch.optim.SGD's own
+    run with the same flags: sgd_tol (bit for bit where ATen fuses add(alpha)). fused=True:
+    torch's fused SGD refuses sparse grads (pyoptim accepts them), so there is no torch run."""
+    kw = dict(lr=_lr(lr_kind, 0.1), maximize=maximize, **SGD_FLAGS[impl])
+    batch = _lookup_batch(-1.0 if maximize else 1.0, bag)
+    ours = _train_run(lambda p: pyoptim.SGD(p, **copy.deepcopy(kw)), _embedding(bag), batch)
+    theirs = _train_run(lambda p: torch.optim.SGD(p, **copy.deepcopy(kw)), _embedding(bag),
+                        batch)
+    assert ours.moved and ours.state == theirs.state == {}
+    torch.testing.assert_close(ours.params.float(), theirs.params.float(),
+                               **sgd_tol(torch.float32, MATRIX_STEPS))
+    assert ours.group == theirs.group
+
+
+@pytest.mark.parametrize("lr_kind", ["float-lr", "tensor-lr"])
+@pytest.mark.parametrize("maximize", [False, True], ids=["min", "max"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+def test_sparse_adam_every_flag_combination_matches_torch(dtype, maximize, lr_kind):
+    """pyoptim.SparseAdam against torch.optim.SparseAdam for its flags (maximize, Tensor lr):
+    bitwise against torch's own code under ieee_torch_mode (SPARSE_ADAM_VS_TORCH_IEEE: IEEE
+    sqrt, pyoptim's duplicate-sum order), within SPARSE_ADAM_VS_TORCH_MKL of torch as built;
+    params, exp_avg, exp_avg_sq and the (int) step counts."""
+    kw = dict(lr=_lr(lr_kind, 0.01), maximize=maximize)
+    batch = _lookup_batch(-1.0 if maximize else 1.0, dtype=dtype)
+
+    def make(impl_cls):
+        return lambda p: impl_cls(p, **copy.deepcopy(kw))
+
+    class PinnedSparseAdam(torch.optim.SparseAdam):
+        def step(self, closure=None):
+            with ieee_torch_mode():
+                return super().step(closure)
+
+    ours = _train_run(make(pyoptim.SparseAdam), _embedding(dtype=dtype), batch)
+    pinned = _train_run(make(PinnedSparseAdam), _embedding(dtype=dtype), batch)
+    built = _train_run(make(torch.optim.SparseAdam), _embedding(dtype=dtype), batch)
+    assert ours.moved and ours.state.keys() == built.state.keys() == {"exp_avg", "exp_avg_sq"}
+    assert ours.steps == pinned.steps == built.steps == [MATRIX_STEPS]
+    assert all(isinstance(s, int) for s in ours.steps)
+    for table, theirs in ((SPARSE_ADAM_VS_TORCH_IEEE, pinned), (SPARSE_ADAM_VS_TORCH_MKL, built)):
+        atol, rtol = table[dtype]
+        for key, x, r in [("params", ours.params, theirs.params)] + [
+                (k, ours.state[k], theirs.state[k]) for k in ours.state]:
+            torch.testing.assert_close(x.to(dtype), r.to(dtype), atol=atol, rtol=rtol, msg=key)
+    assert ours.group == dict(built.group, weight_decay=0.0)  # + pyoptim's opt-in weight decay
 
 
 @pytest.mark.parametrize("cls", ["Adam", "AdamW"])

@@ -7,26 +7,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import pyoptim
 from pyoptim import _ops
 import op_calls
+from conftest import ISA_LEVELS
 from reference_sgd import sgd_sparse_reference
 from tolerances import sgd_tol
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")
 
-ISA_LEVELS = _ops.available_cpu_capabilities()
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-
-
-@pytest.fixture(params=ISA_LEVELS, ids=lambda level: f"isa={level}")
-def isa(request):
-    with _ops.cpu_capability_override(request.param):
-        assert pyoptim.cpu_capability() == request.param
-        yield request.param
 
 
 def _sparse_grad(rows, width, nnz, dtype, gen, zipf=False, coalesced=False, extra_dims=()):
@@ -59,10 +52,6 @@ def hyper(draw, plain=False):
                 maximize=draw(st.booleans()))
 
 
-_SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-@_SETTINGS
 @given(hp=hyper(plain=True), rows=st.integers(1, 50), width=st.sampled_from([1, 7, 16, 17, 40]),
        nnz=st.integers(0, 120), coalesced=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_plain_sparse_sgd_is_torch_exactly(isa, hp, rows, width, nnz, coalesced, seed):
@@ -78,7 +67,6 @@ def test_plain_sparse_sgd_is_torch_exactly(isa, hp, rows, width, nnz, coalesced,
         assert not torch.equal(p, start)
 
 
-@_SETTINGS
 @given(hp=hyper(), rows=st.integers(1, 40), width=st.sampled_from([1, 3, 8, 16, 33]),
        nnz=st.integers(1, 100), dtype=st.sampled_from(DTYPES), steps=st.integers(1, 3),
        scale=st.sampled_from([None, 256.0]), coalesced=st.booleans(),
@@ -170,20 +158,21 @@ def test_sparse_hybrid_and_multi_sparse_dims():
     p = torch.randn(6, 4, 3, generator=gen)
     g = _sparse_grad(6, 4, 10, torch.float32, gen, extra_dims=(3,))
     b = torch.zeros_like(p)
-    rp, rb = p.clone(), b.clone()
+    rp, rb, start = p.clone(), b.clone(), p.clone()
     _op(p, g, b, hp, first=True)
     sgd_sparse_reference(rp, g, rb, first=True, **hp)
     assert torch.equal(p, rp) and torch.equal(b, rb)
+    assert not torch.equal(p, start)
     p2 = torch.randn(5, 7, generator=gen)
     idx = torch.stack([torch.randint(0, 5, (20,), generator=gen),
                        torch.randint(0, 7, (20,), generator=gen)])
     g2 = torch.sparse_coo_tensor(idx, torch.randn(20, generator=gen), (5, 7))
     b2 = torch.zeros_like(p2)
-    rp2, rb2 = p2.clone(), b2.clone()
+    rp2, rb2, start2 = p2.clone(), b2.clone(), p2.clone()
     _op(p2, g2, b2, hp, first=True)
     sgd_sparse_reference(rp2, g2, rb2, first=True, **hp)
     assert torch.equal(p2, rp2) and torch.equal(b2, rb2)
-    assert not torch.equal(p2, p2.clone().zero_())
+    assert not torch.equal(p2, start2)
 
 
 # ---- class level -----------------------------------------------------------------------------
@@ -206,6 +195,7 @@ def _train(model, opt, steps, bag, seed=3, zipf=True):
         opt.step()
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("bag", [False, True], ids=["Embedding", "EmbeddingBag"])
 @pytest.mark.parametrize("maximize", [False, True])
 def test_sparse_class_parity_with_torch(bag, maximize):
@@ -221,6 +211,7 @@ def test_sparse_class_parity_with_torch(bag, maximize):
     assert len(ob.state) == 0
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_sparse_class_momentum_is_lazy():
     """Momentum + weight decay on an Embedding: rows never looked up never move; the buffer
     exists (dense, torch's state key) and state_dict loads into torch.optim.SGD."""
@@ -244,6 +235,7 @@ def test_sparse_class_momentum_is_lazy():
     assert torch.equal(t.state[m.weight]["momentum_buffer"], buf)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_sparse_class_matches_reference_over_steps():
     """The class (lazy momentum, dampening, wd) against the reference definition, 20 steps."""
     m = _embedding_model(True)

@@ -31,12 +31,13 @@ struct AdamLaunchArgs {
 // Device mode: one tensor's coefficients from its step count (the count before this step).
 template <class T>
 __device__ __noinline__ math::AdamCoeffs<T> adam_device_coeffs(const AdamLaunchArgs<T>& a,
-                                                               const void* step) {
+                                                               bool decoupled, const void* step) {
   const double old = a.step_is_double ? *static_cast<const double*>(step)
                                       : static_cast<double>(*static_cast<const float*>(step));
   const double lr = a.lr_dev.ptr ? a.lr_dev.get() : a.lr;
   const double scale = a.scale_dev.ptr ? a.scale_dev.get() : a.scale;
-  return math::make_adam_coeffs<T>(lr, a.beta1, a.beta2, a.eps, a.weight_decay, old + 1.0, scale);
+  return math::make_adam_coeffs<T>(lr, a.beta1, a.beta2, a.eps, a.weight_decay, decoupled,
+                                   old + 1.0, scale);
 }
 
 // Arrays: 0 param, 1 grad (read only), 2 exp_avg, 3 exp_avg_sq, 4 max_exp_avg_sq (amsgrad).
@@ -51,7 +52,7 @@ struct AdamOp {
     if (a.found_inf.ptr && a.found_inf.get() != 0.0) return;  // GradScaler: skip the step
     math::AdamCoeffs<T> cf;
     if (a.device_coeffs) {
-      cf = adam_device_coeffs<T>(a, c.extra);
+      cf = adam_device_coeffs<T>(a, kDecoupled, c.extra);
     } else {
       cf = a.coeffs;
       if (kScale && a.scale_dev.ptr) cf.grad_scale = static_cast<T>(a.scale_dev.get());

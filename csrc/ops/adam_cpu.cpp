@@ -33,28 +33,33 @@ struct Relayout {
   at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
 };
 
-// Coefficients per distinct (group, step count, math type); usually one per group. Computed
-// while validating: a coefficient that does not fit the math type raises torch's overflow error
-// (Note [Narrowing coefficients] in math/scalar_ops.h) before anything is written.
+// Coefficients per distinct (group, step count, param dtype); usually one per group and dtype.
+// Computed while validating: a coefficient that does not fit the param's dtype raises torch's
+// overflow error (Note [Narrowing coefficients] in math/scalar_ops.h) before anything is written.
 class CoeffTable {
  public:
-  int32_t get(size_t group, double step, bool is_double, const ops::AdamGroup& g, double lr,
-              double scale) {
+  int32_t get(size_t group, double step, at::ScalarType dtype, const ops::AdamGroup& g,
+              double lr, double scale) {
     for (size_t k = 0; k < keys_.size(); ++k) {
-      if (keys_[k].group == group && keys_[k].step == step && keys_[k].is_double == is_double) {
+      if (keys_[k].group == group && keys_[k].step == step && keys_[k].dtype == dtype) {
         return static_cast<int32_t>(k);
       }
     }
-    keys_.push_back(Key{group, step, is_double});
-    if (is_double) {
-      d_.push_back(math::make_adam_coeffs<double>(lr, g.beta1, g.beta2, g.eps, g.weight_decay,
-                                                  step, scale, ops::CheckedNarrow<double>()));
-      f_.emplace_back();
-    } else {
-      f_.push_back(math::make_adam_coeffs<float>(lr, g.beta1, g.beta2, g.eps, g.weight_decay,
-                                                 step, scale, ops::CheckedNarrow<float>()));
-      d_.emplace_back();
-    }
+    keys_.push_back(Key{group, step, dtype});
+    f_.emplace_back();
+    d_.emplace_back();
+    ops::dispatch_param_dtype(dtype, [&](auto st) {
+      using S = decltype(st);
+      using T = ops::opmath_t<S>;
+      const auto c = math::make_adam_coeffs<T>(lr, g.beta1, g.beta2, g.eps, g.weight_decay,
+                                               g.decoupled, step, scale,
+                                               ops::CheckedNarrow<T, S>());
+      if constexpr (std::is_same<T, double>::value) {
+        d_.back() = c;
+      } else {
+        f_.back() = c;
+      }
+    });
     return static_cast<int32_t>(keys_.size() - 1);
   }
   const math::AdamCoeffs<float>& f(int32_t k) const { return f_[k]; }
@@ -64,7 +69,7 @@ class CoeffTable {
   struct Key {
     size_t group;
     double step;
-    bool is_double;
+    at::ScalarType dtype;
   };
   std::vector<Key> keys_;
   std::vector<math::AdamCoeffs<float>> f_;
@@ -110,7 +115,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     AdamItem& it = items[i];
     it.dtype = params[i].scalar_type();
     it.flags = cpu::AdamFlags{grp.decoupled, grp.amsgrad, grp.maximize, grad_scale.has_value()};
-    it.coeffs = coeffs.get(call.group[i], steps[i] + 1.0, it.dtype == at::kDouble, grp,
+    it.coeffs = coeffs.get(call.group[i], steps[i] + 1.0, it.dtype, grp,
                            group_lr[call.group[i]], scale);
   }
   writes.check(kOp);

@@ -130,16 +130,20 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
       std::memcpy(&key.host_step_bits, &host_steps[i], sizeof(double));
       const ops::AdamGroup& grp = call.of(i);
       const double lr_i = group_lr[call.group[i]];
-      if (key.dtype == at::kDouble) {
-        if (!coeffs_d.count(key)) {
-          coeffs_d[key] = math::make_adam_coeffs<double>(lr_i, grp.beta1, grp.beta2, grp.eps,
-                                                         grp.weight_decay, host_steps[i] + 1.0,
-                                                         scale, ops::CheckedNarrow<double>());
-        }
-      } else if (!coeffs_f.count(key)) {
-        coeffs_f[key] = math::make_adam_coeffs<float>(lr_i, grp.beta1, grp.beta2, grp.eps,
-                                                      grp.weight_decay, host_steps[i] + 1.0,
-                                                      scale, ops::CheckedNarrow<float>());
+      if (!coeffs_f.count(key) && !coeffs_d.count(key)) {
+        ops::dispatch_param_dtype(key.dtype, [&](auto st) {
+          using S = decltype(st);
+          using T = cuda::mta::opmath_t<S>;
+          const auto c = math::make_adam_coeffs<T>(lr_i, grp.beta1, grp.beta2, grp.eps,
+                                                   grp.weight_decay, grp.decoupled,
+                                                   host_steps[i] + 1.0, scale,
+                                                   ops::CheckedNarrow<T, S>());
+          if constexpr (std::is_same<T, double>::value) {
+            coeffs_d[key] = c;
+          } else {
+            coeffs_f[key] = c;
+          }
+        });
       }
     }
     keys[i] = key;
@@ -150,13 +154,13 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   // ---- 2. plan: pointers (or contiguous copies), grouped by launch ------------------------
   const c10::cuda::CUDAGuard guard(dev);
   std::vector<at::Tensor> keep_alive;
-  std::vector<mta::ScalarRef> lr_ref(num_groups);
+  std::vector<cuda::mta::ScalarRef> lr_ref(num_groups);
   for (size_t g = 0; g < num_groups; ++g) {
-    if (lr_read_on_device[g]) lr_ref[g] = mta::device_scalar(*call.groups[g].lr_tensor, keep_alive);
+    if (lr_read_on_device[g]) lr_ref[g] = cuda::mta::device_scalar(*call.groups[g].lr_tensor, keep_alive);
   }
-  mta::ScalarRef scale_ref, inf_ref;
-  if (scale_on_device) scale_ref = mta::device_scalar(*grad_scale, keep_alive);
-  if (inf_read_on_device) inf_ref = mta::device_scalar(*found_inf, keep_alive);
+  cuda::mta::ScalarRef scale_ref, inf_ref;
+  if (scale_on_device) scale_ref = cuda::mta::device_scalar(*grad_scale, keep_alive);
+  if (inf_read_on_device) inf_ref = cuda::mta::device_scalar(*found_inf, keep_alive);
 
   struct Work {
     at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
@@ -192,7 +196,7 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                                       grad_scale.has_value()};
     ops::dispatch_param_dtype(key.dtype, [&](auto st) {
       using S = decltype(st);
-      using T = mta::opmath_t<S>;
+      using T = cuda::mta::opmath_t<S>;
       cuda::AdamLaunchArgs<T> a{};
       a.lr = group_lr[key.group];
       a.beta1 = grp.beta1;

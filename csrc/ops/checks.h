@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <c10/util/TypeCast.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace pyoptim {
@@ -140,11 +143,21 @@ inline void check_grad_scale(const char* op, double scale) {
 }
 
 // Narrowing of per-step coefficients on the host (Note [Narrowing coefficients] in
-// math/scalar_ops.h): torch's error when a finite value does not fit the math type.
-template <class T>
+// math/scalar_ops.h): torch's error when a finite value does not fit. torch checks an op's
+// `value` (addcdiv, addcmul, lerp) against the math type T, and an `alpha` (add) against the
+// param's own dtype S, whose name its message gives.
+template <class T, class S>
 struct CheckedNarrow {
   T operator()(double x) const {
     return c10::checked_convert<T, double>(x, std::is_same<T, float>::value ? "float" : "double");
+  }
+  T alpha(double x) const {
+    if (std::is_same<S, c10::BFloat16>::value) {
+      c10::checked_convert<c10::BFloat16, double>(x, "c10::BFloat16");
+    } else if (std::is_same<S, c10::Half>::value) {
+      c10::checked_convert<c10::Half, double>(x, "c10::Half");
+    }
+    return (*this)(x);
   }
 };
 

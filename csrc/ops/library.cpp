@@ -3,10 +3,11 @@
 // needs no #ifdef. The Python module itself (an empty PyInit__C) is in csrc/python/module.cpp.
 //
 // Conventions (after aten::_fused_adam_): ops are in place and return (); tensor lists first,
-// hyper-parameters after `*`; only the tensors an op writes are marked mutable. One call covers
+// then the hyper-parameters; only the tensors an op writes are marked mutable. One call covers
 // every param group on one device (Note [Param groups in one call] in ops/groups.h) and happens
 // whole or not at all; validate_only=True runs every check and writes nothing
-// (Note [All-or-nothing step], same file).
+// (Note [All-or-nothing step], same file). Arguments are positional-or-keyword (no `*`): the
+// optimizers pass them positionally, which halves torch.ops' per-call argument parsing.
 #include <torch/library.h>
 
 TORCH_LIBRARY(pyoptim, m) {
@@ -16,7 +17,7 @@ TORCH_LIBRARY(pyoptim, m) {
   // must be a non-negative whole number. grads are read, never written.
   m.def(
       "adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, *, "
+      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, "
       "int[] group_sizes, float[] lr, float[] beta1, float[] beta2, float[] weight_decay, "
       "float[] eps, bool[] amsgrad, bool[] maximize, bool[] decoupled, Tensor?[] lr_tensors, "
       "Tensor? grad_scale=None, Tensor? found_inf=None, bool validate_only=False) -> ()");
@@ -29,7 +30,7 @@ TORCH_LIBRARY(pyoptim, m) {
   // none): true where the buffer takes its first step (buf = grad, as torch starts a missing
   // buffer). found_inf non-zero: nothing is written. grads are read only.
   m.def(
-      "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, *, "
+      "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
       "int[] group_sizes, float[] lr, float[] momentum, float[] dampening, "
       "float[] weight_decay, bool[] nesterov, bool[] maximize, bool[] first_step, "
       "Tensor?[] lr_tensors, Tensor? grad_scale=None, Tensor? found_inf=None, "
@@ -42,7 +43,7 @@ TORCH_LIBRARY(pyoptim, m) {
   // step_size is then computed in its dtype, as torch does. grads are read, never written.
   m.def(
       "sparse_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-      "Tensor(c!)[] exp_avg_sqs, int[] steps, *, int[] group_sizes, float[] lr, float[] beta1, "
+      "Tensor(c!)[] exp_avg_sqs, int[] steps, int[] group_sizes, float[] lr, float[] beta1, "
       "float[] beta2, float[] eps, float[] weight_decay, bool[] maximize, "
       "Tensor?[] lr_tensors, bool validate_only=False) -> ()");
 

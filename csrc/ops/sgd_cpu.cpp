@@ -53,10 +53,38 @@ struct SparseItem {
   cpu::SgdFlags flags;
 };
 
-// Per-group coefficients in both math types, narrowed with torch's overflow check.
-struct SgdCoeffPair {
-  math::SgdCoeffs<float> f;
-  math::SgdCoeffs<double> d;
+// Coefficients per (group, param dtype), narrowed with torch's overflow check for that dtype
+// (Note [Narrowing coefficients] in math/scalar_ops.h), computed while validating.
+class SgdCoeffTable {
+ public:
+  int32_t get(size_t group, at::ScalarType dtype, const ops::SgdGroup& g, double lr,
+              double scale) {
+    for (size_t k = 0; k < keys_.size(); ++k) {
+      if (keys_[k].first == group && keys_[k].second == dtype) return static_cast<int32_t>(k);
+    }
+    keys_.emplace_back(group, dtype);
+    f_.emplace_back();
+    d_.emplace_back();
+    ops::dispatch_param_dtype(dtype, [&](auto st) {
+      using S = decltype(st);
+      using T = ops::opmath_t<S>;
+      const auto c = math::make_sgd_coeffs<T>(lr, g.momentum, g.dampening, g.weight_decay, scale,
+                                              ops::CheckedNarrow<T, S>());
+      if constexpr (std::is_same<T, double>::value) {
+        d_.back() = c;
+      } else {
+        f_.back() = c;
+      }
+    });
+    return static_cast<int32_t>(keys_.size() - 1);
+  }
+  const math::SgdCoeffs<float>& f(int32_t k) const { return f_[k]; }
+  const math::SgdCoeffs<double>& d(int32_t k) const { return d_[k]; }
+
+ private:
+  std::vector<std::pair<size_t, at::ScalarType>> keys_;
+  std::vector<math::SgdCoeffs<float>> f_;
+  std::vector<math::SgdCoeffs<double>> d_;
 };
 
 void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
@@ -79,20 +107,20 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
     ops::check_grad_scale(kOp, scale);
   }
   const bool skip = found_inf.has_value() && ops::scalar_value(*found_inf, "found_inf") != 0.0;
-  std::vector<SgdCoeffPair> coeffs(call.groups.size());
+  std::vector<double> group_lr(call.groups.size());
   for (size_t g = 0; g < call.groups.size(); ++g) {
     const ops::SgdGroup& grp = call.groups[g];
-    double glr = grp.lr;
+    group_lr[g] = grp.lr;
     if (grp.lr_tensor.has_value()) {
-      glr = ops::scalar_value(*grp.lr_tensor, "lr");
-      TORCH_CHECK_VALUE(glr >= 0.0, "Invalid learning rate: ", glr);
+      group_lr[g] = ops::scalar_value(*grp.lr_tensor, "lr");
+      TORCH_CHECK_VALUE(group_lr[g] >= 0.0, "Invalid learning rate: ", group_lr[g]);
     }
-    coeffs[g].f = math::make_sgd_coeffs<float>(glr, grp.momentum, grp.dampening,
-                                               grp.weight_decay, scale,
-                                               ops::CheckedNarrow<float>());
-    coeffs[g].d = math::make_sgd_coeffs<double>(glr, grp.momentum, grp.dampening,
-                                                grp.weight_decay, scale,
-                                                ops::CheckedNarrow<double>());
+  }
+  SgdCoeffTable coeffs;
+  std::vector<int32_t> coeff_of(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const size_t g = call.group[i];
+    coeff_of[i] = coeffs.get(g, params[i].scalar_type(), call.groups[g], group_lr[g], scale);
   }
   const size_t n = params.size();
   // per-thread buffers, refilled by every call (Note [Grouping buffers] in ops/sparse_rows.h)
@@ -162,20 +190,20 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
   const cpu::SgdKernels& k = cpu::current_kernels().sgd;
   split.run([&](size_t j, int64_t begin, int64_t end) {
     const SgdItem& it = items[j];
-    const SgdCoeffPair& c = coeffs[call.group[dense_index[j]]];
+    const int32_t c = coeff_of[dense_index[j]];
     ops::dispatch_param_dtype(it.param.scalar_type(), [&](auto st) {
       using S = decltype(st);
       if constexpr (std::is_same<S, double>::value) {
-        ops::cpu_kernel<S>(k.dense)(it.ptrs, begin, end, c.d, it.flags);
+        ops::cpu_kernel<S>(k.dense)(it.ptrs, begin, end, coeffs.d(c), it.flags);
       } else {
-        ops::cpu_kernel<S>(k.dense)(it.ptrs, begin, end, c.f, it.flags);
+        ops::cpu_kernel<S>(k.dense)(it.ptrs, begin, end, coeffs.f(c), it.flags);
       }
     });
   });
   for (const SparseItem& s : sparse) {
     const ops::CooGrad& coo = *call.sparse[s.index];
     if (s.groups->num_unique() == 0 || coo.width == 0) continue;
-    const SgdCoeffPair& c = coeffs[call.group[s.index]];
+    const int32_t c = coeff_of[s.index];
     const cpu::SgdSparsePtrs ptrs{s.param.data_ptr(),    s.values.const_data_ptr(),
                                   s.buf.defined() ? s.buf.data_ptr() : nullptr,
                                   s.groups->rows.data(), s.groups->offsets.data(),
@@ -187,9 +215,9 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
         using T = ops::opmath_t<S>;
         std::vector<T> scratch(2 * coo.width);  // see SgdKernels
         if constexpr (std::is_same<S, double>::value) {
-          ops::cpu_kernel<S>(k.sparse)(ptrs, ub, ue, c.d, s.flags, scratch.data());
+          ops::cpu_kernel<S>(k.sparse)(ptrs, ub, ue, coeffs.d(c), s.flags, scratch.data());
         } else {
-          ops::cpu_kernel<S>(k.sparse)(ptrs, ub, ue, c.f, s.flags, scratch.data());
+          ops::cpu_kernel<S>(k.sparse)(ptrs, ub, ue, coeffs.f(c), s.flags, scratch.data());
         }
       });
     });

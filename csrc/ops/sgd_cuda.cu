@@ -85,17 +85,26 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   }
   const bool skip = found_inf.has_value() && !inf_on_device &&
                     ops::scalar_value(*found_inf, "found_inf") != 0.0;
-  std::vector<math::SgdCoeffs<float>> coeffs_f(num_groups);
-  std::vector<math::SgdCoeffs<double>> coeffs_d(num_groups);
-  for (size_t g = 0; g < num_groups; ++g) {
-    const ops::SgdGroup& grp = call.groups[g];
-    const double glr = lr_on_device[g] ? 0.0 : group_lr[g];
-    coeffs_f[g] = math::make_sgd_coeffs<float>(glr, grp.momentum, grp.dampening,
-                                               grp.weight_decay, scale,
-                                               ops::CheckedNarrow<float>());
-    coeffs_d[g] = math::make_sgd_coeffs<double>(glr, grp.momentum, grp.dampening,
-                                                grp.weight_decay, scale,
-                                                ops::CheckedNarrow<double>());
+  // per (group, param dtype), narrowed with torch's overflow check for that dtype
+  std::map<std::pair<size_t, at::ScalarType>, math::SgdCoeffs<float>> coeffs_f;
+  std::map<std::pair<size_t, at::ScalarType>, math::SgdCoeffs<double>> coeffs_d;
+  for (size_t i = 0; i < n; ++i) {
+    const std::pair<size_t, at::ScalarType> key{call.group[i], params[i].scalar_type()};
+    if (coeffs_f.count(key) || coeffs_d.count(key)) continue;
+    const ops::SgdGroup& grp = call.of(i);
+    const double glr = lr_on_device[key.first] ? 0.0 : group_lr[key.first];
+    ops::dispatch_param_dtype(key.second, [&](auto st) {
+      using S = decltype(st);
+      using T = cuda::mta::opmath_t<S>;
+      const auto c = math::make_sgd_coeffs<T>(glr, grp.momentum, grp.dampening,
+                                              grp.weight_decay, scale,
+                                              ops::CheckedNarrow<T, S>());
+      if constexpr (std::is_same<T, double>::value) {
+        coeffs_d[key] = c;
+      } else {
+        coeffs_f[key] = c;
+      }
+    });
   }
   std::vector<cuda::DeviceRowGroups> rows(n);
   if (n > 0) {
@@ -121,13 +130,13 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   // ---- 2. plan: dense pointers (or contiguous copies), grouped by launch ---------------------
   const c10::cuda::CUDAGuard guard(dev);
   std::vector<at::Tensor> keep_alive;
-  std::vector<mta::ScalarRef> lr_ref(num_groups);
+  std::vector<cuda::mta::ScalarRef> lr_ref(num_groups);
   for (size_t g = 0; g < num_groups; ++g) {
-    if (lr_on_device[g]) lr_ref[g] = mta::device_scalar(*call.groups[g].lr_tensor, keep_alive);
+    if (lr_on_device[g]) lr_ref[g] = cuda::mta::device_scalar(*call.groups[g].lr_tensor, keep_alive);
   }
-  mta::ScalarRef scale_ref, inf_ref;
-  if (scale_on_device) scale_ref = mta::device_scalar(*grad_scale, keep_alive);
-  if (inf_on_device) inf_ref = mta::device_scalar(*found_inf, keep_alive);
+  cuda::mta::ScalarRef scale_ref, inf_ref;
+  if (scale_on_device) scale_ref = cuda::mta::device_scalar(*grad_scale, keep_alive);
+  if (inf_on_device) inf_ref = cuda::mta::device_scalar(*found_inf, keep_alive);
 
   struct Work {
     at::Tensor param, grad, buf;
@@ -164,12 +173,12 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
     const ops::SgdGroup& grp = call.groups[key.group];
     ops::dispatch_param_dtype(key.dtype, [&](auto st) {
       using S = decltype(st);
-      using T = mta::opmath_t<S>;
+      using T = cuda::mta::opmath_t<S>;
       cuda::SgdLaunchArgs<T> a{};
       if constexpr (std::is_same<T, double>::value) {
-        a.coeffs = coeffs_d[key.group];
+        a.coeffs = coeffs_d.at({key.group, key.dtype});
       } else {
-        a.coeffs = coeffs_f[key.group];
+        a.coeffs = coeffs_f.at({key.group, key.dtype});
       }
       a.momentum = grp.momentum;
       a.dampening = grp.dampening;
@@ -190,12 +199,12 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
     const at::Tensor values = coo.values.contiguous();
     ops::dispatch_param_dtype(params[i].scalar_type(), [&](auto st) {
       using S = decltype(st);
-      using T = mta::opmath_t<S>;
+      using T = cuda::mta::opmath_t<S>;
       math::SgdCoeffs<T> c;
       if constexpr (std::is_same<T, double>::value) {
-        c = coeffs_d[call.group[i]];
+        c = coeffs_d.at({call.group[i], params[i].scalar_type()});
       } else {
-        c = coeffs_f[call.group[i]];
+        c = coeffs_f.at({call.group[i], params[i].scalar_type()});
       }
       cuda::launch_sparse<S>(work[i].param, work[i].buf, values, rows[i], coo.width, c,
                              grp.has_momentum(), grp.nesterov, call.first[i], grp.maximize,

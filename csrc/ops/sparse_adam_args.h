@@ -103,21 +103,48 @@ inline SparseAdamCall check_sparse_adam_call(
 
 // step_size = lr * sqrt(1 - beta2^step) / (1 - beta1^step) for a param at `step`. With a Tensor
 // lr, torch.optim.SparseAdam computes it as tensor arithmetic in the lr tensor's dtype
-// (lr * math.sqrt(bc2) / bc1): run the same two ops.
-inline double sparse_adam_step_size(const SparseAdamGroup& g, int64_t step) {
-  if (!g.lr_host.has_value()) {
-    return math::sparse_adam_step_size(g.lr, g.beta1, g.beta2, static_cast<double>(step));
+// (lr * math.sqrt(bc2) / bc1): the same two ops run on the host copy of the lr, once per
+// (group, step count) of the call, usually once per group.
+class StepSizes {
+ public:
+  double get(const SparseAdamGroup& g, size_t group, int64_t step) {
+    for (const Entry& e : entries_) {
+      if (e.group == group && e.step == step) return e.value;
+    }
+    double value;
+    if (!g.lr_host.has_value()) {
+      value = math::sparse_adam_step_size(g.lr, g.beta1, g.beta2, static_cast<double>(step));
+    } else {
+      const math::SparseAdamBiasCorrections b =
+          math::sparse_adam_bias_corrections(g.beta1, g.beta2, static_cast<double>(step));
+      value = g.lr_host->reshape({})
+                  .mul(b.sqrt_bias_correction2)
+                  .div(b.bias_correction1)
+                  .item<double>();
+    }
+    entries_.push_back(Entry{group, step, value});
+    return value;
   }
-  const math::SparseAdamBiasCorrections b =
-      math::sparse_adam_bias_corrections(g.beta1, g.beta2, static_cast<double>(step));
-  return g.lr_host->reshape({}).mul(b.sqrt_bias_correction2).div(b.bias_correction1).item<double>();
-}
 
-// The coefficients of param i of a checked call, narrowed with torch's overflow check.
-template <class T>
-math::SparseAdamCoeffs<T> sparse_adam_coeffs(const SparseAdamGroup& g, int64_t step) {
+ private:
+  struct Entry {
+    size_t group;
+    int64_t step;
+    double value;
+  };
+  std::vector<Entry> entries_;
+};
+
+// The coefficients of param i (of storage type S) of a checked call, narrowed with torch's
+// overflow check for S.
+template <class S>
+math::SparseAdamCoeffs<math::opmath_t<S>> sparse_adam_coeffs(const SparseAdamCall& call, size_t i,
+                                                             int64_t step, StepSizes& sizes) {
+  using T = math::opmath_t<S>;
+  const SparseAdamGroup& g = call.of(i);
   return math::make_sparse_adam_coeffs<T>(g.lr, g.beta1, g.beta2, g.eps, g.weight_decay,
-                                          sparse_adam_step_size(g, step), CheckedNarrow<T>());
+                                          sizes.get(g, call.group[i], step),
+                                          CheckedNarrow<T, S>());
 }
 
 }  // namespace ops

@@ -71,6 +71,7 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
       beta1, beta2, eps, weight_decay, maximize, lr_tensors, /*read_values=*/true, writes);
   const size_t n = params.size();
   std::vector<SparseAdamItem> items(n);
+  ops::StepSizes step_sizes;
   // per-thread buffers, refilled by every call (Note [Grouping buffers] in ops/sparse_rows.h)
   static thread_local std::vector<int64_t> linear_storage;
   static thread_local std::vector<ops::RowGroups> group_pool;
@@ -78,12 +79,14 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
   for (size_t i = 0; i < n; ++i) {
     const ops::CooGrad& coo = call.coo[i];
     SparseAdamItem& it = items[i];
-    const ops::SparseAdamGroup& grp = call.of(i);
-    if (params[i].scalar_type() == at::kDouble) {
-      it.cd = ops::sparse_adam_coeffs<double>(grp, steps[i]);
-    } else {
-      it.cf = ops::sparse_adam_coeffs<float>(grp, steps[i]);
-    }
+    ops::dispatch_param_dtype(params[i].scalar_type(), [&](auto st) {
+      using S = decltype(st);
+      if constexpr (std::is_same<S, double>::value) {
+        it.cd = ops::sparse_adam_coeffs<S>(call, i, steps[i], step_sizes);
+      } else {
+        it.cf = ops::sparse_adam_coeffs<S>(call, i, steps[i], step_sizes);
+      }
+    });
     if (coo.nnz == 0 || coo.width == 0) continue;  // torch skips an empty grad (the step counts)
     const int64_t* rows = ops::linear_rows(kOp, coo, params[i].sizes(), i, linear_storage);
     if (validate_only) {  // the index checks, no grouping

@@ -47,15 +47,18 @@ void sparse_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
       beta1, beta2, eps, weight_decay, maximize, lr_tensors, /*read_values=*/true, writes);
   const size_t n = params.size();
   std::vector<Item> items(n);
+  ops::StepSizes step_sizes;
   for (size_t i = 0; i < n; ++i) {
     const ops::CooGrad& coo = call.coo[i];
     Item& it = items[i];
-    const ops::SparseAdamGroup& grp = call.of(i);
-    if (params[i].scalar_type() == at::kDouble) {
-      it.cd = ops::sparse_adam_coeffs<double>(grp, steps[i]);
-    } else {
-      it.cf = ops::sparse_adam_coeffs<float>(grp, steps[i]);
-    }
+    ops::dispatch_param_dtype(params[i].scalar_type(), [&](auto st) {
+      using S = decltype(st);
+      if constexpr (std::is_same<S, double>::value) {
+        it.cd = ops::sparse_adam_coeffs<S>(call, i, steps[i], step_sizes);
+      } else {
+        it.cf = ops::sparse_adam_coeffs<S>(call, i, steps[i], step_sizes);
+      }
+    });
     if (coo.nnz == 0 || coo.width == 0) continue;  // torch skips an empty grad (the step counts)
     const c10::cuda::CUDAGuard guard(params[i].device());
     const std::string what = c10::str("grads[", i, "]");

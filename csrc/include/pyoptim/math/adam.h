@@ -13,11 +13,18 @@
 // type T (float for float/bfloat16/half params, double for double params).
 //
 // Note [One division per element]
-// torch divides sqrt(exp_avg_sq) by sqrt(bias_correction2), a per-step constant. Division and
+// torch divides sqrt(exp_avg_sq) by bias_correction2 ** 0.5, a per-step constant. Division and
 // sqrt share one slow unit on CPUs; with bfloat16/float16 params (half the bytes per element)
-// the step becomes compute-bound on them. We multiply by the reciprocal, computed once per step
-// in double, instead. That changes denom by at most one float ulp from torch's (covered by
-// tests/tolerances.py) and leaves one sqrt and one division per element: m / denom.
+// the step becomes compute-bound on them. We multiply by the reciprocal instead: 1 / sqrt(bc2)
+// computed once per step in double and rounded once to T. torch's divisor is rounded to T too
+// (its CPU div and fused kernels convert the Python float to the opmath type), so each side
+// carries one rounding of the constant: denom differs from torch's by at most two ulps of T
+// (measured for float: 2 ulps in ~0.2% of elements, 1 ulp in ~23%). For double, torch's divisor
+// is libm's pow(bc2, 0.5), which is not always the correctly rounded sqrt (glibc:
+// pow(1 - 2^-53, 0.5) == 1.0): at most one ulp where it is, at most three in theory where it
+// is not (two measured). Against the exact sqrt(v) / sqrt(bc2) rounded once, the float denom is
+// within one ulp. The bound and its propagation to the param: tests/tolerances.py
+// (DIVISION_FORM). One sqrt and one division per element remain: m / denom.
 #pragma once
 
 #include "pyoptim/math/scalar_ops.h"
@@ -54,31 +61,35 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE double pow_d(double b, double e) {
 }
 
 // See Note [Bias correction in double] and Note [Narrowing coefficients] (math/scalar_ops.h).
+PYOPTIM_HD_TEMPLATE
 template <class T, class N = Narrow<T>>
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE AdamCoeffs<T> make_adam_coeffs(double lr, double beta1,
                                                                  double beta2, double eps,
-                                                                 double weight_decay, double step,
+                                                                 double weight_decay,
+                                                                 bool decoupled, double step,
                                                                  double grad_scale,
                                                                  const N& narrow = N()) {
   AdamCoeffs<T> c;
   const double bias_correction1 = 1.0 - pow_d(beta1, step);  // 1 - beta1 ** step
   const double bias_correction2 = 1.0 - pow_d(beta2, step);  // 1 - beta2 ** step
-  c.beta2 = narrow(beta2);
-  c.lerp_weight = narrow(1.0 - beta1);
+  c.beta2 = saturate<T>(beta2);  // exp_avg_sq.mul_(beta2): a wrapped number
+  c.lerp_weight = narrow(1.0 - beta1);  // lerp_ weight
   c.lerp_weight_compl = T(1) - c.lerp_weight;
   c.lerp_small = (c.lerp_weight < T(0.5)) && (c.lerp_weight > T(-0.5));
-  c.one_minus_beta2 = narrow(1.0 - beta2);
-  c.weight_decay = narrow(weight_decay);
+  c.one_minus_beta2 = narrow(1.0 - beta2);  // addcmul_ value
+  // L2: grad.add(param, alpha=weight_decay); decoupled: unused (param.mul_(1 - lr * wd))
+  c.weight_decay = decoupled ? saturate<T>(weight_decay) : narrow.alpha(weight_decay);
   c.has_weight_decay = weight_decay != 0.0;
   c.decay_factor = narrow(1.0 - lr * weight_decay);
 #if defined(__CUDA_ARCH__)
-  c.inv_bias_correction2_sqrt = narrow(1.0 / ::sqrt(bias_correction2));
+  c.inv_bias_correction2_sqrt = saturate<T>(1.0 / ::sqrt(bias_correction2));
 #else
-  c.inv_bias_correction2_sqrt = narrow(1.0 / std::sqrt(bias_correction2));  // 1 / bias_correction2 ** 0.5
+  // torch divides by bias_correction2 ** 0.5, a wrapped number
+  c.inv_bias_correction2_sqrt = saturate<T>(1.0 / std::sqrt(bias_correction2));
 #endif
-  c.eps = narrow(eps);
-  c.neg_step_size = narrow(-(lr / bias_correction1));  // step_size = lr / bias_correction1
-  c.grad_scale = narrow(grad_scale);
+  c.eps = saturate<T>(eps);  // added as a wrapped number: see Note [Narrowing coefficients]
+  c.neg_step_size = narrow(-(lr / bias_correction1));  // addcdiv_ value=-step_size
+  c.grad_scale = saturate<T>(grad_scale);  // GradScaler's own float32 (the op checks it)
   return c;
 }
 

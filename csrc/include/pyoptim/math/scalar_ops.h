@@ -57,15 +57,33 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE double vfma(double a, double b, double c) {
 
 // Note [Narrowing coefficients]
 // Per-step coefficients are computed in double (Note [Bias correction in double] in math/adam.h)
-// and narrowed to the math type T. A finite double beyond T's range has no T value (the
-// conversion is undefined behaviour in C++, where torch raises), so the make_*_coeffs functions
-// take the narrowing function as a parameter: the host op layer passes one that raises torch's
-// own error (ops::CheckedNarrow, "value cannot be converted to type float without overflow"),
-// device code, which cannot raise, this plain conversion (the GPU rounds out-of-range values to
-// infinity).
+// and narrowed to the math type T. A finite double beyond T's range has no T value (a plain
+// conversion is undefined behaviour in C++). torch raises "value cannot be converted to type
+// <param dtype> without overflow" where it turns a Python scalar into an op's `alpha` / `value`
+// (a step size, a weight decay), and lets a scalar that an op treats as a wrapped number (eps in
+// `denom.add_(eps)`, beta2 in `mul_(beta2)`, the bias-correction divisor) become infinity. The
+// make_*_coeffs functions follow it: the coefficients torch checks go through `narrow`, the
+// narrowing function the caller passes (the host op layer: ops::CheckedNarrow, which raises
+// torch's error for the param's dtype; device code, which cannot raise: Narrow below), the
+// wrapped numbers (and GradScaler's scale, a float32 the op checks) through `saturate`, which
+// rounds an out-of-range value to infinity, as torch's wrapped-number conversion does, with no
+// undefined behaviour.
 template <class T>
-struct Narrow {
-  PYOPTIM_HOST_DEVICE PYOPTIM_INLINE T operator()(double x) const { return static_cast<T>(x); }
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE T saturate(double x) {
+  if (sizeof(T) < sizeof(double)) {
+    constexpr double kMax = 3.4028234663852886e38;  // the largest float
+    if (x > kMax) return static_cast<T>(kMax) * T(2);  // +inf, without converting out of range
+    if (x < -kMax) return static_cast<T>(-kMax) * T(2);
+  }
+  return static_cast<T>(x);
+}
+
+// The narrowing of device code: `narrow(x)` for an op's `value` (checked against the math type
+// on the host), `narrow.alpha(x)` for an `alpha` (checked against the param's dtype).
+template <class T>
+struct Narrow {  // see PYOPTIM_HD_TEMPLATE in macros.h
+  PYOPTIM_HOST_DEVICE PYOPTIM_INLINE T operator()(double x) const { return saturate<T>(x); }
+  PYOPTIM_HOST_DEVICE PYOPTIM_INLINE T alpha(double x) const { return saturate<T>(x); }
 };
 
 // Broadcast a scalar coefficient to the value type (identity for scalars).

@@ -33,6 +33,7 @@ struct SgdCoeffs {
 
 // Computed once per call on the host, in double, then narrowed (as torch narrows its alphas;
 // Note [Narrowing coefficients] in math/scalar_ops.h).
+PYOPTIM_HD_TEMPLATE
 template <class T, class N = Narrow<T>>
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE SgdCoeffs<T> make_sgd_coeffs(double lr, double momentum,
                                                                double dampening,
@@ -40,12 +41,12 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE SgdCoeffs<T> make_sgd_coeffs(double lr, doubl
                                                                double grad_scale,
                                                                const N& narrow = N()) {
   SgdCoeffs<T> c;
-  c.weight_decay = narrow(weight_decay);
+  c.weight_decay = narrow.alpha(weight_decay);  // every SGD coefficient is an add alpha
   c.has_weight_decay = weight_decay != 0.0;
-  c.momentum = narrow(momentum);
-  c.one_minus_dampening = narrow(1.0 - dampening);
-  c.neg_lr = narrow(-lr);
-  c.grad_scale = narrow(grad_scale);
+  c.momentum = narrow.alpha(momentum);
+  c.one_minus_dampening = narrow.alpha(1.0 - dampening);
+  c.neg_lr = narrow.alpha(-lr);
+  c.grad_scale = saturate<T>(grad_scale);  // GradScaler's own float32 (the op checks it)
   return c;
 }
 

@@ -67,6 +67,7 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE double sparse_adam_step_size(double lr, doubl
 
 // `step_size` from sparse_adam_step_size (or, for a Tensor lr, computed in the lr tensor's
 // dtype as torch does: see ops/sparse_adam_args.h). Note [Narrowing coefficients].
+PYOPTIM_HD_TEMPLATE
 template <class T, class N = Narrow<T>>
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE SparseAdamCoeffs<T> make_sparse_adam_coeffs(
     double lr, double beta1, double beta2, double eps, double weight_decay, double step_size,
@@ -74,7 +75,7 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE SparseAdamCoeffs<T> make_sparse_adam_coeffs(
   SparseAdamCoeffs<T> c;
   c.one_minus_beta1 = narrow(1.0 - beta1);
   c.one_minus_beta2 = narrow(1.0 - beta2);
-  c.eps = narrow(eps);
+  c.eps = saturate<T>(eps);  // added as a wrapped number: see Note [Narrowing coefficients]
   c.neg_step_size = narrow(-step_size);  // -step_size * ...
   c.decay_factor = narrow(1.0 - lr * weight_decay);
   return c;
