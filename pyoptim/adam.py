@@ -20,18 +20,21 @@ CUDA graph.
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused, _get_capturable_supported_devices
 
-from ._state import DeviceCall, FusedStep, Plan, hyper, lr_lists, on_device, scalar_dtype
+from ._state import DeviceCall, FusedStep, Plan, columns, lr_args, on_device, scalar_dtype
 
 __all__ = ["Adam", "AdamW"]
 
 _SPARSE_MSG = "Adam does not support sparse gradients, please consider SparseAdam instead"
 _adam_ = torch.ops.pyoptim.adam_.default
+_HYPER = operator.itemgetter("lr", "betas", "weight_decay", "eps", "amsgrad", "maximize",
+                             "decoupled_weight_decay")
 
 
 class _AdamStep(FusedStep):
@@ -76,12 +79,10 @@ class _AdamStep(FusedStep):
              found_inf: Optional[Tensor], validate_only: bool) -> None:
         steps, exp_avgs, exp_avg_sqs = states[:3]
         max_sqs = states[3] if len(states) > 3 else []  # amsgrad groups only (see _state_keys)
-        groups = plan.groups
-        amsgrad = hyper(groups, "amsgrad")
+        lr, betas, weight_decay, eps, amsgrad, maximize, decoupled = columns(_HYPER, plan.groups)
         if any(amsgrad) and not all(amsgrad):  # only params of amsgrad groups have max_exp_avg_sq
             max_sqs = [m for m, g in zip(max_sqs, call.group_of) if amsgrad[g]]
-        betas = hyper(groups, "betas")
-        lr, lr_tensors = lr_lists(groups, call.device)
+        lr, lr_tensors = lr_args(lr, call.device)
         _adam_(
             params,
             grads,
@@ -93,14 +94,14 @@ class _AdamStep(FusedStep):
             lr,
             [_real(b[0]) for b in betas],
             [_real(b[1]) for b in betas],
-            hyper(groups, "weight_decay"),
-            hyper(groups, "eps"),
+            weight_decay,
+            eps,
             amsgrad,
-            hyper(groups, "maximize"),
-            hyper(groups, "decoupled_weight_decay"),
+            maximize,
+            decoupled,
             lr_tensors,
-            on_device(grad_scale, call.device),
-            on_device(found_inf, call.device),
+            grad_scale if grad_scale is None else on_device(grad_scale, call.device),
+            found_inf if found_inf is None else on_device(found_inf, call.device),
             validate_only,
         )
 

@@ -44,6 +44,7 @@ creates no momentum buffer).
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Optional
 
 import torch
@@ -51,11 +52,12 @@ from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused
 from torch.optim.sgd import sgd as _torch_sgd
 
-from ._state import DeviceCall, FusedStep, Plan, hyper, lr_lists, on_device, pick
+from ._state import DeviceCall, FusedStep, Plan, columns, lr_args, on_device, pick
 
 __all__ = ["SGD"]
 
 _sgd_ = torch.ops.pyoptim.sgd_.default
+_HYPER = operator.itemgetter("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
 
 
 class SGD(FusedStep, torch.optim.SGD):
@@ -96,13 +98,14 @@ class SGD(FusedStep, torch.optim.SGD):
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
              states: list[list[Any]], grad_scale: Optional[Tensor],
              found_inf: Optional[Tensor], validate_only: bool) -> None:
-        groups = plan.groups
-        bufs = states[0] if states else []
-        first = pick(plan.extra, call.state_index) if plan.extra and any(plan.extra) else []
-        lr, lr_tensors = lr_lists(groups, call.device)
-        hp = (call.group_sizes, lr, hyper(groups, "momentum"), hyper(groups, "dampening"),
-              hyper(groups, "weight_decay"), hyper(groups, "nesterov"), hyper(groups, "maximize"))
-        tail = (lr_tensors, on_device(grad_scale, call.device), on_device(found_inf, call.device))
+        bufs = states[0] if states else ()
+        first = pick(plan.extra, call.state_index) if plan.extra and any(plan.extra) else ()
+        lr, momentum, dampening, weight_decay, nesterov, maximize = columns(_HYPER, plan.groups)
+        lr, lr_tensors = lr_args(lr, call.device)
+        hp = (call.group_sizes, lr, momentum, dampening, weight_decay, nesterov, maximize)
+        tail = (lr_tensors,
+                grad_scale if grad_scale is None else on_device(grad_scale, call.device),
+                found_inf if found_inf is None else on_device(found_inf, call.device))
         try:
             _sgd_(params, grads, bufs, *hp, first, *tail, validate_only)
             return

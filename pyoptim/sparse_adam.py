@@ -24,17 +24,19 @@ param group and is kept in state_dict param groups (torch.optim.SparseAdam ignor
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from ._state import DeviceCall, FusedStep, Plan, hyper, lr_lists
+from ._state import DeviceCall, FusedStep, Plan, columns, lr_args
 
 __all__ = ["SparseAdam"]
 
 _DENSE_MSG = "SparseAdam does not support dense gradients, please consider Adam instead"
 _sparse_adam_ = torch.ops.pyoptim.sparse_adam_.default
+_HYPER = operator.itemgetter("lr", "betas", "eps")
 
 
 class SparseAdam(FusedStep, torch.optim.SparseAdam):
@@ -82,8 +84,8 @@ class SparseAdam(FusedStep, torch.optim.SparseAdam):
              found_inf: Optional[Tensor], validate_only: bool) -> None:
         steps, exp_avgs, exp_avg_sqs = states
         groups = plan.groups
-        betas = hyper(groups, "betas")
-        lr, lr_tensors = lr_lists(groups, call.device)
+        lr, betas, eps = columns(_HYPER, groups)
+        lr, lr_tensors = lr_args(lr, call.device)
         _sparse_adam_(
             params,
             grads,
@@ -94,7 +96,7 @@ class SparseAdam(FusedStep, torch.optim.SparseAdam):
             lr,
             [b[0] for b in betas],
             [b[1] for b in betas],
-            hyper(groups, "eps"),
+            eps,
             [g.get("weight_decay", 0.0) for g in groups],
             [bool(g.get("maximize", False)) for g in groups],
             lr_tensors,  # a Tensor lr: step_size is computed in its dtype, as torch does
