@@ -114,9 +114,8 @@ def nvidia_wheel_includes():
 def get_extensions():
     """([the extension], whether it has the CUDA kernels, the line that says why not)."""
     with_cuda, skipped = cuda_plan()
-    sources = sorted(
-        glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/python/*.cpp") + glob.glob("csrc/cpu/*.cpp")
-    )
+    # Every C++ file under csrc/ (and every .cu with CUDA), wherever new ones are added.
+    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     levels = {s[len("csrc/cpu/isa_") : -len(".cpp")] for s in glob.glob("csrc/cpu/isa_*.cpp")}
     if levels - {"dispatch"} != set(ISA_FLAGS):
         raise RuntimeError(f"setup.py: ISA_FLAGS has {sorted(ISA_FLAGS)}, csrc/cpu has {levels}")
@@ -128,7 +127,7 @@ def get_extensions():
         link.append("-fopenmp")
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     if with_cuda:
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
         cxx.append("-DPYOPTIM_WITH_CUDA")  # ops/capability.cpp: torch.ops.pyoptim._built_with_cuda
         make = cpp_extension.CUDAExtension
         include_dirs += nvidia_wheel_includes()
