@@ -5,10 +5,9 @@ VPY     := $(VENV)/bin/python
 TORCH   ?= torch==2.14.1
 STAMP   := $(VENV)/.deps-stamp
 BUILT   := $(VENV)/.build-stamp
-SOURCES := $(shell find csrc -type f) setup.py
-CUDA_INC = $(shell $(VPY) -c "import os,importlib.util as u; s=u.find_spec('nvidia'); print(os.path.join(list(s.submodule_search_locations)[0],'cu13','include') if s else '')" 2>/dev/null)
+SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 
-.PHONY: test bench build install test-gpu bench-gpu clean
+.PHONY: test bench build install dist test-gpu bench-gpu clean
 
 $(STAMP):
 	$(PY) -m venv $(VENV)
@@ -17,7 +16,7 @@ $(STAMP):
 	touch $@
 
 $(BUILT): $(STAMP) $(SOURCES)
-	CPLUS_INCLUDE_PATH="$(CUDA_INC):$$CPLUS_INCLUDE_PATH" $(VPY) -m pip install -q --no-build-isolation -e .
+	$(VPY) -m pip install -q --no-build-isolation -e .
 	touch $@
 
 install build: $(BUILT)
@@ -27,6 +26,11 @@ test: $(BUILT)
 
 bench: $(BUILT)
 	$(VPY) -m bench
+
+# sdist + wheel, each proven away from this checkout (tools/dist.py): the wheel is built from the
+# sdist in a fresh venv, then installed into another fresh venv and smoke-tested outside the tree.
+dist: $(STAMP)
+	$(VPY) tools/dist.py --torch "$(TORCH)"
 
 # On a GPU machine (see README): the CUDA tests and the GPU benchmark. The build compiles the
 # CUDA kernels when nvcc is found (setup.py: PYOPTIM_CUDA=auto; PYOPTIM_CUDA=1 makes it an error
@@ -45,4 +49,4 @@ bench-gpu: $(BUILT)
 	$(VPY) -m bench.gpu_sparse
 
 clean:
-	rm -rf build *.egg-info pyoptim/*.so $(BUILT)
+	rm -rf build dist *.egg-info pyoptim/*.so $(BUILT)
