@@ -12,7 +12,8 @@ SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 $(STAMP):
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q "$(TORCH)" pytest hypothesis ninja numpy setuptools wheel expecttest
+	$(VPY) -m pip install -q "$(TORCH)" pytest hypothesis ninja numpy setuptools wheel expecttest \
+		ruff==0.17.6
 	touch $@
 
 $(BUILT): $(STAMP) $(SOURCES)
@@ -22,6 +23,7 @@ $(BUILT): $(STAMP) $(SOURCES)
 install build: $(BUILT)
 
 test: $(BUILT)
+	$(VPY) -m ruff check .
 	$(VPY) -m pytest -q tests
 
 bench: $(BUILT)

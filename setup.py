@@ -39,9 +39,10 @@ def _cuda_home_behind_wrapper():
 
 _cuda_home_behind_wrapper()
 
-import torch
-from torch.utils import cpp_extension
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension
+# torch reads CUDA_HOME when cpp_extension is imported: after the fix-up above
+import torch  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEBUG = os.environ.get("DEBUG", "0") == "1"

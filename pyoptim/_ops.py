@@ -4,7 +4,7 @@ csrc/ops/library.cpp)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

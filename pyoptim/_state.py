@@ -25,8 +25,9 @@ Under torch.compile no Plan is kept: the lists are built afresh in each traced s
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Sequence
 from itertools import chain, compress, repeat
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,7 +36,7 @@ _grad_of = operator.attrgetter("grad")
 _params_of = operator.itemgetter("params")
 
 
-def scalar_dtype(is_fused: Optional[bool] = None) -> torch.dtype:
+def scalar_dtype(is_fused: bool | None = None) -> torch.dtype:
     """torch.optim.optimizer._get_scalar_dtype: the dtype of `step` tensors."""
     if is_fused:
         return torch.float32
@@ -47,7 +48,7 @@ def real_view(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
 
-def on_device(t: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
+def on_device(t: Tensor | None, device: torch.device) -> Tensor | None:
     """GradScaler's grad_scale / found_inf on the device of the params (torch moves them too)."""
     if t is None or t.device == device:
         return t
@@ -60,7 +61,7 @@ def columns(getter: Callable[[dict], tuple], groups: list[dict]) -> list[tuple]:
     return list(zip(*map(getter, groups)))
 
 
-def lr_args(lrs: tuple, device: torch.device) -> tuple[tuple, Sequence[Optional[Tensor]]]:
+def lr_args(lrs: tuple, device: torch.device) -> tuple[tuple, Sequence[Tensor | None]]:
     """The ops' `lr` and `lr_tensors` arguments from the groups' lrs: a Tensor lr travels as a
     tensor (read on the device where the op can, with no host sync), its entry in `lr` unused."""
     if not any(map(isinstance, lrs, repeat(Tensor))):
@@ -70,7 +71,7 @@ def lr_args(lrs: tuple, device: torch.device) -> tuple[tuple, Sequence[Optional[
     return tuple(0.0 if isinstance(x, Tensor) else x for x in lrs), tensors
 
 
-def pick(items: Sequence[Any], index: Optional[list[int]]) -> list:
+def pick(items: Sequence[Any], index: list[int] | None) -> list:
     """[items[i] for i in index] as a list, in C (index None: all of them)."""
     if index is None:
         return items if isinstance(items, list) else list(items)
@@ -162,7 +163,7 @@ class Plan:
         return all(map(operator.is_, pick(values, self.dict_pos), self.dicts))
 
     def state_lists(self, keys: Sequence[str],
-                    optional: Sequence[str] = ()) -> Optional[list[list[Any]]]:
+                    optional: Sequence[str] = ()) -> list[list[Any]] | None:
         """Each key's value in the state dict of every param with state (None where an optional
         key is missing); None if a dict is missing a required key."""
         try:
@@ -223,11 +224,11 @@ class FusedStep:
         raise NotImplementedError
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
-             states: list[list[Any]], grad_scale: Optional[Tensor],
-             found_inf: Optional[Tensor], validate_only: bool) -> None:
+             states: list[list[Any]], grad_scale: Tensor | None,
+             found_inf: Tensor | None, validate_only: bool) -> None:
         raise NotImplementedError
 
-    def _commit(self, plan: Plan, found_inf: Optional[Tensor]) -> None:
+    def _commit(self, plan: Plan, found_inf: Tensor | None) -> None:
         pass
 
     def _build_plan(self, params: list[Tensor], mask: list[bool], layout: Any) -> Plan:
@@ -257,7 +258,7 @@ class FusedStep:
         state.pop("_pyoptim_plan", None)
         return state
 
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform a single optimization step.
 
         Args:
@@ -281,8 +282,8 @@ class FusedStep:
         return loss
 
     def _fused_step(self, groups: list[dict]) -> None:
-        grad_scale: Optional[Tensor] = getattr(self, "grad_scale", None)
-        found_inf: Optional[Tensor] = getattr(self, "found_inf", None)
+        grad_scale: Tensor | None = getattr(self, "grad_scale", None)
+        found_inf: Tensor | None = getattr(self, "found_inf", None)
         params = list(chain.from_iterable(map(_params_of, groups)))
         grads = list(map(_grad_of, params))
         mask = list(map(operator.is_not, grads, repeat(None)))

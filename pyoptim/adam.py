@@ -21,7 +21,7 @@ CUDA graph.
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,7 +65,8 @@ class _AdamStep(FusedStep):
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         elif group["amsgrad"] and "max_exp_avg_sq" not in state:
-            raise KeyError("max_exp_avg_sq")  # amsgrad switched on after the state was made: torch's
+            # amsgrad switched on after the state was made: torch's own error
+            raise KeyError("max_exp_avg_sq")
         if group["capturable"] and not torch.compiler.is_compiling():
             devices = _get_capturable_supported_devices()
             if not (p.device.type == state["step"].device.type and p.device.type in devices):
@@ -75,8 +76,8 @@ class _AdamStep(FusedStep):
         return True
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
-             states: list[list[Any]], grad_scale: Optional[Tensor],
-             found_inf: Optional[Tensor], validate_only: bool) -> None:
+             states: list[list[Any]], grad_scale: Tensor | None,
+             found_inf: Tensor | None, validate_only: bool) -> None:
         steps, exp_avgs, exp_avg_sqs = states[:3]
         max_sqs = states[3] if len(states) > 3 else []  # amsgrad groups only (see _state_keys)
         lr, betas, weight_decay, eps, amsgrad, maximize, decoupled = columns(_HYPER, plan.groups)

@@ -45,7 +45,7 @@ creates no momentum buffer).
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -96,8 +96,8 @@ class SGD(FusedStep, torch.optim.SGD):
         return True
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
-             states: list[list[Any]], grad_scale: Optional[Tensor],
-             found_inf: Optional[Tensor], validate_only: bool) -> None:
+             states: list[list[Any]], grad_scale: Tensor | None,
+             found_inf: Tensor | None, validate_only: bool) -> None:
         bufs = states[0] if states else ()
         first = pick(plan.extra, call.state_index) if plan.extra and any(plan.extra) else ()
         lr, momentum, dampening, weight_decay, nesterov, maximize = columns(_HYPER, plan.groups)
@@ -118,7 +118,7 @@ class SGD(FusedStep, torch.optim.SGD):
 
     def _run_mixed(self, plan: Plan, call: DeviceCall, params: list[Tensor],
                    grads: list[Tensor], bufs: list[Tensor], first: list[bool], mixed: list[int],
-                   hp: tuple, tail: tuple, found_inf: Optional[Tensor],
+                   hp: tuple, tail: tuple, found_inf: Tensor | None,
                    validate_only: bool) -> None:
         """Params whose grad dtype differs from theirs: torch's own SGD steps them, after the
         op has checked everything else and the checks torch would fail on have passed."""
@@ -162,7 +162,7 @@ class SGD(FusedStep, torch.optim.SGD):
             p, g = params[k], grads[k]
             if scale is not None:
                 g = g / scale.to(g.device)
-            buf_list: list[Optional[Tensor]] = []
+            buf_list: list[Tensor | None] = []
             if buf_pos[k] >= 0:
                 buf_list = [None if first and first[buf_pos[k]] else bufs[buf_pos[k]]]
             _torch_sgd(
@@ -174,7 +174,7 @@ class SGD(FusedStep, torch.optim.SGD):
                 plan.dicts[call.state_index[buf_pos[k]]]["momentum_buffer"] = buf_list[0]
         call_op(False)
 
-    def _commit(self, plan: Plan, found_inf: Optional[Tensor]) -> None:
+    def _commit(self, plan: Plan, found_inf: Tensor | None) -> None:
         if not plan.extra or not any(plan.extra):
             return
         if found_inf is not None and bool(found_inf.item()):

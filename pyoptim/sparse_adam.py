@@ -25,7 +25,7 @@ param group and is kept in state_dict param groups (torch.optim.SparseAdam ignor
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -80,8 +80,8 @@ class SparseAdam(FusedStep, torch.optim.SparseAdam):
         return True
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
-             states: list[list[Any]], grad_scale: Optional[Tensor],
-             found_inf: Optional[Tensor], validate_only: bool) -> None:
+             states: list[list[Any]], grad_scale: Tensor | None,
+             found_inf: Tensor | None, validate_only: bool) -> None:
         steps, exp_avgs, exp_avg_sqs = states
         groups = plan.groups
         lr, betas, eps = columns(_HYPER, groups)
@@ -103,7 +103,7 @@ class SparseAdam(FusedStep, torch.optim.SparseAdam):
             validate_only,
         )
 
-    def _commit(self, plan: Plan, found_inf: Optional[Tensor]) -> None:
+    def _commit(self, plan: Plan, found_inf: Tensor | None) -> None:
         for state in plan.dicts:
             state["step"] = int(state["step"]) + 1
 

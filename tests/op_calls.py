@@ -8,7 +8,7 @@ groups call the ops themselves.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -20,8 +20,8 @@ ops = torch.ops.pyoptim
 
 def adam_(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
           *, lr: float, beta1: float, beta2: float, weight_decay: float, eps: float,
-          amsgrad: bool, maximize: bool, decoupled: bool, lr_tensor: Optional[Tensor] = None,
-          grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+          amsgrad: bool, maximize: bool, decoupled: bool, lr_tensor: Tensor | None = None,
+          grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
           validate_only: bool = False) -> None:
     ops.adam_.default(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
@@ -33,8 +33,8 @@ def adam_(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs, max_exp_avg_sq
 
 def sgd_(params: Sequence[Tensor], grads, momentum_buffers, *, lr: float, momentum: float,
          dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
-         is_first_step: bool, lr_tensor: Optional[Tensor] = None,
-         grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+         is_first_step: bool, lr_tensor: Tensor | None = None,
+         grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
          validate_only: bool = False) -> None:
     """Dense or sparse grads alike; momentum_buffers: one per param when momentum != 0."""
     ops.sgd_.default(
@@ -46,14 +46,14 @@ def sgd_(params: Sequence[Tensor], grads, momentum_buffers, *, lr: float, moment
         found_inf=found_inf, validate_only=validate_only)
 
 
-def sgd_sparse_(param: Tensor, grad: Tensor, momentum_buffer: Optional[Tensor], **kw) -> None:
+def sgd_sparse_(param: Tensor, grad: Tensor, momentum_buffer: Tensor | None, **kw) -> None:
     """One param with a (sparse) grad; the buffer is passed only with momentum."""
     sgd_([param], [grad], [momentum_buffer] if kw["momentum"] != 0 else [], **kw)
 
 
 def sparse_adam_(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs, steps, *, lr: float,
                  beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
-                 maximize: bool = False, lr_tensor: Optional[Tensor] = None,
+                 maximize: bool = False, lr_tensor: Tensor | None = None,
                  validate_only: bool = False) -> None:
     ops.sparse_adam_.default(
         params, grads, exp_avgs, exp_avg_sqs, steps, group_sizes=[len(params)], lr=[lr],

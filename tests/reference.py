@@ -33,7 +33,7 @@ REFERENCES, and add its rows to tests/tolerances.py.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _skip_step(found_inf: Optional[Tensor]) -> bool:
+def _skip_step(found_inf: Tensor | None) -> bool:
     return found_inf is not None and float(found_inf.item()) != 0.0
 
 
@@ -67,13 +67,13 @@ def adam_reference(
     amsgrad: bool,
     maximize: bool,
     decoupled: bool,
-    lr_tensor: Optional[Tensor] = None,
-    grad_scale: Optional[Tensor] = None,
-    found_inf: Optional[Tensor] = None,
-    compute_dtype: Optional[torch.dtype] = None,
+    lr_tensor: Tensor | None = None,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+    compute_dtype: torch.dtype | None = None,
     torch_kernels: bool = False,
     division_form: bool = False,
-    trace: Optional[dict] = None,
+    trace: dict | None = None,
 ) -> None:
     """torch.optim.Adam/AdamW's single-tensor step (`_single_tensor_adam`), per tensor.
 

@@ -17,8 +17,6 @@ float64 is torch's own `param.add_(grad, alpha=-lr)`.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -32,7 +30,7 @@ def opmath(dtype: torch.dtype) -> torch.dtype:
 def sgd_math(
     p: Tensor,
     g: Tensor,
-    buf: Optional[Tensor],
+    buf: Tensor | None,
     *,
     lr: float,
     momentum: float,
@@ -41,8 +39,8 @@ def sgd_math(
     nesterov: bool,
     maximize: bool,
     first: bool,
-    grad_scale: Optional[float] = None,
-) -> tuple[Tensor, Optional[Tensor]]:
+    grad_scale: float | None = None,
+) -> tuple[Tensor, Tensor | None]:
     """One step on opmath tensors; returns (new param, new buffer). Inputs are not modified."""
     if grad_scale is not None:
         g = g / grad_scale
@@ -62,7 +60,7 @@ def sgd_math(
     return p.add(grad, alpha=-lr), new_buf
 
 
-def sgd_reference(p: Tensor, g: Tensor, buf: Optional[Tensor], **hp) -> None:
+def sgd_reference(p: Tensor, g: Tensor, buf: Tensor | None, **hp) -> None:
     """In place on p (and buf when momentum != 0), like the sgd_ op on one tensor."""
     t = opmath(p.dtype)
     np_, nb = sgd_math(p.to(t), g.to(t), None if buf is None else buf.to(t), **hp)
@@ -71,7 +69,7 @@ def sgd_reference(p: Tensor, g: Tensor, buf: Optional[Tensor], **hp) -> None:
         buf.copy_(nb)
 
 
-def sgd_sparse_reference(p: Tensor, grad: Tensor, buf: Optional[Tensor], **hp) -> None:
+def sgd_sparse_reference(p: Tensor, grad: Tensor, buf: Tensor | None, **hp) -> None:
     """In place on p (and buf), like the sgd_sparse_ op: lazy, present rows only."""
     plain = hp["momentum"] == 0 and hp["weight_decay"] == 0
     if plain and hp.get("grad_scale") is None and p.dtype in (torch.float32, torch.float64):

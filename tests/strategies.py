@@ -9,13 +9,13 @@ the hyper-parameters. Sizes sit around the vector widths (8 floats for AVX2, 16 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import torch
 from hypothesis import strategies as st
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-DTYPE_IDS = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
+DTYPE_IDS = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16",
+             torch.float16: "f16"}
 
 # around 8/16/32-element vectors, plus odd large sizes that leave a tail after many vectors
 EDGE_SIZES = (0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 65, 127, 129, 4099, 65537)
@@ -29,10 +29,13 @@ lrs = st.one_of(
     st.floats(min_value=-5.0, max_value=-1.0).map(lambda e: 10.0**e),
 )
 # beta1 below 0.5 makes lerp's weight 1 - beta1 >= 0.5: torch.lerp's other formula
-beta1s = st.one_of(st.sampled_from([0.0, 0.3, 0.5, 0.9]), st.floats(min_value=0.0, max_value=0.999))
+beta1s = st.one_of(st.sampled_from([0.0, 0.3, 0.5, 0.9]),
+                   st.floats(min_value=0.0, max_value=0.999))
 beta2s = st.one_of(st.sampled_from([0.0, 0.5, 0.999]), st.floats(min_value=0.0, max_value=0.9999))
-epss = st.one_of(st.sampled_from([1e-8, 1e-6]), st.floats(min_value=-12.0, max_value=-1.0).map(lambda e: 10.0**e))
-weight_decays = st.one_of(st.just(0.0), st.sampled_from([1e-2, 0.1]), st.floats(min_value=1e-5, max_value=0.5))
+epss = st.one_of(st.sampled_from([1e-8, 1e-6]),
+                 st.floats(min_value=-12.0, max_value=-1.0).map(lambda e: 10.0**e))
+weight_decays = st.one_of(st.just(0.0), st.sampled_from([1e-2, 0.1]),
+                          st.floats(min_value=1e-5, max_value=0.5))
 initial_steps = st.sampled_from([0, 0, 1, 9, 1000])  # step count before the first call
 n_steps = st.integers(min_value=1, max_value=3)
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
@@ -43,7 +46,7 @@ amp_scales = st.one_of(st.none(), st.sampled_from([2.0**16, 0.5, 3.0]))
 
 
 @st.composite
-def adam_hparams(draw, decoupled: Optional[bool] = None) -> dict:
+def adam_hparams(draw, decoupled: bool | None = None) -> dict:
     return dict(
         lr=draw(lrs),
         beta1=draw(beta1s),
@@ -66,7 +69,7 @@ class AdamCase:
     seed: int
     step0: int = 0
     grad_magnitude: float = 1.0
-    amp_scale: Optional[float] = None
+    amp_scale: float | None = None
     skips: tuple = ()  # per step: True = GradScaler found inf (the step is skipped)
 
     @property
@@ -115,7 +118,8 @@ def adam_cases(draw, dtype=None, min_tensors=1, max_tensors=3, skips=True) -> Ad
     tensor_sizes = draw(st.lists(sizes, min_size=min_tensors, max_size=max_tensors)
                         .filter(lambda s: sum(s) > 0))
     n = draw(n_steps)
-    skip_pattern = tuple(draw(st.lists(st.booleans(), min_size=n, max_size=n))) if skips else (False,) * n
+    skip_pattern = (tuple(draw(st.lists(st.booleans(), min_size=n, max_size=n))) if skips
+                    else (False,) * n)
     if all(skip_pattern):  # at least one step must run, or there is nothing to test
         skip_pattern = skip_pattern[:-1] + (False,)
     dtype = draw(dtypes) if dtype is None else dtype
@@ -134,7 +138,7 @@ def adam_cases(draw, dtype=None, min_tensors=1, max_tensors=3, skips=True) -> Ad
     )
 
 
-def clone_state(state: dict, dtype: Optional[torch.dtype] = None) -> dict:
+def clone_state(state: dict, dtype: torch.dtype | None = None) -> dict:
     """Deep copy of a state dict of lists (step counts keep their own dtype)."""
     out = {}
     for key, lst in state.items():

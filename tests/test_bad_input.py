@@ -32,16 +32,15 @@ import gc
 import types
 import weakref
 from collections.abc import Callable
-from typing import Optional
-
-import pytest
-import torch
-from torch import nn
 
 import op_calls
-import pyoptim
+import pytest
+import torch
 from helpers import bitwise_equal
 from tolerances import SPARSE_ADAM_VS_TORCH_MKL, parity_tolerance, sgd_tol
+from torch import nn
+
+import pyoptim
 
 ADAMS = ("Adam", "AdamW")
 ALL = ("Adam", "AdamW", "SGD", "SparseAdam")
@@ -350,7 +349,7 @@ OVERFLOW_CASES = {
 }
 
 
-def _error(fn: Callable[[], object]) -> Optional[tuple[type, str]]:
+def _error(fn: Callable[[], object]) -> tuple[type, str] | None:
     try:
         fn()
     except Exception as e:  # noqa: BLE001 - we compare whatever torch raises

@@ -12,13 +12,12 @@ import copy
 import itertools
 import os
 
+import op_calls
 import pytest
 import torch
+from tolerances import CUDA_ADAM_VS_TORCH_FUSED, CUDA_DEVICE_STEP_PARAM_ULPS
 
 import pyoptim
-from pyoptim import _ops
-import op_calls
-from tolerances import CUDA_ADAM_VS_TORCH_FUSED, CUDA_DEVICE_STEP_PARAM_ULPS
 
 HAS_GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU (none visible)")
@@ -76,7 +75,7 @@ class Problem:
         g = torch.Generator().manual_seed(seed)
         self.amsgrad = amsgrad
         self.lists = {k: [] for k in ("p", "g", "m", "v", "vmax")}
-        for k, (n, dtype) in enumerate(zip(sizes, dtypes)):
+        for n, dtype in zip(sizes, dtypes):
             p = torch.randn(n, generator=g, dtype=torch.float64)
             grad = torch.randn(n, generator=g, dtype=torch.float64) * 0.1
             m = torch.randn(n, generator=g, dtype=torch.float64) * 0.01

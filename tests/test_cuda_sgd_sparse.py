@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import itertools
 
+import op_calls
 import pytest
 import torch
+from tolerances import CUDA_SGD_VS_TORCH, CUDA_SPARSE_ADAM_VS_TORCH, CUDA_SPARSE_SGD_VS_TORCH
 
 import pyoptim
-import op_calls
-from tolerances import CUDA_SGD_VS_TORCH, CUDA_SPARSE_ADAM_VS_TORCH, CUDA_SPARSE_SGD_VS_TORCH
 
 HAS_GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU (none visible)")
@@ -93,8 +93,8 @@ def run_dense(sizes, dtypes, flags, kind="contiguous", n_steps=3, grad_scale=Non
         g = [layout(t.to(dev, copy=True), kind) for t in g0]
         b = [layout(torch.zeros_like(t, device=dev), kind) for t in p0] if flags["momentum"] else []
         for s in range(n_steps):
-            ops.sgd_(p, g, b, lr=0.1, is_first_step=(s == 0), **flags,
-                     grad_scale=None if grad_scale is None else torch.tensor(grad_scale, device=dev),
+            scale = None if grad_scale is None else torch.tensor(grad_scale, device=dev)
+            ops.sgd_(p, g, b, lr=0.1, is_first_step=(s == 0), **flags, grad_scale=scale,
                      lr_tensor=None if lr_tensor is None else torch.tensor(lr_tensor, device=dev))
         out[dev] = (p, b)
     torch.cuda.synchronize()
@@ -336,7 +336,7 @@ def test_sparse_adam_class_matches_torch_on_cuda():
     opt = pyoptim.SparseAdam(emb.parameters(), lr=1e-2)
     opt_ref = torch.optim.SparseAdam(ref.parameters(), lr=1e-2)
     w0 = emb.weight.detach().clone()
-    for s in range(3):
+    for _ in range(3):
         idx = torch.randint(0, 1000, (4096,), device="cuda")  # many duplicates
         for m, o in ((emb, opt), (ref, opt_ref)):
             o.zero_grad()
@@ -356,7 +356,7 @@ def test_sgd_sparse_class_matches_torch_on_cuda():
     opt = pyoptim.SGD(emb.parameters(), lr=0.1)
     opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
     w0 = emb.weight.detach().clone()
-    for s in range(3):
+    for _ in range(3):
         idx = torch.randint(0, 1000, (4096,), device="cuda")
         for m, o in ((emb, opt), (ref, opt_ref)):
             o.zero_grad()

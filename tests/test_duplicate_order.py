@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import contextlib
 
+import op_calls
 import pytest
 import torch
 
 from pyoptim import _ops
-import op_calls
 from tests.reference_sparse_adam import DUPLICATE_BLOCK, ordered_row_sum
 
 N_DUP = 700

@@ -9,16 +9,15 @@ would already have written the good ones.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
+import op_calls
 import pytest
 import torch
+from helpers import any_changed, assert_bitwise_equal, snapshot
+from strategies import AdamCase, op_args
 
 import pyoptim
-from pyoptim import _ops
-import op_calls
-from helpers import assert_bitwise_equal, any_changed, snapshot
-from strategies import AdamCase, op_args
 
 SPARSE_MSG = "Adam does not support sparse gradients, please consider SparseAdam instead"
 

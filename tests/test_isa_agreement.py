@@ -12,15 +12,16 @@ import subprocess
 import sys
 import textwrap
 
+import op_calls
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from conftest import ISA_LEVELS, dtype_id
+from helpers import any_changed, assert_bitwise_equal
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import DTYPES, AdamCase, adam_cases, adam_hparams, clone_state, op_args, seeds
 
 from pyoptim import _ops
-import op_calls
-from conftest import ISA_LEVELS, dtype_id
-from helpers import assert_bitwise_equal, any_changed, snapshot
-from strategies import DTYPES, AdamCase, adam_cases, adam_hparams, clone_state, op_args, seeds
 
 THREADS = (1, 2, 3)
 
@@ -62,7 +63,8 @@ def many_small(draw, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@settings(max_examples=max(1, settings().max_examples // 4))  # each example is ~300 tensors x 9 runs
+# each example is ~300 tensors x 9 runs
+@settings(max_examples=max(1, settings().max_examples // 4))
 @given(data=st.data())
 def test_many_small_tensors_agree(restore_num_threads, dtype, data):
     case = data.draw(many_small(dtype))

@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import dataclasses
 
+import op_calls
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from conftest import dtype_id
+from helpers import any_changed, assert_bitwise_equal, bitwise_equal, normwise_error, snapshot, ulp
+from hypothesis import given
+from hypothesis import strategies as st
+from reference import adam_reference, opmath_dtype
+from strategies import (
+    DTYPES,
+    AdamCase,
+    adam_cases,
+    adam_hparams,
+    clone_state,
+    dtypes,
+    op_args,
+    seeds,
+)
+from tolerances import DIVISION_FORM_DENOM_ULPS, division_form_param_bound, op_tolerance
 
 from pyoptim import _ops
-import op_calls
-from conftest import dtype_id
-from helpers import (any_changed, assert_bitwise_equal, bitwise_equal, normwise_error, snapshot,
-                     ulp)
-from reference import adam_reference, opmath_dtype
-from strategies import (DTYPES, AdamCase, adam_cases, adam_hparams, clone_state, dtypes, op_args,
-                        seeds)
-from tolerances import DIVISION_FORM_DENOM_ULPS, division_form_param_bound, op_tolerance
 
 STATE_KEYS = ("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
 

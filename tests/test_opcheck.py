@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.library import opcheck
-
 from conftest import dtype_id
 from helpers import any_changed, assert_bitwise_equal, snapshot
 from strategies import AdamCase, op_args
+from torch.library import opcheck
 
 TEST_UTILS = (
     "test_schema",

@@ -15,18 +15,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import pytest
 import torch
-from torch import nn
-
-import pyoptim
 from conftest import dtype_id
 from helpers import any_changed, assert_bitwise_equal, snapshot
 from reference_sparse_adam import ieee_torch_mode
-from tolerances import (MATRIX_STEPS, PARITY_STEPS, SPARSE_ADAM_VS_TORCH_IEEE,
-                        SPARSE_ADAM_VS_TORCH_MKL, parity_tolerance, sgd_tol, sgd_vs_torch_bound)
+from tolerances import (
+    MATRIX_STEPS,
+    PARITY_STEPS,
+    SPARSE_ADAM_VS_TORCH_IEEE,
+    SPARSE_ADAM_VS_TORCH_MKL,
+    parity_tolerance,
+    sgd_tol,
+    sgd_vs_torch_bound,
+)
+from torch import nn
+
+import pyoptim
 
 IMPLS = ("pyoptim", "loop", "other")
 
@@ -84,7 +91,7 @@ class Triplet:
     def __init__(self, cfg: OptimConfig, dtype=torch.float32,
                  model_fn: Callable[[torch.dtype], nn.Module] = mlp,
                  params_fn: Callable[[nn.Module], object] = lambda m: m.parameters(),
-                 other: str = "fused", loss_fn: Optional[Callable] = None,
+                 other: str = "fused", loss_fn: Callable | None = None,
                  reference: str = "loop"):
         self.cfg, self.dtype, self.reference = cfg, dtype, reference
         self.models = {name: model_fn(dtype) for name in IMPLS}
@@ -281,7 +288,7 @@ def test_lr_as_tensor():
     opt = t.opts["pyoptim"]
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     lr_tensor = opt.param_groups[0]["lr"]
-    for k in range(2):
+    for _ in range(2):
         before = snapshot(t.params("pyoptim"))
         opt.zero_grad()
         t.backward("pyoptim")

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import copy
 
+import op_calls
 import pytest
 import torch
+from conftest import ISA_LEVELS
 from hypothesis import given
 from hypothesis import strategies as st
+from reference_sgd import sgd_reference
+from tolerances import parity_tolerance, sgd_tol
 
 import pyoptim
 from pyoptim import _ops
-import op_calls
-from conftest import ISA_LEVELS
-from reference_sgd import sgd_reference
-from tolerances import parity_tolerance, sgd_tol
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 # around the vector widths (8 / 16 floats, 4 / 8 doubles) and the 16-element split alignment

@@ -4,18 +4,17 @@ bitwise across ISA levels and thread counts; bad indices / shapes raise before a
 
 from __future__ import annotations
 
-
+import op_calls
 import pytest
 import torch
+from conftest import ISA_LEVELS
 from hypothesis import given
 from hypothesis import strategies as st
+from reference_sgd import sgd_sparse_reference
+from tolerances import sgd_tol
 
 import pyoptim
 from pyoptim import _ops
-import op_calls
-from conftest import ISA_LEVELS
-from reference_sgd import sgd_sparse_reference
-from tolerances import sgd_tol
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import op_calls
 import pytest
 import torch
 from hypothesis import given
@@ -17,7 +18,6 @@ from hypothesis import strategies as st
 
 import pyoptim
 from pyoptim import _ops
-import op_calls
 from tests.reference_sparse_adam import ieee_torch_mode, sparse_adam_reference
 from tests.tolerances import (
     SPARSE_ADAM_VS_REFERENCE,
@@ -481,7 +481,8 @@ def test_bad_grad_changes_nothing(case):
             opt.step()
         else:
             st_g, st_b = opt.state[good], opt.state[bad]
-            op_calls.sparse_adam_([good, bad], [good.grad, grad], [st_g["exp_avg"], st_b["exp_avg"]],
+            op_calls.sparse_adam_([good, bad], [good.grad, grad],
+                                  [st_g["exp_avg"], st_b["exp_avg"]],
                               [st_g["exp_avg_sq"], st_b["exp_avg_sq"]], [2, 2], lr=0.1,
                               beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                               maximize=False)
@@ -534,7 +535,8 @@ def test_bench_workloads_run_tiny():
             "--no-latest", "--no-probe", "--filter", "^sparse_adam/"]
     res = cli.main(args, out=lambda line: None)
     names = [w["name"] for w in res["workloads"]]
-    assert len(names) == 2 and any("uniform" in n for n in names) and any("zipf" in n for n in names)
+    assert len(names) == 2
+    assert any("uniform" in n for n in names) and any("zipf" in n for n in names)
     for w in res["workloads"]:
         assert {r["impl"] for r in w["rows"]} == {"pyoptim", "torch-sparseadam",
                                                    "torch-fused-dense"}

@@ -10,11 +10,11 @@ invalid ones raise the error the real call raises.
 
 from __future__ import annotations
 
+import op_calls
 import pytest
 import torch
 
 import pyoptim
-import op_calls
 
 
 def _bad_sparse_grad(shape, device="cpu"):

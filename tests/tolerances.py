@@ -29,9 +29,8 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import Tensor
-
 from helpers import ulp
+from torch import Tensor
 
 
 @dataclasses.dataclass(frozen=True)
