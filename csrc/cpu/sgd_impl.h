@@ -30,24 +30,16 @@ PYOPTIM_INLINE void sgd_span(S* __restrict__ param, const G* __restrict__ grad,
   }
 }
 
-// Lifts the runtime flags into template parameters and calls
-// Body::run<kMomentum, kNesterov, kFirst, kMaximize, kScale>(args...). With momentum off,
-// nesterov and the first-step rule are unused and fixed to false.
+// Calls Body::run<kMomentum, kNesterov, kFirst, kMaximize, kScale>(args...) for the runtime
+// flags (math::sgd_flag_switch).
 template <class Body, class... Args>
-void sgd_switch(SgdFlags f, const Args&... args) {
-  PYOPTIM_BOOL_SWITCH(f.maximize, kMaximize, [&] {
-    PYOPTIM_BOOL_SWITCH(f.scale, kScale, [&] {
-      if (!f.momentum) {
-        Body::template run<false, false, false, kMaximize, kScale>(args...);
-        return;
-      }
-      PYOPTIM_BOOL_SWITCH(f.nesterov, kNesterov, [&] {
-        PYOPTIM_BOOL_SWITCH(f.first_step, kFirst, [&] {
-          Body::template run<true, kNesterov, kFirst, kMaximize, kScale>(args...);
-        });
-      });
-    });
-  });
+PYOPTIM_INLINE void sgd_switch(SgdFlags f, const Args&... args) {
+  math::sgd_flag_switch(f.momentum, f.nesterov, f.first_step, f.maximize, f.scale,
+                        [&](auto m, auto n, auto first, auto mx, auto s) {
+                          Body::template run<decltype(m)::value, decltype(n)::value,
+                                             decltype(first)::value, decltype(mx)::value,
+                                             decltype(s)::value>(args...);
+                        });
 }
 
 template <class S>
@@ -81,28 +73,15 @@ constexpr int64_t kSparseAhead = 4;
 constexpr int64_t kPrefetchDups = 4;  // value rows prefetched per unique row, at most
 constexpr int64_t kPlainAhead = 8;    // plain SGD: owned entries in flight (a power of two)
 
-template <class S>
-PYOPTIM_INLINE void prefetch_span(const S* p, int64_t n, bool write) {
-  const char* c = reinterpret_cast<const char*>(p);
-  const int64_t bytes = n * static_cast<int64_t>(sizeof(S));
-  for (int64_t b = 0; b < bytes; b += 64) {
-    if (write) {
-      __builtin_prefetch(c + b, 1, 3);
-    } else {
-      __builtin_prefetch(c + b, 0, 3);
-    }
-  }
-}
-
 template <bool kM, class S>
 PYOPTIM_INLINE void prefetch_rows(const SgdSparsePtrs& a, int64_t u, const S* param,
                                   const S* values, const S* buf) {
   const int64_t w = a.width;
-  prefetch_span(param + a.rows[u] * w, w, true);
-  if (kM) prefetch_span(buf + a.rows[u] * w, w, true);
+  prefetch_row<true>(param + a.rows[u] * w, w);
+  if (kM) prefetch_row<true>(buf + a.rows[u] * w, w);
   const int64_t k0 = a.offsets[u];
   const int64_t k1 = a.offsets[u + 1] < k0 + kPrefetchDups ? a.offsets[u + 1] : k0 + kPrefetchDups;
-  for (int64_t k = k0; k < k1; ++k) prefetch_span(values + a.order[k] * w, w, false);
+  for (int64_t k = k0; k < k1; ++k) prefetch_row(values + a.order[k] * w, w);
 }
 
 template <class S>
@@ -130,8 +109,8 @@ struct SgdSparse {
         while (count < kPlainAhead && scan < a.nnz) {  // refill: the next owned entries
           const int64_t r = index[scan];
           if (r >= rlo && r <= rhi) {
-            prefetch_span(param + r * w, w, true);
-            prefetch_span(values + scan * w, w, false);
+            prefetch_row<true>(param + r * w, w);
+            prefetch_row(values + scan * w, w);
             ring[(head + count) % kPlainAhead] = scan;
             ++count;
           }

@@ -11,16 +11,6 @@
 // first value row are in flight while this row computes (uniform lookups miss every cache).
 constexpr int64_t kSparseAdamPrefetchRows = 4;
 
-// Prefetch for writing: the rows are read, then overwritten.
-template <class S>
-PYOPTIM_INLINE void prefetch_row_w(const S* row, int64_t width) {
-  const char* b = reinterpret_cast<const char*>(row);
-  // the first 2 KiB: a wider row is a sequential stream the hardware prefetcher follows
-  const int64_t row_bytes = width * static_cast<int64_t>(sizeof(S));
-  const int64_t bytes = row_bytes < 2048 ? row_bytes : 2048;
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(b + o, 1, 3);
-}
-
 // One row: g_row is either a value row (G = S) or the summed scratch row (G = opmath_t<S>).
 template <class S, bool kMaximize, bool kWeightDecay, class G>
 PYOPTIM_INLINE void sparse_adam_row(S* __restrict__ p_row, S* __restrict__ m_row,
@@ -59,9 +49,9 @@ void sparse_adam_loop(const SparseAdamPtrs& a, int64_t u_begin, int64_t u_end,
     const int64_t ahead = u + kSparseAdamPrefetchRows;
     if (ahead < u_end) {
       const int64_t r = a.rows[ahead];
-      prefetch_row_w(param + r * a.param_row_stride, width);
-      prefetch_row_w(exp_avg + r * a.exp_avg_row_stride, width);
-      prefetch_row_w(exp_avg_sq + r * a.exp_avg_sq_row_stride, width);
+      prefetch_row<true>(param + r * a.param_row_stride, width);
+      prefetch_row<true>(exp_avg + r * a.exp_avg_row_stride, width);
+      prefetch_row<true>(exp_avg_sq + r * a.exp_avg_sq_row_stride, width);
       prefetch_row(values + a.order[a.offsets[ahead]] * width, width);  // its first value row
     }
     const int64_t r = a.rows[u];

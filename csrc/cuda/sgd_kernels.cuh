@@ -48,30 +48,6 @@ struct SgdOp {
   }
 };
 
-// sgd_switch of cpu/sgd_impl.h: runtime flags to template parameters; with momentum off,
-// nesterov and the first-step rule are unused and fixed to false.
-template <class F>
-void sgd_flags_switch(bool momentum, bool nesterov, bool first, bool maximize, bool scale,
-                      const F& f) {
-  PYOPTIM_BOOL_SWITCH(maximize, kMax, [&] {
-    PYOPTIM_BOOL_SWITCH(scale, kS, [&] {
-      if (!momentum) {
-        f(std::integral_constant<bool, false>(), std::integral_constant<bool, false>(),
-          std::integral_constant<bool, false>(), std::integral_constant<bool, kMax>(),
-          std::integral_constant<bool, kS>());
-        return;
-      }
-      PYOPTIM_BOOL_SWITCH(nesterov, kN, [&] {
-        PYOPTIM_BOOL_SWITCH(first, kF, [&] {
-          f(std::integral_constant<bool, true>(), std::integral_constant<bool, kN>(),
-            std::integral_constant<bool, kF>(), std::integral_constant<bool, kMax>(),
-            std::integral_constant<bool, kS>());
-        });
-      });
-    });
-  });
-}
-
 struct SgdWork {
   void* addr[3];
   int64_t numel;
@@ -80,7 +56,7 @@ struct SgdWork {
 template <class S>
 void launch_dense(const std::vector<SgdWork>& items, const SgdLaunchArgs<mta::opmath_t<S>>& args,
                   bool momentum, bool nesterov, bool first, bool maximize, bool scale) {
-  sgd_flags_switch(momentum, nesterov, first, maximize, scale, [&](auto m, auto n, auto f,
+  math::sgd_flag_switch(momentum, nesterov, first, maximize, scale, [&](auto m, auto n, auto f,
                                                                    auto mx, auto s) {
     using Op = SgdOp<S, decltype(m)::value, decltype(n)::value, decltype(f)::value,
                      decltype(mx)::value, decltype(s)::value>;
@@ -171,7 +147,7 @@ void launch_sparse(const at::Tensor& param, const at::Tensor& buf, const at::Ten
   S* pp = static_cast<S*>(param.data_ptr());
   S* bp = momentum ? static_cast<S*>(buf.data_ptr()) : nullptr;
   const int64_t* rp = g.rows.data_ptr<int64_t>();
-  sgd_flags_switch(momentum, nesterov, first, maximize, scale, [&](auto m, auto n, auto f,
+  math::sgd_flag_switch(momentum, nesterov, first, maximize, scale, [&](auto m, auto n, auto f,
                                                                    auto mx, auto s) {
     constexpr bool kM = decltype(m)::value;
     PYOPTIM_BOOL_SWITCH(seq, kSeq, [&] {

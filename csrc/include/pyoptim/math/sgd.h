@@ -78,5 +78,32 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE void sgd_step(V& p, V g, V& buf, const SgdCoe
   p = vfma(g, bcast<V>(c.neg_lr), p);  // param.add_(grad, alpha=-lr)
 }
 
+// Lifts sgd_step's runtime flags into its template parameters, for the CPU and CUDA launchers:
+// calls f(kMomentum, kNesterov, kFirst, kMaximize, kScale), each a std::integral_constant<bool>.
+// With momentum off, nesterov and the first-step rule are unused and fixed to false (fewer
+// instantiations).
+template <class F>
+PYOPTIM_INLINE void sgd_flag_switch(bool momentum, bool nesterov, bool first, bool maximize,
+                                    bool scale, const F& f) {
+  using False = std::integral_constant<bool, false>;
+  using True = std::integral_constant<bool, true>;
+  PYOPTIM_BOOL_SWITCH(maximize, kMax, [&] {
+    PYOPTIM_BOOL_SWITCH(scale, kS, [&] {
+      using Max = std::integral_constant<bool, kMax>;
+      using S = std::integral_constant<bool, kS>;
+      if (!momentum) {
+        f(False(), False(), False(), Max(), S());
+        return;
+      }
+      PYOPTIM_BOOL_SWITCH(nesterov, kN, [&] {
+        PYOPTIM_BOOL_SWITCH(first, kF, [&] {
+          f(True(), std::integral_constant<bool, kN>(), std::integral_constant<bool, kF>(), Max(),
+            S());
+        });
+      });
+    });
+  });
+}
+
 }  // namespace math
 }  // namespace pyoptim
