@@ -34,9 +34,10 @@ bench: $(BUILT)
 dist: $(STAMP)
 	$(VPY) tools/dist.py --torch "$(TORCH)"
 
-# On a GPU machine (see README): the CUDA tests and the GPU benchmark. The build compiles the
-# CUDA kernels when nvcc is found (setup.py: PYOPTIM_CUDA=auto; PYOPTIM_CUDA=1 makes it an error
-# not to). test-gpu fails rather than skips when no GPU is visible.
+# On a GPU machine (see README): the CUDA tests (with every GPU bench workload at tiny sizes) and
+# the GPU benchmark (python -m bench --device cuda). The build compiles the CUDA kernels when nvcc
+# is found (setup.py: PYOPTIM_CUDA=auto; PYOPTIM_CUDA=1 makes it an error not to). test-gpu fails
+# rather than skips when no GPU is visible.
 # Toolchain: build with a g++ that links libstdc++ dynamically, as torch does. The lent H100
 # image sets CC/CXX=/opt/gcc/bin/g*, whose link embeds a static libstdc++ in _C.so; there the
 # first C++ error message built in the extension segfaulted (std::ostream in a second copy of
@@ -44,11 +45,10 @@ dist: $(STAMP)
 test-gpu: $(BUILT)
 	$(VPY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: no CUDA GPU visible')"
 	$(VPY) -m pytest -q tests/test_cuda.py tests/test_cuda_sgd_sparse.py tests/test_duplicate_order.py \
-		tests/test_step_atomic.py
+		tests/test_step_atomic.py tests/test_bench_smoke.py::test_cuda_quick_run_every_workload
 
 bench-gpu: $(BUILT)
-	$(VPY) -m bench.gpu_adam
-	$(VPY) -m bench.gpu_sparse
+	$(VPY) -m bench --device cuda
 
 clean:
 	rm -rf build dist *.egg-info pyoptim/*.so $(BUILT)

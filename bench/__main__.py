@@ -5,7 +5,8 @@
     python -m bench --filter 'adamw/.*64M' --repeat 20
     python -m bench --compare bench/results/old.json     # run, then ratios old/new
     python -m bench --compare old.json --against new.json  # no run: just compare two files
-    python -m bench --device cuda        # GPU run (CUDA events, L2 flush), needs a GPU
+    python -m bench --device cuda        # GPU run (CUDA events, L2 flush): make bench-gpu
+    python -m bench --list --device cuda # the GPU workloads (listing needs no GPU)
 
 See bench/README.md for the columns and for adding workloads.
 """
@@ -18,7 +19,7 @@ import os
 import re
 import sys
 import time
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -27,10 +28,12 @@ from .harness import BenchConfig, Row, Workload
 
 M = 2**20
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-PROBE_NUMEL = 64 * M  # as large as the biggest workload: far beyond any cache
+# as large as the biggest dense workload of the device: far beyond any cache
+PROBE_NUMEL = {"cpu": 64 * M, "cuda": 256 * M}
+CUDA_OPS = ("adam_", "sgd_", "sparse_adam_", "adamax_")  # what a --device cuda run calls
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke run)")
@@ -85,6 +88,14 @@ def check_device(device: str) -> None:
             else "no CUDA device is visible (torch.cuda.is_available() is False)"
         )
         sys.exit(f"python -m bench --device cuda: {reason}. Run it on a GPU machine.")
+    if device == "cuda":
+        missing = [op for op in CUDA_OPS if not harness.has_kernel(op, "cuda")]
+        if missing:
+            sys.exit(
+                "python -m bench --device cuda: this pyoptim build has no CUDA kernels for "
+                f"{', '.join('pyoptim::' + op for op in missing)}; rebuild it where nvcc is found "
+                "(PYOPTIM_CUDA=1 makes a CPU-only build an error)."
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +106,7 @@ def _ms(x: float) -> str:
     return f"{x:.3f}" if x < 10 else f"{x:.1f}"
 
 
-def format_table(w: Workload, rows: List[Row], probe_gbps: Optional[float] = None) -> str:
+def format_table(w: Workload, rows: list[Row], probe_gbps: float | None = None) -> str:
     lines = [
         f"{w.name}: {w.description}, {w.numel / 1e6:.2f}M elements, "
         f"{w.bytes_per_step / w.numel:g} B/elem = {w.bytes_per_step / 1e9:.3f} GB/step"
@@ -115,7 +126,7 @@ def format_table(w: Workload, rows: List[Row], probe_gbps: Optional[float] = Non
     return "\n".join(lines)
 
 
-def format_targets(w: Workload, rows: List[Row]) -> List[str]:
+def format_targets(w: Workload, rows: list[Row]) -> list[str]:
     by = {r.impl: r for r in rows}
     base = by.get(w.baseline)
     if base is None or not w.targets:
@@ -170,7 +181,8 @@ def format_compare(old: dict, new: dict) -> str:
 
 
 def run(args: argparse.Namespace, out=print) -> dict:
-    check_device(args.device)
+    if not args.list:  # listing builds no tensors: it needs no GPU
+        check_device(args.device)
     cfg = make_config(args)
     torch.set_num_threads(args.threads or harness.default_threads())
     torch.manual_seed(0)
@@ -181,7 +193,7 @@ def run(args: argparse.Namespace, out=print) -> dict:
         workloads = [w for w in workloads if any(p.search(w.name) for p in pats)]
     if args.list:
         for w in workloads:
-            out(f"{w.name:<34} {', '.join(w.impls)}")
+            out(f"{w.name:<36} {', '.join(w.impls)}")
         return {}
 
     t_start = time.perf_counter()
@@ -215,7 +227,7 @@ def run(args: argparse.Namespace, out=print) -> dict:
     probes = {}
     probe = None
     if not args.no_probe:
-        probe = harness.ReferenceProbe(cfg.n(PROBE_NUMEL, minimum=1024), cfg)
+        probe = harness.ReferenceProbe(cfg.n(PROBE_NUMEL[cfg.device], minimum=1024), cfg)
         probes = probe.run_all(cfg)
         for p in probes.values():
             out(
@@ -281,7 +293,7 @@ def run(args: argparse.Namespace, out=print) -> dict:
     return res
 
 
-def main(argv: Optional[Sequence[str]] = None, out=print) -> dict:
+def main(argv: Sequence[str] | None = None, out=print) -> dict:
     args = parse_args(argv)
     if args.against and not args.compare:
         sys.exit("--against needs --compare OLD.json")

@@ -1,9 +1,9 @@
-"""Bytes each optimizer step moves through memory, per parameter element.
+"""Bytes each optimizer step moves through memory (per parameter element, or per step).
 
 The model is the minimum traffic of one fused pass: every tensor the update reads is read once,
 every tensor it writes is written once, and nothing else (no temporaries, no re-reads). It is
 what an ideal kernel moves, so `bytes / time` is the bandwidth a step achieves and can be put
-next to the machine's streaming bandwidth (see harness.stream_probe). Implementations that make
+next to the machine's streaming bandwidth (the probes of harness.ReferenceProbe). Impls that make
 several passes (torch's for-loop and foreach) move more than this; their GB/s column then says
 how far they are from a one-pass kernel, not what the memory bus carried.
 
@@ -14,7 +14,15 @@ mix as Adam, so the two are comparable.
     + amsgrad         read and write max_exp_avg_sq      + 2 x 4 =  8
     SGD (no momentum) read p, g; write p                  3 x 4 = 12
     SGD + momentum    read p, g, buf; write p, buf        5 x 4 = 20
-    SparseAdam        per touched element: Adam's 7 arrays, plus the gradient's index bytes
+    dense, k states   read p, g, each state; write p and  (3 + 2k) x 4 (Adamax: 28)
+                      each state
+    sparse (COO grad of nnz rows, u unique rows, width w):
+      SparseAdam      read + write p, m, v of each unique row; read every value row and index
+                      6 x 4 x u x w + 4 x nnz x w + 8 x nnz
+      SGD (plain)     read + write p of each unique row; read every value row and index
+                      2 x 4 x u x w + 4 x nnz x w + 8 x nnz
+    Every value row is counted, duplicates included (they must all be read); u is the exact
+    number of distinct rows in the workload's own index tensor.
 """
 
 from __future__ import annotations
@@ -41,6 +49,12 @@ def adam_bytes_per_elem(
     return 2 * p + g + 2 * n_state * s
 
 
+def dense_bytes_per_elem(dtype: torch.dtype, states: int) -> int:
+    """A dense optimizer (Note [Dense optimizers] in csrc/include/pyoptim/dense.h) with `states`
+    state tensors of the param's dtype: read p, g and every state; write p and every state."""
+    return (3 + 2 * states) * itemsize(dtype)
+
+
 def sgd_bytes_per_elem(
     dtype: torch.dtype = torch.float32, *, momentum: bool = False, first_step: bool = False
 ) -> int:
@@ -53,11 +67,34 @@ def sgd_bytes_per_elem(
 
 
 def sparse_adam_bytes(
-    nnz_elems: int, dtype: torch.dtype = torch.float32, *, nnz_rows: int = 0, index_bytes: int = 8
+    unique_rows: int,
+    nnz: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    index_bytes: int = 8,
 ) -> int:
-    """SparseAdam, per step: for each of the `nnz_elems` touched elements, read p, g, m, v and
-    write p, m, v; plus one index per touched row (`nnz_rows`, int64 by default)."""
-    return 7 * itemsize(dtype) * nnz_elems + index_bytes * nnz_rows
+    """SparseAdam, per step, for a COO gradient of `nnz` rows of `width` (duplicates included)
+    touching `unique_rows` distinct rows: read and write p, exp_avg, exp_avg_sq of each unique
+    row, read every value row once, read the indices (int64 by default)."""
+    e = itemsize(dtype)
+    return 6 * e * unique_rows * width + e * nnz * width + index_bytes * nnz
+
+
+def sparse_sgd_bytes(
+    unique_rows: int,
+    nnz: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    momentum: bool = False,
+    index_bytes: int = 8,
+) -> int:
+    """Sparse SGD, per step, for the same gradient: read and write p (and the momentum buffer)
+    of each unique row, read every value row once, read the indices."""
+    e = itemsize(dtype)
+    n_arrays = 2 if momentum else 1  # p (+ momentum_buffer), each read and written
+    return 2 * n_arrays * e * unique_rows * width + e * nnz * width + index_bytes * nnz
 
 
 def stream_probe_bytes(numel: int, dtype: torch.dtype = torch.float32) -> int:

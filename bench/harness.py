@@ -30,8 +30,8 @@ import pkgutil
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -84,16 +84,16 @@ class Workload:
     numel: int
     n_tensors: int
     bytes_per_step: int
-    impls: Dict[str, SetupFn]
+    impls: dict[str, SetupFn]
     baseline: str = "pyoptim"
     description: str = ""
-    targets: Dict[str, float] = field(default_factory=dict)
-    cleanup: Optional[Callable[[], None]] = None
+    targets: dict[str, float] = field(default_factory=dict)
+    cleanup: Callable[[], None] | None = None
 
 
 @dataclass
 class Timing:
-    samples: List[float]  # seconds per step
+    samples: list[float]  # seconds per step
 
     @property
     def median(self) -> float:
@@ -112,7 +112,7 @@ class Timing:
         return sum(self.samples)
 
 
-def _quantile(xs: List[float], q: float) -> float:
+def _quantile(xs: list[float], q: float) -> float:
     s = sorted(xs)
     if len(s) == 1:
         return s[0]
@@ -122,11 +122,11 @@ def _quantile(xs: List[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def discover(cfg: BenchConfig) -> List[Workload]:
+def discover(cfg: BenchConfig) -> list[Workload]:
     """Every Workload of every bench/workloads_*.py module, in module-name order."""
     import bench
 
-    out: List[Workload] = []
+    out: list[Workload] = []
     names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__))
     for name in names:
         if name.startswith("workloads_"):
@@ -151,7 +151,7 @@ class CpuTimer:
     def sync(self) -> None:
         pass
 
-    def run(self, step: StepFn, k: int) -> List[float]:
+    def run(self, step: StepFn, k: int) -> list[float]:
         out = []
         for _ in range(k):
             t0 = time.perf_counter()
@@ -172,7 +172,7 @@ class CudaTimer:
     def sync(self) -> None:
         torch.cuda.synchronize()
 
-    def run(self, step: StepFn, k: int) -> List[float]:
+    def run(self, step: StepFn, k: int) -> list[float]:
         events = []
         for _ in range(k):
             self.flush_buf.zero_()
@@ -195,17 +195,17 @@ def make_timer(cfg: BenchConfig):
 
 
 def time_interleaved(
-    steps: Dict[str, StepFn], cfg: BenchConfig, timer=None, light: Sequence[str] = ()
-) -> Dict[str, Timing]:
+    steps: dict[str, StepFn], cfg: BenchConfig, timer=None, light: Sequence[str] = ()
+) -> dict[str, Timing]:
     """Time every step() in interleaved rounds (see the module docstring). Steps named in
     `light` (the probe riding along with a workload) stop at 3 samples and min_time / 4."""
     timer = timer or make_timer(cfg)
-    est: Dict[str, float] = {}
+    est: dict[str, float] = {}
     for name, step in steps.items():
         timer.run(step, max(0, cfg.warmup - 1))
         timer.sync()
         est[name] = max(timer.run(step, 1)[0], 1e-7)  # the last warmup step gives an estimate
-    samples: Dict[str, List[float]] = {name: [] for name in steps}
+    samples: dict[str, list[float]] = {name: [] for name in steps}
 
     def done(name: str) -> bool:
         s = samples[name]
@@ -242,11 +242,16 @@ class Probe:
         return self.bytes_per_step / self.timing.median / 1e9
 
 
-def has_native_probe(device: str) -> bool:
-    key = "CPU" if device == "cpu" else "CUDA"
+def has_kernel(op: str, device: str) -> bool:
+    """Whether this build of pyoptim registered a kernel of `pyoptim::<op>` for the device."""
     import pyoptim  # noqa: F401  (registers torch.ops.pyoptim.*)
 
-    return torch._C._dispatch_has_kernel_for_dispatch_key("pyoptim::_stream_probe_", key)
+    key = "CPU" if device == "cpu" else "CUDA"
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"pyoptim::{op}", key)
+
+
+def has_native_probe(device: str) -> bool:
+    return has_kernel("_stream_probe_", device)
 
 
 class ReferenceProbe:
@@ -260,8 +265,8 @@ class ReferenceProbe:
         self.numel = numel
         self.arrays = [torch.rand(numel, device=dev) for _ in range(4)]
         x, y, z, g = self.arrays
-        self.steps: Dict[str, StepFn] = {}
-        self.bytes: Dict[str, int] = {}
+        self.steps: dict[str, StepFn] = {}
+        self.bytes: dict[str, int] = {}
         if has_native_probe(dev):
             op = torch.ops.pyoptim._stream_probe_.default
             self.steps["stream-4r3w"] = lambda: op(x, y, z, g)
@@ -270,7 +275,7 @@ class ReferenceProbe:
         self.bytes["torch-copy-1r1w"] = nbytes.copy_probe_bytes(numel)
         self.name = next(iter(self.steps))  # the reference: stream-4r3w when there is one
 
-    def run_all(self, cfg: BenchConfig) -> Dict[str, Probe]:
+    def run_all(self, cfg: BenchConfig) -> dict[str, Probe]:
         """Every probe, timed on its own (interleaved with each other) at the start of a run."""
         timings = time_interleaved(self.steps, cfg)
         return {k: Probe(k, self.numel, self.bytes[k], t) for k, t in timings.items()}
@@ -290,17 +295,17 @@ class Row:
     q1_ms: float
     q3_ms: float
     n: int
-    ratio: Optional[float]  # t_impl / t_baseline
+    ratio: float | None  # t_impl / t_baseline
     gbps: float
-    pct_probe: Optional[float]
+    pct_probe: float | None
 
 
 PROBE_KEY = "(probe)"
 
 
 def run_workload(
-    w: Workload, cfg: BenchConfig, probe: Optional[ReferenceProbe] = None
-) -> Tuple[List[Row], Optional[float]]:
+    w: Workload, cfg: BenchConfig, probe: ReferenceProbe | None = None
+) -> tuple[list[Row], float | None]:
     """Time every impl of `w`, with the reference probe (if given) in the same rounds.
     Returns the rows and the probe's GB/s measured alongside (None without a probe)."""
     steps = {name: setup() for name, setup in w.impls.items()}
@@ -359,7 +364,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def load_average() -> Optional[float]:
+def load_average() -> float | None:
     """1-minute load average (None where unknown): other processes' share of the CPUs."""
     try:
         return round(os.getloadavg()[0], 2)

@@ -6,11 +6,12 @@
 
   in-backward/sgd-1000x1k     SGD (lr=0.1, plain), 1000 float32 params of 1024 elements
   in-backward/adamw-1000x1k   AdamW (lr=1e-3, weight_decay=1e-2), the same params
+The same workloads on CPU and CUDA.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 import torch
 
@@ -47,7 +48,7 @@ def _make_setup(opt_cls: Callable, kwargs: dict, numel: int, device: str) -> Set
     return setup
 
 
-def workloads(cfg: BenchConfig) -> List[Workload]:
+def workloads(cfg: BenchConfig) -> list[Workload]:
     dev = cfg.device
     numel = cfg.n(1024, minimum=16)
     cases = [
@@ -58,7 +59,7 @@ def workloads(cfg: BenchConfig) -> List[Workload]:
     ]
     out = []
     for group, torch_cls, py_cls, kw, bytes_per_elem in cases:
-        impls: Dict[str, SetupFn] = {
+        impls: dict[str, SetupFn] = {
             name: _make_setup(torch_cls, dict(kw, **flags), numel, dev)
             for name, flags in TORCH_IMPLS.items()
         }

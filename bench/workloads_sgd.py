@@ -1,37 +1,50 @@
 """SGD workloads: pyoptim vs torch.optim.SGD's for-loop, foreach and fused steps.
 
 Dense SGD with momentum (lr=1e-3, momentum=0.9; the buffers exist after warm-up):
-  fp32-1x64M          one float32 tensor of 64M elements (pure streaming, 20 B/elem)
-  bf16-1x64M          one bfloat16 tensor of 64M elements
-  fp32-transformer    the Adam workloads' 16-layer transformer parameter list
-  fp32-1000x1k        1000 float32 tensors of 1024 elements (per-tensor overhead)
-Sparse SGD (sgd-sparse/...) on a 1M x 128 float32 embedding with 65,536 lookups a step (one
-uncoalesced COO grad, as nn.Embedding(sparse=True) gives), uniform and Zipf (s = 1.25, about
-10k unique rows). torch supports only plain SGD there (its fused SGD rejects sparse grads and
-foreach falls back to the loop), so the baseline is `torch-forloop`; `pyoptim-momentum` is
-pyoptim's lazy sparse momentum (momentum=0.9) on the same grads, for information.
+  CPU (torch-forloop, torch-foreach, torch-fused, pyoptim)
+    fp32-1x64M          one float32 tensor of 64M elements (pure streaming, 20 B/elem)
+    bf16-1x64M          one bfloat16 tensor of 64M elements
+    fp32-transformer    the Adam workloads' 16-layer transformer parameter list (196 tensors)
+    fp32-1000x1k        1000 float32 tensors of 1024 elements (per-tensor overhead)
+  CUDA (torch-foreach, torch-fused, pyoptim): the Adam workloads' CUDA shapes
+    fp32-1x256M, fp32-transformer-194t, fp32-10000-tiny
+
+Sparse SGD (sgd-sparse/...) on a float32 embedding of width 128, one uncoalesced COO grad a
+step (as nn.Embedding(sparse=True) gives), uniform and Zipf (s = 1.25) lookups:
+  CPU    1M x 128 (binary M), 65,536 lookups
+  CUDA   10M x 128 (decimal), 1M lookups
+torch supports only plain SGD there (its fused SGD rejects sparse grads and foreach falls back
+to the loop), so the torch impl is `torch-forloop`; `pyoptim-momentum` is pyoptim's lazy sparse
+momentum (momentum=0.9) on the same grads, for information. Bytes per step:
+bench/bytes.py:sparse_sgd_bytes (plain SGD), from the exact unique-row count of the workload's
+index tensor.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 import torch
 
 import pyoptim
 
-from .bytes import itemsize, sgd_bytes_per_elem
+from .bytes import sgd_bytes_per_elem, sparse_sgd_bytes
 from .harness import BenchConfig, SetupFn, Workload
-from .workloads_adam import IMPLS, _fmt, _shared_data, transformer_shapes
+from .workloads_adam import (
+    CUDA_TORCH_IMPLS,
+    IMPLS,
+    _fmt,
+    _fmt_dec,
+    _shared_data,
+    cuda_cases,
+    transformer_shapes,
+)
 
 M = 2**20
-
-
-def _pyoptim_has(device: str, op: str) -> bool:
-    key = "CPU" if device == "cpu" else "CUDA"
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"pyoptim::{op}", key)
+WIDTH = 128
+ZIPF_S = 1.25
 
 
 def _make_setup(opt_cls: Callable, kwargs: dict, data: Callable) -> SetupFn:
@@ -47,61 +60,63 @@ def _make_setup(opt_cls: Callable, kwargs: dict, data: Callable) -> SetupFn:
     return setup
 
 
-def _sparse_data(rows: int, width: int, lookups: int, zipf: bool, device: str):
-    cache: Dict[str, tuple] = {}
+def sparse_indices(rows: int, lookups: int, zipf: bool) -> torch.Tensor:
+    """The row ids of one step's lookups (int64, on the CPU), the same on every run."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    if not zipf:
+        return torch.randint(0, rows, (lookups,), generator=gen)
+    # inverse-CDF sampling of a continuous power law, s = ZIPF_S
+    u = torch.rand(lookups, generator=gen, dtype=torch.float64)
+    idx = ((rows ** (1 - ZIPF_S) - 1) * u + 1) ** (1 / (1 - ZIPF_S))
+    return (idx.long() - 1).clamp_(0, rows - 1)
+
+
+def _sparse_data(rows: int, idx: torch.Tensor, device: str):
+    """The table and its uncoalesced COO grad over `idx`, made on first use, on the device."""
+    cache: dict[str, tuple] = {}
 
     def get():
         if "d" not in cache:
-            gen = torch.Generator(device="cpu").manual_seed(0)
-            if zipf:  # inverse-CDF sampling of a continuous power law, s = 1.25
-                s = 1.25
-                u = torch.rand(lookups, generator=gen, dtype=torch.float64)
-                idx = ((rows ** (1 - s) - 1) * u + 1) ** (1 / (1 - s))
-                idx = (idx.long() - 1).clamp_(0, rows - 1)
-            else:
-                idx = torch.randint(0, rows, (lookups,), generator=gen)
-            weight = torch.randn(rows, width, generator=gen)
-            vals = torch.randn(lookups, width, generator=gen) * 1e-2
+            gen = torch.Generator(device=device).manual_seed(1)
+            weight = torch.randn(rows, WIDTH, generator=gen, device=device)
+            vals = torch.randn(idx.numel(), WIDTH, generator=gen, device=device) * 1e-2
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                grad = torch.sparse_coo_tensor(idx[None], vals, (rows, width))
-            cache["d"] = ([weight.to(device)], [grad.to(device)])
-            cache["unique"] = int(idx.unique().numel())
+                grad = torch.sparse_coo_tensor(idx.to(device)[None], vals, (rows, WIDTH))
+            cache["d"] = ([weight], [grad])
         return cache["d"]
 
-    def unique_rows() -> int:
-        get()
-        return cache["unique"]
-
     get.cleanup = cache.clear
-    get.unique_rows = unique_rows
     return get
 
 
-def workloads(cfg: BenchConfig) -> List[Workload]:
-    dev = cfg.device
+def _cpu_cases(cfg: BenchConfig) -> list[tuple]:
     big = cfg.n(64 * M, minimum=1024)
     s = math.sqrt(cfg.scale)
     d = max(16, int(round(320 * s / 16)) * 16)
     tshapes = transformer_shapes(d, layers=16, vocab=max(64, int(16000 * s)), ctx=512)
     small = cfg.n(1024, minimum=16)
-    cases = [
+    return [
         (f"fp32-1x{_fmt(big)}", [(big,)], torch.float32, {"%probe": 95.0, "torch-fused": 1.0}),
         (f"bf16-1x{_fmt(big)}", [(big,)], torch.bfloat16, {"torch-fused": 1.0}),
         (f"fp32-transformer-{len(tshapes)}t", tshapes, torch.float32, {"%probe": 95.0}),
         (f"fp32-1000x{_fmt(small)}", [(small,)] * 1000, torch.float32, {"torch-fused": 3.0}),
     ]
+
+
+def workloads(cfg: BenchConfig) -> list[Workload]:
+    dev = cfg.device
+    cuda = dev == "cuda"
     kw = dict(lr=1e-3, momentum=0.9)
-    out: List[Workload] = []
-    for what, shapes, dtype, targets in cases:
+    out: list[Workload] = []
+    for what, shapes, dtype, targets in cuda_cases(cfg) if cuda else _cpu_cases(cfg):
         numel = sum(math.prod(sh) for sh in shapes)
         data = _shared_data(shapes, dtype, dev)
-        impls: Dict[str, SetupFn] = {
+        impls: dict[str, SetupFn] = {
             name: _make_setup(torch.optim.SGD, dict(kw, **extra), data)
-            for name, extra in IMPLS.items()
+            for name, extra in (CUDA_TORCH_IMPLS if cuda else IMPLS).items()
         }
-        if _pyoptim_has(dev, "sgd_"):
-            impls["pyoptim"] = _make_setup(pyoptim.SGD, kw, data)
+        impls["pyoptim"] = _make_setup(pyoptim.SGD, kw, data)
         out.append(
             Workload(
                 name=f"sgd/{what}",
@@ -110,42 +125,43 @@ def workloads(cfg: BenchConfig) -> List[Workload]:
                 n_tensors=len(shapes),
                 bytes_per_step=sgd_bytes_per_elem(dtype, momentum=True) * numel,
                 impls=impls,
-                baseline="pyoptim" if "pyoptim" in impls else "torch-fused",
+                baseline="pyoptim",
                 description=f"SGD momentum=0.9, {dtype}, {len(shapes)} tensors",
                 targets=targets,
                 cleanup=data.cleanup,
             )
         )
 
-    rows, width, lookups = cfg.n(M, minimum=64), 128, cfg.n(65536, minimum=64)
-    if dev == "cpu" and _pyoptim_has(dev, "sgd_"):
-        for dist in ("uniform", "zipf"):
-            data = _sparse_data(rows, width, lookups, dist == "zipf", dev)
-            impls = {
-                "torch-forloop": _make_setup(torch.optim.SGD, dict(lr=1e-3, foreach=False), data),
-                "pyoptim": _make_setup(pyoptim.SGD, dict(lr=1e-3), data),
-                "pyoptim-momentum": _make_setup(pyoptim.SGD, dict(lr=1e-3, momentum=0.9), data),
-            }
-            e = itemsize(torch.float32)
-            # minimum traffic of one pass: the value rows and indices once, each touched
-            # param row read and written once (unique rows: estimated for the byte count)
-            est_unique = min(rows, lookups) if dist == "uniform" else min(rows, lookups // 6)
-            nbytes = lookups * (width * e + 8) + 2 * est_unique * width * e
-            out.append(
-                Workload(
-                    name=f"sgd-sparse/fp32-{_fmt(rows)}x{width}-{_fmt(lookups)}-{dist}",
-                    group="sgd",
-                    numel=lookups * width,
-                    n_tensors=1,
-                    bytes_per_step=nbytes,
-                    impls=impls,
-                    baseline="pyoptim",
-                    description=(
-                        f"sparse SGD (plain), float32 {rows}x{width} embedding, {lookups} "
-                        f"{dist} lookups per step, uncoalesced COO grad"
-                    ),
-                    targets={"torch-forloop": 3.0},
-                    cleanup=data.cleanup,
-                )
+    if cuda:
+        rows, lookups = cfg.n(10_000_000, minimum=64), cfg.n(10**6, minimum=64)
+        size = f"{_fmt_dec(rows)}x{WIDTH}-{_fmt_dec(lookups)}"
+    else:
+        rows, lookups = cfg.n(M, minimum=64), cfg.n(65536, minimum=64)
+        size = f"{_fmt(rows)}x{WIDTH}-{_fmt(lookups)}"
+    for dist in ("uniform", "zipf"):
+        idx = sparse_indices(rows, lookups, dist == "zipf")
+        unique = int(idx.unique().numel())
+        data = _sparse_data(rows, idx, dev)
+        impls = {
+            "torch-forloop": _make_setup(torch.optim.SGD, dict(lr=1e-3, foreach=False), data),
+            "pyoptim": _make_setup(pyoptim.SGD, dict(lr=1e-3), data),
+            "pyoptim-momentum": _make_setup(pyoptim.SGD, dict(lr=1e-3, momentum=0.9), data),
+        }
+        out.append(
+            Workload(
+                name=f"sgd-sparse/fp32-{size}-{dist}",
+                group="sgd",
+                numel=unique * WIDTH,
+                n_tensors=1,
+                bytes_per_step=sparse_sgd_bytes(unique, lookups, WIDTH, torch.float32),
+                impls=impls,
+                baseline="pyoptim",
+                description=(
+                    f"sparse SGD (plain), float32 {rows}x{WIDTH} embedding, {lookups} "
+                    f"{dist} lookups per step ({unique} unique rows), uncoalesced COO grad"
+                ),
+                targets={} if cuda else {"torch-forloop": 3.0},
+                cleanup=data.cleanup,
             )
+        )
     return out

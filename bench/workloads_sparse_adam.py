@@ -1,56 +1,66 @@
 """SparseAdam workloads: an embedding table trained through nn.Embedding(sparse=True).
 
-One float32 table of 1M x 128 (cfg-scaled), 65,536 lookups per step, two index distributions:
-  uniform   65,536 uniform row ids: ~63k unique rows, few duplicates
-  zipf      Zipf-distributed row ids (s = 1.2, hot ids scattered over the table by a fixed
-            permutation): ~10.5k unique rows, heavy duplicates
+One float32 table of width 128, two index distributions (sizes scaled by cfg):
+  CPU    1M x 128 table (1024k), 65,536 lookups per step, Zipf exponent 1.2
+  CUDA   10M x 128 table, 1M lookups per step, Zipf exponent 1.1
+  uniform   uniform row ids: few duplicates (CPU ~63k unique rows, CUDA ~950k)
+  zipf      Zipf-distributed row ids (hot ids scattered over the table by a fixed
+            permutation): heavy duplicates, the hottest row holds a large share of the lookups
+The description line of each workload gives its exact number of unique rows.
 
 The gradient is made once per workload by a real forward/backward through
-nn.Embedding(sparse=True) (uncoalesced, as every step sees it) and shared by the impls; only
-optimizer.step() is timed. Impls:
+nn.Embedding(sparse=True) on the device (uncoalesced, as every step sees it) and shared by the
+impls; only optimizer.step() is timed. Impls:
   pyoptim             pyoptim.SparseAdam
   torch-sparseadam    torch.optim.SparseAdam
-  torch-fused-dense   torch.optim.Adam(fused=True) over the whole table with the dense gradient
-                      (what sparse training avoids: every row is read and written)
+  torch-fused-dense   (CPU only) torch.optim.Adam(fused=True) over the whole table with the dense
+                      gradient: what sparse training avoids, every row read and written. Left
+                      out on CUDA, where its dense gradient and state would add 20 GB to the
+                      run's ~36 GB.
 
-Bytes per step (bench/bytes.py:sparse_adam_bytes) count the unique rows' param, exp_avg and
-exp_avg_sq read and written once, every value row of the gradient read once (nnz x width, not
-unique x width: duplicates must all be read), and the indices.
+Bytes per step: bench/bytes.py:sparse_adam_bytes, from the exact unique-row count of the
+workload's index tensor.
 """
 
 from __future__ import annotations
-
-from typing import Dict, List
 
 import torch
 
 import pyoptim
 
+from .bytes import sparse_adam_bytes
 from .harness import BenchConfig, SetupFn, Workload
+from .workloads_adam import _fmt_dec
 
-LOOKUPS = 65536
-ZIPF_S = 1.2
+WIDTH = 128
+# device -> (table rows, lookups per step, Zipf exponent), before cfg scaling
+SIZES = {"cpu": (2**20, 65536, 1.2), "cuda": (10_000_000, 1_000_000, 1.1)}
 
 
-def _indices(kind: str, n_rows: int, n: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    if kind == "uniform":
-        return torch.randint(0, n_rows, (n,), generator=gen)
+def zipf_indices(n_rows: int, n: int, s: float, gen: torch.Generator) -> torch.Tensor:
+    """`n` row ids drawn with P(rank k) ~ k^-s, the ranks scattered over the table."""
     ranks = torch.arange(1, n_rows + 1, dtype=torch.float64)
-    ids = torch.multinomial(ranks.pow(-ZIPF_S), n, replacement=True, generator=gen)
+    ids = torch.multinomial(ranks.pow(-s), n, replacement=True, generator=gen)
     return torch.randperm(n_rows, generator=gen)[ids]  # hot ids anywhere in the table
 
 
-def _shared(n_rows: int, width: int, idx: torch.Tensor):
-    cache: Dict[str, object] = {}
+def _indices(kind: str, n_rows: int, n: int, zipf_s: float) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    if kind == "uniform":
+        return torch.randint(0, n_rows, (n,), generator=gen)
+    return zipf_indices(n_rows, n, zipf_s, gen)
+
+
+def _shared(n_rows: int, width: int, idx: torch.Tensor, device: str):
+    cache: dict[str, object] = {}
     n = idx.numel()
 
     def get():
         if "grad" not in cache:
-            emb = torch.nn.Embedding(n_rows, width, sparse=True)
+            emb = torch.nn.Embedding(n_rows, width, sparse=True, device=device)
             gen = torch.Generator().manual_seed(1)
-            target = torch.randn(n, width, generator=gen)
-            (emb(idx) * target).sum().backward()
+            target = torch.randn(n, width, generator=gen).to(device)
+            (emb(idx.to(device)) * target).sum().backward()
             cache["grad"] = emb.weight.grad  # uncoalesced COO, nnz = n
             cache["weight"] = emb.weight.detach()
         return cache
@@ -77,38 +87,35 @@ def _setup(kind: str, shared) -> SetupFn:
     return setup
 
 
-def workloads(cfg: BenchConfig) -> List[Workload]:
-    if cfg.device != "cpu":
+def workloads(cfg: BenchConfig) -> list[Workload]:
+    if cfg.device not in SIZES:
         return []
-    n_rows = cfg.n(2**20, minimum=1024)
-    width = 128
-    n = cfg.n(LOOKUPS, minimum=256)
+    cuda = cfg.device == "cuda"
+    rows, lookups, zipf_s = SIZES[cfg.device]
+    n_rows = cfg.n(rows, minimum=1024)
+    n = cfg.n(lookups, minimum=256)
+    size = f"{_fmt_dec(n_rows)}x{WIDTH}-{_fmt_dec(n)}" if cuda else f"{n_rows // 1024}kx{WIDTH}-{n}"
+    kinds = ("pyoptim", "torch-sparseadam") + (() if cuda else ("torch-fused-dense",))
+    targets = {} if cuda else {"torch-sparseadam": 15.0}
     out = []
-    for dist, targets in (("uniform", {"torch-sparseadam": 15.0}),
-                          ("zipf", {"torch-sparseadam": 15.0})):
-        idx = _indices(dist, n_rows, n)
+    for dist in ("uniform", "zipf"):
+        idx = _indices(dist, n_rows, n, zipf_s)
         unique = int(idx.unique().numel())
-        shared = _shared(n_rows, width, idx)
-        impls = {name: _setup(name, shared) for name in
-                 ("pyoptim", "torch-sparseadam", "torch-fused-dense")}
+        shared = _shared(n_rows, WIDTH, idx, cfg.device)
+        what = dist if dist == "uniform" else f"Zipf({zipf_s:g})"
         out.append(
             Workload(
-                name=f"sparse_adam/fp32-{n_rows // 1024}kx{width}-{n}-{dist}",
+                name=f"sparse_adam/fp32-{size}-{dist}",
                 group="sparse_adam",
-                numel=unique * width,
+                numel=unique * WIDTH,
                 n_tensors=1,
-                bytes_per_step=_bytes(unique, n, width),
-                impls=impls,
+                bytes_per_step=sparse_adam_bytes(unique, n, WIDTH, torch.float32),
+                impls={kind: _setup(kind, shared) for kind in kinds},
                 baseline="pyoptim",
-                description=(f"SparseAdam, float32 {n_rows}x{width} table, {n} lookups "
-                             f"({dist}, {unique} unique rows)"),
+                description=(f"SparseAdam, float32 {n_rows}x{WIDTH} table, {n} lookups "
+                             f"({what}, {unique} unique rows)"),
                 targets=targets,
                 cleanup=shared.cleanup,
             )
         )
     return out
-
-
-def _bytes(unique: int, nnz: int, width: int) -> int:
-    # unique rows: read + write p, m, v; every value row read once; the indices read
-    return 6 * 4 * unique * width + 4 * nnz * width + 8 * nnz

@@ -80,3 +80,51 @@ def test_bytes_model():
 def test_cuda_without_gpu_exits_with_message():
     with pytest.raises(SystemExit, match="--device cuda"):
         cli.main(["--device", "cuda", "--no-latest"])
+
+
+def test_sparse_bytes_model():
+    # 10 unique rows of width 128 touched by 20 value rows (duplicates included), int64 indices
+    assert nbytes.sparse_adam_bytes(10, 20, 128) == 6 * 4 * 10 * 128 + 4 * 20 * 128 + 8 * 20
+    assert nbytes.sparse_sgd_bytes(10, 20, 128) == 2 * 4 * 10 * 128 + 4 * 20 * 128 + 8 * 20
+    assert nbytes.sparse_sgd_bytes(10, 20, 128, momentum=True) == (
+        4 * 4 * 10 * 128 + 4 * 20 * 128 + 8 * 20
+    )
+
+
+def test_sparse_sgd_bytes_count_the_exact_unique_rows():
+    from bench import workloads_sgd
+
+    cfg = harness.BenchConfig(scale=1 / 64)
+    rows, lookups = cfg.n(2**20, minimum=64), cfg.n(65536, minimum=64)
+    found = [w for w in harness.discover(cfg) if w.name.startswith("sgd-sparse/")]
+    assert len(found) == 2
+    for w in found:
+        idx = workloads_sgd.sparse_indices(rows, lookups, zipf="zipf" in w.name)
+        unique = int(idx.unique().numel())
+        assert 0 < unique < lookups  # duplicates exist, so an estimate would be off
+        assert w.bytes_per_step == nbytes.sparse_sgd_bytes(unique, lookups, 128)
+        assert f"({unique} unique rows)" in w.description
+
+
+def test_list_cuda_workloads_needs_no_gpu():
+    lines = []
+    assert cli.main(["--list", "--device", "cuda", "--scale", str(1 / 65536)],
+                    out=lines.append) == {}
+    impls = {line.split()[0]: line.split(None, 1)[1] for line in lines}
+    for prefix in ("adam/", "adamw/", "sgd/", "sgd-sparse/", "sparse_adam/", "in-backward/"):
+        assert any(name.startswith(prefix) for name in impls), prefix
+    assert all("pyoptim" in v for v in impls.values())
+    dense = [v for k, v in impls.items() if k.split("/")[0] in ("adam", "adamw", "sgd")]
+    assert dense and all("torch-fused" in v and "torch-forloop" not in v for v in dense)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_quick_run_every_workload():
+    """Every --device cuda workload, at tiny sizes: each impl steps and is timed."""
+    res = cli.main(TINY + ["--device", "cuda"], out=lambda line: None)
+    listed = harness.discover(harness.BenchConfig(device="cuda", scale=1 / 65536))
+    assert [w["name"] for w in res["workloads"]] == [w.name for w in listed]
+    for w, lw in zip(res["workloads"], listed):
+        assert [r["impl"] for r in w["rows"]] == list(lw.impls)
+        assert all(r["n"] >= 2 and r["median_ms"] > 0 and r["gbps"] > 0 for r in w["rows"])
+    assert res["machine"]["gpu"] and res["probe_for_pct"] in res["probes"]
