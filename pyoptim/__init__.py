@@ -11,8 +11,17 @@ import torch  # noqa: F401  (loads libtorch before our extension)
 from . import _C  # noqa: F401  (registers torch.ops.pyoptim.*)
 from ._ops import cpu_capability, max_cpu_capability
 from .adam import Adam, AdamW
+from .adamax import Adamax
 from .sgd import SGD
 from .sparse_adam import SparseAdam
 
-__all__ = ["Adam", "AdamW", "SGD", "SparseAdam", "cpu_capability", "max_cpu_capability"]
+__all__ = [
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "SGD",
+    "SparseAdam",
+    "cpu_capability",
+    "max_cpu_capability",
+]
 __version__ = "0.1.0"

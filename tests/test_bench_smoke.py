@@ -111,7 +111,8 @@ def test_list_cuda_workloads_needs_no_gpu():
     assert cli.main(["--list", "--device", "cuda", "--scale", str(1 / 65536)],
                     out=lines.append) == {}
     impls = {line.split()[0]: line.split(None, 1)[1] for line in lines}
-    for prefix in ("adam/", "adamw/", "sgd/", "sgd-sparse/", "sparse_adam/", "in-backward/"):
+    for prefix in ("adam/", "adamw/", "adamax/", "sgd/", "sgd-sparse/", "sparse_adam/",
+                   "in-backward/"):
         assert any(name.startswith(prefix) for name in impls), prefix
     assert all("pyoptim" in v for v in impls.values())
     dense = [v for k, v in impls.items() if k.split("/")[0] in ("adam", "adamw", "sgd")]

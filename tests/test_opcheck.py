@@ -139,3 +139,22 @@ def test_opcheck_sparse_adam(dtype):
     torch.ops.pyoptim.sparse_adam_.default(*args, **kwargs)
     assert any_changed(before, params)
     assert_bitwise_equal(grads, grads_before, "grads (read only)")
+
+
+# Every optimizer op and where its opcheck runs; the test below fails when an op is added
+# without one. The others are hooks with no tensor arguments (and the bench's probe).
+OPCHECKED = {
+    "pyoptim::adam_": "test_opcheck_adam",
+    "pyoptim::sgd_": "test_opcheck_sgd",
+    "pyoptim::sparse_adam_": "test_opcheck_sparse_adam",
+    "pyoptim::adamax_": "tests/test_adamax.py::test_opcheck",
+}
+NOT_OPTIMIZERS = {
+    "pyoptim::_built_with_cuda", "pyoptim::_kernel_table_isa", "pyoptim::_set_cpu_capability",
+    "pyoptim::_stream_probe_", "pyoptim::cpu_capability", "pyoptim::max_cpu_capability",
+}
+
+
+def test_every_op_is_opchecked():
+    ops = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith("pyoptim::")}
+    assert ops == OPCHECKED.keys() | NOT_OPTIMIZERS

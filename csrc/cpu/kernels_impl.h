@@ -1,6 +1,6 @@
 // The CPU kernels of one ISA level. Each csrc/cpu/isa_<level>.cpp includes its vector header,
 // defines PYOPTIM_ISA and PYOPTIM_ISA_ENUM, then includes this file.
-// Rules (csrc/README.md): no torch, no STL beyond <cstdint>/<cstring>, everything in the ISA
+// Rules (csrc/README.md): no torch, no STL beyond <cstdint>/<cstring>/<type_traits>, all in the ISA
 // namespace or PYOPTIM_INLINE, so no code built with AVX-512 flags can leak into another level.
 #pragma once
 
@@ -19,6 +19,7 @@ namespace {
 #include "cpu/adam_impl.h"  // one include per optimizer
 #include "cpu/sgd_impl.h"
 #include "cpu/sparse_adam_impl.h"
+#include "cpu/dense_impl.h"  // every dense optimizer (Note [Dense optimizers])
 
 }  // namespace
 
@@ -29,6 +30,10 @@ KernelTable make_table() {
   t.adam = make_adam_kernels();  // one line per optimizer
   t.sgd = make_sgd_kernels();
   t.sparse_adam = make_sparse_adam_kernels();
+  for_each_dense([&](auto opt) {
+    using Opt = decltype(opt);
+    t.dense[dense_index<Opt>()] = make_dense_kernels<Opt>();
+  });
   return t;
 }
 }  // namespace

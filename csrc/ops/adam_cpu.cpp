@@ -173,13 +173,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     }
   }
   for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& s = state_steps[i];
-    const double step = steps[i] + 1.0;
-    if (s.scalar_type() == at::kFloat) {
-      *static_cast<float*>(s.data_ptr()) = static_cast<float>(step);
-    } else {
-      s.fill_(step);
-    }
+    ops::store_host_step(state_steps[i], steps[i] + 1.0);
   }
 }
 

@@ -233,13 +233,8 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   }
   if (!device_steps.empty()) cuda::launch_increment_steps(device_steps, inf_ref);
   for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& s = state_steps[i];
-    if (!s.device().is_cpu()) continue;
-    const double step = host_steps[i] + 1.0;
-    if (s.scalar_type() == at::kFloat) {
-      *static_cast<float*>(s.data_ptr()) = static_cast<float>(step);
-    } else {
-      s.fill_(step);
+    if (state_steps[i].device().is_cpu()) {
+      ops::store_host_step(state_steps[i], host_steps[i] + 1.0);
     }
   }
 }

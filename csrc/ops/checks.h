@@ -126,6 +126,16 @@ inline double scalar_value(const at::Tensor& t, const char* what) {
   return t.item<double>();
 }
 
+// Writes a step count held on the host (the counterpart of scalar_value): a float32 count (torch's
+// default) directly, any other dtype through fill_.
+inline void store_host_step(const at::Tensor& t, double value) {
+  if (t.scalar_type() == at::kFloat) {
+    *static_cast<float*>(t.data_ptr()) = static_cast<float>(value);
+  } else {
+    t.fill_(value);
+  }
+}
+
 // A step count (read from a checkpoint or set by hand): a non-negative whole number. torch's
 // bias corrections divide by 1 - beta^step, which a negative count makes 0 or a fraction makes
 // meaningless; torch raises on such a count, and so do the ops, before anything is written.

@@ -10,6 +10,8 @@
 // optimizers pass them positionally, which halves torch.ops' per-call argument parsing.
 #include <torch/library.h>
 
+#include "ops/dense_args.h"
+
 TORCH_LIBRARY(pyoptim, m) {
   // Adam (decoupled=False) and AdamW (decoupled=True), per group. Increments each
   // state_steps[i] by one and uses the new value for bias correction, unless found_inf is
@@ -46,6 +48,11 @@ TORCH_LIBRARY(pyoptim, m) {
       "Tensor(c!)[] exp_avg_sqs, int[] steps, int[] group_sizes, float[] lr, float[] beta1, "
       "float[] beta2, float[] eps, float[] weight_decay, bool[] maximize, "
       "Tensor?[] lr_tensors, bool validate_only=False) -> ()");
+
+  // Every dense optimizer (Adamax, ...): one schema shape for all of them, see Note [Dense
+  // optimizers] in pyoptim/dense.h.
+  pyoptim::for_each_dense(
+      [&](auto opt) { m.def(pyoptim::ops::dense_schema<decltype(opt)>().c_str()); });
 
   // CPU kernel level: "scalar", "avx2" or "avx512".
   m.def("cpu_capability() -> str");

@@ -11,11 +11,31 @@
 
 #include "ops/adam_args.h"
 #include "ops/checks.h"
+#include "ops/dense_args.h"
 #include "ops/sgd_args.h"
 #include "ops/sparse_adam_args.h"
 
 namespace pyoptim {
 namespace {
+
+// Step counts that really live on the CPU are counted, as torch counts them.
+void count_host_steps(const char* op, at::TensorList state_steps,
+                      const std::optional<at::Tensor>& found_inf, bool validate_only) {
+  std::vector<double> steps(state_steps.size(), 0.0);
+  for (size_t i = 0; i < state_steps.size(); ++i) {
+    if (!state_steps[i].device().is_cpu()) continue;
+    steps[i] = ops::scalar_value(state_steps[i], "state_steps[i]");
+    ops::check_step_count(op, steps[i], "state_steps", i);
+  }
+  if (validate_only) return;
+  if (found_inf.has_value() && found_inf->device().is_cpu() &&
+      ops::scalar_value(*found_inf, "found_inf") != 0.0) {
+    return;
+  }
+  for (size_t i = 0; i < state_steps.size(); ++i) {
+    if (state_steps[i].device().is_cpu()) state_steps[i].fill_(steps[i] + 1.0);
+  }
+}
 
 void adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
@@ -34,20 +54,22 @@ void adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                        weight_decay, eps, amsgrad, maximize, decoupled, lr_tensors, grad_scale,
                        found_inf, writes);
   writes.check(kOp);  // step counts on the CPU
-  std::vector<double> steps(state_steps.size(), 0.0);
-  for (size_t i = 0; i < state_steps.size(); ++i) {
-    if (!state_steps[i].device().is_cpu()) continue;
-    steps[i] = ops::scalar_value(state_steps[i], "state_steps[i]");
-    ops::check_step_count(kOp, steps[i], "state_steps", i);
-  }
-  if (validate_only) return;
-  if (found_inf.has_value() && found_inf->device().is_cpu() &&
-      ops::scalar_value(*found_inf, "found_inf") != 0.0) {
-    return;
-  }
-  for (size_t i = 0; i < state_steps.size(); ++i) {
-    if (state_steps[i].device().is_cpu()) state_steps[i].fill_(steps[i] + 1.0);
-  }
+  count_host_steps(kOp, state_steps, found_inf, validate_only);
+}
+
+template <class Opt>
+void dense_meta(at::TensorList params, at::TensorList grads, at::TensorList states,
+                at::TensorList state_steps, at::IntArrayRef group_sizes,
+                at::ArrayRef<double> hyper, const c10::List<bool>& flags,
+                const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                const std::optional<at::Tensor>& grad_scale,
+                const std::optional<at::Tensor>& found_inf, bool validate_only) {
+  ops::WriteSet writes;
+  ops::check_dense_call<Opt>(Opt::kName, c10::DeviceType::Meta, params, grads, states,
+                             state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale,
+                             found_inf, writes);
+  writes.check(Opt::kName);  // step counts on the CPU
+  count_host_steps(Opt::kName, state_steps, found_inf, validate_only);
 }
 
 void sgd_meta(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
@@ -84,6 +106,7 @@ TORCH_LIBRARY_IMPL(pyoptim, Meta, m) {
   m.impl("adam_", &adam_meta);
   m.impl("sgd_", &sgd_meta);
   m.impl("sparse_adam_", &sparse_adam_meta);
+  for_each_dense([&](auto opt) { m.impl(decltype(opt)::kName, &dense_meta<decltype(opt)>); });
 }
 
 // Sparse meta gradients carry the SparseMeta key.

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "pyoptim/dense.h"
 #include "pyoptim/math/adam.h"
 #include "pyoptim/math/sgd.h"
 #include "pyoptim/math/sparse_adam.h"
@@ -130,12 +131,15 @@ struct SparseAdamKernels {
 };
 
 // ---- the table -----------------------------------------------------------------------------
-// One member per optimizer, filled by make_table() in cpu/kernels_impl.h.
+// One member per optimizer with kernels of its own, and one entry per dense optimizer
+// (Note [Dense optimizers], indexed by dense_index<Opt>()); filled by make_table() in
+// cpu/kernels_impl.h.
 struct KernelTable {
   CpuIsa isa;
   AdamKernels adam;
   SgdKernels sgd;
   SparseAdamKernels sparse_adam;
+  DenseKernels dense[kNumDense];
 };
 
 namespace scalar {

@@ -47,6 +47,9 @@ PYOPTIM_INLINE VecD vmax_nan(VecD a, VecD b) {
   return _mm256_blendv_pd(_mm256_max_pd(a.v, b.v), a.v, _mm256_cmp_pd(a.v, a.v, _CMP_UNORD_Q));
 }
 
+PYOPTIM_INLINE VecF vabs(VecF a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v); }
+PYOPTIM_INLINE VecD vabs(VecD a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a.v); }
+
 // a * b + c with one rounding (fmadd), as scalar_ops.h's vfma.
 PYOPTIM_INLINE VecF vfma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
 PYOPTIM_INLINE VecD vfma(VecD a, VecD b, VecD c) { return _mm256_fmadd_pd(a.v, b.v, c.v); }

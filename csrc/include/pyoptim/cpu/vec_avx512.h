@@ -55,6 +55,9 @@ PYOPTIM_INLINE VecD vmax_nan(VecD a, VecD b) {
                               a.v);
 }
 
+PYOPTIM_INLINE VecF vabs(VecF a) { return _mm512_andnot_ps(_mm512_set1_ps(-0.0f), a.v); }
+PYOPTIM_INLINE VecD vabs(VecD a) { return _mm512_andnot_pd(_mm512_set1_pd(-0.0), a.v); }
+
 // a * b + c with one rounding (fmadd), as scalar_ops.h's vfma.
 PYOPTIM_INLINE VecF vfma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
 PYOPTIM_INLINE VecD vfma(VecD a, VecD b, VecD c) { return _mm512_fmadd_pd(a.v, b.v, c.v); }

@@ -31,6 +31,22 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE double vsqrt(double x) {
 #endif
 }
 
+// |x| (torch.abs): clears the sign bit, NaN stays NaN.
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE float vabs(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::fabsf(x);
+#else
+  return __builtin_fabsf(x);
+#endif
+}
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE double vabs(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::fabs(x);
+#else
+  return __builtin_fabs(x);
+#endif
+}
+
 // torch.maximum: NaN in either operand gives NaN.
 template <class T>
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE T vmax_nan(T a, T b) {
