@@ -80,10 +80,9 @@ def main():
         smoke = os.path.join(away, "smoke.py")
         shutil.copy(os.path.join(ROOT, "tools", "smoke.py"), smoke)
         run(smoke_py, smoke, cwd=away)
-    print(
-        f"dist: {os.path.basename(sdist)} and {os.path.basename(wheel)} OK "
-        f"({time.time() - t0:.0f} s)"
-    )
+    sizes = ", ".join(f"{os.path.basename(f)} {os.path.getsize(f) / 1e6:.1f} MB"
+                      for f in (sdist, wheel))
+    print(f"dist: {sizes}: OK ({time.time() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
