@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.deps-stamp
 BUILT   := $(VENV)/.build-stamp
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 
-.PHONY: test bench build install dist test-gpu bench-gpu clean
+.PHONY: test bench build install dist test-gpu bench-gpu test-integration clean
 
 $(STAMP):
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,14 @@ test: $(BUILT)
 
 bench: $(BUILT)
 	$(VPY) -m bench
+
+# pyoptim inside Lightning and Hugging Face's Trainer (tests/integration, left out of `make
+# test`): the frameworks at pinned versions, installed next to the pinned torch (naming it too
+# makes pip fail rather than move it), then only their tests.
+INTEGRATION := lightning==2.6.6 transformers==5.24.0 accelerate==1.15.0
+test-integration: $(BUILT)
+	$(VPY) -m pip install -q $(INTEGRATION) "$(TORCH)"
+	PYOPTIM_INTEGRATION=1 $(VPY) -m pytest -q tests/integration
 
 # sdist + wheel, each proven away from this checkout (tools/dist.py): the wheel is built from the
 # sdist in a fresh venv, then installed into another fresh venv and smoke-tested outside the tree.

@@ -19,12 +19,17 @@ dict are all seen, and the Plan is reused while all of these hold:
 
 Otherwise the Plan is rebuilt, creating lazy state exactly as torch.optim does. State created
 by a step that then raises is removed again, so a failed step leaves the optimizer as it was.
-Under torch.compile no Plan is kept: the lists are built afresh in each traced step.
+Under torch.compile no Plan is kept: see Note [Compiled step] in pyoptim/_compiled.py.
+
+DTensor params (FSDP2's `fully_shard`, tensor parallel): the op runs on the local shards, one
+call per device as for plain tensors (Note [DTensor params] below). The Plan records which
+positions of a call hold DTensors, never their local tensors: those are read again in every step.
 """
 
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Callable, Sequence
 from itertools import chain, compress, repeat
 from typing import Any
@@ -34,6 +39,35 @@ from torch import Tensor
 
 _grad_of = operator.attrgetter("grad")
 _params_of = operator.itemgetter("params")
+_local_of = operator.attrgetter("_local_tensor")  # DTensor's local shard (its to_local())
+_spec_of = operator.attrgetter("_spec")  # DTensor's mesh, placements and global shape
+
+# Note [DTensor params]
+# A DTensor param (FSDP2's fully_shard, tensor parallel) is stepped on its local shard. The op
+# needs no sharding strategy: an element-wise update of shards laid out as their param (same
+# mesh, placements and global shape) is the update of the global tensor. Right before the op
+# call, every DTensor param, grad and state tensor is replaced by its `_local_tensor` (what
+# to_local() returns, without the autograd view to_local() makes of a Parameter). Nothing local
+# is kept across steps (FSDP2 may swap a param's local tensor): the Plan keeps the positions of
+# the DTensors in each call (DeviceCall.dt_pos), so a step over plain tensors pays nothing for
+# them. Each grad and each state tensor (every key but "step") of a DTensor param must be a
+# DTensor laid out as its param, and not Partial (a grad not yet reduced: FSDP2 and DDP reduce
+# grads before step()). That is checked, and the specs found good are kept
+# (DeviceCall.dt_specs), so a step in which no spec object changed checks them with one list
+# compare (FSDP2's grads carry their param's own spec object; state keeps its tensors).
+# State is created by torch.zeros_like(param), a DTensor like the param, as torch.optim creates
+# it, so get/set_optimizer_state_dict and torch.distributed.checkpoint see torch's state. Step
+# counts are plain tensors, as in torch (a DTensor count is stepped on its local value). An
+# empty local shard is a zero-element tensor, which the ops accept. A DTensor param is on the
+# device of its local shard (the CPU with FSDP2's CPUOffloadPolicy): one call per device.
+_STEP_KEY = "step"  # the one state key that is not shaped like the param
+
+
+def _dtensor_type() -> type | None:
+    """DTensor's class, or None while torch.distributed.tensor is not imported (then no DTensor
+    exists, and importing it here would cost every plain step its import time)."""
+    mod = sys.modules.get("torch.distributed.tensor._api")
+    return getattr(mod, "DTensor", None)
 
 
 def scalar_dtype(is_fused: bool | None = None) -> torch.dtype:
@@ -55,9 +89,18 @@ def on_device(t: Tensor | None, device: torch.device) -> Tensor | None:
     return t.to(device)
 
 
-def columns(getter: Callable[[dict], tuple], groups: list[dict]) -> list[tuple]:
-    """The ops' per-group hyper-parameter lists: `getter` (an itemgetter of several keys) applied
-    to every group, transposed: one tuple per key, one entry per group."""
+_getters: dict[tuple[str, ...], Callable[[dict], tuple]] = {}
+
+
+def columns(keys: tuple[str, ...], groups: list[dict]) -> list[tuple]:
+    """The ops' per-group hyper-parameter lists: the values of `keys` (two or more) in every
+    group, transposed: one tuple per key, one entry per group. Eagerly a C-level itemgetter;
+    traced, plain loops (Dynamo cannot call an itemgetter made outside the trace)."""
+    if torch.compiler.is_compiling():
+        return [tuple(g[k] for g in groups) for k in keys]
+    getter = _getters.get(keys)
+    if getter is None:
+        getter = _getters[keys] = operator.itemgetter(*keys)
     return list(zip(*map(getter, groups)))
 
 
@@ -90,9 +133,14 @@ class DeviceCall:
         self.state_index: list[int] = []  # positions among the active params that have state
         self.group_sizes = [0] * n_groups
         self.group_of: list[int] = []  # group of each param of the call
-        self.params: list[Tensor] = []  # real views of complex params: refreshed every step
+        self.params: list[Tensor] = []  # the params; complex and DTensor ones go to the op
+        # as views made afresh in every step (Plan.op_views), at these positions
         self.complex_pos: list[int] = []  # positions in this call of complex params
         self.complex_state_pos: list[int] = []  # and in its state lists
+        self.dt_pos: list[int] = []  # Note [DTensor params]: positions of DTensor params
+        self.dt_state_pos: list[int] = []  # and in the state lists
+        self.dt_state_param: list[int] = []  # the index in dt_pos of each of those
+        self.dt_specs: list | None = None  # the DTensors' specs last found laid out right
 
 
 class Plan:
@@ -119,6 +167,7 @@ class Plan:
         """After lazy state creation: record the dicts and split the params by device."""
         n_groups = len(self.groups)
         by_device: dict[torch.device, DeviceCall] = {}
+        dtensor = _dtensor_type()
         s = 0
         for k, (p, g, has) in enumerate(zip(self.active, self.group_of, self.has_state)):
             call = by_device.get(p.device)
@@ -129,7 +178,12 @@ class Plan:
                 if has:
                     call.complex_state_pos.append(len(call.state_index))
             call.index.append(k)
-            call.params.append(real_view(p))
+            if dtensor is not None and isinstance(p, dtensor):
+                if has:
+                    call.dt_state_pos.append(len(call.state_index))
+                    call.dt_state_param.append(len(call.dt_pos))
+                call.dt_pos.append(len(call.params))
+            call.params.append(p)
             call.group_sizes[g] += 1
             call.group_of.append(g)
             if has:
@@ -172,15 +226,20 @@ class Plan:
             return None
         return lists + [list(map(dict.get, self.dicts, repeat(key))) for key in optional]
 
-    def real_views(self, call: DeviceCall, grads: list[Tensor],
-                   states: list[list[Any]]) -> tuple[list[Tensor], list[Tensor], list[list[Any]]]:
-        """The call's params, grads and state tensors with every complex one as a fresh real
-        view (a view made in an earlier step would miss a later `p.data = ...`)."""
-        if not call.complex_pos:
+    def op_views(self, call: DeviceCall, grads: list[Tensor], states: list[list[Any]],
+                 keys: Sequence[str]) -> tuple[list[Tensor], list[Tensor], list[list[Any]]]:
+        """The call's params, grads and state tensors (`keys`: the state key of each list) as
+        the op takes them: DTensors as their local shards (Note [DTensor params]) and every
+        complex tensor as a fresh real view (a view made in an earlier step would miss a later
+        `p.data = ...`)."""
+        if not call.complex_pos and not call.dt_pos:
             return call.params, grads, states
-        params, grads, states = list(call.params), list(grads), [list(s) for s in states]
+        if call.dt_pos:
+            params, grads, states = _local_shards(call, grads, states, keys)
+        else:
+            params, grads, states = list(call.params), list(grads), [list(s) for s in states]
         for k in call.complex_pos:
-            params[k] = real_view(self.active[call.index[k]])
+            params[k] = real_view(params[k])
             grads[k] = real_view(grads[k])
         for k in call.complex_state_pos:
             for s in states:
@@ -188,11 +247,106 @@ class Plan:
                     s[k] = real_view(s[k])
         return params, grads, states
 
+    def like_param(self, call: DeviceCall, k: int, t: Tensor) -> Tensor:
+        """A state tensor `t` computed on the local shard of the call's k-th param, as the
+        state of that param: a DTensor like it if it is one (Note [DTensor params])."""
+        p = call.params[k]
+        dtensor = _dtensor_type()
+        if dtensor is None or not isinstance(p, dtensor) or isinstance(t, dtensor):
+            return t
+        return dtensor.from_local(t, p.device_mesh, p.placements, run_check=False,
+                                  shape=p.shape, stride=p.stride())
+
     def split(self, items: list, by_state: bool = False) -> list[list]:
         """A list over the active params (or over those with state), split like the calls."""
         if len(self.calls) == 1 and (not by_state or len(self.dicts) == len(self.active)):
             return [items]
         return [pick(items, c.state_index if by_state else c.index) for c in self.calls]
+
+
+def _local_shards(call: DeviceCall, grads: list[Tensor], states: list[list[Any]],
+                  keys: Sequence[str]) -> tuple[list[Tensor], list[Tensor], list[list[Any]]]:
+    """Note [DTensor params]: the call's params, grads and state lists (`keys`: the key of each),
+    new lists in which each DTensor param, its grad and its state tensors are their local
+    shards, once the grads and state tensors are checked to be laid out as their params."""
+    params = list(call.params)
+    grads = list(grads)
+    states = [list(s) for s in states]
+    pos, spos = call.dt_pos, call.dt_state_pos
+    every = len(pos) == len(params)  # FSDP2: every param of the call is a DTensor
+    every_state = not states or len(spos) == len(states[0])
+    lists = [params if every else pick(params, pos), grads if every else pick(grads, pos)]
+    targets = [(params, pos, every), (grads, pos, every)]  # where each list's shards go
+    names = ["grad"]
+    for key, values in zip(keys, states):
+        dvalues = values if every_state else pick(values, spos)
+        if key == _STEP_KEY:  # a plain tensor or number, as torch makes it
+            dtensor = _dtensor_type()
+            if any(map(isinstance, dvalues, repeat(dtensor))):
+                _put(values, spos, every_state,
+                     [v._local_tensor if isinstance(v, dtensor) else v for v in dvalues])
+            continue
+        lists.append(dvalues)
+        targets.append((values, spos, every_state))
+        names.append(f"state[{key!r}]")
+    flat = list(chain.from_iterable(lists))
+    try:
+        specs = list(map(_spec_of, flat))
+    except AttributeError:  # a plain tensor, or None (an optional state key absent)
+        specs = None
+    if specs is None or specs != call.dt_specs:
+        dparams = lists[0]
+        sparams = dparams if len(spos) == len(pos) else pick(dparams, call.dt_state_param)
+        for name, values in zip(names, lists[1:]):
+            _check_layout(name, dparams if name == "grad" else sparams, values)
+        call.dt_specs = specs
+    if specs is not None:
+        local = list(map(_local_of, flat))
+    else:
+        local = [None if t is None else t._local_tensor for t in flat]
+    start = 0
+    for (dst, index, whole), values in zip(targets, lists):
+        _put(dst, index, whole, local[start:start + len(values)])
+        start += len(values)
+    return params, grads, states
+
+
+def _put(dst: list, index: list[int], whole: bool, values: list) -> None:
+    """dst[index[i]] = values[i] (whole: values replace all of dst)."""
+    if whole:
+        dst[:] = values
+    else:
+        for k, v in zip(index, values):
+            dst[k] = v
+
+
+def _check_layout(what: str, params: list[Tensor], others: list[Any]) -> None:
+    """Each of `others` (the grads, or the values of one state key) is a DTensor with its param's
+    mesh, placements and global shape (None: an optional state key absent)."""
+    from torch.distributed.tensor import Partial
+
+    for p, t in zip(params, others):
+        if t is None:
+            continue
+        ps, ts = p._spec, getattr(t, "_spec", None)
+        if ts is ps:
+            continue
+        if ts is None:
+            raise TypeError(
+                f"pyoptim: the {what} of a DTensor param (global shape {tuple(p.shape)}, "
+                f"placements {p.placements}) is a {type(t).__name__}, not a DTensor: it must be "
+                "a DTensor with the param's mesh and placements")
+        if any(isinstance(pl, Partial) for pl in ts.placements):
+            raise ValueError(
+                f"pyoptim: the {what} of a DTensor param (global shape {tuple(p.shape)}) has a "
+                f"Partial placement {ts.placements}: it must be reduced before step() (FSDP2 "
+                "does this; otherwise redistribute it to the param's placements "
+                f"{p.placements})")
+        if ts.mesh != ps.mesh or ts.placements != ps.placements or t.shape != p.shape:
+            raise ValueError(
+                f"pyoptim: the {what} of a DTensor param has global shape {tuple(t.shape)}, "
+                f"placements {ts.placements} on {ts.mesh}; the param has {tuple(p.shape)}, "
+                f"{ps.placements} on {ps.mesh}: they must be the same")
 
 
 class FusedStep:
@@ -214,6 +368,26 @@ class FusedStep:
     """
 
     _step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf to step()
+    # Note [Compiled step] (pyoptim/_compiled.py): whether a traced step traces the op calls
+    # (else it steps eagerly: a graph break), and the state keys a traced step creates in the
+    # graph
+    _traceable = True
+    _created_in_graph: tuple[str, ...] = ()
+    _torch_step: Callable[..., Any]  # the torch class's step, without torch's step hooks
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Keep the torch class's own step for differentiable=True. torch wraps a class's step
+        with its step-hook caller once an instance exists (Optimizer._patch_step_function); the
+        hooks already run around our step, so the torch step is kept unwrapped (a plain
+        function: the compiled path traces it like any other)."""
+        super().__init_subclass__(**kwargs)
+        for base in cls.__mro__:
+            if issubclass(base, torch.optim.Optimizer) and not issubclass(base, FusedStep) \
+                    and "step" in vars(base):
+                step = vars(base)["step"]
+                cls._torch_step = step.__wrapped__ if getattr(step, "hooked", False) else step
+                return
+
     def _layout(self, groups: list[dict]) -> Any:
         return None
 
@@ -253,6 +427,16 @@ class FusedStep:
         plan.fresh = []
         self.__dict__.pop("_pyoptim_plan", None)
 
+    def _init_group(self, *args: Any, **kwargs: Any) -> Any:
+        """Under torch.compile, run eagerly by Dynamo at trace time (Note [Compiled step] in
+        pyoptim/_compiled.py). torch's own step (differentiable=True) calls it with a param
+        group first: torch's own _init_group."""
+        if args and isinstance(args[0], dict):
+            return super()._init_group(*args, **kwargs)  # type: ignore[misc]
+        from ._compiled import init_for_trace
+
+        return init_for_trace(self, *args)
+
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())  # type: ignore[misc]
         state.pop("_pyoptim_plan", None)
@@ -267,8 +451,8 @@ class FusedStep:
         """
         groups = self.param_groups
         for group in groups:
-            if group.get("differentiable", False):
-                return super().step(closure)  # type: ignore[misc]  # torch's own, differentiable
+            if group.get("differentiable", False):  # torch's own step, differentiable
+                return self._torch_step(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -282,14 +466,17 @@ class FusedStep:
         return loss
 
     def _fused_step(self, groups: list[dict]) -> None:
+        if torch.compiler.is_compiling():  # traced: Note [Compiled step] in pyoptim/_compiled.py
+            from ._compiled import compiled_step
+
+            return compiled_step(self, groups)
         grad_scale: Tensor | None = getattr(self, "grad_scale", None)
         found_inf: Tensor | None = getattr(self, "found_inf", None)
         params = list(chain.from_iterable(map(_params_of, groups)))
         grads = list(map(_grad_of, params))
         mask = list(map(operator.is_not, grads, repeat(None)))
         layout = self._layout(groups)
-        compiling = torch.compiler.is_compiling()
-        plan = None if compiling else self.__dict__.get("_pyoptim_plan")
+        plan = self.__dict__.get("_pyoptim_plan")
         if plan is None or not plan.valid(self, params, mask, layout):
             plan = self._build_plan(params, mask, layout)
         keys, optional = self._state_keys(plan)
@@ -297,20 +484,20 @@ class FusedStep:
         if states is None:  # a state dict lost a key (cleared): initialize it again, as torch does
             plan = self._build_plan(params, mask, layout)
             states = plan.state_lists(keys, optional) if plan.dicts else []
-        if not compiling:
-            self.__dict__["_pyoptim_plan"] = plan
+        self.__dict__["_pyoptim_plan"] = plan
         try:
             grads = list(compress(grads, mask))
             calls = plan.calls
-            if len(calls) == 1 and not calls[0].complex_pos and (
+            if len(calls) == 1 and not calls[0].complex_pos and not calls[0].dt_pos and (
                     not states or len(plan.dicts) == len(plan.active)):
                 self._run(plan, calls[0], calls[0].params, grads, states, grad_scale, found_inf,
                           False)
             else:
                 grads_per_call = plan.split(grads)
                 states_per_call = [plan.split(s, by_state=True) for s in states]
-                runs = [(call, *plan.real_views(call, grads_per_call[k],
-                                                [s[k] for s in states_per_call]))
+                state_keys = (*keys, *optional)
+                runs = [(call, *plan.op_views(call, grads_per_call[k],
+                                              [s[k] for s in states_per_call], state_keys))
                         for k, call in enumerate(calls)]
                 if len(runs) > 1:  # Note [All-or-nothing step]: every call's checks first
                     for run in runs:

@@ -20,7 +20,6 @@ CUDA graph.
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import torch
@@ -33,8 +32,7 @@ __all__ = ["Adam", "AdamW"]
 
 _SPARSE_MSG = "Adam does not support sparse gradients, please consider SparseAdam instead"
 _adam_ = torch.ops.pyoptim.adam_.default
-_HYPER = operator.itemgetter("lr", "betas", "weight_decay", "eps", "amsgrad", "maximize",
-                             "decoupled_weight_decay")
+_HYPER = ("lr", "betas", "weight_decay", "eps", "amsgrad", "maximize", "decoupled_weight_decay")
 
 
 class _AdamStep(FusedStep):
@@ -52,9 +50,13 @@ class _AdamStep(FusedStep):
             raise RuntimeError(_SPARSE_MSG)
         state = self.state[p]
         if len(state) == 0:  # lazy state initialization, as torch.optim.Adam
-            plan.fresh.append(p)  # removed again if the step raises
             if group["fused"]:
-                _device_dtype_check_for_fused(p)
+                try:
+                    _device_dtype_check_for_fused(p)
+                except RuntimeError:
+                    plan.fresh = []  # Note [Fused-flag errors]
+                    raise
+            plan.fresh.append(p)  # removed again if the step raises
             if group["capturable"] or group["fused"]:
                 step = torch.zeros((), dtype=scalar_dtype(group["fused"]), device=p.device)
             else:
@@ -105,6 +107,22 @@ class _AdamStep(FusedStep):
             found_inf if found_inf is None else on_device(found_inf, call.device),
             validate_only,
         )
+
+
+# Note [Fused-flag errors]
+# With fused=True, torch checks each param as it lazily creates its state (Adam: every param
+# without state; SGD: the first param with a grad, once) and raises "`fused=True` requires all the
+# params to be floating point Tensors of supported devices" for a param that is not floating
+# point (complex included) or not on a fused device (meta). pyoptim raises the same error at the
+# same point, and leaves the state torch leaves: the state created for the params before it stays
+# (torch's _init_group made it), and the failing param has an empty state dict (torch's
+# `self.state[p]` made it). This is the one error after which pyoptim keeps state it created: a
+# failed step otherwise leaves no trace. SGD's later params are not checked by torch's
+# _init_group: its fused kernel raises for them ('"fused_sgd_kernel" not implemented for
+# 'ComplexFloat''), after _init_group has made an empty state dict for every param with momentum
+# and before any buffer is stored; pyoptim raises that error, before anything is written, and
+# leaves those empty dicts. Where several param groups are stepped, torch has stepped the groups
+# before the failing one; pyoptim has stepped none (Note [All-or-nothing step]).
 
 
 def _real(x: Any) -> float:

@@ -44,7 +44,6 @@ creates no momentum buffer).
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import torch
@@ -57,7 +56,7 @@ from ._state import DeviceCall, FusedStep, Plan, columns, lr_args, on_device, pi
 __all__ = ["SGD"]
 
 _sgd_ = torch.ops.pyoptim.sgd_.default
-_HYPER = operator.itemgetter("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+_HYPER = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
 
 
 class SGD(FusedStep, torch.optim.SGD):
@@ -67,6 +66,8 @@ class SGD(FusedStep, torch.optim.SGD):
     )
 
 
+    _created_in_graph = ("momentum_buffer",)  # Note [Compiled step] in pyoptim/_compiled.py
+
     def _layout(self, groups: list[dict]) -> Any:
         return [g["momentum"] != 0 for g in groups]
 
@@ -74,11 +75,18 @@ class SGD(FusedStep, torch.optim.SGD):
         return ("momentum_buffer",), ()
 
     def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
-        if group["fused"] and getattr(self, "_need_device_dtype_check_for_fused", True):
-            _device_dtype_check_for_fused(p)  # torch checks the first param with a grad, once
-            self._need_device_dtype_check_for_fused = False
-        if group["fused"] and p.grad.is_sparse:
-            raise RuntimeError("`_fused_sgd` does not support sparse gradients")  # torch's
+        if group["fused"]:
+            if getattr(self, "_need_device_dtype_check_for_fused", True):
+                _device_dtype_check_for_fused(p)  # torch checks the first param with a grad, once
+                self._need_device_dtype_check_for_fused = False
+            # Note [Fused-flag errors] (adam.py): what torch's _fused_sgd raises, after its
+            # _init_group, raised by _run before anything is written
+            if p.grad.is_sparse:
+                _fused_error(plan, group, 0, RuntimeError(
+                    "`_fused_sgd` does not support sparse gradients"))
+            elif not torch.is_floating_point(p):
+                _fused_error(plan, group, 1, NotImplementedError(
+                    f'"fused_sgd_kernel" not implemented for {_scalar_type_name(p.dtype)!r}'))
         if group["momentum"] == 0:  # torch does not touch the state without momentum
             return False
         if plan.extra is None:
@@ -98,6 +106,9 @@ class SGD(FusedStep, torch.optim.SGD):
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
              states: list[list[Any]], grad_scale: Tensor | None,
              found_inf: Tensor | None, validate_only: bool) -> None:
+        errors = getattr(plan, "fused_errors", None)
+        if errors:
+            self._raise_fused_error(plan, errors)
         bufs = states[0] if states else ()
         first = pick(plan.extra, call.state_index) if plan.extra and any(plan.extra) else ()
         lr, momentum, dampening, weight_decay, nesterov, maximize = columns(_HYPER, plan.groups)
@@ -142,6 +153,8 @@ class SGD(FusedStep, torch.optim.SGD):
         keep_first = pick(first, keep_bufs) if first else []
 
         def call_op(validate: bool) -> None:
+            if not keep:  # every param is stepped by torch (an op with no tensor cannot dispatch)
+                return
             _sgd_(pick(params, keep), pick(grads, keep), pick(bufs, keep_bufs), sizes, *hp[1:],
                   keep_first, *tail, validate)
 
@@ -171,8 +184,19 @@ class SGD(FusedStep, torch.optim.SGD):
                 nesterov=group["nesterov"], maximize=group["maximize"],
                 has_sparse_grad=g.is_sparse)
             if buf_list:  # torch's buffer (of the grad's dtype) replaces ours
-                plan.dicts[call.state_index[buf_pos[k]]]["momentum_buffer"] = buf_list[0]
+                plan.dicts[call.state_index[buf_pos[k]]]["momentum_buffer"] = plan.like_param(
+                    call, k, buf_list[0])  # a DTensor again where the param is one
         call_op(False)
+
+    def _raise_fused_error(self, plan: Plan, errors: dict) -> None:
+        """Note [Fused-flag errors] (adam.py): torch's error for the first param group that has
+        one, leaving the state torch leaves: an empty state dict for every param with momentum
+        (no new buffer; buffers that existed are kept)."""
+        for p in plan.fresh:
+            self.state[p].pop("momentum_buffer", None)
+        plan.fresh = []
+        first = next(errors[id(g)] for g in plan.groups if id(g) in errors)
+        raise first[1]
 
     def _commit(self, plan: Plan, found_inf: Tensor | None) -> None:
         if not plan.extra or not any(plan.extra):
@@ -181,3 +205,25 @@ class SGD(FusedStep, torch.optim.SGD):
             self._forget_fresh(plan)  # a skipped step creates no momentum buffer
             return
         plan.extra = [False] * len(plan.extra)  # the new buffers have taken their first step
+
+
+def _fused_error(plan: Plan, group: dict, order: int, error: Exception) -> None:
+    """Keep, per param group, the error torch's _fused_sgd raises first: the sparse check
+    (order 0) before the kernel's dtype dispatch (order 1), the first param of each kind."""
+    errors = plan.__dict__.setdefault("fused_errors", {})
+    kept = errors.get(id(group))
+    if kept is None or order < kept[0]:
+        errors[id(group)] = (order, error)
+
+
+# c10::ScalarType names, as torch's kernels spell a dtype in "not implemented for" errors
+_SCALAR_TYPE_NAMES = {
+    torch.complex32: "ComplexHalf", torch.complex64: "ComplexFloat",
+    torch.complex128: "ComplexDouble", torch.bool: "Bool", torch.uint8: "Byte",
+    torch.int8: "Char", torch.int16: "Short", torch.int32: "Int", torch.int64: "Long",
+    torch.uint16: "UInt16", torch.uint32: "UInt32", torch.uint64: "UInt64",
+}
+
+
+def _scalar_type_name(dtype: torch.dtype) -> str:
+    return _SCALAR_TYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))

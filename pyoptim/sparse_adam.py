@@ -24,7 +24,6 @@ param group and is kept in state_dict param groups (torch.optim.SparseAdam ignor
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import torch
@@ -36,11 +35,12 @@ __all__ = ["SparseAdam"]
 
 _DENSE_MSG = "SparseAdam does not support dense gradients, please consider Adam instead"
 _sparse_adam_ = torch.ops.pyoptim.sparse_adam_.default
-_HYPER = operator.itemgetter("lr", "betas", "eps")
+_HYPER = ("lr", "betas", "eps")
 
 
 class SparseAdam(FusedStep, torch.optim.SparseAdam):
     _step_supports_amp_scaling = False  # torch's SparseAdam takes no GradScaler arguments
+    _traceable = False  # sparse grads, int step counts: eager under torch.compile
 
     def __init__(
         self,

@@ -35,6 +35,10 @@ torch.sparse.check_sparse_tensor_invariants.enable()
 
 ISA_LEVELS = _ops.available_cpu_capabilities()
 
+# tests/integration (Lightning, Hugging Face's Trainer) is `make test-integration`'s, which
+# installs those packages and sets PYOPTIM_INTEGRATION=1; plain `pytest tests` leaves it out.
+collect_ignore = [] if os.environ.get("PYOPTIM_INTEGRATION") else ["integration"]
+
 
 @pytest.fixture(params=ISA_LEVELS, ids=lambda level: f"isa={level}")
 def isa(request):
