@@ -1,7 +1,10 @@
 """`python -m bench.compile_step`: pyoptim under torch.compile, against itself eager and against
 torch.optim compiled (Note [Compiled step] in pyoptim/_compiled.py).
 
-    python -m bench.compile_step             # every part (about 10 min on 2 shared cores)
+    python -m bench.compile_step             # every part (10-15 min on 2 cores)
+    python -m bench.compile_step --threads 1 # on a shared machine: with two threads, torch's
+                                             # CPU kernels stall whenever another process
+                                             # holds a core (the README's numbers: --threads 1)
     python -m bench.compile_step --quick     # small sizes, AdamW only: a smoke run
     python -m bench.compile_step --opt sgd --part step
 

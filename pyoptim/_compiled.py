@@ -23,12 +23,12 @@ from ._state import DeviceCall, Plan, _dtensor_type
 #    with empty lists. Dynamo runs a method of that name eagerly instead of tracing it (its fast
 #    path for torch.optim's own _init_group, OptimizerVariable in torch/_dynamo/variables/
 #    optimizer.py). init_for_trace builds a Plan the eager way (torch's checks, lazy state
-#    created exactly as torch creates it, fused-flag errors raised where torch raises them),
-#    fills the lists with the active params, their grads and their state values, and returns
-#    the Plan's structure as constants: the device calls, which positions each takes, the group
-#    sizes. Dynamo gives each tensor of the lists its source (the param in param_groups, its
-#    .grad, its state entry) and guards on param_groups and on the keys of the state, so the
-#    structure is derived again (a recompile) wherever the eager Plan would be rebuilt.
+#    created exactly as torch creates it), fills the lists with the active params, their grads
+#    and their state values, and returns the Plan's structure as constants: the op calls, which
+#    positions each takes, the group sizes (Note [Op calls of a compiled step]). Dynamo gives
+#    each tensor of the lists its source (the param in param_groups, its .grad, its state
+#    entry) and guards on param_groups and on the keys of the state, so the structure is
+#    derived again (a recompile) wherever the eager Plan would be rebuilt.
 # 2. Traced: the op calls, made from those lists by the optimizer's own _run (columns() and
 #    lr_args() have traced forms).
 #
@@ -40,11 +40,15 @@ from ._state import DeviceCall, Plan, _dtensor_type
 # compile). With GradScaler, storing them depends on found_inf, read on the host (a graph break
 # in that first step only).
 #
-# Three cases step eagerly, through one graph break (a torch.compiler.disable'd eager step):
+# These step eagerly, through one graph break (a torch.compiler.disable'd eager step):
 # optimizers whose state Dynamo cannot hold (SparseAdam: sparse grads, an int step count),
 # complex params (the ops take their real views, and the functionalization of a mutable op,
 # auto_functionalized_v2, regenerates a view of its base with as_strided, which cannot change the
-# dtype: the op would get the complex tensor) and DTensor params (Note [DTensor params]).
+# dtype: the op would get the complex tensor), DTensor params (Note [DTensor params]), a grad of
+# another dtype than its param (SGD steps it with torch's own code, Adam refuses it), and a step
+# that torch's checks refuse (a sparse grad to Adam, fused=True with a complex param): the eager
+# step raises torch's error, with torch's state left (Note [Fused-flag errors] in adam.py).
+# differentiable=True runs torch's own step, traced as torch.optim's is.
 
 
 def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: list) -> Any:
@@ -63,8 +67,9 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
         plan = opt._build_plan(all_params, mask, layout)
         states = plan.state_lists(keys, optional)
     dtensor = _dtensor_type()
-    if getattr(plan, "fused_errors", None) or any(c.complex_pos for c in plan.calls) or (
-            dtensor is not None and any(isinstance(p, dtensor) for p in plan.active)):
+    if getattr(plan, "fused_errors", None) or any(c.complex_pos for c in plan.calls) or any(
+            p.grad.dtype != p.dtype or (dtensor is not None and isinstance(p, dtensor))
+            for p in plan.active):
         opt._forget_fresh(plan)  # the eager step creates it again
         return None
     plan.fresh = []  # kept: the state is torch's, whether the graph runs or not
@@ -92,11 +97,12 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
 # flattens the node's whole argument list once per tensor the op mutates (replace_with_graph's
 # recompute-tag propagation), so compiling one call over n params costs O(n^2): AdamW, one call
 # over 100 params of 64x64 (400 mutated tensors) compiled in 38 s on 2 cores, over 200 params in
-# 139 s; in chunks of 64, 200 params took 69 s. Each chunk costs a few microseconds more per step,
-# and several chunks are all checked first (validate_only calls), as several devices are (Note
-# [All-or-nothing step]): a second pass of the op's checks, ~0.5 us per tensor. So models of up to
-# CHUNK params per device (most) compile to one call, and larger ones compile in linear time.
-CHUNK = 128
+# 139 s; in chunks of 64, 200 params took 69 s. But several chunks are all checked first
+# (validate_only calls, as several devices are: Note [All-or-nothing step]), a second pass of the
+# op's checks: with 200 params in two chunks a compiled step took 0.9 ms longer than with one
+# call (3.0 ms). So models of up to CHUNK params per device (most) compile to one call, and only
+# larger ones pay the second pass, to compile in linear time.
+CHUNK = 256
 
 
 def _chunks(plan: Plan) -> list[tuple]:
