@@ -46,12 +46,16 @@ inline void check_list_size(const char* op, size_t got, size_t n, const char* wh
 
 // params[i] is a defined, strided tensor of a supported floating dtype on the kernel's device
 // type (`backend`: CPU, CUDA or Meta).
-inline void check_param(const char* op, const at::Tensor& p, size_t i, c10::DeviceType backend) {
+// `device`: params[0]'s, where every param of the call must be.
+inline void check_param(const char* op, const at::Tensor& p, size_t i, c10::DeviceType backend,
+                        c10::Device device) {
   TORCH_CHECK_VALUE(p.defined(), op, ": params[", i, "] is undefined");
   TORCH_CHECK(p.layout() == at::kStrided, op, ": params[", i, "] must be a dense tensor");
   TORCH_CHECK(p.device().type() == backend, op, ": params[", i, "] is on ", p.device(),
               " but the call's tensors chose its ", c10::DeviceTypeName(backend, /*lower_case=*/true),
               " kernel; expected all tensors to be on the same device (one call per device)");
+  TORCH_CHECK(p.device() == device, op, ": params[", i, "] is on ", p.device(),
+              " but params[0] is on ", device, "; expected all tensors to be on the same device");
   TORCH_CHECK_TYPE(is_supported_float(p.scalar_type()), op, ": params[", i, "] has dtype ",
                    p.scalar_type(),
                    "; supported: float32, float64, bfloat16, float16 (complex params are "

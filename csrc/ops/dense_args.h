@@ -76,10 +76,7 @@ DenseCall check_dense_call(const char* op, c10::DeviceType backend, at::TensorLi
   for (size_t i = 0; i < n; ++i) {
     call.group[i] = groups.of(i);
     const at::Tensor& p = params[i];
-    check_param(op, p, i, backend);
-    TORCH_CHECK(p.device() == call.device, op, ": params[", i, "] is on ", p.device(),
-                " but params[0] is on ", call.device,
-                "; expected all tensors to be on the same device");
+    check_param(op, p, i, backend, call.device);
     TORCH_CHECK(grads[i].layout() == at::kStrided, op, ": grads[", i,
                 "] is sparse; this optimizer takes dense gradients");
     check_like_param(op, p, grads[i], "grads", i);

@@ -92,10 +92,7 @@ inline SgdCall check_sgd_call(
   for (size_t i = 0; i < n; ++i) {
     call.group[i] = groups.of(i);
     const at::Tensor& p = params[i];
-    check_param(op, p, i, backend);
-    TORCH_CHECK(p.device() == call.device, op, ": params[", i, "] is on ", p.device(),
-                " but params[0] is on ", call.device,
-                "; expected all tensors to be on the same device");
+    check_param(op, p, i, backend, call.device);
     const at::Tensor& g = grads[i];
     TORCH_CHECK_VALUE(g.defined(), op, ": grads[", i, "] is undefined");
     if (g.layout() == at::kSparse) {

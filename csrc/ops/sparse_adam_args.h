@@ -82,10 +82,7 @@ inline SparseAdamCall check_sparse_adam_call(
                 "] is sparse; SparseAdam requires dense parameter tensors");
     TORCH_CHECK_TYPE(!p.is_complex(), op, ": params[", i,
                      "] is complex; SparseAdam does not support complex parameters");
-    check_param(op, p, i, backend);
-    TORCH_CHECK(p.device() == device, op, ": params[", i, "] is on ", p.device(),
-                " but params[0] is on ", device,
-                "; expected all tensors to be on the same device");
+    check_param(op, p, i, backend, device);
     TORCH_CHECK_VALUE(g.defined(), op, ": grads[", i, "] is undefined");
     TORCH_CHECK(g.layout() == at::kSparse,
                 "SparseAdam does not support dense gradients, please consider Adam instead");
