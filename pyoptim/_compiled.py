@@ -29,8 +29,7 @@ from ._state import DeviceCall, Plan, _dtensor_type
 #    each tensor of the lists its source (the param in param_groups, its .grad, its state
 #    entry) and guards on param_groups and on the keys of the state, so the structure is
 #    derived again (a recompile) wherever the eager Plan would be rebuilt.
-# 2. Traced: the op calls, made from those lists by the optimizer's own _run (columns() and
-#    lr_args() have traced forms).
+# 2. Traced: the op calls, made from those lists by the optimizer's own _run.
 #
 # State that a step creates without reading it (SGD's first momentum buffer, into which the op
 # writes buf = grad) cannot be made at trace time: "first step" would be a constant of the graph

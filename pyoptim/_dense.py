@@ -5,8 +5,7 @@ provides. A subclass (first in the MRO, before its torch.optim class) says
   _op                     its op, torch.ops.pyoptim.<name>.default
   _states                 its state keys, in the op's order (torch's keys)
   _has_step               whether it keeps a `step` tensor per param (the op counts it)
-  _hyper(group)           the group's hyper-parameters, in the op's order, lr first
-  _flags(group)           the group's flags, in the op's order
+  _hyper(group), _flags(group)  as FusedStep's
   _init_state(group, p, state)  torch's lazy state initialization (and its checks)
   _sparse_msg             torch's error for a sparse gradient
 """
@@ -19,7 +18,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ._state import DeviceCall, FusedStep, Plan, lr_args, on_device
+from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device
 
 
 class DenseStep(FusedStep):
@@ -27,12 +26,6 @@ class DenseStep(FusedStep):
     _states: tuple[str, ...] = ()
     _has_step = True
     _sparse_msg = "This optimizer does not support sparse gradients"
-
-    def _hyper(self, group: dict) -> tuple:
-        raise NotImplementedError
-
-    def _flags(self, group: dict) -> tuple:
-        return ()
 
     def _init_state(self, group: dict, p: Tensor, state: dict) -> None:
         raise NotImplementedError
@@ -54,16 +47,15 @@ class DenseStep(FusedStep):
              found_inf: Tensor | None, validate_only: bool) -> None:
         steps = states[0] if self._has_step else []
         per_key = states[1:] if self._has_step else states
-        rows = list(map(self._hyper, plan.groups))
-        lrs, lr_tensors = lr_args(tuple(r[0] for r in rows), call.device)
+        hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
         self._op(
             params,
             grads,
             list(chain.from_iterable(per_key)),  # state 0 of every param, then state 1, ...
             steps,
             call.group_sizes,
-            [x for lr, r in zip(lrs, rows) for x in (lr, *r[1:])],
-            [f for group in plan.groups for f in self._flags(group)],
+            hyper,
+            flags,
             lr_tensors,
             grad_scale if grad_scale is None else on_device(grad_scale, call.device),
             found_inf if found_inf is None else on_device(found_inf, call.device),

@@ -1,13 +1,13 @@
 """The `step` frame shared by pyoptim's optimizers, and the plan it reuses from step to step.
 
 A step makes one op call per device over every param group (Note [Param groups in one call] in
-csrc/ops/groups.h): per-group hyper-parameters as lists, the tensors of all groups in one list
-each. Building those lists the way torch.optim does (`optimizer.state[p]` per param) costs a
-Python-level `Tensor.__hash__` per parameter, which with thousands of small parameters is
-slower than the fused update itself. So the optimizer keeps a Plan: which params step, in which
-call, and the state dict of each. Every step re-reads each gradient and each state tensor from
-those dicts (C-level loops), so in-place edits, a new tensor assigned to a key and a cleared
-dict are all seen, and the Plan is reused while all of these hold:
+csrc/ops/groups.h): every group's hyper-parameters packed into two lists, the tensors of all
+groups in one list each. Building those lists the way torch.optim does (`optimizer.state[p]`
+per param) costs a Python-level `Tensor.__hash__` per parameter, which with thousands of small
+parameters is slower than the fused update itself. So the optimizer keeps a Plan: which params
+step, in which call, and the state dict of each. Every step re-reads each gradient and each
+state tensor from those dicts (C-level loops), so in-place edits, a new tensor assigned to a key
+and a cleared dict are all seen, and the Plan is reused while all of these hold:
 
   * `param_groups` holds the same group dicts, with the same param objects in the same order;
   * the same params have a gradient (None-pattern of `p.grad` unchanged);
@@ -28,6 +28,7 @@ positions of a call hold DTensors, never their local tensors: those are read aga
 
 from __future__ import annotations
 
+import functools
 import operator
 import sys
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 _grad_of = operator.attrgetter("grad")
 _params_of = operator.itemgetter("params")
@@ -89,21 +91,6 @@ def on_device(t: Tensor | None, device: torch.device) -> Tensor | None:
     return t.to(device)
 
 
-_getters: dict[tuple[str, ...], Callable[[dict], tuple]] = {}
-
-
-def columns(keys: tuple[str, ...], groups: list[dict]) -> list[tuple]:
-    """The ops' per-group hyper-parameter lists: the values of `keys` (two or more) in every
-    group, transposed: one tuple per key, one entry per group. Eagerly a C-level itemgetter;
-    traced, plain loops (Dynamo cannot call an itemgetter made outside the trace)."""
-    if torch.compiler.is_compiling():
-        return [tuple(g[k] for g in groups) for k in keys]
-    getter = _getters.get(keys)
-    if getter is None:
-        getter = _getters[keys] = operator.itemgetter(*keys)
-    return list(zip(*map(getter, groups)))
-
-
 def lr_args(lrs: tuple, device: torch.device) -> tuple[tuple, Sequence[Tensor | None]]:
     """The ops' `lr` and `lr_tensors` arguments from the groups' lrs: a Tensor lr travels as a
     tensor (read on the device where the op can, with no host sync), its entry in `lr` unused."""
@@ -112,6 +99,21 @@ def lr_args(lrs: tuple, device: torch.device) -> tuple[tuple, Sequence[Tensor | 
     tensors = [(x if x.device.type == "cpu" else on_device(x, device)).detach()
                if isinstance(x, Tensor) else None for x in lrs]
     return tuple(0.0 if isinstance(x, Tensor) else x for x in lrs), tensors
+
+
+def hyper_args(opt: Any, groups: list[dict],
+               device: torch.device) -> tuple[Sequence[Any], Sequence[bool], Sequence[Any]]:
+    """The ops' `hyper`, `flags` and `lr_tensors` arguments (Note [Param groups in one call] in
+    csrc/ops/groups.h): each group's `opt._hyper(group)` (lr first) and `opt._flags(group)`,
+    group after group; a Tensor lr travels in lr_tensors (see lr_args)."""
+    if len(groups) == 1:
+        hyper = opt._hyper(groups[0])
+        if not isinstance(hyper[0], Tensor):
+            return hyper, opt._flags(groups[0]), ()
+    rows = list(map(opt._hyper, groups))
+    lrs, lr_tensors = lr_args(tuple(r[0] for r in rows), device)
+    return ([x for lr, r in zip(lrs, rows) for x in (lr, *r[1:])],
+            [f for group in groups for f in opt._flags(group)], lr_tensors)
 
 
 def pick(items: Sequence[Any], index: list[int] | None) -> list:
@@ -349,12 +351,65 @@ def _check_layout(what: str, params: list[Tensor], others: list[Any]) -> None:
                 f"{ps.placements} on {ps.mesh}: they must be the same")
 
 
+# Note [Step hooks]
+# torch.optim wraps an optimizer class's `step` once (Optimizer._patch_step_function, unless the
+# function is marked `hooked`) in Optimizer.profile_hook_step: a profiler range named
+# "Optimizer.step#<class>.step" around the step pre-hooks (global, then the optimizer's; one may
+# return new (args, kwargs)), the step, `_optimizer_step_code()` (the profiler's Python hook) and
+# the post-hooks (the optimizer's, then global). FusedStep.step is that wrapper already, marked
+# `hooked`: the same calls in the same order, but the range is opened through the profiler's
+# direct binding (torch's context manager costs two op calls: ~8 us, more than a whole step on
+# a small param; optimizer-in-backward steps one optimizer per param) and, traced by
+# torch.compile, not at all (Dynamo drops torch's range too). A subclass that defines its own
+# `step` is wrapped by torch; its `super().step()` then runs without a second round of hooks.
+_rf_enter = torch._C._autograd._record_function_with_args_enter
+_rf_exit = torch._C._autograd._record_function_with_args_exit
+
+
+def _with_step_hooks(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def step(*args: Any, **kwargs: Any) -> Any:
+        self = args[0]
+        if type(self).step is not step:  # called by a subclass's step that torch wrapped
+            return func(*args, **kwargs)
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            handle = _rf_enter(f"Optimizer.step#{type(self).__name__}.step")
+        try:
+            if _global_optimizer_pre_hooks or self._optimizer_step_pre_hooks:
+                for hook in chain(_global_optimizer_pre_hooks.values(),
+                                  self._optimizer_step_pre_hooks.values()):
+                    result = hook(self, args, kwargs)
+                    if result is not None:
+                        if isinstance(result, tuple) and len(result) == 2:
+                            args, kwargs = result
+                        else:
+                            raise RuntimeError(
+                                f"{func} must return None or a tuple of (new_args, new_kwargs), "
+                                f"but got {result}.")
+            out = func(*args, **kwargs)
+            self._optimizer_step_code()
+            if self._optimizer_step_post_hooks or _global_optimizer_post_hooks:
+                for hook in chain(self._optimizer_step_post_hooks.values(),
+                                  _global_optimizer_post_hooks.values()):
+                    hook(self, args, kwargs)
+            return out
+        finally:
+            if not compiling:
+                _rf_exit(handle)
+
+    step.hooked = True  # type: ignore[attr-defined]
+    return step
+
+
 class FusedStep:
     """The `step` frame shared by pyoptim's optimizers (first in their MRO, before the torch
     class): torch's fallback for differentiable=True, the closure, GradScaler's attributes, the
     Plan, and the op calls of the step, all-or-nothing (Note [All-or-nothing step] in
     csrc/ops/groups.h). A subclass says what its state is and makes its op call:
 
+      _hyper(group)           the group's hyper-parameters, in the op's order, lr first
+      _flags(group)           the group's flags, in the op's order
       _layout(groups)         what, in the groups, changes which state the op reads
       _state_keys(plan)       the state keys the op reads, in order: required ones (a dict
                               without one is initialized again) and optional ones (None where
@@ -387,6 +442,12 @@ class FusedStep:
                 step = vars(base)["step"]
                 cls._torch_step = step.__wrapped__ if getattr(step, "hooked", False) else step
                 return
+
+    def _hyper(self, group: dict) -> tuple:
+        raise NotImplementedError
+
+    def _flags(self, group: dict) -> tuple:
+        return ()
 
     def _layout(self, groups: list[dict]) -> Any:
         return None
@@ -442,6 +503,7 @@ class FusedStep:
         state.pop("_pyoptim_plan", None)
         return state
 
+    @_with_step_hooks
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform a single optimization step.
 

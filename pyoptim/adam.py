@@ -26,17 +26,23 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused, _get_capturable_supported_devices
 
-from ._state import DeviceCall, FusedStep, Plan, columns, lr_args, on_device, scalar_dtype
+from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device, scalar_dtype
 
 __all__ = ["Adam", "AdamW"]
 
 _SPARSE_MSG = "Adam does not support sparse gradients, please consider SparseAdam instead"
 _adam_ = torch.ops.pyoptim.adam_.default
-_HYPER = ("lr", "betas", "weight_decay", "eps", "amsgrad", "maximize", "decoupled_weight_decay")
 
 
 class _AdamStep(FusedStep):
     """The fused `step` shared by Adam and AdamW (first in their MRO)."""
+
+    def _hyper(self, group: dict) -> tuple:
+        beta1, beta2 = group["betas"]
+        return group["lr"], _real(beta1), _real(beta2), group["weight_decay"], group["eps"]
+
+    def _flags(self, group: dict) -> tuple:
+        return group["amsgrad"], group["maximize"], group["decoupled_weight_decay"]
 
     def _layout(self, groups: list[dict]) -> Any:
         return [g["amsgrad"] for g in groups]
@@ -82,10 +88,10 @@ class _AdamStep(FusedStep):
              found_inf: Tensor | None, validate_only: bool) -> None:
         steps, exp_avgs, exp_avg_sqs = states[:3]
         max_sqs = states[3] if len(states) > 3 else []  # amsgrad groups only (see _state_keys)
-        lr, betas, weight_decay, eps, amsgrad, maximize, decoupled = columns(_HYPER, plan.groups)
+        amsgrad = plan.layout
         if any(amsgrad) and not all(amsgrad):  # only params of amsgrad groups have max_exp_avg_sq
             max_sqs = [m for m, g in zip(max_sqs, call.group_of) if amsgrad[g]]
-        lr, lr_tensors = lr_args(lr, call.device)
+        hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
         _adam_(
             params,
             grads,
@@ -94,14 +100,8 @@ class _AdamStep(FusedStep):
             max_sqs,
             steps,
             call.group_sizes,
-            lr,
-            [_real(b[0]) for b in betas],
-            [_real(b[1]) for b in betas],
-            weight_decay,
-            eps,
-            amsgrad,
-            maximize,
-            decoupled,
+            hyper,
+            flags,
             lr_tensors,
             grad_scale if grad_scale is None else on_device(grad_scale, call.device),
             found_inf if found_inf is None else on_device(found_inf, call.device),

@@ -51,12 +51,11 @@ from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused
 from torch.optim.sgd import sgd as _torch_sgd
 
-from ._state import DeviceCall, FusedStep, Plan, columns, lr_args, on_device, pick
+from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device, pick
 
 __all__ = ["SGD"]
 
 _sgd_ = torch.ops.pyoptim.sgd_.default
-_HYPER = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
 
 
 class SGD(FusedStep, torch.optim.SGD):
@@ -67,6 +66,12 @@ class SGD(FusedStep, torch.optim.SGD):
 
 
     _created_in_graph = ("momentum_buffer",)  # Note [Compiled step] in pyoptim/_compiled.py
+
+    def _hyper(self, group: dict) -> tuple:
+        return group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
+
+    def _flags(self, group: dict) -> tuple:
+        return group["nesterov"], group["maximize"]
 
     def _layout(self, groups: list[dict]) -> Any:
         return [g["momentum"] != 0 for g in groups]
@@ -111,9 +116,8 @@ class SGD(FusedStep, torch.optim.SGD):
             self._raise_fused_error(plan, errors)
         bufs = states[0] if states else ()
         first = pick(plan.extra, call.state_index) if plan.extra and any(plan.extra) else ()
-        lr, momentum, dampening, weight_decay, nesterov, maximize = columns(_HYPER, plan.groups)
-        lr, lr_tensors = lr_args(lr, call.device)
-        hp = (call.group_sizes, lr, momentum, dampening, weight_decay, nesterov, maximize)
+        hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
+        hp = (call.group_sizes, hyper, flags)
         tail = (lr_tensors,
                 grad_scale if grad_scale is None else on_device(grad_scale, call.device),
                 found_inf if found_inf is None else on_device(found_inf, call.device))

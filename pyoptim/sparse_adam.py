@@ -29,13 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._state import DeviceCall, FusedStep, Plan, columns, lr_args
+from ._state import DeviceCall, FusedStep, Plan, hyper_args
 
 __all__ = ["SparseAdam"]
 
 _DENSE_MSG = "SparseAdam does not support dense gradients, please consider Adam instead"
 _sparse_adam_ = torch.ops.pyoptim.sparse_adam_.default
-_HYPER = ("lr", "betas", "eps")
 
 
 class SparseAdam(FusedStep, torch.optim.SparseAdam):
@@ -65,6 +64,13 @@ class SparseAdam(FusedStep, torch.optim.SparseAdam):
             raise ValueError(f"Invalid weight_decay value: {wd}")
         super().add_param_group(param_group)
 
+    def _hyper(self, group: dict) -> tuple:
+        beta1, beta2 = group["betas"]
+        return group["lr"], beta1, beta2, group["eps"], group.get("weight_decay", 0.0)
+
+    def _flags(self, group: dict) -> tuple:
+        return (bool(group.get("maximize", False)),)
+
     def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("step", "exp_avg", "exp_avg_sq"), ()
 
@@ -83,9 +89,7 @@ class SparseAdam(FusedStep, torch.optim.SparseAdam):
              states: list[list[Any]], grad_scale: Tensor | None,
              found_inf: Tensor | None, validate_only: bool) -> None:
         steps, exp_avgs, exp_avg_sqs = states
-        groups = plan.groups
-        lr, betas, eps = columns(_HYPER, groups)
-        lr, lr_tensors = lr_args(lr, call.device)
+        hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
         _sparse_adam_(
             params,
             grads,
@@ -93,12 +97,8 @@ class SparseAdam(FusedStep, torch.optim.SparseAdam):
             exp_avg_sqs,
             [int(s) + 1 for s in steps],  # the counts after this step
             call.group_sizes,
-            lr,
-            [b[0] for b in betas],
-            [b[1] for b in betas],
-            eps,
-            [g.get("weight_decay", 0.0) for g in groups],
-            [bool(g.get("maximize", False)) for g in groups],
+            hyper,
+            flags,
             lr_tensors,  # a Tensor lr: step_size is computed in its dtype, as torch does
             validate_only,
         )

@@ -1,8 +1,9 @@
 """Calls of the optimizer ops for ONE param group, with scalar hyper-parameters.
 
-The ops take every hyper-parameter as a per-group list (Note [Param groups in one call] in
-csrc/ops/groups.h); most op-level tests exercise one group, so these helpers turn scalar
-keyword arguments into one-group lists and call torch.ops.pyoptim.* directly. Tests of several
+The ops take the hyper-parameters of every param group packed into two lists, `hyper` and
+`flags` (Note [Param groups in one call] in csrc/ops/groups.h); most op-level tests exercise one
+group, so these helpers turn scalar keyword arguments into one group's lists and call
+torch.ops.pyoptim.* directly. Tests of several
 groups call the ops themselves.
 """
 
@@ -25,9 +26,9 @@ def adam_(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs, max_exp_avg_sq
           validate_only: bool = False) -> None:
     ops.adam_.default(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-        group_sizes=[len(params)], lr=[lr], beta1=[beta1], beta2=[beta2],
-        weight_decay=[weight_decay], eps=[eps], amsgrad=[amsgrad], maximize=[maximize],
-        decoupled=[decoupled], lr_tensors=[lr_tensor] if lr_tensor is not None else [],
+        group_sizes=[len(params)], hyper=[lr, beta1, beta2, weight_decay, eps],
+        flags=[amsgrad, maximize, decoupled],
+        lr_tensors=[lr_tensor] if lr_tensor is not None else [],
         grad_scale=grad_scale, found_inf=found_inf, validate_only=validate_only)
 
 
@@ -38,9 +39,8 @@ def sgd_(params: Sequence[Tensor], grads, momentum_buffers, *, lr: float, moment
          validate_only: bool = False) -> None:
     """Dense or sparse grads alike; momentum_buffers: one per param when momentum != 0."""
     ops.sgd_.default(
-        params, grads, momentum_buffers, group_sizes=[len(params)], lr=[lr],
-        momentum=[momentum], dampening=[dampening], weight_decay=[weight_decay],
-        nesterov=[nesterov], maximize=[maximize],
+        params, grads, momentum_buffers, group_sizes=[len(params)],
+        hyper=[lr, momentum, dampening, weight_decay], flags=[nesterov, maximize],
         first_step=[True] * len(momentum_buffers) if is_first_step else [],
         lr_tensors=[lr_tensor] if lr_tensor is not None else [], grad_scale=grad_scale,
         found_inf=found_inf, validate_only=validate_only)
@@ -56,7 +56,7 @@ def sparse_adam_(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs, steps, 
                  maximize: bool = False, lr_tensor: Tensor | None = None,
                  validate_only: bool = False) -> None:
     ops.sparse_adam_.default(
-        params, grads, exp_avgs, exp_avg_sqs, steps, group_sizes=[len(params)], lr=[lr],
-        beta1=[beta1], beta2=[beta2], eps=[eps], weight_decay=[weight_decay],
-        maximize=[maximize], lr_tensors=[lr_tensor] if lr_tensor is not None else [],
+        params, grads, exp_avgs, exp_avg_sqs, steps, group_sizes=[len(params)],
+        hyper=[lr, beta1, beta2, eps, weight_decay], flags=[maximize],
+        lr_tensors=[lr_tensor] if lr_tensor is not None else [],
         validate_only=validate_only)

@@ -63,10 +63,11 @@ def adam_sample(groups: str, dtype: torch.dtype):
     state = {key: states[0][key] + states[1][key] for key in states[0]}
     args = op_args(state, state["grads"])
     cfg = ADAM_GROUPS[groups]
-    kwargs = dict(group_sizes=[2, 2], lr=[1e-2, 2e-2], beta1=[0.9, 0.8], beta2=[0.999, 0.99],
-                  weight_decay=[c[3] for c in cfg], eps=[1e-8, 1e-6],
-                  amsgrad=[c[0] for c in cfg], maximize=[c[1] for c in cfg],
-                  decoupled=[c[2] for c in cfg], lr_tensors=[])
+    # per group: hyper (lr, beta1, beta2, weight_decay, eps), flags (amsgrad, maximize,
+    # decoupled)
+    kwargs = dict(group_sizes=[2, 2],
+                  hyper=[1e-2, 0.9, 0.999, cfg[0][3], 1e-8, 2e-2, 0.8, 0.99, cfg[1][3], 1e-6],
+                  flags=[*cfg[0][:3], *cfg[1][:3]], lr_tensors=[])
     return state, args, kwargs
 
 
@@ -104,9 +105,9 @@ def sgd_sample(dtype: torch.dtype, sparse: bool):
     grads = [_sparse(6, 3, dtype, 1) if sparse else rnd(6, 3), rnd(5),
              _sparse(6, 3, dtype, 2) if sparse else rnd(6, 3), rnd(4, 2)]
     bufs = [rnd(6, 3), torch.zeros(4, 2, dtype=dtype)]
-    kwargs = dict(group_sizes=[2, 2], lr=[0.1, 0.05], momentum=[0.0, 0.9],
-                  dampening=[0.0, 0.1], weight_decay=[0.0, 0.01], nesterov=[False, False],
-                  maximize=[False, True], first_step=[False, True], lr_tensors=[])
+    # per group: hyper (lr, momentum, dampening, weight_decay), flags (nesterov, maximize)
+    kwargs = dict(group_sizes=[2, 2], hyper=[0.1, 0.0, 0.0, 0.0, 0.05, 0.9, 0.1, 0.01],
+                  flags=[False, False, False, True], first_step=[False, True], lr_tensors=[])
     return params, bufs, (params, grads, bufs), kwargs
 
 
@@ -130,9 +131,10 @@ def test_opcheck_sparse_adam(dtype):
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
     args = (params, grads, m, v, [1, 4, 2])
-    kwargs = dict(group_sizes=[1, 2], lr=[0.1, 0.01], beta1=[0.9, 0.8], beta2=[0.999, 0.99],
-                  eps=[1e-8, 1e-6], weight_decay=[0.0, 0.1], maximize=[False, True],
-                  lr_tensors=[])
+    # per group: hyper (lr, beta1, beta2, eps, weight_decay), flags (maximize)
+    kwargs = dict(group_sizes=[1, 2],
+                  hyper=[0.1, 0.9, 0.999, 1e-8, 0.0, 0.01, 0.8, 0.99, 1e-6, 0.1],
+                  flags=[False, True], lr_tensors=[])
     _check(torch.ops.pyoptim.sparse_adam_.default, args, kwargs, sparse=True)
     before = snapshot(params)
     grads_before = snapshot(grads)

@@ -259,6 +259,79 @@ def test_step_pre_and_post_hooks():
     assert any_changed(before, list(m.parameters()))
 
 
+def _hook_trace(cls: type, subclass: bool) -> tuple[list, list[str], float]:
+    """What a step records, run with torch's or pyoptim's `cls`: the calls its hooks and
+    closure see (a pre-hook replaces the closure through its return value), the profiler
+    ranges named Optimizer.step#..., and the param afterwards."""
+    if subclass:  # a user's subclass with its own step: torch wraps it, hooks run once
+        class cls(cls):  # noqa: N801
+            def step(self, closure=None):
+                return super().step(closure)
+    p = nn.Parameter(torch.ones(3))
+    p.grad = torch.full((3,), 0.5)
+    opt = cls([p], lr=0.1)
+    seen = []
+
+    def closure(tag):
+        seen.append(("closure", tag))
+        return torch.tensor(1.0)
+
+    def pre(o, args, kwargs):
+        seen.append(("pre", len(args), args[0] is o, sorted(kwargs)))
+        return (args[0],), {"closure": lambda: closure("from pre-hook")}
+
+    def post(o, args, kwargs):
+        seen.append(("post", len(args), sorted(kwargs)))
+
+    handles = [opt.register_step_pre_hook(pre), opt.register_step_post_hook(post)]
+    with torch.profiler.profile() as prof:
+        loss = opt.step(lambda: closure("given"))
+    for h in handles:
+        h.remove()
+    seen.append(("loss", float(loss)))
+    ranges = [e.name for e in prof.events() if e.name.startswith("Optimizer.step#")]
+    return seen, [r.replace(cls.__name__, "<cls>") for r in ranges], p.detach().clone()
+
+
+@pytest.mark.parametrize("subclass", [False, True], ids=["class", "user-subclass"])
+@pytest.mark.parametrize("name", ["SGD", "AdamW", "SparseAdam"])
+def test_step_hooks_and_profiler_range_as_torch(name, subclass):
+    """Note [Step hooks] (pyoptim/_state.py): pyoptim's step calls the hooks torch's wrapper
+    calls, with the same arguments, lets a pre-hook replace them, and opens the same profiler
+    range, once, also for a subclass that defines its own step."""
+    if name == "SparseAdam":  # a dense grad: both raise the same error inside the range
+        with pytest.raises(RuntimeError) as torch_err:
+            _hook_trace(torch.optim.SparseAdam, subclass)
+        with pytest.raises(RuntimeError) as ours:
+            _hook_trace(pyoptim.SparseAdam, subclass)
+        assert str(ours.value) == str(torch_err.value)
+        return
+    ours = _hook_trace(getattr(pyoptim, name), subclass)
+    # torch's own subclass case runs the hooks twice once the base class's step is wrapped too
+    # (any torch.optim.<name> made before): the reference is torch's class
+    theirs = _hook_trace(getattr(torch.optim, name), False)
+    assert ours[0] == theirs[0]
+    assert ours[1] == theirs[1] == ["Optimizer.step#<cls>.step"]
+    torch.testing.assert_close(ours[2], theirs[2])
+
+
+def test_step_pre_hook_bad_return_raises_as_torch():
+    def bad(o, args, kwargs):
+        return 3
+
+    errors = []
+    for cls in (torch.optim.SGD, pyoptim.SGD):
+        p = nn.Parameter(torch.ones(2))
+        p.grad = torch.ones(2)
+        opt = cls([p], lr=0.1)
+        opt.register_step_pre_hook(bad)
+        with pytest.raises(RuntimeError, match="must return None or a tuple") as e:
+            opt.step()
+        errors.append(str(e.value).split(" must return")[1])
+        assert torch.equal(p.detach(), torch.ones(2))
+    assert errors[0] == errors[1]
+
+
 @pytest.mark.parametrize("sched", ["StepLR", "OneCycleLR"])
 def test_lr_schedulers(sched):
     t = Triplet(OptimConfig("Adam", dict(lr=1e-2), "sched"))

@@ -25,11 +25,16 @@ inline void check_adam_hyper(double eps, double beta1, double beta2, double weig
 
 inline void check_lr(double lr) { TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning rate: ", lr); }
 
+// A group's entries in adam_'s `hyper` and `flags` (Note [Param groups in one call]), in this
+// order.
 struct AdamGroup {
   double lr, beta1, beta2, weight_decay, eps;
   bool amsgrad, maximize, decoupled;
   std::optional<at::Tensor> lr_tensor;  // a Tensor lr: its value replaces lr
 };
+
+constexpr size_t kAdamHypers = 5;
+constexpr size_t kAdamFlags = 3;
 
 // One adam_ call, checked: per group its settings, per tensor its group and its entry in
 // max_exp_avg_sqs (-1 outside amsgrad groups).
@@ -47,22 +52,13 @@ struct AdamCall {
 inline AdamCall check_adam_call(
     const char* op, c10::DeviceType backend, at::TensorList params, at::TensorList grads,
     at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-    at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> lr,
-    at::ArrayRef<double> beta1, at::ArrayRef<double> beta2, at::ArrayRef<double> weight_decay,
-    at::ArrayRef<double> eps, const c10::List<bool>& amsgrad, const c10::List<bool>& maximize,
-    const c10::List<bool>& decoupled, const c10::List<std::optional<at::Tensor>>& lr_tensors,
+    at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> hyper,
+    const c10::List<bool>& flags, const c10::List<std::optional<at::Tensor>>& lr_tensors,
     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
     WriteSet& writes) {
   const size_t n = params.size();
   const Groups groups(op, group_sizes, n);
-  groups.check_per_group(lr.size(), "lr");
-  groups.check_per_group(beta1.size(), "beta1");
-  groups.check_per_group(beta2.size(), "beta2");
-  groups.check_per_group(weight_decay.size(), "weight_decay");
-  groups.check_per_group(eps.size(), "eps");
-  groups.check_per_group(amsgrad.size(), "amsgrad");
-  groups.check_per_group(maximize.size(), "maximize");
-  groups.check_per_group(decoupled.size(), "decoupled");
+  groups.check_packed(hyper.size(), kAdamHypers, flags.size(), kAdamFlags);
   check_list_size(op, grads.size(), n, "grads", "param");
   check_list_size(op, exp_avgs.size(), n, "exp_avgs", "param");
   check_list_size(op, exp_avg_sqs.size(), n, "exp_avg_sqs", "param");
@@ -72,14 +68,17 @@ inline AdamCall check_adam_call(
   call.device = c10::Device(backend);
   if (n > 0 && params[0].defined()) call.device = params[0].device();
   const auto lr_ts = groups.lr_tensors(lr_tensors, call.device);
-  const std::vector<bool> ams = to_vector(amsgrad);
+  std::vector<bool> ams(groups.count());
   call.groups.resize(groups.count());
   for (size_t g = 0; g < groups.count(); ++g) {
-    call.groups[g] = AdamGroup{lr[g],           beta1[g],           beta2[g],
-                               weight_decay[g], eps[g],             ams[g],
-                               maximize.get(g), decoupled.get(g),   lr_ts[g]};
-    check_adam_hyper(eps[g], beta1[g], beta2[g], weight_decay[g]);
-    if (!lr_ts[g].has_value()) check_lr(lr[g]);
+    const double* h = hyper.data() + g * kAdamHypers;
+    const size_t f = g * kAdamFlags;
+    AdamGroup& a = call.groups[g];
+    a = AdamGroup{h[0], h[1], h[2], h[3], h[4], flags.get(f), flags.get(f + 1), flags.get(f + 2),
+                  lr_ts[g]};
+    check_adam_hyper(a.eps, a.beta1, a.beta2, a.weight_decay);
+    if (!lr_ts[g].has_value()) check_lr(a.lr);
+    ams[g] = a.amsgrad;
   }
   call.vmax = positions_in_partial_list(op, groups, n, ams, max_exp_avg_sqs.size(),
                                         "max_exp_avg_sqs", "param of an amsgrad group");

@@ -59,11 +59,7 @@ struct LaunchKey {
 
 void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-               at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> lr,
-               at::ArrayRef<double> beta1, at::ArrayRef<double> beta2,
-               at::ArrayRef<double> weight_decay, at::ArrayRef<double> eps,
-               const c10::List<bool>& amsgrad, const c10::List<bool>& maximize,
-               const c10::List<bool>& decoupled,
+               at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
                const c10::List<std::optional<at::Tensor>>& lr_tensors,
                const std::optional<at::Tensor>& grad_scale,
                const std::optional<at::Tensor>& found_inf, bool validate_only) {
@@ -71,8 +67,7 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   ops::WriteSet writes;
   const ops::AdamCall call = ops::check_adam_call(
       kOp, c10::DeviceType::CUDA, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-      state_steps, group_sizes, lr, beta1, beta2, weight_decay, eps, amsgrad, maximize,
-      decoupled, lr_tensors, grad_scale, found_inf, writes);
+      state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf, writes);
   const size_t n = params.size();
   const c10::Device dev = call.device;
   bool any_host_step = false;

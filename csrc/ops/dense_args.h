@@ -45,10 +45,7 @@ DenseCall check_dense_call(const char* op, c10::DeviceType backend, at::TensorLi
   const size_t n = params.size();
   const Groups groups(op, group_sizes, n);
   const size_t num_groups = groups.count();
-  check_list_size(op, hyper.size(), num_groups * Opt::kHypers, "hyper",
-                  "hyper-parameter of each param group");
-  check_list_size(op, flags.size(), num_groups * Opt::kFlags, "flags",
-                  "flag of each param group");
+  groups.check_packed(hyper.size(), Opt::kHypers, flags.size(), Opt::kFlags);
   check_list_size(op, grads.size(), n, "grads", "param");
   check_list_size(op, states.size(), n * Opt::kStates, "states", "state tensor of each param");
   check_list_size(op, state_steps.size(), Opt::kHasStep ? n : 0, "state_steps", "param");

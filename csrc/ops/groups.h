@@ -11,9 +11,12 @@
 // torch.compile see it like any other.
 //
 // Note [Param groups in one call]
-// Hyper-parameters come as lists with one entry per param group; the first group_sizes[0]
-// tensors belong to group 0, the next group_sizes[1] to group 1, and so on (a group may be
-// empty). Tensor lists that only some groups have (max_exp_avg_sqs of amsgrad groups, the
+// The first group_sizes[0] tensors belong to group 0, the next group_sizes[1] to group 1, and so
+// on (a group may be empty). Hyper-parameters come packed in two lists, group after group:
+// `hyper` holds each group's floats and `flags` its bools, in the order the op's schema names
+// (library.cpp), so entry k of group g is hyper[g * K + k] for an op with K floats per group.
+// Two lists instead of one per hyper-parameter: each list argument costs torch.ops a conversion
+// per call, and a step on one small param (the optimizer-in-backward recipe) is mostly that. Tensor lists that only some groups have (max_exp_avg_sqs of amsgrad groups, the
 // momentum buffers of groups with momentum) hold one entry per tensor of those groups, in
 // order. lr_tensors is empty, or holds one entry per group: a Tensor lr, or None where the
 // group's lr is the float in `lr`.
@@ -53,9 +56,17 @@ class Groups {
   size_t count() const { return count_; }
   size_t of(size_t i) const { return static_cast<size_t>(group_of_[i]); }
 
-  // A per-group list (a hyper-parameter) has one entry per group.
+  // A per-group list has one entry per group.
   void check_per_group(size_t len, const char* what) const {
     check_list_size(op_, len, count_, what, "param group");
+  }
+
+  // `hyper` and `flags` (see the Note): `per_group` entries for each group.
+  void check_packed(size_t hyper, size_t hyper_per_group, size_t flags,
+                    size_t flags_per_group) const {
+    check_list_size(op_, hyper, count_ * hyper_per_group, "hyper",
+                    "hyper-parameter of each param group");
+    check_list_size(op_, flags, count_ * flags_per_group, "flags", "flag of each param group");
   }
 
   // lr_tensors: empty or one per group; entry g (if any) is a one-element floating tensor on
@@ -92,13 +103,6 @@ inline std::vector<int64_t> positions_in_partial_list(const char* op, const Grou
   }
   check_list_size(op, list_size, static_cast<size_t>(next), what, per);
   return pos;
-}
-
-// bool[] arguments arrive as a c10::List<bool>; the ops read them as a vector.
-inline std::vector<bool> to_vector(const c10::List<bool>& list) {
-  std::vector<bool> out(list.size());
-  for (size_t k = 0; k < list.size(); ++k) out[k] = list.get(k);
-  return out;
 }
 
 }  // namespace ops

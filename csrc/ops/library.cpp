@@ -13,19 +13,20 @@
 #include "ops/dense_args.h"
 
 TORCH_LIBRARY(pyoptim, m) {
-  // Adam (decoupled=False) and AdamW (decoupled=True), per group. Increments each
+  // Adam (decoupled=False) and AdamW (decoupled=True). Per group, hyper = (lr, beta1, beta2,
+  // weight_decay, eps) and flags = (amsgrad, maximize, decoupled). Increments each
   // state_steps[i] by one and uses the new value for bias correction, unless found_inf is
   // non-zero, in which case nothing at all is written (GradScaler's skipped step). A step count
   // must be a non-negative whole number. grads are read, never written.
   m.def(
       "adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, "
-      "int[] group_sizes, float[] lr, float[] beta1, float[] beta2, float[] weight_decay, "
-      "float[] eps, bool[] amsgrad, bool[] maximize, bool[] decoupled, Tensor?[] lr_tensors, "
+      "int[] group_sizes, float[] hyper, bool[] flags, Tensor?[] lr_tensors, "
       "Tensor? grad_scale=None, Tensor? found_inf=None, bool validate_only=False) -> ()");
 
   // SGD with momentum / dampening / Nesterov / L2 weight decay, mirroring torch.optim.SGD's
-  // single-tensor expressions, per group. grads may be dense, or sparse COO (duplicates
+  // single-tensor expressions. Per group, hyper = (lr, momentum, dampening, weight_decay) and
+  // flags = (nesterov, maximize). grads may be dense, or sparse COO (duplicates
   // allowed), which update the param lazily: only the rows present in the grad (momentum,
   // weight decay and the param; Note [Sparse SGD] in ops/sgd_cpu.cpp). momentum_buffers holds
   // one buffer per param of a group with momentum != 0; first_step, one entry per buffer (or
@@ -33,20 +34,19 @@ TORCH_LIBRARY(pyoptim, m) {
   // buffer). found_inf non-zero: nothing is written. grads are read only.
   m.def(
       "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
-      "int[] group_sizes, float[] lr, float[] momentum, float[] dampening, "
-      "float[] weight_decay, bool[] nesterov, bool[] maximize, bool[] first_step, "
+      "int[] group_sizes, float[] hyper, bool[] flags, bool[] first_step, "
       "Tensor?[] lr_tensors, Tensor? grad_scale=None, Tensor? found_inf=None, "
       "bool validate_only=False) -> ()");
 
-  // SparseAdam (torch.optim.SparseAdam's formula), per group. grads are sparse COO, read as
+  // SparseAdam (torch.optim.SparseAdam's formula). Per group, hyper = (lr, beta1, beta2, eps,
+  // weight_decay) and flags = (maximize). grads are sparse COO, read as
   // they come (uncoalesced). steps[i] is params[i]'s step count *after* this step (the caller
   // increments the Python int in its state once the op returns). weight_decay != 0 (a pyoptim
   // extension) decays the touched rows, decoupled. A Tensor lr (lr_tensors) replaces lr, and
   // step_size is then computed in its dtype, as torch does. grads are read, never written.
   m.def(
       "sparse_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-      "Tensor(c!)[] exp_avg_sqs, int[] steps, int[] group_sizes, float[] lr, float[] beta1, "
-      "float[] beta2, float[] eps, float[] weight_decay, bool[] maximize, "
+      "Tensor(c!)[] exp_avg_sqs, int[] steps, int[] group_sizes, float[] hyper, bool[] flags, "
       "Tensor?[] lr_tensors, bool validate_only=False) -> ()");
 
   // Every dense optimizer (Adamax, ...): one schema shape for all of them, see Note [Dense

@@ -39,19 +39,14 @@ void count_host_steps(const char* op, at::TensorList state_steps,
 
 void adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-               at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> lr,
-               at::ArrayRef<double> beta1, at::ArrayRef<double> beta2,
-               at::ArrayRef<double> weight_decay, at::ArrayRef<double> eps,
-               const c10::List<bool>& amsgrad, const c10::List<bool>& maximize,
-               const c10::List<bool>& decoupled,
+               at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
                const c10::List<std::optional<at::Tensor>>& lr_tensors,
                const std::optional<at::Tensor>& grad_scale,
                const std::optional<at::Tensor>& found_inf, bool validate_only) {
   constexpr const char* kOp = "pyoptim.adam_";
   ops::WriteSet writes;
   ops::check_adam_call(kOp, c10::DeviceType::Meta, params, grads, exp_avgs, exp_avg_sqs,
-                       max_exp_avg_sqs, state_steps, group_sizes, lr, beta1, beta2,
-                       weight_decay, eps, amsgrad, maximize, decoupled, lr_tensors, grad_scale,
+                       max_exp_avg_sqs, state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale,
                        found_inf, writes);
   writes.check(kOp);  // step counts on the CPU
   count_host_steps(kOp, state_steps, found_inf, validate_only);
@@ -73,31 +68,25 @@ void dense_meta(at::TensorList params, at::TensorList grads, at::TensorList stat
 }
 
 void sgd_meta(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-              at::IntArrayRef group_sizes, at::ArrayRef<double> lr, at::ArrayRef<double> momentum,
-              at::ArrayRef<double> dampening, at::ArrayRef<double> weight_decay,
-              const c10::List<bool>& nesterov, const c10::List<bool>& maximize,
+              at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
               const c10::List<bool>& first_step,
               const c10::List<std::optional<at::Tensor>>& lr_tensors,
               const std::optional<at::Tensor>& grad_scale,
               const std::optional<at::Tensor>& found_inf, bool /*validate_only*/) {
   ops::WriteSet writes;
   ops::check_sgd_call("pyoptim.sgd_", c10::DeviceType::Meta, params, grads, momentum_buffers,
-                      group_sizes, lr, momentum, dampening, weight_decay, nesterov, maximize,
+                      group_sizes, hyper, flags,
                       first_step, lr_tensors, grad_scale, found_inf, writes);
 }
 
 void sparse_adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                       at::TensorList exp_avg_sqs, at::IntArrayRef steps,
-                      at::IntArrayRef group_sizes, at::ArrayRef<double> lr,
-                      at::ArrayRef<double> beta1, at::ArrayRef<double> beta2,
-                      at::ArrayRef<double> eps, at::ArrayRef<double> weight_decay,
-                      const c10::List<bool>& maximize,
+                      at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
                       const c10::List<std::optional<at::Tensor>>& lr_tensors,
                       bool /*validate_only*/) {
   ops::WriteSet writes;
   ops::check_sparse_adam_call("pyoptim.sparse_adam_", c10::DeviceType::Meta, params, grads,
-                              exp_avgs, exp_avg_sqs, steps, group_sizes, lr, beta1, beta2, eps,
-                              weight_decay, maximize, lr_tensors, /*read_values=*/false, writes);
+                              exp_avgs, exp_avg_sqs, steps, group_sizes, hyper, flags, lr_tensors, /*read_values=*/false, writes);
 }
 
 }  // namespace

@@ -25,12 +25,17 @@ inline void check_sgd_hyper(double momentum, double dampening, double weight_dec
                     "Nesterov momentum requires a momentum and zero dampening");
 }
 
+// A group's entries in sgd_'s `hyper` and `flags` (Note [Param groups in one call]), in this
+// order.
 struct SgdGroup {
   double lr, momentum, dampening, weight_decay;
   bool nesterov, maximize;
   std::optional<at::Tensor> lr_tensor;  // a Tensor lr: its value replaces lr
   bool has_momentum() const { return momentum != 0.0; }
 };
+
+constexpr size_t kSgdHypers = 4;
+constexpr size_t kSgdFlags = 2;
 
 // One sgd_ call, checked: per group its settings; per tensor its group, its momentum buffer's
 // entry (-1 without momentum), whether that buffer takes its first step, and for a sparse
@@ -47,21 +52,14 @@ struct SgdCall {
 
 inline SgdCall check_sgd_call(
     const char* op, c10::DeviceType backend, at::TensorList params, at::TensorList grads,
-    at::TensorList momentum_buffers, at::IntArrayRef group_sizes, at::ArrayRef<double> lr,
-    at::ArrayRef<double> momentum, at::ArrayRef<double> dampening,
-    at::ArrayRef<double> weight_decay, const c10::List<bool>& nesterov,
-    const c10::List<bool>& maximize, const c10::List<bool>& first_step,
+    at::TensorList momentum_buffers, at::IntArrayRef group_sizes, at::ArrayRef<double> hyper,
+    const c10::List<bool>& flags, const c10::List<bool>& first_step,
     const c10::List<std::optional<at::Tensor>>& lr_tensors,
     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
     WriteSet& writes) {
   const size_t n = params.size();
   const Groups groups(op, group_sizes, n);
-  groups.check_per_group(lr.size(), "lr");
-  groups.check_per_group(momentum.size(), "momentum");
-  groups.check_per_group(dampening.size(), "dampening");
-  groups.check_per_group(weight_decay.size(), "weight_decay");
-  groups.check_per_group(nesterov.size(), "nesterov");
-  groups.check_per_group(maximize.size(), "maximize");
+  groups.check_packed(hyper.size(), kSgdHypers, flags.size(), kSgdFlags);
   check_list_size(op, grads.size(), n, "grads", "param");
 
   SgdCall call;
@@ -71,11 +69,13 @@ inline SgdCall check_sgd_call(
   std::vector<bool> has_buf(groups.count());
   call.groups.resize(groups.count());
   for (size_t g = 0; g < groups.count(); ++g) {
-    call.groups[g] = SgdGroup{lr[g],           momentum[g],     dampening[g], weight_decay[g],
-                              nesterov.get(g), maximize.get(g), lr_ts[g]};
-    check_sgd_hyper(momentum[g], dampening[g], weight_decay[g], nesterov.get(g));
-    if (!lr_ts[g].has_value()) TORCH_CHECK_VALUE(lr[g] >= 0.0, "Invalid learning rate: ", lr[g]);
-    has_buf[g] = call.groups[g].has_momentum();
+    const double* h = hyper.data() + g * kSgdHypers;
+    const size_t f = g * kSgdFlags;
+    SgdGroup& s = call.groups[g];
+    s = SgdGroup{h[0], h[1], h[2], h[3], flags.get(f), flags.get(f + 1), lr_ts[g]};
+    check_sgd_hyper(s.momentum, s.dampening, s.weight_decay, s.nesterov);
+    if (!lr_ts[g].has_value()) TORCH_CHECK_VALUE(s.lr >= 0.0, "Invalid learning rate: ", s.lr);
+    has_buf[g] = s.has_momentum();
   }
   call.buf = positions_in_partial_list(op, groups, n, has_buf, momentum_buffers.size(),
                                        "momentum_buffers", "param of a group with momentum");

@@ -88,9 +88,7 @@ class SgdCoeffTable {
 };
 
 void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-             at::IntArrayRef group_sizes, at::ArrayRef<double> lr, at::ArrayRef<double> momentum,
-             at::ArrayRef<double> dampening, at::ArrayRef<double> weight_decay,
-             const c10::List<bool>& nesterov, const c10::List<bool>& maximize,
+             at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
              const c10::List<bool>& first_step,
              const c10::List<std::optional<at::Tensor>>& lr_tensors,
              const std::optional<at::Tensor>& grad_scale,
@@ -98,8 +96,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
   // ---- 1. validate everything (sparse rows grouped); nothing is written here --------------
   ops::WriteSet writes;
   const ops::SgdCall call = ops::check_sgd_call(
-      kOp, c10::DeviceType::CPU, params, grads, momentum_buffers, group_sizes, lr, momentum,
-      dampening, weight_decay, nesterov, maximize, first_step, lr_tensors, grad_scale, found_inf,
+      kOp, c10::DeviceType::CPU, params, grads, momentum_buffers, group_sizes, hyper, flags, first_step, lr_tensors, grad_scale, found_inf,
       writes);
   double scale = 1.0;
   if (grad_scale.has_value()) {

@@ -42,9 +42,7 @@ struct DenseKey {
 };
 
 void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-              at::IntArrayRef group_sizes, at::ArrayRef<double> lr, at::ArrayRef<double> momentum,
-              at::ArrayRef<double> dampening, at::ArrayRef<double> weight_decay,
-              const c10::List<bool>& nesterov, const c10::List<bool>& maximize,
+              at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
               const c10::List<bool>& first_step,
               const c10::List<std::optional<at::Tensor>>& lr_tensors,
               const std::optional<at::Tensor>& grad_scale,
@@ -52,8 +50,7 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   // ---- 1. validate everything (sparse rows grouped); nothing is written here --------------
   ops::WriteSet writes;
   const ops::SgdCall call = ops::check_sgd_call(
-      kOp, c10::DeviceType::CUDA, params, grads, momentum_buffers, group_sizes, lr, momentum,
-      dampening, weight_decay, nesterov, maximize, first_step, lr_tensors, grad_scale, found_inf,
+      kOp, c10::DeviceType::CUDA, params, grads, momentum_buffers, group_sizes, hyper, flags, first_step, lr_tensors, grad_scale, found_inf,
       writes);
   const size_t n = params.size();
   const c10::Device dev = call.device;

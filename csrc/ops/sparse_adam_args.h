@@ -18,11 +18,16 @@
 namespace pyoptim {
 namespace ops {
 
+// A group's entries in sparse_adam_'s `hyper` and `flags` (Note [Param groups in one call]), in
+// this order.
 struct SparseAdamGroup {
   double lr, beta1, beta2, eps, weight_decay;
   bool maximize;
   std::optional<at::Tensor> lr_host;  // a Tensor lr, copied to the host (read once per call)
 };
+
+constexpr size_t kSparseAdamHypers = 5;
+constexpr size_t kSparseAdamFlags = 1;
 
 struct SparseAdamCall {
   std::vector<SparseAdamGroup> groups;
@@ -36,18 +41,12 @@ struct SparseAdamCall {
 inline SparseAdamCall check_sparse_adam_call(
     const char* op, c10::DeviceType backend, at::TensorList params, at::TensorList grads,
     at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::IntArrayRef steps,
-    at::IntArrayRef group_sizes, at::ArrayRef<double> lr, at::ArrayRef<double> beta1,
-    at::ArrayRef<double> beta2, at::ArrayRef<double> eps, at::ArrayRef<double> weight_decay,
-    const c10::List<bool>& maximize, const c10::List<std::optional<at::Tensor>>& lr_tensors,
-    bool read_values, WriteSet& writes) {
+    at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
+    const c10::List<std::optional<at::Tensor>>& lr_tensors, bool read_values,
+    WriteSet& writes) {
   const size_t n = params.size();
   const Groups groups(op, group_sizes, n);
-  groups.check_per_group(lr.size(), "lr");
-  groups.check_per_group(beta1.size(), "beta1");
-  groups.check_per_group(beta2.size(), "beta2");
-  groups.check_per_group(eps.size(), "eps");
-  groups.check_per_group(weight_decay.size(), "weight_decay");
-  groups.check_per_group(maximize.size(), "maximize");
+  groups.check_packed(hyper.size(), kSparseAdamHypers, flags.size(), kSparseAdamFlags);
   check_list_size(op, grads.size(), n, "grads", "param");
   check_list_size(op, exp_avgs.size(), n, "exp_avgs", "param");
   check_list_size(op, exp_avg_sqs.size(), n, "exp_avg_sqs", "param");
@@ -60,7 +59,8 @@ inline SparseAdamCall check_sparse_adam_call(
   call.groups.resize(groups.count());
   for (size_t g = 0; g < groups.count(); ++g) {
     SparseAdamGroup& grp = call.groups[g];
-    grp = SparseAdamGroup{lr[g], beta1[g], beta2[g], eps[g], weight_decay[g], maximize.get(g),
+    const double* h = hyper.data() + g * kSparseAdamHypers;
+    grp = SparseAdamGroup{h[0], h[1], h[2], h[3], h[4], flags.get(g * kSparseAdamFlags),
                           std::nullopt};
     if (lr_ts[g].has_value() && read_values) {
       // the op syncs anyway (it reads the indices): one copy of a Tensor lr per call
@@ -68,7 +68,7 @@ inline SparseAdamCall check_sparse_adam_call(
       grp.lr = scalar_value(*grp.lr_host, "lr");
     }
     if (!lr_ts[g].has_value() || read_values) check_lr(grp.lr);
-    check_adam_hyper(eps[g], beta1[g], beta2[g], weight_decay[g]);
+    check_adam_hyper(grp.eps, grp.beta1, grp.beta2, grp.weight_decay);
   }
 
   call.group.resize(n);
