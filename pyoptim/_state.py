@@ -357,13 +357,18 @@ def _check_layout(what: str, params: list[Tensor], others: list[Any]) -> None:
 # "Optimizer.step#<class>.step" around the step pre-hooks (global, then the optimizer's; one may
 # return new (args, kwargs)), the step, `_optimizer_step_code()` (the profiler's Python hook) and
 # the post-hooks (the optimizer's, then global). FusedStep.step is that wrapper already, marked
-# `hooked`: the same calls in the same order, but the range is opened through the profiler's
-# direct binding (torch's context manager costs two op calls: ~8 us, more than a whole step on
-# a small param; optimizer-in-backward steps one optimizer per param) and, traced by
-# torch.compile, not at all (Dynamo drops torch's range too). A subclass that defines its own
-# `step` is wrapped by torch; its `super().step()` then runs without a second round of hooks.
+# `hooked`: the same calls in the same order, with the range opened only while a profiler runs
+# (torch.profiler, torch.autograd.profiler, emit_nvtx / emit_itt: what reads it), through the
+# profiler's direct binding, and not at all when traced by torch.compile (Dynamo drops torch's
+# range too). torch's range costs two op calls and slows the op calls inside it: ~7 us per
+# step with no profiler running, a third of a whole step on a small param, which the
+# optimizer-in-backward recipe pays once per param. What does not see the range: a
+# RecordFunction observer that is not a profiler (an ExecutionTraceObserver started on its own).
+# A subclass that defines its own `step` is wrapped by torch; its `super().step()` then runs
+# without a second round of hooks.
 _rf_enter = torch._C._autograd._record_function_with_args_enter
 _rf_exit = torch._C._autograd._record_function_with_args_exit
+_profiling = torch._C._autograd._profiler_enabled
 
 
 def _with_step_hooks(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -372,8 +377,8 @@ def _with_step_hooks(func: Callable[..., Any]) -> Callable[..., Any]:
         self = args[0]
         if type(self).step is not step:  # called by a subclass's step that torch wrapped
             return func(*args, **kwargs)
-        compiling = torch.compiler.is_compiling()
-        if not compiling:
+        ranged = not torch.compiler.is_compiling() and _profiling()
+        if ranged:
             handle = _rf_enter(f"Optimizer.step#{type(self).__name__}.step")
         try:
             if _global_optimizer_pre_hooks or self._optimizer_step_pre_hooks:
@@ -395,7 +400,7 @@ def _with_step_hooks(func: Callable[..., Any]) -> Callable[..., Any]:
                     hook(self, args, kwargs)
             return out
         finally:
-            if not compiling:
+            if ranged:
                 _rf_exit(handle)
 
     step.hooked = True  # type: ignore[attr-defined]
