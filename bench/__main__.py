@@ -30,7 +30,8 @@ M = 2**20
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # as large as the biggest dense workload of the device: far beyond any cache
 PROBE_NUMEL = {"cpu": 64 * M, "cuda": 256 * M}
-CUDA_OPS = ("adam_", "sgd_", "sparse_adam_", "adamax_")  # what a --device cuda run calls
+# what a --device cuda run calls
+CUDA_OPS = ("adam_", "sgd_", "sparse_adam_", "adamax_", "adagrad_")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,17 +1,20 @@
 """Dense optimizers (Note [Dense optimizers] in csrc/include/pyoptim/dense.h): pyoptim vs
-torch.optim's for-loop and foreach steps (torch has no fused step for them), one row per
-optimizer and shape. Adding a dense optimizer adds one line to DENSE.
+torch.optim's for-loop and foreach steps, and its fused step where the torch class has a
+`fused` flag (Adagrad), one row per optimizer and shape. Adding a dense optimizer adds one line
+to DENSE.
 
-CPU (torch-forloop, torch-foreach, pyoptim):
+CPU (torch-forloop, torch-foreach, [torch-fused,] pyoptim):
   <name>/fp32-1x64M        one float32 tensor of 64M elements (pure streaming)
   <name>/fp32-1000x1k      1000 float32 tensors of 1024 elements (per-tensor overhead)
-CUDA (torch-foreach, pyoptim): the first and the last of workloads_adam's CUDA shapes
+CUDA (torch-foreach, [torch-fused,] pyoptim): the first and the last of workloads_adam's CUDA
+shapes
   <name>/fp32-1x256M       one float32 tensor of 256M elements (bandwidth-bound)
   <name>/fp32-10000-tiny   10,000 float32 tensors of 1..1024 elements (launch- and host-bound)
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -25,6 +28,7 @@ from .workloads_adam import M, _fmt, _make_setup, _shared_data, tiny_shapes
 # (bench name, torch class, pyoptim class, state tensors per param, constructor kwargs)
 DENSE = [
     ("adamax", torch.optim.Adamax, pyoptim.Adamax, 2, dict(lr=2e-3)),
+    ("adagrad", torch.optim.Adagrad, pyoptim.Adagrad, 1, dict(lr=1e-2)),
 ]
 
 
@@ -51,6 +55,8 @@ def workloads(cfg: BenchConfig) -> list[Workload]:
             impls: dict[str, SetupFn] = {} if cuda else {
                 "torch-forloop": _make_setup(torch_cls, dict(kw, foreach=False), data)}
             impls["torch-foreach"] = _make_setup(torch_cls, dict(kw, foreach=True), data)
+            if "fused" in inspect.signature(torch_cls).parameters:
+                impls["torch-fused"] = _make_setup(torch_cls, dict(kw, fused=True), data)
             impls["pyoptim"] = _make_setup(py_cls, kw, data)
             out.append(Workload(
                 name=f"{name}/{what}",

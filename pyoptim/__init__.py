@@ -10,12 +10,14 @@ import torch  # noqa: F401  (loads libtorch before our extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.pyoptim.*)
 from ._ops import cpu_capability, max_cpu_capability
+from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
 from .sgd import SGD
 from .sparse_adam import SparseAdam
 
 __all__ = [
+    "Adagrad",
     "Adam",
     "AdamW",
     "Adamax",

@@ -44,9 +44,10 @@ from ._state import DeviceCall, Plan, _dtensor_type
 # complex params (the ops take their real views, and the functionalization of a mutable op,
 # auto_functionalized_v2, regenerates a view of its base with as_strided, which cannot change the
 # dtype: the op would get the complex tensor), DTensor params (Note [DTensor params]), a grad of
-# another dtype than its param (SGD steps it with torch's own code, Adam refuses it), and a step
-# that torch's checks refuse (a sparse grad to Adam, fused=True with a complex param): the eager
-# step raises torch's error, with torch's state left (Note [Fused-flag errors] in adam.py).
+# another dtype than its param (SGD steps it with torch's own code, Adam refuses it), a sparse
+# grad to Adagrad (its eager step is torch's own), and a step that torch's checks refuse (a
+# sparse grad to Adam, fused=True with a complex param): the eager step raises torch's error,
+# with torch's state left (Note [Fused-flag errors] in adam.py).
 # differentiable=True runs torch's own step, traced as torch.optim's is.
 
 

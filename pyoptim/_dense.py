@@ -7,7 +7,10 @@ provides. A subclass (first in the MRO, before its torch.optim class) says
   _has_step               whether it keeps a `step` tensor per param (the op counts it)
   _hyper(group), _flags(group)  as FusedStep's
   _init_state(group, p, state)  torch's lazy state initialization (and its checks)
-  _sparse_msg             torch's error for a sparse gradient
+  _sparse_msg             torch's error for a sparse gradient, or None where the torch class
+                          steps sparse gradients: a step in which any param has one is then
+                          `_sparse_step()`'s, decided before anything is written (the op
+                          refuses sparse gradients, and a dense step costs no extra check)
 """
 
 from __future__ import annotations
@@ -16,16 +19,24 @@ from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device
+
+
+class _SparseGrad(Exception):
+    """A param has a sparse gradient and `_sparse_msg` is None: the step is `_sparse_step()`'s."""
 
 
 class DenseStep(FusedStep):
     _op: Callable[..., None]
     _states: tuple[str, ...] = ()
     _has_step = True
-    _sparse_msg = "This optimizer does not support sparse gradients"
+    _sparse_msg: str | None = "This optimizer does not support sparse gradients"
+
+    def _sparse_step(self) -> None:
+        raise NotImplementedError
 
     def _init_state(self, group: dict, p: Tensor, state: dict) -> None:
         raise NotImplementedError
@@ -35,12 +46,25 @@ class DenseStep(FusedStep):
 
     def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
         if p.grad.is_sparse:
+            if self._sparse_msg is None:
+                raise _SparseGrad
             raise RuntimeError(self._sparse_msg)
         state = self.state[p]
         if len(state) == 0:  # lazy state initialization, as torch's
             plan.fresh.append(p)  # removed again if the step raises
             self._init_state(group, p, state)
         return True
+
+    def _fused_step(self, groups: list[dict]) -> None:
+        if self._sparse_msg is not None or torch.compiler.is_compiling():
+            return super()._fused_step(groups)
+        try:  # a sparse grad makes the plan's build or the op raise, before any write
+            return super()._fused_step(groups)
+        except Exception as e:
+            if not isinstance(e, _SparseGrad) and not any(
+                    p.grad is not None and p.grad.is_sparse for g in groups for p in g["params"]):
+                raise
+        return self._sparse_step()
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
              states: list[list[Any]], grad_scale: Tensor | None,

@@ -11,9 +11,9 @@
     are outside pyoptim (backward and torch's zero_grad, as with torch.optim), and with Inductor
     its result equals that of the same compiled function with an eager step, bit for bit;
   * a Tensor lr driven by an LR scheduler: no recompiles, eager's numbers;
-  * SparseAdam and complex params step eagerly under compile (one graph break), with eager's
-    numbers; a step over more params than pyoptim._compiled.CHUNK makes several op calls, with
-    eager's numbers.
+  * sparse grads (SparseAdam, Adagrad) and complex params step eagerly under compile (one graph
+    break), with eager's numbers; a step over more params than pyoptim._compiled.CHUNK makes
+    several op calls, with eager's numbers.
 
 Compiling is slow on 2 cores, so most tests use the aot_eager backend (Dynamo, AOT autograd and
 functionalization of the ops, no code generation), models are tiny and steps few; the Inductor
@@ -71,6 +71,8 @@ CONFIGS = {
     "sgd-dampening-mixed": (pyoptim.SGD, dict(lr=0.1, momentum=0.9, dampening=0.5),
                             dict(momentum=0.0)),
     "adamax": (pyoptim.Adamax, dict(lr=1e-2), dict(lr=2e-2, weight_decay=0.1, maximize=True)),
+    "adagrad": (pyoptim.Adagrad, dict(lr=1e-2, lr_decay=0.1),
+                dict(lr=2e-2, weight_decay=0.1, maximize=True)),
 }
 
 
@@ -119,7 +121,8 @@ def test_compiled_step_fullgraph_equals_eager(name):
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
-@pytest.mark.parametrize("name", ["adam", "sgd-momentum", "sgd-dampening-mixed", "adamax"])
+@pytest.mark.parametrize("name", ["adam", "sgd-momentum", "sgd-dampening-mixed", "adamax",
+                                  "adagrad"])
 def test_chunked_op_calls_equal_eager(name, monkeypatch):
     """Note [Op calls of a compiled step]: with more params than CHUNK the traced step calls the
     op in chunks (all validated first), across param groups and around a param without a grad:
@@ -182,7 +185,7 @@ def _train_fn(model, opt, x, y, step=None):
     return train
 
 
-@pytest.mark.parametrize("name", ["adamw", "sgd-momentum", "adamax"])
+@pytest.mark.parametrize("name", ["adamw", "sgd-momentum", "adamax", "adagrad"])
 def test_training_step_breaks_only_outside_pyoptim(name):
     model, opt = _make(name)
     x, y = _data()
@@ -236,11 +239,12 @@ def test_tensor_lr_scheduler_no_recompile():
     assert counters["stats"]["unique_graphs"] == 1
 
 
-def test_sparse_adam_steps_eagerly_under_compile():
+@pytest.mark.parametrize("cls", [pyoptim.SparseAdam, pyoptim.Adagrad], ids=lambda c: c.__name__)
+def test_sparse_grads_step_eagerly_under_compile(cls):
     def run(compiled: bool):
         torch.manual_seed(0)
         emb = torch.nn.Embedding(20, 4, sparse=True)
-        opt = pyoptim.SparseAdam(emb.parameters(), lr=1e-2)
+        opt = cls(emb.parameters(), lr=1e-2)
         step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
         for k in range(STEPS):
             emb.weight.grad = None

@@ -150,6 +150,7 @@ OPCHECKED = {
     "pyoptim::sgd_": "test_opcheck_sgd",
     "pyoptim::sparse_adam_": "test_opcheck_sparse_adam",
     "pyoptim::adamax_": "tests/test_adamax.py::test_opcheck",
+    "pyoptim::adagrad_": "tests/test_adagrad.py::test_opcheck",
 }
 NOT_OPTIMIZERS = {
     "pyoptim::_built_with_cuda", "pyoptim::_kernel_table_isa", "pyoptim::_set_cpu_capability",

@@ -29,6 +29,7 @@
 #include <type_traits>
 
 #include "pyoptim/macros.h"
+#include "pyoptim/math/adagrad.h"
 #include "pyoptim/math/adamax.h"
 
 namespace pyoptim {
@@ -37,7 +38,7 @@ template <class... Ts>
 struct TypeList {};
 
 // ---- the list ----------------------------------------------------------------------------------
-using DenseOptimizers = TypeList<math::Adamax>;
+using DenseOptimizers = TypeList<math::Adamax, math::Adagrad>;
 
 // ---- what the generic machinery derives from it --------------------------------------------
 template <class T, class List>
