@@ -332,6 +332,29 @@ def test_step_pre_hook_bad_return_raises_as_torch():
     assert errors[0] == errors[1]
 
 
+@pytest.mark.parametrize("lib", [torch.optim, pyoptim], ids=["torch", "pyoptim"])
+@pytest.mark.parametrize("name", ["Adam", "SGD", "Adamax", "Adagrad"])
+def test_params_swap_after_steps(name, lib):
+    """Note [Held state] (pyoptim/_state.py): the optimizer holds no C++ reference to a param,
+    so torch.utils.swap_tensors (module.to() with swapping, as FSDP2 does) works on a param it
+    has stepped, as with torch.optim, and the state it keeps is the state dict's."""
+    model = nn.Linear(4, 3)
+    opt = getattr(lib, name)(model.parameters(), lr=0.1,
+                             **({"momentum": 0.9} if name == "SGD" else {}))
+    for _ in range(2):
+        model(torch.ones(2, 4)).sum().backward()
+        opt.step()
+    before = {k: v.clone() for k, v in opt.state[model.weight].items()}
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model.to(torch.float64)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(False)
+    assert model.weight.dtype == torch.float64
+    for key, value in opt.state_dict()["state"][0].items():
+        assert torch.equal(value, before[key])
+
+
 @pytest.mark.parametrize("sched", ["StepLR", "OneCycleLR"])
 def test_lr_schedulers(sched):
     t = Triplet(OptimConfig("Adam", dict(lr=1e-2), "sched"))
