@@ -132,11 +132,12 @@ def pick(items: Sequence[Any], index: list[int] | None) -> list:
 # (optimizer state: the state dict holds it) hands ownership back to Python when that second
 # reference goes: a GIL round trip per tensor, ~0.07 us on top of the 0.04 us conversion
 # (1000 tensors in an empty op: 115 us vs 42 us with another C++ reference alive). Grads have
-# one (the param's autograd metadata). The Plan keeps a view of each state tensor it found
-# (Plan.held), which is such a reference: a 1000-param Adam step, 1.35 -> 1.0 ms. A tensor
-# assigned to a state key later is stepped as well, only without the view until the Plan is
-# rebuilt. Params get none: torch.utils.swap_tensors (module.to() with swapping, FSDP2) needs a
-# param's TensorImpl to have no other reference.
+# one (the param's autograd metadata). The Plan keeps a view of each state tensor it found (of
+# a DTensor's local shard, which is what the op gets; Plan.held), which is such a reference: a
+# 1000-param Adam step, 1.35 -> 1.0 ms. A tensor assigned to a state key later is stepped as
+# well, only without the view until the Plan is rebuilt. Params get none:
+# torch.utils.swap_tensors (module.to() with swapping, FSDP2) needs a param's TensorImpl to have
+# no other reference.
 
 
 class DeviceCall:
@@ -214,7 +215,10 @@ class Plan:
         self.state_len = len(state)
         # Note [Held state]: a view of each state tensor, so the op's stack never drops the
         # last C++ reference to one
-        self.held = [t.view(t.shape) for d in self.dicts for t in d.values() if type(t) is Tensor]
+        local = [t if type(t) is Tensor else t._local_tensor  # a DTensor's: what the op gets
+                 for d in self.dicts for t in d.values()
+                 if type(t) is Tensor or (dtensor is not None and type(t) is dtensor)]
+        self.held = [t.view(t.shape) for t in local]
 
     def valid(self, opt: torch.optim.Optimizer, params: list[Tensor], mask: list[bool],
               layout: Any) -> bool:
