@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.deps-stamp
 BUILT   := $(VENV)/.build-stamp
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 
-.PHONY: test bench build install dist test-gpu bench-gpu test-integration clean
+.PHONY: test bench build install dist test-gpu bench-gpu test-integration test-cross clean
 
 $(STAMP):
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,12 @@ INTEGRATION := lightning==2.6.6 transformers==5.24.0 accelerate==1.15.0
 test-integration: $(BUILT)
 	$(VPY) -m pip install -q $(INTEGRATION) "$(TORCH)"
 	PYOPTIM_INTEGRATION=1 $(VPY) -m pytest -q tests/integration
+
+# The AArch64 NEON kernels against the scalar ones, bit for bit, torch-free, on any machine:
+# cross-compiled with aarch64-linux-gnu-g++ and run under qemu-aarch64 (tools/cross_test.sh; apt
+# packages g++-aarch64-linux-gnu and qemu-user). No venv needed.
+test-cross:
+	tools/cross_test.sh
 
 # sdist + wheel, each proven away from this checkout (tools/dist.py): the wheel is built from the
 # sdist in a fresh venv, then installed into another fresh venv and smoke-tested outside the tree.

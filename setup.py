@@ -11,13 +11,16 @@ Environment:
   DEBUG=1                 -O0 -g instead of -O3 with no debug info.
 
 One ninja build compiles every source, so the CPU ISA kernels, the op layer and the CUDA files
-compile in parallel. Only csrc/cpu/isa_*.cpp get ISA flags (csrc/README.md).
+compile in parallel. Only csrc/cpu/isa_*.cpp get ISA flags (csrc/README.md), and only the target
+architecture's levels are compiled (ISA_LEVELS): scalar, avx2, avx512 on x86-64; scalar, neon on
+AArch64; scalar elsewhere.
 """
 
 import glob
 import os
 import shutil
 import sys
+import sysconfig
 
 from setuptools import setup
 
@@ -62,11 +65,27 @@ NVCC_FLAGS = (["-O0", "-g"] if DEBUG else ["-O3"]) + [
     "-Xfatbin",
     "-compress-all",
 ]
+# Every level's own flags. NEON (Advanced SIMD) is part of the AArch64 baseline: no flag.
 ISA_FLAGS = {
     "scalar": [],
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
+    "neon": [],
 }
+# The levels of each target architecture (csrc/cpu/isa_dispatch.cpp picks among the same).
+ARCH_LEVELS = {"x86_64": ("scalar", "avx2", "avx512"), "aarch64": ("scalar", "neon")}
+
+
+def target_arch():
+    """x86_64, aarch64, or the machine name: the platform the extension is built for
+    (sysconfig's, which honours _PYTHON_HOST_PLATFORM in cross builds)."""
+    machine = sysconfig.get_platform().rsplit("-", 1)[-1].lower()
+    return {"amd64": "x86_64", "i686": "x86_64", "i386": "x86_64", "arm64": "aarch64"}.get(
+        machine, machine
+    )
+
+
+ISA_LEVELS = ARCH_LEVELS.get(target_arch(), ("scalar",))
 # Hidden, so no ISA-compiled symbol leaves _C.so (csrc/README.md rule 2).
 ISA_COMMON = ["-fvisibility=hidden"]
 # GCC 12's own avx512fintrin.h trips -Wmaybe-uninitialized (Python's CFLAGS carry -Wall) in every
@@ -115,11 +134,13 @@ def nvidia_wheel_includes():
 def get_extensions():
     """([the extension], whether it has the CUDA kernels, the line that says why not)."""
     with_cuda, skipped = cuda_plan()
-    # Every C++ file under csrc/ (and every .cu with CUDA), wherever new ones are added.
-    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+    # Every C++ file under csrc/ (and every .cu with CUDA), wherever new ones are added, less the
+    # ISA levels of other architectures.
     levels = {s[len("csrc/cpu/isa_") : -len(".cpp")] for s in glob.glob("csrc/cpu/isa_*.cpp")}
     if levels - {"dispatch"} != set(ISA_FLAGS):
         raise RuntimeError(f"setup.py: ISA_FLAGS has {sorted(ISA_FLAGS)}, csrc/cpu has {levels}")
+    other_arch = {f"csrc/cpu/isa_{level}.cpp" for level in set(ISA_FLAGS) - set(ISA_LEVELS)}
+    sources = sorted(set(glob.glob("csrc/**/*.cpp", recursive=True)) - other_arch)
     cxx = list(CXX_FLAGS)
     link = []
     # torch's at::parallel_for is an OpenMP region compiled into our code when torch uses OpenMP.
@@ -173,8 +194,9 @@ class BuildExt(BuildExtension.with_options(use_ninja=True)):
 
 def _with_isa_flags(write_ninja):
     """torch writes one ninja file with one set of C++ flags for all sources. Give each
-    csrc/cpu/isa_<level>.cpp its ISA flags as a per-file ninja binding, so the ISA kernels compile
-    in the same parallel build as everything else (MAX_JOBS honoured) instead of before it."""
+    csrc/cpu/isa_<level>.cpp of the target (ISA_LEVELS) its ISA flags as a per-file ninja
+    binding, so the ISA kernels compile in the same parallel build as everything else (MAX_JOBS
+    honoured) instead of before it."""
 
     def write(path, **kwargs):
         write_ninja(path, **kwargs)
@@ -183,14 +205,15 @@ def _with_isa_flags(write_ninja):
         out, patched = [], set()
         for line in lines:
             out.append(line)
-            for isa, flags in ISA_FLAGS.items():
+            for isa in ISA_LEVELS:
+                flags = ISA_FLAGS[isa]
                 src = os.path.join("csrc", "cpu", f"isa_{isa}.cpp")
                 if line.startswith("build ") and line.endswith(" " + os.path.abspath(src)):
                     extra = ISA_COMMON + flags + ISA_WARNINGS.get(isa, [])
                     out.append("  post_cflags = $post_cflags " + " ".join(extra))
                     patched.add(isa)
-        if patched != set(ISA_FLAGS):
-            raise RuntimeError(f"setup.py: no ninja build line for isa_{set(ISA_FLAGS) - patched}")
+        if patched != set(ISA_LEVELS):
+            raise RuntimeError(f"setup.py: no ninja build line for isa_{set(ISA_LEVELS) - patched}")
         with open(path, "w") as f:
             f.write("\n".join(out) + "\n")
 

@@ -12,13 +12,16 @@ from . import _C  # noqa: F401  (registers torch.ops.pyoptim.*)
 
 _ops = torch.ops.pyoptim
 
-CPU_LEVELS = ("scalar", "avx2", "avx512")
+# This build's CPU kernel levels, lowest first: ("scalar", "avx2", "avx512") on x86-64,
+# ("scalar", "neon") on AArch64, ("scalar",) elsewhere (setup.py builds the target's levels).
+CPU_LEVELS = tuple(_ops.cpu_levels.default())
 
 
 def cpu_capability() -> str:
-    """The CPU kernel level in use: "scalar", "avx2" or "avx512".
+    """The CPU kernel level in use: one of CPU_LEVELS ("scalar", "avx2", "avx512" on x86-64;
+    "scalar", "neon" on AArch64).
 
-    Chosen once by CPUID; the environment variable PYOPTIM_CPU_CAPABILITY caps it.
+    Chosen once from the CPU's features; the environment variable PYOPTIM_CPU_CAPABILITY caps it.
     """
     return _ops.cpu_capability.default()
 

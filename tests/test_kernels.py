@@ -10,6 +10,7 @@ AdamW(wd=0) == Adam, exact unscale, lr_tensor == lr, and any layout == contiguou
 from __future__ import annotations
 
 import dataclasses
+import platform
 
 import op_calls
 import pytest
@@ -324,6 +325,24 @@ def test_each_level_runs_its_own_kernel_table():
                 with _ops.cpu_capability_override(level):
                     pass
             assert _ops.kernel_table_isa() == current
+
+
+def test_cpu_levels_are_the_target_architectures():
+    """The build has its target's levels (setup.py ARCH_LEVELS), lowest first; a level of
+    another architecture is refused, an unknown name gets the list of this build's levels."""
+    machine = platform.machine().lower()
+    x86, arm = ("scalar", "avx2", "avx512"), ("scalar", "neon")
+    expected = {"x86_64": x86, "amd64": x86, "aarch64": arm, "arm64": arm}.get(machine, ("scalar",))
+    assert _ops.CPU_LEVELS == expected
+    assert _ops.max_cpu_capability() in _ops.CPU_LEVELS
+    other = next(lvl for lvl in ("neon", "avx2") if lvl not in _ops.CPU_LEVELS)
+    with pytest.raises(ValueError, match=f"cannot run the {other} kernels"):
+        with _ops.cpu_capability_override(other):
+            pass
+    listed = ", ".join(_ops.CPU_LEVELS[:-1]) + " or " if len(_ops.CPU_LEVELS) > 1 else ""
+    with pytest.raises(ValueError, match=f"expected {listed}{_ops.CPU_LEVELS[-1]}"):
+        with _ops.cpu_capability_override("sse"):
+            pass
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)

@@ -155,6 +155,7 @@ OPCHECKED = {
 NOT_OPTIMIZERS = {
     "pyoptim::_built_with_cuda", "pyoptim::_kernel_table_isa", "pyoptim::_set_cpu_capability",
     "pyoptim::_stream_probe_", "pyoptim::cpu_capability", "pyoptim::max_cpu_capability",
+    "pyoptim::cpu_levels",
 }
 
 

@@ -54,9 +54,11 @@ TORCH_LIBRARY(pyoptim, m) {
   pyoptim::for_each_dense(
       [&](auto opt) { m.def(pyoptim::ops::dense_schema<decltype(opt)>().c_str()); });
 
-  // CPU kernel level: "scalar", "avx2" or "avx512".
+  // CPU kernel level: "scalar", "avx2" or "avx512" on x86-64, "scalar" or "neon" on AArch64.
   m.def("cpu_capability() -> str");
   m.def("max_cpu_capability() -> str");
+  // The levels this build has, lowest first.
+  m.def("cpu_levels() -> str[]");
   // Test hook: run the CPU kernels at `level` from now on; returns the previous level.
   m.def("_set_cpu_capability(str level) -> str");
   // Test hook: the level of the kernel table the CPU ops call right now (cpu_capability()

@@ -15,9 +15,18 @@
 namespace pyoptim {
 namespace cpu {
 
-enum class CpuIsa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// The levels of one build, lowest first: scalar, avx2, avx512 on x86-64; scalar, neon on
+// AArch64; scalar elsewhere (setup.py compiles csrc/cpu/isa_<level>.cpp for the target's levels
+// only). Values only compare within one architecture's levels (a ceiling is a higher value).
+enum class CpuIsa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
 
 const char* isa_name(CpuIsa isa);
+// The level named `name` ("default" is scalar); false for an unknown name. Every architecture's
+// names are known; is_built_isa says whether this build has it.
+bool isa_from_name(const char* name, CpuIsa* isa);
+bool is_built_isa(CpuIsa isa);
+// This build's levels as text, lowest first, for messages: "scalar, avx2 or avx512".
+const char* built_isa_names();
 
 // ---- Adam / AdamW ------------------------------------------------------------------------
 // Pointers to element 0 of one tensor's param, grad and state, all of the param's dtype and
@@ -151,12 +160,17 @@ const KernelTable& kernel_table();
 namespace avx512 {
 const KernelTable& kernel_table();
 }
+namespace neon {
+const KernelTable& kernel_table();
+}
 
-// Chosen once by CPUID, capped by PYOPTIM_CPU_CAPABILITY=scalar|avx2|avx512 (csrc/cpu/isa_dispatch.cpp).
+// Chosen once (CPUID on x86-64, HWCAP on AArch64), capped by PYOPTIM_CPU_CAPABILITY=<level>
+// (csrc/cpu/isa_dispatch.cpp).
 const KernelTable& current_kernels();
 CpuIsa current_isa();
 CpuIsa max_supported_isa();  // what this CPU can run (ignores the environment cap)
-// Test hook: run at `isa` from now on; fails (returns false) if the CPU cannot run it.
+// Test hook: run at `isa` from now on; fails (returns false) if the CPU cannot run it or this
+// build has no such level.
 bool set_current_isa(CpuIsa isa);
 
 }  // namespace cpu

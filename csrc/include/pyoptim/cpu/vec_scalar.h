@@ -1,5 +1,6 @@
 // The "vector" types of the scalar level: one element, the math's own float / double.
-// Included only by csrc/cpu/isa_scalar.cpp. Same interface as vec_avx2.h / vec_avx512.h.
+// Included only by csrc/cpu/isa_scalar.cpp. Same interface as vec_avx2.h / vec_avx512.h /
+// vec_neon.h.
 #pragma once
 
 #include "pyoptim/cpu/dtypes.h"

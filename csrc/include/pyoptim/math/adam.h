@@ -4,8 +4,11 @@
 // Note [Bitwise agreement across paths]
 // The math uses only + - * / sqrt and a NaN-propagating max, all correctly rounded in IEEE
 // arithmetic, and no FMA: host code is built with -ffp-contract=off and nvcc with --fmad=false.
-// So scalar, AVX2, AVX-512 and CUDA compute the same bits for the same inputs, whatever the
-// vector width, the tail length or the thread split. tests/test_isa_agreement.py checks it.
+// So scalar, AVX2, AVX-512, NEON and CUDA compute the same bits for the same inputs, whatever
+// the vector width, the tail length or the thread split. tests/test_isa_agreement.py checks it
+// (x86 levels), tests/cross/neon_vs_scalar.cpp under qemu (NEON). One freedom IEEE 754 leaves,
+// and the compiler takes, remains: which of two different NaN operands an operation returns, and
+// the sign of a NaN result (a negation folded into a multiply).
 //
 // Note [Bias correction in double]
 // Per-step coefficients (1 - beta^step, lr / bc1, sqrt(bc2), 1 - lr * wd) are computed once per

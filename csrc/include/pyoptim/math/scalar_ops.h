@@ -1,5 +1,5 @@
 // The few primitives the math headers need, for plain float / double (CPU scalar tail and CUDA).
-// The SIMD vector types provide the same names (cpu/vec_avx2.h, cpu/vec_avx512.h), so one
+// The SIMD vector types provide the same names (cpu/vec_avx2.h, vec_avx512.h, vec_neon.h), so one
 // expression tree serves every path. See Note [Bitwise agreement across paths].
 #pragma once
 

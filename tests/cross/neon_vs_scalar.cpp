@@ -1,0 +1,540 @@
+// The NEON kernel table against the scalar one, bit for bit, with no torch: every kernel of
+// pyoptim::cpu::KernelTable (Adam / AdamW, dense and sparse SGD, SparseAdam, every dense
+// optimizer) for every param dtype, flag combination and a set of edge sizes, on inputs that
+// include NaN (quiet and signalling), infinities, signed zeros and subnormals. Also the runtime
+// choice of the level (csrc/cpu/isa_dispatch.cpp).
+//
+// Built for AArch64 from the extension's own sources (csrc/cpu/isa_scalar.cpp, isa_neon.cpp,
+// isa_dispatch.cpp) and run under qemu-aarch64 on any machine: tools/cross_test.sh (make
+// test-cross). Exit status 0 when every output byte agrees; 1 with the first difference of each
+// failing case otherwise.
+//
+//   neon_vs_scalar                     all kernels, then the dispatch checks
+//   neon_vs_scalar --dispatch=<level>  only: current_isa() is <level> (PYOPTIM_CPU_CAPABILITY)
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "pyoptim/cpu/dtypes.h"
+#include "pyoptim/cpu/isa.h"
+#include "pyoptim/dense.h"
+#include "pyoptim/math/sparse_adam.h"
+
+namespace {
+
+using namespace pyoptim;
+using namespace pyoptim::cpu;
+
+// ---- dtypes ------------------------------------------------------------------------------------
+template <class S>
+const char* dtype_name();
+template <>
+const char* dtype_name<float>() { return "float32"; }
+template <>
+const char* dtype_name<double>() { return "float64"; }
+template <>
+const char* dtype_name<bf16>() { return "bfloat16"; }
+template <>
+const char* dtype_name<fp16>() { return "float16"; }
+
+// The table entry of storage type S in any of the per-dtype kernel structs.
+template <class S, class K>
+auto pick(const K& k) {
+  if constexpr (std::is_same<S, float>::value) return k.f32;
+  if constexpr (std::is_same<S, double>::value) return k.f64;
+  if constexpr (std::is_same<S, bf16>::value) return k.bf16;
+  if constexpr (std::is_same<S, fp16>::value) return k.f16;
+}
+
+template <class S>
+S from_bits(uint64_t b) {
+  S s;
+  std::memcpy(&s, &b, sizeof(S));  // little-endian: the low sizeof(S) bytes
+  return s;
+}
+
+template <class S>
+constexpr int mantissa_bits() {
+  return std::is_same<S, double>::value ? 52 : std::is_same<S, float>::value ? 23
+         : std::is_same<S, bf16>::value ? 7 : 10;
+}
+
+// ---- inputs ------------------------------------------------------------------------------------
+std::mt19937_64 rng(20261202);
+
+double uniform(double lo, double hi) {
+  return std::uniform_real_distribution<double>(lo, hi)(rng);
+}
+
+// A value of storage type S: mostly uniform in [lo, hi], sometimes zero of either sign, a
+// subnormal of S, a value near float16's largest or one that narrows to a float16 subnormal
+// (none below zero when lo >= 0: a negative second moment would make a NaN of its own).
+template <class S>
+S value(double lo, double hi) {
+  using T = opmath_t<S>;
+  const uint64_t sign = lo < 0 ? rng() & 1 : 0;
+  switch (static_cast<int>(rng() % 32)) {
+    case 0: return from_opmath<S>(T(0));
+    case 1: return from_opmath<S>(-T(0));
+    case 2: return from_bits<S>((1 + rng() % 7) | sign << (8 * sizeof(S) - 1));  // subnormal
+    case 3: return from_opmath<S>(T((sign ? -1 : 1) * uniform(0, 6e4)));
+    case 4: return from_opmath<S>(T((sign ? -1 : 1) * uniform(0, 1e-6)));
+    default: return from_opmath<S>(T(uniform(lo, hi)));
+  }
+}
+
+template <class S>
+std::vector<S> values(int64_t n, double lo, double hi) {
+  std::vector<S> v(static_cast<size_t>(n));
+  for (auto& x : v) x = value<S>(lo, hi);
+  return v;
+}
+
+// Note [NaN inputs of the cross test]
+// IEEE 754 does not say which of two NaN operands an operation returns, nor the sign of an
+// arithmetic NaN result, and GCC uses both freedoms without fast-math: it may swap the operands
+// of + and *, and folds a negation into the next multiply or fma (maximize's -g, then
+// fma(g, -lr, p) becomes fma(g, lr, p)), exact for numbers but not for a NaN's sign. Scalar and
+// vector code of one expression come out differently (on x86 too: avx2 and scalar give NaNs of
+// opposite signs there). So an element's inputs carry at most one NaN or infinity (the NaNs of
+// one case share one bit pattern: quiet or signalling, either sign, with a payload), and a NaN
+// result matches when its bits match up to the sign; every other result matches bit for bit.
+template <class S>
+S nan_of_case(uint64_t pattern) {
+  const bool quiet = pattern & 1, negative = pattern & 2;
+  const int bits = 8 * sizeof(S);
+  const int mant = mantissa_bits<S>();
+  const uint64_t exp_all = ((uint64_t(1) << (bits - 1 - mant)) - 1) << mant;
+  const uint64_t payload = quiet ? (uint64_t(1) << (mant - 1)) | 5 : 5;
+  return from_bits<S>(exp_all | payload | (uint64_t(negative) << (bits - 1)));
+}
+
+template <class S>
+S special(uint64_t pattern) {
+  using T = opmath_t<S>;
+  switch (rng() % 3) {
+    case 0: return from_opmath<S>(T(1) / T(0));
+    case 1: return from_opmath<S>(-T(1) / T(0));
+    default: return nan_of_case<S>(pattern);
+  }
+}
+
+// Dense kernels: about one element in 16 gets a NaN or an infinity in one of its arrays.
+template <class S>
+void add_specials(const std::vector<std::vector<S>*>& arrays) {
+  const uint64_t pattern = rng();
+  const size_t n = arrays[0]->size();
+  for (size_t i = 0; i < n; ++i) {
+    if (rng() % 16 != 0) continue;
+    (*arrays[rng() % arrays.size()])[i] = special<S>(pattern);
+  }
+}
+// Sparse kernels: an element of the param or state is updated from several value rows (the
+// duplicates of its row, summed), so the specials of one case go to one array only, and a value
+// array (the last one) gets only the case's NaN, never an infinity (+inf + -inf is a second NaN).
+template <class S>
+void add_specials_one(std::initializer_list<std::vector<S>*> arrays) {
+  const uint64_t pattern = rng();
+  const size_t pick = rng() % arrays.size();
+  const bool values_array = pick == arrays.size() - 1;
+  for (auto& x : **(arrays.begin() + pick)) {
+    if (rng() % 64 == 0) x = values_array ? nan_of_case<S>(pattern) : special<S>(pattern);
+  }
+}
+
+// ---- comparison ---------------------------------------------------------------------------------
+int64_t g_cases = 0, g_elements = 0, g_failures = 0, g_nan_signs = 0;
+
+template <class S>
+bool is_nan_bits(uint64_t b) {
+  const int bits = 8 * sizeof(S);
+  const int mant = mantissa_bits<S>();
+  const uint64_t abs = b & ((uint64_t(1) << (bits - 1)) - 1);
+  return abs > (((uint64_t(1) << (bits - 1 - mant)) - 1) << mant);
+}
+
+// Bit for bit, but for the sign of a NaN (Note [NaN inputs of the cross test]).
+template <class S>
+bool same(const std::vector<S>& neon, const std::vector<S>& scalar, const std::string& what) {
+  g_elements += static_cast<int64_t>(neon.size());
+  if (neon.size() == scalar.size() &&
+      std::memcmp(neon.data(), scalar.data(), neon.size() * sizeof(S)) == 0) {
+    return true;
+  }
+  const uint64_t sign = uint64_t(1) << (8 * sizeof(S) - 1);
+  for (size_t i = 0; i < neon.size(); ++i) {
+    uint64_t a = 0, b = 0;
+    std::memcpy(&a, &neon[i], sizeof(S));
+    std::memcpy(&b, &scalar[i], sizeof(S));
+    if (a == b) continue;
+    if (is_nan_bits<S>(a) && (a ^ b) == sign) {
+      ++g_nan_signs;
+      continue;
+    }
+    if (g_failures < 20) {
+      std::printf("MISMATCH %s %s: element %zu of %zu: neon 0x%" PRIx64 " scalar 0x%" PRIx64 "\n",
+                  what.c_str(), dtype_name<S>(), i, neon.size(), a, b);
+    }
+    ++g_failures;
+    return false;
+  }
+  return true;
+}
+
+// Sizes around every vector width of the levels (2, 4, 8 elements and the paired 8 of bfloat16),
+// a few hundred, and non-multiples.
+const int64_t kSizes[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 100, 255, 257, 515};
+// The first element of the range: 0, or 3 (vectors start off the allocation's alignment).
+const int64_t kBegins[] = {0, 3};
+
+const KernelTable& scalar_table() { return scalar::kernel_table(); }
+const KernelTable& neon_table() { return neon::kernel_table(); }
+
+std::string flags_text(std::initializer_list<std::pair<const char*, bool>> flags) {
+  std::string s;
+  for (const auto& f : flags) {
+    if (f.second) s += std::string(s.empty() ? "" : "+") + f.first;
+  }
+  return s.empty() ? "plain" : s;
+}
+
+// ---- Adam / AdamW -------------------------------------------------------------------------------
+template <class S>
+void adam_cases() {
+  using T = opmath_t<S>;
+  for (int bits = 0; bits < 16; ++bits) {
+    const AdamFlags f{(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0};
+    for (double beta1 : {0.9, 0.3}) {  // torch's lerp formulas: weight below / above 0.5
+      for (double wd : {0.0, 0.1}) {
+        for (double step : {1.0, 7.0}) {
+          const auto c = math::make_adam_coeffs<T>(1e-2, beta1, 0.999, 1e-8, wd, f.decoupled,
+                                                   step, f.scale ? 1024.0 : 1.0);
+          for (int64_t n : kSizes) {
+            for (int64_t begin : kBegins) {
+              if (begin > n) continue;
+              std::vector<S> p = values<S>(n, -1, 1), g = values<S>(n, -2, 2),
+                             m = values<S>(n, -0.1, 0.1), v = values<S>(n, 0, 0.01),
+                             x = values<S>(n, 0, 0.02);
+              add_specials<S>({&p, &g, &m, &v, &x});
+              std::vector<S> p2 = p, m2 = m, v2 = v, x2 = x;
+              pick<S>(scalar_table().adam)(
+                  AdamPtrs{p.data(), g.data(), m.data(), v.data(), x.data()}, begin, n, c, f);
+              pick<S>(neon_table().adam)(
+                  AdamPtrs{p2.data(), g.data(), m2.data(), v2.data(), x2.data()}, begin, n, c, f);
+              const std::string what =
+                  "adam[" +
+                  flags_text({{"adamw", f.decoupled}, {"amsgrad", f.amsgrad},
+                              {"maximize", f.maximize}, {"grad_scale", f.scale}}) +
+                  " beta1=" + std::to_string(beta1) + " wd=" + std::to_string(wd) +
+                  " n=" + std::to_string(n) + " begin=" + std::to_string(begin) + "]";
+              ++g_cases;
+              same(p2, p, what + " param") && same(m2, m, what + " exp_avg") &&
+                  same(v2, v, what + " exp_avg_sq") && same(x2, x, what + " max_exp_avg_sq");
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- SGD, dense ---------------------------------------------------------------------------------
+SgdFlags sgd_flags(int bits) {
+  return SgdFlags{(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0,
+                  (bits & 16) != 0};
+}
+std::string sgd_text(const SgdFlags& f) {
+  return flags_text({{"momentum", f.momentum}, {"nesterov", f.nesterov},
+                     {"first_step", f.first_step}, {"maximize", f.maximize},
+                     {"grad_scale", f.scale}});
+}
+
+template <class S>
+void sgd_dense_cases() {
+  using T = opmath_t<S>;
+  for (int bits = 0; bits < 32; ++bits) {
+    const SgdFlags f = sgd_flags(bits);
+    if (!f.momentum && (f.nesterov || f.first_step)) continue;  // unused without momentum
+    for (double wd : {0.0, 1e-2}) {
+      for (double dampening : {0.0, 0.1}) {
+        const auto c = math::make_sgd_coeffs<T>(1e-2, 0.9, dampening, wd, f.scale ? 1024.0 : 1.0);
+        for (int64_t n : kSizes) {
+          for (int64_t begin : kBegins) {
+            if (begin > n) continue;
+            std::vector<S> p = values<S>(n, -1, 1), g = values<S>(n, -2, 2),
+                           b = values<S>(n, -0.5, 0.5);
+            add_specials<S>({&p, &g, &b});
+            std::vector<S> p2 = p, b2 = b;
+            pick<S>(scalar_table().sgd.dense)(SgdPtrs{p.data(), g.data(), b.data()}, begin, n, c,
+                                              f);
+            pick<S>(neon_table().sgd.dense)(SgdPtrs{p2.data(), g.data(), b2.data()}, begin, n, c,
+                                            f);
+            const std::string what = "sgd[" + sgd_text(f) + " wd=" + std::to_string(wd) +
+                                     " dampening=" + std::to_string(dampening) +
+                                     " n=" + std::to_string(n) +
+                                     " begin=" + std::to_string(begin) + "]";
+            ++g_cases;
+            same(p2, p, what + " param") && same(b2, b, what + " momentum_buffer");
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- sparse rows (SGD and SparseAdam) -----------------------------------------------------------
+// A sparse gradient's index and what ops::group_rows makes of it: unique rows ascending, the
+// value rows of each (in position order) and their offsets.
+struct SparseRows {
+  int64_t num_rows;
+  std::vector<int64_t> index, rows, offsets, order;
+};
+
+SparseRows sparse_rows(int64_t num_rows, int64_t nnz, int64_t hot_duplicates) {
+  SparseRows s;
+  s.num_rows = num_rows;
+  for (int64_t k = 0; k < nnz; ++k) s.index.push_back(static_cast<int64_t>(rng() % num_rows));
+  // one row seen more than math::kDuplicateBlock times: the blocked duplicate sum
+  for (int64_t k = 0; k < hot_duplicates; ++k) {
+    s.index.insert(s.index.begin() + static_cast<int64_t>(rng() % (s.index.size() + 1)), 1);
+  }
+  s.offsets.push_back(0);
+  for (int64_t r = 0; r < num_rows; ++r) {
+    const size_t before = s.order.size();
+    for (size_t k = 0; k < s.index.size(); ++k) {
+      if (s.index[k] == r) s.order.push_back(static_cast<int64_t>(k));
+    }
+    if (s.order.size() != before) {
+      s.rows.push_back(r);
+      s.offsets.push_back(static_cast<int64_t>(s.order.size()));
+    }
+  }
+  return s;
+}
+
+const int64_t kWidths[] = {1, 2, 3, 4, 5, 8, 9, 17, 33, 100};
+
+// The unique-row splits of one call: all rows at once, and two calls (two threads' shares).
+std::vector<std::pair<int64_t, int64_t>> row_splits(int64_t u) {
+  std::vector<std::pair<int64_t, int64_t>> s{{0, u}};
+  if (u >= 2) s = {{0, u / 2}, {u / 2, u}};
+  return s;
+}
+
+template <class S>
+void sgd_sparse_cases() {
+  using T = opmath_t<S>;
+  for (int bits = 0; bits < 32; ++bits) {
+    const SgdFlags f = sgd_flags(bits);
+    if (!f.momentum && (f.nesterov || f.first_step)) continue;
+    for (double wd : {0.0, 1e-2}) {  // no momentum and no weight decay: the sequential path
+      const auto c = math::make_sgd_coeffs<T>(1e-2, 0.9, 0.1, wd, f.scale ? 1024.0 : 1.0);
+      for (int64_t width : kWidths) {
+        for (int64_t hot : {int64_t(0), int64_t(300)}) {
+          if (hot && width > 9) continue;
+          const SparseRows r = sparse_rows(12, 30, hot);
+          const int64_t nnz = static_cast<int64_t>(r.index.size());
+          std::vector<S> p = values<S>(r.num_rows * width, -1, 1),
+                         vals = values<S>(nnz * width, -2, 2),
+                         b = values<S>(r.num_rows * width, -0.5, 0.5);
+          add_specials_one<S>({&p, &b, &vals});
+          std::vector<S> p2 = p, b2 = b;
+          std::vector<T> scratch(2 * width);
+          const int64_t u = static_cast<int64_t>(r.rows.size());
+          for (auto split : row_splits(u)) {
+            for (int side = 0; side < 2; ++side) {
+              const SgdSparsePtrs a{side ? p2.data() : p.data(), vals.data(),
+                                    side ? b2.data() : b.data(), r.rows.data(),
+                                    r.offsets.data(), r.order.data(), width, r.index.data(), nnz};
+              pick<S>((side ? neon_table() : scalar_table()).sgd.sparse)(
+                  a, split.first, split.second, c, f, scratch.data());
+            }
+          }
+          const std::string what = "sgd_sparse[" + sgd_text(f) + " wd=" + std::to_string(wd) +
+                                   " width=" + std::to_string(width) +
+                                   " nnz=" + std::to_string(nnz) + "]";
+          ++g_cases;
+          same(p2, p, what + " param") && same(b2, b, what + " momentum_buffer");
+        }
+      }
+    }
+  }
+}
+
+template <class S>
+void sparse_adam_cases() {
+  using T = opmath_t<S>;
+  for (int bits = 0; bits < 4; ++bits) {
+    const SparseAdamFlags f{(bits & 1) != 0, (bits & 2) != 0};
+    for (double step : {1.0, 5.0}) {
+      const double lr = 1e-2, beta1 = 0.9, beta2 = 0.999;
+      const auto c = math::make_sparse_adam_coeffs<T>(
+          lr, beta1, beta2, 1e-8, f.weight_decay ? 0.1 : 0.0,
+          math::sparse_adam_step_size(lr, beta1, beta2, step));
+      for (int64_t width : kWidths) {
+        for (int64_t hot : {int64_t(0), int64_t(300)}) {
+          if (hot && width > 9) continue;
+          const SparseRows r = sparse_rows(12, 30, hot);
+          const int64_t nnz = static_cast<int64_t>(r.index.size());
+          const int64_t stride = width + 3;  // rows of a wider tensor (a column slice)
+          std::vector<S> p = values<S>(r.num_rows * stride, -1, 1),
+                         m = values<S>(r.num_rows * stride, -0.1, 0.1),
+                         v = values<S>(r.num_rows * stride, 0, 0.01),
+                         vals = values<S>(nnz * width, -2, 2);
+          add_specials_one<S>({&p, &m, &v, &vals});
+          std::vector<S> p2 = p, m2 = m, v2 = v;
+          std::vector<T> scratch(2 * width);
+          const int64_t u = static_cast<int64_t>(r.rows.size());
+          for (auto split : row_splits(u)) {
+            for (int side = 0; side < 2; ++side) {
+              const SparseAdamPtrs a{side ? p2.data() : p.data(), side ? m2.data() : m.data(),
+                                     side ? v2.data() : v.data(), stride, stride, stride,
+                                     vals.data(), width, r.rows.data(), r.offsets.data(),
+                                     r.order.data()};
+              pick<S>((side ? neon_table() : scalar_table()).sparse_adam)(
+                  a, split.first, split.second, c, f, scratch.data());
+            }
+          }
+          const std::string what =
+              "sparse_adam[" +
+              flags_text({{"maximize", f.maximize}, {"weight_decay", f.weight_decay}}) +
+              " width=" + std::to_string(width) + " nnz=" + std::to_string(nnz) + "]";
+          ++g_cases;
+          same(p2, p, what + " param") && same(m2, m, what + " exp_avg") &&
+              same(v2, v, what + " exp_avg_sq");
+        }
+      }
+    }
+  }
+}
+
+// ---- every dense optimizer (Note [Dense optimizers]) --------------------------------------------
+// Hyper-parameters from each one's own checks: a unit-interval one 0.9 or 0.3, a non-negative
+// one (lr, eps, weight decay, ...) 1e-2, and weight_decay 0 in the `zeros` variant.
+template <class Opt>
+std::vector<double> dense_hyper(bool alt, bool zeros) {
+  std::vector<double> h;
+  for (int i = 0; i < Opt::kHypers; ++i) {
+    if (Opt::kChecks[i].kind == math::HyperCheck::kUnitInterval) {
+      h.push_back(alt ? 0.3 : 0.9);
+    } else {
+      h.push_back(zeros && std::strcmp(Opt::kChecks[i].name, "weight_decay") == 0 ? 0.0 : 1e-2);
+    }
+  }
+  return h;
+}
+
+template <class Opt, class S>
+void dense_cases() {
+  using T = opmath_t<S>;
+  constexpr int N = Opt::kStates;
+  for (unsigned mask = 0; mask < (1u << Opt::kFlags); ++mask) {
+    for (bool scale : {false, true}) {
+      for (int variant = 0; variant < 4; ++variant) {
+        const std::vector<double> hyper = dense_hyper<Opt>(variant & 1, variant & 2);
+        const DenseArgs<Opt, T> args{Opt::template coeffs<T>(hyper.data(), 3.0),
+                                     math::saturate<T>(scale ? 1024.0 : 1.0)};
+        for (int64_t n : kSizes) {
+          for (int64_t begin : kBegins) {
+            if (begin > n) continue;
+            std::vector<S> p = values<S>(n, -1, 1), g = values<S>(n, -2, 2);
+            std::vector<std::vector<S>> s, s2;
+            for (int k = 0; k < N; ++k) s.push_back(values<S>(n, k == 0 ? -0.1 : 0.0, 0.1));
+            std::vector<std::vector<S>*> arrays{&p, &g};
+            for (auto& state : s) arrays.push_back(&state);
+            add_specials<S>(arrays);
+            std::vector<S> p2 = p;
+            s2 = s;
+            DensePtrs a{p.data(), g.data(), {}}, a2{p2.data(), g.data(), {}};
+            for (int k = 0; k < N; ++k) {
+              a.state[k] = s[k].data();
+              a2.state[k] = s2[k].data();
+            }
+            pick<S>(scalar_table().dense[dense_index<Opt>()])(a, begin, n, &args, mask, scale);
+            pick<S>(neon_table().dense[dense_index<Opt>()])(a2, begin, n, &args, mask, scale);
+            const std::string what = std::string(Opt::kName) + "[flags=" + std::to_string(mask) +
+                                     (scale ? " grad_scale" : "") +
+                                     " hyper=" + std::to_string(variant) +
+                                     " n=" + std::to_string(n) +
+                                     " begin=" + std::to_string(begin) + "]";
+            ++g_cases;
+            bool ok = same(p2, p, what + " param");
+            for (int k = 0; ok && k < N; ++k) {
+              ok = same(s2[k], s[k], what + " state " + std::to_string(k));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- driver -------------------------------------------------------------------------------------
+template <class F>
+void section(const char* name, const char* dtype, F&& run) {
+  const int64_t cases = g_cases, elements = g_elements, failures = g_failures;
+  run();
+  std::printf("  %-12s %-9s %6" PRId64 " cases %9" PRId64 " elements  %s\n", name, dtype,
+              g_cases - cases, g_elements - elements,
+              g_failures == failures ? "bitwise equal" : "DIFFERENT");
+}
+
+template <class S>
+void all_kernels() {
+  section("adam", dtype_name<S>(), [] { adam_cases<S>(); });
+  section("sgd", dtype_name<S>(), [] { sgd_dense_cases<S>(); });
+  section("sgd_sparse", dtype_name<S>(), [] { sgd_sparse_cases<S>(); });
+  section("sparse_adam", dtype_name<S>(), [] { sparse_adam_cases<S>(); });
+  for_each_dense([](auto opt) {
+    using Opt = decltype(opt);
+    section(Opt::kName, dtype_name<S>(), [] { dense_cases<Opt, S>(); });
+  });
+}
+
+bool check(bool ok, const char* what) {
+  std::printf("  %-60s %s\n", what, ok ? "ok" : "FAILED");
+  if (!ok) ++g_failures;
+  return ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 2 && std::strncmp(argv[1], "--dispatch=", 11) == 0) {
+    const char* want = argv[1] + 11;
+    const char* got = isa_name(current_isa());
+    std::printf("current_isa() = %s (PYOPTIM_CPU_CAPABILITY=%s), expected %s\n", got,
+                std::getenv("PYOPTIM_CPU_CAPABILITY") ? std::getenv("PYOPTIM_CPU_CAPABILITY") : "",
+                want);
+    return std::strcmp(got, want) == 0 ? 0 : 1;
+  }
+  std::printf("neon vs scalar kernel tables, bit for bit:\n");
+  all_kernels<float>();
+  all_kernels<double>();
+  all_kernels<bf16>();
+  all_kernels<fp16>();
+  std::printf("dispatch:\n");
+  check(scalar_table().isa == CpuIsa::kScalar && neon_table().isa == CpuIsa::kNeon,
+        "each table names its level");
+  check(max_supported_isa() == CpuIsa::kNeon, "max_supported_isa() is neon");
+  check(is_built_isa(CpuIsa::kNeon) && !is_built_isa(CpuIsa::kAvx2) &&
+            !is_built_isa(CpuIsa::kAvx512),
+        "this build's levels are scalar and neon");
+  check(std::strcmp(built_isa_names(), "scalar or neon") == 0, "built_isa_names()");
+  check(!set_current_isa(CpuIsa::kAvx2) && !set_current_isa(CpuIsa::kAvx512),
+        "set_current_isa refuses the x86 levels");
+  check(set_current_isa(CpuIsa::kScalar) && &current_kernels() == &scalar_table(),
+        "set_current_isa(scalar) runs the scalar table");
+  check(set_current_isa(CpuIsa::kNeon) && &current_kernels() == &neon_table(),
+        "set_current_isa(neon) runs the neon table");
+  std::printf("%" PRId64 " cases, %" PRId64 " elements compared: %s (%" PRId64
+              " NaN results equal up to their sign)\n",
+              g_cases, g_elements, g_failures == 0 ? "all bitwise equal" : "FAILURES",
+              g_nan_signs);
+  return g_failures == 0 ? 0 : 1;
+}
