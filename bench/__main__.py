@@ -7,6 +7,7 @@
     python -m bench --compare old.json --against new.json  # no run: just compare two files
     python -m bench --device cuda        # GPU run (CUDA events, L2 flush): make bench-gpu
     python -m bench --list --device cuda # the GPU workloads (listing needs no GPU)
+    python -m bench --isa all            # pyoptim also at every other CPU level (pyoptim@avx2, ...)
 
 See bench/README.md for the columns and for adding workloads.
 """
@@ -54,6 +55,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-latest", action="store_true", help="don't write bench/results/latest.json"
     )
     ap.add_argument("--no-probe", action="store_true", help="skip the bandwidth probes")
+    ap.add_argument(
+        "--isa",
+        choices=["default", "all"],
+        default="default",
+        help="all: also time each pyoptim impl at every other CPU level this CPU runs, as "
+        "pyoptim@<level> rows next to the default level's (CPU only)",
+    )
     ap.add_argument("--list", action="store_true", help="list the workloads and exit")
     ap.add_argument("--compare", metavar="OLD.json", help="print ratios between OLD and this run")
     ap.add_argument(
@@ -108,11 +116,12 @@ def _ms(x: float) -> str:
 
 
 def format_table(w: Workload, rows: list[Row], probe_gbps: float | None = None) -> str:
+    width = max([15, *(len(r.impl) for r in rows)])
     lines = [
         f"{w.name}: {w.description}, {w.numel / 1e6:.2f}M elements, "
         f"{w.bytes_per_step / w.numel:g} B/elem = {w.bytes_per_step / 1e9:.3f} GB/step"
         + (f"; probe alongside: {probe_gbps:.1f} GB/s" if probe_gbps else ""),
-        f"  {'impl':<15} {'ms/step':>9} {'IQR (ms)':>17} {'n':>5} "
+        f"  {'impl':<{width}} {'ms/step':>9} {'IQR (ms)':>17} {'n':>5} "
         f"{'ratio':>7} {'GB/s':>7} {'%probe':>7}",
     ]
     for r in rows:
@@ -120,7 +129,7 @@ def format_table(w: Workload, rows: list[Row], probe_gbps: float | None = None) 
         pct = f"{r.pct_probe:.0f}%" if r.pct_probe is not None else "-"
         iqr = f"{_ms(r.q1_ms)}..{_ms(r.q3_ms)}"
         lines.append(
-            f"  {r.impl:<15} {_ms(r.median_ms):>9} {iqr:>17} {r.n:>5} {ratio:>7} "
+            f"  {r.impl:<{width}} {_ms(r.median_ms):>9} {iqr:>17} {r.n:>5} {ratio:>7} "
             f"{r.gbps:>7.1f} {pct:>7}"
         )
     lines += format_targets(w, rows)
@@ -181,6 +190,33 @@ def format_compare(old: dict, new: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def add_isa_levels(w: Workload) -> None:
+    """--isa all: next to each pyoptim impl, the same impl at every other level this CPU can
+    run (pyoptim@scalar, ...), so a regression at a lower level shows in the same run."""
+    from pyoptim import _ops
+
+    others = [lv for lv in _ops.available_cpu_capabilities() if lv != _ops.cpu_capability()]
+    for name, setup in list(w.impls.items()):
+        if name.startswith("pyoptim"):
+            for level in others:
+                w.impls[f"{name}@{level}"] = _at_level(setup, level)
+
+
+def _at_level(setup: harness.SetupFn, level: str) -> harness.SetupFn:
+    from pyoptim import _ops
+
+    def at_level():
+        step = setup()
+
+        def run():
+            with _ops.cpu_capability_override(level):
+                step()
+
+        return run
+
+    return at_level
+
+
 def run(args: argparse.Namespace, out=print) -> dict:
     if not args.list:  # listing builds no tensors: it needs no GPU
         check_device(args.device)
@@ -192,6 +228,9 @@ def run(args: argparse.Namespace, out=print) -> dict:
     if args.filter:
         pats = [re.compile(f) for f in args.filter]
         workloads = [w for w in workloads if any(p.search(w.name) for p in pats)]
+    if args.isa == "all" and cfg.device == "cpu":
+        for w in workloads:
+            add_isa_levels(w)
     if args.list:
         for w in workloads:
             out(f"{w.name:<36} {', '.join(w.impls)}")

@@ -43,6 +43,37 @@ def test_quick_run_produces_rows(tmp_path):
     assert len(rows) == 2 and all("1.00x" in line for line in rows)
 
 
+def test_isa_all_adds_every_other_level():
+    """--isa all: each pyoptim impl also runs at every other level this CPU runs, and that
+    level's kernel table is the one called."""
+    from pyoptim import _ops
+
+    others = [lv for lv in _ops.available_cpu_capabilities() if lv != _ops.cpu_capability()]
+    if not others:
+        pytest.skip("this CPU runs one level only")
+    seen = []
+    real = cli._at_level
+
+    def spy(setup, level):  # records which kernel table each @level step ran on
+        def recording():
+            step = setup()
+
+            def run():
+                step()
+                seen.append((level, _ops.kernel_table_isa()))
+            return run
+        return real(recording, level)
+
+    cli._at_level = spy
+    try:
+        res = cli.main(TINY + ["--filter", "^sgd/fp32-1x", "--isa", "all"], out=lambda _: None)
+    finally:
+        cli._at_level = real
+    impls = {r["impl"] for r in res["workloads"][0]["rows"]}
+    assert {f"pyoptim@{lv}" for lv in others} <= impls and "pyoptim" in impls
+    assert {lv for lv, _ in seen} == set(others) and all(lv == isa for lv, isa in seen)
+
+
 def test_discover_finds_adam_and_adamw():
     cfg = harness.BenchConfig(scale=1 / 65536)
     found = harness.discover(cfg)  # builds Workloads only: setup() allocates when run
