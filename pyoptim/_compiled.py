@@ -67,7 +67,7 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
         plan = opt._build_plan(all_params, mask, layout)
         states = plan.state_lists(keys, optional)
     dtensor = _dtensor_type()
-    if getattr(plan, "fused_errors", None) or any(c.complex_pos for c in plan.calls) or any(
+    if plan.fused_errors or any(c.complex_pos for c in plan.calls) or any(
             p.grad.dtype != p.dtype or (dtensor is not None and isinstance(p, dtensor))
             for p in plan.active):
         opt._forget_fresh(plan)  # the eager step creates it again
@@ -147,6 +147,7 @@ class TracedPlan:
         self.groups = groups
         self.layout = layout
         self.extra = extra
+        self.fused_errors: dict = {}  # a step with fused-flag errors is not traced (above)
 
 
 def _eager_step(opt: Any, groups: list[dict]) -> None:

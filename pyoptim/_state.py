@@ -101,6 +101,19 @@ def lr_args(lrs: tuple, device: torch.device) -> tuple[tuple, Sequence[Tensor | 
     return tuple(0.0 if isinstance(x, Tensor) else x for x in lrs), tensors
 
 
+# c10::ScalarType names, as torch's kernels spell a dtype in "not implemented for" errors
+_SCALAR_TYPE_NAMES = {
+    torch.complex32: "ComplexHalf", torch.complex64: "ComplexFloat",
+    torch.complex128: "ComplexDouble", torch.bool: "Bool", torch.uint8: "Byte",
+    torch.int8: "Char", torch.int16: "Short", torch.int32: "Int", torch.int64: "Long",
+    torch.uint16: "UInt16", torch.uint32: "UInt32", torch.uint64: "UInt64",
+}
+
+
+def scalar_type_name(dtype: torch.dtype) -> str:
+    return _SCALAR_TYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
 def hyper_args(opt: Any, groups: list[dict],
                device: torch.device) -> tuple[Sequence[Any], Sequence[bool], Sequence[Any]]:
     """The ops' `hyper`, `flags` and `lr_tensors` arguments (Note [Param groups in one call] in
@@ -179,6 +192,21 @@ class Plan:
         self.calls: list[DeviceCall] = []
         self.extra: Any = None  # what a subclass keeps with the plan
         self.held: list[Tensor] = []  # Note [Held state]
+        # Note [Fused-flag errors] (adam.py): per param group (by id), the (order, error) that
+        # torch's fused step raises first for it; _run raises the first group's
+        self.fused_errors: dict[int, tuple[int, Exception]] = {}
+
+    def keep_fused_error(self, group: dict, order: int, error: Exception) -> None:
+        """Keep `error` for `group` unless one torch raises earlier (a lower `order`, or the
+        same order found at an earlier param) is kept already."""
+        kept = self.fused_errors.get(id(group))
+        if kept is None or order < kept[0]:
+            self.fused_errors[id(group)] = (order, error)
+
+    def first_fused_error(self) -> tuple[int, Exception]:
+        """The index of the first param group with a kept error, and that error."""
+        return next((k, self.fused_errors[id(g)][1]) for k, g in enumerate(self.groups)
+                    if id(g) in self.fused_errors)
 
     def finish(self, opt: torch.optim.Optimizer) -> None:
         """After lazy state creation: record the dicts and split the params by device."""
@@ -215,10 +243,11 @@ class Plan:
         self.state_len = len(state)
         # Note [Held state]: a view of each state tensor, so the op's stack never drops the
         # last C++ reference to one
-        local = [t if type(t) is Tensor else t._local_tensor  # a DTensor's: what the op gets
-                 for d in self.dicts for t in d.values()
-                 if type(t) is Tensor or (dtensor is not None and type(t) is dtensor)]
-        self.held = [t.view(t.shape) for t in local]
+        if not torch.compiler.is_compiling():  # a traced step keeps no Plan
+            local = [t if type(t) is Tensor else t._local_tensor  # a DTensor's: what the op gets
+                     for d in self.dicts for t in d.values()
+                     if type(t) is Tensor or (dtensor is not None and type(t) is dtensor)]
+            self.held = [t.view(t.shape) for t in local]
 
     def valid(self, opt: torch.optim.Optimizer, params: list[Tensor], mask: list[bool],
               layout: Any) -> bool:

@@ -37,8 +37,7 @@ from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused
 
 from ._dense import DenseStep
-from ._state import DeviceCall, Plan, scalar_dtype
-from .sgd import _scalar_type_name
+from ._state import DeviceCall, Plan, scalar_dtype, scalar_type_name
 
 __all__ = ["Adagrad"]
 
@@ -78,21 +77,16 @@ class Adagrad(DenseStep, torch.optim.Adagrad):
             if len(self.state[p]) == 0:
                 _check_fused(plan, p)  # and each param whose state it creates
             error = _fused_error([p])
-            if error is not None:  # raised by _run, before anything is written
-                errors = plan.__dict__.setdefault("fused_errors", {})
-                kept = errors.get(id(group))  # the complex check comes before the kernel's
-                if kept is None or (isinstance(kept, NotImplementedError)
-                                    and not isinstance(error, NotImplementedError)):
-                    errors[id(group)] = error
+            if error is not None:  # raised by _run, before anything is written; the complex
+                # check comes before the kernel's dtype dispatch
+                plan.keep_fused_error(group, int(isinstance(error, NotImplementedError)), error)
         return super()._init_param(plan, group, p)
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
              states: list[list[Any]], grad_scale: Tensor | None,
              found_inf: Tensor | None, validate_only: bool) -> None:
-        errors = getattr(plan, "fused_errors", None)
-        if errors:
-            k, error = next((k, errors[id(g)]) for k, g in enumerate(plan.groups)
-                            if id(g) in errors)
+        if plan.fused_errors:
+            k, error = plan.first_fused_error()
             # Note [Fused-flag errors] (adam.py): torch created the state of the groups up to
             # the failing one before raising
             made = {id(p) for g in plan.groups[:k + 1] for p in g["params"]}
@@ -173,7 +167,7 @@ def _fused_error(params: list[Tensor]) -> Exception | None:
     for p in params:
         if not p.is_floating_point():
             return NotImplementedError(
-                f'"fused_adagrad_kernel" not implemented for {_scalar_type_name(p.dtype)!r}')
+                f'"fused_adagrad_kernel" not implemented for {scalar_type_name(p.dtype)!r}')
     return None
 
 

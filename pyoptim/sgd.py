@@ -51,7 +51,7 @@ from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused
 from torch.optim.sgd import sgd as _torch_sgd
 
-from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device, pick
+from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device, pick, scalar_type_name
 
 __all__ = ["SGD"]
 
@@ -87,11 +87,11 @@ class SGD(FusedStep, torch.optim.SGD):
             # Note [Fused-flag errors] (adam.py): what torch's _fused_sgd raises, after its
             # _init_group, raised by _run before anything is written
             if p.grad.is_sparse:
-                _fused_error(plan, group, 0, RuntimeError(
+                plan.keep_fused_error(group, 0, RuntimeError(
                     "`_fused_sgd` does not support sparse gradients"))
             elif not torch.is_floating_point(p):
-                _fused_error(plan, group, 1, NotImplementedError(
-                    f'"fused_sgd_kernel" not implemented for {_scalar_type_name(p.dtype)!r}'))
+                plan.keep_fused_error(group, 1, NotImplementedError(
+                    f'"fused_sgd_kernel" not implemented for {scalar_type_name(p.dtype)!r}'))
         if group["momentum"] == 0:  # torch does not touch the state without momentum
             return False
         if plan.extra is None:
@@ -111,9 +111,8 @@ class SGD(FusedStep, torch.optim.SGD):
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
              states: list[list[Any]], grad_scale: Tensor | None,
              found_inf: Tensor | None, validate_only: bool) -> None:
-        errors = getattr(plan, "fused_errors", None)
-        if errors:
-            self._raise_fused_error(plan, errors)
+        if plan.fused_errors:
+            self._raise_fused_error(plan)
         bufs = states[0] if states else ()
         first = pick(plan.extra, call.state_index) if plan.extra and any(plan.extra) else ()
         hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
@@ -192,15 +191,14 @@ class SGD(FusedStep, torch.optim.SGD):
                     call, k, buf_list[0])  # a DTensor again where the param is one
         call_op(False)
 
-    def _raise_fused_error(self, plan: Plan, errors: dict) -> None:
+    def _raise_fused_error(self, plan: Plan) -> None:
         """Note [Fused-flag errors] (adam.py): torch's error for the first param group that has
         one, leaving the state torch leaves: an empty state dict for every param with momentum
         (no new buffer; buffers that existed are kept)."""
         for p in plan.fresh:
             self.state[p].pop("momentum_buffer", None)
         plan.fresh = []
-        first = next(errors[id(g)] for g in plan.groups if id(g) in errors)
-        raise first[1]
+        raise plan.first_fused_error()[1]
 
     def _commit(self, plan: Plan, found_inf: Tensor | None) -> None:
         if not plan.extra or not any(plan.extra):
@@ -209,25 +207,3 @@ class SGD(FusedStep, torch.optim.SGD):
             self._forget_fresh(plan)  # a skipped step creates no momentum buffer
             return
         plan.extra = [False] * len(plan.extra)  # the new buffers have taken their first step
-
-
-def _fused_error(plan: Plan, group: dict, order: int, error: Exception) -> None:
-    """Keep, per param group, the error torch's _fused_sgd raises first: the sparse check
-    (order 0) before the kernel's dtype dispatch (order 1), the first param of each kind."""
-    errors = plan.__dict__.setdefault("fused_errors", {})
-    kept = errors.get(id(group))
-    if kept is None or order < kept[0]:
-        errors[id(group)] = (order, error)
-
-
-# c10::ScalarType names, as torch's kernels spell a dtype in "not implemented for" errors
-_SCALAR_TYPE_NAMES = {
-    torch.complex32: "ComplexHalf", torch.complex64: "ComplexFloat",
-    torch.complex128: "ComplexDouble", torch.bool: "Bool", torch.uint8: "Byte",
-    torch.int8: "Char", torch.int16: "Short", torch.int32: "Int", torch.int64: "Long",
-    torch.uint16: "UInt16", torch.uint32: "UInt32", torch.uint64: "UInt64",
-}
-
-
-def _scalar_type_name(dtype: torch.dtype) -> str:
-    return _SCALAR_TYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
