@@ -12,7 +12,7 @@ SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 $(STAMP):
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q "$(TORCH)" pytest hypothesis ninja numpy setuptools wheel expecttest \
+	$(VPY) -m pip install -q "$(TORCH)" pytest hypothesis ninja numpy setuptools wheel expecttest matplotlib \
 		ruff==0.17.6
 	touch $@
 

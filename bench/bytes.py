@@ -21,6 +21,8 @@ mix as Adam, so the two are comparable.
                       6 x 4 x u x w + 4 x nnz x w + 8 x nnz
       SGD (plain)     read + write p of each unique row; read every value row and index
                       2 x 4 x u x w + 4 x nnz x w + 8 x nnz
+      Adagrad         read + write p, sum of each unique row; read every value row and index
+                      4 x 4 x u x w + 4 x nnz x w + 8 x nnz
     Every value row is counted, duplicates included (they must all be read); u is the exact
     number of distinct rows in the workload's own index tensor.
 """
@@ -95,6 +97,20 @@ def sparse_sgd_bytes(
     e = itemsize(dtype)
     n_arrays = 2 if momentum else 1  # p (+ momentum_buffer), each read and written
     return 2 * n_arrays * e * unique_rows * width + e * nnz * width + index_bytes * nnz
+
+
+def sparse_adagrad_bytes(
+    unique_rows: int,
+    nnz: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    index_bytes: int = 8,
+) -> int:
+    """Sparse Adagrad, per step: read and write p and sum of each unique row, read every value
+    row once, read the indices."""
+    e = itemsize(dtype)
+    return 4 * e * unique_rows * width + e * nnz * width + index_bytes * nnz
 
 
 def stream_probe_bytes(numel: int, dtype: torch.dtype = torch.float32) -> int:

@@ -114,19 +114,24 @@ def scalar_type_name(dtype: torch.dtype) -> str:
     return _SCALAR_TYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
-def hyper_args(opt: Any, groups: list[dict],
-               device: torch.device) -> tuple[Sequence[Any], Sequence[bool], Sequence[Any]]:
+def hyper_args(opt: Any, groups: list[dict], device: torch.device,
+               hyper_of: Callable[[dict], tuple] | None = None,
+               flags_of: Callable[[dict], tuple] | None = None,
+               ) -> tuple[Sequence[Any], Sequence[bool], Sequence[Any]]:
     """The ops' `hyper`, `flags` and `lr_tensors` arguments (Note [Param groups in one call] in
-    csrc/ops/groups.h): each group's `opt._hyper(group)` (lr first) and `opt._flags(group)`,
-    group after group; a Tensor lr travels in lr_tensors (see lr_args)."""
+    csrc/ops/groups.h): each group's `opt._hyper(group)` (lr first) and `opt._flags(group)`
+    (or `hyper_of` / `flags_of`: another op's), group after group; a Tensor lr travels in
+    lr_tensors (see lr_args)."""
+    hyper_of = hyper_of or opt._hyper
+    flags_of = flags_of or opt._flags
     if len(groups) == 1:
-        hyper = opt._hyper(groups[0])
+        hyper = hyper_of(groups[0])
         if not isinstance(hyper[0], Tensor):
-            return hyper, opt._flags(groups[0]), ()
-    rows = list(map(opt._hyper, groups))
+            return hyper, flags_of(groups[0]), ()
+    rows = list(map(hyper_of, groups))
     lrs, lr_tensors = lr_args(tuple(r[0] for r in rows), device)
     return ([x for lr, r in zip(lrs, rows) for x in (lr, *r[1:])],
-            [f for group in groups for f in opt._flags(group)], lr_tensors)
+            [f for group in groups for f in flags_of(group)], lr_tensors)
 
 
 def pick(items: Sequence[Any], index: list[int] | None) -> list:
@@ -192,6 +197,14 @@ class Plan:
         self.calls: list[DeviceCall] = []
         self.extra: Any = None  # what a subclass keeps with the plan
         self.held: list[Tensor] = []  # Note [Held state]
+        # Note [Sparse params in a dense step]: the params stepped by _run_sparse
+        self.dense_mask = mask  # the params with a grad that go to the dense calls
+        self.sparse_index: list[int] = []  # positions in `params` of the sparse ones
+        self.sparse_group_of: list[int] = []
+        self.sparse_params: list[Tensor] = []
+        self.sparse_dicts: list[dict] = []
+        self.sparse_dict_pos: list[int] = []
+        self.sparse_calls: list[DeviceCall] = []
         # Note [Fused-flag errors] (adam.py): per param group (by id), the (order, error) that
         # torch's fused step raises first for it; _run raises the first group's
         self.fused_errors: dict[int, tuple[int, Exception]] = {}
@@ -208,9 +221,31 @@ class Plan:
         return next((k, self.fused_errors[id(g)][1]) for k, g in enumerate(self.groups)
                     if id(g) in self.fused_errors)
 
+    def add_sparse(self, k: int, g: int, p: Tensor) -> None:
+        """The k-th param (of group g) is stepped by _run_sparse, not by the dense calls."""
+        self.sparse_index.append(k)
+        self.sparse_group_of.append(g)
+        self.sparse_params.append(p)
+
     def finish(self, opt: torch.optim.Optimizer) -> None:
         """After lazy state creation: record the dicts and split the params by device."""
         n_groups = len(self.groups)
+        if self.sparse_index:
+            self.dense_mask = list(self.mask)
+            for k in self.sparse_index:
+                self.dense_mask[k] = False
+            self.active = list(compress(self.params, self.dense_mask))
+            calls: dict[torch.device, DeviceCall] = {}
+            for i, (p, g) in enumerate(zip(self.sparse_params, self.sparse_group_of)):
+                call = calls.get(p.device)
+                if call is None:
+                    call = calls[p.device] = DeviceCall(p.device, n_groups)
+                call.index.append(i)
+                call.params.append(p)
+                call.group_sizes[g] += 1
+                call.group_of.append(g)
+            self.sparse_calls = list(calls.values())
+            self.sparse_dicts = [opt.state[p] for p in self.sparse_params]
         by_device: dict[torch.device, DeviceCall] = {}
         dtensor = _dtensor_type()
         s = 0
@@ -237,9 +272,10 @@ class Plan:
         self.calls = list(by_device.values())
         state = opt.state
         self.dicts = [state[p] for p in compress(self.active, self.has_state)]
-        if self.dicts:
+        if self.dicts or self.sparse_dicts:
             positions = {id(d): k for k, d in enumerate(state.values())}
             self.dict_pos = [positions[id(d)] for d in self.dicts]
+            self.sparse_dict_pos = [positions[id(d)] for d in self.sparse_dicts]
         self.state_len = len(state)
         # Note [Held state]: a view of each state tensor, so the op's stack never drops the
         # last C++ reference to one
@@ -263,20 +299,23 @@ class Plan:
             and mask == self.mask
         ):
             return False
-        if not self.dicts:
+        if not self.dicts and not self.sparse_dicts:
             return True
         values = list(opt.state.values())
-        return all(map(operator.is_, pick(values, self.dict_pos), self.dicts))
+        return all(map(operator.is_, pick(values, self.dict_pos), self.dicts)) and (
+            not self.sparse_dicts
+            or all(map(operator.is_, pick(values, self.sparse_dict_pos), self.sparse_dicts)))
 
-    def state_lists(self, keys: Sequence[str],
-                    optional: Sequence[str] = ()) -> list[list[Any]] | None:
-        """Each key's value in the state dict of every param with state (None where an optional
-        key is missing); None if a dict is missing a required key."""
+    def state_lists(self, keys: Sequence[str], optional: Sequence[str] = (),
+                    dicts: list[dict] | None = None) -> list[list[Any]] | None:
+        """Each key's value in the state dict of every param with state (or in `dicts`; None
+        where an optional key is missing); None if a dict is missing a required key."""
+        dicts = self.dicts if dicts is None else dicts
         try:
-            lists = [list(map(operator.itemgetter(key), self.dicts)) for key in keys]
+            lists = [list(map(operator.itemgetter(key), dicts)) for key in keys]
         except KeyError:
             return None
-        return lists + [list(map(dict.get, self.dicts, repeat(key))) for key in optional]
+        return lists + [list(map(dict.get, dicts, repeat(key))) for key in optional]
 
     def op_views(self, call: DeviceCall, grads: list[Tensor], states: list[list[Any]],
                  keys: Sequence[str]) -> tuple[list[Tensor], list[Tensor], list[list[Any]]]:
@@ -401,6 +440,18 @@ def _check_layout(what: str, params: list[Tensor], others: list[Any]) -> None:
                 f"{ps.placements} on {ps.mesh}: they must be the same")
 
 
+# Note [Sparse params in a dense step]
+# An optimizer may step the sparse-gradient params of some param groups (`_sparse_ok(group)`)
+# with a second op, in the same step (Adam(lazy_sparse=True): Note [Lazy sparse Adam] in
+# adam.py). The Plan keeps them apart (Plan.sparse_index, sparse_calls, sparse_dicts; their state
+# dicts are checked like the others): the dense calls get the params of `dense_mask` only. Every
+# call, dense and sparse, is checked (validate_only) before any writes, so the step stays
+# all-or-nothing. Which grads are sparse is not part of the Plan's validity check (that would
+# cost every dense step a look at every grad); a grad that turned sparse, or dense, since the
+# Plan was built makes its op refuse it before anything is written, and the step then rebuilds
+# the Plan and runs again, once.
+
+
 # Note [Step hooks]
 # torch.optim wraps an optimizer class's `step` once (Optimizer._patch_step_function, unless the
 # function is marked `hooked`) in Optimizer.profile_hook_step: a profiler range named
@@ -475,6 +526,15 @@ class FusedStep:
       _run(plan, call, params, grads, states, grad_scale, found_inf, validate_only)
                               one op call (complex tensors already real views)
       _commit(plan, found_inf)  what to store once every call has succeeded
+
+    and, where a param group steps sparse gradients with another op (Note [Sparse params in a
+    dense step]):
+
+      _sparse_ok(group)       whether the group's sparse-gradient params go to _run_sparse
+      _sparse_state_keys      the state keys _run_sparse reads
+      _init_sparse(plan, group, p)  torch's checks and lazy state for one such param
+      _run_sparse(plan, call, grads, states, grad_scale, found_inf, validate_only)
+                              one op call over a device's sparse-gradient params
     """
 
     _step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf to step()
@@ -521,15 +581,44 @@ class FusedStep:
     def _commit(self, plan: Plan, found_inf: Tensor | None) -> None:
         pass
 
+    _sparse_state_keys: tuple[str, ...] = ()
+
+    def _sparse_ok(self, group: dict) -> bool:
+        return False
+
+    def _init_sparse(self, plan: Plan, group: dict, p: Tensor) -> None:
+        raise NotImplementedError
+
+    def _run_sparse(self, plan: Plan, call: DeviceCall, grads: list[Tensor],
+                    states: list[list[Any]], grad_scale: Tensor | None,
+                    found_inf: Tensor | None, validate_only: bool) -> None:
+        raise NotImplementedError
+
+    def _sparse_positions(self, grads: list[Tensor | None]) -> list[int]:
+        """Where, among all params, a param of a _sparse_ok group has a sparse grad."""
+        out, k = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            if self._sparse_ok(group):
+                out += [k + i for i, g in enumerate(grads[k:k + n])
+                        if g is not None and g.is_sparse]
+            k += n
+        return out
+
     def _build_plan(self, params: list[Tensor], mask: list[bool], layout: Any) -> Plan:
         plan = Plan(self, params, mask, layout)
         try:
             k = 0
             for g, group in enumerate(self.param_groups):
+                sparse_ok = self._sparse_ok(group)
                 for p in group["params"]:
                     if mask[k]:
-                        plan.has_state.append(self._init_param(plan, group, p))
-                        plan.group_of.append(g)
+                        if sparse_ok and p.grad.is_sparse:
+                            self._init_sparse(plan, group, p)
+                            plan.add_sparse(k, g, p)
+                        else:
+                            plan.has_state.append(self._init_param(plan, group, p))
+                            plan.group_of.append(g)
                     k += 1
             plan.finish(self)
         except BaseException:
@@ -596,31 +685,58 @@ class FusedStep:
         plan = self.__dict__.get("_pyoptim_plan")
         if plan is None or not plan.valid(self, params, mask, layout):
             plan = self._build_plan(params, mask, layout)
+        try:
+            self._steps(plan, params, grads, mask, layout, grad_scale, found_inf)
+        except Exception:
+            # Note [Sparse params in a dense step]: a grad that turned sparse (or dense) since
+            # the Plan was built made an op refuse it, before anything was written
+            if plan.sparse_index == self._sparse_positions(grads):
+                raise
+            self._steps(self._build_plan(params, mask, layout), params, grads, mask, layout,
+                        grad_scale, found_inf)
+
+    def _steps(self, plan: Plan, params: list[Tensor], grads: list[Tensor | None],
+               mask: list[bool], layout: Any, grad_scale: Tensor | None,
+               found_inf: Tensor | None) -> None:
+        """The op calls of one step, with `plan` (rebuilt first where a state dict lost a
+        key); a failed step leaves no state it created."""
         keys, optional = self._state_keys(plan)
         states = plan.state_lists(keys, optional) if plan.dicts else []
-        if states is None:  # a state dict lost a key (cleared): initialize it again, as torch does
+        sparse_states = (plan.state_lists(self._sparse_state_keys, (), plan.sparse_dicts)
+                         if plan.sparse_dicts else [])
+        if states is None or sparse_states is None:
+            # a state dict lost a key (cleared): initialize it again, as torch does
             plan = self._build_plan(params, mask, layout)
             states = plan.state_lists(keys, optional) if plan.dicts else []
+            sparse_states = (plan.state_lists(self._sparse_state_keys, (), plan.sparse_dicts)
+                             if plan.sparse_dicts else [])
         self.__dict__["_pyoptim_plan"] = plan
         try:
-            grads = list(compress(grads, mask))
+            dense_grads = list(compress(grads, plan.dense_mask))
             calls = plan.calls
-            if len(calls) == 1 and not calls[0].complex_pos and not calls[0].dt_pos and (
-                    not states or len(plan.dicts) == len(plan.active)):
-                self._run(plan, calls[0], calls[0].params, grads, states, grad_scale, found_inf,
-                          False)
+            if len(calls) == 1 and not plan.sparse_calls and not calls[0].complex_pos and \
+                    not calls[0].dt_pos and (not states or len(plan.dicts) == len(plan.active)):
+                self._run(plan, calls[0], calls[0].params, dense_grads, states, grad_scale,
+                          found_inf, False)
             else:
-                grads_per_call = plan.split(grads)
+                grads_per_call = plan.split(dense_grads)
                 states_per_call = [plan.split(s, by_state=True) for s in states]
                 state_keys = (*keys, *optional)
-                runs = [(call, *plan.op_views(call, grads_per_call[k],
-                                              [s[k] for s in states_per_call], state_keys))
+                runs = [functools.partial(self._run, plan, call, *plan.op_views(
+                            call, grads_per_call[k], [s[k] for s in states_per_call],
+                            state_keys), grad_scale, found_inf)
                         for k, call in enumerate(calls)]
+                if plan.sparse_calls:
+                    sparse_grads = pick(grads, plan.sparse_index)
+                    runs += [functools.partial(
+                                self._run_sparse, plan, call, pick(sparse_grads, call.index),
+                                [pick(s, call.index) for s in sparse_states], grad_scale,
+                                found_inf) for call in plan.sparse_calls]
                 if len(runs) > 1:  # Note [All-or-nothing step]: every call's checks first
                     for run in runs:
-                        self._run(plan, *run, grad_scale, found_inf, True)
+                        run(True)
                 for run in runs:
-                    self._run(plan, *run, grad_scale, found_inf, False)
+                    run(False)
             self._commit(plan, found_inf)
         except BaseException:
             self._forget_fresh(plan)

@@ -20,22 +20,53 @@ CUDA graph.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused, _get_capturable_supported_devices
 
-from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device, scalar_dtype
+from ._state import DeviceCall, FusedStep, Plan, _dtensor_type, hyper_args, on_device, scalar_dtype
 
 __all__ = ["Adam", "AdamW"]
 
 _SPARSE_MSG = "Adam does not support sparse gradients, please consider SparseAdam instead"
 _adam_ = torch.ops.pyoptim.adam_.default
+_sparse_adam_ = torch.ops.pyoptim.sparse_adam_.default
+
+# Note [Lazy sparse Adam]
+# With lazy_sparse=True (a constructor keyword, or a param group key; default off, so torch's
+# "Adam does not support sparse gradients" stays the default), a param whose gradient is sparse
+# (nn.Embedding(sparse=True), nn.EmbeddingBag(sparse=True)) is stepped lazily, in the same step
+# as the dense params and all-or-nothing with them (Note [Sparse params in a dense step] in
+# _state.py): SparseAdam's update (pyoptim.sparse_adam, the sparse_adam_ op) on the rows the
+# gradient touches, duplicates summed in pyoptim's fixed order; untouched rows and their moments
+# stay as they are. That update is torch.optim.SparseAdam's, not Adam's: eps is added to
+# sqrt(exp_avg_sq) before the bias corrections, which fold into the step size. AdamW's weight
+# decay is decoupled and applies to the touched rows only (param *= 1 - lr * weight_decay before
+# the update, as pyoptim.SparseAdam's weight_decay). Adam's L2 weight decay (grad += wd * param)
+# and amsgrad have no lazy form: a sparse grad in such a group raises. State is Adam's (a `step`
+# tensor, exp_avg, exp_avg_sq shaped like the param), so state_dicts keep torch's layout; `step`
+# counts the steps in which the param had a gradient. With GradScaler, a step whose found_inf is
+# set skips the sparse params as it skips the dense ones; scaled sparse grads must be unscaled
+# first (scaler.unscale_(optimizer)), which GradScaler does for sparse grads.
 
 
 class _AdamStep(FusedStep):
     """The fused `step` shared by Adam and AdamW (first in their MRO)."""
+
+    _sparse_state_keys = ("step", "exp_avg", "exp_avg_sq")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        # lazy_sparse joins the defaults only when set: torch's param groups otherwise
+        default = self.__dict__.get("_default_lazy_sparse", False)
+        if default is not False:
+            self.defaults.setdefault("lazy_sparse", default)
+        value = param_group.get("lazy_sparse", default)
+        if not isinstance(value, bool):
+            raise ValueError(f"Invalid lazy_sparse value: {value!r} (a bool)")
+        super().add_param_group(param_group)  # type: ignore[misc]
 
     def _hyper(self, group: dict) -> tuple:
         beta1, beta2 = group["betas"]
@@ -62,16 +93,7 @@ class _AdamStep(FusedStep):
                 except RuntimeError:
                     plan.fresh = []  # Note [Fused-flag errors]
                     raise
-            plan.fresh.append(p)  # removed again if the step raises
-            if group["capturable"] or group["fused"]:
-                step = torch.zeros((), dtype=scalar_dtype(group["fused"]), device=p.device)
-            else:
-                step = torch.tensor(0.0, dtype=scalar_dtype(), device="cpu")
-            state["step"] = step
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            self._init_state(plan, group, p, state)
         elif group["amsgrad"] and "max_exp_avg_sq" not in state:
             # amsgrad switched on after the state was made: torch's own error
             raise KeyError("max_exp_avg_sq")
@@ -82,6 +104,59 @@ class _AdamStep(FusedStep):
                     "If capturable=True, params and state_steps must be on supported devices: "
                     f"{devices}.")
         return True
+
+    def _init_state(self, plan: Plan, group: dict, p: Tensor, state: dict) -> None:
+        plan.fresh.append(p)  # removed again if the step raises
+        if group["capturable"] or group["fused"]:
+            step = torch.zeros((), dtype=scalar_dtype(group["fused"]), device=p.device)
+        else:
+            step = torch.tensor(0.0, dtype=scalar_dtype(), device="cpu")
+        state["step"] = step
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    # Note [Lazy sparse Adam]
+    def _sparse_ok(self, group: dict) -> bool:
+        return group.get("lazy_sparse", False)
+
+    def _init_sparse(self, plan: Plan, group: dict, p: Tensor) -> None:
+        if group["amsgrad"]:
+            raise RuntimeError("lazy_sparse: amsgrad does not support sparse gradients")
+        if group["weight_decay"] != 0 and not group["decoupled_weight_decay"]:
+            raise RuntimeError(
+                "lazy_sparse: Adam's weight_decay (L2) is not compatible with sparse gradients; "
+                "AdamW's decoupled weight decay applies to the touched rows")
+        if p.is_complex():
+            raise RuntimeError("lazy_sparse: sparse gradients of complex params are not supported")
+        dtensor = _dtensor_type()
+        if dtensor is not None and isinstance(p, dtensor):
+            raise TypeError("lazy_sparse: a DTensor param cannot have a sparse gradient")
+        state = self.state[p]
+        if len(state) == 0:
+            self._init_state(plan, group, p, state)
+
+    def _run_sparse(self, plan: Plan, call: DeviceCall, grads: list[Tensor],
+                    states: list[list[Any]], grad_scale: Tensor | None,
+                    found_inf: Tensor | None, validate_only: bool) -> None:
+        if grad_scale is not None:
+            raise RuntimeError(
+                "lazy_sparse: sparse gradients must be unscaled before step() with GradScaler: "
+                "call scaler.unscale_(optimizer) first")
+        steps, exp_avgs, exp_avg_sqs = states
+        hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device,
+                                              _sparse_hyper, _sparse_flags)
+        counts = [int(s) + 1 for s in steps]  # the counts after this step
+        if not validate_only and _skipped(found_inf):
+            validate_only = True  # checked, not applied: GradScaler found inf/NaN
+        _sparse_adam_(call.params, grads, exp_avgs, exp_avg_sqs, counts, call.group_sizes,
+                      hyper, flags, lr_tensors, validate_only)
+
+    def _commit(self, plan: Plan, found_inf: Tensor | None) -> None:
+        if plan.sparse_dicts and not _skipped(found_inf):
+            for state in plan.sparse_dicts:
+                state["step"] += 1  # in place, as torch.optim.Adam counts
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
              states: list[list[Any]], grad_scale: Tensor | None,
@@ -130,15 +205,85 @@ def _real(x: Any) -> float:
     return float(x) if isinstance(x, Tensor) else x
 
 
+def _sparse_hyper(group: dict) -> tuple:
+    """sparse_adam_'s hyper-parameters for an Adam group (Note [Lazy sparse Adam])."""
+    beta1, beta2 = group["betas"]
+    wd = group["weight_decay"] if group["decoupled_weight_decay"] else 0.0
+    return group["lr"], _real(beta1), _real(beta2), group["eps"], wd
+
+
+def _sparse_flags(group: dict) -> tuple:
+    return (group["maximize"],)
+
+
+def _skipped(found_inf: Tensor | None) -> bool:
+    return found_inf is not None and bool(found_inf.item() != 0)
+
+
+_PARAMS = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
+
+
+_LAZY_SPARSE_DOC = (
+    "Extra keyword-only argument:\n"
+    "    lazy_sparse (bool, optional): step params whose gradient is sparse lazily, with\n"
+    "        SparseAdam's update on the touched rows, in the same step as the dense params\n"
+    "        (default: False, torch's error for a sparse gradient). See Note [Lazy sparse Adam]\n"
+    "        in pyoptim/adam.py.\n\n"
+)
+
+
 class Adam(_AdamStep, torch.optim.Adam):
     __doc__ = (
         "Drop-in torch.optim.Adam with a fused native step (see pyoptim.adam).\n\n"
-        + (torch.optim.Adam.__doc__ or "")
+        + _LAZY_SPARSE_DOC + (torch.optim.Adam.__doc__ or "")
     )
+
+    def __init__(
+        self,
+        params: _PARAMS,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        lazy_sparse: bool = False,
+    ) -> None:
+        self._default_lazy_sparse = lazy_sparse
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                         maximize=maximize, capturable=capturable, differentiable=differentiable,
+                         fused=fused, decoupled_weight_decay=decoupled_weight_decay)
 
 
 class AdamW(_AdamStep, torch.optim.AdamW):
     __doc__ = (
         "Drop-in torch.optim.AdamW with a fused native step (see pyoptim.adam).\n\n"
-        + (torch.optim.AdamW.__doc__ or "")
+        + _LAZY_SPARSE_DOC + (torch.optim.AdamW.__doc__ or "")
     )
+
+    def __init__(
+        self,
+        params: _PARAMS,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        lazy_sparse: bool = False,
+    ) -> None:
+        self._default_lazy_sparse = lazy_sparse
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         foreach=foreach, capturable=capturable, differentiable=differentiable,
+                         fused=fused)

@@ -137,6 +137,31 @@ def test_sparse_sgd_bytes_count_the_exact_unique_rows():
         assert f"({unique} unique rows)" in w.description
 
 
+def test_sparse_curves_quick_run_and_plot(tmp_path):
+    from bench import sparse_curves
+
+    path, png = tmp_path / "c.json", tmp_path / "c.png"
+    args = ["--quick", "--scale", str(1 / 1024), "--only", "sgd", "--dist", "zipf",
+            "--min-time", "0", "--no-latest", "--json", str(path)]
+    try:
+        import matplotlib  # noqa: F401
+
+        args += ["--plot", str(png)]
+    except ImportError:
+        png = None  # the curves still run; --plot exits with an install hint
+    res = sparse_curves.main(args, out=lambda _: None)
+    pts = res["points"]
+    assert {(p["sweep"], p["width"]) for p in pts} >= {("width", w) for w in sparse_curves.WIDTHS}
+    assert len(pts) == len(sparse_curves.LOOKUPS) + len(sparse_curves.WIDTHS)
+    for p in pts:
+        assert p["optimizer"] == "sgd" and p["dist"] == "zipf"
+        assert set(p["impls"]) == {"pyoptim", "torch"}
+        assert p["impls"]["pyoptim"]["pct_probe"] > 0
+    assert json.loads(path.read_text())["points"][0]["lookups"] == pts[0]["lookups"]
+    if png is not None:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_list_cuda_workloads_needs_no_gpu():
     lines = []
     assert cli.main(["--list", "--device", "cuda", "--scale", str(1 / 65536)],
