@@ -162,6 +162,21 @@ def test_sparse_curves_quick_run_and_plot(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_convergence_quick_run(tmp_path):
+    from bench import convergence
+
+    path = tmp_path / "c.json"
+    res = convergence.main(["--quick", "--no-latest", "--json", str(path)], out=lambda _: None)
+    ran = set(res["curves"])
+    assert {"fp32", "bf16"} <= ran and ran | set(res["skipped"]) == set(convergence.MODES)
+    for mode in ran:
+        c = res["curves"][mode]
+        assert len(c) >= 2 and all(x > 0 for x in c)
+        assert res["summary"][mode]["final_loss"] == c[-1]
+    assert res["summary"]["fp32"]["final_vs_fp32"] == 1.0
+    assert set(json.loads(path.read_text())["curves"]) == ran
+
+
 def test_list_cuda_workloads_needs_no_gpu():
     lines = []
     assert cli.main(["--list", "--device", "cuda", "--scale", str(1 / 65536)],
