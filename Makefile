@@ -26,7 +26,11 @@ test: $(BUILT)
 	$(VPY) -m ruff check .
 	$(VPY) -m pytest -q tests
 
+# The bench's peers, where they install next to the pinned torch (naming it too makes pip fail
+# rather than move it): FBGEMM's CPU table-batched embedding (bench/workloads_fbgemm.py).
+BENCH_PEERS := fbgemm-gpu-cpu==1.9.0
 bench: $(BUILT)
+	$(VPY) -m pip install -q $(BENCH_PEERS) "$(TORCH)"
 	$(VPY) -m bench
 
 # pyoptim inside Lightning and Hugging Face's Trainer (tests/integration, left out of `make
