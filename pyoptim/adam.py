@@ -16,7 +16,7 @@ param rounded to nearest from the master; `stochastic_rounding=True` (bfloat16 p
 master weights) stores the param rounded stochastically, with random bits keyed by
 `sr_seed` (an int64 CPU tensor in the state, drawn from torch's generator), the step and the
 element index. Both are checked at construction (and in add_param_group). Checkpoints: see
-`_MixedPrecision.load_state_dict`.
+`pyoptim._mixed.MixedPrecision.load_state_dict`.
 
 Flags: `foreach` and `fused` are accepted and validated as torch validates them (with
 `fused=True`, params that are not floating point or not on a fused device raise torch's error);
@@ -35,15 +35,14 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused, _get_capturable_supported_devices
 
+from ._mixed import MASTER as _MASTER
+from ._mixed import MASTER_KEY as _MASTER_KEY
+from ._mixed import SEED_KEY as _SEED_KEY
+from ._mixed import SR as _SR
+from ._mixed import MixedPrecision, init_master
 from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device, scalar_dtype
 
 __all__ = ["Adam", "AdamW"]
-
-_MASTER = "master_weights"
-_SR = "stochastic_rounding"
-# pyoptim's own state keys, and the state load_state_dict keeps in float32 for master groups
-_MASTER_KEY, _SEED_KEY = "master_param", "sr_seed"
-_FP32_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", _MASTER_KEY)
 
 _SPARSE_MSG = "Adam does not support sparse gradients, please consider SparseAdam instead"
 _adam_ = torch.ops.pyoptim.adam_.default
@@ -51,6 +50,8 @@ _adam_ = torch.ops.pyoptim.adam_.default
 
 class _AdamStep(FusedStep):
     """The fused `step` shared by Adam and AdamW (first in their MRO)."""
+
+    _fp32_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # float32 in master groups
 
     def _hyper(self, group: dict) -> tuple:
         beta1, beta2 = group["betas"]
@@ -100,7 +101,7 @@ class _AdamStep(FusedStep):
             # amsgrad switched on after the state was made: torch's own error
             raise KeyError("max_exp_avg_sq")
         if group.get(_MASTER, False):
-            _init_master(state, p)
+            init_master(state, p, self._fp32_keys)
         elif group.get(_SR, False) and _SEED_KEY not in state:
             # a seed per param, from torch's generator (torch.manual_seed makes it reproducible)
             state[_SEED_KEY] = torch.randint(2**62, (), dtype=torch.int64)
@@ -149,93 +150,6 @@ class _AdamStep(FusedStep):
         )
 
 
-def _init_master(state: dict, p: Tensor) -> None:
-    """A master-weights param's float32 state: the master (from the param where the state has
-    none, e.g. loaded from a torch.optim checkpoint) and float32 moments."""
-    if _MASTER_KEY not in state:
-        state[_MASTER_KEY] = p.detach().to(torch.float32, memory_format=torch.preserve_format,
-                                           copy=True)
-    for key in _FP32_KEYS[:3]:
-        value = state.get(key)
-        if isinstance(value, Tensor) and value.dtype != torch.float32:
-            state[key] = value.to(torch.float32)
-
-
-def _check_group(group: dict) -> None:
-    """The param-group checks of master_weights / stochastic_rounding (clear errors at
-    construction rather than at the first step)."""
-    master, sr = group.get(_MASTER, False), group.get(_SR, False)
-    if master and sr:
-        raise ValueError(
-            "master_weights=True and stochastic_rounding=True cannot be combined: stochastic "
-            "rounding is for bfloat16 params stored without master weights (a master-weights "
-            "param is rounded to nearest from its float32 master)")
-    if (master or sr) and group.get("differentiable", False):
-        raise ValueError(f"{_MASTER if master else _SR}=True does not support differentiable=True")
-    for p in group["params"]:
-        if master and p.dtype not in (torch.bfloat16, torch.float16):
-            raise ValueError(
-                f"master_weights=True needs bfloat16 or float16 params, got a {p.dtype} param "
-                "(a float32 param is its own master)")
-        if sr and p.dtype != torch.bfloat16:
-            raise ValueError(
-                f"stochastic_rounding=True needs bfloat16 params, got a {p.dtype} param")
-
-
-class _MixedPrecision:
-    """The master_weights / stochastic_rounding kwargs, their checks and their checkpoints
-    (between _AdamStep and the torch class in the MRO)."""
-
-    def __init__(self, params: Any, *args: Any, master_weights: bool = False,
-                 stochastic_rounding: bool = False, **kwargs: Any) -> None:
-        self._mixed_defaults = {_MASTER: bool(master_weights), _SR: bool(stochastic_rounding)}
-        super().__init__(params, *args, **kwargs)  # type: ignore[call-arg]
-        self.defaults.update(self._mixed_defaults)  # type: ignore[attr-defined]
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        for key, value in getattr(self, "_mixed_defaults", {}).items():
-            param_group.setdefault(key, value)
-        super().add_param_group(param_group)  # type: ignore[misc]
-        try:
-            _check_group(self.param_groups[-1])  # type: ignore[attr-defined]
-        except ValueError:
-            self.param_groups.pop()  # type: ignore[attr-defined]
-            raise
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's load_state_dict, then pyoptim's own state as saved: torch casts every
-        floating state tensor but `step` to its param's dtype, which would round a float32
-        master (and the float32 moments of a master-weights group) to the param's 16 bits and a
-        seed to a float. So `master_param` and `sr_seed` are taken as saved (a copy, on the
-        param's device; a seed on the CPU), and in master_weights groups the moments in float32.
-        Groups from a checkpoint without these keys (torch.optim's) keep this optimizer's
-        setting; a master-weights param without a master (a torch.optim checkpoint) gets one
-        from the param at its next step."""
-        flags = [{k: g[k] for k in (_MASTER, _SR) if k in g}
-                 for g in self.param_groups]  # type: ignore[attr-defined]
-        super().load_state_dict(state_dict)  # type: ignore[misc]
-        groups = self.param_groups  # type: ignore[attr-defined]
-        for group, before in zip(groups, flags):
-            for key, value in before.items():
-                group.setdefault(key, value)
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [(p, g) for g in groups for p in g["params"]]
-        saved_state = state_dict["state"]
-        for pid, (p, group) in zip(saved_ids, params):
-            saved = saved_state.get(pid)
-            if not saved:
-                continue
-            state = self.state[p]  # type: ignore[attr-defined]
-            master = group.get(_MASTER, False)
-            for key, value in saved.items():
-                if not isinstance(value, Tensor):
-                    continue
-                if key == _SEED_KEY:
-                    state[key] = value.to("cpu", torch.int64, copy=True)
-                elif key == _MASTER_KEY or (master and key in _FP32_KEYS):
-                    state[key] = value.to(p.device, torch.float32, copy=True)
-
-
 # Note [Fused-flag errors]
 # With fused=True, torch checks each param as it lazily creates its state (Adam: every param
 # without state; SGD: the first param with a grad, once) and raises "`fused=True` requires all the
@@ -257,14 +171,14 @@ def _real(x: Any) -> float:
     return float(x) if isinstance(x, Tensor) else x
 
 
-class Adam(_AdamStep, _MixedPrecision, torch.optim.Adam):
+class Adam(_AdamStep, MixedPrecision, torch.optim.Adam):
     __doc__ = (
         "Drop-in torch.optim.Adam with a fused native step (see pyoptim.adam).\n\n"
         + (torch.optim.Adam.__doc__ or "")
     )
 
 
-class AdamW(_AdamStep, _MixedPrecision, torch.optim.AdamW):
+class AdamW(_AdamStep, MixedPrecision, torch.optim.AdamW):
     __doc__ = (
         "Drop-in torch.optim.AdamW with a fused native step (see pyoptim.adam).\n\n"
         + (torch.optim.AdamW.__doc__ or "")

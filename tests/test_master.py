@@ -1,5 +1,6 @@
-"""adam_'s mixed-precision modes: float32 master weights and stochastic rounding (Note [Master
-weights and stochastic rounding] in csrc/include/pyoptim/math/stochastic_round.h).
+"""The mixed-precision modes: float32 master weights (adam_, sgd_ with momentum) and stochastic
+rounding (adam_) (Note [Master weights and stochastic rounding] in
+csrc/include/pyoptim/math/stochastic_round.h).
 
 Op level, bitwise against tests/reference_mixed.py at every ISA level and thread count;
 statistics of the stochastic rounding; the optimizer classes' flags, errors and checkpoints
@@ -19,6 +20,7 @@ from helpers import assert_bitwise_equal, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_mixed import adam_master_reference, adam_sr_reference
+from reference_sgd import sgd_reference
 from strategies import adam_hparams
 
 import pyoptim
@@ -493,8 +495,9 @@ def test_add_param_group_checks_and_defaults():
 def test_default_is_torchs_behaviour():
     params = _model()
     opt = pyoptim.AdamW(params)
-    assert opt.param_groups[0]["master_weights"] is False
-    assert opt.param_groups[0]["stochastic_rounding"] is False
+    # the flags are stored only when on: torch's defaults and param groups exactly
+    assert opt.defaults == torch.optim.AdamW(_model()).defaults
+    assert set(opt.param_groups[0]) == set(torch.optim.AdamW(_model()).param_groups[0])
     _set_grads(params, 0)
     opt.step()
     assert set(opt.state[params[0]]) == {"step", "exp_avg", "exp_avg_sq"}
@@ -509,3 +512,136 @@ def test_cuda_rejects_modes_before_writing():
         op_calls.adam_([p], [p.clone()], [torch.zeros(8, device="cuda")],
                        [torch.zeros(8, device="cuda")], [], [torch.tensor(0.0)],
                        master_params=[p.float()], **_hp())
+
+
+# ---- SGD with momentum and master weights --------------------------------------------------------
+
+SGD_FLAGS = {
+    "momentum": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False,
+                     maximize=False),
+    "nesterov-wd": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True,
+                        maximize=False),
+    "dampening-maximize": dict(lr=0.05, momentum=0.5, dampening=0.3, weight_decay=0.1,
+                               nesterov=False, maximize=True),
+}
+
+
+def sgd_master_reference(params, grads, masters, bufs, first: bool, **hp) -> None:
+    """float32 SGD (tests/reference_sgd.py) on the master, then the param rounded to nearest."""
+    for p, g, m, b in zip(params, grads, masters, bufs):
+        sgd_reference(m, g.float(), b, first=first, **hp)
+        p.copy_(m)
+
+
+def sgd_master_case(sizes, dtype, seed):
+    params = _tensors(sizes, dtype, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    masters = [p.float() + torch.randn(p.shape, generator=g) * 1e-3 for p in params]
+    bufs = [torch.zeros(n) for n in sizes]
+    return dict(params=params, masters=masters, bufs=bufs)
+
+
+@pytest.mark.parametrize("flags", list(SGD_FLAGS))
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=dtype_id)
+def test_sgd_master_matches_reference(isa, dtype, flags):
+    hp = SGD_FLAGS[flags]
+    state = sgd_master_case(SIZES, dtype, seed=4)
+    ref = clone(state)
+    for k in range(3):
+        grads = _tensors(SIZES, dtype, seed=400 + k)
+        op_calls.sgd_(state["params"], grads, state["bufs"], is_first_step=k == 0,
+                      master_params=state["masters"], **hp)
+        sgd_master_reference(ref["params"], grads, ref["masters"], ref["bufs"], k == 0, **hp)
+    assert_bitwise_equal(state, ref, f"{isa}")
+
+
+def test_sgd_master_threads_agree(restore_num_threads):
+    sizes = [300_007, 9]
+    hp = SGD_FLAGS["nesterov-wd"]
+    state0 = sgd_master_case(sizes, torch.bfloat16, 6)
+    grads = _tensors(sizes, torch.bfloat16, 66)
+    ref = clone(state0)
+    sgd_master_reference(ref["params"], grads, ref["masters"], ref["bufs"], True, **hp)
+    for level in ISA_LEVELS:
+        for threads in THREADS:
+            torch.set_num_threads(threads)
+            state = clone(state0)
+            with _ops.cpu_capability_override(level):
+                op_calls.sgd_(state["params"], grads, state["bufs"], is_first_step=True,
+                              master_params=state["masters"], **hp)
+            assert_bitwise_equal(state, ref, f"{level} x {threads} threads")
+
+
+def test_sgd_master_bad_input_writes_nothing():
+    p = [torch.randn(8).bfloat16()]
+    bufs = [torch.zeros(8).bfloat16()]  # must be float32 in a master group
+    masters = [p[0].float()]
+    before = snapshot([p, bufs, masters])
+    hp = SGD_FLAGS["momentum"]
+    with pytest.raises(TypeError, match="momentum_buffers"):
+        op_calls.sgd_(p, [torch.randn(8).bfloat16()], bufs, is_first_step=False,
+                      master_params=masters, **hp)
+    with pytest.raises(ValueError, match="without momentum"):
+        op_calls.sgd_(p, [torch.randn(8).bfloat16()], [], is_first_step=False,
+                      master_params=masters, **dict(hp, momentum=0.0))
+    sparse = torch.sparse_coo_tensor(torch.tensor([[1, 3]]), torch.ones(2), (8,)).bfloat16()
+    with pytest.raises(ValueError, match="dense grads"):
+        op_calls.sgd_(p, [sparse], [torch.zeros(8)], is_first_step=False, master_params=masters,
+                      **hp)
+    assert_bitwise_equal([p, bufs, masters], before)
+
+
+def test_optimizer_sgd_master_matches_reference_and_resumes():
+    params = _model(torch.bfloat16)
+    opt = pyoptim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01,
+                      master_weights=True)
+    hp = dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True,
+              maximize=False)
+    ref_p = [p.detach().clone() for p in params]
+    ref_m = [p.float() for p in ref_p]
+    ref_b = [torch.zeros_like(m) for m in ref_m]
+    for k in range(3):
+        _set_grads(params, k)
+        opt.step()
+        sgd_master_reference(ref_p, [p.grad for p in params], ref_m, ref_b, k == 0, **hp)
+    for i, p in enumerate(params):
+        assert_bitwise_equal(p.detach(), ref_p[i])
+        assert_bitwise_equal(opt.state[p]["master_param"], ref_m[i])
+        assert_bitwise_equal(opt.state[p]["momentum_buffer"], ref_b[i])
+    # resume: a fresh optimizer from the checkpoint continues bit for bit
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    params2 = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt2 = pyoptim.SGD(params2, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01,
+                       master_weights=True)
+    opt2.load_state_dict(torch.load(buf))
+    assert opt2.state[params2[0]]["momentum_buffer"].dtype == torch.float32
+    for k in range(3, 5):
+        _set_grads(params, k)
+        _set_grads(params2, k)
+        opt.step()
+        opt2.step()
+    for a, b in zip(params, params2):
+        assert_bitwise_equal(a.detach(), b.detach())
+    # torch.optim.SGD loads it (the buffer cast to bfloat16, master_param ignored)
+    topt = torch.optim.SGD([torch.nn.Parameter(p.detach().clone()) for p in params], lr=0.05,
+                           momentum=0.9, nesterov=True, weight_decay=0.01)
+    topt.load_state_dict(opt.state_dict())
+    topt.step()
+
+
+SGD_ERRORS = {
+    "master-no-momentum": (dict(master_weights=True), torch.bfloat16, ValueError, "momentum"),
+    "master-on-fp32": (dict(master_weights=True, momentum=0.9), torch.float32, ValueError,
+                       "bfloat16 or float16"),
+    "sr": (dict(stochastic_rounding=True, momentum=0.9), torch.bfloat16, TypeError,
+           "stochastic_rounding"),
+}
+
+
+@pytest.mark.parametrize("case", list(SGD_ERRORS))
+def test_sgd_bad_combinations_raise_at_construction(case):
+    kw, dtype, exc, match = SGD_ERRORS[case]
+    with pytest.raises(exc, match=match):
+        pyoptim.SGD(_model(dtype), lr=0.1, **kw)

@@ -147,10 +147,31 @@ def sgd_sample(dtype: torch.dtype, sparse: bool):
     grads = [_sparse(6, 3, dtype, 1) if sparse else rnd(6, 3), rnd(5),
              _sparse(6, 3, dtype, 2) if sparse else rnd(6, 3), rnd(4, 2)]
     bufs = [rnd(6, 3), torch.zeros(4, 2, dtype=dtype)]
-    # per group: hyper (lr, momentum, dampening, weight_decay), flags (nesterov, maximize)
+    # per group: hyper (lr, momentum, dampening, weight_decay), flags (nesterov, maximize,
+    # master_weights)
     kwargs = dict(group_sizes=[2, 2], hyper=[0.1, 0.0, 0.0, 0.0, 0.05, 0.9, 0.1, 0.01],
-                  flags=[False, False, False, True], first_step=[False, True], lr_tensors=[])
+                  flags=[False, False, False, False, True, False], first_step=[False, True],
+                  lr_tensors=[])
     return params, bufs, (params, grads, bufs), kwargs
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
+def test_opcheck_sgd_master(dtype):
+    """Group 0: master weights (float32 masters and buffers, one buffer on its first step);
+    group 1: plain momentum in the param dtype."""
+    g = torch.Generator().manual_seed(17)
+    params = [torch.randn(6, 3, generator=g).to(dtype) for _ in range(3)]
+    grads = [torch.randn(6, 3, generator=g).to(dtype) for _ in range(3)]
+    bufs = [torch.randn(6, 3, generator=g), torch.zeros(6, 3), torch.zeros(6, 3).to(dtype)]
+    masters = [p.float() for p in params[:2]]
+    kwargs = dict(group_sizes=[2, 1], hyper=[0.1, 0.9, 0.0, 0.01, 0.05, 0.9, 0.1, 0.0],
+                  flags=[True, False, True, False, False, False],
+                  first_step=[False, True, False], lr_tensors=[], master_params=masters)
+    args = (params, grads, bufs)
+    _check(torch.ops.pyoptim.sgd_.default, args, kwargs)
+    before = snapshot(params + masters + bufs)
+    torch.ops.pyoptim.sgd_.default(*args, **kwargs)
+    assert any_changed(before, params + masters + bufs)
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "dense-and-sparse"])

@@ -518,6 +518,39 @@ void adam_master_cases() {
   }
 }
 
+template <class P>
+void sgd_master_cases() {
+  for (int bits = 0; bits < 32; ++bits) {
+    const SgdFlags f = sgd_flags(bits);
+    if (!f.momentum) continue;  // master weights are for SGD with momentum
+    for (double wd : {0.0, 1e-2}) {
+      const auto c = math::make_sgd_coeffs<float>(1e-2, 0.9, 0.1, wd, f.scale ? 1024.0 : 1.0);
+      for (int64_t n : kSizes) {
+        for (int64_t begin : kBegins) {
+          if (begin > n) continue;
+          std::vector<P> p = values<P>(n, -1, 1), g = values<P>(n, -2, 2);
+          std::vector<float> w = values<float>(n, -1, 1), b = values<float>(n, -0.5, 0.5);
+          add_specials<float>({&w, &b});
+          std::vector<P> p2 = p;
+          std::vector<float> w2 = w, b2 = b;
+          const auto fn = [](const KernelTable& t) {
+            return std::is_same<P, bf16>::value ? t.sgd.dense.bf16_master
+                                                : t.sgd.dense.f16_master;
+          };
+          fn(scalar_table())(SgdPtrs{p.data(), g.data(), b.data(), w.data()}, begin, n, c, f);
+          fn(neon_table())(SgdPtrs{p2.data(), g.data(), b2.data(), w2.data()}, begin, n, c, f);
+          const std::string what = "sgd_master[" + sgd_text(f) + " wd=" + std::to_string(wd) +
+                                   " n=" + std::to_string(n) +
+                                   " begin=" + std::to_string(begin) + "]";
+          ++g_cases;
+          same(p2, p, what + " param") && same(w2, w, what + " master") &&
+              same(b2, b, what + " momentum_buffer");
+        }
+      }
+    }
+  }
+}
+
 void adam_sr_cases() {
   for (int bits = 0; bits < 16; ++bits) {
     const AdamFlags f{(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0, true};
@@ -599,6 +632,8 @@ int main(int argc, char** argv) {
   section("adam_master", "bfloat16", [] { adam_master_cases<bf16>(); });
   section("adam_master", "float16", [] { adam_master_cases<fp16>(); });
   section("adam_sr", "bfloat16", [] { adam_sr_cases(); });
+  section("sgd_master", "bfloat16", [] { sgd_master_cases<bf16>(); });
+  section("sgd_master", "float16", [] { sgd_master_cases<fp16>(); });
   std::printf("dispatch:\n");
   check(scalar_table().isa == CpuIsa::kScalar && neon_table().isa == CpuIsa::kNeon,
         "each table names its level");

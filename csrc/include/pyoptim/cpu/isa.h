@@ -65,11 +65,14 @@ struct AdamKernels {
 
 // ---- SGD (momentum / Nesterov) -------------------------------------------------------------
 // Dense: pointers to element 0 of one tensor's param, grad and momentum buffer (all of the
-// param's dtype and layout); buf is only touched when flags.momentum.
+// param's dtype and layout); buf is only touched when flags.momentum. With master weights
+// (the *_master kernels: Note [Master weights and stochastic rounding] in
+// math/stochastic_round.h), master_param and the buffer are float32.
 struct SgdPtrs {
   void* param;
   const void* grad;
   void* momentum_buffer;
+  void* master_param;
 };
 struct SgdFlags {
   bool momentum;  // momentum != 0
@@ -103,6 +106,8 @@ struct SgdDenseKernels {
   SgdFn<double> f64;
   SgdFn<float> bf16;
   SgdFn<float> f16;
+  SgdFn<float> bf16_master;  // 16-bit params with float32 master weights and momentum buffer
+  SgdFn<float> f16_master;
 };
 struct SgdSparseKernels {
   SgdSparseFn<float> f32;

@@ -1,11 +1,13 @@
 // Stochastic rounding of float32 to bfloat16, and the counter-based random bits it uses. One
 // definition for every path: the CPU SIMD body (V a float vector, U its uint32 vector), the CPU
-// scalar tail and CUDA (V = float, U = uint32_t).
+// scalar tail and device code (V = float, U = uint32_t; the CUDA ops do not run these modes
+// yet: they raise NotImplementedError before writing anything).
 //
 // Note [Master weights and stochastic rounding]
-// Two opt-in modes of adam_ for 16-bit params, chosen per param group (the op's `flags` gain
-// master_weights and stochastic_rounding; the Python classes store them as constructor kwargs
-// in the param groups, off by default, so the default is torch's behaviour):
+// Two opt-in modes for 16-bit params, chosen per param group (the op's `flags` gain
+// master_weights and, for adam_, stochastic_rounding; the Python classes store them as
+// constructor kwargs in the param groups, off by default, so the default is torch's behaviour;
+// pyoptim/_mixed.py):
 //
 //  * master_weights (bfloat16 or float16 params): the state holds `master_param`, a float32
 //    copy of the param, and exp_avg / exp_avg_sq / max_exp_avg_sq in float32. One pass per
@@ -15,6 +17,8 @@
 //    2 (grad) + 3 x 8 (master, exp_avg, exp_avg_sq read and written) + 2 (param) = 28 bytes per
 //    element, what float32 Adam moves, with no separate cast pass. The op's `master_params`
 //    holds one tensor per param of such groups (as max_exp_avg_sqs does for amsgrad groups).
+//    sgd_ has the same mode for groups with momentum (dense grads): float32 master and buffer,
+//    math::sgd_step on the master, 2 + 8 + 8 + 2 = 20 bytes per element.
 //  * stochastic_rounding (bfloat16 params, without master weights): the state stays torch's
 //    (bfloat16 moments, stored rounded to nearest as torch stores them); only the param's store
 //    rounds stochastically: a float32 x between the neighbouring bfloat16 values lo < x < hi
