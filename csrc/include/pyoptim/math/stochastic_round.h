@@ -38,11 +38,11 @@
 // to a NaN pattern can carry into the sign bit (0x7FFFFFFF + r) or wrap (0xFFFFFFFF + r) and give
 // a zero, so a NaN is stored as 0x7FC0, the NaN that rounding to nearest stores (from_opmath).
 //
-// The random bits (Note [Counter-based random bits]): a pure function of (seed, step, element
-// index), so every ISA level, every thread split, the scalar tail and CUDA draw the same bits for
-// the same element, and a run resumed from a checkpoint (which holds the seed and the step)
-// continues the same stream. For element i of a tensor at step t (the step count after the
-// increment, the one bias correction uses):
+// The random bits: a pure function of (seed, step, element index), so every ISA level, every
+// thread split, the scalar tail and device code draw the same bits for the same element, and a
+// run resumed from a checkpoint (which holds the seed and the step) continues the same stream.
+// For element i of a tensor at step t (the step count after the increment, the one bias
+// correction uses):
 //     key  = sr_key(seed, t, i >> 32)                (per tensor, step and 2^32-element block)
 //     bits = mix32(mix32(uint32(i) ^ key.a) ^ key.b)
 //     r    = bits >> 16
