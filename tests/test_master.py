@@ -656,3 +656,38 @@ def test_cuda_sgd_rejects_master_before_writing():
         op_calls.sgd_([p], [p.clone()], [torch.zeros(8, device="cuda")], is_first_step=True,
                       master_params=[p.float()], **SGD_FLAGS["momentum"])
     assert torch.equal(p, before)
+
+
+def test_sr_tracks_float32_where_round_to_nearest_stalls():
+    """Updates below half a bfloat16 ulp: rounded to nearest, a bfloat16 param never moves;
+    stochastically rounded, its mean over N elements follows the float32 run. With a constant
+    grad, Adam's update is -lr * m_hat / (sqrt(v_hat) + eps), the same every step (to float32
+    rounding) whatever the param, so the float32 run is x_k = 1 - k * lr (up to eps). Each
+    rounding error has mean 0 given the past and |error| < ulp, so the errors of k steps sum to a
+    martingale of variance < k ulp^2 and the mean over N independent elements has standard
+    deviation < ulp * sqrt(k / N); the test allows 6 of them."""
+    n, k, lr = 4096, 20, 1e-3  # below 1 the bfloat16 ulp is 2^-8; half of it is 1.95e-3 > lr
+    ulp = 2.0**-8
+
+    def run(**kw):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16))
+        opt = pyoptim.AdamW([p], lr=lr, weight_decay=0.0, **kw)
+        for _ in range(k):
+            p.grad = torch.ones_like(p)
+            opt.step()
+        return p.detach().double()
+
+    x32 = torch.ones(n)
+    p32 = torch.nn.Parameter(x32)
+    opt32 = pyoptim.AdamW([p32], lr=lr, weight_decay=0.0)
+    for _ in range(k):
+        p32.grad = torch.ones_like(p32)
+        opt32.step()
+    target = p32.detach().double().mean().item()
+    assert abs(target - (1 - k * lr)) < 1e-6
+    assert (run() == 1.0).all()  # round to nearest: stalled
+    sr_mean = run(stochastic_rounding=True).mean().item()
+    assert abs(sr_mean - target) <= 6 * ulp * math.sqrt(k / n), (sr_mean, target)
+    master = run(master_weights=True)  # the master carries the update; the param follows it
+    assert abs(master.mean().item() - target) <= ulp / 2
