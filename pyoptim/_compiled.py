@@ -48,13 +48,16 @@ from ._state import DeviceCall, Plan, _dtensor_type
 # grad to Adagrad (its eager step is torch's own) or to a group of Adam(lazy_sparse=True) (Note
 # [Sparse params in a dense step] in _state.py), and a step that torch's checks refuse (a
 # sparse grad to Adam, fused=True with a complex param): the eager step raises torch's error,
-# with torch's state left (Note [Fused-flag errors] in adam.py).
+# with torch's state left (Note [Fused-flag errors] in adam.py), and Adam's master_weights /
+# stochastic_rounding groups (their state is not traced yet).
 # differentiable=True runs torch's own step, traced as torch.optim's is.
 
 
 def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: list) -> Any:
     """Part 1 of Note [Compiled step]. Returns None where the step must run eagerly."""
     groups = opt.param_groups
+    if any(g.get("master_weights") or g.get("stochastic_rounding") for g in groups):
+        return None  # Adam's mixed-precision modes step eagerly (not traced yet)
     all_params = [p for g in groups for p in g["params"]]
     mask = [p.grad is not None for p in all_params]
     layout = opt._layout(groups)

@@ -9,6 +9,15 @@ increments the step counts).
 State per param is torch's: `step` (a 0-dim float32 tensor), `exp_avg`, `exp_avg_sq`, and
 `max_exp_avg_sq` with amsgrad, so state_dicts load both ways between torch.optim and pyoptim.
 
+Mixed precision (opt-in, per param group; Note [Master weights and stochastic rounding] in
+csrc/include/pyoptim/math/stochastic_round.h): `master_weights=True` (bfloat16 / float16
+params) keeps `master_param`, a float32 copy of the param, and float32 moments, and stores the
+param rounded to nearest from the master; `stochastic_rounding=True` (bfloat16 params, without
+master weights) stores the param rounded stochastically, with random bits keyed by
+`sr_seed` (an int64 CPU tensor in the state, drawn from torch's generator), the step and the
+element index. Both are checked at construction (and in add_param_group). Checkpoints: see
+`pyoptim._mixed.MixedPrecision.load_state_dict`.
+
 Flags: `foreach` and `fused` are accepted and validated as torch validates them (with
 `fused=True`, params that are not floating point or not on a fused device raise torch's error);
 the step is always pyoptim's fused kernel. `differentiable=True` falls back to torch's own
@@ -27,6 +36,11 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused, _get_capturable_supported_devices
 
+from ._mixed import MASTER as _MASTER
+from ._mixed import MASTER_KEY as _MASTER_KEY
+from ._mixed import SEED_KEY as _SEED_KEY
+from ._mixed import SR as _SR
+from ._mixed import MixedPrecision, init_master
 from ._state import DeviceCall, FusedStep, Plan, _dtensor_type, hyper_args, on_device, scalar_dtype
 
 __all__ = ["Adam", "AdamW"]
@@ -56,6 +70,8 @@ _sparse_adam_ = torch.ops.pyoptim.sparse_adam_.default
 class _AdamStep(FusedStep):
     """The fused `step` shared by Adam and AdamW (first in their MRO)."""
 
+    _fp32_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # float32 in master groups
+
     _sparse_state_keys = ("step", "exp_avg", "exp_avg_sq")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -73,14 +89,18 @@ class _AdamStep(FusedStep):
         return group["lr"], _real(beta1), _real(beta2), group["weight_decay"], group["eps"]
 
     def _flags(self, group: dict) -> tuple:
-        return group["amsgrad"], group["maximize"], group["decoupled_weight_decay"]
+        return (group["amsgrad"], group["maximize"], group["decoupled_weight_decay"],
+                group.get(_MASTER, False), group.get(_SR, False))
 
     def _layout(self, groups: list[dict]) -> Any:
-        return [g["amsgrad"] for g in groups]
+        return [(g["amsgrad"], g.get(_MASTER, False), g.get(_SR, False)) for g in groups]
 
     def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        # max_exp_avg_sq: only the params of amsgrad groups have it
-        return ("step", "exp_avg", "exp_avg_sq"), (("max_exp_avg_sq",) if any(plan.layout) else ())
+        # optional keys: only the params of amsgrad / master_weights / stochastic_rounding groups
+        # have them
+        optional = tuple(key for k, key in enumerate(("max_exp_avg_sq", _MASTER_KEY, _SEED_KEY))
+                         if any(layout[k] for layout in plan.layout))
+        return ("step", "exp_avg", "exp_avg_sq"), optional
 
     def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
         if p.grad.is_sparse:
@@ -97,6 +117,11 @@ class _AdamStep(FusedStep):
         elif group["amsgrad"] and "max_exp_avg_sq" not in state:
             # amsgrad switched on after the state was made: torch's own error
             raise KeyError("max_exp_avg_sq")
+        if group.get(_MASTER, False):
+            init_master(state, p, self._fp32_keys)
+        elif group.get(_SR, False) and _SEED_KEY not in state:
+            # a seed per param, from torch's generator (torch.manual_seed makes it reproducible)
+            state[_SEED_KEY] = torch.randint(2**62, (), dtype=torch.int64)
         if group["capturable"] and not torch.compiler.is_compiling():
             devices = _get_capturable_supported_devices()
             if not (p.device.type == state["step"].device.type and p.device.type in devices):
@@ -112,10 +137,14 @@ class _AdamStep(FusedStep):
         else:
             step = torch.tensor(0.0, dtype=scalar_dtype(), device="cpu")
         state["step"] = step
-        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        # master weights: float32 moments (Note [Master weights and stochastic rounding])
+        dtype = torch.float32 if group.get(_MASTER, False) else None
+        state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype,
+                                               memory_format=torch.preserve_format)
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=dtype,
+                                                       memory_format=torch.preserve_format)
 
     # Note [Lazy sparse Adam]
     def _sparse_ok(self, group: dict) -> bool:
@@ -124,6 +153,9 @@ class _AdamStep(FusedStep):
     def _init_sparse(self, plan: Plan, group: dict, p: Tensor) -> None:
         if group["amsgrad"]:
             raise RuntimeError("lazy_sparse: amsgrad does not support sparse gradients")
+        for flag in (_MASTER, _SR):
+            if group.get(flag, False):
+                raise RuntimeError(f"lazy_sparse: {flag}=True does not support sparse gradients")
         if group["weight_decay"] != 0 and not group["decoupled_weight_decay"]:
             raise RuntimeError(
                 "lazy_sparse: Adam's weight_decay (L2) is not compatible with sparse gradients; "
@@ -162,10 +194,19 @@ class _AdamStep(FusedStep):
              states: list[list[Any]], grad_scale: Tensor | None,
              found_inf: Tensor | None, validate_only: bool) -> None:
         steps, exp_avgs, exp_avg_sqs = states[:3]
-        max_sqs = states[3] if len(states) > 3 else []  # amsgrad groups only (see _state_keys)
-        amsgrad = plan.layout
-        if any(amsgrad) and not all(amsgrad):  # only params of amsgrad groups have max_exp_avg_sq
-            max_sqs = [m for m, g in zip(max_sqs, call.group_of) if amsgrad[g]]
+        # optional lists (see _state_keys): each holds the tensors of the params of the groups
+        # that have the key, in order
+        optional = iter(states[3:])
+        partial = []
+        for k in range(3):  # amsgrad, master_weights, stochastic_rounding
+            on = [layout[k] for layout in plan.layout]
+            if not any(on):
+                partial.append([])
+                continue
+            values = next(optional)
+            partial.append(values if all(on) else
+                           [v for v, g in zip(values, call.group_of) if on[g]])
+        max_sqs, masters, seeds = partial
         hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
         _adam_(
             params,
@@ -181,6 +222,8 @@ class _AdamStep(FusedStep):
             grad_scale if grad_scale is None else on_device(grad_scale, call.device),
             found_inf if found_inf is None else on_device(found_inf, call.device),
             validate_only,
+            masters or None,
+            seeds or None,
         )
 
 
@@ -223,19 +266,23 @@ def _skipped(found_inf: Tensor | None) -> bool:
 _PARAMS = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
 
 
-_LAZY_SPARSE_DOC = (
-    "Extra keyword-only argument:\n"
+_EXTRA_DOC = (
+    "Extra keyword-only arguments (off by default: torch's behaviour):\n"
     "    lazy_sparse (bool, optional): step params whose gradient is sparse lazily, with\n"
     "        SparseAdam's update on the touched rows, in the same step as the dense params\n"
     "        (default: False, torch's error for a sparse gradient). See Note [Lazy sparse Adam]\n"
-    "        in pyoptim/adam.py.\n\n"
+    "        in pyoptim/adam.py.\n"
+    "    master_weights (bool, optional): bfloat16 / float16 params keep a float32 master copy\n"
+    "        and float32 moments in the state; the param is the master rounded to nearest.\n"
+    "    stochastic_rounding (bool, optional): bfloat16 params are stored stochastically\n"
+    "        rounded (seeded per param, reproducible). See pyoptim._mixed.\n\n"
 )
 
 
-class Adam(_AdamStep, torch.optim.Adam):
+class Adam(_AdamStep, MixedPrecision, torch.optim.Adam):
     __doc__ = (
         "Drop-in torch.optim.Adam with a fused native step (see pyoptim.adam).\n\n"
-        + _LAZY_SPARSE_DOC + (torch.optim.Adam.__doc__ or "")
+        + _EXTRA_DOC + (torch.optim.Adam.__doc__ or "")
     )
 
     def __init__(
@@ -254,17 +301,20 @@ class Adam(_AdamStep, torch.optim.Adam):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         lazy_sparse: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         self._default_lazy_sparse = lazy_sparse
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
-                         fused=fused, decoupled_weight_decay=decoupled_weight_decay)
+                         fused=fused, decoupled_weight_decay=decoupled_weight_decay,
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding)
 
 
-class AdamW(_AdamStep, torch.optim.AdamW):
+class AdamW(_AdamStep, MixedPrecision, torch.optim.AdamW):
     __doc__ = (
         "Drop-in torch.optim.AdamW with a fused native step (see pyoptim.adam).\n\n"
-        + _LAZY_SPARSE_DOC + (torch.optim.AdamW.__doc__ or "")
+        + _EXTRA_DOC + (torch.optim.AdamW.__doc__ or "")
     )
 
     def __init__(
@@ -282,8 +332,11 @@ class AdamW(_AdamStep, torch.optim.AdamW):
         differentiable: bool = False,
         fused: bool | None = None,
         lazy_sparse: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         self._default_lazy_sparse = lazy_sparse
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          foreach=foreach, capturable=capturable, differentiable=differentiable,
-                         fused=fused)
+                         fused=fused, master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding)

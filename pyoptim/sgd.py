@@ -35,6 +35,10 @@ State per param is torch's: `momentum_buffer` (a dense tensor like the param), o
 momentum != 0, so state_dicts load both ways between torch.optim.SGD and pyoptim.SGD. (torch
 keeps a *sparse* buffer for sparse grads with momentum; one loaded from torch is densified.)
 
+Mixed precision (opt-in, per param group; pyoptim/_mixed.py): `master_weights=True` (bfloat16 /
+float16 params, momentum != 0, dense grads) keeps `master_param`, a float32 copy of the param,
+and a float32 momentum buffer, and stores the param rounded to nearest from the master.
+
 Flags: `foreach` and `fused` are accepted and validated as torch validates them; the step is
 always pyoptim's fused kernel. `differentiable=True` falls back to torch's own implementation.
 GradScaler: like torch's fused SGD, `step` takes `grad_scale` / `found_inf` from the scaler
@@ -51,6 +55,7 @@ from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused
 from torch.optim.sgd import sgd as _torch_sgd
 
+from ._mixed import MASTER, MASTER_KEY, MixedPrecision, init_master
 from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device, pick, scalar_type_name
 
 __all__ = ["SGD"]
@@ -58,7 +63,7 @@ __all__ = ["SGD"]
 _sgd_ = torch.ops.pyoptim.sgd_.default
 
 
-class SGD(FusedStep, torch.optim.SGD):
+class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
     __doc__ = (
         "Drop-in torch.optim.SGD with a fused native step and lazy sparse momentum "
         "(see pyoptim.sgd).\n\n" + (torch.optim.SGD.__doc__ or "")
@@ -66,18 +71,21 @@ class SGD(FusedStep, torch.optim.SGD):
 
 
     _created_in_graph = ("momentum_buffer",)  # Note [Compiled step] in pyoptim/_compiled.py
+    _mixed_flags = (MASTER,)
+    _fp32_keys = ("momentum_buffer",)  # float32 in master groups
 
     def _hyper(self, group: dict) -> tuple:
         return group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
 
     def _flags(self, group: dict) -> tuple:
-        return group["nesterov"], group["maximize"]
+        return group["nesterov"], group["maximize"], group.get(MASTER, False)
 
     def _layout(self, groups: list[dict]) -> Any:
-        return [g["momentum"] != 0 for g in groups]
+        return [(g["momentum"] != 0, g.get(MASTER, False)) for g in groups]
 
     def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return ("momentum_buffer",), ()
+        # master_param: only the params of master_weights groups have it
+        return ("momentum_buffer",), ((MASTER_KEY,) if any(m for _, m in plan.layout) else ())
 
     def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
         if group["fused"]:
@@ -98,14 +106,18 @@ class SGD(FusedStep, torch.optim.SGD):
             plan.extra = []  # per param with a buffer: does the buffer take its first step
         state = self.state[p]
         buf = state.get("momentum_buffer")
+        master = group.get(MASTER, False)
         if buf is None:  # first step: the kernel writes buf = grad (present rows, if sparse)
             plan.fresh.append(p)
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = torch.zeros_like(
+                p, dtype=torch.float32 if master else None, memory_format=torch.preserve_format)
             plan.extra.append(True)
         else:
             if buf.is_sparse:  # a torch state_dict from sparse momentum
                 state["momentum_buffer"] = buf.to_dense()
             plan.extra.append(False)
+        if master:
+            init_master(state, p, self._fp32_keys)
         return True
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
@@ -114,6 +126,12 @@ class SGD(FusedStep, torch.optim.SGD):
         if plan.fused_errors:
             self._raise_fused_error(plan)
         bufs = states[0] if states else ()
+        masters = None
+        if len(states) > 1:  # master_weights groups: their params' masters, in order
+            on = [m for _, m in plan.layout]
+            masters = states[1] if all(on) else [
+                t for t, g in zip(states[1], (g for g in call.group_of
+                                              if plan.groups[g]["momentum"] != 0)) if on[g]]
         first = pick(plan.extra, call.state_index) if plan.extra and any(plan.extra) else ()
         hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
         hp = (call.group_sizes, hyper, flags)
@@ -121,11 +139,11 @@ class SGD(FusedStep, torch.optim.SGD):
                 grad_scale if grad_scale is None else on_device(grad_scale, call.device),
                 found_inf if found_inf is None else on_device(found_inf, call.device))
         try:
-            _sgd_(params, grads, bufs, *hp, first, *tail, validate_only)
+            _sgd_(params, grads, bufs, *hp, first, *tail, validate_only, masters)
             return
         except TypeError:
             mixed = [k for k, (p, g) in enumerate(zip(params, grads)) if g.dtype != p.dtype]
-            if not mixed:
+            if not mixed or masters:  # a master-weights step takes grads of its params' dtype
                 raise
         self._run_mixed(plan, call, params, grads, bufs, first, mixed, hp, tail, found_inf,
                         validate_only)

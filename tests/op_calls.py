@@ -23,27 +23,32 @@ def adam_(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs, max_exp_avg_sq
           *, lr: float, beta1: float, beta2: float, weight_decay: float, eps: float,
           amsgrad: bool, maximize: bool, decoupled: bool, lr_tensor: Tensor | None = None,
           grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-          validate_only: bool = False) -> None:
+          validate_only: bool = False, master_params: Sequence[Tensor] | None = None,
+          sr_seeds: Sequence[Tensor] | None = None) -> None:
+    """master_params / sr_seeds given: the group has master_weights / stochastic_rounding."""
     ops.adam_.default(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
         group_sizes=[len(params)], hyper=[lr, beta1, beta2, weight_decay, eps],
-        flags=[amsgrad, maximize, decoupled],
+        flags=[amsgrad, maximize, decoupled, master_params is not None, sr_seeds is not None],
         lr_tensors=[lr_tensor] if lr_tensor is not None else [],
-        grad_scale=grad_scale, found_inf=found_inf, validate_only=validate_only)
+        grad_scale=grad_scale, found_inf=found_inf, validate_only=validate_only,
+        master_params=master_params or [], sr_seeds=sr_seeds or [])
 
 
 def sgd_(params: Sequence[Tensor], grads, momentum_buffers, *, lr: float, momentum: float,
          dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
          is_first_step: bool, lr_tensor: Tensor | None = None,
          grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-         validate_only: bool = False) -> None:
-    """Dense or sparse grads alike; momentum_buffers: one per param when momentum != 0."""
+         validate_only: bool = False, master_params: Sequence[Tensor] | None = None) -> None:
+    """Dense or sparse grads alike; momentum_buffers: one per param when momentum != 0;
+    master_params given: the group has master_weights."""
     ops.sgd_.default(
         params, grads, momentum_buffers, group_sizes=[len(params)],
-        hyper=[lr, momentum, dampening, weight_decay], flags=[nesterov, maximize],
+        hyper=[lr, momentum, dampening, weight_decay],
+        flags=[nesterov, maximize, master_params is not None],
         first_step=[True] * len(momentum_buffers) if is_first_step else [],
         lr_tensors=[lr_tensor] if lr_tensor is not None else [], grad_scale=grad_scale,
-        found_inf=found_inf, validate_only=validate_only)
+        found_inf=found_inf, validate_only=validate_only, master_params=master_params)
 
 
 def sgd_sparse_(param: Tensor, grad: Tensor, momentum_buffer: Tensor | None, **kw) -> None:

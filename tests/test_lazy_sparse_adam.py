@@ -229,10 +229,11 @@ def test_grad_scaler_found_inf_skips_and_scale_raises():
     assert_bitwise_equal(snapshot([emb, *dense]), before)
 
 
-def test_signature_is_torch_plus_lazy_sparse():
+def test_signature_is_torch_plus_pyoptim_keywords():
     for cls, base in ((pyoptim.Adam, torch.optim.Adam), (pyoptim.AdamW, torch.optim.AdamW)):
         ours = dict(inspect.signature(cls.__init__).parameters)
-        assert ours.pop("lazy_sparse").kind is inspect.Parameter.KEYWORD_ONLY
+        for extra in ("lazy_sparse", "master_weights", "stochastic_rounding"):  # pyoptim's
+            assert ours.pop(extra).kind is inspect.Parameter.KEYWORD_ONLY
         theirs = inspect.signature(base.__init__).parameters
         assert list(ours) == list(theirs)
         assert [p.default for p in ours.values()] == [p.default for p in theirs.values()]

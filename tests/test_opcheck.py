@@ -64,10 +64,10 @@ def adam_sample(groups: str, dtype: torch.dtype):
     args = op_args(state, state["grads"])
     cfg = ADAM_GROUPS[groups]
     # per group: hyper (lr, beta1, beta2, weight_decay, eps), flags (amsgrad, maximize,
-    # decoupled)
+    # decoupled, master_weights, stochastic_rounding)
     kwargs = dict(group_sizes=[2, 2],
                   hyper=[1e-2, 0.9, 0.999, cfg[0][3], 1e-8, 2e-2, 0.8, 0.99, cfg[1][3], 1e-6],
-                  flags=[*cfg[0][:3], *cfg[1][:3]], lr_tensors=[])
+                  flags=[*cfg[0][:3], False, False, *cfg[1][:3], False, False], lr_tensors=[])
     return state, args, kwargs
 
 
@@ -85,6 +85,48 @@ def test_opcheck_adam(groups, dtype, extra):
     else:
         assert any_changed(before["params"], state["params"])
         assert state["state_steps"][0].item() == before["state_steps"][0].item() + 1
+
+
+def adam_mixed_sample(master_dtype: torch.dtype):
+    """Three groups: master weights (params of `master_dtype`, float32 master and moments),
+    stochastic rounding (bfloat16), and plain bfloat16 with amsgrad (Note [Master weights and
+    stochastic rounding])."""
+    g = torch.Generator().manual_seed(13)
+
+    def rnd(n, dtype, scale=1.0):
+        return (torch.randn(n, generator=g) * scale).to(dtype)
+
+    bf = torch.bfloat16
+    params = [rnd(5, master_dtype), rnd(33, master_dtype), rnd(0, bf), rnd(19, bf), rnd(7, bf)]
+    grads = [rnd(p.numel(), p.dtype) for p in params]
+    state_dtypes = [torch.float32, torch.float32, bf, bf, bf]
+    exp_avgs = [rnd(p.numel(), d, 0.1) for p, d in zip(params, state_dtypes)]
+    exp_avg_sqs = [rnd(p.numel(), d, 0.1).abs() for p, d in zip(params, state_dtypes)]
+    max_sqs = [exp_avg_sqs[4].clone()]
+    steps = [torch.tensor(3.0) for _ in params]
+    masters = [p.float() for p in params[:2]]
+    seeds = [torch.tensor(5), torch.tensor(-7)]
+    args = (params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps)
+    # per group: hyper (lr, beta1, beta2, weight_decay, eps), flags (amsgrad, maximize,
+    # decoupled, master_weights, stochastic_rounding)
+    kwargs = dict(group_sizes=[2, 2, 1], hyper=[1e-2, 0.9, 0.999, 0.01, 1e-8] * 3,
+                  flags=[False, False, True, True, False, False, False, True, False, True,
+                         True, False, False, False, False],
+                  lr_tensors=[], master_params=masters, sr_seeds=seeds)
+    return params + masters, args, kwargs
+
+
+@pytest.mark.parametrize("extra", list(EXTRAS))
+@pytest.mark.parametrize("master_dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
+def test_opcheck_adam_mixed(master_dtype, extra):
+    written, args, kwargs = adam_mixed_sample(master_dtype)
+    kwargs.update(EXTRAS[extra]())
+    if extra == "lr_tensors":
+        kwargs["lr_tensors"] = [torch.tensor(3e-3), None, torch.tensor(1e-3)]
+    _check(torch.ops.pyoptim.adam_.default, args, kwargs)
+    before = snapshot(written)
+    torch.ops.pyoptim.adam_.default(*args, **kwargs)
+    assert any_changed(before, written) != bool(kwargs.get("validate_only"))
 
 
 def _sparse(rows: int, width: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -105,10 +147,31 @@ def sgd_sample(dtype: torch.dtype, sparse: bool):
     grads = [_sparse(6, 3, dtype, 1) if sparse else rnd(6, 3), rnd(5),
              _sparse(6, 3, dtype, 2) if sparse else rnd(6, 3), rnd(4, 2)]
     bufs = [rnd(6, 3), torch.zeros(4, 2, dtype=dtype)]
-    # per group: hyper (lr, momentum, dampening, weight_decay), flags (nesterov, maximize)
+    # per group: hyper (lr, momentum, dampening, weight_decay), flags (nesterov, maximize,
+    # master_weights)
     kwargs = dict(group_sizes=[2, 2], hyper=[0.1, 0.0, 0.0, 0.0, 0.05, 0.9, 0.1, 0.01],
-                  flags=[False, False, False, True], first_step=[False, True], lr_tensors=[])
+                  flags=[False, False, False, False, True, False], first_step=[False, True],
+                  lr_tensors=[])
     return params, bufs, (params, grads, bufs), kwargs
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
+def test_opcheck_sgd_master(dtype):
+    """Group 0: master weights (float32 masters and buffers, one buffer on its first step);
+    group 1: plain momentum in the param dtype."""
+    g = torch.Generator().manual_seed(17)
+    params = [torch.randn(6, 3, generator=g).to(dtype) for _ in range(3)]
+    grads = [torch.randn(6, 3, generator=g).to(dtype) for _ in range(3)]
+    bufs = [torch.randn(6, 3, generator=g), torch.zeros(6, 3), torch.zeros(6, 3).to(dtype)]
+    masters = [p.float() for p in params[:2]]
+    kwargs = dict(group_sizes=[2, 1], hyper=[0.1, 0.9, 0.0, 0.01, 0.05, 0.9, 0.1, 0.0],
+                  flags=[True, False, True, False, False, False],
+                  first_step=[False, True, False], lr_tensors=[], master_params=masters)
+    args = (params, grads, bufs)
+    _check(torch.ops.pyoptim.sgd_.default, args, kwargs)
+    before = snapshot(params + masters + bufs)
+    torch.ops.pyoptim.sgd_.default(*args, **kwargs)
+    assert any_changed(before, params + masters + bufs)
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "dense-and-sparse"])

@@ -9,6 +9,7 @@
 #include "pyoptim/math/sgd.h"
 #include "pyoptim/math/duplicate_sum.h"
 #include "pyoptim/math/sparse_adam.h"
+#include "pyoptim/math/stochastic_round.h"
 
 namespace pyoptim {
 namespace cpu {

@@ -58,6 +58,46 @@ void sgd_range(const SgdPtrs& a, int64_t begin, int64_t end,
   sgd_switch<SgdDense<S>>(f, a, begin, end, c);
 }
 
+// 16-bit params P with float32 master weights and buffer: the math runs on the master (as for a
+// float32 param), and the param is stored rounded to nearest from the new master.
+template <class P>
+struct SgdDenseMaster {
+  template <bool kM, bool kN, bool kF, bool kMax, bool kS>
+  static void run(const SgdPtrs& a, int64_t begin, int64_t end,
+                  const math::SgdCoeffs<float>& c) {
+    using V = typename VecOf<float>::type;
+    constexpr int64_t W = VecOf<float>::kSize;
+    static_assert(VecOf<P>::kSize == W, "16-bit and float32 vectors have the same lanes");
+    P* __restrict__ param = static_cast<P*>(a.param);
+    const P* __restrict__ grad = static_cast<const P*>(a.grad);
+    float* __restrict__ master = static_cast<float*>(a.master_param);
+    float* __restrict__ buf = static_cast<float*>(a.momentum_buffer);
+    int64_t i = begin;
+    for (; i + W <= end; i += W) {
+      V p = vload(master + i);
+      V b = (kM && !kF) ? vload(buf + i) : p;
+      math::sgd_step<kM, kN, kF, kMax, kS>(p, V(vload(grad + i)), b, c);
+      vstore(master + i, p);
+      vstore(param + i, p);  // master.to(param dtype): round to nearest even
+      if (kM) vstore(buf + i, b);
+    }
+    for (; i < end; ++i) {  // tail: the same math on single elements
+      float p = master[i];
+      float b = (kM && !kF) ? buf[i] : p;
+      math::sgd_step<kM, kN, kF, kMax, kS>(p, to_opmath(grad[i]), b, c);
+      master[i] = p;
+      param[i] = from_opmath<P>(p);
+      if (kM) buf[i] = b;
+    }
+  }
+};
+
+template <class P>
+void sgd_master_range(const SgdPtrs& a, int64_t begin, int64_t end,
+                      const math::SgdCoeffs<float>& c, SgdFlags f) {
+  sgd_switch<SgdDenseMaster<P>>(f, a, begin, end, c);
+}
+
 // Unique rows [u_begin, u_end) of a sparse gradient. See Note [Sparse rows: one deterministic
 // pass] in ops/sparse_rows.h and Note [Sparse SGD] in ops/sgd_cpu.cpp.
 //  * plain SGD (no momentum, no weight decay): each value row is applied in turn, in position
@@ -144,7 +184,8 @@ void sgd_sparse_rows(const SgdSparsePtrs& a, int64_t u_begin, int64_t u_end,
 
 inline SgdKernels make_sgd_kernels() {
   return SgdKernels{
-      {&sgd_range<float>, &sgd_range<double>, &sgd_range<bf16>, &sgd_range<fp16>},
+      {&sgd_range<float>, &sgd_range<double>, &sgd_range<bf16>, &sgd_range<fp16>,
+       &sgd_master_range<bf16>, &sgd_master_range<fp16>},
       {&sgd_sparse_rows<float>, &sgd_sparse_rows<double>, &sgd_sparse_rows<bf16>,
        &sgd_sparse_rows<fp16>}};
 }

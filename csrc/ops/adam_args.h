@@ -26,23 +26,25 @@ inline void check_adam_hyper(double eps, double beta1, double beta2, double weig
 inline void check_lr(double lr) { TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning rate: ", lr); }
 
 // A group's entries in adam_'s `hyper` and `flags` (Note [Param groups in one call]), in this
-// order.
+// order. master_weights / stochastic_rounding: Note [Master weights and stochastic rounding] in
+// math/stochastic_round.h.
 struct AdamGroup {
   double lr, beta1, beta2, weight_decay, eps;
-  bool amsgrad, maximize, decoupled;
+  bool amsgrad, maximize, decoupled, master_weights, stochastic_rounding;
   std::optional<at::Tensor> lr_tensor;  // a Tensor lr: its value replaces lr
 };
 
 constexpr size_t kAdamHypers = 5;
-constexpr size_t kAdamFlags = 3;
+constexpr size_t kAdamFlags = 5;
 
-// One adam_ call, checked: per group its settings, per tensor its group and its entry in
-// max_exp_avg_sqs (-1 outside amsgrad groups).
+// One adam_ call, checked: per group its settings, per tensor its group and its entries in
+// max_exp_avg_sqs (-1 outside amsgrad groups), master_params (-1 outside master_weights
+// groups) and sr_seeds (-1 outside stochastic_rounding groups).
 struct AdamCall {
   c10::Device device{c10::kCPU};  // of every param
   std::vector<AdamGroup> groups;
   std::vector<size_t> group;
-  std::vector<int64_t> vmax;
+  std::vector<int64_t> vmax, master, seed;
   const AdamGroup& of(size_t i) const { return groups[group[i]]; }
 };
 
@@ -55,7 +57,7 @@ inline AdamCall check_adam_call(
     at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> hyper,
     const c10::List<bool>& flags, const c10::List<std::optional<at::Tensor>>& lr_tensors,
     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-    WriteSet& writes) {
+    at::TensorList master_params, at::TensorList sr_seeds, WriteSet& writes) {
   const size_t n = params.size();
   const Groups groups(op, group_sizes, n);
   groups.check_packed(hyper.size(), kAdamHypers, flags.size(), kAdamFlags);
@@ -68,20 +70,31 @@ inline AdamCall check_adam_call(
   call.device = c10::Device(backend);
   if (n > 0 && params[0].defined()) call.device = params[0].device();
   const auto lr_ts = groups.lr_tensors(lr_tensors, call.device);
-  std::vector<bool> ams(groups.count());
+  std::vector<bool> ams(groups.count()), mw(groups.count()), sr(groups.count());
   call.groups.resize(groups.count());
   for (size_t g = 0; g < groups.count(); ++g) {
     const double* h = hyper.data() + g * kAdamHypers;
     const size_t f = g * kAdamFlags;
     AdamGroup& a = call.groups[g];
-    a = AdamGroup{h[0], h[1], h[2], h[3], h[4], flags.get(f), flags.get(f + 1), flags.get(f + 2),
-                  lr_ts[g]};
+    a = AdamGroup{h[0],          h[1],          h[2],          h[3],          h[4],
+                  flags.get(f),  flags.get(f + 1), flags.get(f + 2), flags.get(f + 3),
+                  flags.get(f + 4), lr_ts[g]};
     check_adam_hyper(a.eps, a.beta1, a.beta2, a.weight_decay);
     if (!lr_ts[g].has_value()) check_lr(a.lr);
+    TORCH_CHECK_VALUE(!(a.master_weights && a.stochastic_rounding), op, ": param group ", g,
+                      " has master_weights and stochastic_rounding, which cannot be combined: "
+                      "stochastic rounding is for params stored without master weights (a "
+                      "master-weights param is rounded to nearest from its float32 master)");
     ams[g] = a.amsgrad;
+    mw[g] = a.master_weights;
+    sr[g] = a.stochastic_rounding;
   }
   call.vmax = positions_in_partial_list(op, groups, n, ams, max_exp_avg_sqs.size(),
                                         "max_exp_avg_sqs", "param of an amsgrad group");
+  call.master = positions_in_partial_list(op, groups, n, mw, master_params.size(),
+                                          "master_params", "param of a master_weights group");
+  call.seed = positions_in_partial_list(op, groups, n, sr, sr_seeds.size(), "sr_seeds",
+                                        "param of a stochastic_rounding group");
   check_scalar_arg(op, grad_scale, "grad_scale", call.device);
   check_scalar_arg(op, found_inf, "found_inf", call.device);
 
@@ -93,10 +106,31 @@ inline AdamCall check_adam_call(
     TORCH_CHECK(grads[i].layout() == at::kStrided,
                 "Adam does not support sparse gradients, please consider SparseAdam instead");
     check_like_param(op, p, grads[i], "grads", i);
-    check_like_param(op, p, exp_avgs[i], "exp_avgs", i);
-    check_like_param(op, p, exp_avg_sqs[i], "exp_avg_sqs", i);
+    // with master weights, the master and the moments are float32 (the grad is the param's)
+    const bool master = call.master[i] >= 0;
+    const at::ScalarType state_dtype = master ? at::kFloat : p.scalar_type();
+    if (master) {
+      TORCH_CHECK_VALUE(p.scalar_type() == at::kBFloat16 || p.scalar_type() == at::kHalf, op,
+                        ": params[", i, "] has dtype ", p.scalar_type(),
+                        "; master_weights is for bfloat16 and float16 params");
+      check_like_param(op, p, master_params[call.master[i]], "master_params", i, at::kFloat);
+    }
+    if (call.seed[i] >= 0) {
+      TORCH_CHECK_VALUE(p.scalar_type() == at::kBFloat16, op, ": params[", i, "] has dtype ",
+                        p.scalar_type(), "; stochastic_rounding is for bfloat16 params");
+      const at::Tensor& sd = sr_seeds[call.seed[i]];
+      TORCH_CHECK_VALUE(sd.defined() && sd.sym_numel() == 1 && sd.layout() == at::kStrided, op,
+                        ": sr_seeds[", call.seed[i], "] must be a one-element tensor");
+      TORCH_CHECK_TYPE(sd.scalar_type() == at::kLong, op, ": sr_seeds[", call.seed[i],
+                       "] has dtype ", sd.scalar_type(), "; a seed is an int64 tensor");
+      // (the Meta kernel sees FakeTensor's meta copies)
+      TORCH_CHECK(sd.device().is_cpu() || backend == c10::DeviceType::Meta, op, ": sr_seeds[",
+                  call.seed[i], "] is on ", sd.device(), "; a seed lives on the CPU");
+    }
+    check_like_param(op, p, exp_avgs[i], "exp_avgs", i, state_dtype);
+    check_like_param(op, p, exp_avg_sqs[i], "exp_avg_sqs", i, state_dtype);
     if (call.vmax[i] >= 0) {
-      check_like_param(op, p, max_exp_avg_sqs[call.vmax[i]], "max_exp_avg_sqs", i);
+      check_like_param(op, p, max_exp_avg_sqs[call.vmax[i]], "max_exp_avg_sqs", i, state_dtype);
     }
     const at::Tensor& s = state_steps[i];
     TORCH_CHECK_VALUE(s.defined() && s.sym_numel() == 1 && s.layout() == at::kStrided, op,
@@ -112,6 +146,7 @@ inline AdamCall check_adam_call(
     writes.add(exp_avgs[i], "exp_avgs", i);
     writes.add(exp_avg_sqs[i], "exp_avg_sqs", i);
     if (call.vmax[i] >= 0) writes.add(max_exp_avg_sqs[call.vmax[i]], "max_exp_avg_sqs", i);
+    if (master) writes.add(master_params[call.master[i]], "master_params", i);
     writes.add(s, "state_steps", i);
   }
   return call;

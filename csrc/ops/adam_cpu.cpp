@@ -25,12 +25,13 @@ struct AdamItem {
   at::ScalarType dtype;
   cpu::AdamFlags flags;
   int32_t coeffs;
+  bool master;  // float32 master weights and moments (Note [Master weights and stochastic rounding])
 };
 
 // Tensors whose layouts disagree are updated in row-major copies, copied back afterwards.
 struct Relayout {
   size_t index;
-  at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
+  at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master;
 };
 
 // Coefficients per distinct (group, step count, param dtype); usually one per group and dtype.
@@ -81,12 +82,17 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
               at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
               const c10::List<std::optional<at::Tensor>>& lr_tensors,
               const std::optional<at::Tensor>& grad_scale,
-              const std::optional<at::Tensor>& found_inf, bool validate_only) {
+              const std::optional<at::Tensor>& found_inf, bool validate_only,
+              const std::optional<at::TensorList>& master_list,
+              const std::optional<at::TensorList>& seed_list) {
+  const at::TensorList master_params = master_list.value_or(at::TensorList());
+  const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
   // ---- 1. validate everything and compute the coefficients; nothing is written here -------
   ops::WriteSet writes;
   const ops::AdamCall call = ops::check_adam_call(
       kOp, c10::DeviceType::CPU, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-      state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf, writes);
+      state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf, master_params,
+      sr_seeds, writes);
   std::vector<double> group_lr(call.groups.size());
   for (size_t g = 0; g < call.groups.size(); ++g) {
     const ops::AdamGroup& grp = call.groups[g];
@@ -109,9 +115,17 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     const ops::AdamGroup& grp = call.of(i);
     AdamItem& it = items[i];
     it.dtype = params[i].scalar_type();
-    it.flags = cpu::AdamFlags{grp.decoupled, grp.amsgrad, grp.maximize, grad_scale.has_value()};
-    it.coeffs = coeffs.get(call.group[i], steps[i] + 1.0, it.dtype, grp,
+    it.master = call.master[i] >= 0;
+    it.flags = cpu::AdamFlags{grp.decoupled, grp.amsgrad, grp.maximize, grad_scale.has_value(),
+                              call.seed[i] >= 0};
+    // a master-weights param steps its float32 master: the coefficients of a float32 param
+    it.coeffs = coeffs.get(call.group[i], steps[i] + 1.0, it.master ? at::kFloat : it.dtype, grp,
                            group_lr[call.group[i]], scale);
+    if (call.seed[i] >= 0) {
+      it.ptrs.sr_seed = static_cast<uint64_t>(
+          *sr_seeds[call.seed[i]].const_data_ptr<int64_t>());
+      it.ptrs.sr_step = static_cast<uint64_t>(steps[i] + 1.0);
+    }
   }
   writes.check(kOp);
   if (validate_only || skip) return;  // skip: GradScaler found inf/NaN grads (no step counted)
@@ -123,29 +137,48 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   for (size_t i = 0; i < n; ++i) {
     AdamItem& it = items[i];
     const at::Tensor& vmax = call.vmax[i] >= 0 ? max_exp_avg_sqs[call.vmax[i]] : none;
-    if (ops::same_dense_layout(params[i], {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax})) {
-      it.ptrs = cpu::AdamPtrs{params[i].data_ptr(), grads[i].const_data_ptr(),
-                              exp_avgs[i].data_ptr(), exp_avg_sqs[i].data_ptr(),
-                              vmax.defined() ? vmax.data_ptr() : nullptr};
+    const at::Tensor& master = it.master ? master_params[call.master[i]] : none;
+    const uint64_t seed = it.ptrs.sr_seed, sr_step = it.ptrs.sr_step;
+    if (ops::same_dense_layout(params[i],
+                               {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax, &master})) {
+      it.ptrs = cpu::AdamPtrs{params[i].data_ptr(),
+                              grads[i].const_data_ptr(),
+                              exp_avgs[i].data_ptr(),
+                              exp_avg_sqs[i].data_ptr(),
+                              vmax.defined() ? vmax.data_ptr() : nullptr,
+                              master.defined() ? master.data_ptr() : nullptr,
+                              seed,
+                              sr_step};
     } else {
       Relayout r{i,
                  params[i].contiguous(),
                  grads[i].contiguous(),
                  exp_avgs[i].contiguous(),
                  exp_avg_sqs[i].contiguous(),
-                 vmax.defined() ? vmax.contiguous() : at::Tensor()};
-      it.ptrs = cpu::AdamPtrs{r.param.data_ptr(), r.grad.const_data_ptr(), r.exp_avg.data_ptr(),
+                 vmax.defined() ? vmax.contiguous() : at::Tensor(),
+                 master.defined() ? master.contiguous() : at::Tensor()};
+      it.ptrs = cpu::AdamPtrs{r.param.data_ptr(),
+                              r.grad.const_data_ptr(),
+                              r.exp_avg.data_ptr(),
                               r.exp_avg_sq.data_ptr(),
-                              vmax.defined() ? r.max_exp_avg_sq.data_ptr() : nullptr};
+                              vmax.defined() ? r.max_exp_avg_sq.data_ptr() : nullptr,
+                              master.defined() ? r.master.data_ptr() : nullptr,
+                              seed,
+                              sr_step};
       relayouts.push_back(std::move(r));
     }
-    split.add(params[i].numel(), params[i].element_size());
+    split.add(params[i].numel(), it.master ? 4 : params[i].element_size());
   }
 
   // ---- 3. update: one parallel region over every tensor -----------------------------------
   const cpu::AdamKernels& k = cpu::current_kernels().adam;
   split.run([&](size_t i, int64_t begin, int64_t end) {
     const AdamItem& it = items[i];
+    if (it.master) {
+      const auto fn = it.dtype == at::kBFloat16 ? k.bf16_master : k.f16_master;
+      fn(it.ptrs, begin, end, coeffs.f(it.coeffs), it.flags);
+      return;
+    }
     ops::dispatch_param_dtype(it.dtype, [&](auto s) {
       using S = decltype(s);
       if constexpr (std::is_same<S, double>::value) {
@@ -165,6 +198,10 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     if (r.max_exp_avg_sq.defined()) {
       const at::Tensor& vmax = max_exp_avg_sqs[call.vmax[i]];
       if (!r.max_exp_avg_sq.is_same(vmax)) vmax.copy_(r.max_exp_avg_sq);
+    }
+    if (r.master.defined()) {
+      const at::Tensor& master = master_params[call.master[i]];
+      if (!r.master.is_same(master)) master.copy_(r.master);
     }
   }
   for (size_t i = 0; i < n; ++i) {

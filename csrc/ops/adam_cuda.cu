@@ -62,12 +62,23 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
                const c10::List<std::optional<at::Tensor>>& lr_tensors,
                const std::optional<at::Tensor>& grad_scale,
-               const std::optional<at::Tensor>& found_inf, bool validate_only) {
+               const std::optional<at::Tensor>& found_inf, bool validate_only,
+               const std::optional<at::TensorList>& master_list,
+               const std::optional<at::TensorList>& seed_list) {
+  const at::TensorList master_params = master_list.value_or(at::TensorList());
+  const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
   // ---- 1. validate everything; nothing is written in this part --------------------------
   ops::WriteSet writes;
   const ops::AdamCall call = ops::check_adam_call(
       kOp, c10::DeviceType::CUDA, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-      state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf, writes);
+      state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf, master_params,
+      sr_seeds, writes);
+  for (const ops::AdamGroup& g : call.groups) {
+    TORCH_CHECK_NOT_IMPLEMENTED(!g.master_weights && !g.stochastic_rounding, kOp,
+                                ": master_weights and stochastic_rounding have CPU kernels only "
+                                "(Note [Master weights and stochastic rounding]); step these "
+                                "params on the CPU or without these flags");
+  }
   const size_t n = params.size();
   const c10::Device dev = call.device;
   bool any_host_step = false;

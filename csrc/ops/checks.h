@@ -39,6 +39,23 @@ inline void check_like_param(const char* op, const at::Tensor& param, const at::
                     t.sym_sizes(), " but params[", i, "] has shape ", param.sym_sizes());
 }
 
+// As above, with `dtype` for t's dtype (state kept in another precision than the param).
+inline void check_like_param(const char* op, const at::Tensor& param, const at::Tensor& t,
+                             const char* what, size_t i, at::ScalarType dtype) {
+  if (dtype == param.scalar_type()) return check_like_param(op, param, t, what, i);
+  TORCH_CHECK_VALUE(t.defined(), op, ": ", what, "[", i, "] is undefined");
+  TORCH_CHECK(t.layout() == at::kStrided, op, ": ", what, "[", i, "] must be a dense tensor, got ",
+              t.layout());
+  TORCH_CHECK(t.device() == param.device(), op, ": ", what, "[", i, "] is on ", t.device(),
+              " but params[", i, "] is on ", param.device(),
+              "; expected all tensors to be on the same device");
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", what, "[", i, "] has dtype ",
+                   t.scalar_type(), " but must be ", dtype, " (params[", i, "] has dtype ",
+                   param.scalar_type(), ")");
+  TORCH_CHECK_VALUE(t.sym_sizes() == param.sym_sizes(), op, ": ", what, "[", i, "] has shape ",
+                    t.sym_sizes(), " but params[", i, "] has shape ", param.sym_sizes());
+}
+
 inline void check_list_size(const char* op, size_t got, size_t n, const char* what,
                             const char* per) {
   TORCH_CHECK_VALUE(got == n, op, ": expected ", n, " ", what, " (one per ", per, "), got ", got);

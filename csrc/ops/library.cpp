@@ -14,7 +14,11 @@
 
 TORCH_LIBRARY(pyoptim, m) {
   // Adam (decoupled=False) and AdamW (decoupled=True). Per group, hyper = (lr, beta1, beta2,
-  // weight_decay, eps) and flags = (amsgrad, maximize, decoupled). Increments each
+  // weight_decay, eps) and flags = (amsgrad, maximize, decoupled, master_weights,
+  // stochastic_rounding) (Note [Master weights and stochastic rounding] in
+  // math/stochastic_round.h): master_params holds one float32 master per param of a
+  // master_weights group (whose moments are float32 too), sr_seeds one int64 CPU seed per param
+  // of a stochastic_rounding group (None: no such group). Increments each
   // state_steps[i] by one and uses the new value for bias correction, unless found_inf is
   // non-zero, in which case nothing at all is written (GradScaler's skipped step). A step count
   // must be a non-negative whole number. grads are read, never written.
@@ -22,11 +26,14 @@ TORCH_LIBRARY(pyoptim, m) {
       "adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, "
       "int[] group_sizes, float[] hyper, bool[] flags, Tensor?[] lr_tensors, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None, bool validate_only=False) -> ()");
+      "Tensor? grad_scale=None, Tensor? found_inf=None, bool validate_only=False, "
+      "Tensor(f!)[]? master_params=None, Tensor[]? sr_seeds=None) -> ()");
 
   // SGD with momentum / dampening / Nesterov / L2 weight decay, mirroring torch.optim.SGD's
   // single-tensor expressions. Per group, hyper = (lr, momentum, dampening, weight_decay) and
-  // flags = (nesterov, maximize). grads may be dense, or sparse COO (duplicates
+  // flags = (nesterov, maximize, master_weights); master_params holds one float32 master per
+  // param of a master_weights group (momentum required, dense grads; its buffers are float32:
+  // Note [Master weights and stochastic rounding] in math/stochastic_round.h). grads may be dense, or sparse COO (duplicates
   // allowed), which update the param lazily: only the rows present in the grad (momentum,
   // weight decay and the param; Note [Sparse SGD] in ops/sgd_cpu.cpp). momentum_buffers holds
   // one buffer per param of a group with momentum != 0; first_step, one entry per buffer (or
@@ -36,7 +43,7 @@ TORCH_LIBRARY(pyoptim, m) {
       "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
       "int[] group_sizes, float[] hyper, bool[] flags, bool[] first_step, "
       "Tensor?[] lr_tensors, Tensor? grad_scale=None, Tensor? found_inf=None, "
-      "bool validate_only=False) -> ()");
+      "bool validate_only=False, Tensor(c!)[]? master_params=None) -> ()");
 
   // SparseAdam (torch.optim.SparseAdam's formula). Per group, hyper = (lr, beta1, beta2, eps,
   // weight_decay) and flags = (maximize). grads are sparse COO, read as

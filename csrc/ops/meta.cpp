@@ -42,12 +42,16 @@ void adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
                const c10::List<std::optional<at::Tensor>>& lr_tensors,
                const std::optional<at::Tensor>& grad_scale,
-               const std::optional<at::Tensor>& found_inf, bool validate_only) {
+               const std::optional<at::Tensor>& found_inf, bool validate_only,
+               const std::optional<at::TensorList>& master_list,
+               const std::optional<at::TensorList>& seed_list) {
+  const at::TensorList master_params = master_list.value_or(at::TensorList());
+  const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
   constexpr const char* kOp = "pyoptim.adam_";
   ops::WriteSet writes;
   ops::check_adam_call(kOp, c10::DeviceType::Meta, params, grads, exp_avgs, exp_avg_sqs,
                        max_exp_avg_sqs, state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale,
-                       found_inf, writes);
+                       found_inf, master_params, sr_seeds, writes);
   writes.check(kOp);  // step counts on the CPU
   count_host_steps(kOp, state_steps, found_inf, validate_only);
 }
@@ -72,11 +76,12 @@ void sgd_meta(at::TensorList params, at::TensorList grads, at::TensorList moment
               const c10::List<bool>& first_step,
               const c10::List<std::optional<at::Tensor>>& lr_tensors,
               const std::optional<at::Tensor>& grad_scale,
-              const std::optional<at::Tensor>& found_inf, bool /*validate_only*/) {
+              const std::optional<at::Tensor>& found_inf, bool /*validate_only*/,
+              const std::optional<at::TensorList>& master_list) {
   ops::WriteSet writes;
   ops::check_sgd_call("pyoptim.sgd_", c10::DeviceType::Meta, params, grads, momentum_buffers,
-                      group_sizes, hyper, flags,
-                      first_step, lr_tensors, grad_scale, found_inf, writes);
+                      group_sizes, hyper, flags, first_step, lr_tensors, grad_scale, found_inf,
+                      master_list.value_or(at::TensorList()), writes);
 }
 
 void sparse_adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,

@@ -29,13 +29,13 @@ inline void check_sgd_hyper(double momentum, double dampening, double weight_dec
 // order.
 struct SgdGroup {
   double lr, momentum, dampening, weight_decay;
-  bool nesterov, maximize;
+  bool nesterov, maximize, master_weights;
   std::optional<at::Tensor> lr_tensor;  // a Tensor lr: its value replaces lr
   bool has_momentum() const { return momentum != 0.0; }
 };
 
 constexpr size_t kSgdHypers = 4;
-constexpr size_t kSgdFlags = 2;
+constexpr size_t kSgdFlags = 3;
 
 // One sgd_ call, checked: per group its settings; per tensor its group, its momentum buffer's
 // entry (-1 without momentum), whether that buffer takes its first step, and for a sparse
@@ -44,7 +44,7 @@ struct SgdCall {
   c10::Device device{c10::kCPU};
   std::vector<SgdGroup> groups;
   std::vector<size_t> group;
-  std::vector<int64_t> buf;
+  std::vector<int64_t> buf, master;  // master: entry in master_params, -1 outside master groups
   std::vector<bool> first;
   std::vector<std::optional<CooGrad>> sparse;
   const SgdGroup& of(size_t i) const { return groups[group[i]]; }
@@ -56,7 +56,7 @@ inline SgdCall check_sgd_call(
     const c10::List<bool>& flags, const c10::List<bool>& first_step,
     const c10::List<std::optional<at::Tensor>>& lr_tensors,
     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-    WriteSet& writes) {
+    at::TensorList master_params, WriteSet& writes) {
   const size_t n = params.size();
   const Groups groups(op, group_sizes, n);
   groups.check_packed(hyper.size(), kSgdHypers, flags.size(), kSgdFlags);
@@ -66,17 +66,24 @@ inline SgdCall check_sgd_call(
   call.device = c10::Device(backend);
   if (n > 0 && params[0].defined()) call.device = params[0].device();
   const auto lr_ts = groups.lr_tensors(lr_tensors, call.device);
-  std::vector<bool> has_buf(groups.count());
+  std::vector<bool> has_buf(groups.count()), mw(groups.count());
   call.groups.resize(groups.count());
   for (size_t g = 0; g < groups.count(); ++g) {
     const double* h = hyper.data() + g * kSgdHypers;
     const size_t f = g * kSgdFlags;
     SgdGroup& s = call.groups[g];
-    s = SgdGroup{h[0], h[1], h[2], h[3], flags.get(f), flags.get(f + 1), lr_ts[g]};
+    s = SgdGroup{h[0],         h[1],         h[2], h[3], flags.get(f), flags.get(f + 1),
+                 flags.get(f + 2), lr_ts[g]};
     check_sgd_hyper(s.momentum, s.dampening, s.weight_decay, s.nesterov);
     if (!lr_ts[g].has_value()) TORCH_CHECK_VALUE(s.lr >= 0.0, "Invalid learning rate: ", s.lr);
+    TORCH_CHECK_VALUE(!s.master_weights || s.has_momentum(), op, ": param group ", g,
+                      " has master_weights without momentum; master weights are for SGD with "
+                      "momentum");
     has_buf[g] = s.has_momentum();
+    mw[g] = s.master_weights;
   }
+  call.master = positions_in_partial_list(op, groups, n, mw, master_params.size(),
+                                          "master_params", "param of a master_weights group");
   call.buf = positions_in_partial_list(op, groups, n, has_buf, momentum_buffers.size(),
                                        "momentum_buffers", "param of a group with momentum");
   TORCH_CHECK_VALUE(first_step.size() == 0 || first_step.size() == momentum_buffers.size(), op,
@@ -95,6 +102,16 @@ inline SgdCall check_sgd_call(
     check_param(op, p, i, backend, call.device);
     const at::Tensor& g = grads[i];
     TORCH_CHECK_VALUE(g.defined(), op, ": grads[", i, "] is undefined");
+    const bool master = call.master[i] >= 0;
+    if (master) {
+      TORCH_CHECK_VALUE(p.scalar_type() == at::kBFloat16 || p.scalar_type() == at::kHalf, op,
+                        ": params[", i, "] has dtype ", p.scalar_type(),
+                        "; master_weights is for bfloat16 and float16 params");
+      TORCH_CHECK_VALUE(g.layout() != at::kSparse, op, ": grads[", i,
+                        "] is sparse; master_weights takes dense grads");
+      check_like_param(op, p, master_params[call.master[i]], "master_params", i, at::kFloat);
+      writes.add(master_params[call.master[i]], "master_params", i);
+    }
     if (g.layout() == at::kSparse) {
       call.sparse[i] = check_coo_grad(op, p, g, i);
     } else {
@@ -103,7 +120,7 @@ inline SgdCall check_sgd_call(
     writes.add(p, "params", i);
     if (call.buf[i] >= 0) {
       const at::Tensor& b = momentum_buffers[call.buf[i]];
-      check_like_param(op, p, b, "momentum_buffers", i);
+      check_like_param(op, p, b, "momentum_buffers", i, master ? at::kFloat : p.scalar_type());
       writes.add(b, "momentum_buffers", i);
       if (first_step.size() > 0) call.first[i] = first_step.get(call.buf[i]);
     }

@@ -40,7 +40,7 @@ namespace {
 constexpr const char* kOp = "pyoptim.sgd_";
 
 struct SgdItem {
-  at::Tensor param, grad, buf;  // work tensors: the user's, or row-major copies
+  at::Tensor param, grad, buf, master;  // work tensors: the user's, or row-major copies
   cpu::SgdPtrs ptrs;
   cpu::SgdFlags flags;
 };
@@ -92,12 +92,14 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
              const c10::List<bool>& first_step,
              const c10::List<std::optional<at::Tensor>>& lr_tensors,
              const std::optional<at::Tensor>& grad_scale,
-             const std::optional<at::Tensor>& found_inf, bool validate_only) {
+             const std::optional<at::Tensor>& found_inf, bool validate_only,
+             const std::optional<at::TensorList>& master_list) {
+  const at::TensorList master_params = master_list.value_or(at::TensorList());
   // ---- 1. validate everything (sparse rows grouped); nothing is written here --------------
   ops::WriteSet writes;
   const ops::SgdCall call = ops::check_sgd_call(
       kOp, c10::DeviceType::CPU, params, grads, momentum_buffers, group_sizes, hyper, flags, first_step, lr_tensors, grad_scale, found_inf,
-      writes);
+      master_params, writes);
   double scale = 1.0;
   if (grad_scale.has_value()) {
     scale = ops::scalar_value(*grad_scale, "grad_scale");
@@ -117,7 +119,9 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
   std::vector<int32_t> coeff_of(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const size_t g = call.group[i];
-    coeff_of[i] = coeffs.get(g, params[i].scalar_type(), call.groups[g], group_lr[g], scale);
+    // a master-weights param steps its float32 master: the coefficients of a float32 param
+    coeff_of[i] = coeffs.get(g, call.master[i] >= 0 ? at::kFloat : params[i].scalar_type(),
+                             call.groups[g], group_lr[g], scale);
   }
   const size_t n = params.size();
   // per-thread buffers, refilled by every call (Note [Grouping buffers] in ops/sparse_rows.h)
@@ -156,19 +160,25 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
     SgdItem it;
     it.flags = cpu::SgdFlags{grp.has_momentum(), grp.nesterov, call.first[i], grp.maximize,
                              grad_scale.has_value()};
-    if (ops::same_dense_layout(params[i], {&grads[i], &buf})) {
+    const at::Tensor& master = call.master[i] >= 0 ? master_params[call.master[i]] : none;
+    if (ops::same_dense_layout(params[i], {&grads[i], &buf, &master})) {
       it.param = params[i];
       it.grad = grads[i];
       it.buf = buf;
+      it.master = master;
     } else {  // layouts differ: work on row-major copies (only those that are not already)
       it.param = params[i].contiguous();
       it.grad = grads[i].contiguous();
       // a first-step buffer is written before it is read: no need to copy its contents
-      if (buf.defined()) it.buf = call.first[i] ? at::empty_like(it.param) : buf.contiguous();
+      if (buf.defined()) {
+        it.buf = call.first[i] ? at::empty_like(it.param, buf.options()) : buf.contiguous();
+      }
+      if (master.defined()) it.master = master.contiguous();
     }
     it.ptrs = cpu::SgdPtrs{it.param.data_ptr(), it.grad.const_data_ptr(),
-                           it.buf.defined() ? it.buf.data_ptr() : nullptr};
-    split.add(params[i].numel(), params[i].element_size());
+                           it.buf.defined() ? it.buf.data_ptr() : nullptr,
+                           it.master.defined() ? it.master.data_ptr() : nullptr};
+    split.add(params[i].numel(), master.defined() ? 4 : params[i].element_size());
     items.push_back(std::move(it));
     dense_index.push_back(i);
   }
@@ -188,6 +198,12 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
   split.run([&](size_t j, int64_t begin, int64_t end) {
     const SgdItem& it = items[j];
     const int32_t c = coeff_of[dense_index[j]];
+    if (it.master.defined()) {
+      const auto fn = it.param.scalar_type() == at::kBFloat16 ? k.dense.bf16_master
+                                                              : k.dense.f16_master;
+      fn(it.ptrs, begin, end, coeffs.f(c), it.flags);
+      return;
+    }
     ops::dispatch_param_dtype(it.param.scalar_type(), [&](auto st) {
       using S = decltype(st);
       if constexpr (std::is_same<S, double>::value) {
@@ -227,6 +243,9 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
     if (!it.param.is_same(params[i])) params[i].copy_(it.param);
     if (it.buf.defined() && !it.buf.is_same(momentum_buffers[call.buf[i]])) {
       momentum_buffers[call.buf[i]].copy_(it.buf);
+    }
+    if (it.master.defined() && !it.master.is_same(master_params[call.master[i]])) {
+      master_params[call.master[i]].copy_(it.master);
     }
   }
   for (const SparseItem& s : sparse) {

@@ -474,6 +474,117 @@ void dense_cases() {
   }
 }
 
+// ---- Adam's mixed-precision modes (Note [Master weights and stochastic rounding]) ---------------
+// Master weights (bfloat16 / float16 params, float32 master and moments), and stochastic
+// rounding of bfloat16 params (random bits keyed by seed, step and element index: the ranges
+// start at 0 and 3, so the vector body and the tail see every lane offset).
+template <class P>
+void adam_master_cases() {
+  for (int bits = 0; bits < 16; ++bits) {
+    const AdamFlags f{(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0, false};
+    for (double wd : {0.0, 0.1}) {
+      const auto c = math::make_adam_coeffs<float>(1e-2, 0.9, 0.999, 1e-8, wd, f.decoupled, 3.0,
+                                                   f.scale ? 1024.0 : 1.0);
+      for (int64_t n : kSizes) {
+        for (int64_t begin : kBegins) {
+          if (begin > n) continue;
+          std::vector<P> p = values<P>(n, -1, 1), g = values<P>(n, -2, 2);
+          std::vector<float> w = values<float>(n, -1, 1), m = values<float>(n, -0.1, 0.1),
+                             v = values<float>(n, 0, 0.01), x = values<float>(n, 0, 0.02);
+          add_specials<float>({&w, &m, &v, &x});
+          std::vector<P> p2 = p;
+          std::vector<float> w2 = w, m2 = m, v2 = v, x2 = x;
+          const auto fn = [](const KernelTable& t) {
+            return std::is_same<P, bf16>::value ? t.adam.bf16_master : t.adam.f16_master;
+          };
+          fn(scalar_table())(AdamPtrs{p.data(), g.data(), m.data(), v.data(), x.data(), w.data(),
+                                      0, 0},
+                             begin, n, c, f);
+          fn(neon_table())(AdamPtrs{p2.data(), g.data(), m2.data(), v2.data(), x2.data(),
+                                    w2.data(), 0, 0},
+                           begin, n, c, f);
+          const std::string what = "adam_master[" +
+                                   flags_text({{"adamw", f.decoupled}, {"amsgrad", f.amsgrad},
+                                               {"maximize", f.maximize}, {"grad_scale", f.scale}}) +
+                                   " n=" + std::to_string(n) + " begin=" + std::to_string(begin) +
+                                   "]";
+          ++g_cases;
+          same(p2, p, what + " param") && same(w2, w, what + " master") &&
+              same(m2, m, what + " exp_avg") && same(v2, v, what + " exp_avg_sq") &&
+              same(x2, x, what + " max_exp_avg_sq");
+        }
+      }
+    }
+  }
+}
+
+template <class P>
+void sgd_master_cases() {
+  for (int bits = 0; bits < 32; ++bits) {
+    const SgdFlags f = sgd_flags(bits);
+    if (!f.momentum) continue;  // master weights are for SGD with momentum
+    for (double wd : {0.0, 1e-2}) {
+      const auto c = math::make_sgd_coeffs<float>(1e-2, 0.9, 0.1, wd, f.scale ? 1024.0 : 1.0);
+      for (int64_t n : kSizes) {
+        for (int64_t begin : kBegins) {
+          if (begin > n) continue;
+          std::vector<P> p = values<P>(n, -1, 1), g = values<P>(n, -2, 2);
+          std::vector<float> w = values<float>(n, -1, 1), b = values<float>(n, -0.5, 0.5);
+          add_specials<float>({&w, &b});
+          std::vector<P> p2 = p;
+          std::vector<float> w2 = w, b2 = b;
+          const auto fn = [](const KernelTable& t) {
+            return std::is_same<P, bf16>::value ? t.sgd.dense.bf16_master
+                                                : t.sgd.dense.f16_master;
+          };
+          fn(scalar_table())(SgdPtrs{p.data(), g.data(), b.data(), w.data()}, begin, n, c, f);
+          fn(neon_table())(SgdPtrs{p2.data(), g.data(), b2.data(), w2.data()}, begin, n, c, f);
+          const std::string what = "sgd_master[" + sgd_text(f) + " wd=" + std::to_string(wd) +
+                                   " n=" + std::to_string(n) +
+                                   " begin=" + std::to_string(begin) + "]";
+          ++g_cases;
+          same(p2, p, what + " param") && same(w2, w, what + " master") &&
+              same(b2, b, what + " momentum_buffer");
+        }
+      }
+    }
+  }
+}
+
+void adam_sr_cases() {
+  for (int bits = 0; bits < 16; ++bits) {
+    const AdamFlags f{(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0, true};
+    for (uint64_t seed : {uint64_t(0), uint64_t(0x9E3779B97F4A7C15ull)}) {
+      const auto c = math::make_adam_coeffs<float>(1e-2, 0.9, 0.999, 1e-8, 0.1, f.decoupled, 5.0,
+                                                   f.scale ? 1024.0 : 1.0);
+      for (int64_t n : kSizes) {
+        for (int64_t begin : kBegins) {
+          if (begin > n) continue;
+          std::vector<bf16> p = values<bf16>(n, -1, 1), g = values<bf16>(n, -2, 2),
+                            m = values<bf16>(n, -0.1, 0.1), v = values<bf16>(n, 0, 0.01),
+                            x = values<bf16>(n, 0, 0.02);
+          add_specials<bf16>({&p, &g, &m, &v, &x});
+          std::vector<bf16> p2 = p, m2 = m, v2 = v, x2 = x;
+          scalar_table().adam.bf16(
+              AdamPtrs{p.data(), g.data(), m.data(), v.data(), x.data(), nullptr, seed, 5},
+              begin, n, c, f);
+          neon_table().adam.bf16(
+              AdamPtrs{p2.data(), g.data(), m2.data(), v2.data(), x2.data(), nullptr, seed, 5},
+              begin, n, c, f);
+          const std::string what = "adam_sr[" +
+                                   flags_text({{"adamw", f.decoupled}, {"amsgrad", f.amsgrad},
+                                               {"maximize", f.maximize}, {"grad_scale", f.scale}}) +
+                                   " n=" + std::to_string(n) + " begin=" + std::to_string(begin) +
+                                   "]";
+          ++g_cases;
+          same(p2, p, what + " param") && same(m2, m, what + " exp_avg") &&
+              same(v2, v, what + " exp_avg_sq") && same(x2, x, what + " max_exp_avg_sq");
+        }
+      }
+    }
+  }
+}
+
 // ---- driver -------------------------------------------------------------------------------------
 template <class F>
 void section(const char* name, const char* dtype, F&& run) {
@@ -518,6 +629,11 @@ int main(int argc, char** argv) {
   all_kernels<double>();
   all_kernels<bf16>();
   all_kernels<fp16>();
+  section("adam_master", "bfloat16", [] { adam_master_cases<bf16>(); });
+  section("adam_master", "float16", [] { adam_master_cases<fp16>(); });
+  section("adam_sr", "bfloat16", [] { adam_sr_cases(); });
+  section("sgd_master", "bfloat16", [] { sgd_master_cases<bf16>(); });
+  section("sgd_master", "float16", [] { sgd_master_cases<fp16>(); });
   std::printf("dispatch:\n");
   check(scalar_table().isa == CpuIsa::kScalar && neon_table().isa == CpuIsa::kNeon,
         "each table names its level");

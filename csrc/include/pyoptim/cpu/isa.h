@@ -29,20 +29,27 @@ bool is_built_isa(CpuIsa isa);
 const char* built_isa_names();
 
 // ---- Adam / AdamW ------------------------------------------------------------------------
-// Pointers to element 0 of one tensor's param, grad and state, all of the param's dtype and
-// the same memory layout. max_exp_avg_sq is only read when amsgrad.
+// Pointers to element 0 of one tensor's param, grad and state, all of the same memory layout
+// and of the param's dtype, except with master weights (Note [Master weights and stochastic
+// rounding] in math/stochastic_round.h): then master_param and the moments are float32.
+// max_exp_avg_sq is only read when amsgrad, master_param only by the master kernels.
+// sr_seed / sr_step: the stream of a stochastically rounded param (flags.stochastic_round).
 struct AdamPtrs {
   void* param;
   const void* grad;
   void* exp_avg;
   void* exp_avg_sq;
   void* max_exp_avg_sq;
+  void* master_param;
+  uint64_t sr_seed;
+  uint64_t sr_step;  // the step count after this step
 };
 struct AdamFlags {
   bool decoupled;  // AdamW
   bool amsgrad;
   bool maximize;
   bool scale;  // divide grads by coeffs.grad_scale
+  bool stochastic_round;  // bfloat16 params only: store the param rounded stochastically
 };
 template <class T>
 using AdamFn = void (*)(const AdamPtrs&, int64_t begin, int64_t end, const math::AdamCoeffs<T>&,
@@ -52,15 +59,20 @@ struct AdamKernels {
   AdamFn<double> f64;
   AdamFn<float> bf16;
   AdamFn<float> f16;
+  AdamFn<float> bf16_master;  // 16-bit params with float32 master weights and moments
+  AdamFn<float> f16_master;
 };
 
 // ---- SGD (momentum / Nesterov) -------------------------------------------------------------
 // Dense: pointers to element 0 of one tensor's param, grad and momentum buffer (all of the
-// param's dtype and layout); buf is only touched when flags.momentum.
+// param's dtype and layout); buf is only touched when flags.momentum. With master weights
+// (the *_master kernels: Note [Master weights and stochastic rounding] in
+// math/stochastic_round.h), master_param and the buffer are float32.
 struct SgdPtrs {
   void* param;
   const void* grad;
   void* momentum_buffer;
+  void* master_param;
 };
 struct SgdFlags {
   bool momentum;  // momentum != 0
@@ -94,6 +106,8 @@ struct SgdDenseKernels {
   SgdFn<double> f64;
   SgdFn<float> bf16;
   SgdFn<float> f16;
+  SgdFn<float> bf16_master;  // 16-bit params with float32 master weights and momentum buffer
+  SgdFn<float> f16_master;
 };
 struct SgdSparseKernels {
   SgdSparseFn<float> f32;

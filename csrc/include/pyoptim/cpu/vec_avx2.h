@@ -54,6 +54,33 @@ PYOPTIM_INLINE VecD vabs(VecD a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0),
 PYOPTIM_INLINE VecF vfma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
 PYOPTIM_INLINE VecD vfma(VecD a, VecD b, VecD c) { return _mm256_fmadd_pd(a.v, b.v, c.v); }
 
+// uint32 lanes for the counter-based random bits of stochastic rounding
+// (math/stochastic_round.h): wrapping add and multiply (low 32 bits), xor, logical shift.
+struct VecU {
+  __m256i v;
+  static constexpr int kSize = 8;
+  VecU() = default;
+  PYOPTIM_INLINE VecU(__m256i x) : v(x) {}
+  PYOPTIM_INLINE VecU(uint32_t s) : v(_mm256_set1_epi32(int(s))) {}
+};
+PYOPTIM_INLINE VecU operator+(VecU a, VecU b) { return _mm256_add_epi32(a.v, b.v); }
+PYOPTIM_INLINE VecU operator*(VecU a, VecU b) { return _mm256_mullo_epi32(a.v, b.v); }
+PYOPTIM_INLINE VecU operator^(VecU a, VecU b) { return _mm256_xor_si256(a.v, b.v); }
+template <int N>
+PYOPTIM_INLINE VecU vshr(VecU a) {
+  return _mm256_srli_epi32(a.v, N);
+}
+PYOPTIM_INLINE VecU vbits(VecF x) { return _mm256_castps_si256(x.v); }
+// x is NaN ? if_nan : otherwise, lane by lane
+PYOPTIM_INLINE VecU vselect_nan(VecF x, VecU if_nan, VecU otherwise) {
+  return _mm256_blendv_epi8(otherwise.v, if_nan.v,
+                            _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q)));
+}
+// base, base + 1, ..., base + 7
+PYOPTIM_INLINE VecU viota(uint32_t base) {
+  return _mm256_add_epi32(_mm256_set1_epi32(int(base)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 template <class S>
 struct VecOf {
   using type = VecF;
@@ -93,6 +120,11 @@ PYOPTIM_INLINE void vstore(bf16* p, VecF x) {
   const __m256i r = bf16_bits(x);
   // 8 x u32 (each < 2^16) -> 8 x u16: pack within 128-bit lanes, then gather lanes 0 and 2.
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+// The low 16 bits of each lane (bfloat16 bits, each < 2^16) stored as 8 bfloat16.
+PYOPTIM_INLINE void vstore_bits(bf16* p, VecU r) {
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r.v, r.v), 0x08);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
 PYOPTIM_INLINE void vstore(fp16* p, VecF x) {

@@ -62,6 +62,34 @@ PYOPTIM_INLINE VecD vabs(VecD a) { return _mm512_andnot_pd(_mm512_set1_pd(-0.0),
 PYOPTIM_INLINE VecF vfma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
 PYOPTIM_INLINE VecD vfma(VecD a, VecD b, VecD c) { return _mm512_fmadd_pd(a.v, b.v, c.v); }
 
+// uint32 lanes for the counter-based random bits of stochastic rounding
+// (math/stochastic_round.h): wrapping add and multiply (low 32 bits), xor, logical shift.
+struct VecU {
+  __m512i v;
+  static constexpr int kSize = 16;
+  VecU() = default;
+  PYOPTIM_INLINE VecU(__m512i x) : v(x) {}
+  PYOPTIM_INLINE VecU(uint32_t s) : v(_mm512_set1_epi32(int(s))) {}
+};
+PYOPTIM_INLINE VecU operator+(VecU a, VecU b) { return _mm512_add_epi32(a.v, b.v); }
+PYOPTIM_INLINE VecU operator*(VecU a, VecU b) { return _mm512_mullo_epi32(a.v, b.v); }
+PYOPTIM_INLINE VecU operator^(VecU a, VecU b) { return _mm512_xor_si512(a.v, b.v); }
+template <int N>
+PYOPTIM_INLINE VecU vshr(VecU a) {
+  return _mm512_srli_epi32(a.v, N);
+}
+PYOPTIM_INLINE VecU vbits(VecF x) { return _mm512_castps_si512(x.v); }
+// x is NaN ? if_nan : otherwise, lane by lane
+PYOPTIM_INLINE VecU vselect_nan(VecF x, VecU if_nan, VecU otherwise) {
+  return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q), otherwise.v,
+                                 if_nan.v);
+}
+// base, base + 1, ..., base + 15
+PYOPTIM_INLINE VecU viota(uint32_t base) {
+  return _mm512_add_epi32(_mm512_set1_epi32(int(base)),
+                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+}
+
 template <class S>
 struct VecOf {
   using type = VecF;
@@ -99,6 +127,10 @@ PYOPTIM_INLINE __m512i bf16_bits(VecF x) {
 }
 PYOPTIM_INLINE void vstore(bf16* p, VecF x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bf16_bits(x)));
+}
+// The low 16 bits of each lane (bfloat16 bits, each < 2^16) stored as 16 bfloat16.
+PYOPTIM_INLINE void vstore_bits(bf16* p, VecU r) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r.v));
 }
 PYOPTIM_INLINE void vstore(fp16* p, VecF x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),

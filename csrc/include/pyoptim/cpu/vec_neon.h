@@ -62,6 +62,33 @@ PYOPTIM_INLINE VecD vabs(VecD a) { return vabsq_f64(a.v); }
 PYOPTIM_INLINE VecF vfma(VecF a, VecF b, VecF c) { return vfmaq_f32(c.v, a.v, b.v); }
 PYOPTIM_INLINE VecD vfma(VecD a, VecD b, VecD c) { return vfmaq_f64(c.v, a.v, b.v); }
 
+// uint32 lanes for the counter-based random bits of stochastic rounding
+// (math/stochastic_round.h): wrapping add and multiply (low 32 bits), xor, logical shift.
+struct VecU {
+  uint32x4_t v;
+  static constexpr int kSize = 4;
+  VecU() = default;
+  PYOPTIM_INLINE VecU(uint32x4_t x) : v(x) {}
+  PYOPTIM_INLINE VecU(uint32_t s) : v(vdupq_n_u32(s)) {}
+};
+PYOPTIM_INLINE VecU operator+(VecU a, VecU b) { return vaddq_u32(a.v, b.v); }
+PYOPTIM_INLINE VecU operator*(VecU a, VecU b) { return vmulq_u32(a.v, b.v); }
+PYOPTIM_INLINE VecU operator^(VecU a, VecU b) { return veorq_u32(a.v, b.v); }
+template <int N>
+PYOPTIM_INLINE VecU vshr(VecU a) {
+  return vshrq_n_u32(a.v, N);
+}
+PYOPTIM_INLINE VecU vbits(VecF x) { return vreinterpretq_u32_f32(x.v); }
+// x is NaN ? if_nan : otherwise, lane by lane
+PYOPTIM_INLINE VecU vselect_nan(VecF x, VecU if_nan, VecU otherwise) {
+  return vbslq_u32(vceqq_f32(x.v, x.v), otherwise.v, if_nan.v);
+}
+// base, base + 1, base + 2, base + 3
+PYOPTIM_INLINE VecU viota(uint32_t base) {
+  const uint32_t lanes[4] = {0, 1, 2, 3};
+  return vaddq_u32(vdupq_n_u32(base), vld1q_u32(lanes));
+}
+
 template <class S>
 struct VecOf {
   using type = VecF;
@@ -106,6 +133,10 @@ PYOPTIM_INLINE uint32x4_t bf16_bits(VecF x) {
 }
 PYOPTIM_INLINE void vstore(bf16* p, VecF x) {
   vst1_u16(reinterpret_cast<uint16_t*>(p), vmovn_u32(bf16_bits(x)));
+}
+// The low 16 bits of each lane (bfloat16 bits, each < 2^16) stored as 4 bfloat16.
+PYOPTIM_INLINE void vstore_bits(bf16* p, VecU r) {
+  vst1_u16(reinterpret_cast<uint16_t*>(p), vmovn_u32(r.v));
 }
 // float -> half, round to nearest even (fcvtn, the default rounding mode), overflow to infinity,
 // subnormal halves rounded once: from_opmath<fp16>'s bits for every non-NaN float. A NaN gets

@@ -24,6 +24,12 @@ PYOPTIM_INLINE void vstore(S* p, opmath_t<S> x) {
   *p = from_opmath<S>(x);
 }
 
+// uint32 "lanes" for stochastic rounding's random bits: plain uint32_t, whose operations and
+// vshr / vbits / vselect_nan (math/stochastic_round.h) the math uses directly.
+using VecU = uint32_t;
+PYOPTIM_INLINE uint32_t viota(uint32_t base) { return base; }
+PYOPTIM_INLINE void vstore_bits(bf16* p, uint32_t r) { p->x = static_cast<uint16_t>(r); }
+
 // No paired access at this level (see vec_avx512.h).
 template <class S>
 struct HasPaired {
