@@ -97,6 +97,36 @@ def sparse_sgd_bytes(
     return 2 * n_arrays * e * unique_rows * width + e * nnz * width + index_bytes * nnz
 
 
+def sparse_adagrad_bytes(
+    unique_rows: int,
+    nnz: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    index_bytes: int = 8,
+) -> int:
+    """Adagrad with a sparse grad, per step: read and write p and the state sum of each unique
+    row, read every value row once, read the indices."""
+    e = itemsize(dtype)
+    return 4 * e * unique_rows * width + e * nnz * width + index_bytes * nnz
+
+
+def rowwise_adagrad_bytes(
+    unique_rows: int,
+    nnz: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    index_bytes: int = 8,
+) -> int:
+    """Row-wise Adagrad with a sparse grad, per step: read and write p of each unique row and its
+    one float32 accumulator (float64 for float64 params), read every value row once, read the
+    indices."""
+    e = itemsize(dtype)
+    s = 8 if dtype == torch.float64 else 4
+    return 2 * e * unique_rows * width + 2 * s * unique_rows + e * nnz * width + index_bytes * nnz
+
+
 def stream_probe_bytes(numel: int, dtype: torch.dtype = torch.float32) -> int:
     """The 4-read/3-write probe (pyoptim._stream_probe_): 4 arrays of `numel` elements read,
     3 written back in place, as Adam does."""
