@@ -12,7 +12,8 @@ Note [Row sum lanes].
 Both run in the math type pyoptim uses (the param's dtype for float32 / float64, float32 for
 bfloat16 / float16, rounded once on store), with the pins of tests/reference_sparse_adam.py: IEEE
 sqrt and pyoptim's duplicate-summation order (ordered_row_sum). `param.add_(x, alpha=a)` is one
-fused multiply-add where ATen's CPU add kernel fuses it (tolerances.ATEN_FUSES_ADD_ALPHA).
+fused multiply-add where ATen's CPU add kernel fuses it (tolerances.ATEN_FUSES_ADD_ALPHA), except
+for a grad with one touched element and no dense dims, as in ATen (Note [Sparse Adagrad]).
 """
 
 from __future__ import annotations
@@ -66,7 +67,13 @@ def sparse_adagrad_reference(param: Tensor, grad: Tensor, state_sum: Tensor, ste
     s = s2[rows].to(math)
     s = s + g.pow(2)  # state_sum.add_(_make_sparse(grad, grad_indices, grad_values.pow(2)))
     std = sqrt_rn(s).add_(eps)  # std._values().sqrt_().add_(eps)
-    p = p.add(g / std, alpha=-clr_of(lr, lr_decay, step))  # param.add_(..., alpha=-clr)
+    clr = clr_of(lr, lr_decay, step)
+    if rows.numel() == 1 and grad.dense_dim() == 0:
+        # ATen's non-hybrid add_ of a sparse operand flagged coalesced (one entry, no dense
+        # dims): the product rounded first (Note [Sparse Adagrad])
+        p = p + -clr * (g / std)
+    else:
+        p = p.add(g / std, alpha=-clr)  # param.add_(..., alpha=-clr)
     p2[rows] = p.to(param.dtype)
     s2[rows] = s.to(state_sum.dtype)
 

@@ -209,6 +209,31 @@ def test_parity_with_torch(dtype, flags):
 
 
 @pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("shape,idx", [((7,), [3]), ((7,), [3, 3, 3]), ((7,), [3, 5]),
+                                       ((4, 3), [[1], [2]]), ((4, 3), [[1, 1], [2, 2]]),
+                                       ((4, 3), [1]), ((4, 1), [2])], ids=str)
+def test_single_element_rounding_is_torchs(shape, idx):
+    """torch's param.add_(sparse, alpha=-clr) rounds the product first for a grad with one
+    touched element and no dense dims (ATen's non-hybrid path, Note [Sparse Adagrad]) and fuses
+    it otherwise: 30 steps of each kind equal torch's (IEEE sqrt pinned) bit for bit."""
+    idx = torch.tensor(idx).view(len(shape) if isinstance(idx[0], list) else 1, -1)
+    gen = torch.Generator().manual_seed(12)
+    p_ours = nn.Parameter(torch.randn(shape, generator=gen))
+    p_theirs = nn.Parameter(p_ours.detach().clone())
+    ours = pyoptim.Adagrad([p_ours], lr=0.3, lr_decay=0.01)
+    theirs = torch.optim.Adagrad([p_theirs], lr=0.3, lr_decay=0.01)
+    for _ in range(30):
+        vals = torch.randn((idx.shape[1], *shape[idx.shape[0]:]), generator=gen) * 100
+        g = torch.sparse_coo_tensor(idx, vals, shape)
+        p_ours.grad, p_theirs.grad = g, g.clone()
+        ours.step()
+        with ieee_torch_mode():
+            theirs.step()
+    assert_bitwise_equal(p_ours.detach(), p_theirs.detach())
+    assert_bitwise_equal(ours.state[p_ours]["sum"], theirs.state[p_theirs]["sum"])
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_empty_grad_counts_step():
     p_ours = nn.Parameter(torch.randn(10, 4))
     p_theirs = nn.Parameter(p_ours.detach().clone())

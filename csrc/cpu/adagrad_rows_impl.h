@@ -48,7 +48,7 @@ PYOPTIM_INLINE void prefetch_adagrad_row(const AdagradRowsPtrs& a, int64_t ahead
 
 // ---- Adagrad, sparse gradients (Note [Sparse Adagrad] in math/adagrad.h) --------------------
 
-template <class S, bool kMaximize, class G>
+template <class S, bool kMaximize, bool kPlain, class G>
 PYOPTIM_INLINE void sparse_adagrad_row(S* __restrict__ p_row, S* __restrict__ s_row,
                                        const G* __restrict__ g_row, int64_t width,
                                        const math::SparseAdagradCoeffs<opmath_t<S>>& c) {
@@ -58,13 +58,13 @@ PYOPTIM_INLINE void sparse_adagrad_row(S* __restrict__ p_row, S* __restrict__ s_
   int64_t j = 0;
   for (; j + W <= width; j += W) {
     V p = vload(p_row + j), s = vload(s_row + j);
-    math::sparse_adagrad_step<kMaximize>(p, V(vload(g_row + j)), s, c);
+    math::sparse_adagrad_step<kMaximize, kPlain>(p, V(vload(g_row + j)), s, c);
     vstore(p_row + j, p);
     vstore(s_row + j, s);
   }
   for (; j < width; ++j) {  // tail: the same math on single elements
     T p = to_opmath(p_row[j]), s = to_opmath(s_row[j]);
-    math::sparse_adagrad_step<kMaximize>(p, T(to_opmath(g_row[j])), s, c);
+    math::sparse_adagrad_step<kMaximize, kPlain>(p, T(to_opmath(g_row[j])), s, c);
     p_row[j] = from_opmath<S>(p);
     s_row[j] = from_opmath<S>(s);
   }
@@ -73,19 +73,22 @@ PYOPTIM_INLINE void sparse_adagrad_row(S* __restrict__ p_row, S* __restrict__ s_
 template <class S>
 void sparse_adagrad_range(const AdagradRowsPtrs& a, int64_t u_begin, int64_t u_end,
                           const math::SparseAdagradCoeffs<opmath_t<S>>& c, bool maximize,
-                          opmath_t<S>* scratch) {
+                          bool plain_update, opmath_t<S>* scratch) {
   S* const param = static_cast<S*>(a.param);
   S* const sum = static_cast<S*>(a.state_sum);
   PYOPTIM_BOOL_SWITCH(maximize, kMaximize, [&] {
-    for (int64_t u = u_begin; u < u_end; ++u) {
-      if (u + kAdagradRowsPrefetchRows < u_end) {
-        prefetch_adagrad_row<S>(a, u + kAdagradRowsPrefetchRows, /*row_state=*/true);
+    PYOPTIM_BOOL_SWITCH(plain_update, kPlain, [&] {
+      for (int64_t u = u_begin; u < u_end; ++u) {
+        if (u + kAdagradRowsPrefetchRows < u_end) {
+          prefetch_adagrad_row<S>(a, u + kAdagradRowsPrefetchRows, /*row_state=*/true);
+        }
+        with_row_gradient<S>(a, u, scratch, [&](int64_t r, const auto* g_row) {
+          sparse_adagrad_row<S, kMaximize, kPlain>(param + r * a.param_row_stride,
+                                                   sum + r * a.state_row_stride, g_row, a.width,
+                                                   c);
+        });
       }
-      with_row_gradient<S>(a, u, scratch, [&](int64_t r, const auto* g_row) {
-        sparse_adagrad_row<S, kMaximize>(param + r * a.param_row_stride,
-                                         sum + r * a.state_row_stride, g_row, a.width, c);
-      });
-    }
+    });
   });
 }
 

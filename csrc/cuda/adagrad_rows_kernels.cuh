@@ -38,7 +38,7 @@ __device__ __forceinline__ void adagrad_row_gradient(const DuplicateSums<S>& d,
   }
 }
 
-template <class S, bool kMaximize>
+template <class S, bool kMaximize, bool kPlain>
 __global__ void __launch_bounds__(kAdagradRowsWarpsPerBlock * 32)
     sparse_adagrad_kernel(S* __restrict__ param, S* __restrict__ state_sum,
                           const int64_t* __restrict__ rows, const DuplicateSums<S> d,
@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kAdagradRowsWarpsPerBlock * 32)
       if (j >= width) continue;
       T p = mta::load_op<S>(param[base + j]);
       T s = mta::load_op<S>(state_sum[base + j]);
-      math::sparse_adagrad_step<kMaximize>(p, g[t], s, c);
+      math::sparse_adagrad_step<kMaximize, kPlain>(p, g[t], s, c);
       param[base + j] = mta::store_op<S>(p);
       state_sum[base + j] = mta::store_op<S>(s);
     }
@@ -127,16 +127,19 @@ inline unsigned adagrad_rows_grid(int64_t rows) {
 template <class S>
 void launch_sparse_adagrad(const at::Tensor& p, const at::Tensor& s, const at::Tensor& values,
                            const DeviceRowGroups& g, int64_t width,
-                           const math::SparseAdagradCoeffs<mta::opmath_t<S>>& c, bool maximize) {
+                           const math::SparseAdagradCoeffs<mta::opmath_t<S>>& c, bool maximize,
+                           bool plain_update) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   at::Tensor partials;  // block sums of hot rows: alive until the update is queued
   const DuplicateSums<S> d = duplicate_sums<S>(values, g, width, partials);
   PYOPTIM_BOOL_SWITCH(maximize, kMaximize, [&] {
-    sparse_adagrad_kernel<S, kMaximize>
-        <<<adagrad_rows_grid(g.num_unique), kAdagradRowsWarpsPerBlock * 32, 0, stream>>>(
-            static_cast<S*>(p.data_ptr()), static_cast<S*>(s.data_ptr()),
-            g.rows.data_ptr<int64_t>(), d, g.num_unique, c);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    PYOPTIM_BOOL_SWITCH(plain_update, kPlain, [&] {
+      sparse_adagrad_kernel<S, kMaximize, kPlain>
+          <<<adagrad_rows_grid(g.num_unique), kAdagradRowsWarpsPerBlock * 32, 0, stream>>>(
+              static_cast<S*>(p.data_ptr()), static_cast<S*>(s.data_ptr()),
+              g.rows.data_ptr<int64_t>(), d, g.num_unique, c);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 

@@ -31,6 +31,7 @@ struct RowsItem {
   int64_t num_rows = 0;              // rows to update (0: nothing to do)
   cpu::AdagradRowsPtrs ptrs{};
   bool copied = false;
+  bool plain_update = false;  // sparse_adagrad_: Note [Sparse Adagrad]'s kPlainUpdate
   // coefficients: sparse_adagrad_'s or rowwise_adagrad_'s, float or double math
   math::SparseAdagradCoeffs<float> sf;
   math::SparseAdagradCoeffs<double> sd;
@@ -107,6 +108,8 @@ void adagrad_rows_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
     ops::group_rows(rows, coo.nnz, coo.num_rows, op, *it.groups);
     it.num_rows = it.groups->num_unique();
     it.values = coo.values.contiguous();
+    // Note [Sparse Adagrad]: one touched element, no dense dims
+    it.plain_update = !kRowwise && it.num_rows == 1 && coo.values.dim() == 1;
   }
   writes.check(op);
   if (validate_only) return;
@@ -166,7 +169,7 @@ void adagrad_rows_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
             if constexpr (std::is_same<T, double>::value) return it.sd; else return it.sf;
           }();
           ops::cpu_kernel<S>(table.sparse_adagrad)(it.ptrs, ub, ue, c, grp.maximize,
-                                                   scratch.data());
+                                                   it.plain_update, scratch.data());
         }
       });
     };

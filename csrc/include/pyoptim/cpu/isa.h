@@ -164,7 +164,7 @@ struct AdagradRowsPtrs {
 template <class T>
 using SparseAdagradFn = void (*)(const AdagradRowsPtrs&, int64_t u_begin, int64_t u_end,
                                  const math::SparseAdagradCoeffs<T>&, bool maximize,
-                                 T* scratch);
+                                 bool plain_update, T* scratch);
 struct SparseAdagradKernels {
   SparseAdagradFn<float> f32;
   SparseAdagradFn<double> f64;
