@@ -70,24 +70,30 @@ PYOPTIM_INLINE void sparse_adagrad_row(S* __restrict__ p_row, S* __restrict__ s_
   }
 }
 
+template <class S, bool kMaximize, bool kPlain>
+void sparse_adagrad_loop(const AdagradRowsPtrs& a, int64_t u_begin, int64_t u_end,
+                         const math::SparseAdagradCoeffs<opmath_t<S>>& c,
+                         opmath_t<S>* scratch) {
+  S* const param = static_cast<S*>(a.param);
+  S* const sum = static_cast<S*>(a.state_sum);
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    if (u + kAdagradRowsPrefetchRows < u_end) {
+      prefetch_adagrad_row<S>(a, u + kAdagradRowsPrefetchRows, /*row_state=*/true);
+    }
+    with_row_gradient<S>(a, u, scratch, [&](int64_t r, const auto* g_row) {
+      sparse_adagrad_row<S, kMaximize, kPlain>(param + r * a.param_row_stride,
+                                               sum + r * a.state_row_stride, g_row, a.width, c);
+    });
+  }
+}
+
 template <class S>
 void sparse_adagrad_range(const AdagradRowsPtrs& a, int64_t u_begin, int64_t u_end,
                           const math::SparseAdagradCoeffs<opmath_t<S>>& c, bool maximize,
                           bool plain_update, opmath_t<S>* scratch) {
-  S* const param = static_cast<S*>(a.param);
-  S* const sum = static_cast<S*>(a.state_sum);
   PYOPTIM_BOOL_SWITCH(maximize, kMaximize, [&] {
     PYOPTIM_BOOL_SWITCH(plain_update, kPlain, [&] {
-      for (int64_t u = u_begin; u < u_end; ++u) {
-        if (u + kAdagradRowsPrefetchRows < u_end) {
-          prefetch_adagrad_row<S>(a, u + kAdagradRowsPrefetchRows, /*row_state=*/true);
-        }
-        with_row_gradient<S>(a, u, scratch, [&](int64_t r, const auto* g_row) {
-          sparse_adagrad_row<S, kMaximize, kPlain>(param + r * a.param_row_stride,
-                                                   sum + r * a.state_row_stride, g_row, a.width,
-                                                   c);
-        });
-      }
+      sparse_adagrad_loop<S, kMaximize, kPlain>(a, u_begin, u_end, c, scratch);
     });
   });
 }
