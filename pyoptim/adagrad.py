@@ -106,7 +106,8 @@ class Adagrad(DenseStep, torch.optim.Adagrad):
             made = {id(p) for g in plan.groups[:k + 1] for p in g["params"]}
             plan.fresh = [p for p in plan.fresh if id(p) not in made]
             raise error
-        if not any(map(_is_sparse, grads)):
+        # traced steps have no sparse grads (Note [Compiled step]: those step eagerly)
+        if torch.compiler.is_compiling() or not any(map(_is_sparse, grads)):
             return super()._run(plan, call, params, grads, states, grad_scale, found_inf,
                                 validate_only)
         self._run_sparse(plan, call, params, grads, states, grad_scale, found_inf,
