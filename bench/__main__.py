@@ -32,7 +32,8 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 # as large as the biggest dense workload of the device: far beyond any cache
 PROBE_NUMEL = {"cpu": 64 * M, "cuda": 256 * M}
 # what a --device cuda run calls
-CUDA_OPS = ("adam_", "sgd_", "sparse_adam_", "adamax_", "adagrad_")
+CUDA_OPS = ("adam_", "sgd_", "sparse_adam_", "adamax_", "adagrad_", "sparse_adagrad_",
+            "rowwise_adagrad_")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -23,6 +23,8 @@ mix as Adam, so the two are comparable.
                       2 x 4 x u x w + 4 x nnz x w + 8 x nnz
       Adagrad         read + write p, sum of each unique row; read every value row and index
                       4 x 4 x u x w + 4 x nnz x w + 8 x nnz
+      RowWiseAdagrad  read + write p and the row's one float accumulator; values and index
+                      2 x 4 x u x w + 8 x u + 4 x nnz x w + 8 x nnz
     Every value row is counted, duplicates included (they must all be read); u is the exact
     number of distinct rows in the workload's own index tensor.
 """
@@ -107,10 +109,26 @@ def sparse_adagrad_bytes(
     *,
     index_bytes: int = 8,
 ) -> int:
-    """Sparse Adagrad, per step: read and write p and sum of each unique row, read every value
-    row once, read the indices."""
+    """Adagrad with a sparse grad, per step: read and write p and the state sum of each unique
+    row, read every value row once, read the indices."""
     e = itemsize(dtype)
     return 4 * e * unique_rows * width + e * nnz * width + index_bytes * nnz
+
+
+def rowwise_adagrad_bytes(
+    unique_rows: int,
+    nnz: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    index_bytes: int = 8,
+) -> int:
+    """Row-wise Adagrad with a sparse grad, per step: read and write p of each unique row and its
+    one float32 accumulator (float64 for float64 params), read every value row once, read the
+    indices."""
+    e = itemsize(dtype)
+    s = 8 if dtype == torch.float64 else 4
+    return 2 * e * unique_rows * width + 2 * s * unique_rows + e * nnz * width + index_bytes * nnz
 
 
 def stream_probe_bytes(numel: int, dtype: torch.dtype = torch.float32) -> int:

@@ -3,7 +3,8 @@
     python -m bench.sparse_curves                     # CPU, table 1M x width, float32
     python -m bench.sparse_curves --plot curves.png   # and a PNG (needs matplotlib)
     python -m bench.sparse_curves --quick             # tiny sizes: a smoke run
-    python -m bench.sparse_curves --only sparse_adam --dist zipf
+    python -m bench.sparse_curves --only sparse_adam --dist zipf   # (names: sparse_adam, sgd,
+                                                                  # adagrad, rowwise_adagrad)
 
 Two sweeps per optimizer and index distribution (uniform, Zipf(1.2) as in the main bench):
   lookups   8k, 16k, ..., 512k lookups per step into a 1M x 128 table
@@ -31,7 +32,7 @@ import pyoptim
 
 from . import harness
 from .__main__ import PROBE_NUMEL, RESULTS_DIR
-from .bytes import sparse_adagrad_bytes, sparse_adam_bytes, sparse_sgd_bytes
+from .bytes import rowwise_adagrad_bytes, sparse_adagrad_bytes, sparse_adam_bytes, sparse_sgd_bytes
 from .harness import BenchConfig, SetupFn, Workload
 from .workloads_sparse_adam import _indices
 
@@ -67,6 +68,10 @@ def optimizers() -> list[SparseOpt]:
             "torch": lambda ps: torch.optim.Adagrad(ps, lr=1e-3),
         }),
     ]
+    if hasattr(pyoptim, "RowWiseAdagrad"):  # torch has no row-wise Adagrad: pyoptim only
+        out.append(SparseOpt("rowwise_adagrad", rowwise_adagrad_bytes, {
+            "pyoptim": lambda ps: pyoptim.RowWiseAdagrad(ps, lr=1e-3),
+        }))
     return out
 
 

@@ -13,6 +13,7 @@ from ._ops import cpu_capability, max_cpu_capability
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
+from .rowwise_adagrad import RowWiseAdagrad
 from .sgd import SGD
 from .sparse_adam import SparseAdam
 
@@ -21,6 +22,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "RowWiseAdagrad",
     "SGD",
     "SparseAdam",
     "cpu_capability",

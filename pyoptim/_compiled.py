@@ -45,11 +45,11 @@ from ._state import DeviceCall, Plan, _dtensor_type
 # auto_functionalized_v2, regenerates a view of its base with as_strided, which cannot change the
 # dtype: the op would get the complex tensor), DTensor params (Note [DTensor params]), a grad of
 # another dtype than its param (SGD steps it with torch's own code, Adam refuses it), a sparse
-# grad to Adagrad (its eager step is torch's own) or to a group of Adam(lazy_sparse=True) (Note
-# [Sparse params in a dense step] in _state.py), and a step that torch's checks refuse (a
-# sparse grad to Adam, fused=True with a complex param): the eager step raises torch's error,
-# with torch's state left (Note [Fused-flag errors] in adam.py), and Adam's master_weights /
-# stochastic_rounding groups (their state is not traced yet).
+# grad to Adagrad (its eager step calls sparse_adagrad_, or is torch's own) or to a group of
+# Adam(lazy_sparse=True) (Note [Sparse params in a dense step] in _state.py), and a step that
+# torch's checks refuse (a sparse grad to Adam, fused=True with a complex param): the eager step
+# raises torch's error, with torch's state left (Note [Fused-flag errors] in adam.py), and Adam's
+# master_weights / stochastic_rounding groups (their state is not traced yet).
 # differentiable=True runs torch's own step, traced as torch.optim's is.
 
 
@@ -72,7 +72,8 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
         states = plan.state_lists(keys, optional)
     dtensor = _dtensor_type()
     if plan.fused_errors or plan.sparse_index or any(c.complex_pos for c in plan.calls) or any(
-            p.grad.dtype != p.dtype or (dtensor is not None and isinstance(p, dtensor))
+            p.grad.dtype != p.dtype or p.grad.is_sparse
+            or (dtensor is not None and isinstance(p, dtensor))
             for p in plan.active):
         opt._forget_fresh(plan)  # the eager step creates it again
         return None

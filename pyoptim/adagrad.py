@@ -15,20 +15,31 @@ step does (a param that is not floating point, a complex param); GradScaler's `g
 `found_inf` are taken by the kernel whatever the flag. `differentiable=True` falls back to
 torch's implementation.
 
-Sparse gradients: a step in which any param has a sparse gradient is torch's own step, for every
-param of every group, so it gives torch's results and raises torch's errors. The errors torch
-raises in the middle of such a step (weight_decay with a sparse grad, fused=True with a sparse
-grad or a complex param, GradScaler's attributes reaching a non-fused group, a grad of another
-shape or device, or of a dtype its param cannot hold) are raised before it starts, so such a
-failed step changes nothing (torch's own may have stepped some params); a tensor that torch's
-ops refuse for a reason not checked here raises where torch raises it. Under
-GradScaler, that step does what GradScaler does for torch.optim.Adagrad: with fused=False it
-unscales the grads in place and skips the step on inf/NaN; with fused=True torch's step gets the
-scale. Native sparse kernels are not written yet.
+Sparse gradients (COO, from nn.Embedding(sparse=True) / nn.EmbeddingBag(sparse=True)): stepped
+natively by `torch.ops.pyoptim.sparse_adagrad_`, in the same step as the dense ones (one call of
+each op per device, every call checked before anything is written), with torch's sparse
+semantics: the gradient's duplicates summed (in pyoptim's fixed order, Note [Blocked duplicate
+sums]), then on the touched elements only `sum += g * g`, `param -= clr * g / (sqrt(sum) + eps)`
+(Note [Sparse Adagrad] in csrc/include/pyoptim/math/adagrad.h); a grad with no entries changes
+nothing but the step count. float32 / float64 results equal torch's bit for bit where torch's
+sqrt is IEEE's (tests/reference_sparse_adam.py's ieee_torch_mode); bfloat16 / float16 params are
+computed in float32 and rounded once. A step in which a sparse grad meets what the native op
+does not take is torch's own step, for every param of every group, so it gives torch's results
+and raises torch's errors: weight_decay != 0 (torch's error), fused=True (torch's error), a
+complex param, a grad of another dtype, shape or device than its param, and GradScaler's
+grad_scale / found_inf. The errors torch raises in the middle of such a step (weight_decay with
+a sparse grad, fused=True with a sparse grad or a complex param, GradScaler's attributes
+reaching a non-fused group, a grad of another shape or device, or of a dtype its param cannot
+hold) are raised before it starts, so such a failed step changes nothing (torch's own may have
+stepped some params); a tensor that torch's ops refuse for a reason not checked here raises
+where torch raises it. Under GradScaler, that step does what GradScaler does for
+torch.optim.Adagrad: with fused=False it unscales the grads in place and skips the step on
+inf/NaN; with fused=True torch's step gets the scale.
 """
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from typing import Any
 
@@ -36,12 +47,14 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused
 
-from ._dense import DenseStep
-from ._state import DeviceCall, Plan, scalar_dtype, scalar_type_name
+from ._dense import DenseStep, _SparseGrad
+from ._state import DeviceCall, Plan, hyper_args, pick, scalar_dtype, scalar_type_name
 
 __all__ = ["Adagrad"]
 
 _FUSED_SPARSE_OR_COMPLEX = "`fused` does not support sparse grad or complex param"
+_sparse_adagrad_ = torch.ops.pyoptim.sparse_adagrad_.default
+_is_sparse = operator.attrgetter("is_sparse")
 
 
 class Adagrad(DenseStep, torch.optim.Adagrad):
@@ -52,7 +65,8 @@ class Adagrad(DenseStep, torch.optim.Adagrad):
 
     _op = torch.ops.pyoptim.adagrad_.default
     _states = ("sum",)
-    _sparse_msg = None  # torch steps sparse grads: so does _sparse_step
+    _sparse_msg = None  # torch steps sparse grads: sparse_adagrad_, or _sparse_step
+    _native_sparse = True
 
     def _hyper(self, group: dict) -> tuple:
         return group["lr"], group["lr_decay"], group["weight_decay"], group["eps"]
@@ -92,7 +106,52 @@ class Adagrad(DenseStep, torch.optim.Adagrad):
             made = {id(p) for g in plan.groups[:k + 1] for p in g["params"]}
             plan.fresh = [p for p in plan.fresh if id(p) not in made]
             raise error
-        super()._run(plan, call, params, grads, states, grad_scale, found_inf, validate_only)
+        # traced steps have no sparse grads (Note [Compiled step]: those step eagerly)
+        if torch.compiler.is_compiling() or not any(map(_is_sparse, grads)):
+            return super()._run(plan, call, params, grads, states, grad_scale, found_inf,
+                                validate_only)
+        self._run_sparse(plan, call, params, grads, states, grad_scale, found_inf,
+                         validate_only)
+
+    def _run_sparse(self, plan: Plan, call: DeviceCall, params: list[Tensor],
+                    grads: list[Tensor], states: list[list[Any]], grad_scale: Tensor | None,
+                    found_inf: Tensor | None, validate_only: bool) -> None:
+        """A call with sparse grads: adagrad_ on the dense ones, sparse_adagrad_ on the sparse
+        ones, both checked before either writes. What sparse_adagrad_ does not take makes the
+        whole step torch's (`_SparseGrad`, raised before anything is written)."""
+        if grad_scale is not None or found_inf is not None:
+            raise _SparseGrad  # GradScaler: torch's path (see the module docstring)
+        groups = plan.groups
+        dense: list[int] = []
+        sparse: list[int] = []
+        for k, g in enumerate(grads):
+            p = params[k]
+            if g.dtype != p.dtype or g.shape != p.shape or g.device != p.device:
+                raise _SparseGrad  # torch's step (or its error, raised before it starts)
+            if not g.is_sparse:
+                dense.append(k)
+                continue
+            group = groups[call.group_of[k]]
+            if group["fused"] or group["weight_decay"] != 0 or p.is_complex():
+                raise _SparseGrad  # torch's step raises, or steps what the op does not take
+            sparse.append(k)
+        steps, sums = states
+        hyper, flags, lr_tensors = hyper_args(self, groups, call.device)
+
+        def sizes(index: list[int]) -> list[int]:
+            out = [0] * len(groups)
+            for k in index:
+                out[call.group_of[k]] += 1
+            return out
+
+        dense_args = (pick(params, dense), pick(grads, dense), pick(sums, dense),
+                      pick(steps, dense), sizes(dense), hyper, flags, lr_tensors)
+        sparse_args = (pick(params, sparse), pick(grads, sparse), pick(sums, sparse),
+                       pick(steps, sparse), sizes(sparse), hyper, flags, lr_tensors)
+        for validate in ((True, False) if not validate_only else (True,)):
+            if dense:
+                self._op(*dense_args, None, None, validate)
+            _sparse_adagrad_(*sparse_args, validate)
 
     def _sparse_step(self) -> None:
         """A step with a sparse grad: torch's own step, after the checks that would make it

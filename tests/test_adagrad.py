@@ -1,5 +1,5 @@
 """pyoptim.Adagrad: a dense optimizer (Note [Dense optimizers] in csrc/include/pyoptim/dense.h)
-whose steps with a sparse gradient are torch's own, against its reference and torch.optim.Adagrad.
+whose sparse gradients step in sparse_adagrad_, against its reference and torch.optim.Adagrad.
 
   * op level: torch.ops.pyoptim.adagrad_ against `adagrad_reference` (below), BITWISE, for every
     dtype, flag and ISA level (hypothesis), several groups, GradScaler, bad input; CUDA against
@@ -8,7 +8,9 @@ whose steps with a sparse gradient are torch's own, against its reference and to
     tests/tolerances.py's PARITY rule (torch's own for-loop <-> foreach / fused spread), every
     flag combination torch accepts; state made in the constructor as torch makes it; state_dicts
     both ways; torch's errors, fused=True's included;
-  * sparse grads: torch's own step, bit for bit, and torch's errors with nothing changed.
+  * sparse grads next to dense ones: torch's bits (torch's sqrt pinned to IEEE's), the steps
+    left to torch's own (GradScaler) and torch's errors with nothing changed; the sparse op
+    itself: tests/test_adagrad_sparse.py.
 
 The reference is torch.optim.adagrad._single_tensor_adagrad's expressions in the kernel's
 precision (opmath: float32 for float32 / bfloat16 / float16, float64 for float64), widened on
@@ -36,6 +38,7 @@ from torch import nn
 from torch.library import opcheck
 
 import pyoptim
+from tests.reference_sparse_adam import ieee_torch_mode
 
 adagrad_ = torch.ops.pyoptim.adagrad_.default
 HAS_GPU = torch.cuda.is_available()
@@ -485,9 +488,10 @@ def test_grad_scaler_matches_unscaled_steps():
     assert_bitwise_equal(runs[1], runs[0])
 
 
-# ---- sparse grads: torch's own step ------------------------------------------------------------
+# ---- sparse grads --------------------------------------------------------------------------------
 
-def _embedding_run(cls, kwargs_per_group, steps=4, sparse=(True, True), scaler=None):
+def _embedding_run(cls, kwargs_per_group, steps=4, sparse=(True, True), scaler=None,
+                   pin=False):
     """Two groups: an nn.Embedding with a sparse (or dense) grad and a Linear."""
     torch.manual_seed(0)
     emb = nn.Embedding(10, 3, sparse=sparse[0])
@@ -503,7 +507,11 @@ def _embedding_run(cls, kwargs_per_group, steps=4, sparse=(True, True), scaler=N
         loss = lin(emb(idx)).pow(2).sum()
         if scaler is None:
             loss.backward()
-            opt.step()
+            if pin:  # torch's own code with IEEE sqrt (tests/reference_sparse_adam.py)
+                with ieee_torch_mode():
+                    opt.step()
+            else:
+                opt.step()
         else:
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -516,11 +524,12 @@ def _embedding_run(cls, kwargs_per_group, steps=4, sparse=(True, True), scaler=N
 def test_sparse_grads_step_as_torchs(flags):
     """Sparse, dense and alternating sparse / dense embedding grads (the same params with and
     without a sparse grad: the plan of a dense step must not be reused for a sparse one),
-    next to a dense group with weight decay: torch's bits."""
+    next to a dense group with weight decay: torch's bits, with torch's sqrt pinned to IEEE's
+    (sparse_adagrad_ steps the sparse grads, adagrad_ the dense ones, in the same step)."""
     groups = (flags, dict(weight_decay=0.1, **flags))
     for sparse in ((True,), (False, True), (True, False)):
         ours = _embedding_run(pyoptim.Adagrad, groups, sparse=sparse)
-        theirs = _embedding_run(torch.optim.Adagrad, groups, sparse=sparse)
+        theirs = _embedding_run(torch.optim.Adagrad, groups, sparse=sparse, pin=True)
         if sparse == (True,):
             assert_bitwise_equal(ours, theirs)
             continue

@@ -120,6 +120,11 @@ def test_sparse_bytes_model():
     assert nbytes.sparse_sgd_bytes(10, 20, 128, momentum=True) == (
         4 * 4 * 10 * 128 + 4 * 20 * 128 + 8 * 20
     )
+    assert nbytes.sparse_adagrad_bytes(10, 20, 128) == 4 * 4 * 10 * 128 + 4 * 20 * 128 + 8 * 20
+    # row-wise: p read and written, one float32 sum per row read and written
+    assert nbytes.rowwise_adagrad_bytes(10, 20, 128) == (
+        2 * 4 * 10 * 128 + 2 * 4 * 10 + 4 * 20 * 128 + 8 * 20
+    )
 
 
 def test_sparse_sgd_bytes_count_the_exact_unique_rows():
@@ -183,7 +188,7 @@ def test_list_cuda_workloads_needs_no_gpu():
                     out=lines.append) == {}
     impls = {line.split()[0]: line.split(None, 1)[1] for line in lines}
     for prefix in ("adam/", "adamw/", "adamax/", "sgd/", "sgd-sparse/", "sparse_adam/",
-                   "in-backward/"):
+                   "adagrad-sparse/", "rowwise_adagrad/", "in-backward/"):
         assert any(name.startswith(prefix) for name in impls), prefix
     assert all("pyoptim" in v for v in impls.values())
     dense = [v for k, v in impls.items() if k.split("/")[0] in ("adam", "adamw", "sgd")]

@@ -11,9 +11,9 @@
     are outside pyoptim (backward and torch's zero_grad, as with torch.optim), and with Inductor
     its result equals that of the same compiled function with an eager step, bit for bit;
   * a Tensor lr driven by an LR scheduler: no recompiles, eager's numbers;
-  * sparse grads (SparseAdam, Adagrad) and complex params step eagerly under compile (one graph
-    break), with eager's numbers; a step over more params than pyoptim._compiled.CHUNK makes
-    several op calls, with eager's numbers.
+  * sparse grads (SparseAdam, Adagrad, RowWiseAdagrad) and complex params step eagerly under
+    compile (one graph break), with eager's numbers; a step over more params than
+    pyoptim._compiled.CHUNK makes several op calls, with eager's numbers.
 
 Compiling is slow on 2 cores, so most tests use the aot_eager backend (Dynamo, AOT autograd and
 functionalization of the ops, no code generation), models are tiny and steps few; the Inductor
@@ -239,7 +239,8 @@ def test_tensor_lr_scheduler_no_recompile():
     assert counters["stats"]["unique_graphs"] == 1
 
 
-@pytest.mark.parametrize("cls", [pyoptim.SparseAdam, pyoptim.Adagrad], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [pyoptim.SparseAdam, pyoptim.Adagrad, pyoptim.RowWiseAdagrad],
+                         ids=lambda c: c.__name__)
 def test_sparse_grads_step_eagerly_under_compile(cls):
     def run(compiled: bool):
         torch.manual_seed(0)

@@ -206,12 +206,56 @@ def test_opcheck_sparse_adam(dtype):
     assert_bitwise_equal(grads, grads_before, "grads (read only)")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_opcheck_sparse_adagrad(dtype):
+    gen = torch.Generator().manual_seed(4)
+    params = [torch.randn(6, 3, generator=gen).to(dtype) for _ in range(3)]
+    grads = [_sparse(6, 3, dtype, 20 + k) for k in range(3)]
+    sums = [torch.full_like(p, 0.1) for p in params]
+    steps = [torch.tensor(float(k)) for k in range(3)]
+    args = (params, grads, sums, steps)
+    # per group: hyper (lr, lr_decay, weight_decay, eps), flags (maximize)
+    kwargs = dict(group_sizes=[1, 2], hyper=[0.1, 0.0, 0.0, 1e-10, 0.05, 0.1, 0.0, 1e-3],
+                  flags=[False, True], lr_tensors=[])
+    _check(torch.ops.pyoptim.sparse_adagrad_.default, args, kwargs, sparse=True)
+    before = snapshot(params)
+    grads_before = snapshot(grads)
+    torch.ops.pyoptim.sparse_adagrad_.default(*args, **kwargs)
+    assert any_changed(before, params)
+    assert_bitwise_equal(grads, grads_before, "grads (read only)")
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "dense-and-sparse"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_opcheck_rowwise_adagrad(dtype, sparse):
+    gen = torch.Generator().manual_seed(5)
+    params = [torch.randn(6, 3, generator=gen).to(dtype), torch.randn(5, generator=gen).to(dtype),
+              torch.randn(4, 40, generator=gen).to(dtype)]
+    grads = [_sparse(6, 3, dtype, 30) if sparse else torch.randn(6, 3, generator=gen).to(dtype),
+             torch.randn(5, generator=gen).to(dtype), torch.randn(4, 40, generator=gen).to(dtype)]
+    sum_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    sums = [torch.full((p.shape[0],), 0.1, dtype=sum_dtype) for p in params]
+    steps = [torch.tensor(float(k)) for k in range(3)]
+    args = (params, grads, sums, steps)
+    # per group: hyper (lr, lr_decay, weight_decay, eps), flags (maximize, decoupled)
+    kwargs = dict(group_sizes=[2, 1], hyper=[0.1, 0.0, 0.01, 1e-10, 0.05, 0.1, 0.01, 1e-3],
+                  flags=[False, False, True, True], lr_tensors=[])
+    _check(torch.ops.pyoptim.rowwise_adagrad_.default, args, kwargs, sparse=sparse)
+    before = snapshot(params + sums)
+    grads_before = snapshot(grads)
+    torch.ops.pyoptim.rowwise_adagrad_.default(*args, **kwargs)
+    assert any_changed(before[:3], params) and any_changed(before[3:], sums)
+    assert_bitwise_equal(grads, grads_before, "grads (read only)")
+
+
 # Every optimizer op and where its opcheck runs; the test below fails when an op is added
 # without one. The others are hooks with no tensor arguments (and the bench's probe).
 OPCHECKED = {
     "pyoptim::adam_": "test_opcheck_adam",
     "pyoptim::sgd_": "test_opcheck_sgd",
     "pyoptim::sparse_adam_": "test_opcheck_sparse_adam",
+    "pyoptim::sparse_adagrad_": "test_opcheck_sparse_adagrad",
+    "pyoptim::rowwise_adagrad_": "test_opcheck_rowwise_adagrad",
     "pyoptim::adamax_": "tests/test_adamax.py::test_opcheck",
     "pyoptim::adagrad_": "tests/test_adagrad.py::test_opcheck",
 }

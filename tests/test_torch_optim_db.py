@@ -810,7 +810,8 @@ def test_rosenbrock_sparse(name, kwargs, with_sched):
     """torch's test_rosenbrock_sparse: cyclic coordinate descent on Rosenbrock with
     uncoalesced sparse grads (a coordinate's grad split into two duplicates) goes the right
     direction, and equals torch.optim's own run bit for bit (SGD: pyoptim applies duplicates in
-    turn as torch does; SparseAdam: torch under ieee_torch_mode, SPARSE_ADAM_VS_TORCH_IEEE). SGD
+    turn as torch does; SparseAdam: torch under ieee_torch_mode, SPARSE_ADAM_VS_TORCH_IEEE;
+    Adagrad: torch under ieee_torch_mode, bitwise). SGD
     with the same grads dense equals torch's dense run within sgd_tol."""
     from reference_sparse_adam import ieee_torch_mode
 
@@ -852,8 +853,9 @@ def test_rosenbrock_sparse(name, kwargs, with_sched):
         theirs = run(torch.optim.SparseAdam, True, ieee_torch_mode)
         atol, rtol = SPARSE_ADAM_VS_TORCH_IEEE[torch.float32]
         torch.testing.assert_close(ours, theirs, atol=atol, rtol=rtol)
-    else:
-        assert_bitwise_equal(ours, run(getattr(torch.optim, name), True))
+    else:  # Adagrad's sparse step (sparse_adagrad_) takes an IEEE sqrt: so must torch's
+        mode = ieee_torch_mode if name == "Adagrad" else None
+        assert_bitwise_equal(ours, run(getattr(torch.optim, name), True, mode))
         torch.testing.assert_close(run(PYOPTIM[name], False), run(getattr(torch.optim, name),
                                                                   False),
                                    **sgd_tol(torch.float32, steps))

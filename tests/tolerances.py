@@ -356,3 +356,30 @@ CUDA_SPARSE_ADAM_VS_TORCH = dict(atol=1e-6, rtol=1e-5)
 # (~4, rarely 16) <= n x 0.2 x u ~ 2e-7 relative a step (rtol 1e-5) and nothing near 0 that atol
 # (1e-6) would have to cover.
 CUDA_SPARSE_SGD_VS_TORCH = dict(atol=1e-6, rtol=1e-5)
+
+
+# ==============================================================================================
+# Adagrad with sparse grads (sparse_adagrad_) and RowWiseAdagrad (rowwise_adagrad_):
+# tests/test_adagrad_sparse.py, tests/test_rowwise_adagrad.py
+# ==============================================================================================
+# sparse_adagrad_ vs tests/reference_adagrad_rows.py: the same IEEE operations in the same order
+# and opmath (duplicates in pyoptim's order, IEEE sqrt, `param.add_(u, alpha=-clr)` one fused
+# multiply-add on both sides): BITWISE for every dtype, where ATen fuses add(alpha)
+# (ATEN_FUSES_ADD_ALPHA). Where it does not, the reference rounds -clr * u once more per step:
+# sgd_tol's bound (a few ulps of the opmath per step).
+def sparse_adagrad_tol(dtype: torch.dtype, steps: int = 1) -> dict:
+    return sgd_tol(dtype, steps)
+
+
+# rowwise_adagrad_ vs the reference: no fused operation on either side, the row sum in the lane
+# order of Note [Row sum lanes] on both: BITWISE for every dtype, whatever ATen fuses.
+ROWWISE_ADAGRAD_EXACT = dict(atol=0.0, rtol=0.0)
+
+# RowWiseAdagrad vs FBGEMM's CPU TBE (EXACT_ROWWISE_ADAGRAD, float32 table, weight_decay 0):
+# the same operations except the order of the row's sum of squares (FBGEMM: left to right;
+# pyoptim: 32 lanes, Note [Row sum lanes]) and the order in which FBGEMM's backward sums a row's
+# pooled gradients. Each changes the row's sum by a few ulps (relative <= D * 2^-24), the
+# multiplier by half of that relative, so each step's update moves by ~1e-6 relative, <= ~1e-7
+# absolute with lr = 0.1: over the test's 5 steps <= 5e-7. Measured (widths 4, 40, 128; params
+# ~0.1, lr 0.1): max |pyoptim - FBGEMM| = 6e-8 in the params. The rows hold the 5e-7 bound.
+ROWWISE_ADAGRAD_VS_FBGEMM = dict(atol=5e-7, rtol=1e-6)

@@ -10,6 +10,7 @@
 #include "pyoptim/math/duplicate_sum.h"
 #include "pyoptim/math/sparse_adam.h"
 #include "pyoptim/math/stochastic_round.h"
+#include "pyoptim/math/rowwise_adagrad.h"
 
 namespace pyoptim {
 namespace cpu {
@@ -20,6 +21,7 @@ namespace {
 #include "cpu/adam_impl.h"  // one include per optimizer
 #include "cpu/sgd_impl.h"
 #include "cpu/sparse_adam_impl.h"
+#include "cpu/adagrad_rows_impl.h"  // Adagrad with sparse grads, row-wise Adagrad
 #include "cpu/dense_impl.h"  // every dense optimizer (Note [Dense optimizers])
 
 }  // namespace
@@ -31,6 +33,8 @@ KernelTable make_table() {
   t.adam = make_adam_kernels();  // one line per optimizer
   t.sgd = make_sgd_kernels();
   t.sparse_adam = make_sparse_adam_kernels();
+  t.sparse_adagrad = make_sparse_adagrad_kernels();
+  t.rowwise_adagrad = make_rowwise_adagrad_kernels();
   for_each_dense([&](auto opt) {
     using Opt = decltype(opt);
     t.dense[dense_index<Opt>()] = make_dense_kernels<Opt>();

@@ -134,6 +134,20 @@ inline void check_scalar_arg(const char* op, const std::optional<at::Tensor>& t,
               t->device(), " but the params are on ", dev);
 }
 
+// state_steps[i], a step count the op reads and increments: a one-element real tensor on the
+// CPU or on its param's device.
+inline void check_step_tensor(const char* op, const at::Tensor& s, const at::Tensor& p, size_t i) {
+  TORCH_CHECK_VALUE(s.defined() && s.sym_numel() == 1 && s.layout() == at::kStrided, op,
+                    ": state_steps[", i, "] must be a one-element tensor");
+  TORCH_CHECK_TYPE(at::isFloatingType(s.scalar_type()) ||
+                       at::isIntegralType(s.scalar_type(), /*includeBool=*/false),
+                   op, ": state_steps[", i, "] has dtype ", s.scalar_type(),
+                   "; a step count is a real number");
+  TORCH_CHECK(s.device().is_cpu() || s.device() == p.device(), op, ": state_steps[", i,
+              "] is on ", s.device(), " but params[", i, "] is on ", p.device(),
+              "; a step count lives on the CPU or on its param's device");
+}
+
 // Value of a one-element real tensor (step counts, lr, grad_scale, found_inf) read on the host.
 inline double scalar_value(const at::Tensor& t, const char* what) {
   TORCH_CHECK_VALUE(t.numel() == 1, what, " must have one element, got ", t.numel());

@@ -85,15 +85,7 @@ DenseCall check_dense_call(const char* op, c10::DeviceType backend, at::TensorLi
     }
     if (Opt::kHasStep) {
       const at::Tensor& s = state_steps[i];
-      TORCH_CHECK_VALUE(s.defined() && s.sym_numel() == 1 && s.layout() == at::kStrided, op,
-                        ": state_steps[", i, "] must be a one-element tensor");
-      TORCH_CHECK_TYPE(at::isFloatingType(s.scalar_type()) ||
-                           at::isIntegralType(s.scalar_type(), /*includeBool=*/false),
-                       op, ": state_steps[", i, "] has dtype ", s.scalar_type(),
-                       "; a step count is a real number");
-      TORCH_CHECK(s.device().is_cpu() || s.device() == p.device(), op, ": state_steps[", i,
-                  "] is on ", s.device(), " but params[", i, "] is on ", p.device(),
-                  "; a step count lives on the CPU or on its param's device");
+      check_step_tensor(op, s, p, i);
       writes.add(s, "state_steps", i);
     }
   }

@@ -56,6 +56,27 @@ TORCH_LIBRARY(pyoptim, m) {
       "Tensor(c!)[] exp_avg_sqs, int[] steps, int[] group_sizes, float[] hyper, bool[] flags, "
       "Tensor?[] lr_tensors, bool validate_only=False) -> ()");
 
+  // torch.optim.Adagrad's step for sparse COO grads (its sparse branch: Note [Sparse Adagrad]
+  // in math/adagrad.h), read as they come (uncoalesced). Per group, hyper = (lr, lr_decay,
+  // weight_decay, eps) and flags = (maximize); weight_decay != 0 is torch's error. state_sums are
+  // shaped like the params. Increments each state_steps[i] by one and uses the new value in the
+  // decayed lr. grads are read, never written.
+  m.def(
+      "sparse_adagrad_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state_sums, "
+      "Tensor(c!)[] state_steps, int[] group_sizes, float[] hyper, bool[] flags, "
+      "Tensor?[] lr_tensors, bool validate_only=False) -> ()");
+
+  // Row-wise Adagrad (pyoptim.RowWiseAdagrad; Note [Row-wise Adagrad] in
+  // math/rowwise_adagrad.h): one accumulator per row (dim 0) of each param, state_sums[i] of
+  // shape [rows] in the math type (float64 for float64 params, else float32). grads dense (every
+  // row) or sparse COO over dim 0 (the rows present, duplicates summed). Per group, hyper = (lr,
+  // lr_decay, weight_decay, eps) and flags = (maximize, decoupled): weight_decay != 0 is L2
+  // (decoupled=False) or decoupled decay. Counts state_steps as sparse_adagrad_ does.
+  m.def(
+      "rowwise_adagrad_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state_sums, "
+      "Tensor(c!)[] state_steps, int[] group_sizes, float[] hyper, bool[] flags, "
+      "Tensor?[] lr_tensors, bool validate_only=False) -> ()");
+
   // Every dense optimizer (Adamax, ...): one schema shape for all of them, see Note [Dense
   // optimizers] in pyoptim/dense.h.
   pyoptim::for_each_dense(

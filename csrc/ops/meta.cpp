@@ -9,6 +9,7 @@
 
 #include <optional>
 
+#include "ops/adagrad_rows_args.h"
 #include "ops/adam_args.h"
 #include "ops/checks.h"
 #include "ops/dense_args.h"
@@ -94,12 +95,29 @@ void sparse_adam_meta(at::TensorList params, at::TensorList grads, at::TensorLis
                               exp_avgs, exp_avg_sqs, steps, group_sizes, hyper, flags, lr_tensors, /*read_values=*/false, writes);
 }
 
+template <bool kRowwise>
+void adagrad_rows_meta(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
+                       at::TensorList state_steps, at::IntArrayRef group_sizes,
+                       at::ArrayRef<double> hyper, const c10::List<bool>& flags,
+                       const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                       bool validate_only) {
+  const char* op = kRowwise ? "pyoptim.rowwise_adagrad_" : "pyoptim.sparse_adagrad_";
+  ops::WriteSet writes;
+  ops::check_adagrad_rows_call(op, kRowwise, c10::DeviceType::Meta, params, grads, state_sums,
+                               state_steps, group_sizes, hyper, flags, lr_tensors,
+                               /*read_values=*/false, writes);
+  writes.check(op);  // step counts on the CPU
+  count_host_steps(op, state_steps, std::nullopt, validate_only);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyoptim, Meta, m) {
   m.impl("adam_", &adam_meta);
   m.impl("sgd_", &sgd_meta);
   m.impl("sparse_adam_", &sparse_adam_meta);
+  m.impl("sparse_adagrad_", &adagrad_rows_meta<false>);
+  m.impl("rowwise_adagrad_", &adagrad_rows_meta<true>);
   for_each_dense([&](auto opt) { m.impl(decltype(opt)::kName, &dense_meta<decltype(opt)>); });
 }
 
@@ -108,6 +126,8 @@ TORCH_LIBRARY_IMPL(pyoptim, SparseMeta, m) {
   m.impl("adam_", &adam_meta);
   m.impl("sgd_", &sgd_meta);
   m.impl("sparse_adam_", &sparse_adam_meta);
+  m.impl("sparse_adagrad_", &adagrad_rows_meta<false>);
+  m.impl("rowwise_adagrad_", &adagrad_rows_meta<true>);
 }
 
 }  // namespace pyoptim

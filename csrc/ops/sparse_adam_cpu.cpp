@@ -22,30 +22,6 @@ namespace {
 
 constexpr const char* kOp = "pyoptim.sparse_adam_";
 
-// Row layout of a param-shaped tensor whose first `sparse_dim` dims index rows: true when the
-// trailing (dense) dims are packed row-major and the leading dims collapse into one row stride.
-bool row_layout(const at::Tensor& t, int64_t sparse_dim, int64_t* row_stride) {
-  int64_t expected = 1;  // dense part: contiguous
-  for (int64_t d = t.dim() - 1; d >= sparse_dim; --d) {
-    if (t.size(d) != 1 && t.stride(d) != expected) return false;
-    expected *= t.size(d);
-  }
-  // sparse part: row r = linearized index over dims [0, sparse_dim) must sit at r * stride
-  int64_t stride = -1;
-  for (int64_t d = sparse_dim - 1; d >= 0; --d) {
-    if (t.size(d) == 1) continue;
-    if (stride < 0) {
-      stride = t.stride(d);
-      expected = t.size(d);  // rows spanned so far, in units of `stride`
-    } else {
-      if (t.stride(d) != stride * expected) return false;
-      expected *= t.size(d);
-    }
-  }
-  *row_stride = stride < 0 ? expected : stride;  // a single row: any stride works
-  return true;
-}
-
 struct SparseAdamItem {
   at::Tensor param, exp_avg, exp_avg_sq;  // work tensors (the user's, or contiguous copies)
   at::Tensor values;                      // contiguous [nnz, width]
@@ -102,8 +78,9 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
     if (it.groups == nullptr || it.groups->num_unique() == 0) continue;
     const int64_t sparse_dim = call.coo[i].sparse_dim;
     int64_t sp = 0, sm = 0, sv = 0;
-    if (row_layout(params[i], sparse_dim, &sp) && row_layout(exp_avgs[i], sparse_dim, &sm) &&
-        row_layout(exp_avg_sqs[i], sparse_dim, &sv)) {
+    if (ops::row_layout(params[i], sparse_dim, &sp) &&
+        ops::row_layout(exp_avgs[i], sparse_dim, &sm) &&
+        ops::row_layout(exp_avg_sqs[i], sparse_dim, &sv)) {
       it.param = params[i];
       it.exp_avg = exp_avgs[i];
       it.exp_avg_sq = exp_avg_sqs[i];
@@ -112,9 +89,9 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
       it.exp_avg = exp_avgs[i].contiguous();
       it.exp_avg_sq = exp_avg_sqs[i].contiguous();
       it.copied = true;
-      row_layout(it.param, sparse_dim, &sp);
-      row_layout(it.exp_avg, sparse_dim, &sm);
-      row_layout(it.exp_avg_sq, sparse_dim, &sv);
+      ops::row_layout(it.param, sparse_dim, &sp);
+      ops::row_layout(it.exp_avg, sparse_dim, &sm);
+      ops::row_layout(it.exp_avg_sq, sparse_dim, &sv);
     }
     it.ptrs = cpu::SparseAdamPtrs{it.param.data_ptr(),
                                   it.exp_avg.data_ptr(),

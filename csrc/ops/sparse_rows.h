@@ -226,6 +226,30 @@ inline const int64_t* linear_rows(const char* op, const CooGrad& c, at::IntArray
   return rows.data();
 }
 
+// Row layout of a param-shaped tensor whose first `sparse_dim` dims index rows: true when the
+// trailing (dense) dims are packed row-major and the leading dims collapse into one row stride.
+inline bool row_layout(const at::Tensor& t, int64_t sparse_dim, int64_t* row_stride) {
+  int64_t expected = 1;  // dense part: contiguous
+  for (int64_t d = t.dim() - 1; d >= sparse_dim; --d) {
+    if (t.size(d) != 1 && t.stride(d) != expected) return false;
+    expected *= t.size(d);
+  }
+  // sparse part: row r = linearized index over dims [0, sparse_dim) must sit at r * stride
+  int64_t stride = -1;
+  for (int64_t d = sparse_dim - 1; d >= 0; --d) {
+    if (t.size(d) == 1) continue;
+    if (stride < 0) {
+      stride = t.stride(d);
+      expected = t.size(d);  // rows spanned so far, in units of `stride`
+    } else {
+      if (t.stride(d) != stride * expected) return false;
+      expected *= t.size(d);
+    }
+  }
+  *row_stride = stride < 0 ? expected : stride;  // a single row: any stride works
+  return true;
+}
+
 // Parallel over unique rows, split by cost (each row costs its duplicates plus the update), so
 // a few very hot rows (Zipf) do not leave one thread with most of the work.
 // fn(u_begin, u_end) is called concurrently on disjoint row ranges.

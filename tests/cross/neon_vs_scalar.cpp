@@ -1,6 +1,6 @@
 // The NEON kernel table against the scalar one, bit for bit, with no torch: every kernel of
-// pyoptim::cpu::KernelTable (Adam / AdamW, dense and sparse SGD, SparseAdam, every dense
-// optimizer) for every param dtype, flag combination and a set of edge sizes, on inputs that
+// pyoptim::cpu::KernelTable (Adam / AdamW, dense and sparse SGD, SparseAdam, sparse and row-wise
+// Adagrad, every dense optimizer) for every param dtype, flag combination and a set of edge sizes, on inputs that
 // include NaN (quiet and signalling), infinities, signed zeros and subnormals. Also the runtime
 // choice of the level (csrc/cpu/isa_dispatch.cpp).
 //
@@ -413,6 +413,93 @@ void sparse_adam_cases() {
   }
 }
 
+// ---- Adagrad with sparse grads, row-wise Adagrad (cpu/adagrad_rows_impl.h) --------------------
+template <class S>
+void sparse_adagrad_cases() {
+  using T = opmath_t<S>;
+  const auto c = math::make_sparse_adagrad_coeffs<T>(1e-2, 0.1, 1e-10, 3.0);
+  for (int bits = 0; bits < 4; ++bits) {
+    const bool maximize = (bits & 1) != 0, plain = (bits & 2) != 0;
+    for (int64_t width : kWidths) {
+      for (int64_t hot : {int64_t(0), int64_t(300)}) {
+        if (hot && width > 9) continue;
+        const SparseRows r = sparse_rows(12, 30, hot);
+        const int64_t nnz = static_cast<int64_t>(r.index.size());
+        const int64_t stride = width + 3;  // rows of a wider tensor (a column slice)
+        std::vector<S> p = values<S>(r.num_rows * stride, -1, 1),
+                       s = values<S>(r.num_rows * stride, 0, 0.1),
+                       vals = values<S>(nnz * width, -2, 2);
+        add_specials_one<S>({&p, &s, &vals});
+        std::vector<S> p2 = p, s2 = s;
+        std::vector<T> scratch(2 * width);
+        const int64_t u = static_cast<int64_t>(r.rows.size());
+        for (auto split : row_splits(u)) {
+          for (int side = 0; side < 2; ++side) {
+            const AdagradRowsPtrs a{side ? p2.data() : p.data(), side ? s2.data() : s.data(),
+                                    stride, stride, vals.data(), width, r.rows.data(),
+                                    r.offsets.data(), r.order.data()};
+            pick<S>((side ? neon_table() : scalar_table()).sparse_adagrad)(
+                a, split.first, split.second, c, maximize, plain, scratch.data());
+          }
+        }
+        const std::string what =
+            "sparse_adagrad[" + flags_text({{"maximize", maximize}, {"plain_update", plain}}) +
+            " width=" + std::to_string(width) + " nnz=" + std::to_string(nnz) + "]";
+        ++g_cases;
+        same(p2, p, what + " param") && same(s2, s, what + " sum");
+      }
+    }
+  }
+}
+
+template <class S>
+void rowwise_adagrad_cases() {
+  using T = opmath_t<S>;
+  for (int bits = 0; bits < 6; ++bits) {
+    const RowwiseAdagradFlags f{(bits & 1) != 0, static_cast<math::RowwiseDecay>(bits >> 1)};
+    const auto c = math::make_rowwise_adagrad_coeffs<T>(
+        1e-2, 0.1, 1e-10, f.decay == math::RowwiseDecay::kNone ? 0.0 : 0.1, 3.0);
+    for (int64_t width : {int64_t(1), int64_t(7), int64_t(31), int64_t(32), int64_t(33),
+                          int64_t(64), int64_t(100), int64_t(129)}) {
+      for (int kind = 0; kind < 3; ++kind) {  // dense, sparse, sparse with a hot row
+        if (kind == 2 && width > 33) continue;
+        const SparseRows r = sparse_rows(12, 30, kind == 2 ? 300 : 0);
+        const bool dense = kind == 0;
+        const int64_t nnz = dense ? r.num_rows : static_cast<int64_t>(r.index.size());
+        const int64_t stride = width + 3;
+        std::vector<S> p = values<S>(r.num_rows * stride, -1, 1),
+                       vals = values<S>(nnz * width, -2, 2);
+        std::vector<T> sum = values<T>(r.num_rows, 0, 0.1);
+        add_specials_one<S>({&p, &vals});
+        std::vector<S> p2 = p;
+        std::vector<T> sum2 = sum, scratch(2 * width);
+        const int64_t u = dense ? r.num_rows : static_cast<int64_t>(r.rows.size());
+        for (auto split : row_splits(u)) {
+          for (int side = 0; side < 2; ++side) {
+            const AdagradRowsPtrs a{side ? p2.data() : p.data(),
+                                    side ? sum2.data() : sum.data(),
+                                    stride,
+                                    1,
+                                    vals.data(),
+                                    width,
+                                    dense ? nullptr : r.rows.data(),
+                                    dense ? nullptr : r.offsets.data(),
+                                    dense ? nullptr : r.order.data()};
+            pick<S>((side ? neon_table() : scalar_table()).rowwise_adagrad)(
+                a, split.first, split.second, c, f, scratch.data());
+          }
+        }
+        const std::string what =
+            "rowwise_adagrad[" + flags_text({{"maximize", f.maximize}}) +
+            " decay=" + std::to_string(bits >> 1) + " width=" + std::to_string(width) +
+            (dense ? " dense" : " nnz=" + std::to_string(nnz)) + "]";
+        ++g_cases;
+        same(p2, p, what + " param") && same(sum2, sum, what + " sum");
+      }
+    }
+  }
+}
+
 // ---- every dense optimizer (Note [Dense optimizers]) --------------------------------------------
 // Hyper-parameters from each one's own checks: a unit-interval one 0.9 or 0.3, a non-negative
 // one (lr, eps, weight decay, ...) 1e-2, and weight_decay 0 in the `zeros` variant.
@@ -601,6 +688,8 @@ void all_kernels() {
   section("sgd", dtype_name<S>(), [] { sgd_dense_cases<S>(); });
   section("sgd_sparse", dtype_name<S>(), [] { sgd_sparse_cases<S>(); });
   section("sparse_adam", dtype_name<S>(), [] { sparse_adam_cases<S>(); });
+  section("sparse_adagrad", dtype_name<S>(), [] { sparse_adagrad_cases<S>(); });
+  section("rowwise_adagrad", dtype_name<S>(), [] { rowwise_adagrad_cases<S>(); });
   for_each_dense([](auto opt) {
     using Opt = decltype(opt);
     section(Opt::kName, dtype_name<S>(), [] { dense_cases<Opt, S>(); });

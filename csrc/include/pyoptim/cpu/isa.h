@@ -8,7 +8,9 @@
 #include <cstdint>
 
 #include "pyoptim/dense.h"
+#include "pyoptim/math/adagrad.h"
 #include "pyoptim/math/adam.h"
+#include "pyoptim/math/rowwise_adagrad.h"
 #include "pyoptim/math/sgd.h"
 #include "pyoptim/math/sparse_adam.h"
 
@@ -153,6 +155,51 @@ struct SparseAdamKernels {
   SparseAdamFn<float> f16;
 };
 
+// ---- Adagrad with sparse gradients, and row-wise Adagrad ------------------------------------
+// One param's touched rows: rows[u], order[offsets[u] .. offsets[u+1]) from ops::group_rows, or
+// rows == nullptr for a dense gradient (row u is row u of `values`, every row is touched). Row r
+// of the param starts at element r * param_row_stride and holds `width` contiguous elements;
+// value row k (of the gradient's nnz, or of the dense gradient) starts at k * width. The state
+// sum: sparse_adagrad_, shaped like the param (row r at r * state_row_stride, the param's
+// dtype); rowwise_adagrad_, one element per row (sum[r * state_row_stride], the math type).
+struct AdagradRowsPtrs {
+  void* param;
+  void* state_sum;
+  int64_t param_row_stride;
+  int64_t state_row_stride;
+  const void* values;  // the param's dtype
+  int64_t width;
+  const int64_t* rows;     // [U] unique rows, ascending; nullptr: dense
+  const int64_t* offsets;  // [U + 1]
+  const int64_t* order;    // [nnz]
+};
+// Updates unique rows [u_begin, u_end). `scratch` holds 2 * `width` elements of the math type
+// (a row's duplicate sum and one block of it); one per thread.
+template <class T>
+using SparseAdagradFn = void (*)(const AdagradRowsPtrs&, int64_t u_begin, int64_t u_end,
+                                 const math::SparseAdagradCoeffs<T>&, bool maximize,
+                                 bool plain_update, T* scratch);
+struct SparseAdagradKernels {
+  SparseAdagradFn<float> f32;
+  SparseAdagradFn<double> f64;
+  SparseAdagradFn<float> bf16;
+  SparseAdagradFn<float> f16;
+};
+struct RowwiseAdagradFlags {
+  bool maximize;
+  math::RowwiseDecay decay;
+};
+template <class T>
+using RowwiseAdagradFn = void (*)(const AdagradRowsPtrs&, int64_t u_begin, int64_t u_end,
+                                  const math::RowwiseAdagradCoeffs<T>&, RowwiseAdagradFlags,
+                                  T* scratch);
+struct RowwiseAdagradKernels {
+  RowwiseAdagradFn<float> f32;
+  RowwiseAdagradFn<double> f64;
+  RowwiseAdagradFn<float> bf16;
+  RowwiseAdagradFn<float> f16;
+};
+
 // ---- the table -----------------------------------------------------------------------------
 // One member per optimizer with kernels of its own, and one entry per dense optimizer
 // (Note [Dense optimizers], indexed by dense_index<Opt>()); filled by make_table() in
@@ -162,6 +209,8 @@ struct KernelTable {
   AdamKernels adam;
   SgdKernels sgd;
   SparseAdamKernels sparse_adam;
+  SparseAdagradKernels sparse_adagrad;
+  RowwiseAdagradKernels rowwise_adagrad;
   DenseKernels dense[kNumDense];
 };
 

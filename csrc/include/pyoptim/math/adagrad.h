@@ -70,5 +70,58 @@ struct Adagrad {
   }
 };
 
+// ---- sparse gradients (torch.ops.pyoptim.sparse_adagrad_) --------------------------------------
+// Note [Sparse Adagrad]
+// torch's sparse branch of _single_tensor_adagrad is another expression tree than the dense one:
+//   grad = grad.coalesce(); grad_values = grad._values()
+//   state_sum.add_(_make_sparse(grad, grad_indices, grad_values.pow(2)))
+//   std_values = state_sum.sparse_mask(grad)._values().sqrt_().add_(eps)
+//   param.add_(_make_sparse(grad, grad_indices, grad_values / std_values), alpha=-clr)
+// on the touched rows only. `grad_values.pow(2)` is a rounded square added with one more rounding
+// (add_ of a sparse tensor with alpha 1: exact scaling). The param's add_ with alpha=-clr is one
+// fused multiply-add (ATen's axpy, and its kernel for an uncoalesced sparse operand), except where
+// ATen's CPU kernel takes its non-hybrid path: a sparse operand flagged coalesced whose values have
+// no dense dims, where it rounds alpha * value first (`r[i] += alpha * v[k]`). _make_sparse flags
+// its result coalesced only when it has at most one entry, so that is a grad with a single touched
+// element of a param whose every dim is sparse (kPlainUpdate). Measured on torch 2.14's CPU build.
+// `g` is the row's coalesced gradient value: its duplicates summed in pyoptim's fixed order
+// (Note [Blocked duplicate sums] in math/duplicate_sum.h). weight_decay != 0 is torch's error
+// with a sparse grad, raised by the op before anything is written.
+template <class T>
+struct SparseAdagradCoeffs {
+  T eps;
+  T neg_clr;  // -lr / (1 + (step - 1) * lr_decay), the alpha of param.add_
+};
+
+// `step`: the param's step count after this step's increment. Note [Narrowing coefficients].
+PYOPTIM_HD_TEMPLATE
+template <class T, class N = Narrow<T>>
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE SparseAdagradCoeffs<T> make_sparse_adagrad_coeffs(
+    double lr, double lr_decay, double eps, double step, const N& narrow = N()) {
+  SparseAdagradCoeffs<T> c;
+  c.eps = saturate<T>(eps);  // std_values.add_(eps): a wrapped number
+  const double clr = lr / (1.0 + (step - 1.0) * lr_decay);  // clr = lr / (1 + (step - 1) * lr_decay)
+  c.neg_clr = narrow.alpha(-clr);  // param.add_(..., alpha=-clr)
+  return c;
+}
+
+// One element (or vector) of a touched row, in place on p and the state sum s.
+//   kMaximize:    torch negates the grad before coalescing; summation is sign-symmetric in IEEE
+//                 arithmetic, so negating the sum gives the same bits.
+//   kPlainUpdate: the param's add_ rounds the product first (see the Note).
+template <bool kMaximize, bool kPlainUpdate, class V, class T>
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE void sparse_adagrad_step(V& p, V g, V& s,
+                                                            const SparseAdagradCoeffs<T>& c) {
+  if (kMaximize) g = -g;  // grad = grad if not maximize else -grad
+  s = s + g * g;  // state_sum.add_(_make_sparse(grad, grad_indices, grad_values.pow(2)))
+  const V std_values = vsqrt(s) + bcast<V>(c.eps);  // std._values().sqrt_().add_(eps)
+  if (kPlainUpdate) {
+    p = p + bcast<V>(c.neg_clr) * (g / std_values);
+  } else {
+    p = vfma(g / std_values, bcast<V>(c.neg_clr), p);
+  }
+  // param.add_(_make_sparse(grad, grad_indices, grad_values / std_values), alpha=-clr)
+}
+
 }  // namespace math
 }  // namespace pyoptim
