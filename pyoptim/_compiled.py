@@ -153,6 +153,7 @@ class TracedPlan:
         self.layout = layout
         self.extra = extra
         self.fused_errors: dict = {}  # a step with fused-flag errors is not traced (above)
+        self.sparse_index: list[int] = []  # nor is a step with sparse params
 
 
 def _eager_step(opt: Any, groups: list[dict]) -> None:

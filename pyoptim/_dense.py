@@ -11,10 +11,10 @@ provides. A subclass (first in the MRO, before its torch.optim class) says
                           steps sparse gradients: a step in which any param has one is then
                           `_sparse_step()`'s, decided before anything is written (the op
                           refuses sparse gradients, and a dense step costs no extra check)
-  _native_sparse          with _sparse_msg None: params with sparse gradients go through the
-                          plan like the others (lazy state included) and the subclass's `_run`
-                          steps them; it raises `_SparseGrad` (before anything is written) for
-                          a step it leaves to `_sparse_step()`
+                          A subclass with a sparse op steps them natively instead (FusedStep's
+                          `_sparse_ok` / `_init_sparse` / `_run_sparse`: Note [Sparse params in
+                          a dense step]) and raises `_SparseGrad` (before anything is written)
+                          for a step it leaves to `_sparse_step()`
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device
 
 class _SparseGrad(Exception):
     """A param has a sparse gradient and `_sparse_msg` is None: the step is `_sparse_step()`'s
-    (raised by the plan's build, or by a `_native_sparse` subclass's `_run`)."""
+    (raised by the plan's build, or by a subclass's `_init_sparse` / `_run_sparse`)."""
 
 
 class DenseStep(FusedStep):
@@ -39,7 +39,6 @@ class DenseStep(FusedStep):
     _states: tuple[str, ...] = ()
     _has_step = True
     _sparse_msg: str | None = "This optimizer does not support sparse gradients"
-    _native_sparse = False
 
     def _sparse_step(self) -> None:
         raise NotImplementedError
@@ -51,7 +50,7 @@ class DenseStep(FusedStep):
         return (("step",) if self._has_step else ()) + self._states, ()
 
     def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
-        if p.grad.is_sparse and not self._native_sparse:
+        if p.grad.is_sparse:  # a group whose sparse grads are not _sparse_ok
             if self._sparse_msg is None:
                 raise _SparseGrad
             raise RuntimeError(self._sparse_msg)
@@ -68,12 +67,9 @@ class DenseStep(FusedStep):
             return super()._fused_step(groups)
         except Exception as e:
             if not isinstance(e, _SparseGrad) and not any(
-                    p.grad is not None and p.grad.is_sparse
-                    # native: the op's own errors stand; a complex param's sparse grad fails
-                    # its real view, before the op
-                    and (not self._native_sparse or p.is_complex())
+                    p.grad is not None and p.grad.is_sparse and not self._sparse_ok(g)
                     for g in groups for p in g["params"]):
-                raise
+                raise  # the ops' own errors stand
         return self._sparse_step()
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],

@@ -39,7 +39,6 @@ inf/NaN; with fused=True torch's step gets the scale.
 
 from __future__ import annotations
 
-import operator
 from collections import defaultdict
 from typing import Any
 
@@ -48,13 +47,12 @@ from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused
 
 from ._dense import DenseStep, _SparseGrad
-from ._state import DeviceCall, Plan, hyper_args, pick, scalar_dtype, scalar_type_name
+from ._state import DeviceCall, Plan, hyper_args, scalar_dtype, scalar_type_name
 
 __all__ = ["Adagrad"]
 
 _FUSED_SPARSE_OR_COMPLEX = "`fused` does not support sparse grad or complex param"
 _sparse_adagrad_ = torch.ops.pyoptim.sparse_adagrad_.default
-_is_sparse = operator.attrgetter("is_sparse")
 
 
 class Adagrad(DenseStep, torch.optim.Adagrad):
@@ -66,7 +64,7 @@ class Adagrad(DenseStep, torch.optim.Adagrad):
     _op = torch.ops.pyoptim.adagrad_.default
     _states = ("sum",)
     _sparse_msg = None  # torch steps sparse grads: sparse_adagrad_, or _sparse_step
-    _native_sparse = True
+    _sparse_state_keys = ("step", "sum")
 
     def _hyper(self, group: dict) -> tuple:
         return group["lr"], group["lr_decay"], group["weight_decay"], group["eps"]
@@ -106,52 +104,39 @@ class Adagrad(DenseStep, torch.optim.Adagrad):
             made = {id(p) for g in plan.groups[:k + 1] for p in g["params"]}
             plan.fresh = [p for p in plan.fresh if id(p) not in made]
             raise error
-        # traced steps have no sparse grads (Note [Compiled step]: those step eagerly)
-        if torch.compiler.is_compiling() or not any(map(_is_sparse, grads)):
+        if not plan.sparse_index:
             return super()._run(plan, call, params, grads, states, grad_scale, found_inf,
                                 validate_only)
-        self._run_sparse(plan, call, params, grads, states, grad_scale, found_inf,
-                         validate_only)
+        try:
+            super()._run(plan, call, params, grads, states, grad_scale, found_inf, validate_only)
+        except Exception as e:  # checked before any write (every call is validated first)
+            raise _SparseGrad from e  # with sparse grads: torch's step, as the docstring says
 
-    def _run_sparse(self, plan: Plan, call: DeviceCall, params: list[Tensor],
-                    grads: list[Tensor], states: list[list[Any]], grad_scale: Tensor | None,
+    # Note [Sparse params in a dense step] (_state.py): sparse grads go to sparse_adagrad_,
+    # in the same step as the dense ones; what it does not take makes the whole step torch's
+    # (`_SparseGrad`, raised before anything is written; see the module docstring)
+    def _sparse_ok(self, group: dict) -> bool:
+        return True
+
+    def _init_sparse(self, plan: Plan, group: dict, p: Tensor) -> None:
+        g = p.grad
+        if (group["fused"] or group["weight_decay"] != 0 or p.is_complex()
+                or g.dtype != p.dtype or g.shape != p.shape or g.device != p.device):
+            raise _SparseGrad  # torch's step raises, or steps what the op does not take
+        state = self.state[p]
+        if len(state) == 0:  # lazy state initialization, as torch's
+            plan.fresh.append(p)  # removed again if the step raises
+            self._init_state(group, p, state)
+
+    def _run_sparse(self, plan: Plan, call: DeviceCall, grads: list[Tensor],
+                    states: list[list[Any]], grad_scale: Tensor | None,
                     found_inf: Tensor | None, validate_only: bool) -> None:
-        """A call with sparse grads: adagrad_ on the dense ones, sparse_adagrad_ on the sparse
-        ones, both checked before either writes. What sparse_adagrad_ does not take makes the
-        whole step torch's (`_SparseGrad`, raised before anything is written)."""
         if grad_scale is not None or found_inf is not None:
             raise _SparseGrad  # GradScaler: torch's path (see the module docstring)
-        groups = plan.groups
-        dense: list[int] = []
-        sparse: list[int] = []
-        for k, g in enumerate(grads):
-            p = params[k]
-            if g.dtype != p.dtype or g.shape != p.shape or g.device != p.device:
-                raise _SparseGrad  # torch's step (or its error, raised before it starts)
-            if not g.is_sparse:
-                dense.append(k)
-                continue
-            group = groups[call.group_of[k]]
-            if group["fused"] or group["weight_decay"] != 0 or p.is_complex():
-                raise _SparseGrad  # torch's step raises, or steps what the op does not take
-            sparse.append(k)
         steps, sums = states
-        hyper, flags, lr_tensors = hyper_args(self, groups, call.device)
-
-        def sizes(index: list[int]) -> list[int]:
-            out = [0] * len(groups)
-            for k in index:
-                out[call.group_of[k]] += 1
-            return out
-
-        dense_args = (pick(params, dense), pick(grads, dense), pick(sums, dense),
-                      pick(steps, dense), sizes(dense), hyper, flags, lr_tensors)
-        sparse_args = (pick(params, sparse), pick(grads, sparse), pick(sums, sparse),
-                       pick(steps, sparse), sizes(sparse), hyper, flags, lr_tensors)
-        for validate in ((True, False) if not validate_only else (True,)):
-            if dense:
-                self._op(*dense_args, None, None, validate)
-            _sparse_adagrad_(*sparse_args, validate)
+        hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
+        _sparse_adagrad_(call.params, grads, sums, steps, call.group_sizes, hyper, flags,
+                         lr_tensors, validate_only)
 
     def _sparse_step(self) -> None:
         """A step with a sparse grad: torch's own step, after the checks that would make it
