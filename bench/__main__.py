@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -28,7 +27,7 @@ from . import harness
 from .harness import BenchConfig, Row, Workload
 
 M = 2**20
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS_DIR = harness.RESULTS_DIR
 # as large as the biggest dense workload of the device: far beyond any cache
 PROBE_NUMEL = {"cpu": 64 * M, "cuda": 256 * M}
 # what a --device cuda run calls
@@ -323,14 +322,7 @@ def run(args: argparse.Namespace, out=print) -> dict:
         "loadavg_1m_end": load_end,
         "workloads": results,
     }
-    paths = [] if args.no_latest else [os.path.join(RESULTS_DIR, "latest.json")]
-    if args.json:
-        paths.append(args.json)
-    for path in paths:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(res, f, indent=1)
-        out(f"wrote {path}")
+    harness.write_results(res, None if args.no_latest else "latest.json", args.json, out)
     return res
 
 

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import os
-import sys
 import time
 from collections.abc import Sequence
 
@@ -36,7 +33,7 @@ from torch import nn
 
 import pyoptim
 
-from .__main__ import RESULTS_DIR
+from . import harness
 
 # mode -> (param dtype, extra AdamW kwargs)
 MODES: dict[str, tuple[torch.dtype, dict]] = {
@@ -157,14 +154,7 @@ def run(args: argparse.Namespace, out=print) -> dict:
     res = {"args": {k: v for k, v in vars(args).items() if k != "plot"}, "every": every,
            "curves": curves, "summary": summary, "skipped": skipped,
            "wall_s": time.perf_counter() - t0}
-    paths = [] if args.no_latest else [os.path.join(RESULTS_DIR, "convergence.json")]
-    if args.json:
-        paths.append(args.json)
-    for path in paths:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(res, f, indent=1)
-        out(f"wrote {path}")
+    harness.write_results(res, None if args.no_latest else "convergence.json", args.json, out)
     if args.plot:
         plot(res, args.plot)
         out(f"wrote {args.plot}")
@@ -172,13 +162,7 @@ def run(args: argparse.Namespace, out=print) -> dict:
 
 
 def plot(res: dict, path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        sys.exit("--plot needs matplotlib: pip install matplotlib")
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for mode, c in res["curves"].items():
         ax.plot([k * res["every"] for k in range(len(c))], c, label=mode)

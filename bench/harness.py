@@ -25,10 +25,12 @@ from __future__ import annotations
 import dataclasses
 import gc
 import importlib
+import json
 import os
 import pkgutil
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -395,3 +397,35 @@ def machine_info(cfg: BenchConfig) -> dict:
         info["gpu_l2_bytes"] = getattr(props, "L2_cache_size", None)
         info["cuda"] = torch.version.cuda
     return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def write_results(res: dict, latest: str | None, extra: str | None,
+                  out: Callable[[str], None]) -> None:
+    """`res` as JSON to bench/results/<latest> (None: not there) and to `extra` (a path)."""
+    paths = [os.path.join(RESULTS_DIR, latest)] if latest else []
+    if extra:
+        paths.append(extra)
+    for path in paths:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(res, f, indent=1)
+        out(f"wrote {path}")
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or exit with the install hint (--plot options)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("--plot needs matplotlib: pip install matplotlib")
+    return plt

@@ -19,9 +19,6 @@ bench/results/sparse_curves.json (and --json PATH).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +28,7 @@ import torch
 import pyoptim
 
 from . import harness
-from .__main__ import PROBE_NUMEL, RESULTS_DIR
+from .__main__ import PROBE_NUMEL
 from .bytes import rowwise_adagrad_bytes, sparse_adagrad_bytes, sparse_adam_bytes, sparse_sgd_bytes
 from .harness import BenchConfig, SetupFn, Workload
 from .workloads_sparse_adam import _indices
@@ -170,14 +167,7 @@ def run(args: argparse.Namespace, out=print) -> dict:
            "loadavg_1m_end": harness.load_average(), "points": points}
     out(f"\ntotal wall time: {res['wall_s']:.1f} s, load average (1 min) at end: "
         f"{res['loadavg_1m_end']}")
-    paths = [] if args.no_latest else [os.path.join(RESULTS_DIR, "sparse_curves.json")]
-    if args.json:
-        paths.append(args.json)
-    for path in paths:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(res, f, indent=1)
-        out(f"wrote {path}")
+    harness.write_results(res, None if args.no_latest else "sparse_curves.json", args.json, out)
     if args.plot:
         plot(res, args.plot)
         out(f"wrote {args.plot}")
@@ -187,13 +177,7 @@ def run(args: argparse.Namespace, out=print) -> dict:
 def plot(res: dict, path: str) -> None:
     """Two rows of panels: % of the probe (pyoptim), and speed-up over torch; lookups sweep on
     the left, width sweep on the right; one line per optimizer and distribution."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        sys.exit("--plot needs matplotlib: pip install matplotlib")
+    plt = harness.pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharey="row")
     series: dict[tuple[str, str, str], list[dict]] = {}
     for p in res["points"]:
