@@ -93,7 +93,9 @@ class _AdamStep(FusedStep):
                 group.get(_MASTER, False), group.get(_SR, False))
 
     def _layout(self, groups: list[dict]) -> Any:
-        return [(g["amsgrad"], g.get(_MASTER, False), g.get(_SR, False)) for g in groups]
+        # lazy_sparse last: which sparse grads go to _run_sparse (not read by _run)
+        return [(g["amsgrad"], g.get(_MASTER, False), g.get(_SR, False),
+                 g.get("lazy_sparse", False)) for g in groups]
 
     def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
         # optional keys: only the params of amsgrad / master_weights / stochastic_rounding groups

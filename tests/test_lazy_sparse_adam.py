@@ -187,6 +187,18 @@ def test_grad_layout_changes_and_state_reset():
     assert opt.state[emb]["step"].item() == 1
 
 
+def test_flag_turned_off_between_steps_raises_torchs_error():
+    emb, dense = model(torch.float32)
+    opt = pyoptim.Adam([emb, *dense], lazy_sparse=True)
+    emb.grad = sparse_grad(*emb.shape, [1], torch.float32, torch.Generator())
+    opt.step()
+    opt.param_groups[0]["lazy_sparse"] = False
+    before = snapshot([emb, *dense])
+    with pytest.raises(RuntimeError, match="Adam does not support sparse gradients"):
+        opt.step()
+    assert_bitwise_equal(snapshot([emb, *dense]), before)
+
+
 def test_per_group_flag_and_state_dict_both_ways():
     emb, dense = model(torch.float32)
     gen = torch.Generator()
