@@ -31,7 +31,7 @@ from . import harness
 from .__main__ import PROBE_NUMEL
 from .bytes import rowwise_adagrad_bytes, sparse_adagrad_bytes, sparse_adam_bytes, sparse_sgd_bytes
 from .harness import BenchConfig, SetupFn, Workload
-from .workloads_sparse_adam import _indices
+from .workloads_sparse_adam import _indices, _shared
 
 ROWS = 2**20
 LOOKUPS = [8192 * 2**k for k in range(7)]  # 8k .. 512k
@@ -72,17 +72,11 @@ def optimizers() -> list[SparseOpt]:
     return out
 
 
-def _grad(n_rows: int, width: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    emb = torch.nn.Embedding(n_rows, width, sparse=True)
-    target = torch.randn(idx.numel(), width, generator=torch.Generator().manual_seed(1))
-    (emb(idx) * target).sum().backward()
-    return emb.weight.detach(), emb.weight.grad  # uncoalesced COO, nnz = lookups
-
-
-def _setup(make: Callable, shared: dict) -> SetupFn:
+def _setup(make: Callable, shared) -> SetupFn:
     def setup():
-        p = torch.nn.Parameter(shared["weight"].clone())
-        p.grad = shared["grad"]
+        c = shared()
+        p = torch.nn.Parameter(c["weight"].clone())
+        p.grad = c["grad"]
         return make([p]).step
 
     return setup
@@ -91,8 +85,7 @@ def _setup(make: Callable, shared: dict) -> SetupFn:
 def point(opt: SparseOpt, dist: str, n_rows: int, width: int, lookups: int) -> Workload:
     idx = _indices(dist, n_rows, lookups, ZIPF_S)
     unique = int(idx.unique().numel())
-    shared: dict = {}
-    shared["weight"], shared["grad"] = _grad(n_rows, width, idx)
+    shared = _shared(n_rows, width, idx, "cpu")  # the main bench's gradient, made once
     return Workload(
         name=f"{opt.name}/{dist}/w{width}-n{lookups}",
         group=opt.name,
@@ -102,7 +95,7 @@ def point(opt: SparseOpt, dist: str, n_rows: int, width: int, lookups: int) -> W
         impls={k: _setup(make, shared) for k, make in opt.impls.items()},
         description=f"{opt.name}, {n_rows}x{width} fp32, {lookups} {dist} lookups "
                     f"({unique} unique rows)",
-        cleanup=shared.clear,
+        cleanup=shared.cleanup,
     )
 
 

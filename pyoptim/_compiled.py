@@ -72,8 +72,7 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
         states = plan.state_lists(keys, optional)
     dtensor = _dtensor_type()
     if plan.fused_errors or plan.sparse_index or any(c.complex_pos for c in plan.calls) or any(
-            p.grad.dtype != p.dtype or p.grad.is_sparse
-            or (dtensor is not None and isinstance(p, dtensor))
+            p.grad.dtype != p.dtype or (dtensor is not None and isinstance(p, dtensor))
             for p in plan.active):
         opt._forget_fresh(plan)  # the eager step creates it again
         return None
