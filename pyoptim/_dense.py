@@ -39,6 +39,7 @@ class DenseStep(FusedStep):
     _states: tuple[str, ...] = ()
     _has_step = True
     _sparse_msg: str | None = "This optimizer does not support sparse gradients"
+    _grads_read_by_op = True  # Note [Grads read by the op] in csrc/ops/checks.h
 
     def _sparse_step(self) -> None:
         raise NotImplementedError

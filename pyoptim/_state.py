@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn import Parameter
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 _grad_of = operator.attrgetter("grad")
@@ -205,6 +206,9 @@ class Plan:
         self.sparse_dicts: list[dict] = []
         self.sparse_dict_pos: list[int] = []
         self.sparse_calls: list[DeviceCall] = []
+        # Note [Grads read by the op] (csrc/ops/checks.h): every param has a grad and goes to
+        # one CPU call that reads them itself (set by finish)
+        self.implicit_grads = False
         # Note [Fused-flag errors] (adam.py): per param group (by id), the (order, error) that
         # torch's fused step raises first for it; _run raises the first group's
         self.fused_errors: dict[int, tuple[int, Exception]] = {}
@@ -272,6 +276,13 @@ class Plan:
         self.calls = list(by_device.values())
         state = opt.state
         self.dicts = [state[p] for p in compress(self.active, self.has_state)]
+        call = self.calls[0] if len(self.calls) == 1 else None
+        self.implicit_grads = (
+            opt._grads_read_by_op and call is not None and call.device.type == "cpu"
+            and not self.sparse_index and not call.complex_pos and not call.dt_pos
+            and len(self.active) == len(self.params)
+            and len(self.dicts) in (0, len(self.active))
+            and all(type(p) is Tensor or type(p) is Parameter for p in self.active))
         if self.dicts or self.sparse_dicts:
             positions = {id(d): k for k, d in enumerate(state.values())}
             self.dict_pos = [positions[id(d)] for d in self.dicts]
@@ -296,7 +307,7 @@ class Plan:
             and all(map(operator.is_, groups, self.groups))
             and len(params) == len(self.params)
             and all(map(operator.is_, params, self.params))
-            and mask == self.mask
+            and (mask is None or mask == self.mask)  # None: implicit_grads (see _fused_step)
         ):
             return False
         if not self.dicts and not self.sparse_dicts:
@@ -440,6 +451,11 @@ def _check_layout(what: str, params: list[Tensor], others: list[Any]) -> None:
                 f"{ps.placements} on {ps.mesh}: they must be the same")
 
 
+class _GradsNeeded(Exception):
+    """A Plan rebuilt during a step whose grads the op does not read itself (Note [Grads read by
+    the op] in csrc/ops/checks.h): the step runs again with the grads listed."""
+
+
 # Note [Sparse params in a dense step]
 # An optimizer may step the sparse-gradient params of some param groups (`_sparse_ok(group)`)
 # with a second op, in the same step (Adam(lazy_sparse=True): Note [Lazy sparse Adam] in
@@ -542,6 +558,9 @@ class FusedStep:
     # (else it steps eagerly: a graph break), and the state keys a traced step creates in the
     # graph
     _traceable = True
+    # Note [Grads read by the op] (csrc/ops/checks.h): whether the op's CPU kernel reads each
+    # param's grad when given an empty grads list
+    _grads_read_by_op = False
     _created_in_graph: tuple[str, ...] = ()
     _torch_step: Callable[..., Any]  # the torch class's step, without torch's step hooks
 
@@ -679,10 +698,23 @@ class FusedStep:
         grad_scale: Tensor | None = getattr(self, "grad_scale", None)
         found_inf: Tensor | None = getattr(self, "found_inf", None)
         params = list(chain.from_iterable(map(_params_of, groups)))
-        grads = list(map(_grad_of, params))
-        mask = list(map(operator.is_not, grads, repeat(None)))
         layout = self._layout(groups)
         plan = self.__dict__.get("_pyoptim_plan")
+        if plan is not None and plan.implicit_grads and plan.valid(self, params, None, layout):
+            # Note [Grads read by the op] (csrc/ops/checks.h): the op reads each param's grad.
+            # An op refuses before writing anything (a grad gone, turned sparse, of another
+            # dtype, ...); the step then runs as below, with the grads, which says what is wrong
+            # or steps what the op cannot read on its own (SGD's promoted grads).
+            try:
+                return self._steps(plan, params, None, plan.mask, layout, grad_scale,
+                                   found_inf)
+            except Exception:
+                plan = None
+                implicit_failed = True
+        else:
+            implicit_failed = False
+        grads = list(map(_grad_of, params))
+        mask = list(map(operator.is_not, grads, repeat(None)))
         if plan is None or not plan.valid(self, params, mask, layout):
             plan = self._build_plan(params, mask, layout)
         try:
@@ -694,8 +726,12 @@ class FusedStep:
                 raise
             self._steps(self._build_plan(params, mask, layout), params, grads, mask, layout,
                         grad_scale, found_inf)
+        if implicit_failed:  # what the op could not read on its own: list the grads from now on
+            kept = self.__dict__.get("_pyoptim_plan")
+            if kept is not None:
+                kept.implicit_grads = False
 
-    def _steps(self, plan: Plan, params: list[Tensor], grads: list[Tensor | None],
+    def _steps(self, plan: Plan, params: list[Tensor], grads: list[Tensor | None] | None,
                mask: list[bool], layout: Any, grad_scale: Tensor | None,
                found_inf: Tensor | None) -> None:
         """The op calls of one step, with `plan` (rebuilt first where a state dict lost a
@@ -711,8 +747,10 @@ class FusedStep:
             sparse_states = (plan.state_lists(self._sparse_state_keys, (), plan.sparse_dicts)
                              if plan.sparse_dicts else [])
         self.__dict__["_pyoptim_plan"] = plan
+        if grads is None and not plan.implicit_grads:
+            raise _GradsNeeded  # a rebuilt Plan that needs the grads listed: _fused_step's retry
         try:
-            dense_grads = list(compress(grads, plan.dense_mask))
+            dense_grads = [] if grads is None else list(compress(grads, plan.dense_mask))
             calls = plan.calls
             if len(calls) == 1 and not plan.sparse_calls and not calls[0].complex_pos and \
                     not calls[0].dt_pos and (not states or len(plan.dicts) == len(plan.active)):

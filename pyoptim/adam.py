@@ -71,6 +71,7 @@ class _AdamStep(FusedStep):
     """The fused `step` shared by Adam and AdamW (first in their MRO)."""
 
     _fp32_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # float32 in master groups
+    _grads_read_by_op = True  # Note [Grads read by the op] in csrc/ops/checks.h
 
     _sparse_state_keys = ("step", "exp_avg", "exp_avg_sq")
 

@@ -68,6 +68,7 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         "Drop-in torch.optim.SGD with a fused native step and lazy sparse momentum "
         "(see pyoptim.sgd).\n\n" + (torch.optim.SGD.__doc__ or "")
     )
+    _grads_read_by_op = True  # Note [Grads read by the op] in csrc/ops/checks.h
 
 
     _created_in_graph = ("momentum_buffer",)  # Note [Compiled step] in pyoptim/_compiled.py

@@ -856,3 +856,134 @@ def test_bad_last_group_changes_no_group(case):
         opt.step()
     _assert_unchanged(opt, before)
     assert fresh not in opt.state
+
+
+# ---- Note [Grads read by the op] (csrc/ops/checks.h) -------------------------------------------
+# Once every param has a grad, the optimizers let the op read each param's .grad itself. What
+# changes between steps must still be seen as torch sees it.
+
+GRAD_CLASSES = ("Adam", "AdamW", "SGD")
+
+
+@pytest.mark.parametrize("cls", GRAD_CLASSES)
+def test_grad_set_to_none_between_steps_skips_that_param_like_torch(cls):
+    kw = dict(lr=0.05, momentum=0.9) if cls == "SGD" else dict(lr=0.05)
+    params, sds = {}, {}
+    for impl in _impls(cls):
+        torch.manual_seed(0)
+        ps = [nn.Parameter(torch.randn(6, 3)), nn.Parameter(torch.randn(4, 2))]
+        opt = _optimizer(impl, cls, ps, **kw)
+        gen = torch.Generator().manual_seed(1)
+        for k in range(5):
+            _set_grads(cls, ps, gen)
+            if k == 2:
+                ps[0].grad = None
+                before = ps[0].detach().clone()
+            opt.step()
+            if k == 2:
+                assert bitwise_equal(ps[0].detach(), before), f"{impl}: a param without grad moved"
+            if impl == "pyoptim" and k in (1, 4):  # the path this test is about was taken
+                assert opt._pyoptim_plan.implicit_grads
+        params[impl] = ps
+        sds[impl] = opt.state_dict()
+    _assert_close(cls, torch.float32, params["pyoptim"], params, 5, "params")
+    _assert_state_dicts_match(cls, torch.float32, sds, 5)
+
+
+@pytest.mark.parametrize("cls", ("Adam", "AdamW", "Adamax"))
+def test_grad_turning_sparse_after_dense_steps_raises_torchs_error(cls):
+    p = nn.Parameter(torch.randn(4, 3))
+    opt = getattr(pyoptim, cls)([p], lr=0.1)
+    for _ in range(2):
+        p.grad = torch.randn(4, 3)
+        opt.step()
+    p.grad = torch.randn(4, 3).to_sparse()
+    before = _snapshot(opt)
+    name = "Adam" if cls == "AdamW" else cls  # torch's AdamW raises Adam's message
+    with pytest.raises(RuntimeError, match=f"^{name} does not support sparse gradients"):
+        opt.step()
+    _assert_unchanged(opt, before)
+    p.grad = torch.randn(4, 3)
+    opt.step()  # dense again: steps
+    assert opt.state[p]["step"].item() == 3
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["momentum=0", "momentum=0.9"])
+def test_sgd_grad_changing_dtype_after_dense_steps_steps_like_torch(momentum):
+    """Two steps with float32 grads, one with a bfloat16 grad (torch promotes), two more with
+    float32 grads."""
+    params = {}
+    for impl in ("pyoptim", "loop"):
+        torch.manual_seed(0)
+        ps = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(5))]
+        ps[0].grad_dtype = None  # torch allows a grad of another dtype only so
+        opt = _optimizer(impl, "SGD", ps, lr=0.1, momentum=momentum)
+        gen = torch.Generator().manual_seed(1)
+        for k in range(5):
+            _set_grads("SGD", ps, gen)
+            if k == 2:
+                ps[0].grad = ps[0].grad.bfloat16()
+            opt.step()
+        params[impl] = ps
+    _assert_close("SGD", torch.float32, params["pyoptim"], params, 5, "params")
+
+
+def test_op_reads_each_params_grad_when_grads_is_empty():
+    """adam_, sgd_ and a dense optimizer's op (adamax_) with grads=[]: bitwise the call with
+    each param's .grad listed; a param without a grad raises before anything is written."""
+    def run(op, grads_listed):
+        torch.manual_seed(0)
+        ps = [torch.randn(5, 3), torch.randn(7)]
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        states = [torch.rand_like(p) for p in ps for _ in range(2)]
+        steps = [torch.tensor(3.0) for _ in ps]
+        grads = [p.grad for p in ps] if grads_listed else []
+        op(ps, grads, states, steps)
+        return [*ps, *states, *steps]
+
+    hyper = dict(group_sizes=[2], lr_tensors=[], grad_scale=None, found_inf=None)
+    adam = lambda ps, gs, st, steps: torch.ops.pyoptim.adam_.default(  # noqa: E731
+        ps, gs, st[0::2], st[1::2], [], steps, hyper=[0.1, 0.9, 0.999, 0.01, 1e-8],
+        flags=[False, False, True, False, False], **hyper)
+    sgd = lambda ps, gs, st, steps: torch.ops.pyoptim.sgd_.default(  # noqa: E731
+        ps, gs, st[0::2], hyper=[0.1, 0.9, 0.0, 0.01], flags=[False, False, False],
+        first_step=[False, False], **hyper)
+    adamax = lambda ps, gs, st, steps: torch.ops.pyoptim.adamax_.default(  # noqa: E731
+        ps, gs, st[0::2] + st[1::2], steps, hyper=[0.1, 0.9, 0.999, 1e-8, 0.01], flags=[False],
+        **hyper)
+    for op in (adam, sgd, adamax):
+        for a, b in zip(run(op, True), run(op, False)):
+            assert bitwise_equal(a, b)
+        ps = [torch.randn(5, 3), torch.randn(7)]
+        ps[0].grad = torch.randn(5, 3)
+        states = [torch.rand_like(p) for p in ps for _ in range(2)]
+        steps = [torch.tensor(3.0) for _ in ps]
+        before = [t.clone() for t in (*ps, *states, *steps)]
+        with pytest.raises(ValueError, match=r"params\[1\] has no grad"):
+            op(ps, [], states, steps)
+        for a, b in zip((*ps, *states, *steps), before):
+            assert bitwise_equal(a, b)
+
+
+def test_overlap_is_caught_after_calls_that_passed():
+    """The overlap check skips its sort when the written ranges repeat those of the last call
+    that passed (Note [Exact overlap] in csrc/ops/checks.h); a changed list is checked again."""
+    a, b = torch.randn(8), torch.randn(8)
+    ga, gb = torch.randn(8), torch.randn(8)
+    states = [torch.zeros(8) for _ in range(4)]
+
+    def call(params, grads):
+        op_calls.adam_(params, grads, states[0:2], states[2:4], [],
+                       [torch.tensor(0.0), torch.tensor(0.0)], lr=0.1, beta1=0.9, beta2=0.999,
+                       weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False,
+                       decoupled=False)
+
+    for _ in range(2):
+        call([a, b], [ga, gb])
+    before = [t.clone() for t in (a, *states)]
+    with pytest.raises(ValueError, match="overlap in memory"):
+        call([a, a], [ga, gb])
+    for x, y in zip((a, *states), before):
+        assert bitwise_equal(x, y)
+    call([a, b], [ga, gb])

@@ -85,6 +85,8 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
               const std::optional<at::Tensor>& found_inf, bool validate_only,
               const std::optional<at::TensorList>& master_list,
               const std::optional<at::TensorList>& seed_list) {
+  std::vector<at::Tensor> own_grads;  // Note [Grads read by the op] in ops/checks.h
+  grads = ops::grads_of_params(kOp, params, grads, own_grads);
   const at::TensorList master_params = master_list.value_or(at::TensorList());
   const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
   // ---- 1. validate everything and compute the coefficients; nothing is written here -------

@@ -78,6 +78,8 @@ void dense_cpu(at::TensorList params, at::TensorList grads, at::TensorList state
                const std::optional<at::Tensor>& found_inf, bool validate_only) {
   const char* op = Opt::kName;
   constexpr int N = Opt::kStates;
+  std::vector<at::Tensor> own_grads;  // Note [Grads read by the op] in ops/checks.h
+  grads = ops::grads_of_params(op, params, grads, own_grads);
   // ---- 1. validate everything and compute the coefficients; nothing is written here -------
   ops::WriteSet writes;
   ops::DenseCall call = ops::check_dense_call<Opt>(op, c10::DeviceType::CPU, params, grads,

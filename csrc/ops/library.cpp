@@ -7,7 +7,9 @@
 // every param group on one device (Note [Param groups in one call] in ops/groups.h) and happens
 // whole or not at all; validate_only=True runs every check and writes nothing
 // (Note [All-or-nothing step], same file). Arguments are positional-or-keyword (no `*`): the
-// optimizers pass them positionally, which halves torch.ops' per-call argument parsing.
+// optimizers pass them positionally, which halves torch.ops' per-call argument parsing. The CPU
+// kernels of adam_, sgd_ and the dense optimizers' ops take an empty `grads` list to mean each
+// param's own .grad (Note [Grads read by the op] in ops/checks.h).
 #include <torch/library.h>
 
 #include "ops/dense_args.h"

@@ -94,6 +94,8 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
              const std::optional<at::Tensor>& grad_scale,
              const std::optional<at::Tensor>& found_inf, bool validate_only,
              const std::optional<at::TensorList>& master_list) {
+  std::vector<at::Tensor> own_grads;  // Note [Grads read by the op] in ops/checks.h
+  grads = ops::grads_of_params(kOp, params, grads, own_grads);
   const at::TensorList master_params = master_list.value_or(at::TensorList());
   // ---- 1. validate everything (sparse rows grouped); nothing is written here --------------
   ops::WriteSet writes;
