@@ -384,7 +384,8 @@ def _local_shards(call: DeviceCall, grads: list[Tensor], states: list[list[Any]]
         dvalues = values if every_state else pick(values, spos)
         if key == _STEP_KEY:  # a plain tensor or number, as torch makes it
             dtensor = _dtensor_type()
-            if any(map(isinstance, dvalues, repeat(dtensor))):
+            # the value types first: isinstance with a Tensor class is a metaclass call each
+            if any(issubclass(t, dtensor) for t in set(map(type, dvalues))):
                 _put(values, spos, every_state,
                      [v._local_tensor if isinstance(v, dtensor) else v for v in dvalues])
             continue
