@@ -237,11 +237,13 @@ RESETS = {
 }
 
 
-@pytest.mark.parametrize("reset", list(RESETS))
-@pytest.mark.parametrize("cls", ALL)
-def test_state_reset_is_seen_like_torch(cls, reset):
+def _five_steps_like_torch(cls: str, between: Callable[[str, int, list, torch.optim.Optimizer],
+                                                     None]) -> None:
+    """Five steps on two params, pyoptim and torch side by side, fresh grads each step;
+    `between(impl, k, params, opt)` runs after setting step k's grads (before step k) and with
+    k + 0.5 after it. Params and state_dicts must then match torch's."""
     kw = dict(lr=0.05, momentum=0.9) if cls == "SGD" else dict(lr=0.05)
-    params, opts, sds = {}, {}, {}
+    params, sds = {}, {}
     for impl in _impls(cls):
         torch.manual_seed(0)
         ps = [nn.Parameter(torch.randn(6, 3)), nn.Parameter(torch.randn(4, 2))]
@@ -249,13 +251,23 @@ def test_state_reset_is_seen_like_torch(cls, reset):
         gen = torch.Generator().manual_seed(1)
         for k in range(5):
             _set_grads(cls, ps, gen)
+            between(impl, k, ps, opt)
             opt.step()
-            if k == 1:
-                RESETS[reset](opt, ps[0])
-        params[impl], opts[impl] = ps, opt
+            between(impl, k + 0.5, ps, opt)
+        params[impl] = ps
         sds[impl] = opt.state_dict()
     _assert_close(cls, torch.float32, params["pyoptim"], params, 5, "params")
     _assert_state_dicts_match(cls, torch.float32, sds, 5)
+
+
+@pytest.mark.parametrize("reset", list(RESETS))
+@pytest.mark.parametrize("cls", ALL)
+def test_state_reset_is_seen_like_torch(cls, reset):
+    def between(impl, k, ps, opt):
+        if k == 1.5:
+            RESETS[reset](opt, ps[0])
+
+    _five_steps_like_torch(cls, between)
 
 
 def test_state_reset_without_a_later_step_keeps_state_dict_like_torch():
@@ -867,27 +879,18 @@ GRAD_CLASSES = ("Adam", "AdamW", "SGD")
 
 @pytest.mark.parametrize("cls", GRAD_CLASSES)
 def test_grad_set_to_none_between_steps_skips_that_param_like_torch(cls):
-    kw = dict(lr=0.05, momentum=0.9) if cls == "SGD" else dict(lr=0.05)
-    params, sds = {}, {}
-    for impl in _impls(cls):
-        torch.manual_seed(0)
-        ps = [nn.Parameter(torch.randn(6, 3)), nn.Parameter(torch.randn(4, 2))]
-        opt = _optimizer(impl, cls, ps, **kw)
-        gen = torch.Generator().manual_seed(1)
-        for k in range(5):
-            _set_grads(cls, ps, gen)
-            if k == 2:
-                ps[0].grad = None
-                before = ps[0].detach().clone()
-            opt.step()
-            if k == 2:
-                assert bitwise_equal(ps[0].detach(), before), f"{impl}: a param without grad moved"
-            if impl == "pyoptim" and k in (1, 4):  # the path this test is about was taken
-                assert opt._pyoptim_plan.implicit_grads
-        params[impl] = ps
-        sds[impl] = opt.state_dict()
-    _assert_close(cls, torch.float32, params["pyoptim"], params, 5, "params")
-    _assert_state_dicts_match(cls, torch.float32, sds, 5)
+    before = []
+
+    def between(impl, k, ps, opt):
+        if k == 2:
+            ps[0].grad = None
+            before[:] = [ps[0].detach().clone()]
+        elif k == 2.5:
+            assert bitwise_equal(ps[0].detach(), before[0]), f"{impl}: a param without grad moved"
+        elif impl == "pyoptim" and k in (1.5, 4.5):  # the path this test is about was taken
+            assert opt._pyoptim_plan.implicit_grads
+
+    _five_steps_like_torch(cls, between)
 
 
 @pytest.mark.parametrize("cls", ("Adam", "AdamW", "Adamax"))
