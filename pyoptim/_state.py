@@ -193,7 +193,7 @@ class Plan:
         self.group_of: list[int] = []  # group of each active param
         self.has_state: list[bool] = []  # per active param: does the op read its state
         self.dicts: list[dict] = []  # state dict of each active param that has state
-        self.dict_pos: list[int] = []  # where each of them sits in state.values()
+        self.dict_pos: list[int] | None = []  # where each sits in state.values() (None: all)
         self.fresh: list[Tensor] = []  # params whose state this build created
         self.calls: list[DeviceCall] = []
         self.extra: Any = None  # what a subclass keeps with the plan
@@ -287,6 +287,8 @@ class Plan:
             positions = {id(d): k for k, d in enumerate(state.values())}
             self.dict_pos = [positions[id(d)] for d in self.dicts]
             self.sparse_dict_pos = [positions[id(d)] for d in self.sparse_dicts]
+            if self.dict_pos == list(range(len(state))):
+                self.dict_pos = None  # the state holds these dicts only, in order: no pick
         self.state_len = len(state)
         # Note [Held state]: a view of each state tensor, so the op's stack never drops the
         # last C++ reference to one
