@@ -738,7 +738,8 @@ class FusedStep:
                mask: list[bool], layout: Any, grad_scale: Tensor | None,
                found_inf: Tensor | None) -> None:
         """The op calls of one step, with `plan` (rebuilt first where a state dict lost a
-        key); a failed step leaves no state it created."""
+        key); a failed step leaves no state it created. grads None: the op reads each param's
+        grad (Plan.implicit_grads, Note [Grads read by the op] in csrc/ops/checks.h)."""
         keys, optional = self._state_keys(plan)
         states = plan.state_lists(keys, optional) if plan.dicts else []
         sparse_states = (plan.state_lists(self._sparse_state_keys, (), plan.sparse_dicts)
