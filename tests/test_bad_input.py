@@ -237,7 +237,7 @@ RESETS = {
 }
 
 
-def _five_steps_like_torch(cls: str, between: Callable[[str, int, list, torch.optim.Optimizer],
+def _five_steps_like_torch(cls: str, between: Callable[[str, float, list, torch.optim.Optimizer],
                                                      None]) -> None:
     """Five steps on two params, pyoptim and torch side by side, fresh grads each step;
     `between(impl, k, params, opt)` runs after setting step k's grads (before step k) and with
