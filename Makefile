@@ -27,8 +27,9 @@ test: $(BUILT)
 	$(VPY) -m pytest -q tests
 
 # The bench's peers, where they install next to the pinned torch (naming it too makes pip fail
-# rather than move it): FBGEMM's CPU table-batched embedding (bench/workloads_fbgemm.py).
-BENCH_PEERS := fbgemm-gpu-cpu==1.9.0
+# rather than move it): FBGEMM's CPU table-batched embedding (bench/workloads_fbgemm.py) and
+# bitsandbytes' CPU 8-bit AdamW (bench/workloads_mixed.py).
+BENCH_PEERS := fbgemm-gpu-cpu==1.9.0 bitsandbytes==0.50.2
 bench: $(BUILT)
 	$(VPY) -m pip install -q $(BENCH_PEERS) "$(TORCH)"
 	$(VPY) -m bench

@@ -1,14 +1,18 @@
-"""Mixed precision for 16-bit params: the `master_weights=` / `stochastic_rounding=` flags of
-pyoptim.Adam, AdamW (both) and SGD (master_weights, with momentum), their checks and their
-checkpoints. The kernels and the design: Note [Master weights and stochastic rounding] in
-csrc/include/pyoptim/math/stochastic_round.h.
+"""Mixed precision: the `master_weights=` / `stochastic_rounding=` flags of pyoptim.Adam, AdamW
+(both) and SGD (master_weights, with momentum) for 16-bit params, and `state_dtype=` (Adam,
+AdamW) for float32 params with bfloat16 or 8-bit moments; their checks and their checkpoints.
+The kernels and the design: Note [Master weights and stochastic rounding] in
+csrc/include/pyoptim/math/stochastic_round.h, Note [Reduced-precision optimizer states] in
+csrc/include/pyoptim/math/quantize.h.
 
 The flags are constructor kwargs stored in each param group (off by default, so the default is
 torch's behaviour; a group may set its own). A flag that is off is not stored: an optimizer
 without them has torch's defaults, param groups and state_dict exactly. State added per param:
 `master_param` (a float32 copy of the param; the optimizer's other float state is float32 too
-in master groups) or `sr_seed` (an int64 CPU tensor). state_dict() is torch's, with these keys
-added; load_state_dict keeps them as saved (below).
+in master groups) or `sr_seed` (an int64 CPU tensor; also the seed of reduced states), and with
+state_dtype="8bit" `exp_avg_scale` / `exp_avg_sq_scale` (the block scales; exp_avg and
+exp_avg_sq hold int8 / uint8 codes). state_dict() is torch's, with these keys added;
+load_state_dict keeps them as saved (below); torch_state_dict() exports torch.optim's own format.
 """
 
 from __future__ import annotations
@@ -19,8 +23,58 @@ from typing import Any
 import torch
 from torch import Tensor
 
-MASTER, SR = "master_weights", "stochastic_rounding"
+MASTER, SR, STATES = "master_weights", "stochastic_rounding", "state_dtype"
 MASTER_KEY, SEED_KEY = "master_param", "sr_seed"
+BF16, Q8 = "bfloat16", "8bit"  # the values of a group's state_dtype
+SCALE_KEYS = {"exp_avg": "exp_avg_scale", "exp_avg_sq": "exp_avg_sq_scale"}  # 8-bit moments
+SQRT_MAP = {"exp_avg": False, "exp_avg_sq": True}  # quantize_8bit's sqrt_map per moment
+_STATE_VALUES = {torch.bfloat16: BF16, BF16: BF16, Q8: Q8}
+
+
+def state_format(value: Any) -> str | None:
+    """A state_dtype argument as stored in a param group: None, "bfloat16" or "8bit"."""
+    if value is None:
+        return None
+    try:
+        return _STATE_VALUES[value]
+    except (KeyError, TypeError):
+        raise ValueError(f"Invalid state_dtype: {value!r} (torch.bfloat16, 'bfloat16', '8bit' "
+                         "or None)") from None
+
+
+def seeded(group: dict) -> bool:
+    """Whether the group's params have an sr_seed (stochastic rounding of the param or of the
+    moments)."""
+    return group.get(SR, False) or STATES in group
+
+
+def init_states(state: dict, p: Tensor, fmt: str) -> None:
+    """A float32 param's moments in the format `fmt` (after torch's lazy initialization or a
+    load): converted where they are in another (a float32 state: a torch.optim checkpoint, or a
+    group whose state_dtype changed), with a seed where there is none."""
+    if SEED_KEY not in state:
+        state[SEED_KEY] = torch.randint(2**62, (), dtype=torch.int64)
+    for key, scale_key in SCALE_KEYS.items():
+        value = state[key]
+        if fmt == BF16:
+            if value.dtype != torch.bfloat16:
+                state[key] = _float_moment(state, key).to(torch.bfloat16)
+        elif value.dtype not in (torch.int8, torch.uint8) or scale_key not in state:
+            codes, scales = torch.ops.pyoptim.quantize_8bit(
+                _float_moment(state, key).to("cpu", torch.float32), SQRT_MAP[key])
+            state[key], state[scale_key] = codes.to(p.device), scales.to(p.device)
+    if fmt == BF16:
+        for scale_key in SCALE_KEYS.values():
+            state.pop(scale_key, None)
+
+
+def _float_moment(state: dict, key: str) -> Tensor:
+    """A moment as a float tensor, decoded where it is 8-bit."""
+    value = state[key]
+    if value.dtype in (torch.int8, torch.uint8):
+        return torch.ops.pyoptim.dequantize_8bit(
+            value.cpu(), state[SCALE_KEYS[key]].cpu(), SQRT_MAP[key]).to(value.device)
+    return value
 
 
 def init_master(state: dict, p: Tensor, fp32_keys: Sequence[str]) -> None:
@@ -44,18 +98,29 @@ class MixedPrecision:
     _fp32_keys: tuple[str, ...] = ()
 
     def __init__(self, params: Any, *args: Any, master_weights: bool = False,
-                 stochastic_rounding: bool = False, **kwargs: Any) -> None:
-        if stochastic_rounding and SR not in self._mixed_flags:
-            raise TypeError(f"{type(self).__name__} does not take stochastic_rounding=True "
-                            "(Adam and AdamW do)")
+                 stochastic_rounding: bool = False, state_dtype: Any = None,
+                 **kwargs: Any) -> None:
+        for flag, value in ((SR, stochastic_rounding), (STATES, state_dtype)):
+            if value and flag not in self._mixed_flags:
+                raise TypeError(f"{type(self).__name__} does not take {flag}={value!r} "
+                                "(Adam and AdamW do)")
         on = {MASTER: bool(master_weights), SR: bool(stochastic_rounding)}
-        self._mixed_defaults = {key: True for key, value in on.items() if value}
+        self._mixed_defaults: dict[str, Any] = {key: True for key, value in on.items() if value}
+        fmt = state_format(state_dtype)
+        if fmt is not None:
+            self._mixed_defaults[STATES] = fmt
         super().__init__(params, *args, **kwargs)  # type: ignore[call-arg]
         self.defaults.update(self._mixed_defaults)  # type: ignore[attr-defined]
 
     def _check_group(self, group: dict) -> None:
         """Clear errors at construction (and in add_param_group) rather than at a step."""
         master, sr = group.get(MASTER, False), group.get(SR, False)
+        if STATES in group:
+            group[STATES] = fmt = state_format(group[STATES])
+            if fmt is None:
+                del group[STATES]  # None: torch's state (not stored, as a flag that is off)
+            else:
+                self._check_states(group, fmt)
         if master and sr:
             raise ValueError(
                 "master_weights=True and stochastic_rounding=True cannot be combined: stochastic "
@@ -77,6 +142,49 @@ class MixedPrecision:
                 raise ValueError(
                     f"stochastic_rounding=True needs bfloat16 params, got a {p.dtype} param")
 
+    def _check_states(self, group: dict, fmt: str) -> None:
+        if STATES not in self._mixed_flags:
+            raise ValueError(f"{type(self).__name__} does not support state_dtype")
+        for flag in ("amsgrad", MASTER, SR, "differentiable"):
+            if group.get(flag, False):
+                raise ValueError(f"state_dtype={fmt!r} does not support {flag}=True")
+        for p in group["params"]:
+            if p.dtype != torch.float32:
+                raise ValueError(
+                    f"state_dtype={fmt!r} needs float32 params, got a {p.dtype} param (the "
+                    "moments of a 16-bit param are already 16-bit)")
+
+    def torch_state_dict(self) -> dict[str, Any]:
+        """This optimizer's state_dict in torch.optim's own format, for torch.optim or any
+        tool that expects it: every moment in its param's dtype (8-bit moments decoded, bfloat16
+        ones widened), without pyoptim's own state keys (`sr_seed`, the block scales,
+        `master_param`: a master-weights param's master is dropped, its moments cast to the
+        param's dtype, as torch.optim would hold them) or group keys (the mixed-precision
+        flags, `state_dtype`, `lazy_sparse`). The optimizer itself is not changed.
+        state_dict() keeps everything pyoptim needs to resume exactly; this is lossy where the
+        format is smaller than torch's."""
+        sd = self.state_dict()  # type: ignore[attr-defined]
+        pyoptim_keys = (MASTER, SR, STATES, "lazy_sparse")
+        params = [p for g in self.param_groups for p in g["params"]]  # type: ignore[attr-defined]
+        ids = [i for g in sd["param_groups"] for i in g["params"]]
+        dtypes = dict(zip(ids, (p.dtype for p in params)))
+        state = {}
+        for pid, saved in sd["state"].items():
+            out = {}
+            for key, value in saved.items():
+                if key in (SEED_KEY, MASTER_KEY, *SCALE_KEYS.values()):
+                    continue
+                if key in SCALE_KEYS and isinstance(value, Tensor):
+                    value = _float_moment(saved, key)
+                if (key != "step" and isinstance(value, Tensor) and value.is_floating_point()
+                        and value.dtype != dtypes[pid]):
+                    value = value.to(dtypes[pid])
+                out[key] = value
+            state[pid] = out
+        groups = [{k: v for k, v in g.items() if k not in pyoptim_keys}
+                  for g in sd["param_groups"]]
+        return {"state": state, "param_groups": groups}
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         for key, value in getattr(self, "_mixed_defaults", {}).items():
             param_group.setdefault(key, value)
@@ -96,7 +204,7 @@ class MixedPrecision:
         float32. Groups from a checkpoint without the flags (torch.optim's) keep this
         optimizer's setting; a master-weights param without a master (a torch.optim checkpoint)
         gets one from the param at its next step."""
-        flags = [{k: g[k] for k in (MASTER, SR) if k in g}
+        flags = [{k: g[k] for k in (MASTER, SR, STATES) if k in g}
                  for g in self.param_groups]  # type: ignore[attr-defined]
         super().load_state_dict(state_dict)  # type: ignore[misc]
         groups = self.param_groups  # type: ignore[attr-defined]
@@ -120,3 +228,6 @@ class MixedPrecision:
                     state[key] = value.to("cpu", torch.int64, copy=True)
                 elif key == MASTER_KEY or (master and key in fp32):
                     state[key] = value.to(p.device, torch.float32, copy=True)
+                elif key in SCALE_KEYS.values() or (STATES in group and key in SCALE_KEYS):
+                    # reduced states as saved (converted at the next step if the format differs)
+                    state[key] = value.to(p.device, copy=True)

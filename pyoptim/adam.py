@@ -36,11 +36,13 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused, _get_capturable_supported_devices
 
+from ._mixed import BF16, Q8, MixedPrecision, init_master, init_states, seeded
 from ._mixed import MASTER as _MASTER
 from ._mixed import MASTER_KEY as _MASTER_KEY
+from ._mixed import SCALE_KEYS as _SCALE_KEYS
 from ._mixed import SEED_KEY as _SEED_KEY
 from ._mixed import SR as _SR
-from ._mixed import MixedPrecision, init_master
+from ._mixed import STATES as _STATES
 from ._state import DeviceCall, FusedStep, Plan, _dtensor_type, hyper_args, on_device, scalar_dtype
 
 __all__ = ["Adam", "AdamW"]
@@ -71,6 +73,7 @@ class _AdamStep(FusedStep):
     """The fused `step` shared by Adam and AdamW (first in their MRO)."""
 
     _fp32_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # float32 in master groups
+    _mixed_flags = (_MASTER, _SR, _STATES)
     _grads_read_by_op = True  # Note [Grads read by the op] in csrc/ops/checks.h
 
     _sparse_state_keys = ("step", "exp_avg", "exp_avg_sq")
@@ -90,19 +93,19 @@ class _AdamStep(FusedStep):
         return group["lr"], _real(beta1), _real(beta2), group["weight_decay"], group["eps"]
 
     def _flags(self, group: dict) -> tuple:
+        states = group.get(_STATES)
         return (group["amsgrad"], group["maximize"], group["decoupled_weight_decay"],
-                group.get(_MASTER, False), group.get(_SR, False))
+                group.get(_MASTER, False), group.get(_SR, False), states == BF16, states == Q8)
 
     def _layout(self, groups: list[dict]) -> Any:
-        # lazy_sparse last: which sparse grads go to _run_sparse (not read by _run)
-        return [(g["amsgrad"], g.get(_MASTER, False), g.get(_SR, False),
-                 g.get("lazy_sparse", False)) for g in groups]
+        # per group: which optional keys its params have (see _OPTIONAL), then the state format
+        # and lazy_sparse (which sparse grads go to _run_sparse, not read by _run)
+        return [(g["amsgrad"], g.get(_MASTER, False), seeded(g), g.get(_STATES) == Q8,
+                 g.get(_STATES), g.get("lazy_sparse", False)) for g in groups]
 
     def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        # optional keys: only the params of amsgrad / master_weights / stochastic_rounding groups
-        # have them
-        optional = tuple(key for k, key in enumerate(("max_exp_avg_sq", _MASTER_KEY, _SEED_KEY))
-                         if any(layout[k] for layout in plan.layout))
+        # optional keys: only the params of the groups that need them have them
+        optional = tuple(key for key, k in _OPTIONAL if any(layout[k] for layout in plan.layout))
         return ("step", "exp_avg", "exp_avg_sq"), optional
 
     def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
@@ -122,6 +125,12 @@ class _AdamStep(FusedStep):
             raise KeyError("max_exp_avg_sq")
         if group.get(_MASTER, False):
             init_master(state, p, self._fp32_keys)
+        elif _STATES in group:
+            dtensor = _dtensor_type()
+            if dtensor is not None and isinstance(p, dtensor):
+                raise TypeError(f"state_dtype={group[_STATES]!r} does not support DTensor params "
+                                "yet (its block scales and seed are per local tensor)")
+            init_states(state, p, group[_STATES])
         elif group.get(_SR, False) and _SEED_KEY not in state:
             # a seed per param, from torch's generator (torch.manual_seed makes it reproducible)
             state[_SEED_KEY] = torch.randint(2**62, (), dtype=torch.int64)
@@ -140,11 +149,18 @@ class _AdamStep(FusedStep):
         else:
             step = torch.tensor(0.0, dtype=scalar_dtype(), device="cpu")
         state["step"] = step
-        # master weights: float32 moments (Note [Master weights and stochastic rounding])
-        dtype = torch.float32 if group.get(_MASTER, False) else None
+        # master weights: float32 moments (Note [Master weights and stochastic rounding]);
+        # reduced states: Note [Reduced-precision optimizer states]
+        states = group.get(_STATES)
+        dtype = (torch.float32 if group.get(_MASTER, False) else
+                 torch.bfloat16 if states == BF16 else torch.int8 if states == Q8 else None)
         state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype,
+        state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.uint8 if states == Q8 else dtype,
                                                memory_format=torch.preserve_format)
+        if states == Q8:  # one scale per block of 256 elements (memory order)
+            blocks = -(-p.numel() // 256)
+            for key in _SCALE_KEYS.values():
+                state[key] = torch.zeros(blocks, dtype=torch.float32, device=p.device)
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=dtype,
                                                        memory_format=torch.preserve_format)
@@ -156,9 +172,10 @@ class _AdamStep(FusedStep):
     def _init_sparse(self, plan: Plan, group: dict, p: Tensor) -> None:
         if group["amsgrad"]:
             raise RuntimeError("lazy_sparse: amsgrad does not support sparse gradients")
-        for flag in (_MASTER, _SR):
+        for flag in (_MASTER, _SR, _STATES):
             if group.get(flag, False):
-                raise RuntimeError(f"lazy_sparse: {flag}=True does not support sparse gradients")
+                raise RuntimeError(
+                    f"lazy_sparse: {flag}={group[flag]!r} does not support sparse gradients")
         if group["weight_decay"] != 0 and not group["decoupled_weight_decay"]:
             raise RuntimeError(
                 "lazy_sparse: Adam's weight_decay (L2) is not compatible with sparse gradients; "
@@ -201,7 +218,7 @@ class _AdamStep(FusedStep):
         # that have the key, in order
         optional = iter(states[3:])
         partial = []
-        for k in range(3):  # amsgrad, master_weights, stochastic_rounding
+        for _, k in _OPTIONAL:
             on = [layout[k] for layout in plan.layout]
             if not any(on):
                 partial.append([])
@@ -209,7 +226,7 @@ class _AdamStep(FusedStep):
             values = next(optional)
             partial.append(values if all(on) else
                            [v for v, g in zip(values, call.group_of) if on[g]])
-        max_sqs, masters, seeds = partial
+        max_sqs, masters, seeds, m_scales, v_scales = partial
         hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
         _adam_(
             params,
@@ -227,7 +244,21 @@ class _AdamStep(FusedStep):
             validate_only,
             masters or None,
             seeds or None,
+            m_scales or None,
+            v_scales or None,
         )
+
+
+# The optional state keys adam_ reads, each with the index in a group's _layout of the flag
+# saying whether the group's params have it.
+_OPTIONAL = (("max_exp_avg_sq", 0), (_MASTER_KEY, 1), (_SEED_KEY, 2),
+             (_SCALE_KEYS["exp_avg"], 3), (_SCALE_KEYS["exp_avg_sq"], 3))
+
+
+# The optional state keys adam_ reads, each with the index in a group's _layout of the flag
+# saying whether the group's params have it.
+_OPTIONAL = (("max_exp_avg_sq", 0), (_MASTER_KEY, 1), (_SEED_KEY, 2),
+             (_SCALE_KEYS["exp_avg"], 3), (_SCALE_KEYS["exp_avg_sq"], 3))
 
 
 # Note [Fused-flag errors]
@@ -278,7 +309,12 @@ _EXTRA_DOC = (
     "    master_weights (bool, optional): bfloat16 / float16 params keep a float32 master copy\n"
     "        and float32 moments in the state; the param is the master rounded to nearest.\n"
     "    stochastic_rounding (bool, optional): bfloat16 params are stored stochastically\n"
-    "        rounded (seeded per param, reproducible). See pyoptim._mixed.\n\n"
+    "        rounded (seeded per param, reproducible). See pyoptim._mixed.\n"
+    "    state_dtype (torch.bfloat16, 'bfloat16', '8bit' or None, optional): float32 params\n"
+    "        keep exp_avg / exp_avg_sq in bfloat16 (stochastically rounded) or 8 bits with\n"
+    "        one float32 scale per 256 elements (default: None, torch's state). See\n"
+    "        Note [Reduced-precision optimizer states] in csrc/include/pyoptim/math/quantize.h;\n"
+    "        torch_state_dict() exports torch.optim's format.\n\n"
 )
 
 
@@ -306,12 +342,14 @@ class Adam(_AdamStep, MixedPrecision, torch.optim.Adam):
         lazy_sparse: bool = False,
         master_weights: bool = False,
         stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         self._default_lazy_sparse = lazy_sparse
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=decoupled_weight_decay,
-                         master_weights=master_weights, stochastic_rounding=stochastic_rounding)
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         state_dtype=state_dtype)
 
 
 class AdamW(_AdamStep, MixedPrecision, torch.optim.AdamW):
@@ -337,9 +375,10 @@ class AdamW(_AdamStep, MixedPrecision, torch.optim.AdamW):
         lazy_sparse: bool = False,
         master_weights: bool = False,
         stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         self._default_lazy_sparse = lazy_sparse
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          foreach=foreach, capturable=capturable, differentiable=differentiable,
                          fused=fused, master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding)
+                         stochastic_rounding=stochastic_rounding, state_dtype=state_dtype)

@@ -7,15 +7,21 @@ stochastic rounding] in csrc/include/pyoptim/math/stochastic_round.h).
   the moments stored rounded to nearest (as torch stores them), the param rounded
   stochastically by `round_bf16_stochastic` below, which computes the counter-based random bits
   of the Note in torch's int64 arithmetic (every intermediate kept below 2^63, no overflow), with
-  the 64-bit key in Python integers.
+  the 64-bit key in Python integers;
+* reduced-precision states (Note [Reduced-precision optimizer states] in
+  csrc/include/pyoptim/math/quantize.h): the float32 step on float32 params and the moments
+  decoded to float32, then the moments stored as bfloat16 rounded stochastically, or as 8-bit
+  codes and block scales (`q8_encode` below, in int64 arithmetic), with the state stream's bits.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from reference import adam_reference
+from reference_sparse_adam import sqrt_rn
 from torch import Tensor
 
 M32 = 0xFFFFFFFF
@@ -32,8 +38,9 @@ def mix64(z: int) -> int:
     return z
 
 
-def sr_key(seed: int, step: int, block: int) -> tuple[int, int]:
-    z = (mix64(seed & M64) + step * 0x9E3779B97F4A7C15 + block * 0xD1B54A32D192ED03) & M64
+def sr_key(seed: int, step: int, block: int, stream: int = 0) -> tuple[int, int]:
+    z = (mix64(seed & M64) + step * 0x9E3779B97F4A7C15 + block * 0xD1B54A32D192ED03
+         + stream * 0x8CB92BA72F3D8DD7) & M64
     z = mix64(z)
     return z & M32, z >> 32
 
@@ -63,6 +70,23 @@ def random16(n: int, seed: int, step: int) -> Tensor:
         sel = (index >> 32) == block
         lo = index[sel] & M32
         out[sel] = _mix32(_mix32(lo ^ a) ^ b) >> 16
+    return out
+
+
+STATE_STREAM = 1
+Q8_BLOCK = 256
+Q8_TINY = 2.0**-120
+
+
+def state_bits(n: int, seed: int, step: int) -> Tensor:
+    """The 32 random bits of the moments of elements 0 .. n-1 at `step` (int64): one round of
+    mix32 on the state stream."""
+    index = torch.arange(n, dtype=torch.int64)
+    out = torch.empty(n, dtype=torch.int64)
+    for block in range((n >> 32) + 1):
+        a, b = sr_key(seed, step, block, STATE_STREAM)
+        sel = (index >> 32) == block
+        out[sel] = _mix32((index[sel] & M32) ^ a) ^ b
     return out
 
 
@@ -106,3 +130,86 @@ def adam_sr_reference(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs, ma
     for x, x_new in zip(max_exp_avg_sqs, x32):
         x.copy_(x_new)
     return p32
+
+
+def _f32(x: float) -> float:
+    """x rounded to float32."""
+    return float(torch.tensor(x, dtype=torch.float32))
+
+
+def q8_scale(mx: float, sqrt_map: bool) -> tuple[float, float, bool]:
+    """A block's (scale, inv16, finite) from its largest |m| or sqrt(v), in float32."""
+    if not mx <= 3.4028234663852886e38:
+        return math.nan, 0.0, False
+    if mx < Q8_TINY:
+        return 0.0, 0.0, True
+    levels = 256.0 if sqrt_map else 127.0
+    if sqrt_map:
+        return _f32(mx * 2.0**-8), _f32(_f32(levels / mx) * 65536.0), True
+    return _f32(mx / levels), _f32(_f32(levels / mx) * 65536.0), True
+
+
+def q8_decode(codes: Tensor, scales: Tensor, sqrt_map: bool) -> Tensor:
+    c = codes.reshape(-1).to(torch.float32)
+    s = scales.repeat_interleave(Q8_BLOCK)[:c.numel()]
+    if sqrt_map:
+        root = (c + 1.0) * s
+        return (root * root).reshape(codes.shape)
+    return (c * s).reshape(codes.shape)
+
+
+def q8_encode(x: Tensor, r: Tensor, sqrt_map: bool) -> tuple[Tensor, Tensor]:
+    """Codes (int64) and float32 scales of float32 `x` (an exp_avg, or with sqrt_map the ROOTS
+    sqrt(exp_avg_sq)), flattened, with 16 random bits per element (r = 0x8000: to nearest)."""
+    x = x.reshape(-1)
+    n = x.numel()
+    r = r[:n]
+    codes = torch.zeros(n, dtype=torch.int64)
+    scales = torch.empty(-(-n // Q8_BLOCK), dtype=torch.float32)
+    for k in range(scales.numel()):
+        blk = x[k * Q8_BLOCK:(k + 1) * Q8_BLOCK]
+        mag = blk if sqrt_map else blk.abs()
+        mx = math.nan if bool(torch.isnan(mag).any()) else float(mag.max())
+        scale, inv16, finite = q8_scale(mx, sqrt_map)
+        scales[k] = scale
+        if not finite:
+            continue
+        t = torch.floor(blk * torch.tensor(inv16, dtype=torch.float32)).to(torch.int64)
+        c = (t + r[k * Q8_BLOCK:(k + 1) * Q8_BLOCK]) >> 16  # floor division by 2^16
+        codes[k * Q8_BLOCK:(k + 1) * Q8_BLOCK] = (c - 1).clamp(0, 255) if sqrt_map else \
+            c.clamp(-127, 127)
+    return codes, scales
+
+
+def adam_states_reference(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs, state_steps,
+                          seeds: Sequence[int], fmt: str, exp_avg_scales=None,
+                          exp_avg_sq_scales=None, **hp) -> None:
+    """In place: float32 params, moments in `fmt` ("bfloat16" or "8bit", with the scales)."""
+    if hp.get("found_inf") is not None and float(hp["found_inf"]) != 0.0:
+        return
+    if fmt == "8bit":
+        m32 = [q8_decode(m, s, False) for m, s in zip(exp_avgs, exp_avg_scales)]
+        v32 = [q8_decode(v, s, True) for v, s in zip(exp_avg_sqs, exp_avg_sq_scales)]
+    else:
+        m32 = [m.float() for m in exp_avgs]
+        v32 = [v.float() for v in exp_avg_sqs]
+    adam_reference(params, grads, m32, v32, [], state_steps, **hp)
+    for i, p in enumerate(params):
+        bits = state_bits(p.numel(), seeds[i], int(state_steps[i].item()))
+        r_m, r_v = bits >> 16, bits & 0xFFFF
+        if fmt == "bfloat16":
+            exp_avgs[i].copy_(round_bf16_stochastic(m32[i], r_m).reshape(p.shape))
+            exp_avg_sqs[i].copy_(round_bf16_stochastic(v32[i], r_v).reshape(p.shape))
+            continue
+        mc, ms = q8_encode(m32[i], r_m, False)
+        vc, vs = q8_encode(sqrt_rn(v32[i]), r_v, True)
+        if not (bool(torch.isfinite(ms).all()) and bool(torch.isfinite(vs).all())):
+            bad = ~(torch.isfinite(ms) & torch.isfinite(vs))  # a block with NaN or inf
+            ms[bad] = vs[bad] = math.nan
+            mask = bad.repeat_interleave(Q8_BLOCK)[:p.numel()]
+            mc[mask] = 0
+            vc[mask] = 0
+        exp_avgs[i].copy_(mc.to(torch.int8).reshape(p.shape))
+        exp_avg_sqs[i].copy_(vc.to(torch.uint8).reshape(p.shape))
+        exp_avg_scales[i].copy_(ms)
+        exp_avg_sq_scales[i].copy_(vs)

@@ -305,7 +305,7 @@ def test_bad_input_writes_nothing(case):
     before = snapshot(args)
     master = args.pop("master_params")
     seeds = args.pop("sr_seeds", None)
-    flags = [False, False, True, master is not None, seeds is not None]
+    flags = [False, False, True, master is not None, seeds is not None, False, False]
     with pytest.raises(exc, match=match):
         torch.ops.pyoptim.adam_.default(
             args["params"], args["grads"], args["exp_avgs"], args["exp_avg_sqs"],

@@ -64,10 +64,11 @@ def adam_sample(groups: str, dtype: torch.dtype):
     args = op_args(state, state["grads"])
     cfg = ADAM_GROUPS[groups]
     # per group: hyper (lr, beta1, beta2, weight_decay, eps), flags (amsgrad, maximize,
-    # decoupled, master_weights, stochastic_rounding)
+    # decoupled, master_weights, stochastic_rounding, bf16_states, q8_states)
+    off = [False] * 4
     kwargs = dict(group_sizes=[2, 2],
                   hyper=[1e-2, 0.9, 0.999, cfg[0][3], 1e-8, 2e-2, 0.8, 0.99, cfg[1][3], 1e-6],
-                  flags=[*cfg[0][:3], False, False, *cfg[1][:3], False, False], lr_tensors=[])
+                  flags=[*cfg[0][:3], *off, *cfg[1][:3], *off], lr_tensors=[])
     return state, args, kwargs
 
 
@@ -108,10 +109,11 @@ def adam_mixed_sample(master_dtype: torch.dtype):
     seeds = [torch.tensor(5), torch.tensor(-7)]
     args = (params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps)
     # per group: hyper (lr, beta1, beta2, weight_decay, eps), flags (amsgrad, maximize,
-    # decoupled, master_weights, stochastic_rounding)
+    # decoupled, master_weights, stochastic_rounding, bf16_states, q8_states)
     kwargs = dict(group_sizes=[2, 2, 1], hyper=[1e-2, 0.9, 0.999, 0.01, 1e-8] * 3,
-                  flags=[False, False, True, True, False, False, False, True, False, True,
-                         True, False, False, False, False],
+                  flags=[False, False, True, True, False, False, False,
+                         False, False, True, False, True, False, False,
+                         True, False, False, False, False, False, False],
                   lr_tensors=[], master_params=masters, sr_seeds=seeds)
     return params + masters, args, kwargs
 
@@ -127,6 +129,57 @@ def test_opcheck_adam_mixed(master_dtype, extra):
     before = snapshot(written)
     torch.ops.pyoptim.adam_.default(*args, **kwargs)
     assert any_changed(before, written) != bool(kwargs.get("validate_only"))
+
+
+def adam_states_sample():
+    """Three groups of float32 params: bfloat16 states, 8-bit states (one param over a block
+    boundary, one empty), torch's float32 states (Note [Reduced-precision optimizer states])."""
+    g = torch.Generator().manual_seed(17)
+
+    def rnd(n, scale=1.0):
+        return torch.randn(n, generator=g) * scale
+
+    sizes = [5, 33, 300, 0, 7]
+    params = [rnd(n) for n in sizes]
+    grads = [rnd(n) for n in sizes]
+    m = [torch.ops.pyoptim.quantize_8bit(rnd(n, 0.1), False) for n in sizes[2:4]]
+    v = [torch.ops.pyoptim.quantize_8bit(rnd(n, 0.1).abs(), True) for n in sizes[2:4]]
+    exp_avgs = [rnd(5, 0.1).bfloat16(), rnd(33, 0.1).bfloat16(), m[0][0], m[1][0], rnd(7, 0.1)]
+    exp_avg_sqs = [rnd(5, 0.1).abs().bfloat16(), rnd(33, 0.1).abs().bfloat16(), v[0][0],
+                   v[1][0], rnd(7, 0.1).abs()]
+    steps = [torch.tensor(3.0) for _ in params]
+    seeds = [torch.tensor(k) for k in (5, -7, 11, 13)]
+    m_scales, v_scales = [m[0][1], m[1][1]], [v[0][1], v[1][1]]
+    args = (params, grads, exp_avgs, exp_avg_sqs, [], steps)
+    # per group: hyper (lr, beta1, beta2, weight_decay, eps), flags (amsgrad, maximize,
+    # decoupled, master_weights, stochastic_rounding, bf16_states, q8_states)
+    kwargs = dict(group_sizes=[2, 2, 1], hyper=[1e-2, 0.9, 0.999, 0.01, 1e-8] * 3,
+                  flags=[False, False, True, False, False, True, False,
+                         False, True, False, False, False, False, True,
+                         False, False, True, False, False, False, False],
+                  lr_tensors=[], sr_seeds=seeds, exp_avg_scales=m_scales,
+                  exp_avg_sq_scales=v_scales)
+    return params + exp_avgs + m_scales, args, kwargs
+
+
+@pytest.mark.parametrize("extra", list(EXTRAS))
+def test_opcheck_adam_states(extra):
+    written, args, kwargs = adam_states_sample()
+    kwargs.update(EXTRAS[extra]())
+    if extra == "lr_tensors":
+        kwargs["lr_tensors"] = [torch.tensor(3e-3), None, torch.tensor(1e-3)]
+    _check(torch.ops.pyoptim.adam_.default, args, kwargs)
+    before = snapshot(written)
+    torch.ops.pyoptim.adam_.default(*args, **kwargs)
+    assert any_changed(before, written) != bool(kwargs.get("validate_only"))
+
+
+@pytest.mark.parametrize("sqrt_map", [False, True])
+def test_opcheck_conversions(sqrt_map):
+    x = torch.rand(300) * 0.1
+    _check(torch.ops.pyoptim.quantize_8bit.default, (x, sqrt_map), {})
+    codes, scales = torch.ops.pyoptim.quantize_8bit(x, sqrt_map)
+    _check(torch.ops.pyoptim.dequantize_8bit.default, (codes, scales, sqrt_map), {})
 
 
 def _sparse(rows: int, width: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -251,13 +304,15 @@ def test_opcheck_rowwise_adagrad(dtype, sparse):
 # Every optimizer op and where its opcheck runs; the test below fails when an op is added
 # without one. The others are hooks with no tensor arguments (and the bench's probe).
 OPCHECKED = {
-    "pyoptim::adam_": "test_opcheck_adam",
+    "pyoptim::adam_": "test_opcheck_adam (and _mixed, _states)",
     "pyoptim::sgd_": "test_opcheck_sgd",
     "pyoptim::sparse_adam_": "test_opcheck_sparse_adam",
     "pyoptim::sparse_adagrad_": "test_opcheck_sparse_adagrad",
     "pyoptim::rowwise_adagrad_": "test_opcheck_rowwise_adagrad",
     "pyoptim::adamax_": "tests/test_adamax.py::test_opcheck",
     "pyoptim::adagrad_": "tests/test_adagrad.py::test_opcheck",
+    "pyoptim::quantize_8bit": "test_opcheck_conversions",
+    "pyoptim::dequantize_8bit": "test_opcheck_conversions",
 }
 NOT_OPTIMIZERS = {
     "pyoptim::_built_with_cuda", "pyoptim::_kernel_table_isa", "pyoptim::_set_cpu_capability",

@@ -383,3 +383,23 @@ ROWWISE_ADAGRAD_EXACT = dict(atol=0.0, rtol=0.0)
 # absolute with lr = 0.1: over the test's 5 steps <= 5e-7. Measured (widths 4, 40, 128; params
 # ~0.1, lr 0.1): max |pyoptim - FBGEMM| = 6e-8 in the params. The rows hold the 5e-7 bound.
 ROWWISE_ADAGRAD_VS_FBGEMM = dict(atol=5e-7, rtol=1e-6)
+
+
+# ---- 8-bit optimizer states (Note [Reduced-precision optimizer states] in math/quantize.h) ---
+# quantize_8bit / dequantize_8bit round to nearest; the bound is in units of the element's
+# block scale (the step between two codes: absmax / 127 for exp_avg, sqrt(max v) / 256 for
+# sqrt(exp_avg_sq)). Encoding computes floor((floor(x * inv16) + 2^15) / 2^16): half a code,
+# plus 2^-16 from the inner floor, plus float32's rounding of x * inv16 (below 2^-17 codes at
+# |x * inv| <= 127 or 256) and of inv and scale themselves (x * inv * scale = x (1 +- 2^-22):
+# at most 256 * 2^-22 codes), plus the decode's one rounding (2^-24 relative): < 2^-10 in all.
+# sqrt(exp_avg_sq): the map has no zero (code c stands for (c + 1) * scale), so a root below
+# half a step rounds up to the first level: within one step there, half a step elsewhere; the
+# test takes sqrt of the decoded square (one more ulp, inside the 2^-10).
+Q8_ROUND_TRIP = {"signed_levels": 0.5 + 2.0**-10, "sqrt_levels": 1.0 + 2.0**-10}
+# One AdamW step (lr 1e-3, step 2) after a float32 torch.optim checkpoint is converted on load:
+# the distance to torch's step, in units of lr. Adam's normalized update m / sqrt(v) is below
+# ~3 at step 2; bfloat16 moments carry 2^-9 relative error each: ~3 * 2^-8 < 0.02. 8 bits:
+# m within half a step of absmax / 127 and sqrt(v) of sqrt(max v) / 256 per block; an element
+# with a small sqrt(v) in a block with a large one moves most: its update can change by a large
+# fraction of itself (the price of the format; bounded by the excluded zero), so up to 1 lr.
+Q8_LOAD_STEP = {"bfloat16": 0.02, "8bit": 1.0}

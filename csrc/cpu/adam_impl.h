@@ -115,6 +115,161 @@ void adam_master_loop(const AdamPtrs& a, int64_t begin, int64_t end,
   }
 }
 
+// Float32 params with reduced-precision moments (Note [Reduced-precision optimizer states] in
+// math/quantize.h). No amsgrad (the op rejects it). `key`: the state stream's key of the 2^32
+// block holding [begin, end).
+
+// bfloat16 moments, stored rounded stochastically: 20 bytes per element.
+template <bool kDecoupled, bool kMaximize, bool kScale>
+void adam_bf16_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
+                          const math::AdamCoeffs<float>& c, const math::SrKey& key) {
+  using V = typename VecOf<float>::type;
+  using U = VecU;
+  constexpr int64_t W = VecOf<float>::kSize;
+  float* __restrict__ param = static_cast<float*>(a.param);
+  const float* __restrict__ grad = static_cast<const float*>(a.grad);
+  bf16* __restrict__ exp_avg = static_cast<bf16*>(a.exp_avg);
+  bf16* __restrict__ exp_avg_sq = static_cast<bf16*>(a.exp_avg_sq);
+  int64_t i = begin;
+  for (; i + W <= end; i += W) {
+    V p = vload(param + i), m = vload(exp_avg + i), v = vload(exp_avg_sq + i), vmax = v;
+    math::adam_step<kDecoupled, false, kMaximize, kScale>(p, vload(grad + i), m, v, vmax, c);
+    vstore(param + i, p);
+    U m_bits, v_bits;
+    math::round_moments_bf16(m, v, math::sr_random32(viota(static_cast<uint32_t>(i)), key),
+                             m_bits, v_bits);
+    vstore_bits(exp_avg + i, m_bits);
+    vstore_bits(exp_avg_sq + i, v_bits);
+  }
+  for (; i < end; ++i) {  // tail: the same math on single elements
+    float p = param[i], m = to_opmath(exp_avg[i]), v = to_opmath(exp_avg_sq[i]), vmax = v;
+    math::adam_step<kDecoupled, false, kMaximize, kScale>(p, grad[i], m, v, vmax, c);
+    param[i] = p;
+    uint32_t m_bits, v_bits;
+    math::round_moments_bf16(m, v, math::sr_random32(static_cast<uint32_t>(i), key), m_bits,
+                             v_bits);
+    exp_avg[i].x = static_cast<uint16_t>(m_bits);
+    exp_avg_sq[i].x = static_cast<uint16_t>(v_bits);
+  }
+}
+
+// The largest lane of a vector accumulator of non-negative values (NaN-propagating): the max
+// of the lanes if all are numbers, else NaN. (A max that drops NaN, then the NaN check.)
+template <class V>
+PYOPTIM_INLINE float lane_max(V x) {
+  constexpr int W = VecOf<float>::kSize;
+  float lanes[W];
+  vstore(lanes, x);
+  float r = lanes[0];
+  float sum = lanes[0];  // NaN if any lane is NaN (the lanes are >= 0: no inf - inf)
+  for (int k = 1; k < W; ++k) {
+    r = r > lanes[k] ? r : lanes[k];
+    sum += lanes[k];
+  }
+  return sum == sum ? r : sum;
+}
+
+// 8-bit moments with one scale per kQ8Block elements: 16 bytes per element. [begin, end) starts
+// at a block boundary (the op splits at them) and holds whole blocks but perhaps the tensor's
+// last. Per block: decode, step, keep the new exp_avg and sqrt(exp_avg_sq) in two block buffers
+// (L1) with their largest magnitudes, then the block's scales and the codes.
+template <bool kDecoupled, bool kMaximize, bool kScale>
+void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
+                        const math::AdamCoeffs<float>& c, const math::SrKey& key) {
+  using V = typename VecOf<float>::type;
+  using U = VecU;
+  constexpr int64_t W = VecOf<float>::kSize;
+  constexpr int64_t B = math::kQ8Block;
+  float* __restrict__ param = static_cast<float*>(a.param);
+  const float* __restrict__ grad = static_cast<const float*>(a.grad);
+  int8_t* __restrict__ exp_avg = static_cast<int8_t*>(a.exp_avg);
+  uint8_t* __restrict__ exp_avg_sq = static_cast<uint8_t*>(a.exp_avg_sq);
+  float* __restrict__ m_scale = static_cast<float*>(a.exp_avg_scale);
+  float* __restrict__ v_scale = static_cast<float*>(a.exp_avg_sq_scale);
+  const math::AdamCoeffs<float> cc = c;  // a local copy: not reloaded after each store
+  constexpr int64_t kAhead = 4 * B;  // software prefetch distance, elements
+  alignas(64) float mbuf[B];
+  alignas(64) float rbuf[B];
+  for (int64_t b0 = begin; b0 < end; b0 += B) {
+    const int64_t n = end - b0 < B ? end - b0 : B;
+    const int64_t blk = b0 / B;
+    const float ms = m_scale[blk], vs = v_scale[blk];
+    float* __restrict__ pb = param + b0;
+    const float* __restrict__ gb = grad + b0;
+    int8_t* __restrict__ mb = exp_avg + b0;
+    uint8_t* __restrict__ vb = exp_avg_sq + b0;
+    V m_acc = V(0.0f), r_acc = V(0.0f);
+    int64_t j = 0;
+    for (; j + W <= n; j += W) {
+      if (j % 64 == 0) {  // one line of codes per 64 elements: ask for those of later blocks
+        __builtin_prefetch(mb + j + kAhead);
+        __builtin_prefetch(vb + j + kAhead);
+      }
+      __builtin_prefetch(pb + j + kAhead, 1);
+      __builtin_prefetch(gb + j + kAhead);
+      V p = vload(pb + j);
+      V m = math::q8_decode_signed(vload_code(mb + j), ms);
+      V v = math::q8_decode_sqrt(vload_code(vb + j), vs), vmax = v;
+      const V root =
+          math::adam_step_root<kDecoupled, false, kMaximize, kScale>(p, vload(gb + j), m, v, vmax, cc);
+      vstore(pb + j, p);
+      vstore(mbuf + j, m);
+      vstore(rbuf + j, root);
+      m_acc = math::q8_absmax(m_acc, m);
+      r_acc = math::q8_max(r_acc, root);
+    }
+    float m_max = lane_max(m_acc), r_max = lane_max(r_acc);
+    for (; j < n; ++j) {  // tail: the same math on single elements
+      float p = pb[j];
+      float m = math::q8_decode_signed(static_cast<float>(mb[j]), ms);
+      float v = math::q8_decode_sqrt(static_cast<float>(vb[j]), vs), vmax = v;
+      const float root =
+          math::adam_step_root<kDecoupled, false, kMaximize, kScale>(p, gb[j], m, v, vmax, cc);
+      pb[j] = p;
+      mbuf[j] = m;
+      rbuf[j] = root;
+      m_max = math::q8_absmax(m_max, m);
+      r_max = math::q8_max(r_max, root);
+    }
+    const math::Q8Scale mq = math::q8_scale_signed(m_max), vq = math::q8_scale_sqrt(r_max);
+    m_scale[blk] = mq.scale;
+    v_scale[blk] = vq.scale;
+    if (!mq.finite || !vq.finite) {  // NaN or inf in the block: codes 0, scales NaN
+      m_scale[blk] = v_scale[blk] = math::q8_nan();
+      std::memset(mb, 0, n);
+      std::memset(vb, 0, n);
+      continue;
+    }
+    j = 0;
+    for (; j + W <= n; j += W) {
+      const U bits = math::sr_random32(viota(static_cast<uint32_t>(b0 + j)), key);
+      vstore_code(mb + j, math::q8_encode_signed(vload(mbuf + j), mq.inv16, math::bits_of_m(bits)));
+      vstore_code(vb + j, math::q8_encode_sqrt(vload(rbuf + j), vq.inv16, math::bits_of_v(bits)));
+    }
+    for (; j < n; ++j) {
+      const uint32_t bits = math::sr_random32(static_cast<uint32_t>(b0 + j), key);
+      mb[j] = static_cast<int8_t>(
+          math::q8_encode_signed(mbuf[j], mq.inv16, math::bits_of_m(bits)) & 0xFFu);
+      vb[j] = static_cast<uint8_t>(
+          math::q8_encode_sqrt(rbuf[j], vq.inv16, math::bits_of_v(bits)) & 0xFFu);
+    }
+  }
+}
+
+// fn(lo, hi, key) for the parts of [begin, end) in each block of 2^32 elements, with the key of
+// the stream `stream` there (Note [Master weights and stochastic rounding]).
+template <class F>
+PYOPTIM_INLINE void for_each_sr_block(const AdamPtrs& a, int64_t begin, int64_t end,
+                                      uint64_t stream, const F& fn) {
+  constexpr int64_t kBlock = int64_t(1) << 32;
+  for (int64_t lo = begin; lo < end;) {
+    const int64_t block = lo / kBlock;
+    const int64_t hi = end < (block + 1) * kBlock ? end : (block + 1) * kBlock;
+    fn(lo, hi, math::sr_key(a.sr_seed, a.sr_step, uint64_t(block), stream));
+    lo = hi;
+  }
+}
+
 template <class S>
 void adam_range(const AdamPtrs& a, int64_t begin, int64_t end,
                 const math::AdamCoeffs<opmath_t<S>>& c, AdamFlags f) {
@@ -124,14 +279,22 @@ void adam_range(const AdamPtrs& a, int64_t begin, int64_t end,
         PYOPTIM_BOOL_SWITCH(f.scale, kScale, [&] {
           if constexpr (std::is_same<S, bf16>::value) {
             if (f.stochastic_round) {  // one key per block of 2^32 elements
-              constexpr int64_t kBlock = int64_t(1) << 32;
-              for (int64_t lo = begin; lo < end;) {
-                const int64_t block = lo / kBlock;
-                const int64_t hi = end < (block + 1) * kBlock ? end : (block + 1) * kBlock;
-                const math::SrKey key = math::sr_key(a.sr_seed, a.sr_step, uint64_t(block));
+              for_each_sr_block(a, begin, end, 0, [&](int64_t lo, int64_t hi, math::SrKey key) {
                 adam_loop<S, kDecoupled, kAmsgrad, kMaximize, kScale, true>(a, lo, hi, c, key);
-                lo = hi;
-              }
+              });
+              return;
+            }
+          }
+          if constexpr (std::is_same<S, float>::value) {
+            if (f.states != StateFormat::kParam) {
+              for_each_sr_block(
+                  a, begin, end, math::kStateStream, [&](int64_t lo, int64_t hi, math::SrKey key) {
+                    if (f.states == StateFormat::kBf16) {
+                      adam_bf16_state_loop<kDecoupled, kMaximize, kScale>(a, lo, hi, c, key);
+                    } else {
+                      adam_q8_state_loop<kDecoupled, kMaximize, kScale>(a, lo, hi, c, key);
+                    }
+                  });
               return;
             }
           }
@@ -157,8 +320,43 @@ void adam_master_range(const AdamPtrs& a, int64_t begin, int64_t end,
   });
 }
 
+// Float32 moments to 8-bit codes and scales (round to nearest: a conversion), and back.
+// sqrt_map: x is an exp_avg_sq (encoded through its square root).
+void q8_encode(const float* x, int64_t n, void* codes, float* scales, bool sqrt_map) {
+  constexpr uint32_t kHalf = 0x8000u;  // r / 2^16 = 1/2: round to nearest
+  for (int64_t b0 = 0; b0 < n; b0 += math::kQ8Block) {
+    const int64_t e = n - b0 < math::kQ8Block ? n : b0 + math::kQ8Block;
+    float mx = 0.0f;
+    for (int64_t j = b0; j < e; ++j) {
+      mx = sqrt_map ? math::q8_max(mx, math::vsqrt(x[j])) : math::q8_absmax(mx, x[j]);
+    }
+    const math::Q8Scale q = sqrt_map ? math::q8_scale_sqrt(mx) : math::q8_scale_signed(mx);
+    scales[b0 / math::kQ8Block] = q.finite ? q.scale : math::q8_nan();
+    for (int64_t j = b0; j < e; ++j) {
+      if (!q.finite) {
+        static_cast<uint8_t*>(codes)[j] = 0;
+      } else if (sqrt_map) {
+        static_cast<uint8_t*>(codes)[j] = static_cast<uint8_t>(
+            math::q8_encode_sqrt(math::vsqrt(x[j]), q.inv16, kHalf) & 0xFFu);
+      } else {
+        static_cast<int8_t*>(codes)[j] =
+            static_cast<int8_t>(math::q8_encode_signed(x[j], q.inv16, kHalf) & 0xFFu);
+      }
+    }
+  }
+}
+void q8_decode(const void* codes, const float* scales, int64_t n, float* x, bool sqrt_map) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float s = scales[j / math::kQ8Block];
+    x[j] = sqrt_map
+               ? math::q8_decode_sqrt(static_cast<float>(static_cast<const uint8_t*>(codes)[j]), s)
+               : math::q8_decode_signed(static_cast<float>(static_cast<const int8_t*>(codes)[j]), s);
+  }
+}
+
 inline AdamKernels make_adam_kernels() {
   return AdamKernels{&adam_range<float>,        &adam_range<double>,
                      &adam_range<bf16>,         &adam_range<fp16>,
-                     &adam_master_range<bf16>, &adam_master_range<fp16>};
+                     &adam_master_range<bf16>, &adam_master_range<fp16>,
+                     &q8_encode,               &q8_decode};
 }

@@ -10,6 +10,7 @@
 #include "pyoptim/math/duplicate_sum.h"
 #include "pyoptim/math/sparse_adam.h"
 #include "pyoptim/math/stochastic_round.h"
+#include "pyoptim/math/quantize.h"
 #include "pyoptim/math/rowwise_adagrad.h"
 
 namespace pyoptim {

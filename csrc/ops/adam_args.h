@@ -11,6 +11,8 @@
 
 #include "ops/checks.h"
 #include "ops/groups.h"
+#include "pyoptim/cpu/isa.h"
+#include "ops/quantize_args.h"
 
 namespace pyoptim {
 namespace ops {
@@ -27,24 +29,33 @@ inline void check_lr(double lr) { TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning
 
 // A group's entries in adam_'s `hyper` and `flags` (Note [Param groups in one call]), in this
 // order. master_weights / stochastic_rounding: Note [Master weights and stochastic rounding] in
-// math/stochastic_round.h.
+// math/stochastic_round.h; bf16_states / q8_states: Note [Reduced-precision optimizer states] in
+// math/quantize.h.
 struct AdamGroup {
   double lr, beta1, beta2, weight_decay, eps;
-  bool amsgrad, maximize, decoupled, master_weights, stochastic_rounding;
+  bool amsgrad, maximize, decoupled, master_weights, stochastic_rounding, bf16_states, q8_states;
   std::optional<at::Tensor> lr_tensor;  // a Tensor lr: its value replaces lr
+  // the moments' storage for float32 params
+  cpu::StateFormat states() const {
+    return bf16_states ? cpu::StateFormat::kBf16
+                       : (q8_states ? cpu::StateFormat::kQ8 : cpu::StateFormat::kParam);
+  }
+  // the groups whose params have an sr_seed: their bits key a stochastic rounding
+  bool seeded() const { return stochastic_rounding || bf16_states || q8_states; }
 };
 
 constexpr size_t kAdamHypers = 5;
-constexpr size_t kAdamFlags = 5;
+constexpr size_t kAdamFlags = 7;
 
 // One adam_ call, checked: per group its settings, per tensor its group and its entries in
 // max_exp_avg_sqs (-1 outside amsgrad groups), master_params (-1 outside master_weights
-// groups) and sr_seeds (-1 outside stochastic_rounding groups).
+// groups), sr_seeds (-1 outside stochastic_rounding, bf16_states and q8_states groups) and the
+// two scale lists (-1 outside q8_states groups).
 struct AdamCall {
   c10::Device device{c10::kCPU};  // of every param
   std::vector<AdamGroup> groups;
   std::vector<size_t> group;
-  std::vector<int64_t> vmax, master, seed;
+  std::vector<int64_t> vmax, master, seed, scale;
   const AdamGroup& of(size_t i) const { return groups[group[i]]; }
 };
 
@@ -57,7 +68,8 @@ inline AdamCall check_adam_call(
     at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> hyper,
     const c10::List<bool>& flags, const c10::List<std::optional<at::Tensor>>& lr_tensors,
     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-    at::TensorList master_params, at::TensorList sr_seeds, WriteSet& writes) {
+    at::TensorList master_params, at::TensorList sr_seeds, at::TensorList exp_avg_scales,
+    at::TensorList exp_avg_sq_scales, WriteSet& writes) {
   const size_t n = params.size();
   const Groups groups(op, group_sizes, n);
   groups.check_packed(hyper.size(), kAdamHypers, flags.size(), kAdamFlags);
@@ -70,7 +82,8 @@ inline AdamCall check_adam_call(
   call.device = c10::Device(backend);
   if (n > 0 && params[0].defined()) call.device = params[0].device();
   const auto lr_ts = groups.lr_tensors(lr_tensors, call.device);
-  std::vector<bool> ams(groups.count()), mw(groups.count()), sr(groups.count());
+  std::vector<bool> ams(groups.count()), mw(groups.count()), seeded(groups.count()),
+      q8(groups.count());
   call.groups.resize(groups.count());
   for (size_t g = 0; g < groups.count(); ++g) {
     const double* h = hyper.data() + g * kAdamHypers;
@@ -78,23 +91,37 @@ inline AdamCall check_adam_call(
     AdamGroup& a = call.groups[g];
     a = AdamGroup{h[0],          h[1],          h[2],          h[3],          h[4],
                   flags.get(f),  flags.get(f + 1), flags.get(f + 2), flags.get(f + 3),
-                  flags.get(f + 4), lr_ts[g]};
+                  flags.get(f + 4), flags.get(f + 5), flags.get(f + 6), lr_ts[g]};
     check_adam_hyper(a.eps, a.beta1, a.beta2, a.weight_decay);
     if (!lr_ts[g].has_value()) check_lr(a.lr);
     TORCH_CHECK_VALUE(!(a.master_weights && a.stochastic_rounding), op, ": param group ", g,
                       " has master_weights and stochastic_rounding, which cannot be combined: "
                       "stochastic rounding is for params stored without master weights (a "
                       "master-weights param is rounded to nearest from its float32 master)");
+    const bool reduced = a.bf16_states || a.q8_states;
+    TORCH_CHECK_VALUE(!(a.bf16_states && a.q8_states), op, ": param group ", g,
+                      " has bf16_states and q8_states; a group's moments have one format");
+    TORCH_CHECK_VALUE(!reduced || !(a.amsgrad || a.master_weights || a.stochastic_rounding), op,
+                      ": param group ", g, " has reduced-precision states (",
+                      a.bf16_states ? "bf16_states" : "q8_states",
+                      ") with amsgrad, master_weights or stochastic_rounding, which they do not "
+                      "support (Note [Reduced-precision optimizer states])");
     ams[g] = a.amsgrad;
     mw[g] = a.master_weights;
-    sr[g] = a.stochastic_rounding;
+    seeded[g] = a.seeded();
+    q8[g] = a.q8_states;
   }
   call.vmax = positions_in_partial_list(op, groups, n, ams, max_exp_avg_sqs.size(),
                                         "max_exp_avg_sqs", "param of an amsgrad group");
   call.master = positions_in_partial_list(op, groups, n, mw, master_params.size(),
                                           "master_params", "param of a master_weights group");
-  call.seed = positions_in_partial_list(op, groups, n, sr, sr_seeds.size(), "sr_seeds",
-                                        "param of a stochastic_rounding group");
+  call.seed = positions_in_partial_list(op, groups, n, seeded, sr_seeds.size(), "sr_seeds",
+                                        "param of a stochastic_rounding, bf16_states or "
+                                        "q8_states group");
+  call.scale = positions_in_partial_list(op, groups, n, q8, exp_avg_scales.size(),
+                                         "exp_avg_scales", "param of a q8_states group");
+  check_list_size(op, exp_avg_sq_scales.size(), exp_avg_scales.size(), "exp_avg_sq_scales",
+                  "exp_avg_scales entry");
   check_scalar_arg(op, grad_scale, "grad_scale", call.device);
   check_scalar_arg(op, found_inf, "found_inf", call.device);
 
@@ -108,7 +135,31 @@ inline AdamCall check_adam_call(
     check_like_param(op, p, grads[i], "grads", i);
     // with master weights, the master and the moments are float32 (the grad is the param's)
     const bool master = call.master[i] >= 0;
-    const at::ScalarType state_dtype = master ? at::kFloat : p.scalar_type();
+    const AdamGroup& grp = call.groups[call.group[i]];
+    at::ScalarType state_dtype = master ? at::kFloat : p.scalar_type();
+    at::ScalarType sq_dtype = state_dtype;
+    if (grp.bf16_states || grp.q8_states) {
+      TORCH_CHECK_VALUE(p.scalar_type() == at::kFloat, op, ": params[", i, "] has dtype ",
+                        p.scalar_type(), "; reduced-precision states are for float32 params");
+      state_dtype = grp.bf16_states ? at::kBFloat16 : at::kChar;
+      sq_dtype = grp.bf16_states ? at::kBFloat16 : at::kByte;
+    }
+    if (call.scale[i] >= 0) {  // q8_states: one float32 scale per block of each moment
+      const c10::SymInt blocks = q8_blocks(p.sym_numel());
+      for (const auto& [list, name] : {std::pair{exp_avg_scales, "exp_avg_scales"},
+                                       std::pair{exp_avg_sq_scales, "exp_avg_sq_scales"}}) {
+        const at::Tensor& sc = list[call.scale[i]];
+        TORCH_CHECK_VALUE(sc.defined() && sc.layout() == at::kStrided && sc.dim() == 1 &&
+                              sc.sym_numel() == blocks && sc.is_contiguous(),
+                          op, ": ", name, "[", call.scale[i], "] must be a contiguous 1-D tensor "
+                          "of ceil(numel / ", math::kQ8Block, ") = ", blocks,
+                          " block scales for params[", i, "]");
+        TORCH_CHECK_TYPE(sc.scalar_type() == at::kFloat, op, ": ", name, "[", call.scale[i],
+                         "] has dtype ", sc.scalar_type(), "; block scales are float32");
+        TORCH_CHECK(sc.device() == p.device(), op, ": ", name, "[", call.scale[i], "] is on ",
+                    sc.device(), " but params[", i, "] is on ", p.device());
+      }
+    }
     if (master) {
       TORCH_CHECK_VALUE(p.scalar_type() == at::kBFloat16 || p.scalar_type() == at::kHalf, op,
                         ": params[", i, "] has dtype ", p.scalar_type(),
@@ -116,8 +167,9 @@ inline AdamCall check_adam_call(
       check_like_param(op, p, master_params[call.master[i]], "master_params", i, at::kFloat);
     }
     if (call.seed[i] >= 0) {
-      TORCH_CHECK_VALUE(p.scalar_type() == at::kBFloat16, op, ": params[", i, "] has dtype ",
-                        p.scalar_type(), "; stochastic_rounding is for bfloat16 params");
+      TORCH_CHECK_VALUE(!grp.stochastic_rounding || p.scalar_type() == at::kBFloat16, op,
+                        ": params[", i, "] has dtype ", p.scalar_type(),
+                        "; stochastic_rounding is for bfloat16 params");
       const at::Tensor& sd = sr_seeds[call.seed[i]];
       TORCH_CHECK_VALUE(sd.defined() && sd.sym_numel() == 1 && sd.layout() == at::kStrided, op,
                         ": sr_seeds[", call.seed[i], "] must be a one-element tensor");
@@ -128,7 +180,7 @@ inline AdamCall check_adam_call(
                   call.seed[i], "] is on ", sd.device(), "; a seed lives on the CPU");
     }
     check_like_param(op, p, exp_avgs[i], "exp_avgs", i, state_dtype);
-    check_like_param(op, p, exp_avg_sqs[i], "exp_avg_sqs", i, state_dtype);
+    check_like_param(op, p, exp_avg_sqs[i], "exp_avg_sqs", i, sq_dtype);
     if (call.vmax[i] >= 0) {
       check_like_param(op, p, max_exp_avg_sqs[call.vmax[i]], "max_exp_avg_sqs", i, state_dtype);
     }
@@ -147,6 +199,10 @@ inline AdamCall check_adam_call(
     writes.add(exp_avg_sqs[i], "exp_avg_sqs", i);
     if (call.vmax[i] >= 0) writes.add(max_exp_avg_sqs[call.vmax[i]], "max_exp_avg_sqs", i);
     if (master) writes.add(master_params[call.master[i]], "master_params", i);
+    if (call.scale[i] >= 0) {
+      writes.add(exp_avg_scales[call.scale[i]], "exp_avg_scales", i);
+      writes.add(exp_avg_sq_scales[call.scale[i]], "exp_avg_sq_scales", i);
+    }
     writes.add(s, "state_steps", i);
   }
   return call;

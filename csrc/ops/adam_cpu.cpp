@@ -12,6 +12,7 @@
 #include "ops/parallel.h"
 #include "pyoptim/cpu/isa.h"
 #include "pyoptim/math/adam.h"
+#include "pyoptim/math/quantize.h"
 
 namespace pyoptim {
 namespace {
@@ -27,6 +28,11 @@ struct AdamItem {
   int32_t coeffs;
   bool master;  // float32 master weights and moments (Note [Master weights and stochastic rounding])
 };
+
+// The kernel's elements per scale block (ops::ItemSplit cuts ranges at multiples of it).
+int64_t split_align(const cpu::AdamFlags& f) {
+  return f.states == cpu::StateFormat::kQ8 ? math::kQ8Block : ops::ItemSplit::kAlign;
+}
 
 // Tensors whose layouts disagree are updated in row-major copies, copied back afterwards.
 struct Relayout {
@@ -84,17 +90,21 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
               const std::optional<at::Tensor>& grad_scale,
               const std::optional<at::Tensor>& found_inf, bool validate_only,
               const std::optional<at::TensorList>& master_list,
-              const std::optional<at::TensorList>& seed_list) {
+              const std::optional<at::TensorList>& seed_list,
+              const std::optional<at::TensorList>& m_scale_list,
+              const std::optional<at::TensorList>& v_scale_list) {
   std::vector<at::Tensor> own_grads;  // Note [Grads read by the op] in ops/checks.h
   grads = ops::grads_of_params(kOp, params, grads, own_grads);
   const at::TensorList master_params = master_list.value_or(at::TensorList());
   const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
+  const at::TensorList exp_avg_scales = m_scale_list.value_or(at::TensorList());
+  const at::TensorList exp_avg_sq_scales = v_scale_list.value_or(at::TensorList());
   // ---- 1. validate everything and compute the coefficients; nothing is written here -------
   ops::WriteSet writes;
   const ops::AdamCall call = ops::check_adam_call(
       kOp, c10::DeviceType::CPU, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
       state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf, master_params,
-      sr_seeds, writes);
+      sr_seeds, exp_avg_scales, exp_avg_sq_scales, writes);
   std::vector<double> group_lr(call.groups.size());
   for (size_t g = 0; g < call.groups.size(); ++g) {
     const ops::AdamGroup& grp = call.groups[g];
@@ -118,8 +128,8 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     AdamItem& it = items[i];
     it.dtype = params[i].scalar_type();
     it.master = call.master[i] >= 0;
-    it.flags = cpu::AdamFlags{grp.decoupled, grp.amsgrad, grp.maximize, grad_scale.has_value(),
-                              call.seed[i] >= 0};
+    it.flags = cpu::AdamFlags{grp.decoupled, grp.amsgrad,          grp.maximize,
+                              grad_scale.has_value(), grp.stochastic_rounding, grp.states()};
     // a master-weights param steps its float32 master: the coefficients of a float32 param
     it.coeffs = coeffs.get(call.group[i], steps[i] + 1.0, it.master ? at::kFloat : it.dtype, grp,
                            group_lr[call.group[i]], scale);
@@ -141,6 +151,9 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     const at::Tensor& vmax = call.vmax[i] >= 0 ? max_exp_avg_sqs[call.vmax[i]] : none;
     const at::Tensor& master = it.master ? master_params[call.master[i]] : none;
     const uint64_t seed = it.ptrs.sr_seed, sr_step = it.ptrs.sr_step;
+    void* const m_scale = call.scale[i] >= 0 ? exp_avg_scales[call.scale[i]].data_ptr() : nullptr;
+    void* const v_scale =
+        call.scale[i] >= 0 ? exp_avg_sq_scales[call.scale[i]].data_ptr() : nullptr;
     if (ops::same_dense_layout(params[i],
                                {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax, &master})) {
       it.ptrs = cpu::AdamPtrs{params[i].data_ptr(),
@@ -150,7 +163,9 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
                               vmax.defined() ? vmax.data_ptr() : nullptr,
                               master.defined() ? master.data_ptr() : nullptr,
                               seed,
-                              sr_step};
+                              sr_step,
+                              m_scale,
+                              v_scale};
     } else {
       Relayout r{i,
                  params[i].contiguous(),
@@ -166,10 +181,13 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
                               vmax.defined() ? r.max_exp_avg_sq.data_ptr() : nullptr,
                               master.defined() ? r.master.data_ptr() : nullptr,
                               seed,
-                              sr_step};
+                              sr_step,
+                              m_scale,
+                              v_scale};
       relayouts.push_back(std::move(r));
     }
-    split.add(params[i].numel(), it.master ? 4 : params[i].element_size());
+    split.add(params[i].numel(), it.master ? 4 : params[i].element_size(),
+              split_align(it.flags));
   }
 
   // ---- 3. update: one parallel region over every tensor -----------------------------------

@@ -64,20 +64,25 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                const std::optional<at::Tensor>& grad_scale,
                const std::optional<at::Tensor>& found_inf, bool validate_only,
                const std::optional<at::TensorList>& master_list,
-               const std::optional<at::TensorList>& seed_list) {
+               const std::optional<at::TensorList>& seed_list,
+               const std::optional<at::TensorList>& m_scale_list,
+               const std::optional<at::TensorList>& v_scale_list) {
   const at::TensorList master_params = master_list.value_or(at::TensorList());
   const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
+  const at::TensorList exp_avg_scales = m_scale_list.value_or(at::TensorList());
+  const at::TensorList exp_avg_sq_scales = v_scale_list.value_or(at::TensorList());
   // ---- 1. validate everything; nothing is written in this part --------------------------
   ops::WriteSet writes;
   const ops::AdamCall call = ops::check_adam_call(
       kOp, c10::DeviceType::CUDA, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
       state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf, master_params,
-      sr_seeds, writes);
+      sr_seeds, exp_avg_scales, exp_avg_sq_scales, writes);
   for (const ops::AdamGroup& g : call.groups) {
-    TORCH_CHECK_NOT_IMPLEMENTED(!g.master_weights && !g.stochastic_rounding, kOp,
-                                ": master_weights and stochastic_rounding have CPU kernels only "
-                                "(Note [Master weights and stochastic rounding]); step these "
-                                "params on the CPU or without these flags");
+    TORCH_CHECK_NOT_IMPLEMENTED(!g.master_weights && !g.seeded(), kOp,
+                                ": master_weights, stochastic_rounding and reduced-precision "
+                                "states have CPU kernels only (Note [Master weights and "
+                                "stochastic rounding], Note [Reduced-precision optimizer "
+                                "states]); step these params on the CPU or without these flags");
   }
   const size_t n = params.size();
   const c10::Device dev = call.device;

@@ -29,7 +29,16 @@ TORCH_LIBRARY(pyoptim, m) {
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, "
       "int[] group_sizes, float[] hyper, bool[] flags, Tensor?[] lr_tensors, "
       "Tensor? grad_scale=None, Tensor? found_inf=None, bool validate_only=False, "
-      "Tensor(f!)[]? master_params=None, Tensor[]? sr_seeds=None) -> ()");
+      "Tensor(f!)[]? master_params=None, Tensor[]? sr_seeds=None, "
+      "Tensor(g!)[]? exp_avg_scales=None, Tensor(h!)[]? exp_avg_sq_scales=None) -> ()");
+
+  // Conversions of one float32 moment to and from the 8-bit form of adam_'s q8_states
+  // (Note [Reduced-precision optimizer states] in math/quantize.h), rounded to nearest: codes
+  // shaped like x (int8, or uint8 with sqrt_map for an exp_avg_sq) and one float32 scale per
+  // block of 256 elements in row-major order. For loading a float32 state into an optimizer with
+  // 8-bit states, and for exporting one (pyoptim.Adam.torch_state_dict). CPU tensors.
+  m.def("quantize_8bit(Tensor x, bool sqrt_map) -> (Tensor codes, Tensor scales)");
+  m.def("dequantize_8bit(Tensor codes, Tensor scales, bool sqrt_map) -> Tensor");
 
   // SGD with momentum / dampening / Nesterov / L2 weight decay, mirroring torch.optim.SGD's
   // single-tensor expressions. Per group, hyper = (lr, momentum, dampening, weight_decay) and

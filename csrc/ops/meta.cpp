@@ -11,6 +11,7 @@
 
 #include "ops/adagrad_rows_args.h"
 #include "ops/adam_args.h"
+#include "ops/quantize_args.h"
 #include "ops/checks.h"
 #include "ops/dense_args.h"
 #include "ops/sgd_args.h"
@@ -45,14 +46,18 @@ void adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                const std::optional<at::Tensor>& grad_scale,
                const std::optional<at::Tensor>& found_inf, bool validate_only,
                const std::optional<at::TensorList>& master_list,
-               const std::optional<at::TensorList>& seed_list) {
+               const std::optional<at::TensorList>& seed_list,
+               const std::optional<at::TensorList>& m_scale_list,
+               const std::optional<at::TensorList>& v_scale_list) {
   const at::TensorList master_params = master_list.value_or(at::TensorList());
   const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
+  const at::TensorList exp_avg_scales = m_scale_list.value_or(at::TensorList());
+  const at::TensorList exp_avg_sq_scales = v_scale_list.value_or(at::TensorList());
   constexpr const char* kOp = "pyoptim.adam_";
   ops::WriteSet writes;
   ops::check_adam_call(kOp, c10::DeviceType::Meta, params, grads, exp_avgs, exp_avg_sqs,
                        max_exp_avg_sqs, state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale,
-                       found_inf, master_params, sr_seeds, writes);
+                       found_inf, master_params, sr_seeds, exp_avg_scales, exp_avg_sq_scales, writes);
   writes.check(kOp);  // step counts on the CPU
   count_host_steps(kOp, state_steps, found_inf, validate_only);
 }
@@ -118,6 +123,8 @@ TORCH_LIBRARY_IMPL(pyoptim, Meta, m) {
   m.impl("sparse_adam_", &sparse_adam_meta);
   m.impl("sparse_adagrad_", &adagrad_rows_meta<false>);
   m.impl("rowwise_adagrad_", &adagrad_rows_meta<true>);
+  m.impl("quantize_8bit", &ops::quantize_8bit_outputs);
+  m.impl("dequantize_8bit", &ops::dequantize_8bit_output);
   for_each_dense([&](auto opt) { m.impl(decltype(opt)::kName, &dense_meta<decltype(opt)>); });
 }
 

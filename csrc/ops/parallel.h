@@ -2,7 +2,8 @@
 //
 // Each item i has n[i] elements of w[i] bytes. The items are laid end to end in a byte range
 // that at::parallel_for splits into one piece per thread (respecting torch.set_num_threads);
-// a piece maps back to element ranges, cut at multiples of kAlign elements so two threads never
+// a piece maps back to element ranges, cut at multiples of kAlign elements (or of an item's
+// own alignment, e.g. a quantization block) so two threads never
 // share a vector or (for 4-byte types) a cache line. Many small tensors cost one region, not one
 // each. Results never depend on the split: the kernels are element-wise.
 #pragma once
@@ -21,9 +22,11 @@ class ItemSplit {
   static constexpr int64_t kAlign = 16;
   static constexpr int64_t kGrainBytes = 64 * 1024;  // below this, one thread
 
-  void add(int64_t numel, int64_t elem_bytes) {
+  // align: ranges of this item start at multiples of it (a multiple of kAlign)
+  void add(int64_t numel, int64_t elem_bytes, int64_t align = kAlign) {
     numel_.push_back(numel);
     elem_bytes_.push_back(elem_bytes);
+    align_.push_back(align);
     offset_.push_back(total_);
     total_ += numel * elem_bytes;
   }
@@ -47,10 +50,10 @@ class ItemSplit {
     const int64_t rel = x - offset_[i];
     if (rel <= 0) return 0;
     const int64_t elem = (rel + elem_bytes_[i] - 1) / elem_bytes_[i];
-    return std::min(numel_[i], (elem + kAlign - 1) / kAlign * kAlign);
+    return std::min(numel_[i], (elem + align_[i] - 1) / align_[i] * align_[i]);
   }
 
-  std::vector<int64_t> numel_, elem_bytes_, offset_;
+  std::vector<int64_t> numel_, elem_bytes_, align_, offset_;
   int64_t total_ = 0;
 };
 

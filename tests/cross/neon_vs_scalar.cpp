@@ -12,6 +12,7 @@
 //   neon_vs_scalar                     all kernels, then the dispatch checks
 //   neon_vs_scalar --dispatch=<level>  only: current_isa() is <level> (PYOPTIM_CPU_CAPABILITY)
 #include <cinttypes>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -672,6 +673,93 @@ void adam_sr_cases() {
   }
 }
 
+// ---- reduced-precision states (Note [Reduced-precision optimizer states]) ------------------------
+// float32 params with bfloat16 moments, or with 8-bit codes and block scales (ranges start at a
+// block boundary: 0, or 256).
+std::vector<float> as_floats(const std::vector<int8_t>& c) { return {c.begin(), c.end()}; }
+std::vector<float> as_floats(const std::vector<uint8_t>& c) { return {c.begin(), c.end()}; }
+
+void adam_states_cases(StateFormat states) {
+  const bool q8 = states == StateFormat::kQ8;
+  for (int bits = 0; bits < 8; ++bits) {  // amsgrad is not a mode of reduced states
+    const AdamFlags f{(bits & 1) != 0, false, (bits & 2) != 0, (bits & 4) != 0, false, states};
+    for (uint64_t seed : {uint64_t(0), uint64_t(0x9E3779B97F4A7C15ull)}) {
+      const auto c = math::make_adam_coeffs<float>(1e-2, 0.9, 0.999, 1e-8, 0.1, f.decoupled, 5.0,
+                                                   f.scale ? 1024.0 : 1.0);
+      for (int64_t n : {1, 3, 4, 15, 16, 17, 255, 256, 257, 300, 515, 700}) {
+        for (int64_t begin : {int64_t(0), q8 ? int64_t(256) : int64_t(3)}) {
+          if (begin > n) continue;
+          std::vector<float> p = values<float>(n, -1, 1), g = values<float>(n, -2, 2);
+          add_specials<float>({&p, &g});
+          std::vector<float> p2 = p;
+          const std::string what = std::string(q8 ? "adam_8bit[" : "adam_bf16state[") +
+                                   flags_text({{"adamw", f.decoupled}, {"maximize", f.maximize},
+                                               {"grad_scale", f.scale}}) +
+                                   " n=" + std::to_string(n) + " begin=" + std::to_string(begin) +
+                                   "]";
+          ++g_cases;
+          if (!q8) {
+            std::vector<bf16> m = values<bf16>(n, -0.1, 0.1), v = values<bf16>(n, 0, 0.01);
+            std::vector<bf16> m2 = m, v2 = v;
+            scalar_table().adam.f32(AdamPtrs{p.data(), g.data(), m.data(), v.data(), nullptr,
+                                             nullptr, seed, 5, nullptr, nullptr},
+                                    begin, n, c, f);
+            neon_table().adam.f32(AdamPtrs{p2.data(), g.data(), m2.data(), v2.data(), nullptr,
+                                           nullptr, seed, 5, nullptr, nullptr},
+                                  begin, n, c, f);
+            same(p2, p, what + " param") && same(m2, m, what + " exp_avg") &&
+                same(v2, v, what + " exp_avg_sq");
+            continue;
+          }
+          const size_t blocks = static_cast<size_t>((n + 255) / 256);
+          std::vector<int8_t> m(static_cast<size_t>(n));
+          std::vector<uint8_t> v(static_cast<size_t>(n));
+          for (auto& x : m) x = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+          for (auto& x : v) x = static_cast<uint8_t>(rng() % 256);
+          std::vector<float> ms = values<float>(static_cast<int64_t>(blocks), 1e-4, 1e-2),
+                             vs = values<float>(static_cast<int64_t>(blocks), 1e-5, 1e-3);
+          for (auto& x : ms) x = std::fabs(x);
+          for (auto& x : vs) x = std::fabs(x);
+          std::vector<int8_t> m2 = m;
+          std::vector<uint8_t> v2 = v;
+          std::vector<float> ms2 = ms, vs2 = vs;
+          scalar_table().adam.f32(AdamPtrs{p.data(), g.data(), m.data(), v.data(), nullptr,
+                                           nullptr, seed, 5, ms.data(), vs.data()},
+                                  begin, n, c, f);
+          neon_table().adam.f32(AdamPtrs{p2.data(), g.data(), m2.data(), v2.data(), nullptr,
+                                         nullptr, seed, 5, ms2.data(), vs2.data()},
+                                begin, n, c, f);
+          same(p2, p, what + " param") && same(as_floats(m2), as_floats(m), what + " exp_avg") &&
+              same(as_floats(v2), as_floats(v), what + " exp_avg_sq") &&
+              same(ms2, ms, what + " exp_avg_scale") && same(vs2, vs, what + " exp_avg_sq_scale");
+        }
+      }
+    }
+  }
+}
+
+// The whole-tensor conversions (quantize_8bit / dequantize_8bit's kernels).
+void q8_conversion_cases() {
+  for (bool sqrt_map : {false, true}) {
+    for (int64_t n : {0, 1, 17, 256, 257, 700}) {
+      std::vector<float> x = values<float>(n, sqrt_map ? 0 : -0.1, 0.1);
+      add_specials_one<float>({&x});
+      const size_t blocks = static_cast<size_t>((n + 255) / 256);
+      std::vector<uint8_t> c(static_cast<size_t>(n)), c2 = c;
+      std::vector<float> s(blocks), s2(blocks), y(static_cast<size_t>(n)), y2 = y;
+      scalar_table().adam.q8_encode(x.data(), n, c.data(), s.data(), sqrt_map);
+      neon_table().adam.q8_encode(x.data(), n, c2.data(), s2.data(), sqrt_map);
+      scalar_table().adam.q8_decode(c.data(), s.data(), n, y.data(), sqrt_map);
+      neon_table().adam.q8_decode(c.data(), s.data(), n, y2.data(), sqrt_map);
+      const std::string what = std::string("q8_") + (sqrt_map ? "sqrt" : "signed") +
+                               "[n=" + std::to_string(n) + "]";
+      ++g_cases;
+      same(as_floats(c2), as_floats(c), what + " codes") && same(s2, s, what + " scales") &&
+          same(y2, y, what + " decoded");
+    }
+  }
+}
+
 // ---- driver -------------------------------------------------------------------------------------
 template <class F>
 void section(const char* name, const char* dtype, F&& run) {
@@ -721,6 +809,9 @@ int main(int argc, char** argv) {
   section("adam_master", "bfloat16", [] { adam_master_cases<bf16>(); });
   section("adam_master", "float16", [] { adam_master_cases<fp16>(); });
   section("adam_sr", "bfloat16", [] { adam_sr_cases(); });
+  section("adam_states", "bfloat16", [] { adam_states_cases(StateFormat::kBf16); });
+  section("adam_states", "8bit", [] { adam_states_cases(StateFormat::kQ8); });
+  section("q8_convert", "8bit", [] { q8_conversion_cases(); });
   section("sgd_master", "bfloat16", [] { sgd_master_cases<bf16>(); });
   section("sgd_master", "float16", [] { sgd_master_cases<fp16>(); });
   std::printf("dispatch:\n");

@@ -45,13 +45,20 @@ struct AdamPtrs {
   void* master_param;
   uint64_t sr_seed;
   uint64_t sr_step;  // the step count after this step
+  // 8-bit moments: one float32 scale per math::kQ8Block elements
+  void* exp_avg_scale;
+  void* exp_avg_sq_scale;
 };
+// How a float32 param's moments are stored (Note [Reduced-precision optimizer states] in
+// math/quantize.h): as the param (float32), bfloat16, or 8-bit codes with block scales.
+enum class StateFormat : uint8_t { kParam, kBf16, kQ8 };
 struct AdamFlags {
   bool decoupled;  // AdamW
   bool amsgrad;
   bool maximize;
   bool scale;  // divide grads by coeffs.grad_scale
   bool stochastic_round;  // bfloat16 params only: store the param rounded stochastically
+  StateFormat states;     // float32 params only; with kBf16 / kQ8, sr_seed keys the moments' bits
 };
 template <class T>
 using AdamFn = void (*)(const AdamPtrs&, int64_t begin, int64_t end, const math::AdamCoeffs<T>&,
@@ -63,6 +70,10 @@ struct AdamKernels {
   AdamFn<float> f16;
   AdamFn<float> bf16_master;  // 16-bit params with float32 master weights and moments
   AdamFn<float> f16_master;
+  // float32 moments <-> 8-bit codes (int8 for exp_avg, uint8 with sqrt_map for exp_avg_sq) and
+  // scales, rounded to nearest (conversions of whole tensors: math/quantize.h)
+  void (*q8_encode)(const float* x, int64_t n, void* codes, float* scales, bool sqrt_map);
+  void (*q8_decode)(const void* codes, const float* scales, int64_t n, float* x, bool sqrt_map);
 };
 
 // ---- SGD (momentum / Nesterov) -------------------------------------------------------------

@@ -81,6 +81,37 @@ PYOPTIM_INLINE VecU viota(uint32_t base) {
   return _mm256_add_epi32(_mm256_set1_epi32(int(base)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+
+// ---- 8-bit optimizer states (math/quantize.h): int32 values in VecU lanes --------------------
+PYOPTIM_INLINE VecU operator&(VecU a, VecU b) { return _mm256_and_si256(a.v, b.v); }
+PYOPTIM_INLINE VecU vlow16(VecU a) { return _mm256_and_si256(a.v, _mm256_set1_epi32(0xFFFF)); }
+PYOPTIM_INLINE VecU vfloor_int(VecF x) { return _mm256_cvtps_epi32(_mm256_floor_ps(x.v)); }
+PYOPTIM_INLINE VecU vsar16(VecU a) { return _mm256_srai_epi32(a.v, 16); }
+PYOPTIM_INLINE VecU vclamp_int(VecU a, int32_t lo, int32_t hi) {
+  return _mm256_min_epi32(_mm256_max_epi32(a.v, _mm256_set1_epi32(lo)), _mm256_set1_epi32(hi));
+}
+// 8 codes, widened exactly to floats
+PYOPTIM_INLINE VecF vload_code(const int8_t* p) {
+  return _mm256_cvtepi32_ps(
+      _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+PYOPTIM_INLINE VecF vload_code(const uint8_t* p) {
+  return _mm256_cvtepi32_ps(
+      _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+// 8 int32 codes in the code's range, stored as bytes
+PYOPTIM_INLINE __m128i code_words(VecU c) {  // 8 x int16
+  return _mm_packs_epi32(_mm256_castsi256_si128(c.v), _mm256_extracti128_si256(c.v, 1));
+}
+PYOPTIM_INLINE void vstore_code(int8_t* p, VecU c) {
+  const __m128i w = code_words(c);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(w, w));
+}
+PYOPTIM_INLINE void vstore_code(uint8_t* p, VecU c) {
+  const __m128i w = code_words(c);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(w, w));
+}
+
 template <class S>
 struct VecOf {
   using type = VecF;

@@ -90,6 +90,34 @@ PYOPTIM_INLINE VecU viota(uint32_t base) {
                           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
 }
 
+
+// ---- 8-bit optimizer states (math/quantize.h): int32 values in VecU lanes --------------------
+PYOPTIM_INLINE VecU operator&(VecU a, VecU b) { return _mm512_and_si512(a.v, b.v); }
+PYOPTIM_INLINE VecU vlow16(VecU a) { return _mm512_and_si512(a.v, _mm512_set1_epi32(0xFFFF)); }
+PYOPTIM_INLINE VecU vfloor_int(VecF x) {
+  return _mm512_cvt_roundps_epi32(x.v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+}
+PYOPTIM_INLINE VecU vsar16(VecU a) { return _mm512_srai_epi32(a.v, 16); }
+PYOPTIM_INLINE VecU vclamp_int(VecU a, int32_t lo, int32_t hi) {
+  return _mm512_min_epi32(_mm512_max_epi32(a.v, _mm512_set1_epi32(lo)), _mm512_set1_epi32(hi));
+}
+// 16 codes, widened exactly to floats
+PYOPTIM_INLINE VecF vload_code(const int8_t* p) {
+  return _mm512_cvtepi32_ps(
+      _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+PYOPTIM_INLINE VecF vload_code(const uint8_t* p) {
+  return _mm512_cvtepi32_ps(
+      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+// 16 int32 codes in the code's range, stored as bytes
+PYOPTIM_INLINE void vstore_code(int8_t* p, VecU c) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(c.v));
+}
+PYOPTIM_INLINE void vstore_code(uint8_t* p, VecU c) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(c.v));
+}
+
 template <class S>
 struct VecOf {
   using type = VecF;

@@ -89,6 +89,41 @@ PYOPTIM_INLINE VecU viota(uint32_t base) {
   return vaddq_u32(vdupq_n_u32(base), vld1q_u32(lanes));
 }
 
+
+// ---- 8-bit optimizer states (math/quantize.h): int32 values in VecU lanes --------------------
+PYOPTIM_INLINE VecU operator&(VecU a, VecU b) { return vandq_u32(a.v, b.v); }
+PYOPTIM_INLINE VecU vlow16(VecU a) { return vandq_u32(a.v, vdupq_n_u32(0xFFFFu)); }
+PYOPTIM_INLINE VecU vfloor_int(VecF x) { return vreinterpretq_u32_s32(vcvtmq_s32_f32(x.v)); }
+PYOPTIM_INLINE VecU vsar16(VecU a) {
+  return vreinterpretq_u32_s32(vshrq_n_s32(vreinterpretq_s32_u32(a.v), 16));
+}
+PYOPTIM_INLINE VecU vclamp_int(VecU a, int32_t lo, int32_t hi) {
+  const int32x4_t x = vreinterpretq_s32_u32(a.v);
+  return vreinterpretq_u32_s32(vminq_s32(vmaxq_s32(x, vdupq_n_s32(lo)), vdupq_n_s32(hi)));
+}
+// 4 codes, widened exactly to floats
+PYOPTIM_INLINE VecF vload_code(const int8_t* p) {
+  const int8_t b[8] = {p[0], p[1], p[2], p[3], 0, 0, 0, 0};
+  return vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(vld1_s8(b)))));
+}
+PYOPTIM_INLINE VecF vload_code(const uint8_t* p) {
+  const uint8_t b[8] = {p[0], p[1], p[2], p[3], 0, 0, 0, 0};
+  return vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(vld1_u8(b)))));
+}
+// 4 int32 codes in the code's range, stored as bytes
+PYOPTIM_INLINE void vstore_code(int8_t* p, VecU c) {
+  const uint16x4_t w = vmovn_u32(c.v);
+  uint8_t b[8];
+  vst1_u8(b, vmovn_u16(vcombine_u16(w, w)));
+  for (int k = 0; k < 4; ++k) p[k] = static_cast<int8_t>(b[k]);
+}
+PYOPTIM_INLINE void vstore_code(uint8_t* p, VecU c) {
+  const uint16x4_t w = vmovn_u32(c.v);
+  uint8_t b[8];
+  vst1_u8(b, vmovn_u16(vcombine_u16(w, w)));
+  for (int k = 0; k < 4; ++k) p[k] = b[k];
+}
+
 template <class S>
 struct VecOf {
   using type = VecF;

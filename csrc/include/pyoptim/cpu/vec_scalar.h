@@ -30,6 +30,14 @@ using VecU = uint32_t;
 PYOPTIM_INLINE uint32_t viota(uint32_t base) { return base; }
 PYOPTIM_INLINE void vstore_bits(bf16* p, uint32_t r) { p->x = static_cast<uint16_t>(r); }
 
+
+// 8-bit optimizer states (math/quantize.h): codes widened to floats, and int32 codes (in
+// uint32) stored as bytes.
+PYOPTIM_INLINE float vload_code(const int8_t* p) { return static_cast<float>(*p); }
+PYOPTIM_INLINE float vload_code(const uint8_t* p) { return static_cast<float>(*p); }
+PYOPTIM_INLINE void vstore_code(int8_t* p, uint32_t c) { *p = static_cast<int8_t>(c & 0xFFu); }
+PYOPTIM_INLINE void vstore_code(uint8_t* p, uint32_t c) { *p = static_cast<uint8_t>(c & 0xFFu); }
+
 // No paired access at this level (see vec_avx512.h).
 template <class S>
 struct HasPaired {

@@ -105,9 +105,11 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE V lerp(V self, V end, T w, T w_compl, bool sm
 // One element (or one vector of elements) of an Adam step, in place on p, m, v, vmax.
 //   kDecoupled: AdamW (decoupled_weight_decay=True); else L2 weight decay on the gradient.
 //   kScale:     divide the gradient by GradScaler's scale first.
+// Returns sqrt(exp_avg_sq) (of max_exp_avg_sq with amsgrad), which 8-bit states quantize
+// (math/quantize.h); adam_step below is this without it.
 template <bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale, class V, class T>
-PYOPTIM_HOST_DEVICE PYOPTIM_INLINE void adam_step(V& p, V g, V& m, V& v, V& vmax,
-                                                  const AdamCoeffs<T>& c) {
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE V adam_step_root(V& p, V g, V& m, V& v, V& vmax,
+                                                    const AdamCoeffs<T>& c) {
   if (kScale) g = g / bcast<V>(c.grad_scale);  // grad / scale (GradScaler unscale)
   if (kMaximize) g = -g;                       // grad = -grad
   if (c.has_weight_decay) {
@@ -127,10 +129,18 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE void adam_step(V& p, V g, V& m, V& v, V& vmax
   }
   // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps), with the division by the
   // per-step constant done as a multiplication by its reciprocal (Note [One division per element])
-  const V denom = vsqrt(second) * bcast<V>(c.inv_bias_correction2_sqrt) + bcast<V>(c.eps);
+  const V root = vsqrt(second);
+  const V denom = root * bcast<V>(c.inv_bias_correction2_sqrt) + bcast<V>(c.eps);
   // param.addcdiv_(exp_avg, denom, value=-step_size): torch computes self + value * t1 / t2,
   // left to right (CPU addcdiv, fused CPU and CUDA Adam alike), so (value * m) / denom.
   p = p + (bcast<V>(c.neg_step_size) * m) / denom;
+  return root;
+}
+
+template <bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale, class V, class T>
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE void adam_step(V& p, V g, V& m, V& v, V& vmax,
+                                                  const AdamCoeffs<T>& c) {
+  (void)adam_step_root<kDecoupled, kAmsgrad, kMaximize, kScale>(p, g, m, v, vmax, c);
 }
 
 }  // namespace math

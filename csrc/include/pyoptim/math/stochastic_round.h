@@ -105,9 +105,11 @@ struct SrKey {
 };
 
 // The key of one tensor at one step, for its elements [block * 2^32, (block + 1) * 2^32).
-PYOPTIM_HOST_DEVICE PYOPTIM_INLINE SrKey sr_key(uint64_t seed, uint64_t step, uint64_t block) {
-  const uint64_t z =
-      mix64(mix64(seed) + step * 0x9E3779B97F4A7C15ull + block * 0xD1B54A32D192ED03ull);
+// `stream` 0: the param's bits; math/quantize.h's kStateStream: its moments'.
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE SrKey sr_key(uint64_t seed, uint64_t step, uint64_t block,
+                                                uint64_t stream = 0) {
+  const uint64_t z = mix64(mix64(seed) + step * 0x9E3779B97F4A7C15ull +
+                           block * 0xD1B54A32D192ED03ull + stream * 0x8CB92BA72F3D8DD7ull);
   return SrKey{static_cast<uint32_t>(z), static_cast<uint32_t>(z >> 32)};
 }
 

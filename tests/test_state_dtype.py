@@ -1,0 +1,476 @@
+"""Reduced-precision optimizer states: Adam / AdamW `state_dtype=torch.bfloat16` and "8bit"
+(Note [Reduced-precision optimizer states] in csrc/include/pyoptim/math/quantize.h).
+
+Op level, bitwise against tests/reference_mixed.py at every ISA level and thread count; the
+8-bit conversions' round-trip bounds (tests/tolerances.py); the optimizer classes' flag, errors
+and checkpoints (a resumed run continues bit for bit; torch.optim loads a bfloat16-state
+checkpoint and the export of an 8-bit one; a torch.optim checkpoint loads into both).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import op_calls
+import pytest
+import torch
+from conftest import ISA_LEVELS
+from helpers import assert_bitwise_equal, snapshot
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference_mixed import Q8_BLOCK, adam_states_reference, q8_decode, q8_encode
+from reference_sparse_adam import sqrt_rn
+from tolerances import Q8_LOAD_STEP, Q8_ROUND_TRIP
+
+import pyoptim
+from pyoptim import _ops
+
+SIZES = [1, 7, 16, 255, 256, 257, 1000, 4099]
+FORMATS = ["bfloat16", "8bit"]
+SEEDS = [7, -3, 2**62 + 5, 0, 1, 99, 12345, 42]
+
+
+def _hp(**kw):
+    hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8, amsgrad=False,
+              maximize=False, decoupled=True)
+    hp.update(kw)
+    return hp
+
+
+FLAGS = {
+    "adamw": _hp(),
+    "adam-l2": _hp(decoupled=False, weight_decay=0.1),
+    "maximize-no-wd": _hp(maximize=True, weight_decay=0.0),
+}
+
+
+def _tensors(sizes, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=g) * scale for n in sizes]
+
+
+def case(fmt: str, sizes=SIZES, seed=1, step0=4) -> dict:
+    """float32 params; moments in `fmt` encoded from random float32 moments."""
+    params = _tensors(sizes, seed)
+    m = _tensors(sizes, seed + 1, 0.1)
+    v = [t.abs() * 0.01 for t in _tensors(sizes, seed + 2)]
+    state = dict(params=params, state_steps=[torch.tensor(float(step0)) for _ in sizes],
+                 sr_seeds=[torch.tensor(s, dtype=torch.int64) for s in SEEDS[:len(sizes)]])
+    if fmt == "bfloat16":
+        state.update(exp_avgs=[t.bfloat16() for t in m], exp_avg_sqs=[t.bfloat16() for t in v])
+        return state
+    half = torch.full((max(sizes),), 0x8000, dtype=torch.int64)
+    enc_m = [q8_encode(t, half, False) for t in m]
+    enc_v = [q8_encode(t.sqrt(), half, True) for t in v]
+    state.update(exp_avgs=[c.to(torch.int8) for c, _ in enc_m],
+                 exp_avg_sqs=[c.to(torch.uint8) for c, _ in enc_v],
+                 exp_avg_scales=[s for _, s in enc_m], exp_avg_sq_scales=[s for _, s in enc_v])
+    return state
+
+
+def clone(state):
+    return {k: [t.clone() for t in v] for k, v in state.items()}
+
+
+def run_op(state, grads, hp, fmt):
+    op_calls.adam_(state["params"], grads, state["exp_avgs"], state["exp_avg_sqs"], [],
+                   state["state_steps"], sr_seeds=state["sr_seeds"], states=fmt,
+                   exp_avg_scales=state.get("exp_avg_scales"),
+                   exp_avg_sq_scales=state.get("exp_avg_sq_scales"), **hp)
+
+
+def run_ref(state, grads, hp, fmt):
+    adam_states_reference(state["params"], grads, state["exp_avgs"], state["exp_avg_sqs"],
+                          state["state_steps"], [int(s) for s in state["sr_seeds"]], fmt,
+                          state.get("exp_avg_scales"), state.get("exp_avg_sq_scales"), **hp)
+
+
+# ---- op level, bitwise against the reference ---------------------------------------------------
+
+@pytest.mark.parametrize("flags", list(FLAGS))
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_matches_reference(isa, fmt, flags):
+    hp = FLAGS[flags]
+    state = case(fmt)
+    ref = clone(state)
+    for k in range(3):
+        grads = _tensors(SIZES, 100 + k)
+        run_op(state, grads, hp, fmt)
+        run_ref(ref, grads, hp, fmt)
+    assert_bitwise_equal(state, ref, isa)
+
+
+@settings(max_examples=25, deadline=None)
+@given(fmt=st.sampled_from(FORMATS), n=st.integers(0, 1100), seed=st.integers(0, 2**20),
+       scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e4]), wd=st.sampled_from([0.0, 0.1]),
+       decoupled=st.booleans(), grad_scale=st.sampled_from([None, 8.0]))
+def test_matches_reference_hypothesis(fmt, n, seed, scale, wd, decoupled, grad_scale):
+    """Any length (whole and partial blocks, empty), gradient magnitudes down to where blocks
+    fall below kQ8Tiny, L2 / decoupled decay, GradScaler's unscale."""
+    state = case(fmt, sizes=[n], seed=seed)
+    ref = clone(state)
+    grads = [g * scale for g in _tensors([n], seed + 9)]
+    hp = _hp(weight_decay=wd, decoupled=decoupled)
+    if grad_scale is not None:
+        hp["grad_scale"] = torch.tensor(grad_scale)
+        grads = [g * grad_scale for g in grads]
+    run_op(state, grads, hp, fmt)
+    run_ref(ref, grads, hp, fmt)
+    assert_bitwise_equal(state, ref)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_levels_and_threads_agree(restore_num_threads, fmt):
+    """One tensor far above the parallel grain plus small ones: thread splits fall inside
+    tensors (for 8 bits, at block boundaries); every (level, threads) gives the reference's
+    bits."""
+    sizes = [300_007, 5, 1000]
+    state0 = case(fmt, sizes, seed=3)
+    grads = _tensors(sizes, 33)
+    ref = clone(state0)
+    run_ref(ref, grads, _hp(), fmt)
+    for level in ISA_LEVELS:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            state = clone(state0)
+            with _ops.cpu_capability_override(level):
+                run_op(state, grads, _hp(), fmt)
+            assert_bitwise_equal(state, ref, f"{level} x {threads} threads")
+
+
+def test_q8_nonfinite_block_is_nan_others_untouched(isa):
+    """A NaN gradient in block 1: that block decodes to NaN (codes 0, scales NaN), blocks 0 and
+    2 step as usual."""
+    state = case("8bit", sizes=[3 * Q8_BLOCK])
+    ref = clone(state)
+    grads = _tensors([3 * Q8_BLOCK], 5)
+    grads[0][Q8_BLOCK + 17] = math.nan
+    run_op(state, grads, _hp(), "8bit")
+    run_ref(ref, grads, _hp(), "8bit")
+    assert_bitwise_equal(state, ref)
+    for key in ("exp_avg_scales", "exp_avg_sq_scales"):
+        s = state[key][0]
+        assert torch.isnan(s[1]) and torch.isfinite(s[[0, 2]]).all()
+    assert (state["exp_avgs"][0][Q8_BLOCK:2 * Q8_BLOCK] == 0).all()
+
+
+def test_q8_stochastic_rounding_is_unbiased():
+    """N = 2^16 elements whose new exp_avg lies between two codes: each rounds up with
+    probability f, the fraction of its 16.16 fixed-point code (exact: the encoding adds 16
+    uniform bits to it). The count is Binomial(N, f), allowed 6 standard deviations (+1): a
+    correct generator exceeds that with probability < 2e-9, and the seed is fixed."""
+    n = 1 << 16
+    scale = torch.tensor(1 / 127, dtype=torch.float32)
+    codes = torch.full((n,), 64, dtype=torch.int8)
+    codes[::Q8_BLOCK] = 127  # element 0 of each block: its absmax
+    grad = torch.zeros(n)
+    grad[::Q8_BLOCK] = 0.4128  # its new m: (1 + 0.4128) / 2, so the others' codes are fractional
+    state = dict(params=[torch.zeros(n)], state_steps=[torch.tensor(0.0)],
+                 sr_seeds=[torch.tensor(2026)], exp_avgs=[codes],
+                 exp_avg_sqs=[torch.full((n,), 255, dtype=torch.uint8)],
+                 exp_avg_scales=[scale.repeat(n // Q8_BLOCK)],
+                 exp_avg_sq_scales=[torch.ones(n // Q8_BLOCK)])
+    ref = clone(state)
+    hp = _hp(beta1=0.5, weight_decay=0.0)
+    run_op(state, [grad], hp, "8bit")
+    run_ref(ref, [grad], hp, "8bit")
+    assert_bitwise_equal(state, ref)
+    # the float32 values the kernel encodes: lerp with weight 0.5, then the block's inv16
+    m_other = 64 * scale * 0.5
+    m_max = 127 * scale + 0.5 * (torch.tensor(0.4128) - 127 * scale)
+    inv16 = (127 / m_max) * 65536
+    t = int(torch.floor(m_other * inv16))
+    lo, f = t >> 16, (t & 0xFFFF) / 65536
+    got = state["exp_avgs"][0].to(torch.int64).view(-1, Q8_BLOCK)[:, 1:].reshape(-1)
+    assert ((got == lo) | (got == lo + 1)).all()
+    count, total = int((got == lo + 1).sum()), got.numel()
+    expected, sd = total * f, math.sqrt(total * f * (1 - f))
+    assert 0.05 < f < 0.95 and abs(count - expected) <= 6 * sd + 1, (count, expected, sd)
+
+
+# ---- the conversion ops -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 5000])
+def test_conversions_match_reference_and_bounds(isa, n):
+    g = torch.Generator().manual_seed(n)
+    m = torch.randn(n, generator=g) * torch.logspace(-6, 0, max(n, 1))[:n]
+    v = torch.rand(n, generator=g) * torch.logspace(-8, 0, max(n, 1))[:n]
+    half = torch.full((n,), 0x8000, dtype=torch.int64)
+    for x, sqrt_map, dtype in ((m, False, torch.int8), (v, True, torch.uint8)):
+        codes, scales = torch.ops.pyoptim.quantize_8bit(x, sqrt_map)
+        ref_codes, ref_scales = q8_encode(sqrt_rn(x) if sqrt_map else x, half, sqrt_map)
+        assert codes.dtype == dtype and codes.shape == x.shape
+        assert_bitwise_equal(codes.to(torch.int64), ref_codes)
+        assert_bitwise_equal(scales, ref_scales)
+        back = torch.ops.pyoptim.dequantize_8bit(codes, scales, sqrt_map)
+        assert_bitwise_equal(back, q8_decode(codes, scales, sqrt_map))
+        if n == 0:
+            continue
+        per = scales.repeat_interleave(Q8_BLOCK)[:n]  # each element's block scale
+        if sqrt_map:  # sqrt(v): within half a level, or one level for roots below the first
+            err = (back.sqrt() - x.sqrt()).abs()
+            assert (err <= per * Q8_ROUND_TRIP["sqrt_levels"]).all()
+        else:
+            assert ((back - x).abs() <= per * Q8_ROUND_TRIP["signed_levels"]).all()
+
+
+def test_conversion_errors():
+    with pytest.raises(TypeError, match="float32"):
+        torch.ops.pyoptim.quantize_8bit(torch.zeros(3, dtype=torch.float64), False)
+    codes, scales = torch.ops.pyoptim.quantize_8bit(torch.zeros(300), False)
+    with pytest.raises(TypeError, match="expected Byte"):
+        torch.ops.pyoptim.dequantize_8bit(codes, scales, True)
+    with pytest.raises(ValueError, match="block scales"):
+        torch.ops.pyoptim.dequantize_8bit(codes, scales[:1], False)
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+def _bad(fmt, mutate):
+    state = case(fmt, sizes=[300, 7])
+    mutate(state)
+    return state
+
+
+BAD = {
+    "bf16-wrong-moment-dtype": ("bfloat16", lambda s: s["exp_avgs"].__setitem__(
+        1, s["exp_avgs"][1].float()), TypeError, "exp_avgs\\[1\\] has dtype"),
+    "q8-sq-signed": ("8bit", lambda s: s["exp_avg_sqs"].__setitem__(
+        0, s["exp_avg_sqs"][0].to(torch.int8)), TypeError, "exp_avg_sqs\\[0\\] has dtype"),
+    "q8-short-scales": ("8bit", lambda s: s["exp_avg_sq_scales"].__setitem__(
+        0, s["exp_avg_sq_scales"][0][:1]), ValueError, "block scales for params\\[0\\]"),
+    "q8-missing-scales": ("8bit", lambda s: s["exp_avg_scales"].pop(), ValueError,
+                          "exp_avg_scales"),
+    "no-seed": ("bfloat16", lambda s: s["sr_seeds"].pop(), ValueError, "sr_seeds"),
+    "fp64-param": ("bfloat16", lambda s: s["params"].__setitem__(0, s["params"][0].double()),
+                   ValueError, "float32 params"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_writes_nothing(name):
+    fmt, mutate, exc, match = BAD[name]
+    state = _bad(fmt, mutate)
+    before = snapshot(state)
+    with pytest.raises(exc, match=match):
+        run_op(state, [torch.randn_like(p) for p in state["params"]], _hp(), fmt)
+    assert_bitwise_equal(state, before)
+
+
+def test_amsgrad_rejected_by_the_op():
+    state = case("bfloat16", sizes=[5])
+    with pytest.raises(ValueError, match="do not support"):
+        op_calls.adam_(state["params"], _tensors([5], 1), state["exp_avgs"],
+                       state["exp_avg_sqs"], [torch.zeros(5).bfloat16()], state["state_steps"],
+                       sr_seeds=state["sr_seeds"], states="bfloat16", **_hp(amsgrad=True))
+
+
+# ---- optimizer classes ---------------------------------------------------------------------------
+
+def _model(seed=0, sizes=(37, 300, 5)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(n, generator=g)) for n in sizes]
+
+
+def _set_grads(params, k):
+    g = torch.Generator().manual_seed(1000 + k)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+
+
+@pytest.mark.parametrize("cls", [pyoptim.Adam, pyoptim.AdamW])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_optimizer_matches_reference(cls, fmt):
+    torch.manual_seed(5)
+    params = _model()
+    opt = cls(params, lr=1e-2, weight_decay=0.05,
+              state_dtype=torch.bfloat16 if fmt == "bfloat16" else fmt)
+    assert opt.param_groups[0]["state_dtype"] == fmt
+    ref = case(fmt, sizes=[p.numel() for p in params], step0=0)
+    ref["params"] = [p.detach().clone() for p in params]
+    for key in ("exp_avgs", "exp_avg_sqs", "exp_avg_scales", "exp_avg_sq_scales"):
+        for t in ref.get(key, []):
+            t.zero_()
+    hp = _hp(weight_decay=0.05, decoupled=cls is pyoptim.AdamW)
+    for k in range(4):
+        _set_grads(params, k)
+        opt.step()
+        ref["sr_seeds"] = [opt.state[p]["sr_seed"] for p in params]
+        run_ref(ref, [p.grad for p in params], hp, fmt)
+    for i, p in enumerate(params):
+        st_ = opt.state[p]
+        assert_bitwise_equal(p.detach(), ref["params"][i])
+        assert_bitwise_equal(st_["exp_avg"], ref["exp_avgs"][i])
+        assert_bitwise_equal(st_["exp_avg_sq"], ref["exp_avg_sqs"][i])
+        if fmt == "8bit":
+            assert st_["exp_avg"].dtype == torch.int8 and st_["exp_avg_sq"].dtype == torch.uint8
+            assert_bitwise_equal(st_["exp_avg_scale"], ref["exp_avg_scales"][i])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_checkpoint_resume_is_bitwise(fmt):
+    """k steps, state_dict through torch.save / torch.load, a fresh optimizer loads it and
+    continues: the same bits as the uninterrupted run (the moments keep their format: torch's
+    load_state_dict would cast them to float32)."""
+    def fresh(seed):
+        torch.manual_seed(seed)
+        params = _model()
+        return params, pyoptim.AdamW(params, lr=1e-3, state_dtype=fmt)
+
+    params, opt = fresh(0)
+    for k in range(6):
+        _set_grads(params, k)
+        opt.step()
+    straight = [p.detach().clone() for p in params]
+
+    params, opt = fresh(0)
+    for k in range(3):
+        _set_grads(params, k)
+        opt.step()
+    buf = io.BytesIO()
+    torch.save({"model": [p.detach() for p in params], "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    params2, opt2 = fresh(123)  # another generator state: the seeds come from the checkpoint
+    with torch.no_grad():
+        for p, t in zip(params2, ckpt["model"]):
+            p.copy_(t)
+    opt2.load_state_dict(ckpt["opt"])
+    dtypes = ((torch.bfloat16, torch.bfloat16) if fmt == "bfloat16" else
+              (torch.int8, torch.uint8))
+    for p in params2:
+        st_ = opt2.state[p]
+        assert (st_["exp_avg"].dtype, st_["exp_avg_sq"].dtype) == dtypes
+        assert st_["sr_seed"].dtype == torch.int64
+    for k in range(3, 6):
+        _set_grads(params2, k)
+        opt2.step()
+    for a, b in zip(params2, straight):
+        assert_bitwise_equal(a.detach(), b)
+
+
+def _decoded(opt, p, key):
+    st_ = opt.state[p]
+    value = st_[key]
+    if value.dtype in (torch.int8, torch.uint8):
+        return torch.ops.pyoptim.dequantize_8bit(value, st_[key + "_scale"], key == "exp_avg_sq")
+    return value.float()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_torch_optim_loads_pyoptim_checkpoint(fmt):
+    """bfloat16 states: torch.optim.AdamW loads the state_dict itself (casting the moments to
+    float32); 8 bits: torch_state_dict() is torch's format, the moments decoded."""
+    params = _model()
+    opt = pyoptim.AdamW(params, lr=1e-3, state_dtype=fmt)
+    _set_grads(params, 0)
+    opt.step()
+    sd = opt.state_dict() if fmt == "bfloat16" else opt.torch_state_dict()
+    if fmt == "8bit":
+        assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+        assert "state_dtype" not in sd["param_groups"][0]
+    params_t = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    topt = torch.optim.AdamW(params_t, lr=1e-3)
+    topt.load_state_dict(sd)
+    for p, pt in zip(params, params_t):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert topt.state[pt][key].dtype == torch.float32
+            assert_bitwise_equal(topt.state[pt][key], _decoded(opt, p, key))
+    _set_grads(params_t, 1)
+    topt.step()
+    assert all(torch.isfinite(p).all() for p in params_t)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_loads_torch_checkpoint(fmt):
+    """A torch.optim checkpoint (float32 moments) into reduced states: converted at the next
+    step (bfloat16 rounded to nearest; 8 bits by quantize_8bit), then stepped."""
+    params = _model()
+    topt = torch.optim.AdamW(params, lr=1e-3)
+    _set_grads(params, 0)
+    topt.step()
+    sd = topt.state_dict()
+    params2 = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = pyoptim.AdamW(params2, lr=1e-3, state_dtype=fmt)
+    opt.load_state_dict(copy.deepcopy(sd))  # (state_dict shares torch's step tensors)
+    assert opt.param_groups[0]["state_dtype"] == fmt
+    _set_grads(params2, 1)
+    opt.step()
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ropt = torch.optim.AdamW(ref, lr=1e-3)
+    ropt.load_state_dict(copy.deepcopy(sd))
+    _set_grads(ref, 1)
+    ropt.step()
+    for p, r in zip(params2, ref):
+        assert opt.state[p]["exp_avg"].dtype == (torch.bfloat16 if fmt == "bfloat16" else
+                                                 torch.int8)
+        # the update is lr * m / sqrt(v): close to torch's after one conversion
+        torch.testing.assert_close(p.detach(), r.detach(), atol=LOAD_ATOL[fmt], rtol=0)
+
+
+LOAD_ATOL = {"bfloat16": 1e-3 * Q8_LOAD_STEP["bfloat16"], "8bit": 1e-3 * Q8_LOAD_STEP["8bit"]}
+
+ERRORS = {
+    "amsgrad": (dict(amsgrad=True), torch.float32, "amsgrad"),
+    "master": (dict(master_weights=True), torch.bfloat16, "master_weights"),
+    "bf16-params": ({}, torch.bfloat16, "needs float32 params"),
+    "fp64-params": ({}, torch.float64, "needs float32 params"),
+    "differentiable": (dict(differentiable=True), torch.float32, "differentiable"),
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", list(ERRORS))
+def test_bad_combinations_raise_at_construction(name, fmt):
+    kw, dtype, match = ERRORS[name]
+    params = [torch.nn.Parameter(t.to(dtype)) for t in _model()]
+    with pytest.raises(ValueError, match=match):
+        pyoptim.AdamW(params, state_dtype=fmt, **kw)
+
+
+def test_invalid_values_and_other_classes():
+    with pytest.raises(ValueError, match="Invalid state_dtype"):
+        pyoptim.Adam(_model(), state_dtype=torch.float16)
+    with pytest.raises(ValueError, match="Invalid state_dtype"):
+        pyoptim.Adam(_model(), state_dtype="4bit")
+    with pytest.raises(TypeError, match="does not take state_dtype"):
+        pyoptim.SGD(_model(), lr=0.1, momentum=0.9, state_dtype="8bit")
+    opt = pyoptim.AdamW(_model(), state_dtype="8bit")
+    with pytest.raises(ValueError, match="float32 params"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(3).bfloat16())]})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(3))], "state_dtype": None})
+    assert "state_dtype" not in opt.param_groups[1]  # torch's state for that group
+    for g in opt.param_groups:
+        for p in g["params"]:
+            p.grad = torch.ones_like(p)
+    opt.step()  # one call, both formats
+    assert opt.state[opt.param_groups[1]["params"][0]]["exp_avg"].dtype == torch.float32
+
+
+def test_default_is_torchs_behaviour():
+    opt = pyoptim.AdamW(_model())
+    assert opt.defaults == torch.optim.AdamW(_model()).defaults
+    assert set(opt.param_groups[0]) == set(torch.optim.AdamW(_model()).param_groups[0])
+
+
+def test_lazy_sparse_rejects_reduced_states():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    opt = pyoptim.AdamW(emb.parameters(), lazy_sparse=True, state_dtype="8bit")
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="state_dtype='8bit' does not support sparse"):
+        opt.step()
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and torch.ops.pyoptim._built_with_cuda()),
+                    reason="needs a CUDA GPU (none visible) and a build with the CUDA kernels")
+def test_cuda_rejects_reduced_states_before_writing():
+    p = torch.nn.Parameter(torch.randn(8, device="cuda"))
+    p.grad = torch.randn_like(p)
+    opt = pyoptim.AdamW([p], state_dtype="bfloat16")
+    before = p.detach().clone()
+    with pytest.raises(NotImplementedError, match="CPU kernels only"):
+        opt.step()
+    assert_bitwise_equal(p.detach(), before)
