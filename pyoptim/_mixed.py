@@ -26,8 +26,6 @@ from torch import Tensor
 MASTER, SR, STATES = "master_weights", "stochastic_rounding", "state_dtype"
 MASTER_KEY, SEED_KEY = "master_param", "sr_seed"
 BF16, Q8 = "bfloat16", "8bit"  # the values of a group's state_dtype
-SCALE_KEYS = {"exp_avg": "exp_avg_scale", "exp_avg_sq": "exp_avg_sq_scale"}  # 8-bit moments
-SQRT_MAP = {"exp_avg": False, "exp_avg_sq": True}  # quantize_8bit's sqrt_map per moment
 _STATE_VALUES = {torch.bfloat16: BF16, BF16: BF16, Q8: Q8}
 
 
@@ -48,32 +46,37 @@ def seeded(group: dict) -> bool:
     return group.get(SR, False) or STATES in group
 
 
-def init_states(state: dict, p: Tensor, fmt: str) -> None:
-    """A float32 param's moments in the format `fmt` (after torch's lazy initialization or a
-    load): converted where they are in another (a float32 state: a torch.optim checkpoint, or a
-    group whose state_dtype changed), with a seed where there is none."""
+# maps: a class's `_state_maps`, state key -> (its 8-bit scale key, quantize_8bit's sqrt_map)
+StateMaps = dict[str, tuple[str, bool]]
+
+
+def init_states(state: dict, p: Tensor, fmt: str, maps: StateMaps) -> None:
+    """A float32 param's moments (`maps`' keys) in the format `fmt` (after lazy initialization
+    or a load): converted where they are in another (a float32 state: a torch.optim checkpoint,
+    or a group whose state_dtype changed), with a seed where there is none."""
     if SEED_KEY not in state:
         state[SEED_KEY] = torch.randint(2**62, (), dtype=torch.int64)
-    for key, scale_key in SCALE_KEYS.items():
-        value = state[key]
+    for key, (scale_key, sqrt_map) in maps.items():
+        value = state.get(key)
+        if value is None:
+            continue
         if fmt == BF16:
             if value.dtype != torch.bfloat16:
-                state[key] = _float_moment(state, key).to(torch.bfloat16)
+                state[key] = float_moment(state, key, maps).to(torch.bfloat16)
+            state.pop(scale_key, None)
         elif value.dtype not in (torch.int8, torch.uint8) or scale_key not in state:
             codes, scales = torch.ops.pyoptim.quantize_8bit(
-                _float_moment(state, key).to("cpu", torch.float32), SQRT_MAP[key])
+                float_moment(state, key, maps).to("cpu", torch.float32), sqrt_map)
             state[key], state[scale_key] = codes.to(p.device), scales.to(p.device)
-    if fmt == BF16:
-        for scale_key in SCALE_KEYS.values():
-            state.pop(scale_key, None)
 
 
-def _float_moment(state: dict, key: str) -> Tensor:
+def float_moment(state: dict, key: str, maps: StateMaps) -> Tensor:
     """A moment as a float tensor, decoded where it is 8-bit."""
     value = state[key]
     if value.dtype in (torch.int8, torch.uint8):
+        scale_key, sqrt_map = maps[key]
         return torch.ops.pyoptim.dequantize_8bit(
-            value.cpu(), state[SCALE_KEYS[key]].cpu(), SQRT_MAP[key]).to(value.device)
+            value.cpu(), state[scale_key].cpu(), sqrt_map).to(value.device)
     return value
 
 
@@ -96,6 +99,7 @@ class MixedPrecision:
 
     _mixed_flags: tuple[str, ...] = (MASTER, SR)
     _fp32_keys: tuple[str, ...] = ()
+    _state_maps: StateMaps = {}
 
     def __init__(self, params: Any, *args: Any, master_weights: bool = False,
                  stochastic_rounding: bool = False, state_dtype: Any = None,
@@ -131,8 +135,9 @@ class MixedPrecision:
         if (master or sr) and group.get("differentiable", False):
             raise ValueError(
                 f"{MASTER if master else SR}=True does not support differentiable=True")
-        if master and group.get("momentum", 1) == 0:  # SGD: the buffer holds the float32 state
-            raise ValueError("master_weights=True needs momentum != 0 (SGD with momentum)")
+        if (master or sr) and group.get("momentum", 1) == 0:  # SGD: the buffer holds the state
+            raise ValueError(f"{MASTER if master else SR}=True needs momentum != 0 (SGD with "
+                             "momentum)")
         for p in group["params"]:
             if master and p.dtype not in (torch.bfloat16, torch.float16):
                 raise ValueError(
@@ -148,6 +153,8 @@ class MixedPrecision:
         for flag in ("amsgrad", MASTER, SR, "differentiable"):
             if group.get(flag, False):
                 raise ValueError(f"state_dtype={fmt!r} does not support {flag}=True")
+        if group.get("momentum", 1) == 0:  # SGD: the momentum buffer is the state
+            raise ValueError(f"state_dtype={fmt!r} needs momentum != 0 (SGD with momentum)")
         for p in group["params"]:
             if p.dtype != torch.float32:
                 raise ValueError(
@@ -165,6 +172,8 @@ class MixedPrecision:
         format is smaller than torch's."""
         sd = self.state_dict()  # type: ignore[attr-defined]
         pyoptim_keys = (MASTER, SR, STATES, "lazy_sparse")
+        maps = self._state_maps
+        scale_keys = tuple(scale_key for scale_key, _ in maps.values())
         params = [p for g in self.param_groups for p in g["params"]]  # type: ignore[attr-defined]
         ids = [i for g in sd["param_groups"] for i in g["params"]]
         dtypes = dict(zip(ids, (p.dtype for p in params)))
@@ -172,10 +181,10 @@ class MixedPrecision:
         for pid, saved in sd["state"].items():
             out = {}
             for key, value in saved.items():
-                if key in (SEED_KEY, MASTER_KEY, *SCALE_KEYS.values()):
+                if key in (SEED_KEY, MASTER_KEY, *scale_keys):
                     continue
-                if key in SCALE_KEYS and isinstance(value, Tensor):
-                    value = _float_moment(saved, key)
+                if key in maps and isinstance(value, Tensor):
+                    value = float_moment(saved, key, maps)
                 if (key != "step" and isinstance(value, Tensor) and value.is_floating_point()
                         and value.dtype != dtypes[pid]):
                     value = value.to(dtypes[pid])
@@ -215,6 +224,7 @@ class MixedPrecision:
         params = [(p, g) for g in groups for p in g["params"]]
         saved_state = state_dict["state"]
         fp32 = (*self._fp32_keys, MASTER_KEY)
+        scale_keys = tuple(scale_key for scale_key, _ in self._state_maps.values())
         for pid, (p, group) in zip(saved_ids, params):
             saved = saved_state.get(pid)
             if not saved:
@@ -228,6 +238,6 @@ class MixedPrecision:
                     state[key] = value.to("cpu", torch.int64, copy=True)
                 elif key == MASTER_KEY or (master and key in fp32):
                     state[key] = value.to(p.device, torch.float32, copy=True)
-                elif key in SCALE_KEYS.values() or (STATES in group and key in SCALE_KEYS):
+                elif key in scale_keys or (STATES in group and key in self._state_maps):
                     # reduced states as saved (converted at the next step if the format differs)
                     state[key] = value.to(p.device, copy=True)

@@ -39,7 +39,6 @@ from torch.optim.optimizer import _device_dtype_check_for_fused, _get_capturable
 from ._mixed import BF16, Q8, MixedPrecision, init_master, init_states, seeded
 from ._mixed import MASTER as _MASTER
 from ._mixed import MASTER_KEY as _MASTER_KEY
-from ._mixed import SCALE_KEYS as _SCALE_KEYS
 from ._mixed import SEED_KEY as _SEED_KEY
 from ._mixed import SR as _SR
 from ._mixed import STATES as _STATES
@@ -74,6 +73,9 @@ class _AdamStep(FusedStep):
 
     _fp32_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # float32 in master groups
     _mixed_flags = (_MASTER, _SR, _STATES)
+    # the moments' 8-bit form: scale key and quantize_8bit's sqrt_map (Note [Reduced-precision
+    # optimizer states])
+    _state_maps = {"exp_avg": ("exp_avg_scale", False), "exp_avg_sq": ("exp_avg_sq_scale", True)}
     _grads_read_by_op = True  # Note [Grads read by the op] in csrc/ops/checks.h
 
     _sparse_state_keys = ("step", "exp_avg", "exp_avg_sq")
@@ -130,7 +132,7 @@ class _AdamStep(FusedStep):
             if dtensor is not None and isinstance(p, dtensor):
                 raise TypeError(f"state_dtype={group[_STATES]!r} does not support DTensor params "
                                 "yet (its block scales and seed are per local tensor)")
-            init_states(state, p, group[_STATES])
+            init_states(state, p, group[_STATES], self._state_maps)
         elif group.get(_SR, False) and _SEED_KEY not in state:
             # a seed per param, from torch's generator (torch.manual_seed makes it reproducible)
             state[_SEED_KEY] = torch.randint(2**62, (), dtype=torch.int64)
@@ -159,8 +161,8 @@ class _AdamStep(FusedStep):
                                                memory_format=torch.preserve_format)
         if states == Q8:  # one scale per block of 256 elements (memory order)
             blocks = -(-p.numel() // 256)
-            for key in _SCALE_KEYS.values():
-                state[key] = torch.zeros(blocks, dtype=torch.float32, device=p.device)
+            for scale_key, _ in self._state_maps.values():
+                state[scale_key] = torch.zeros(blocks, dtype=torch.float32, device=p.device)
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=dtype,
                                                        memory_format=torch.preserve_format)
@@ -252,13 +254,7 @@ class _AdamStep(FusedStep):
 # The optional state keys adam_ reads, each with the index in a group's _layout of the flag
 # saying whether the group's params have it.
 _OPTIONAL = (("max_exp_avg_sq", 0), (_MASTER_KEY, 1), (_SEED_KEY, 2),
-             (_SCALE_KEYS["exp_avg"], 3), (_SCALE_KEYS["exp_avg_sq"], 3))
-
-
-# The optional state keys adam_ reads, each with the index in a group's _layout of the flag
-# saying whether the group's params have it.
-_OPTIONAL = (("max_exp_avg_sq", 0), (_MASTER_KEY, 1), (_SEED_KEY, 2),
-             (_SCALE_KEYS["exp_avg"], 3), (_SCALE_KEYS["exp_avg_sq"], 3))
+             ("exp_avg_scale", 3), ("exp_avg_sq_scale", 3))
 
 
 # Note [Fused-flag errors]

@@ -35,9 +35,15 @@ State per param is torch's: `momentum_buffer` (a dense tensor like the param), o
 momentum != 0, so state_dicts load both ways between torch.optim.SGD and pyoptim.SGD. (torch
 keeps a *sparse* buffer for sparse grads with momentum; one loaded from torch is densified.)
 
-Mixed precision (opt-in, per param group; pyoptim/_mixed.py): `master_weights=True` (bfloat16 /
-float16 params, momentum != 0, dense grads) keeps `master_param`, a float32 copy of the param,
-and a float32 momentum buffer, and stores the param rounded to nearest from the master.
+Mixed precision (opt-in, per param group, momentum != 0, dense grads; pyoptim/_mixed.py):
+`master_weights=True` (bfloat16 / float16 params) keeps `master_param`, a float32 copy of the
+param, and a float32 momentum buffer, and stores the param rounded to nearest from the master;
+`stochastic_rounding=True` (bfloat16 params) stores the param rounded stochastically;
+`state_dtype=torch.bfloat16` / "8bit" (float32 params) stores the momentum buffer in bfloat16
+or as 8-bit codes with `momentum_buffer_scale` (one float32 per 256 elements), rounded
+stochastically (Note [Reduced-precision optimizer states]). The last two keep `sr_seed` (an
+int64 CPU tensor): SGD has no step count, so each step adds one to it, and it keys the step's
+random bits.
 
 Flags: `foreach` and `fused` are accepted and validated as torch validates them; the step is
 always pyoptim's fused kernel. `differentiable=True` falls back to torch's own implementation.
@@ -55,12 +61,29 @@ from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused
 from torch.optim.sgd import sgd as _torch_sgd
 
-from ._mixed import MASTER, MASTER_KEY, MixedPrecision, init_master
+from ._mixed import (
+    BF16,
+    MASTER,
+    MASTER_KEY,
+    Q8,
+    SEED_KEY,
+    SR,
+    STATES,
+    MixedPrecision,
+    init_master,
+    init_states,
+    seeded,
+)
 from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device, pick, scalar_type_name
 
 __all__ = ["SGD"]
 
 _sgd_ = torch.ops.pyoptim.sgd_.default
+
+
+# The optional state keys sgd_ reads, each with the index in a group's _layout of the flag saying
+# whether the group's params have it.
+_OPTIONAL = ((MASTER_KEY, 1), (SEED_KEY, 2), ("momentum_buffer_scale", 3))
 
 
 class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
@@ -72,21 +95,28 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
 
 
     _created_in_graph = ("momentum_buffer",)  # Note [Compiled step] in pyoptim/_compiled.py
-    _mixed_flags = (MASTER,)
+    _mixed_flags = (MASTER, SR, STATES)
     _fp32_keys = ("momentum_buffer",)  # float32 in master groups
+    # the buffer's 8-bit form (Note [Reduced-precision optimizer states])
+    _state_maps = {"momentum_buffer": ("momentum_buffer_scale", False)}
 
     def _hyper(self, group: dict) -> tuple:
         return group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
 
     def _flags(self, group: dict) -> tuple:
-        return group["nesterov"], group["maximize"], group.get(MASTER, False)
+        states = group.get(STATES)
+        return (group["nesterov"], group["maximize"], group.get(MASTER, False),
+                group.get(SR, False), states == BF16, states == Q8)
 
     def _layout(self, groups: list[dict]) -> Any:
-        return [(g["momentum"] != 0, g.get(MASTER, False)) for g in groups]
+        # momentum, then which optional keys the group's params have (see _OPTIONAL)
+        return [(g["momentum"] != 0, g.get(MASTER, False), seeded(g), g.get(STATES) == Q8,
+                 g.get(STATES)) for g in groups]
 
     def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        # master_param: only the params of master_weights groups have it
-        return ("momentum_buffer",), ((MASTER_KEY,) if any(m for _, m in plan.layout) else ())
+        # optional keys: only the params of the groups that need them have them
+        optional = tuple(key for key, k in _OPTIONAL if any(layout[k] for layout in plan.layout))
+        return ("momentum_buffer",), optional
 
     def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
         if group["fused"]:
@@ -101,6 +131,9 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
             elif not torch.is_floating_point(p):
                 plan.keep_fused_error(group, 1, NotImplementedError(
                     f'"fused_sgd_kernel" not implemented for {scalar_type_name(p.dtype)!r}'))
+        if group.get(SR, False) and SEED_KEY not in self.state[p]:
+            # a seed per param, from torch's generator; the step adds one to it
+            self.state[p][SEED_KEY] = torch.randint(2**62, (), dtype=torch.int64)
         if group["momentum"] == 0:  # torch does not touch the state without momentum
             return False
         if plan.extra is None:
@@ -108,10 +141,16 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         state = self.state[p]
         buf = state.get("momentum_buffer")
         master = group.get(MASTER, False)
+        states = group.get(STATES)
         if buf is None:  # first step: the kernel writes buf = grad (present rows, if sparse)
             plan.fresh.append(p)
+            dtype = (torch.float32 if master else torch.bfloat16 if states == BF16 else
+                     torch.int8 if states == Q8 else None)
             state["momentum_buffer"] = torch.zeros_like(
-                p, dtype=torch.float32 if master else None, memory_format=torch.preserve_format)
+                p, dtype=dtype, memory_format=torch.preserve_format)
+            if states == Q8:  # one scale per block of 256 elements (memory order)
+                state["momentum_buffer_scale"] = torch.zeros(
+                    -(-p.numel() // 256), dtype=torch.float32, device=p.device)
             plan.extra.append(True)
         else:
             if buf.is_sparse:  # a torch state_dict from sparse momentum
@@ -119,6 +158,8 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
             plan.extra.append(False)
         if master:
             init_master(state, p, self._fp32_keys)
+        elif states is not None:
+            init_states(state, p, states, self._state_maps)
         return True
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
@@ -127,12 +168,20 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         if plan.fused_errors:
             self._raise_fused_error(plan)
         bufs = states[0] if states else ()
-        masters = None
-        if len(states) > 1:  # master_weights groups: their params' masters, in order
-            on = [m for _, m in plan.layout]
-            masters = states[1] if all(on) else [
-                t for t, g in zip(states[1], (g for g in call.group_of
-                                              if plan.groups[g]["momentum"] != 0)) if on[g]]
+        # optional lists (see _state_keys): the tensors of the params of the groups that have
+        # the key, in order (the state lists hold the params with momentum)
+        with_state = [g for g in call.group_of if plan.groups[g]["momentum"] != 0]
+        optional = iter(states[1:])
+        partial = []
+        for _, k in _OPTIONAL:
+            on = [layout[k] for layout in plan.layout]
+            if not any(on):
+                partial.append(None)
+                continue
+            values = next(optional)
+            partial.append(values if all(on) else
+                           [v for v, g in zip(values, with_state) if on[g]])
+        masters, seeds, scales = partial
         first = pick(plan.extra, call.state_index) if plan.extra and any(plan.extra) else ()
         hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
         hp = (call.group_sizes, hyper, flags)
@@ -140,11 +189,11 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
                 grad_scale if grad_scale is None else on_device(grad_scale, call.device),
                 found_inf if found_inf is None else on_device(found_inf, call.device))
         try:
-            _sgd_(params, grads, bufs, *hp, first, *tail, validate_only, masters)
+            _sgd_(params, grads, bufs, *hp, first, *tail, validate_only, masters, seeds, scales)
             return
         except TypeError:
             mixed = [k for k, (p, g) in enumerate(zip(params, grads)) if g.dtype != p.dtype]
-            if not mixed or masters:  # a master-weights step takes grads of its params' dtype
+            if not mixed or masters or seeds:  # these modes take grads of their params' dtype
                 raise
         self._run_mixed(plan, call, params, grads, bufs, first, mixed, hp, tail, found_inf,
                         validate_only)

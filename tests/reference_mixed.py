@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 from reference import adam_reference
+from reference_sgd import sgd_math
 from reference_sparse_adam import sqrt_rn
 from torch import Tensor
 
@@ -213,3 +214,39 @@ def adam_states_reference(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs
         exp_avg_sqs[i].copy_(vc.to(torch.uint8).reshape(p.shape))
         exp_avg_scales[i].copy_(ms)
         exp_avg_sq_scales[i].copy_(vs)
+
+
+def sgd_modes_reference(params: Sequence[Tensor], grads, bufs, seeds: list[int], mode: str,
+                        first: bool, buffer_scales=None, **hp) -> None:
+    """In place, SGD with momentum in one of its modes (tests/reference_sgd.py's float32 math):
+    "sr" (bfloat16 params stored rounded stochastically, bfloat16 buffers to nearest),
+    "bfloat16" / "8bit" (float32 params, the buffer in that format, rounded stochastically).
+    SGD keys the bits with (seed, step 0) and the step adds one to each seed: `seeds` too."""
+    if hp.get("found_inf") is not None and float(hp["found_inf"]) != 0.0:
+        return
+    hp = {k: v for k, v in hp.items() if k != "found_inf"}
+    if hp.get("grad_scale") is not None:
+        hp["grad_scale"] = float(hp["grad_scale"])
+    for i, (p, g) in enumerate(zip(params, grads)):
+        n = p.numel()
+        if mode == "8bit":
+            b32 = None if first else q8_decode(bufs[i], buffer_scales[i], False)
+        else:
+            b32 = bufs[i].float()
+        new_p, new_b = sgd_math(p.float(), g.float(), b32, first=first, **hp)
+        if mode == "sr":
+            r = random16(n, seeds[i], 0)
+            p.copy_(round_bf16_stochastic(new_p.reshape(-1), r).reshape(p.shape))
+            bufs[i].copy_(new_b)
+        else:
+            p.copy_(new_p)
+            r_m = state_bits(n, seeds[i], 0) >> 16
+            if mode == "bfloat16":
+                bufs[i].copy_(round_bf16_stochastic(new_b.reshape(-1), r_m).reshape(p.shape))
+            else:
+                codes, scales = q8_encode(new_b, r_m, False)
+                bad = ~torch.isfinite(scales)
+                codes[bad.repeat_interleave(Q8_BLOCK)[:n]] = 0
+                bufs[i].copy_(codes.to(torch.int8).reshape(p.shape))
+                buffer_scales[i].copy_(scales)
+        seeds[i] += 1

@@ -635,8 +635,8 @@ SGD_ERRORS = {
     "master-no-momentum": (dict(master_weights=True), torch.bfloat16, ValueError, "momentum"),
     "master-on-fp32": (dict(master_weights=True, momentum=0.9), torch.float32, ValueError,
                        "bfloat16 or float16"),
-    "sr": (dict(stochastic_rounding=True, momentum=0.9), torch.bfloat16, TypeError,
-           "stochastic_rounding"),
+    "sr-and-master": (dict(stochastic_rounding=True, master_weights=True, momentum=0.9),
+                      torch.bfloat16, ValueError, "cannot be combined"),
 }
 
 

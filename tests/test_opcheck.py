@@ -201,9 +201,10 @@ def sgd_sample(dtype: torch.dtype, sparse: bool):
              _sparse(6, 3, dtype, 2) if sparse else rnd(6, 3), rnd(4, 2)]
     bufs = [rnd(6, 3), torch.zeros(4, 2, dtype=dtype)]
     # per group: hyper (lr, momentum, dampening, weight_decay), flags (nesterov, maximize,
-    # master_weights)
+    # master_weights, stochastic_rounding, bf16_states, q8_states)
     kwargs = dict(group_sizes=[2, 2], hyper=[0.1, 0.0, 0.0, 0.0, 0.05, 0.9, 0.1, 0.01],
-                  flags=[False, False, False, False, True, False], first_step=[False, True],
+                  flags=[False, False, False, False, False, False,
+                         False, True, False, False, False, False], first_step=[False, True],
                   lr_tensors=[])
     return params, bufs, (params, grads, bufs), kwargs
 
@@ -218,13 +219,43 @@ def test_opcheck_sgd_master(dtype):
     bufs = [torch.randn(6, 3, generator=g), torch.zeros(6, 3), torch.zeros(6, 3).to(dtype)]
     masters = [p.float() for p in params[:2]]
     kwargs = dict(group_sizes=[2, 1], hyper=[0.1, 0.9, 0.0, 0.01, 0.05, 0.9, 0.1, 0.0],
-                  flags=[True, False, True, False, False, False],
+                  flags=[True, False, True, False, False, False,
+                         False, False, False, False, False, False],
                   first_step=[False, True, False], lr_tensors=[], master_params=masters)
     args = (params, grads, bufs)
     _check(torch.ops.pyoptim.sgd_.default, args, kwargs)
     before = snapshot(params + masters + bufs)
     torch.ops.pyoptim.sgd_.default(*args, **kwargs)
     assert any_changed(before, params + masters + bufs)
+
+
+def test_opcheck_sgd_modes():
+    """Group 0: bfloat16 params stochastically rounded; group 1: float32 params with bfloat16
+    buffers (one on its first step); group 2: 8-bit buffers over a block boundary (the seeds
+    are written: the step counts in them)."""
+    g = torch.Generator().manual_seed(19)
+
+    def rnd(*shape, dtype=torch.float32):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    bf = torch.bfloat16
+    params = [rnd(6, 3, dtype=bf), rnd(5, dtype=bf), rnd(7), rnd(9), rnd(300)]
+    grads = [torch.randn_like(p) for p in params]
+    codes, scales = torch.ops.pyoptim.quantize_8bit(rnd(300) * 0.1, False)
+    bufs = [rnd(6, 3, dtype=bf), rnd(5, dtype=bf), rnd(7, dtype=bf), torch.zeros(9, dtype=bf),
+            codes]
+    seeds = [torch.tensor(k) for k in (3, 5, 7, 11, 13)]
+    kwargs = dict(group_sizes=[2, 2, 1], hyper=[0.1, 0.9, 0.0, 0.01] * 3,
+                  flags=[False, False, False, True, False, False,
+                         True, False, False, False, True, False,
+                         False, True, False, False, False, True],
+                  first_step=[False, False, False, True, False], lr_tensors=[],
+                  sr_seeds=seeds, buffer_scales=[scales])
+    args = (params, grads, bufs)
+    _check(torch.ops.pyoptim.sgd_.default, args, kwargs)
+    before = snapshot(params + bufs + seeds + [scales])
+    torch.ops.pyoptim.sgd_.default(*args, **kwargs)
+    assert any_changed(before[:5], params) and any_changed(before[5:10], bufs)
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "dense-and-sparse"])
@@ -305,7 +336,7 @@ def test_opcheck_rowwise_adagrad(dtype, sparse):
 # without one. The others are hooks with no tensor arguments (and the bench's probe).
 OPCHECKED = {
     "pyoptim::adam_": "test_opcheck_adam (and _mixed, _states)",
-    "pyoptim::sgd_": "test_opcheck_sgd",
+    "pyoptim::sgd_": "test_opcheck_sgd (and _master, _modes)",
     "pyoptim::sparse_adam_": "test_opcheck_sparse_adam",
     "pyoptim::sparse_adagrad_": "test_opcheck_sparse_adagrad",
     "pyoptim::rowwise_adagrad_": "test_opcheck_rowwise_adagrad",

@@ -153,7 +153,8 @@ void adam_bf16_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
   }
 }
 
-// The largest lane of a vector accumulator of non-negative values (NaN-propagating): the max
+// The largest lane of a vector accumulator of non-negative values (NaN-propagating; also used by
+// sgd_impl.h's 8-bit buffers): the max
 // of the lanes if all are numbers, else NaN. (A max that drops NaN, then the NaN check.)
 template <class V>
 PYOPTIM_INLINE float lane_max(V x) {

@@ -52,9 +52,175 @@ struct SgdDense {
   }
 };
 
+// bfloat16 params stored rounded stochastically (the buffer, bfloat16, to nearest as torch
+// stores it): Note [Master weights and stochastic rounding]. `key`: stream 0's key of the 2^32
+// block holding [begin, end).
+struct SgdDenseSr {
+  template <bool kM, bool kN, bool kF, bool kMax, bool kS>
+  static void run(const SgdPtrs& a, int64_t begin, int64_t end, const math::SgdCoeffs<float>& c,
+                  const math::SrKey& key) {
+    using V = typename VecOf<float>::type;
+    constexpr int64_t W = VecOf<float>::kSize;
+    bf16* __restrict__ param = static_cast<bf16*>(a.param);
+    const bf16* __restrict__ grad = static_cast<const bf16*>(a.grad);
+    bf16* __restrict__ buf = static_cast<bf16*>(a.momentum_buffer);
+    int64_t i = begin;
+    for (; i + W <= end; i += W) {
+      V p = vload(param + i);
+      V b = (kM && !kF) ? vload(buf + i) : p;
+      math::sgd_step<kM, kN, kF, kMax, kS>(p, vload(grad + i), b, c);
+      vstore_bits(param + i, math::round_bf16_stochastic(
+                                 p, math::sr_random16(viota(static_cast<uint32_t>(i)), key)));
+      if (kM) vstore(buf + i, b);
+    }
+    for (; i < end; ++i) {  // tail: the same math on single elements
+      float p = to_opmath(param[i]);
+      float b = (kM && !kF) ? to_opmath(buf[i]) : p;
+      math::sgd_step<kM, kN, kF, kMax, kS>(p, to_opmath(grad[i]), b, c);
+      param[i].x = static_cast<uint16_t>(
+          math::round_bf16_stochastic(p, math::sr_random16(static_cast<uint32_t>(i), key)));
+      if (kM) buf[i] = from_opmath<bf16>(b);
+    }
+  }
+};
+
+// float32 params with a bfloat16 momentum buffer, stored rounded stochastically (exp_avg's bits
+// of Note [Reduced-precision optimizer states]). `key`: the state stream's.
+struct SgdBf16Buffer {
+  template <bool kM, bool kN, bool kF, bool kMax, bool kS>
+  static void run(const SgdPtrs& a, int64_t begin, int64_t end, const math::SgdCoeffs<float>& c,
+                  const math::SrKey& key) {
+    if constexpr (kM) {
+      using V = typename VecOf<float>::type;
+      constexpr int64_t W = VecOf<float>::kSize;
+      float* __restrict__ param = static_cast<float*>(a.param);
+      const float* __restrict__ grad = static_cast<const float*>(a.grad);
+      bf16* __restrict__ buf = static_cast<bf16*>(a.momentum_buffer);
+      int64_t i = begin;
+      for (; i + W <= end; i += W) {
+        V p = vload(param + i);
+        V b = kF ? p : vload(buf + i);
+        math::sgd_step<kM, kN, kF, kMax, kS>(p, vload(grad + i), b, c);
+        vstore(param + i, p);
+        const auto bits = math::sr_random32(viota(static_cast<uint32_t>(i)), key);
+        vstore_bits(buf + i, math::round_bf16_stochastic(b, math::bits_of_m(bits)));
+      }
+      for (; i < end; ++i) {
+        float p = param[i];
+        float b = kF ? p : to_opmath(buf[i]);
+        math::sgd_step<kM, kN, kF, kMax, kS>(p, grad[i], b, c);
+        param[i] = p;
+        const uint32_t bits = math::sr_random32(static_cast<uint32_t>(i), key);
+        buf[i].x = static_cast<uint16_t>(math::round_bf16_stochastic(b, math::bits_of_m(bits)));
+      }
+    }
+  }
+};
+
+// float32 params with an 8-bit momentum buffer (exp_avg's map: codes -127..127, one scale per
+// block, rounded stochastically). [begin, end) starts at a block boundary.
+struct SgdQ8Buffer {
+  template <bool kM, bool kN, bool kF, bool kMax, bool kS>
+  static void run(const SgdPtrs& a, int64_t begin, int64_t end, const math::SgdCoeffs<float>& c,
+                  const math::SrKey& key) {
+    if constexpr (kM) {
+      using V = typename VecOf<float>::type;
+      using U = VecU;
+      constexpr int64_t W = VecOf<float>::kSize;
+      constexpr int64_t B = math::kQ8Block;
+      float* __restrict__ param = static_cast<float*>(a.param);
+      const float* __restrict__ grad = static_cast<const float*>(a.grad);
+      int8_t* __restrict__ buf = static_cast<int8_t*>(a.momentum_buffer);
+      float* __restrict__ scale = static_cast<float*>(a.buffer_scale);
+      const math::SgdCoeffs<float> cc = c;  // a local copy: not reloaded after each store
+      alignas(64) float bbuf[B];
+      for (int64_t b0 = begin; b0 < end; b0 += B) {
+        const int64_t n = end - b0 < B ? end - b0 : B;
+        const int64_t blk = b0 / B;
+        const float s = scale[blk];
+        float* __restrict__ pb = param + b0;
+        const float* __restrict__ gb = grad + b0;
+        int8_t* __restrict__ qb = buf + b0;
+        V acc = V(0.0f);
+        int64_t j = 0;
+        for (; j + W <= n; j += W) {
+          V p = vload(pb + j);
+          V b = kF ? p : math::q8_decode_signed(vload_code(qb + j), s);
+          math::sgd_step<kM, kN, kF, kMax, kS>(p, vload(gb + j), b, cc);
+          vstore(pb + j, p);
+          vstore(bbuf + j, b);
+          acc = math::q8_absmax(acc, b);
+        }
+        float mx = lane_max(acc);
+        for (; j < n; ++j) {
+          float p = pb[j];
+          float b = kF ? p : math::q8_decode_signed(static_cast<float>(qb[j]), s);
+          math::sgd_step<kM, kN, kF, kMax, kS>(p, gb[j], b, cc);
+          pb[j] = p;
+          bbuf[j] = b;
+          mx = math::q8_absmax(mx, b);
+        }
+        const math::Q8Scale q = math::q8_scale_signed(mx);
+        if (!q.finite) {  // NaN or inf in the block: codes 0, scale NaN
+          scale[blk] = math::q8_nan();
+          std::memset(qb, 0, n);
+          continue;
+        }
+        scale[blk] = q.scale;
+        j = 0;
+        for (; j + W <= n; j += W) {
+          const U bits = math::sr_random32(viota(static_cast<uint32_t>(b0 + j)), key);
+          vstore_code(qb + j, math::q8_encode_signed(vload(bbuf + j), q.inv16,
+                                                     math::bits_of_m(bits)));
+        }
+        for (; j < n; ++j) {
+          const uint32_t bits = math::sr_random32(static_cast<uint32_t>(b0 + j), key);
+          qb[j] = static_cast<int8_t>(
+              math::q8_encode_signed(bbuf[j], q.inv16, math::bits_of_m(bits)) & 0xFFu);
+        }
+      }
+    }
+  }
+};
+
+// fn(lo, hi, key) for the parts of [begin, end) in each block of 2^32 elements: SGD's keys
+// (seed, step 0, block, stream); the op advances the seed each step.
+template <class F>
+PYOPTIM_INLINE void for_each_sgd_sr_block(uint64_t seed, int64_t begin, int64_t end,
+                                          uint64_t stream, const F& fn) {
+  constexpr int64_t kBlock = int64_t(1) << 32;
+  for (int64_t lo = begin; lo < end;) {
+    const int64_t block = lo / kBlock;
+    const int64_t hi = end < (block + 1) * kBlock ? end : (block + 1) * kBlock;
+    fn(lo, hi, math::sr_key(seed, 0, uint64_t(block), stream));
+    lo = hi;
+  }
+}
+
 template <class S>
 void sgd_range(const SgdPtrs& a, int64_t begin, int64_t end,
                const math::SgdCoeffs<opmath_t<S>>& c, SgdFlags f) {
+  if constexpr (std::is_same<S, bf16>::value) {
+    if (f.stochastic_round) {
+      for_each_sgd_sr_block(a.sr_seed, begin, end, 0, [&](int64_t lo, int64_t hi, math::SrKey k) {
+        sgd_switch<SgdDenseSr>(f, a, lo, hi, c, k);
+      });
+      return;
+    }
+  }
+  if constexpr (std::is_same<S, float>::value) {
+    if (f.states != StateFormat::kParam) {
+      for_each_sgd_sr_block(a.sr_seed, begin, end, math::kStateStream,
+                            [&](int64_t lo, int64_t hi, math::SrKey k) {
+                              if (f.states == StateFormat::kBf16) {
+                                sgd_switch<SgdBf16Buffer>(f, a, lo, hi, c, k);
+                              } else {
+                                sgd_switch<SgdQ8Buffer>(f, a, lo, hi, c, k);
+                              }
+                            });
+      return;
+    }
+  }
   sgd_switch<SgdDense<S>>(f, a, begin, end, c);
 }
 

@@ -145,20 +145,8 @@ inline AdamCall check_adam_call(
       sq_dtype = grp.bf16_states ? at::kBFloat16 : at::kByte;
     }
     if (call.scale[i] >= 0) {  // q8_states: one float32 scale per block of each moment
-      const c10::SymInt blocks = q8_blocks(p.sym_numel());
-      for (const auto& [list, name] : {std::pair{exp_avg_scales, "exp_avg_scales"},
-                                       std::pair{exp_avg_sq_scales, "exp_avg_sq_scales"}}) {
-        const at::Tensor& sc = list[call.scale[i]];
-        TORCH_CHECK_VALUE(sc.defined() && sc.layout() == at::kStrided && sc.dim() == 1 &&
-                              sc.sym_numel() == blocks && sc.is_contiguous(),
-                          op, ": ", name, "[", call.scale[i], "] must be a contiguous 1-D tensor "
-                          "of ceil(numel / ", math::kQ8Block, ") = ", blocks,
-                          " block scales for params[", i, "]");
-        TORCH_CHECK_TYPE(sc.scalar_type() == at::kFloat, op, ": ", name, "[", call.scale[i],
-                         "] has dtype ", sc.scalar_type(), "; block scales are float32");
-        TORCH_CHECK(sc.device() == p.device(), op, ": ", name, "[", call.scale[i], "] is on ",
-                    sc.device(), " but params[", i, "] is on ", p.device());
-      }
+      check_block_scales(op, exp_avg_scales, call.scale[i], p, i, writes, "exp_avg_scales");
+      check_block_scales(op, exp_avg_sq_scales, call.scale[i], p, i, writes, "exp_avg_sq_scales");
     }
     if (master) {
       TORCH_CHECK_VALUE(p.scalar_type() == at::kBFloat16 || p.scalar_type() == at::kHalf, op,
@@ -170,14 +158,7 @@ inline AdamCall check_adam_call(
       TORCH_CHECK_VALUE(!grp.stochastic_rounding || p.scalar_type() == at::kBFloat16, op,
                         ": params[", i, "] has dtype ", p.scalar_type(),
                         "; stochastic_rounding is for bfloat16 params");
-      const at::Tensor& sd = sr_seeds[call.seed[i]];
-      TORCH_CHECK_VALUE(sd.defined() && sd.sym_numel() == 1 && sd.layout() == at::kStrided, op,
-                        ": sr_seeds[", call.seed[i], "] must be a one-element tensor");
-      TORCH_CHECK_TYPE(sd.scalar_type() == at::kLong, op, ": sr_seeds[", call.seed[i],
-                       "] has dtype ", sd.scalar_type(), "; a seed is an int64 tensor");
-      // (the Meta kernel sees FakeTensor's meta copies)
-      TORCH_CHECK(sd.device().is_cpu() || backend == c10::DeviceType::Meta, op, ": sr_seeds[",
-                  call.seed[i], "] is on ", sd.device(), "; a seed lives on the CPU");
+      check_seed(op, sr_seeds, call.seed[i], backend);
     }
     check_like_param(op, p, exp_avgs[i], "exp_avgs", i, state_dtype);
     check_like_param(op, p, exp_avg_sqs[i], "exp_avg_sqs", i, sq_dtype);
@@ -199,10 +180,6 @@ inline AdamCall check_adam_call(
     writes.add(exp_avg_sqs[i], "exp_avg_sqs", i);
     if (call.vmax[i] >= 0) writes.add(max_exp_avg_sqs[call.vmax[i]], "max_exp_avg_sqs", i);
     if (master) writes.add(master_params[call.master[i]], "master_params", i);
-    if (call.scale[i] >= 0) {
-      writes.add(exp_avg_scales[call.scale[i]], "exp_avg_scales", i);
-      writes.add(exp_avg_sq_scales[call.scale[i]], "exp_avg_sq_scales", i);
-    }
     writes.add(s, "state_steps", i);
   }
   return call;

@@ -56,6 +56,20 @@ inline void check_like_param(const char* op, const at::Tensor& param, const at::
                     t.sym_sizes(), " but params[", i, "] has shape ", param.sym_sizes());
 }
 
+// seeds[k], the seed of a stochastically rounded param or state (Note [Master weights and
+// stochastic rounding]): a one-element int64 tensor on the CPU (the Meta kernel sees
+// FakeTensor's meta copies).
+inline void check_seed(const char* op, at::TensorList seeds, int64_t k,
+                       c10::DeviceType backend) {
+  const at::Tensor& sd = seeds[k];
+  TORCH_CHECK_VALUE(sd.defined() && sd.sym_numel() == 1 && sd.layout() == at::kStrided, op,
+                    ": sr_seeds[", k, "] must be a one-element tensor");
+  TORCH_CHECK_TYPE(sd.scalar_type() == at::kLong, op, ": sr_seeds[", k, "] has dtype ",
+                   sd.scalar_type(), "; a seed is an int64 tensor");
+  TORCH_CHECK(sd.device().is_cpu() || backend == c10::DeviceType::Meta, op, ": sr_seeds[", k,
+              "] is on ", sd.device(), "; a seed lives on the CPU");
+}
+
 // Note [Grads read by the op]
 // The CPU kernels of the dense-step ops (adam_, sgd_ and the dense optimizers' ops) take an
 // empty `grads` list with a non-empty `params` list to mean "each param's own .grad": reading

@@ -49,12 +49,17 @@ TORCH_LIBRARY(pyoptim, m) {
   // weight decay and the param; Note [Sparse SGD] in ops/sgd_cpu.cpp). momentum_buffers holds
   // one buffer per param of a group with momentum != 0; first_step, one entry per buffer (or
   // none): true where the buffer takes its first step (buf = grad, as torch starts a missing
-  // buffer). found_inf non-zero: nothing is written. grads are read only.
+  // buffer). found_inf non-zero: nothing is written. grads are read only. flags continue with
+  // (stochastic_rounding, bf16_states, q8_states), as adam_'s (dense grads): sr_seeds holds one
+  // int64 CPU seed per param of such groups, which the step increments (SGD has no step count:
+  // the seed keys the step's random bits), buffer_scales one float32 scale per 256 elements per
+  // 8-bit buffer (Note [Reduced-precision optimizer states] in math/quantize.h).
   m.def(
       "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
       "int[] group_sizes, float[] hyper, bool[] flags, bool[] first_step, "
       "Tensor?[] lr_tensors, Tensor? grad_scale=None, Tensor? found_inf=None, "
-      "bool validate_only=False, Tensor(c!)[]? master_params=None) -> ()");
+      "bool validate_only=False, Tensor(c!)[]? master_params=None, "
+      "Tensor(d!)[]? sr_seeds=None, Tensor(e!)[]? buffer_scales=None) -> ()");
 
   // SparseAdam (torch.optim.SparseAdam's formula). Per group, hyper = (lr, beta1, beta2, eps,
   // weight_decay) and flags = (maximize). grads are sparse COO, read as

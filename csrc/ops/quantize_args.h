@@ -6,6 +6,7 @@
 
 #include <tuple>
 
+#include "ops/checks.h"
 #include "pyoptim/math/quantize.h"
 
 namespace pyoptim {
@@ -13,6 +14,24 @@ namespace ops {
 
 inline c10::SymInt q8_blocks(const c10::SymInt& numel) {
   return (numel + (math::kQ8Block - 1)) / math::kQ8Block;
+}
+
+// list[k] holds the block scales of an 8-bit state of params[i]: a contiguous 1-D float32
+// tensor of ceil(numel / 256) on the param's device. Recorded in `writes`.
+inline void check_block_scales(const char* op, at::TensorList list, int64_t k,
+                               const at::Tensor& p, size_t i, WriteSet& writes,
+                               const char* name = "buffer_scales") {
+  const c10::SymInt blocks = q8_blocks(p.sym_numel());
+  const at::Tensor& sc = list[k];
+  TORCH_CHECK_VALUE(sc.defined() && sc.layout() == at::kStrided && sc.dim() == 1 &&
+                        sc.sym_numel() == blocks && sc.is_contiguous(),
+                    op, ": ", name, "[", k, "] must be a contiguous 1-D tensor of ceil(numel / ",
+                    math::kQ8Block, ") = ", blocks, " block scales for params[", i, "]");
+  TORCH_CHECK_TYPE(sc.scalar_type() == at::kFloat, op, ": ", name, "[", k, "] has dtype ",
+                   sc.scalar_type(), "; block scales are float32");
+  TORCH_CHECK(sc.device() == p.device(), op, ": ", name, "[", k, "] is on ", sc.device(),
+              " but params[", i, "] is on ", p.device());
+  writes.add(sc, name, i);
 }
 
 inline at::ScalarType q8_code_dtype(bool sqrt_map) { return sqrt_map ? at::kByte : at::kChar; }

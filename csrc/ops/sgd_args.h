@@ -11,7 +11,9 @@
 
 #include "ops/checks.h"
 #include "ops/groups.h"
+#include "ops/quantize_args.h"
 #include "ops/sparse_rows.h"
+#include "pyoptim/cpu/isa.h"
 
 namespace pyoptim {
 namespace ops {
@@ -29,13 +31,18 @@ inline void check_sgd_hyper(double momentum, double dampening, double weight_dec
 // order.
 struct SgdGroup {
   double lr, momentum, dampening, weight_decay;
-  bool nesterov, maximize, master_weights;
+  bool nesterov, maximize, master_weights, stochastic_rounding, bf16_states, q8_states;
   std::optional<at::Tensor> lr_tensor;  // a Tensor lr: its value replaces lr
   bool has_momentum() const { return momentum != 0.0; }
+  cpu::StateFormat states() const {  // the momentum buffer's format (float32 params)
+    return bf16_states ? cpu::StateFormat::kBf16
+                       : (q8_states ? cpu::StateFormat::kQ8 : cpu::StateFormat::kParam);
+  }
+  bool seeded() const { return stochastic_rounding || bf16_states || q8_states; }
 };
 
 constexpr size_t kSgdHypers = 4;
-constexpr size_t kSgdFlags = 3;
+constexpr size_t kSgdFlags = 6;
 
 // One sgd_ call, checked: per group its settings; per tensor its group, its momentum buffer's
 // entry (-1 without momentum), whether that buffer takes its first step, and for a sparse
@@ -44,7 +51,9 @@ struct SgdCall {
   c10::Device device{c10::kCPU};
   std::vector<SgdGroup> groups;
   std::vector<size_t> group;
-  std::vector<int64_t> buf, master;  // master: entry in master_params, -1 outside master groups
+  // master: entry in master_params, -1 outside master groups; seed: in sr_seeds, -1 outside
+  // stochastic_rounding / state groups; scale: in buffer_scales, -1 outside q8_states groups
+  std::vector<int64_t> buf, master, seed, scale;
   std::vector<bool> first;
   std::vector<std::optional<CooGrad>> sparse;
   const SgdGroup& of(size_t i) const { return groups[group[i]]; }
@@ -56,7 +65,8 @@ inline SgdCall check_sgd_call(
     const c10::List<bool>& flags, const c10::List<bool>& first_step,
     const c10::List<std::optional<at::Tensor>>& lr_tensors,
     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-    at::TensorList master_params, WriteSet& writes) {
+    at::TensorList master_params, at::TensorList sr_seeds, at::TensorList buffer_scales,
+    WriteSet& writes) {
   const size_t n = params.size();
   const Groups groups(op, group_sizes, n);
   groups.check_packed(hyper.size(), kSgdHypers, flags.size(), kSgdFlags);
@@ -66,26 +76,51 @@ inline SgdCall check_sgd_call(
   call.device = c10::Device(backend);
   if (n > 0 && params[0].defined()) call.device = params[0].device();
   const auto lr_ts = groups.lr_tensors(lr_tensors, call.device);
-  std::vector<bool> has_buf(groups.count()), mw(groups.count());
+  std::vector<bool> has_buf(groups.count()), mw(groups.count()), seeded(groups.count()),
+      q8(groups.count());
   call.groups.resize(groups.count());
   for (size_t g = 0; g < groups.count(); ++g) {
     const double* h = hyper.data() + g * kSgdHypers;
     const size_t f = g * kSgdFlags;
     SgdGroup& s = call.groups[g];
-    s = SgdGroup{h[0],         h[1],         h[2], h[3], flags.get(f), flags.get(f + 1),
-                 flags.get(f + 2), lr_ts[g]};
+    s = SgdGroup{h[0],
+                 h[1],
+                 h[2],
+                 h[3],
+                 flags.get(f),
+                 flags.get(f + 1),
+                 flags.get(f + 2),
+                 flags.get(f + 3),
+                 flags.get(f + 4),
+                 flags.get(f + 5),
+                 lr_ts[g]};
     check_sgd_hyper(s.momentum, s.dampening, s.weight_decay, s.nesterov);
     if (!lr_ts[g].has_value()) TORCH_CHECK_VALUE(s.lr >= 0.0, "Invalid learning rate: ", s.lr);
     TORCH_CHECK_VALUE(!s.master_weights || s.has_momentum(), op, ": param group ", g,
                       " has master_weights without momentum; master weights are for SGD with "
                       "momentum");
+    const bool reduced = s.bf16_states || s.q8_states;
+    TORCH_CHECK_VALUE(int(s.master_weights) + int(s.stochastic_rounding) + int(reduced) <= 1 &&
+                          !(s.bf16_states && s.q8_states),
+                      op, ": param group ", g, " combines master_weights, stochastic_rounding "
+                      "and reduced-precision states; a group has at most one");
+    TORCH_CHECK_VALUE(!s.seeded() || s.has_momentum(), op, ": param group ", g,
+                      " has stochastic_rounding or reduced-precision states without momentum; "
+                      "they are for SGD with momentum");
     has_buf[g] = s.has_momentum();
     mw[g] = s.master_weights;
+    seeded[g] = s.seeded();
+    q8[g] = s.q8_states;
   }
   call.master = positions_in_partial_list(op, groups, n, mw, master_params.size(),
                                           "master_params", "param of a master_weights group");
   call.buf = positions_in_partial_list(op, groups, n, has_buf, momentum_buffers.size(),
                                        "momentum_buffers", "param of a group with momentum");
+  call.seed = positions_in_partial_list(op, groups, n, seeded, sr_seeds.size(), "sr_seeds",
+                                        "param of a stochastic_rounding, bf16_states or "
+                                        "q8_states group");
+  call.scale = positions_in_partial_list(op, groups, n, q8, buffer_scales.size(),
+                                         "buffer_scales", "param of a q8_states group");
   TORCH_CHECK_VALUE(first_step.size() == 0 || first_step.size() == momentum_buffers.size(), op,
                     ": first_step has ", first_step.size(),
                     " entries; expected none or one per momentum buffer (",
@@ -112,6 +147,22 @@ inline SgdCall check_sgd_call(
       check_like_param(op, p, master_params[call.master[i]], "master_params", i, at::kFloat);
       writes.add(master_params[call.master[i]], "master_params", i);
     }
+    const SgdGroup& grp = call.groups[call.group[i]];
+    at::ScalarType buf_dtype = master ? at::kFloat : p.scalar_type();
+    if (call.seed[i] >= 0) {
+      const bool reduced = grp.bf16_states || grp.q8_states;
+      TORCH_CHECK_VALUE(p.scalar_type() == (reduced ? at::kFloat : at::kBFloat16), op,
+                        ": params[", i, "] has dtype ", p.scalar_type(),
+                        reduced ? "; reduced-precision states are for float32 params"
+                                : "; stochastic_rounding is for bfloat16 params");
+      TORCH_CHECK_VALUE(g.layout() != at::kSparse, op, ": grads[", i, "] is sparse; ",
+                        reduced ? "reduced-precision states" : "stochastic_rounding",
+                        " take dense grads");
+      check_seed(op, sr_seeds, call.seed[i], backend);
+      writes.add(sr_seeds[call.seed[i]], "sr_seeds", i);
+      if (reduced) buf_dtype = grp.bf16_states ? at::kBFloat16 : at::kChar;
+    }
+    if (call.scale[i] >= 0) check_block_scales(op, buffer_scales, call.scale[i], p, i, writes);
     if (g.layout() == at::kSparse) {
       call.sparse[i] = check_coo_grad(op, p, g, i);
     } else {
@@ -120,7 +171,7 @@ inline SgdCall check_sgd_call(
     writes.add(p, "params", i);
     if (call.buf[i] >= 0) {
       const at::Tensor& b = momentum_buffers[call.buf[i]];
-      check_like_param(op, p, b, "momentum_buffers", i, master ? at::kFloat : p.scalar_type());
+      check_like_param(op, p, b, "momentum_buffers", i, buf_dtype);
       writes.add(b, "momentum_buffers", i);
       if (first_step.size() > 0) call.first[i] = first_step.get(call.buf[i]);
     }

@@ -30,6 +30,7 @@
 #include "ops/dtypes.h"
 #include "ops/parallel.h"
 #include "ops/sgd_args.h"
+#include "pyoptim/math/quantize.h"
 #include "ops/sparse_rows.h"
 #include "pyoptim/cpu/isa.h"
 #include "pyoptim/math/sgd.h"
@@ -93,15 +94,19 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
              const c10::List<std::optional<at::Tensor>>& lr_tensors,
              const std::optional<at::Tensor>& grad_scale,
              const std::optional<at::Tensor>& found_inf, bool validate_only,
-             const std::optional<at::TensorList>& master_list) {
+             const std::optional<at::TensorList>& master_list,
+             const std::optional<at::TensorList>& seed_list,
+             const std::optional<at::TensorList>& scale_list) {
   std::vector<at::Tensor> own_grads;  // Note [Grads read by the op] in ops/checks.h
   grads = ops::grads_of_params(kOp, params, grads, own_grads);
   const at::TensorList master_params = master_list.value_or(at::TensorList());
+  const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
+  const at::TensorList buffer_scales = scale_list.value_or(at::TensorList());
   // ---- 1. validate everything (sparse rows grouped); nothing is written here --------------
   ops::WriteSet writes;
   const ops::SgdCall call = ops::check_sgd_call(
       kOp, c10::DeviceType::CPU, params, grads, momentum_buffers, group_sizes, hyper, flags, first_step, lr_tensors, grad_scale, found_inf,
-      master_params, writes);
+      master_params, sr_seeds, buffer_scales, writes);
   double scale = 1.0;
   if (grad_scale.has_value()) {
     scale = ops::scalar_value(*grad_scale, "grad_scale");
@@ -160,8 +165,10 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
     const ops::SgdGroup& grp = call.of(i);
     const at::Tensor& buf = call.buf[i] >= 0 ? momentum_buffers[call.buf[i]] : none;
     SgdItem it;
-    it.flags = cpu::SgdFlags{grp.has_momentum(), grp.nesterov, call.first[i], grp.maximize,
-                             grad_scale.has_value()};
+    it.flags = cpu::SgdFlags{grp.has_momentum(),    grp.nesterov,
+                             call.first[i],         grp.maximize,
+                             grad_scale.has_value(), grp.stochastic_rounding,
+                             grp.states()};
     const at::Tensor& master = call.master[i] >= 0 ? master_params[call.master[i]] : none;
     if (ops::same_dense_layout(params[i], {&grads[i], &buf, &master})) {
       it.param = params[i];
@@ -177,10 +184,16 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
       }
       if (master.defined()) it.master = master.contiguous();
     }
-    it.ptrs = cpu::SgdPtrs{it.param.data_ptr(), it.grad.const_data_ptr(),
-                           it.buf.defined() ? it.buf.data_ptr() : nullptr,
-                           it.master.defined() ? it.master.data_ptr() : nullptr};
-    split.add(params[i].numel(), master.defined() ? 4 : params[i].element_size());
+    it.ptrs = cpu::SgdPtrs{
+        it.param.data_ptr(),
+        it.grad.const_data_ptr(),
+        it.buf.defined() ? it.buf.data_ptr() : nullptr,
+        it.master.defined() ? it.master.data_ptr() : nullptr,
+        call.seed[i] >= 0 ? static_cast<uint64_t>(*sr_seeds[call.seed[i]].const_data_ptr<int64_t>())
+                          : 0,
+        call.scale[i] >= 0 ? buffer_scales[call.scale[i]].data_ptr() : nullptr};
+    split.add(params[i].numel(), master.defined() ? 4 : params[i].element_size(),
+              grp.q8_states ? math::kQ8Block : ops::ItemSplit::kAlign);
     items.push_back(std::move(it));
     dense_index.push_back(i);
   }
@@ -188,8 +201,10 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
     const size_t i = s.index;
     const ops::SgdGroup& grp = call.of(i);
     const at::Tensor& buf = call.buf[i] >= 0 ? momentum_buffers[call.buf[i]] : none;
-    s.flags = cpu::SgdFlags{grp.has_momentum(), grp.nesterov, call.first[i], grp.maximize,
-                            grad_scale.has_value()};
+    s.flags = cpu::SgdFlags{grp.has_momentum(),    grp.nesterov,
+                            call.first[i],         grp.maximize,
+                            grad_scale.has_value(), false,
+                            cpu::StateFormat::kParam};  // (the modes take dense grads)
     s.values = call.sparse[i]->values.contiguous();
     s.param = params[i].is_contiguous() ? params[i] : params[i].contiguous();
     s.buf = (!buf.defined() || buf.is_contiguous()) ? buf : buf.contiguous();
@@ -256,6 +271,10 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
     if (s.buf.defined() && !s.buf.is_same(momentum_buffers[call.buf[i]])) {
       momentum_buffers[call.buf[i]].copy_(s.buf);
     }
+  }
+  // ---- 5. the next step's seeds (SGD has no step count to key the random bits) -------------
+  for (size_t i = 0; i < n; ++i) {
+    if (call.seed[i] >= 0) *sr_seeds[call.seed[i]].data_ptr<int64_t>() += 1;
   }
 }
 

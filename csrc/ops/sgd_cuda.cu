@@ -47,18 +47,23 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
               const c10::List<std::optional<at::Tensor>>& lr_tensors,
               const std::optional<at::Tensor>& grad_scale,
               const std::optional<at::Tensor>& found_inf, bool validate_only,
-              const std::optional<at::TensorList>& master_list) {
+              const std::optional<at::TensorList>& master_list,
+              const std::optional<at::TensorList>& seed_list,
+              const std::optional<at::TensorList>& scale_list) {
   const at::TensorList master_params = master_list.value_or(at::TensorList());
+  const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
+  const at::TensorList buffer_scales = scale_list.value_or(at::TensorList());
   // ---- 1. validate everything (sparse rows grouped); nothing is written here --------------
   ops::WriteSet writes;
   const ops::SgdCall call = ops::check_sgd_call(
       kOp, c10::DeviceType::CUDA, params, grads, momentum_buffers, group_sizes, hyper, flags, first_step, lr_tensors, grad_scale, found_inf,
-      master_params, writes);
+      master_params, sr_seeds, buffer_scales, writes);
   for (const ops::SgdGroup& g : call.groups) {
-    TORCH_CHECK_NOT_IMPLEMENTED(!g.master_weights, kOp,
-                                ": master_weights has CPU kernels only (Note [Master weights and "
+    TORCH_CHECK_NOT_IMPLEMENTED(!g.master_weights && !g.seeded(), kOp,
+                                ": master_weights, stochastic_rounding and reduced-precision "
+                                "states have CPU kernels only (Note [Master weights and "
                                 "stochastic rounding]); step these params on the CPU or without "
-                                "master_weights");
+                                "these flags");
   }
   const size_t n = params.size();
   const c10::Device dev = call.device;

@@ -738,6 +738,75 @@ void adam_states_cases(StateFormat states) {
   }
 }
 
+// SGD with momentum: bfloat16 params rounded stochastically, or float32 params with a bfloat16 /
+// 8-bit momentum buffer.
+void sgd_modes_cases() {
+  for (int mode = 0; mode < 3; ++mode) {
+    for (int bits = 0; bits < 32; ++bits) {
+      SgdFlags f = sgd_flags(bits);
+      if (!f.momentum) continue;
+      f.stochastic_round = mode == 0;
+      f.states = mode == 1 ? StateFormat::kBf16 : mode == 2 ? StateFormat::kQ8 : StateFormat::kParam;
+      const auto c = math::make_sgd_coeffs<float>(1e-2, 0.9, 0.1, 1e-2, f.scale ? 1024.0 : 1.0);
+      for (int64_t n : {1, 4, 15, 16, 17, 255, 256, 257, 515}) {
+        for (int64_t begin : {int64_t(0), mode == 2 ? int64_t(256) : int64_t(3)}) {
+          if (begin > n) continue;
+          const std::string what = std::string(mode == 0 ? "sgd_sr[" : mode == 1
+                                                                      ? "sgd_bf16buf["
+                                                                      : "sgd_8bitbuf[") +
+                                   sgd_text(f) + " n=" + std::to_string(n) +
+                                   " begin=" + std::to_string(begin) + "]";
+          ++g_cases;
+          const uint64_t seed = 0x1234567ull + static_cast<uint64_t>(bits);
+          if (mode == 0) {
+            std::vector<bf16> p = values<bf16>(n, -1, 1), g = values<bf16>(n, -2, 2),
+                              b = values<bf16>(n, -0.5, 0.5);
+            add_specials<bf16>({&p, &g, &b});
+            std::vector<bf16> p2 = p, b2 = b;
+            scalar_table().sgd.dense.bf16(SgdPtrs{p.data(), g.data(), b.data(), nullptr, seed,
+                                                  nullptr},
+                                          begin, n, c, f);
+            neon_table().sgd.dense.bf16(SgdPtrs{p2.data(), g.data(), b2.data(), nullptr, seed,
+                                                nullptr},
+                                        begin, n, c, f);
+            same(p2, p, what + " param") && same(b2, b, what + " momentum_buffer");
+            continue;
+          }
+          std::vector<float> p = values<float>(n, -1, 1), g = values<float>(n, -2, 2);
+          add_specials<float>({&p, &g});
+          std::vector<float> p2 = p;
+          if (mode == 1) {
+            std::vector<bf16> b = values<bf16>(n, -0.5, 0.5), b2 = b;
+            scalar_table().sgd.dense.f32(SgdPtrs{p.data(), g.data(), b.data(), nullptr, seed,
+                                                 nullptr},
+                                         begin, n, c, f);
+            neon_table().sgd.dense.f32(SgdPtrs{p2.data(), g.data(), b2.data(), nullptr, seed,
+                                               nullptr},
+                                       begin, n, c, f);
+            same(p2, p, what + " param") && same(b2, b, what + " momentum_buffer");
+            continue;
+          }
+          std::vector<int8_t> b(static_cast<size_t>(n));
+          for (auto& x : b) x = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+          std::vector<float> sc = values<float>((n + 255) / 256, 1e-4, 1e-2);
+          for (auto& x : sc) x = std::fabs(x);
+          std::vector<int8_t> b2 = b;
+          std::vector<float> sc2 = sc;
+          scalar_table().sgd.dense.f32(SgdPtrs{p.data(), g.data(), b.data(), nullptr, seed,
+                                               sc.data()},
+                                       begin, n, c, f);
+          neon_table().sgd.dense.f32(SgdPtrs{p2.data(), g.data(), b2.data(), nullptr, seed,
+                                             sc2.data()},
+                                     begin, n, c, f);
+          same(p2, p, what + " param") &&
+              same(as_floats(b2), as_floats(b), what + " momentum_buffer") &&
+              same(sc2, sc, what + " momentum_buffer_scale");
+        }
+      }
+    }
+  }
+}
+
 // The whole-tensor conversions (quantize_8bit / dequantize_8bit's kernels).
 void q8_conversion_cases() {
   for (bool sqrt_map : {false, true}) {
@@ -812,6 +881,7 @@ int main(int argc, char** argv) {
   section("adam_states", "bfloat16", [] { adam_states_cases(StateFormat::kBf16); });
   section("adam_states", "8bit", [] { adam_states_cases(StateFormat::kQ8); });
   section("q8_convert", "8bit", [] { q8_conversion_cases(); });
+  section("sgd_modes", "mixed", [] { sgd_modes_cases(); });
   section("sgd_master", "bfloat16", [] { sgd_master_cases<bf16>(); });
   section("sgd_master", "float16", [] { sgd_master_cases<fp16>(); });
   std::printf("dispatch:\n");

@@ -81,11 +81,16 @@ struct AdamKernels {
 // param's dtype and layout); buf is only touched when flags.momentum. With master weights
 // (the *_master kernels: Note [Master weights and stochastic rounding] in
 // math/stochastic_round.h), master_param and the buffer are float32.
+// With stochastic rounding or reduced states, sr_seed keys the random bits (SGD has no step
+// count: the op adds one to the seed tensor each step, Note [Reduced-precision optimizer
+// states]); 8-bit buffers have one float32 scale per math::kQ8Block elements.
 struct SgdPtrs {
   void* param;
   const void* grad;
   void* momentum_buffer;
   void* master_param;
+  uint64_t sr_seed;
+  void* buffer_scale;
 };
 struct SgdFlags {
   bool momentum;  // momentum != 0
@@ -93,6 +98,8 @@ struct SgdFlags {
   bool first_step;  // buf = grad (see Note [SGD first step] in math/sgd.h)
   bool maximize;
   bool scale;  // divide grads by coeffs.grad_scale
+  bool stochastic_round;  // bfloat16 params only: store the param rounded stochastically
+  StateFormat states;     // float32 params with momentum only: the buffer's format
 };
 template <class T>
 using SgdFn = void (*)(const SgdPtrs&, int64_t begin, int64_t end, const math::SgdCoeffs<T>&,

@@ -5,9 +5,12 @@
 // before writing anything).
 //
 // Note [Reduced-precision optimizer states]
-// Opt-in per param group with `state_dtype=` (Adam, AdamW; float32 params; off by default, so the
-// default is torch's state in the param's dtype). The update is math::adam_step in float32 on
-// the moments widened from their stored form; only their storage differs:
+// Opt-in per param group with `state_dtype=` (Adam, AdamW, and SGD with momentum; float32
+// params; off by default, so the default is torch's state in the param's dtype). The update is
+// math::adam_step (math::sgd_step) in float32 on the moments (the momentum buffer) widened from
+// their stored form; only their storage differs. SGD's buffer takes exp_avg's format, map and
+// random bits (bits_of_m); SGD has no step count, so its keys are sr_key(seed, 0, ...) and the
+// op adds one to the seed tensor after each step it takes.
 //
 //  * state_dtype=torch.bfloat16: exp_avg and exp_avg_sq are bfloat16 tensors, stored rounded
 //    stochastically (math/stochastic_round.h), so a moment whose per-step change is below half a

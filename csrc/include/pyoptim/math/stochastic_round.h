@@ -25,7 +25,9 @@
 //    becomes hi with probability (x - lo) / (hi - lo), so E[round(x)] = x, and an update
 //    smaller than half a bfloat16 ulp still moves the param on average instead of being lost.
 //    The op's `sr_seeds` holds one int64 CPU tensor per param of such groups, the seed
-//    (state["sr_seed"], drawn from torch's generator when the state is created).
+//    (state["sr_seed"], drawn from torch's generator when the state is created). sgd_ has the
+//    same mode for groups with momentum; SGD keeps no step count, so its key is
+//    sr_key(seed, 0, ...) and the op adds one to the seed after each step it takes.
 //
 // The rounding (round_bf16_stochastic): add 16 random bits r (uniform in [0, 2^16)) to the
 // float32 bit pattern and keep its high 16 bits. The low 16 bits of the pattern are the position

@@ -1,0 +1,255 @@
+"""SGD (with momentum) in its stochastic-rounding and reduced-precision-buffer modes:
+`stochastic_rounding=True` (bfloat16 params), `state_dtype=torch.bfloat16` / "8bit" (float32
+params) (Note [Master weights and stochastic rounding], Note [Reduced-precision optimizer
+states]). SGD has no step count: the step adds one to the param's seed, which keys its bits.
+
+Op level, bitwise against tests/reference_mixed.py at every ISA level and thread count; the
+optimizer class's flags, errors and checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import op_calls
+import pytest
+import torch
+from conftest import ISA_LEVELS
+from helpers import assert_bitwise_equal, snapshot
+from reference_mixed import sgd_modes_reference
+
+import pyoptim
+from pyoptim import _ops
+
+SIZES = [1, 7, 16, 255, 256, 257, 1000, 4099]
+MODES = ["sr", "bfloat16", "8bit"]
+FLAGS = {
+    "momentum": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False,
+                     maximize=False),
+    "nesterov-wd": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True,
+                        maximize=False),
+    "dampening-maximize": dict(lr=0.05, momentum=0.5, dampening=0.3, weight_decay=0.1,
+                               nesterov=False, maximize=True),
+}
+
+
+def _tensors(sizes, seed, dtype=torch.float32, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, generator=g) * scale).to(dtype) for n in sizes]
+
+
+def case(mode, sizes=SIZES, seed=1):
+    pdtype = torch.bfloat16 if mode == "sr" else torch.float32
+    bdtype = {"sr": torch.bfloat16, "bfloat16": torch.bfloat16, "8bit": torch.int8}[mode]
+    state = dict(params=_tensors(sizes, seed, pdtype),
+                 bufs=[torch.zeros(n, dtype=bdtype) for n in sizes],
+                 seeds=[torch.tensor(s) for s in (7, -3, 2**62 + 5, 0, 1, 99, 12345, 42)][
+                     :len(sizes)])
+    if mode == "8bit":
+        state["scales"] = [torch.zeros(-(-n // 256)) for n in sizes]
+    return state
+
+
+def clone(state):
+    return {k: [t.clone() for t in v] for k, v in state.items()}
+
+
+def run_op(state, grads, hp, mode, first):
+    op_calls.sgd_(state["params"], grads, state["bufs"], is_first_step=first,
+                  sr_seeds=state["seeds"], states=None if mode == "sr" else mode,
+                  buffer_scales=state.get("scales"), **hp)
+
+
+def run_ref(state, grads, hp, mode, first):
+    seeds = [int(s) for s in state["seeds"]]
+    sgd_modes_reference(state["params"], grads, state["bufs"], seeds, mode, first,
+                        state.get("scales"), **hp)
+    for t, s in zip(state["seeds"], seeds):
+        t.fill_(s)
+
+
+@pytest.mark.parametrize("flags", list(FLAGS))
+@pytest.mark.parametrize("mode", MODES)
+def test_matches_reference(isa, mode, flags):
+    hp = FLAGS[flags]
+    state = case(mode)
+    ref = clone(state)
+    dtype = torch.bfloat16 if mode == "sr" else torch.float32
+    for k in range(3):
+        grads = _tensors(SIZES, 100 + k, dtype)
+        run_op(state, grads, hp, mode, first=k == 0)
+        run_ref(ref, grads, hp, mode, first=k == 0)
+    assert_bitwise_equal(state, ref, isa)
+    assert [int(s) for s in state["seeds"]][:2] == [7 + 3, -3 + 3]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_levels_and_threads_agree(restore_num_threads, mode):
+    sizes = [300_007, 5]
+    hp = FLAGS["nesterov-wd"]
+    dtype = torch.bfloat16 if mode == "sr" else torch.float32
+    state0 = case(mode, sizes, 3)
+    grads0 = _tensors(sizes, 33, dtype)
+    run_ref(state0, grads0, hp, mode, first=True)  # a buffer to start from
+    grads = _tensors(sizes, 34, dtype)
+    ref = clone(state0)
+    run_ref(ref, grads, hp, mode, first=False)
+    for level in ISA_LEVELS:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            state = clone(state0)
+            with _ops.cpu_capability_override(level):
+                run_op(state, grads, hp, mode, first=False)
+            assert_bitwise_equal(state, ref, f"{level} x {threads} threads")
+
+
+def test_skipped_step_keeps_the_seed():
+    state = case("bfloat16", sizes=[10])
+    before = snapshot(state)
+    run_op(state, _tensors([10], 1), dict(FLAGS["momentum"], found_inf=torch.tensor(1.0)),
+           "bfloat16", first=True)
+    assert_bitwise_equal(state, before)
+
+
+BAD = {
+    "sr-fp32-param": ("sr", lambda s: s["params"].__setitem__(0, s["params"][0].float()),
+                      ValueError, "stochastic_rounding is for bfloat16"),
+    "8bit-short-scales": ("8bit", lambda s: s["scales"].__setitem__(6, s["scales"][6][:1]),
+                          ValueError, "block scales for params\\[6\\]"),
+    "bf16-buffer-dtype": ("bfloat16", lambda s: s["bufs"].__setitem__(2, s["bufs"][2].float()),
+                          TypeError, "momentum_buffers\\[2\\]"),
+    "no-seed": ("bfloat16", lambda s: s["seeds"].pop(), ValueError, "sr_seeds"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_writes_nothing(name):
+    mode, mutate, exc, match = BAD[name]
+    state = case(mode)
+    mutate(state)
+    before = snapshot(state)
+    with pytest.raises(exc, match=match):
+        run_op(state, [torch.randn_like(p) for p in state["params"]], FLAGS["momentum"], mode,
+               first=False)
+    assert_bitwise_equal(state, before)
+
+
+def test_without_momentum_or_sparse_rejected_by_the_op():
+    state = case("bfloat16", sizes=[8])
+    with pytest.raises(ValueError, match="without momentum"):
+        op_calls.sgd_(state["params"], [torch.randn(8)], [], is_first_step=False,
+                      sr_seeds=state["seeds"], states="bfloat16",
+                      **dict(FLAGS["momentum"], momentum=0.0))
+    sparse = torch.sparse_coo_tensor(torch.tensor([[1, 3]]), torch.ones(2), (8,))
+    with pytest.raises(ValueError, match="dense grads"):
+        run_op(state, [sparse], FLAGS["momentum"], "bfloat16", first=False)
+
+
+# ---- the optimizer class -----------------------------------------------------------------------
+
+def _model(dtype, seed=0, sizes=(37, 300, 5)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(n, generator=g).to(dtype)) for n in sizes]
+
+
+def _set_grads(params, k):
+    g = torch.Generator().manual_seed(1000 + k)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+
+
+KW = {"sr": dict(stochastic_rounding=True), "bfloat16": dict(state_dtype=torch.bfloat16),
+      "8bit": dict(state_dtype="8bit")}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_optimizer_matches_reference_and_resumes(mode):
+    dtype = torch.bfloat16 if mode == "sr" else torch.float32
+    hp = FLAGS["nesterov-wd"]
+    opt_kw = dict(lr=hp["lr"], momentum=hp["momentum"], nesterov=True, weight_decay=0.01)
+
+    torch.manual_seed(4)
+    params = _model(dtype)
+    opt = pyoptim.SGD(params, **opt_kw, **KW[mode])
+    ref = case(mode, sizes=[p.numel() for p in params])
+    ref["params"] = [p.detach().clone() for p in params]
+    for k in range(3):
+        _set_grads(params, k)
+        opt.step()
+        if k == 0:  # the seeds drawn at the first step, before it counted
+            for t, p in zip(ref["seeds"], params):
+                t.fill_(int(opt.state[p]["sr_seed"]) - 1)
+        run_ref(ref, [p.grad for p in params], hp, mode, first=k == 0)
+    for i, p in enumerate(params):
+        assert_bitwise_equal(p.detach(), ref["params"][i])
+        assert_bitwise_equal(opt.state[p]["momentum_buffer"], ref["bufs"][i])
+        assert int(opt.state[p]["sr_seed"]) == int(ref["seeds"][i])
+
+    # a checkpoint: the resumed run continues bit for bit
+    buf = io.BytesIO()
+    torch.save({"model": [p.detach() for p in params], "opt": opt.state_dict()}, buf)
+    for k in range(3, 5):
+        _set_grads(params, k)
+        opt.step()
+    straight = [p.detach().clone() for p in params]
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    torch.manual_seed(99)
+    params2 = [torch.nn.Parameter(t.clone()) for t in ckpt["model"]]
+    opt2 = pyoptim.SGD(params2, **opt_kw, **KW[mode])
+    opt2.load_state_dict(ckpt["opt"])
+    for k in range(3, 5):
+        _set_grads(params2, k)
+        opt2.step()
+    for a, b in zip(params2, straight):
+        assert_bitwise_equal(a.detach(), b)
+
+
+@pytest.mark.parametrize("mode", ["bfloat16", "8bit"])
+def test_torch_checkpoints_both_ways(mode):
+    params = _model(torch.float32)
+    opt = pyoptim.SGD(params, lr=0.05, momentum=0.9, **KW[mode])
+    _set_grads(params, 0)
+    opt.step()
+    sd = opt.torch_state_dict()
+    assert set(sd["state"][0]) == {"momentum_buffer"}
+    assert sd["state"][0]["momentum_buffer"].dtype == torch.float32
+    tparams = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    topt = torch.optim.SGD(tparams, lr=0.05, momentum=0.9)
+    topt.load_state_dict(sd)
+    _set_grads(tparams, 1)
+    topt.step()
+    # and a torch checkpoint into the reduced buffer: converted at the next step
+    params3 = [torch.nn.Parameter(p.detach().clone()) for p in tparams]
+    opt3 = pyoptim.SGD(params3, lr=0.05, momentum=0.9, **KW[mode])
+    opt3.load_state_dict(copy.deepcopy(topt.state_dict()))
+    _set_grads(params3, 2)
+    opt3.step()
+    assert opt3.state[params3[0]]["momentum_buffer"].dtype == (
+        torch.bfloat16 if mode == "bfloat16" else torch.int8)
+
+
+ERRORS = {
+    "sr-no-momentum": (dict(stochastic_rounding=True, momentum=0.0), torch.bfloat16,
+                       "needs momentum"),
+    "states-no-momentum": (dict(state_dtype="8bit", momentum=0.0), torch.float32,
+                           "needs momentum"),
+    "states-bf16-params": (dict(state_dtype=torch.bfloat16, momentum=0.9), torch.bfloat16,
+                           "needs float32 params"),
+    "sr-fp32": (dict(stochastic_rounding=True, momentum=0.9), torch.float32, "needs bfloat16"),
+    "states-and-master": (dict(state_dtype="8bit", master_weights=True, momentum=0.9),
+                          torch.float32, "master_weights"),
+}
+
+
+@pytest.mark.parametrize("name", list(ERRORS))
+def test_bad_combinations_raise_at_construction(name):
+    kw, dtype, match = ERRORS[name]
+    with pytest.raises(ValueError, match=match):
+        pyoptim.SGD(_model(dtype), lr=0.1, **kw)
+
+
+def test_default_is_torchs_behaviour():
+    opt = pyoptim.SGD(_model(torch.float32), lr=0.1, momentum=0.9)
+    assert opt.defaults == torch.optim.SGD(_model(torch.float32), lr=0.1, momentum=0.9).defaults
