@@ -1,4 +1,5 @@
-"""Mixed-precision AdamW workloads (CPU; the CUDA ops do not run these modes yet):
+"""Mixed-precision AdamW workloads (CPU only for now: the CUDA kernels of these modes have no
+workloads yet):
 
   bf16-master-1x64M   bfloat16 params with float32 master weights (master_weights=True), 28 B
                       per element; against torch doing the same job: fused AdamW on float32

@@ -504,16 +504,6 @@ def test_default_is_torchs_behaviour():
     assert opt.state[params[0]]["exp_avg"].dtype == torch.bfloat16
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and torch.ops.pyoptim._built_with_cuda()),
-                    reason="needs a CUDA GPU (none visible) and a build with the CUDA kernels")
-def test_cuda_rejects_modes_before_writing():
-    p = torch.randn(8, device="cuda").bfloat16()
-    with pytest.raises(NotImplementedError, match="CPU kernels only"):
-        op_calls.adam_([p], [p.clone()], [torch.zeros(8, device="cuda")],
-                       [torch.zeros(8, device="cuda")], [], [torch.tensor(0.0)],
-                       master_params=[p.float()], **_hp())
-
-
 # ---- SGD with momentum and master weights --------------------------------------------------------
 
 SGD_FLAGS = {

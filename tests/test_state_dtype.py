@@ -462,15 +462,3 @@ def test_lazy_sparse_rejects_reduced_states():
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match="state_dtype='8bit' does not support sparse"):
         opt.step()
-
-
-@pytest.mark.skipif(not (torch.cuda.is_available() and torch.ops.pyoptim._built_with_cuda()),
-                    reason="needs a CUDA GPU (none visible) and a build with the CUDA kernels")
-def test_cuda_rejects_reduced_states_before_writing():
-    p = torch.nn.Parameter(torch.randn(8, device="cuda"))
-    p.grad = torch.randn_like(p)
-    opt = pyoptim.AdamW([p], state_dtype="bfloat16")
-    before = p.detach().clone()
-    with pytest.raises(NotImplementedError, match="CPU kernels only"):
-        opt.step()
-    assert_bitwise_equal(p.detach(), before)

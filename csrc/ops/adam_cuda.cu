@@ -1,6 +1,7 @@
 // pyoptim::adam_ on CUDA: validate everything, then one multi_tensor_apply per set of tensors
-// that share a group, a dtype and a way of getting their coefficients, then count the steps.
-// Kernels: cuda/adam_kernels.cuh.
+// that share a group, a dtype, a mode and a way of getting their coefficients, then count the
+// steps. Kernels: cuda/adam_kernels.cuh; master weights, stochastic rounding and reduced-precision
+// states: cuda/adam_mixed_kernels.cuh (Note [Mixed-mode launches]).
 //
 // Note [Where the step count lives]
 // torch.optim keeps `step` on the CPU unless capturable or fused, where it is on the param's
@@ -25,6 +26,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cstring>
 #include <map>
 #include <optional>
@@ -32,6 +34,7 @@
 #include <vector>
 
 #include "cuda/adam_kernels.cuh"
+#include "cuda/adam_mixed_kernels.cuh"
 #include "cuda/multi_tensor_apply.cuh"
 #include "ops/adam_args.h"
 #include "ops/checks.h"
@@ -43,17 +46,29 @@ namespace {
 
 constexpr const char* kOp = "pyoptim.adam_";
 
-// Tensors launched together: same group and dtype; host mode: same step count; device mode:
-// same step dtype.
+using cuda::mixed::Mode;
+
+// The mode of a param of group `g` (Note [Mixed-mode launches] in cuda/adam_mixed_kernels.cuh).
+Mode mode_of(const ops::AdamGroup& g) {
+  if (g.master_weights) return Mode::kMaster;
+  if (g.stochastic_rounding) return Mode::kSR;
+  if (g.bf16_states) return Mode::kBf16States;
+  if (g.q8_states) return Mode::kQ8States;
+  return Mode::kPlain;
+}
+
+// Tensors launched together: same group, dtype and mode; host mode: same step count; device
+// mode: same step dtype.
 struct LaunchKey {
   size_t group;
   at::ScalarType dtype;
   bool device_mode;
   bool step_is_double;
   uint64_t host_step_bits;
+  Mode mode;
   bool operator<(const LaunchKey& o) const {
-    return std::tie(group, dtype, device_mode, step_is_double, host_step_bits) <
-           std::tie(o.group, o.dtype, o.device_mode, o.step_is_double, o.host_step_bits);
+    return std::tie(group, dtype, device_mode, step_is_double, host_step_bits, mode) <
+           std::tie(o.group, o.dtype, o.device_mode, o.step_is_double, o.host_step_bits, o.mode);
   }
 };
 
@@ -77,14 +92,18 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
       kOp, c10::DeviceType::CUDA, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
       state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf, master_params,
       sr_seeds, exp_avg_scales, exp_avg_sq_scales, writes);
-  for (const ops::AdamGroup& g : call.groups) {
-    TORCH_CHECK_NOT_IMPLEMENTED(!g.master_weights && !g.seeded(), kOp,
-                                ": master_weights, stochastic_rounding and reduced-precision "
-                                "states have CPU kernels only (Note [Master weights and "
-                                "stochastic rounding], Note [Reduced-precision optimizer "
-                                "states]); step these params on the CPU or without these flags");
-  }
   const size_t n = params.size();
+  // The stochastic modes (stochastic_rounding, bf16 and 8-bit states) key their random bits by
+  // the step count, which the host reads to compute the keys (Note [Mixed-mode launches]): with
+  // the count on the GPU (capturable / fused) the key would need a device value, so they take
+  // host step counts only. Master weights run in both modes.
+  for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK_NOT_IMPLEMENTED(call.seed[i] < 0 || state_steps[i].device().is_cpu(), kOp,
+                                ": state_steps[", i, "] is on ", state_steps[i].device(),
+                                "; on CUDA, stochastic_rounding and reduced-precision states "
+                                "(bfloat16 or 8-bit) need the step count on the CPU (not "
+                                "capturable or fused: their random bits are keyed by it)");
+  }
   const c10::Device dev = call.device;
   bool any_host_step = false;
   for (size_t i = 0; i < n; ++i) {
@@ -134,15 +153,18 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   std::vector<LaunchKey> keys(n);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& s = state_steps[i];
+    const Mode mode = mode_of(call.of(i));
     LaunchKey key{call.group[i], params[i].scalar_type(), !s.device().is_cpu(),
-                  s.scalar_type() == at::kDouble, 0};
+                  s.scalar_type() == at::kDouble, 0, mode};
     if (!key.device_mode) {
       key.step_is_double = false;
       std::memcpy(&key.host_step_bits, &host_steps[i], sizeof(double));
       const ops::AdamGroup& grp = call.of(i);
       const double lr_i = group_lr[call.group[i]];
       if (!coeffs_f.count(key) && !coeffs_d.count(key)) {
-        ops::dispatch_param_dtype(key.dtype, [&](auto st) {
+        // a master-weights param steps its float32 master: the coefficients of a float32 param
+        const at::ScalarType coeff_dtype = mode == Mode::kMaster ? at::kFloat : key.dtype;
+        ops::dispatch_param_dtype(coeff_dtype, [&](auto st) {
           using S = decltype(st);
           using T = cuda::mta::opmath_t<S>;
           const auto c = math::make_adam_coeffs<T>(lr_i, grp.beta1, grp.beta2, grp.eps,
@@ -159,6 +181,13 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
     }
     keys[i] = key;
   }
+  // The seeds of the stochastic modes: one-element int64 CPU tensors, read here.
+  std::vector<uint64_t> seeds(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    if (call.seed[i] >= 0) {
+      seeds[i] = static_cast<uint64_t>(*sr_seeds[call.seed[i]].const_data_ptr<int64_t>());
+    }
+  }
   writes.check(kOp);
   if (validate_only || skip || n == 0) return;
 
@@ -174,22 +203,52 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   if (inf_read_on_device) inf_ref = cuda::mta::device_scalar(*found_inf, keep_alive);
 
   struct Work {
-    at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
+    at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master;
   };
   std::vector<Work> work(n);
   std::map<LaunchKey, std::vector<cuda::AdamWorkItem>> launches;
+  std::map<LaunchKey, std::vector<cuda::mixed::MixedItem>> mixed_launches;
   std::vector<at::Tensor> device_steps;
   const at::Tensor none;
   for (size_t i = 0; i < n; ++i) {
     Work& w = work[i];
     const at::Tensor& vmax = call.vmax[i] >= 0 ? max_exp_avg_sqs[call.vmax[i]] : none;
-    if (ops::same_dense_layout(params[i], {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax})) {
-      w = Work{params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], vmax};
+    const at::Tensor& master = call.master[i] >= 0 ? master_params[call.master[i]] : none;
+    if (ops::same_dense_layout(params[i],
+                               {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax, &master})) {
+      w = Work{params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], vmax, master};
     } else {  // layouts differ: work on row-major copies (only those that are not already)
       w = Work{params[i].contiguous(), grads[i].contiguous(), exp_avgs[i].contiguous(),
-               exp_avg_sqs[i].contiguous(), vmax.defined() ? vmax.contiguous() : none};
+               exp_avg_sqs[i].contiguous(), vmax.defined() ? vmax.contiguous() : none,
+               master.defined() ? master.contiguous() : none};
     }
     if (keys[i].device_mode) device_steps.push_back(state_steps[i]);
+    if (keys[i].mode != Mode::kPlain) {
+      auto ptr = [](const at::Tensor& t) -> void* { return t.defined() ? t.data_ptr() : nullptr; };
+      void* const grad = const_cast<void*>(w.grad.const_data_ptr());
+      std::array<void*, 6> addr{};
+      switch (keys[i].mode) {
+        case Mode::kMaster:
+          addr = {ptr(w.param), grad, ptr(w.master), ptr(w.exp_avg), ptr(w.exp_avg_sq),
+                  ptr(w.max_exp_avg_sq)};
+          break;
+        case Mode::kSR:
+          addr = {ptr(w.param), grad, ptr(w.exp_avg), ptr(w.exp_avg_sq), ptr(w.max_exp_avg_sq),
+                  nullptr};
+          break;
+        case Mode::kBf16States:
+          addr = {ptr(w.param), grad, ptr(w.exp_avg), ptr(w.exp_avg_sq), nullptr, nullptr};
+          break;
+        default:  // kQ8States: the block scales are contiguous (checked), updated in place
+          addr = {ptr(w.param), grad, ptr(w.exp_avg), ptr(w.exp_avg_sq),
+                  exp_avg_scales[call.scale[i]].data_ptr(),
+                  exp_avg_sq_scales[call.scale[i]].data_ptr()};
+      }
+      mixed_launches[keys[i]].push_back(cuda::mixed::MixedItem{
+          addr, params[i].numel(), seeds[i],
+          keys[i].device_mode ? state_steps[i].const_data_ptr() : nullptr});
+      continue;
+    }
     launches[keys[i]].push_back(cuda::AdamWorkItem{
         {w.param.data_ptr(), const_cast<void*>(w.grad.const_data_ptr()), w.exp_avg.data_ptr(),
          w.exp_avg_sq.data_ptr(), w.max_exp_avg_sq.defined() ? w.max_exp_avg_sq.data_ptr() : nullptr},
@@ -231,6 +290,33 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
     });
   }
 
+  // The modes of Note [Mixed-mode launches]: float32 math (a master's coefficients are a
+  // float32 param's), one launch list per key.
+  for (const auto& launch : mixed_launches) {
+    const LaunchKey& key = launch.first;
+    const ops::AdamGroup& grp = call.groups[key.group];
+    double host_step = 0.0;
+    std::memcpy(&host_step, &key.host_step_bits, sizeof(double));
+    const cuda::AdamLaunchFlags flags{grp.decoupled, grp.amsgrad, grp.maximize,
+                                      grad_scale.has_value()};
+    cuda::AdamLaunchArgs<float> a{};
+    a.lr = group_lr[key.group];
+    a.beta1 = grp.beta1;
+    a.beta2 = grp.beta2;
+    a.eps = grp.eps;
+    a.weight_decay = grp.weight_decay;
+    a.scale = scale;
+    a.lr_dev = lr_ref[key.group];
+    a.scale_dev = scale_ref;
+    a.found_inf = inf_ref;
+    a.device_coeffs = key.device_mode;
+    a.step_is_double = key.step_is_double;
+    if (!key.device_mode) a.coeffs = coeffs_f.at(key);
+    // the keys' step: the count after this step (the stochastic modes have host counts)
+    const uint64_t sr_step = key.device_mode ? 0 : static_cast<uint64_t>(host_step + 1.0);
+    cuda::mixed::launch_adam_mixed(key.mode, key.dtype, launch.second, sr_step, a, flags);
+  }
+
   // ---- 4. copy back what was updated in a copy, and count the step ------------------------
   for (size_t i = 0; i < n; ++i) {
     Work& w = work[i];
@@ -240,6 +326,10 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
     if (w.max_exp_avg_sq.defined()) {
       const at::Tensor& vmax = max_exp_avg_sqs[call.vmax[i]];
       if (!w.max_exp_avg_sq.is_same(vmax)) vmax.copy_(w.max_exp_avg_sq);
+    }
+    if (w.master.defined()) {
+      const at::Tensor& master = master_params[call.master[i]];
+      if (!w.master.is_same(master)) master.copy_(w.master);
     }
   }
   if (!device_steps.empty()) cuda::launch_increment_steps(device_steps, inf_ref);

@@ -1,8 +1,7 @@
 // Reduced-precision optimizer states: bfloat16 and block-wise 8-bit moments for float32 params.
 // One definition of the maps and their rounding for every path: the CPU SIMD body (V a float
 // vector, U its uint32 vector), the CPU scalar tail, the conversion ops and device code (V =
-// float, U = uint32_t; the CUDA ops do not run these modes yet: they raise NotImplementedError
-// before writing anything).
+// float, U = uint32_t: cuda/adam_mixed_kernels.cuh, Note [Mixed-mode launches]).
 //
 // Note [Reduced-precision optimizer states]
 // Opt-in per param group with `state_dtype=` (Adam, AdamW, and SGD with momentum; float32

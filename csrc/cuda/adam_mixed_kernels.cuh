@@ -1,0 +1,396 @@
+// Adam / AdamW CUDA kernels of the opt-in modes: master weights, stochastic rounding of bfloat16
+// params (Note [Master weights and stochastic rounding] in math/stochastic_round.h), bfloat16
+// and 8-bit moments (Note [Reduced-precision optimizer states] in math/quantize.h). The CPU
+// loops they mirror bit for bit: adam_master_loop, adam_loop<kSR = true>, adam_bf16_state_loop
+// and adam_q8_state_loop in cpu/adam_impl.h. The op glue is ops/adam_cuda.cu.
+//
+// Note [Mixed-mode launches]
+// These modes read arrays of different element types (a bfloat16 param with a float32 master,
+// a float32 param with int8 codes and per-block scales), and the stochastic ones key their
+// random bits by the element's index in its tensor, so they have their own small launcher next
+// to multi_tensor_apply (whose chunks offset every array by one element type): one launch per
+// list of tensors, everything in the kernel arguments (as Note [Chunks and blocks]), each tensor
+// cut into chunks of kChunk elements, one thread block per chunk.
+//   * A tensor is first cut into pieces of at most 2^32 elements, starting at multiples of 2^32:
+//     sr_key(seed, step, i >> 32, stream) is constant over a piece, so the host computes it once
+//     per piece and passes it by value; in a piece, uint32(i) is the element's offset in the
+//     piece. A piece is never split across launches (kMaxBlocks), so the offset is exact.
+//   * The element-wise modes (master, stochastic rounding, bfloat16 moments): one thread per
+//     element, the block striding through its chunk; the scalar path of the CPU loops.
+//   * 8-bit moments: a quantization block (kQ8Block = 256 elements) belongs to one warp, 8
+//     elements per lane (coalesced: lane + 32 k). Decode, step (math::adam_step_root), the
+//     block's NaN-propagating maxima of |m| and sqrt(v) by a butterfly of shuffles (max is exact,
+//     so any order gives the CPU's value; a NaN anywhere gives NaN, as the CPU's lane_max), then
+//     q8_scale_signed / q8_scale_sqrt decide exactly as the CPU does (a NaN or inf maximum: codes
+//     0 and both scales NaN) and the lanes encode their elements from registers. A chunk
+//     (a multiple of 256 elements; so is a piece) holds whole quantization blocks.
+// Host step counts only for the stochastic modes (the op raises NotImplementedError otherwise):
+// their keys depend on the count. Master weights also run in device mode (the count, lr and
+// found_inf read on the device, as AdamOp).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "cuda/adam_kernels.cuh"
+#include "cuda/multi_tensor_apply.cuh"
+#include "pyoptim/macros.h"
+#include "pyoptim/math/adam.h"
+#include "pyoptim/math/quantize.h"
+#include "pyoptim/math/stochastic_round.h"
+
+namespace pyoptim {
+namespace cuda {
+namespace mixed {
+
+constexpr int kThreads = 256;
+constexpr int64_t kChunk = 16384;             // elements per block
+constexpr int64_t kPiece = int64_t(1) << 32;  // elements per random-bit key
+static_assert(kChunk % math::kQ8Block == 0 && kPiece % kChunk == 0, "chunks hold whole blocks");
+static_assert(kThreads % 32 == 0 && math::kQ8Block % 32 == 0, "warps own whole blocks");
+
+// The modes; kPlain is AdamOp's (cuda/adam_kernels.cuh).
+enum class Mode : int { kPlain = 0, kMaster, kSR, kBf16States, kQ8States };
+
+// One piece of a tensor (<= kPiece elements). addr, by mode:
+//   kMaster:     param (P), grad (P), master, exp_avg, exp_avg_sq, max_exp_avg_sq (float32)
+//   kSR:         param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq (bfloat16)
+//   kBf16States: param, grad (float32), exp_avg, exp_avg_sq (bfloat16)
+//   kQ8States:   param, grad (float32), exp_avg (int8), exp_avg_sq (uint8), exp_avg_scale,
+//                exp_avg_sq_scale (float32, one per block; offset to the piece's first block)
+struct Piece {
+  void* addr[6];
+  int64_t numel;
+  math::SrKey key;    // the stochastic modes: the key of the piece's elements
+  const void* step;   // device mode (kMaster): the tensor's step count
+};
+
+template <int MaxPieces>
+struct Meta {
+  Piece piece[MaxPieces];
+  int32_t first_chunk[MaxPieces + 1];  // first_chunk[n] == number of blocks
+  int32_t n;
+};
+
+template <int MaxPieces, class Op>
+__global__ void __launch_bounds__(kThreads)
+    mixed_kernel(const __grid_constant__ Meta<MaxPieces> meta, const __grid_constant__ Op op) {
+  const int32_t b = static_cast<int32_t>(blockIdx.x);
+  int lo = 0, hi = meta.n - 1;  // the last piece whose first chunk is <= b
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (meta.first_chunk[mid] <= b) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const Piece& pc = meta.piece[lo];
+  const int64_t begin = static_cast<int64_t>(b - meta.first_chunk[lo]) * kChunk;
+  const int64_t n = pc.numel - begin < kChunk ? pc.numel - begin : kChunk;
+  op(pc, begin, n);
+}
+
+// The coefficients of a piece's tensor: the launch's (host mode) or from its step count.
+template <bool kDecoupled, bool kScale>
+__device__ __forceinline__ math::AdamCoeffs<float> piece_coeffs(const AdamLaunchArgs<float>& a,
+                                                                const Piece& pc) {
+  if (a.device_coeffs) return adam_device_coeffs<float>(a, kDecoupled, pc.step);
+  math::AdamCoeffs<float> cf = a.coeffs;
+  if (kScale && a.scale_dev.ptr) cf.grad_scale = static_cast<float>(a.scale_dev.get());
+  return cf;
+}
+
+__device__ __forceinline__ bool skipped(const AdamLaunchArgs<float>& a) {
+  return a.found_inf.ptr && a.found_inf.get() != 0.0;  // GradScaler: skip the step
+}
+
+// 16-bit params P with float32 master weights and moments (adam_master_loop).
+template <class P, bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale>
+struct MasterOp {
+  AdamLaunchArgs<float> a;
+  __device__ __forceinline__ void operator()(const Piece& pc, int64_t begin, int64_t n) const {
+    if (skipped(a)) return;
+    const math::AdamCoeffs<float> cf = piece_coeffs<kDecoupled, kScale>(a, pc);
+    P* param = static_cast<P*>(pc.addr[0]) + begin;
+    const P* grad = static_cast<const P*>(pc.addr[1]) + begin;
+    float* master = static_cast<float*>(pc.addr[2]) + begin;
+    float* exp_avg = static_cast<float*>(pc.addr[3]) + begin;
+    float* exp_avg_sq = static_cast<float*>(pc.addr[4]) + begin;
+    float* max_sq = kAmsgrad ? static_cast<float*>(pc.addr[5]) + begin : nullptr;
+    for (int64_t j = threadIdx.x; j < n; j += kThreads) {
+      float p = master[j], m = exp_avg[j], v = exp_avg_sq[j];
+      float vmax = kAmsgrad ? max_sq[j] : v;
+      math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(p, static_cast<float>(grad[j]), m,
+                                                               v, vmax, cf);
+      master[j] = p;
+      param[j] = P(p);  // master.to(param dtype): round to nearest even
+      exp_avg[j] = m;
+      exp_avg_sq[j] = v;
+      if (kAmsgrad) max_sq[j] = vmax;
+    }
+  }
+};
+
+// bfloat16 params and moments; the param stored rounded stochastically (adam_loop<kSR = true>).
+template <bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale>
+struct SrOp {
+  AdamLaunchArgs<float> a;
+  __device__ __forceinline__ void operator()(const Piece& pc, int64_t begin, int64_t n) const {
+    if (skipped(a)) return;
+    using B = c10::BFloat16;
+    const math::AdamCoeffs<float> cf = piece_coeffs<kDecoupled, kScale>(a, pc);
+    B* param = static_cast<B*>(pc.addr[0]) + begin;
+    const B* grad = static_cast<const B*>(pc.addr[1]) + begin;
+    B* exp_avg = static_cast<B*>(pc.addr[2]) + begin;
+    B* exp_avg_sq = static_cast<B*>(pc.addr[3]) + begin;
+    B* max_sq = kAmsgrad ? static_cast<B*>(pc.addr[4]) + begin : nullptr;
+    for (int64_t j = threadIdx.x; j < n; j += kThreads) {
+      float p = static_cast<float>(param[j]), m = static_cast<float>(exp_avg[j]),
+            v = static_cast<float>(exp_avg_sq[j]);
+      float vmax = kAmsgrad ? static_cast<float>(max_sq[j]) : v;
+      math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(p, static_cast<float>(grad[j]), m,
+                                                               v, vmax, cf);
+      const uint32_t lo = static_cast<uint32_t>(begin + j);  // the index in the piece
+      param[j].x = static_cast<uint16_t>(
+          math::round_bf16_stochastic(p, math::sr_random16(lo, pc.key)));
+      exp_avg[j] = B(m);  // moments: rounded to nearest, as torch stores them
+      exp_avg_sq[j] = B(v);
+      if (kAmsgrad) max_sq[j] = B(vmax);
+    }
+  }
+};
+
+// float32 params, bfloat16 moments rounded stochastically (adam_bf16_state_loop).
+template <bool kDecoupled, bool kMaximize, bool kScale>
+struct Bf16StateOp {
+  AdamLaunchArgs<float> a;
+  __device__ __forceinline__ void operator()(const Piece& pc, int64_t begin, int64_t n) const {
+    if (skipped(a)) return;
+    using B = c10::BFloat16;
+    const math::AdamCoeffs<float> cf = piece_coeffs<kDecoupled, kScale>(a, pc);
+    float* param = static_cast<float*>(pc.addr[0]) + begin;
+    const float* grad = static_cast<const float*>(pc.addr[1]) + begin;
+    B* exp_avg = static_cast<B*>(pc.addr[2]) + begin;
+    B* exp_avg_sq = static_cast<B*>(pc.addr[3]) + begin;
+    for (int64_t j = threadIdx.x; j < n; j += kThreads) {
+      float p = param[j], m = static_cast<float>(exp_avg[j]), v = static_cast<float>(exp_avg_sq[j]);
+      float vmax = v;
+      math::adam_step<kDecoupled, false, kMaximize, kScale>(p, grad[j], m, v, vmax, cf);
+      param[j] = p;
+      uint32_t m_bits, v_bits;
+      math::round_moments_bf16(m, v, math::sr_random32(static_cast<uint32_t>(begin + j), pc.key),
+                               m_bits, v_bits);
+      exp_avg[j].x = static_cast<uint16_t>(m_bits);
+      exp_avg_sq[j].x = static_cast<uint16_t>(v_bits);
+    }
+  }
+};
+
+// float32 params, 8-bit moments with one scale per kQ8Block elements (adam_q8_state_loop): one
+// warp per quantization block (Note [Mixed-mode launches]).
+template <bool kDecoupled, bool kMaximize, bool kScale>
+struct Q8StateOp {
+  AdamLaunchArgs<float> a;
+  __device__ __forceinline__ void operator()(const Piece& pc, int64_t begin, int64_t n) const {
+    if (skipped(a)) return;
+    constexpr int64_t B = math::kQ8Block;
+    constexpr int kPer = static_cast<int>(B / 32);  // elements per lane
+    constexpr int kWarps = kThreads / 32;
+    const math::AdamCoeffs<float> cf = piece_coeffs<kDecoupled, kScale>(a, pc);
+    float* param = static_cast<float*>(pc.addr[0]) + begin;
+    const float* grad = static_cast<const float*>(pc.addr[1]) + begin;
+    int8_t* exp_avg = static_cast<int8_t*>(pc.addr[2]) + begin;
+    uint8_t* exp_avg_sq = static_cast<uint8_t*>(pc.addr[3]) + begin;
+    float* m_scale = static_cast<float*>(pc.addr[4]) + begin / B;  // begin: a multiple of B
+    float* v_scale = static_cast<float*>(pc.addr[5]) + begin / B;
+    const int lane = static_cast<int>(threadIdx.x) & 31;
+    const int64_t blocks = (n + B - 1) / B;
+    for (int64_t blk = threadIdx.x / 32; blk < blocks; blk += kWarps) {  // uniform in a warp
+      const int64_t b0 = blk * B;
+      const int64_t count = n - b0 < B ? n - b0 : B;
+      const float ms = m_scale[blk], vs = v_scale[blk];  // read before lane 0 writes them
+      float mbuf[kPer], rbuf[kPer];
+      float m_max = 0.0f, r_max = 0.0f;
+#pragma unroll
+      for (int k = 0; k < kPer; ++k) {
+        const int64_t j = lane + 32 * k;
+        mbuf[k] = rbuf[k] = 0.0f;
+        if (j < count) {
+          float p = param[b0 + j];
+          float m = math::q8_decode_signed(static_cast<float>(exp_avg[b0 + j]), ms);
+          float v = math::q8_decode_sqrt(static_cast<float>(exp_avg_sq[b0 + j]), vs), vmax = v;
+          const float root = math::adam_step_root<kDecoupled, false, kMaximize, kScale>(
+              p, grad[b0 + j], m, v, vmax, cf);
+          param[b0 + j] = p;
+          mbuf[k] = m;
+          rbuf[k] = root;
+          m_max = math::q8_absmax(m_max, m);
+          r_max = math::q8_max(r_max, root);
+        }
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {  // the warp's maxima, NaN-propagating
+        m_max = math::vmax_nan(m_max, __shfl_xor_sync(0xFFFFFFFFu, m_max, off));
+        r_max = math::vmax_nan(r_max, __shfl_xor_sync(0xFFFFFFFFu, r_max, off));
+      }
+      const math::Q8Scale mq = math::q8_scale_signed(m_max), vq = math::q8_scale_sqrt(r_max);
+      const bool finite = mq.finite && vq.finite;  // else: codes 0, scales NaN
+      if (lane == 0) {
+        m_scale[blk] = finite ? mq.scale : math::q8_nan();
+        v_scale[blk] = finite ? vq.scale : math::q8_nan();
+      }
+#pragma unroll
+      for (int k = 0; k < kPer; ++k) {
+        const int64_t j = lane + 32 * k;
+        if (j >= count) continue;
+        if (!finite) {
+          exp_avg[b0 + j] = 0;
+          exp_avg_sq[b0 + j] = 0;
+          continue;
+        }
+        const uint32_t bits =
+            math::sr_random32(static_cast<uint32_t>(begin + b0 + j), pc.key);
+        exp_avg[b0 + j] = static_cast<int8_t>(
+            math::q8_encode_signed(mbuf[k], mq.inv16, math::bits_of_m(bits)) & 0xFFu);
+        exp_avg_sq[b0 + j] = static_cast<uint8_t>(
+            math::q8_encode_sqrt(rbuf[k], vq.inv16, math::bits_of_v(bits)) & 0xFFu);
+      }
+    }
+  }
+};
+
+// Launch `op` over `pieces`, as few launches as the argument budget allows; empty pieces are
+// skipped. The caller holds a device guard.
+template <class Op>
+void launch_pieces(const std::vector<Piece>& pieces, const Op& op) {
+  constexpr int kMax = (mta::kArgBytes - static_cast<int>(sizeof(Op)) - 64) /
+                       static_cast<int>(sizeof(Piece) + sizeof(int32_t));
+  static_assert(kMax >= 8, "mixed launch: functor too large for the argument budget");
+  using M = Meta<kMax>;
+  static_assert(sizeof(M) + sizeof(Op) <= static_cast<size_t>(mta::kArgBytes),
+                "mixed launch: kernel arguments over budget");
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  M meta;
+  int n = 0;
+  int64_t blocks = 0;
+  auto flush = [&] {
+    if (n == 0) return;
+    meta.n = n;
+    meta.first_chunk[n] = static_cast<int32_t>(blocks);
+    mixed_kernel<kMax, Op><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(meta, op);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    n = 0;
+    blocks = 0;
+  };
+  constexpr int64_t kMaxBlocks = int64_t(1) << 30;  // well inside gridDim.x and int32
+  for (const Piece& pc : pieces) {
+    if (pc.numel == 0) continue;
+    const int64_t chunks = (pc.numel + kChunk - 1) / kChunk;  // <= 2^18: never split
+    if (n == kMax || blocks + chunks > kMaxBlocks) flush();
+    meta.piece[n] = pc;
+    meta.first_chunk[n] = static_cast<int32_t>(blocks);
+    ++n;
+    blocks += chunks;
+  }
+  flush();
+}
+
+// One tensor of a mixed launch: its arrays (by mode, as Piece::addr), its size, its seed (the
+// stochastic modes) and its step count (device mode).
+struct MixedItem {
+  std::array<void*, 6> addr;
+  int64_t numel;
+  uint64_t seed;
+  const void* step;
+};
+
+// Bytes per element of each array (0: a per-block scale) of a mode, to offset a piece.
+inline std::array<int, 6> element_bytes(Mode mode, int param_bytes) {
+  switch (mode) {
+    case Mode::kMaster: return {param_bytes, param_bytes, 4, 4, 4, 4};
+    case Mode::kSR: return {2, 2, 2, 2, 2, 0};
+    case Mode::kBf16States: return {4, 4, 2, 2, 0, 0};
+    default: return {4, 4, 1, 1, 0, 0};  // kQ8States; 0: the scales
+  }
+}
+
+// The pieces of `items` (Note [Mixed-mode launches]), with their keys on the stream `stream`
+// (0: the param's bits; math::kStateStream: the moments') at step `sr_step`.
+inline std::vector<Piece> make_pieces(const std::vector<MixedItem>& items, Mode mode,
+                                      int param_bytes, uint64_t sr_step, uint64_t stream) {
+  const std::array<int, 6> bytes = element_bytes(mode, param_bytes);
+  std::vector<Piece> pieces;
+  pieces.reserve(items.size());
+  for (const MixedItem& it : items) {
+    for (int64_t off = 0; off < it.numel; off += kPiece) {
+      Piece pc{};
+      for (int d = 0; d < 6; ++d) {
+        char* base = static_cast<char*>(it.addr[d]);
+        if (base == nullptr) continue;
+        pc.addr[d] = bytes[d] > 0 ? base + off * bytes[d]
+                                  : base + (off / math::kQ8Block) * int64_t(sizeof(float));
+      }
+      pc.numel = std::min(kPiece, it.numel - off);
+      pc.key = math::sr_key(it.seed, sr_step, static_cast<uint64_t>(off / kPiece), stream);
+      pc.step = it.step;
+      pieces.push_back(pc);
+    }
+  }
+  return pieces;
+}
+
+// One launch key's tensors in `mode`: param dtype `param_dtype` (16-bit for kMaster and kSR,
+// float32 for the state modes), float32 math, host step `sr_step` (after the increment) for the
+// keys. The op has rejected amsgrad with reduced states.
+inline void launch_adam_mixed(Mode mode, at::ScalarType param_dtype,
+                              const std::vector<MixedItem>& items, uint64_t sr_step,
+                              const AdamLaunchArgs<float>& args, AdamLaunchFlags f) {
+  const int param_bytes = param_dtype == at::kFloat ? 4 : 2;
+  const std::vector<Piece> pieces = make_pieces(
+      items, mode, param_bytes, sr_step, mode == Mode::kSR ? 0 : math::kStateStream);
+  PYOPTIM_BOOL_SWITCH(f.decoupled, kDecoupled, [&] {
+    PYOPTIM_BOOL_SWITCH(f.maximize, kMaximize, [&] {
+      PYOPTIM_BOOL_SWITCH(f.scale, kScale, [&] {
+        switch (mode) {
+          case Mode::kMaster:
+            PYOPTIM_BOOL_SWITCH(f.amsgrad, kAmsgrad, [&] {
+              if (param_dtype == at::kBFloat16) {
+                launch_pieces(pieces, MasterOp<c10::BFloat16, kDecoupled, kAmsgrad, kMaximize,
+                                               kScale>{args});
+              } else {
+                launch_pieces(pieces,
+                              MasterOp<c10::Half, kDecoupled, kAmsgrad, kMaximize, kScale>{args});
+              }
+            });
+            break;
+          case Mode::kSR:
+            PYOPTIM_BOOL_SWITCH(f.amsgrad, kAmsgrad, [&] {
+              launch_pieces(pieces, SrOp<kDecoupled, kAmsgrad, kMaximize, kScale>{args});
+            });
+            break;
+          case Mode::kBf16States:
+            launch_pieces(pieces, Bf16StateOp<kDecoupled, kMaximize, kScale>{args});
+            break;
+          case Mode::kQ8States:
+            launch_pieces(pieces, Q8StateOp<kDecoupled, kMaximize, kScale>{args});
+            break;
+          default:
+            TORCH_INTERNAL_ASSERT(false, "launch_adam_mixed: not a mixed mode");
+        }
+      });
+    });
+  });
+}
+
+}  // namespace mixed
+}  // namespace cuda
+}  // namespace pyoptim
