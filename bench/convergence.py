@@ -12,6 +12,7 @@ from the same start on the same batches with pyoptim.AdamW in each mode:
   bf16          bfloat16 params, plain round-to-nearest on store (what torch.optim does)
   bf16+master   bfloat16 params, float32 master weights in the state (master_weights=True)
   bf16+sr       bfloat16 params, stochastic rounding on store (stochastic_rounding=True)
+  bf16+kahan    bfloat16 params, Kahan-compensated store (kahan_summation=True)
   fp32+bf16st   float32 params, bfloat16 moments (state_dtype=torch.bfloat16)
   fp32+8bit     float32 params, 8-bit moments with block scales (state_dtype="8bit")
 
@@ -43,6 +44,7 @@ MODES: dict[str, tuple[torch.dtype, dict]] = {
     "bf16": (torch.bfloat16, {}),
     "bf16+master": (torch.bfloat16, {"master_weights": True}),
     "bf16+sr": (torch.bfloat16, {"stochastic_rounding": True}),
+    "bf16+kahan": (torch.bfloat16, {"kahan_summation": True}),
     "fp32+bf16st": (torch.float32, {"state_dtype": torch.bfloat16}),
     "fp32+8bit": (torch.float32, {"state_dtype": "8bit"}),
 }

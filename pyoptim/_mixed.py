@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-MASTER, SR, STATES = "master_weights", "stochastic_rounding", "state_dtype"
-MASTER_KEY, SEED_KEY = "master_param", "sr_seed"
+MASTER, SR, STATES, KAHAN = ("master_weights", "stochastic_rounding", "state_dtype",
+                             "kahan_summation")
+MASTER_KEY, SEED_KEY, KAHAN_KEY = "master_param", "sr_seed", "kahan_comp"
 BF16, Q8 = "bfloat16", "8bit"  # the values of a group's state_dtype
 _STATE_VALUES = {torch.bfloat16: BF16, BF16: BF16, Q8: Q8}
 
@@ -103,12 +104,14 @@ class MixedPrecision:
 
     def __init__(self, params: Any, *args: Any, master_weights: bool = False,
                  stochastic_rounding: bool = False, state_dtype: Any = None,
-                 **kwargs: Any) -> None:
-        for flag, value in ((SR, stochastic_rounding), (STATES, state_dtype)):
+                 kahan_summation: bool = False, **kwargs: Any) -> None:
+        for flag, value in ((SR, stochastic_rounding), (STATES, state_dtype),
+                            (KAHAN, kahan_summation)):
             if value and flag not in self._mixed_flags:
                 raise TypeError(f"{type(self).__name__} does not take {flag}={value!r} "
                                 "(Adam and AdamW do)")
-        on = {MASTER: bool(master_weights), SR: bool(stochastic_rounding)}
+        on = {MASTER: bool(master_weights), SR: bool(stochastic_rounding),
+              KAHAN: bool(kahan_summation)}
         self._mixed_defaults: dict[str, Any] = {key: True for key, value in on.items() if value}
         fmt = state_format(state_dtype)
         if fmt is not None:
@@ -125,6 +128,16 @@ class MixedPrecision:
                 del group[STATES]  # None: torch's state (not stored, as a flag that is off)
             else:
                 self._check_states(group, fmt)
+        kahan = group.get(KAHAN, False)
+        if kahan:
+            for flag in (MASTER, SR, STATES, "differentiable"):
+                if group.get(flag, False):
+                    raise ValueError(f"kahan_summation=True does not support {flag}="
+                                     f"{group[flag]!r}")
+            for p in group["params"]:
+                if p.dtype not in (torch.bfloat16, torch.float16):
+                    raise ValueError(f"kahan_summation=True needs bfloat16 or float16 params, "
+                                     f"got a {p.dtype} param")
         if master and sr:
             raise ValueError(
                 "master_weights=True and stochastic_rounding=True cannot be combined: stochastic "
@@ -171,7 +184,7 @@ class MixedPrecision:
         state_dict() keeps everything pyoptim needs to resume exactly; this is lossy where the
         format is smaller than torch's."""
         sd = self.state_dict()  # type: ignore[attr-defined]
-        pyoptim_keys = (MASTER, SR, STATES, "lazy_sparse")
+        pyoptim_keys = (MASTER, SR, STATES, KAHAN, "lazy_sparse")
         maps = self._state_maps
         scale_keys = tuple(scale_key for scale_key, _ in maps.values())
         params = [p for g in self.param_groups for p in g["params"]]  # type: ignore[attr-defined]
@@ -181,7 +194,7 @@ class MixedPrecision:
         for pid, saved in sd["state"].items():
             out = {}
             for key, value in saved.items():
-                if key in (SEED_KEY, MASTER_KEY, *scale_keys):
+                if key in (SEED_KEY, MASTER_KEY, KAHAN_KEY, *scale_keys):
                     continue
                 if key in maps and isinstance(value, Tensor):
                     value = float_moment(saved, key, maps)
@@ -213,7 +226,7 @@ class MixedPrecision:
         float32. Groups from a checkpoint without the flags (torch.optim's) keep this
         optimizer's setting; a master-weights param without a master (a torch.optim checkpoint)
         gets one from the param at its next step."""
-        flags = [{k: g[k] for k in (MASTER, SR, STATES) if k in g}
+        flags = [{k: g[k] for k in (MASTER, SR, STATES, KAHAN) if k in g}
                  for g in self.param_groups]  # type: ignore[attr-defined]
         super().load_state_dict(state_dict)  # type: ignore[misc]
         groups = self.param_groups  # type: ignore[attr-defined]

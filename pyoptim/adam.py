@@ -37,6 +37,8 @@ from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused, _get_capturable_supported_devices
 
 from ._mixed import BF16, Q8, MixedPrecision, init_master, init_states, seeded
+from ._mixed import KAHAN as _KAHAN
+from ._mixed import KAHAN_KEY as _KAHAN_KEY
 from ._mixed import MASTER as _MASTER
 from ._mixed import MASTER_KEY as _MASTER_KEY
 from ._mixed import SEED_KEY as _SEED_KEY
@@ -72,7 +74,7 @@ class _AdamStep(FusedStep):
     """The fused `step` shared by Adam and AdamW (first in their MRO)."""
 
     _fp32_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # float32 in master groups
-    _mixed_flags = (_MASTER, _SR, _STATES)
+    _mixed_flags = (_MASTER, _SR, _STATES, _KAHAN)
     # the moments' 8-bit form: scale key and quantize_8bit's sqrt_map (Note [Reduced-precision
     # optimizer states])
     _state_maps = {"exp_avg": ("exp_avg_scale", False), "exp_avg_sq": ("exp_avg_sq_scale", True)}
@@ -97,13 +99,15 @@ class _AdamStep(FusedStep):
     def _flags(self, group: dict) -> tuple:
         states = group.get(_STATES)
         return (group["amsgrad"], group["maximize"], group["decoupled_weight_decay"],
-                group.get(_MASTER, False), group.get(_SR, False), states == BF16, states == Q8)
+                group.get(_MASTER, False), group.get(_SR, False), states == BF16, states == Q8,
+                group.get(_KAHAN, False))
 
     def _layout(self, groups: list[dict]) -> Any:
         # per group: which optional keys its params have (see _OPTIONAL), then the state format
         # and lazy_sparse (which sparse grads go to _run_sparse, not read by _run)
         return [(g["amsgrad"], g.get(_MASTER, False), seeded(g), g.get(_STATES) == Q8,
-                 g.get(_STATES), g.get("lazy_sparse", False)) for g in groups]
+                 g.get(_KAHAN, False), g.get(_STATES), g.get("lazy_sparse", False))
+                for g in groups]
 
     def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
         # optional keys: only the params of the groups that need them have them
@@ -133,6 +137,8 @@ class _AdamStep(FusedStep):
                 raise TypeError(f"state_dtype={group[_STATES]!r} does not support DTensor params "
                                 "yet (its block scales and seed are per local tensor)")
             init_states(state, p, group[_STATES], self._state_maps)
+        elif group.get(_KAHAN, False) and _KAHAN_KEY not in state:
+            state[_KAHAN_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)
         elif group.get(_SR, False) and _SEED_KEY not in state:
             # a seed per param, from torch's generator (torch.manual_seed makes it reproducible)
             state[_SEED_KEY] = torch.randint(2**62, (), dtype=torch.int64)
@@ -174,7 +180,7 @@ class _AdamStep(FusedStep):
     def _init_sparse(self, plan: Plan, group: dict, p: Tensor) -> None:
         if group["amsgrad"]:
             raise RuntimeError("lazy_sparse: amsgrad does not support sparse gradients")
-        for flag in (_MASTER, _SR, _STATES):
+        for flag in (_MASTER, _SR, _STATES, _KAHAN):
             if group.get(flag, False):
                 raise RuntimeError(
                     f"lazy_sparse: {flag}={group[flag]!r} does not support sparse gradients")
@@ -228,7 +234,7 @@ class _AdamStep(FusedStep):
             values = next(optional)
             partial.append(values if all(on) else
                            [v for v, g in zip(values, call.group_of) if on[g]])
-        max_sqs, masters, seeds, m_scales, v_scales = partial
+        max_sqs, masters, seeds, m_scales, v_scales, comps = partial
         hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
         _adam_(
             params,
@@ -248,13 +254,14 @@ class _AdamStep(FusedStep):
             seeds or None,
             m_scales or None,
             v_scales or None,
+            comps or None,
         )
 
 
 # The optional state keys adam_ reads, each with the index in a group's _layout of the flag
 # saying whether the group's params have it.
 _OPTIONAL = (("max_exp_avg_sq", 0), (_MASTER_KEY, 1), (_SEED_KEY, 2),
-             ("exp_avg_scale", 3), ("exp_avg_sq_scale", 3))
+             ("exp_avg_scale", 3), ("exp_avg_sq_scale", 3), (_KAHAN_KEY, 4))
 
 
 # Note [Fused-flag errors]
@@ -310,7 +317,10 @@ _EXTRA_DOC = (
     "        keep exp_avg / exp_avg_sq in bfloat16 (stochastically rounded) or 8 bits with\n"
     "        one float32 scale per 256 elements (default: None, torch's state). See\n"
     "        Note [Reduced-precision optimizer states] in csrc/include/pyoptim/math/quantize.h;\n"
-    "        torch_state_dict() exports torch.optim's format.\n\n"
+    "        torch_state_dict() exports torch.optim's format.\n"
+    "    kahan_summation (bool, optional): bfloat16 / float16 params keep kahan_comp, what\n"
+    "        rounding the param lost, and add it back at the next step (Note [Kahan-\n"
+    "        compensated 16-bit params] in csrc/include/pyoptim/math/stochastic_round.h).\n\n"
 )
 
 
@@ -339,13 +349,14 @@ class Adam(_AdamStep, MixedPrecision, torch.optim.Adam):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         state_dtype: torch.dtype | str | None = None,
+        kahan_summation: bool = False,
     ) -> None:
         self._default_lazy_sparse = lazy_sparse
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=decoupled_weight_decay,
                          master_weights=master_weights, stochastic_rounding=stochastic_rounding,
-                         state_dtype=state_dtype)
+                         state_dtype=state_dtype, kahan_summation=kahan_summation)
 
 
 class AdamW(_AdamStep, MixedPrecision, torch.optim.AdamW):
@@ -372,9 +383,11 @@ class AdamW(_AdamStep, MixedPrecision, torch.optim.AdamW):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         state_dtype: torch.dtype | str | None = None,
+        kahan_summation: bool = False,
     ) -> None:
         self._default_lazy_sparse = lazy_sparse
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          foreach=foreach, capturable=capturable, differentiable=differentiable,
                          fused=fused, master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding, state_dtype=state_dtype)
+                         stochastic_rounding=stochastic_rounding, state_dtype=state_dtype,
+                         kahan_summation=kahan_summation)

@@ -26,18 +26,22 @@ def adam_(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs, max_exp_avg_sq
           validate_only: bool = False, master_params: Sequence[Tensor] | None = None,
           sr_seeds: Sequence[Tensor] | None = None, states: str | None = None,
           exp_avg_scales: Sequence[Tensor] | None = None,
-          exp_avg_sq_scales: Sequence[Tensor] | None = None) -> None:
+          exp_avg_sq_scales: Sequence[Tensor] | None = None,
+          kahan_comps: Sequence[Tensor] | None = None) -> None:
     """master_params given: the group has master_weights; sr_seeds given: stochastic_rounding,
-    or with `states` ("bfloat16" or "8bit", with the scales) reduced-precision states."""
+    or with `states` ("bfloat16" or "8bit", with the scales) reduced-precision states;
+    kahan_comps given: kahan."""
     ops.adam_.default(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
         group_sizes=[len(params)], hyper=[lr, beta1, beta2, weight_decay, eps],
         flags=[amsgrad, maximize, decoupled, master_params is not None,
-               sr_seeds is not None and states is None, states == "bfloat16", states == "8bit"],
+               sr_seeds is not None and states is None, states == "bfloat16", states == "8bit",
+               kahan_comps is not None],
         lr_tensors=[lr_tensor] if lr_tensor is not None else [],
         grad_scale=grad_scale, found_inf=found_inf, validate_only=validate_only,
         master_params=master_params or [], sr_seeds=sr_seeds or [],
-        exp_avg_scales=exp_avg_scales or [], exp_avg_sq_scales=exp_avg_sq_scales or [])
+        exp_avg_scales=exp_avg_scales or [], exp_avg_sq_scales=exp_avg_sq_scales or [],
+        kahan_comps=kahan_comps or [])
 
 
 def sgd_(params: Sequence[Tensor], grads, momentum_buffers, *, lr: float, momentum: float,

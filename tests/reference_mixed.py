@@ -250,3 +250,26 @@ def sgd_modes_reference(params: Sequence[Tensor], grads, bufs, seeds: list[int],
                 bufs[i].copy_(codes.to(torch.int8).reshape(p.shape))
                 buffer_scales[i].copy_(scales)
         seeds[i] += 1
+
+
+def adam_kahan_reference(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs,
+                         max_exp_avg_sqs, state_steps, comps: Sequence[Tensor], **hp) -> None:
+    """In place: 16-bit params, moments and compensations (Note [Kahan-compensated 16-bit
+    params]): the float32 step on the widened param, then y = (q - p) + c, p' = round(p + y),
+    c' = round(y - (p' - p))."""
+    if hp.get("found_inf") is not None and float(hp["found_inf"]) != 0.0:
+        return
+    p32 = [p.float() for p in params]
+    q32 = [p.clone() for p in p32]
+    m32 = [m.float() for m in exp_avgs]
+    v32 = [v.float() for v in exp_avg_sqs]
+    x32 = [x.float() for x in max_exp_avg_sqs]
+    adam_reference(q32, [g.float() for g in grads], m32, v32, x32, state_steps, **hp)
+    for i, p in enumerate(params):
+        y = (q32[i] - p32[i]) + comps[i].float()
+        p.copy_(p32[i] + y)
+        comps[i].copy_(y - (p.float() - p32[i]))
+        exp_avgs[i].copy_(m32[i])
+        exp_avg_sqs[i].copy_(v32[i])
+    for x, x_new in zip(max_exp_avg_sqs, x32):
+        x.copy_(x_new)

@@ -948,7 +948,7 @@ def test_op_reads_each_params_grad_when_grads_is_empty():
     hyper = dict(group_sizes=[2], lr_tensors=[], grad_scale=None, found_inf=None)
     adam = lambda ps, gs, st, steps: torch.ops.pyoptim.adam_.default(  # noqa: E731
         ps, gs, st[0::2], st[1::2], [], steps, hyper=[0.1, 0.9, 0.999, 0.01, 1e-8],
-        flags=[False, False, True, False, False, False, False], **hyper)
+        flags=[False, False, True, False, False, False, False, False], **hyper)
     sgd = lambda ps, gs, st, steps: torch.ops.pyoptim.sgd_.default(  # noqa: E731
         ps, gs, st[0::2], hyper=[0.1, 0.9, 0.0, 0.01], flags=[False] * 6,
         first_step=[False, False], **hyper)

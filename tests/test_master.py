@@ -9,6 +9,7 @@ statistics of the stochastic rounding; the optimizer classes' flags, errors and 
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -19,7 +20,7 @@ from conftest import ISA_LEVELS, dtype_id
 from helpers import assert_bitwise_equal, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_mixed import adam_master_reference, adam_sr_reference
+from reference_mixed import adam_kahan_reference, adam_master_reference, adam_sr_reference
 from reference_sgd import sgd_reference
 from strategies import adam_hparams
 
@@ -305,7 +306,7 @@ def test_bad_input_writes_nothing(case):
     before = snapshot(args)
     master = args.pop("master_params")
     seeds = args.pop("sr_seeds", None)
-    flags = [False, False, True, master is not None, seeds is not None, False, False]
+    flags = [False, False, True, master is not None, seeds is not None, False, False, False]
     with pytest.raises(exc, match=match):
         torch.ops.pyoptim.adam_.default(
             args["params"], args["grads"], args["exp_avgs"], args["exp_avg_sqs"],
@@ -681,3 +682,110 @@ def test_sr_tracks_float32_where_round_to_nearest_stalls():
     assert abs(sr_mean - target) <= 6 * ulp * math.sqrt(k / n), (sr_mean, target)
     master = run(master_weights=True)  # the master carries the update; the param follows it
     assert abs(master.mean().item() - target) <= ulp / 2
+
+
+# ---- Kahan-compensated 16-bit params (Note [Kahan-compensated 16-bit params]) -------------------
+
+def kahan_case(sizes, dtype, seed, amsgrad):
+    params = _tensors(sizes, dtype, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    m = [(torch.randn(n, generator=g) * 0.1).to(dtype) for n in sizes]
+    v = [(torch.rand(n, generator=g) * 0.01).to(dtype) for n in sizes]
+    x = [(t.float() + 0.01).to(dtype) for t in v] if amsgrad else []
+    comps = [(torch.randn(n, generator=g) * 1e-3).to(dtype) for n in sizes]
+    return dict(params=params, exp_avgs=m, exp_avg_sqs=v, max_exp_avg_sqs=x,
+                state_steps=[torch.tensor(4.0) for _ in sizes], comps=comps)
+
+
+def run_kahan_op(state, grads, hp):
+    op_calls.adam_(state["params"], grads, state["exp_avgs"], state["exp_avg_sqs"],
+                   state["max_exp_avg_sqs"], state["state_steps"], kahan_comps=state["comps"],
+                   **hp)
+
+
+def run_kahan_ref(state, grads, hp):
+    adam_kahan_reference(state["params"], grads, state["exp_avgs"], state["exp_avg_sqs"],
+                         state["max_exp_avg_sqs"], state["state_steps"], state["comps"], **hp)
+
+
+@pytest.mark.parametrize("flags", list(FLAGS))
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=dtype_id)
+def test_kahan_matches_reference(isa, dtype, flags):
+    hp = FLAGS[flags]
+    state = kahan_case(SIZES, dtype, 7, hp["amsgrad"])
+    ref = clone(state)
+    for k in range(3):
+        grads = _tensors(SIZES, dtype, seed=700 + k)
+        run_kahan_op(state, grads, hp)
+        run_kahan_ref(ref, grads, hp)
+    assert_bitwise_equal(state, ref, isa)
+
+
+def test_kahan_threads_agree(restore_num_threads):
+    sizes = [300_007, 5]
+    hp = _hp(amsgrad=True)
+    state0 = kahan_case(sizes, torch.bfloat16, 8, True)
+    grads = _tensors(sizes, torch.bfloat16, 88)
+    ref = clone(state0)
+    run_kahan_ref(ref, grads, hp)
+    for level in ISA_LEVELS:
+        for threads in THREADS:
+            torch.set_num_threads(threads)
+            state = clone(state0)
+            with _ops.cpu_capability_override(level):
+                run_kahan_op(state, grads, hp)
+            assert_bitwise_equal(state, ref, f"{level} x {threads} threads")
+
+
+def test_kahan_keeps_updates_below_half_an_ulp():
+    """Updates of a quarter of a bfloat16 ulp: round to nearest drops every one; with the
+    compensation the param moves by one ulp every fourth step or so, and ends where float32
+    ends to within an ulp."""
+    p0 = torch.full((64,), 1.0)
+    lr = 2.0**-7 / 4  # a quarter of bf16's spacing at 1: Adam's first steps move by ~lr
+    plain = pyoptim.AdamW([torch.nn.Parameter(p0.bfloat16())], lr=lr, weight_decay=0.0)
+    kahan = pyoptim.AdamW([torch.nn.Parameter(p0.bfloat16())], lr=lr, weight_decay=0.0,
+                          kahan_summation=True)
+    ref = pyoptim.AdamW([torch.nn.Parameter(p0.clone())], lr=lr, weight_decay=0.0)
+    for _ in range(16):
+        for opt in (plain, kahan, ref):
+            p = opt.param_groups[0]["params"][0]
+            p.grad = torch.full_like(p, -1.0)
+            opt.step()
+    moved_ref = float(ref.param_groups[0]["params"][0][0]) - 1.0
+    moved_plain = float(plain.param_groups[0]["params"][0][0]) - 1.0
+    moved_kahan = float(kahan.param_groups[0]["params"][0][0]) - 1.0
+    assert moved_plain == 0.0 and moved_ref > 3 * 2.0**-7
+    assert abs(moved_kahan - moved_ref) <= 2.0**-7
+
+
+def test_kahan_optimizer_checkpoints_and_errors():
+    torch.manual_seed(0)
+    params = _model()
+    opt = pyoptim.AdamW(params, lr=1e-3, kahan_summation=True)
+    _set_grads(params, 0)
+    opt.step()
+    st_ = opt.state[params[0]]
+    assert st_["kahan_comp"].dtype == torch.bfloat16 and opt.param_groups[0]["kahan_summation"]
+    sd = opt.torch_state_dict()
+    assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert "kahan_summation" not in sd["param_groups"][0]
+    torch.optim.AdamW([torch.nn.Parameter(p.detach().clone()) for p in params]).load_state_dict(sd)
+    # resume: the compensation travels in state_dict
+    params2 = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt2 = pyoptim.AdamW(params2, lr=1e-3, kahan_summation=True)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for k in (1, 2):
+        _set_grads(params, k)
+        _set_grads(params2, k)
+        opt.step()
+        opt2.step()
+    for a, b in zip(params, params2):
+        assert_bitwise_equal(a.detach(), b.detach())
+    for kw, dtype in ((dict(kahan_summation=True), torch.float32),
+                      (dict(kahan_summation=True, master_weights=True), torch.bfloat16),
+                      (dict(kahan_summation=True, stochastic_rounding=True), torch.bfloat16)):
+        with pytest.raises(ValueError, match="kahan_summation"):
+            pyoptim.AdamW(_model(dtype), **kw)
+    with pytest.raises(TypeError, match="kahan_summation"):
+        pyoptim.SGD(_model(), lr=0.1, momentum=0.9, kahan_summation=True)

@@ -65,7 +65,7 @@ def adam_sample(groups: str, dtype: torch.dtype):
     cfg = ADAM_GROUPS[groups]
     # per group: hyper (lr, beta1, beta2, weight_decay, eps), flags (amsgrad, maximize,
     # decoupled, master_weights, stochastic_rounding, bf16_states, q8_states)
-    off = [False] * 4
+    off = [False] * 5
     kwargs = dict(group_sizes=[2, 2],
                   hyper=[1e-2, 0.9, 0.999, cfg[0][3], 1e-8, 2e-2, 0.8, 0.99, cfg[1][3], 1e-6],
                   flags=[*cfg[0][:3], *off, *cfg[1][:3], *off], lr_tensors=[])
@@ -109,11 +109,11 @@ def adam_mixed_sample(master_dtype: torch.dtype):
     seeds = [torch.tensor(5), torch.tensor(-7)]
     args = (params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps)
     # per group: hyper (lr, beta1, beta2, weight_decay, eps), flags (amsgrad, maximize,
-    # decoupled, master_weights, stochastic_rounding, bf16_states, q8_states)
+    # decoupled, master_weights, stochastic_rounding, bf16_states, q8_states, kahan)
     kwargs = dict(group_sizes=[2, 2, 1], hyper=[1e-2, 0.9, 0.999, 0.01, 1e-8] * 3,
-                  flags=[False, False, True, True, False, False, False,
-                         False, False, True, False, True, False, False,
-                         True, False, False, False, False, False, False],
+                  flags=[False, False, True, True, False, False, False, False,
+                         False, False, True, False, True, False, False, False,
+                         True, False, False, False, False, False, False, False],
                   lr_tensors=[], master_params=masters, sr_seeds=seeds)
     return params + masters, args, kwargs
 
@@ -152,11 +152,11 @@ def adam_states_sample():
     m_scales, v_scales = [m[0][1], m[1][1]], [v[0][1], v[1][1]]
     args = (params, grads, exp_avgs, exp_avg_sqs, [], steps)
     # per group: hyper (lr, beta1, beta2, weight_decay, eps), flags (amsgrad, maximize,
-    # decoupled, master_weights, stochastic_rounding, bf16_states, q8_states)
+    # decoupled, master_weights, stochastic_rounding, bf16_states, q8_states, kahan)
     kwargs = dict(group_sizes=[2, 2, 1], hyper=[1e-2, 0.9, 0.999, 0.01, 1e-8] * 3,
-                  flags=[False, False, True, False, False, True, False,
-                         False, True, False, False, False, False, True,
-                         False, False, True, False, False, False, False],
+                  flags=[False, False, True, False, False, True, False, False,
+                         False, True, False, False, False, False, True, False,
+                         False, False, True, False, False, False, False, False],
                   lr_tensors=[], sr_seeds=seeds, exp_avg_scales=m_scales,
                   exp_avg_sq_scales=v_scales)
     return params + exp_avgs + m_scales, args, kwargs
@@ -172,6 +172,27 @@ def test_opcheck_adam_states(extra):
     before = snapshot(written)
     torch.ops.pyoptim.adam_.default(*args, **kwargs)
     assert any_changed(before, written) != bool(kwargs.get("validate_only"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
+def test_opcheck_adam_kahan(dtype):
+    """Group 0: kahan (16-bit params with their compensations); group 1: plain, amsgrad."""
+    g = torch.Generator().manual_seed(23)
+    params = [torch.randn(n, generator=g).to(dtype) for n in (5, 33, 7)]
+    grads = [torch.randn_like(p) for p in params]
+    exp_avgs = [torch.zeros_like(p) for p in params]
+    exp_avg_sqs = [torch.zeros_like(p) for p in params]
+    comps = [torch.zeros_like(p) for p in params[:2]]
+    args = (params, grads, exp_avgs, exp_avg_sqs, [torch.zeros_like(params[2])],
+            [torch.tensor(0.0) for _ in params])
+    kwargs = dict(group_sizes=[2, 1], hyper=[1e-2, 0.9, 0.999, 0.01, 1e-8] * 2,
+                  flags=[False, False, True, False, False, False, False, True,
+                         True, False, False, False, False, False, False, False],
+                  lr_tensors=[], kahan_comps=comps)
+    _check(torch.ops.pyoptim.adam_.default, args, kwargs)
+    before = snapshot(params + comps)
+    torch.ops.pyoptim.adam_.default(*args, **kwargs)
+    assert any_changed(before[:3], params) and any_changed(before[3:], comps)
 
 
 @pytest.mark.parametrize("sqrt_map", [False, True])
@@ -335,7 +356,7 @@ def test_opcheck_rowwise_adagrad(dtype, sparse):
 # Every optimizer op and where its opcheck runs; the test below fails when an op is added
 # without one. The others are hooks with no tensor arguments (and the bench's probe).
 OPCHECKED = {
-    "pyoptim::adam_": "test_opcheck_adam (and _mixed, _states)",
+    "pyoptim::adam_": "test_opcheck_adam (and _mixed, _states, _kahan)",
     "pyoptim::sgd_": "test_opcheck_sgd (and _master, _modes)",
     "pyoptim::sparse_adam_": "test_opcheck_sparse_adam",
     "pyoptim::sparse_adagrad_": "test_opcheck_sparse_adagrad",

@@ -78,6 +78,47 @@ void adam_loop(const AdamPtrs& a, int64_t begin, int64_t end,
   }
 }
 
+// 16-bit params with a Kahan compensation (Note [Kahan-compensated 16-bit params] in
+// math/stochastic_round.h): the step on the widened param, the compensated sum stored rounded
+// to nearest and read back (L1) for the new compensation.
+template <class S, bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale>
+void adam_kahan_loop(const AdamPtrs& a, int64_t begin, int64_t end,
+                     const math::AdamCoeffs<float>& c) {
+  using V = typename VecOf<S>::type;
+  constexpr int64_t W = VecOf<S>::kSize;
+  S* __restrict__ param = static_cast<S*>(a.param);
+  const S* __restrict__ grad = static_cast<const S*>(a.grad);
+  S* __restrict__ exp_avg = static_cast<S*>(a.exp_avg);
+  S* __restrict__ exp_avg_sq = static_cast<S*>(a.exp_avg_sq);
+  S* __restrict__ max_sq = static_cast<S*>(a.max_exp_avg_sq);
+  S* __restrict__ comp = static_cast<S*>(a.kahan_comp);
+  int64_t i = begin;
+  for (; i + W <= end; i += W) {
+    const V p0 = vload(param + i);
+    V q = p0, m = vload(exp_avg + i), v = vload(exp_avg_sq + i);
+    V vmax = kAmsgrad ? vload(max_sq + i) : v;
+    math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(q, vload(grad + i), m, v, vmax, c);
+    const V y = math::kahan_sum(p0, q, vload(comp + i));
+    vstore(param + i, p0 + y);
+    vstore(comp + i, math::kahan_residual(y, p0, vload(param + i)));
+    vstore(exp_avg + i, m);
+    vstore(exp_avg_sq + i, v);
+    if (kAmsgrad) vstore(max_sq + i, vmax);
+  }
+  for (; i < end; ++i) {  // tail: the same math on single elements
+    const float p0 = to_opmath(param[i]);
+    float q = p0, m = to_opmath(exp_avg[i]), v = to_opmath(exp_avg_sq[i]);
+    float vmax = kAmsgrad ? to_opmath(max_sq[i]) : v;
+    math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(q, to_opmath(grad[i]), m, v, vmax, c);
+    const float y = math::kahan_sum(p0, q, to_opmath(comp[i]));
+    param[i] = from_opmath<S>(p0 + y);
+    comp[i] = from_opmath<S>(math::kahan_residual(y, p0, to_opmath(param[i])));
+    exp_avg[i] = from_opmath<S>(m);
+    exp_avg_sq[i] = from_opmath<S>(v);
+    if (kAmsgrad) max_sq[i] = from_opmath<S>(vmax);
+  }
+}
+
 // 16-bit params P with float32 master weights and moments: the math runs on the master (as for
 // a float32 param), and the param is stored rounded to nearest from the new master.
 template <class P, bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale>
@@ -278,6 +319,12 @@ void adam_range(const AdamPtrs& a, int64_t begin, int64_t end,
     PYOPTIM_BOOL_SWITCH(f.amsgrad, kAmsgrad, [&] {
       PYOPTIM_BOOL_SWITCH(f.maximize, kMaximize, [&] {
         PYOPTIM_BOOL_SWITCH(f.scale, kScale, [&] {
+          if constexpr (std::is_same<S, bf16>::value || std::is_same<S, fp16>::value) {
+            if (f.kahan) {
+              adam_kahan_loop<S, kDecoupled, kAmsgrad, kMaximize, kScale>(a, begin, end, c);
+              return;
+            }
+          }
           if constexpr (std::is_same<S, bf16>::value) {
             if (f.stochastic_round) {  // one key per block of 2^32 elements
               for_each_sr_block(a, begin, end, 0, [&](int64_t lo, int64_t hi, math::SrKey key) {

@@ -33,7 +33,8 @@ inline void check_lr(double lr) { TORCH_CHECK_VALUE(lr >= 0.0, "Invalid learning
 // math/quantize.h.
 struct AdamGroup {
   double lr, beta1, beta2, weight_decay, eps;
-  bool amsgrad, maximize, decoupled, master_weights, stochastic_rounding, bf16_states, q8_states;
+  bool amsgrad, maximize, decoupled, master_weights, stochastic_rounding, bf16_states, q8_states,
+      kahan;
   std::optional<at::Tensor> lr_tensor;  // a Tensor lr: its value replaces lr
   // the moments' storage for float32 params
   cpu::StateFormat states() const {
@@ -45,17 +46,17 @@ struct AdamGroup {
 };
 
 constexpr size_t kAdamHypers = 5;
-constexpr size_t kAdamFlags = 7;
+constexpr size_t kAdamFlags = 8;
 
 // One adam_ call, checked: per group its settings, per tensor its group and its entries in
 // max_exp_avg_sqs (-1 outside amsgrad groups), master_params (-1 outside master_weights
 // groups), sr_seeds (-1 outside stochastic_rounding, bf16_states and q8_states groups) and the
-// two scale lists (-1 outside q8_states groups).
+// two scale lists (-1 outside q8_states groups) and kahan_comps (-1 outside kahan groups).
 struct AdamCall {
   c10::Device device{c10::kCPU};  // of every param
   std::vector<AdamGroup> groups;
   std::vector<size_t> group;
-  std::vector<int64_t> vmax, master, seed, scale;
+  std::vector<int64_t> vmax, master, seed, scale, comp;
   const AdamGroup& of(size_t i) const { return groups[group[i]]; }
 };
 
@@ -69,7 +70,7 @@ inline AdamCall check_adam_call(
     const c10::List<bool>& flags, const c10::List<std::optional<at::Tensor>>& lr_tensors,
     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
     at::TensorList master_params, at::TensorList sr_seeds, at::TensorList exp_avg_scales,
-    at::TensorList exp_avg_sq_scales, WriteSet& writes) {
+    at::TensorList exp_avg_sq_scales, at::TensorList kahan_comps, WriteSet& writes) {
   const size_t n = params.size();
   const Groups groups(op, group_sizes, n);
   groups.check_packed(hyper.size(), kAdamHypers, flags.size(), kAdamFlags);
@@ -83,7 +84,7 @@ inline AdamCall check_adam_call(
   if (n > 0 && params[0].defined()) call.device = params[0].device();
   const auto lr_ts = groups.lr_tensors(lr_tensors, call.device);
   std::vector<bool> ams(groups.count()), mw(groups.count()), seeded(groups.count()),
-      q8(groups.count());
+      q8(groups.count()), kahan(groups.count());
   call.groups.resize(groups.count());
   for (size_t g = 0; g < groups.count(); ++g) {
     const double* h = hyper.data() + g * kAdamHypers;
@@ -91,7 +92,8 @@ inline AdamCall check_adam_call(
     AdamGroup& a = call.groups[g];
     a = AdamGroup{h[0],          h[1],          h[2],          h[3],          h[4],
                   flags.get(f),  flags.get(f + 1), flags.get(f + 2), flags.get(f + 3),
-                  flags.get(f + 4), flags.get(f + 5), flags.get(f + 6), lr_ts[g]};
+                  flags.get(f + 4), flags.get(f + 5), flags.get(f + 6), flags.get(f + 7),
+                  lr_ts[g]};
     check_adam_hyper(a.eps, a.beta1, a.beta2, a.weight_decay);
     if (!lr_ts[g].has_value()) check_lr(a.lr);
     TORCH_CHECK_VALUE(!(a.master_weights && a.stochastic_rounding), op, ": param group ", g,
@@ -106,8 +108,12 @@ inline AdamCall check_adam_call(
                       a.bf16_states ? "bf16_states" : "q8_states",
                       ") with amsgrad, master_weights or stochastic_rounding, which they do not "
                       "support (Note [Reduced-precision optimizer states])");
+    TORCH_CHECK_VALUE(!a.kahan || !(a.master_weights || a.stochastic_rounding || reduced), op,
+                      ": param group ", g, " has kahan with master_weights, stochastic_rounding "
+                      "or reduced-precision states; a group's params are stored one way");
     ams[g] = a.amsgrad;
     mw[g] = a.master_weights;
+    kahan[g] = a.kahan;
     seeded[g] = a.seeded();
     q8[g] = a.q8_states;
   }
@@ -122,6 +128,8 @@ inline AdamCall check_adam_call(
                                          "exp_avg_scales", "param of a q8_states group");
   check_list_size(op, exp_avg_sq_scales.size(), exp_avg_scales.size(), "exp_avg_sq_scales",
                   "exp_avg_scales entry");
+  call.comp = positions_in_partial_list(op, groups, n, kahan, kahan_comps.size(), "kahan_comps",
+                                        "param of a kahan group");
   check_scalar_arg(op, grad_scale, "grad_scale", call.device);
   check_scalar_arg(op, found_inf, "found_inf", call.device);
 
@@ -147,6 +155,13 @@ inline AdamCall check_adam_call(
     if (call.scale[i] >= 0) {  // q8_states: one float32 scale per block of each moment
       check_block_scales(op, exp_avg_scales, call.scale[i], p, i, writes, "exp_avg_scales");
       check_block_scales(op, exp_avg_sq_scales, call.scale[i], p, i, writes, "exp_avg_sq_scales");
+    }
+    if (call.comp[i] >= 0) {
+      TORCH_CHECK_VALUE(p.scalar_type() == at::kBFloat16 || p.scalar_type() == at::kHalf, op,
+                        ": params[", i, "] has dtype ", p.scalar_type(),
+                        "; kahan is for bfloat16 and float16 params");
+      check_like_param(op, p, kahan_comps[call.comp[i]], "kahan_comps", i);
+      writes.add(kahan_comps[call.comp[i]], "kahan_comps", i);
     }
     if (master) {
       TORCH_CHECK_VALUE(p.scalar_type() == at::kBFloat16 || p.scalar_type() == at::kHalf, op,

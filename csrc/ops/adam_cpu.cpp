@@ -37,7 +37,7 @@ int64_t split_align(const cpu::AdamFlags& f) {
 // Tensors whose layouts disagree are updated in row-major copies, copied back afterwards.
 struct Relayout {
   size_t index;
-  at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master;
+  at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, comp;
 };
 
 // Coefficients per distinct (group, step count, param dtype); usually one per group and dtype.
@@ -92,19 +92,21 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
               const std::optional<at::TensorList>& master_list,
               const std::optional<at::TensorList>& seed_list,
               const std::optional<at::TensorList>& m_scale_list,
-              const std::optional<at::TensorList>& v_scale_list) {
+              const std::optional<at::TensorList>& v_scale_list,
+               const std::optional<at::TensorList>& comp_list) {
   std::vector<at::Tensor> own_grads;  // Note [Grads read by the op] in ops/checks.h
   grads = ops::grads_of_params(kOp, params, grads, own_grads);
   const at::TensorList master_params = master_list.value_or(at::TensorList());
   const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
   const at::TensorList exp_avg_scales = m_scale_list.value_or(at::TensorList());
   const at::TensorList exp_avg_sq_scales = v_scale_list.value_or(at::TensorList());
+  const at::TensorList kahan_comps = comp_list.value_or(at::TensorList());
   // ---- 1. validate everything and compute the coefficients; nothing is written here -------
   ops::WriteSet writes;
   const ops::AdamCall call = ops::check_adam_call(
       kOp, c10::DeviceType::CPU, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
       state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf, master_params,
-      sr_seeds, exp_avg_scales, exp_avg_sq_scales, writes);
+      sr_seeds, exp_avg_scales, exp_avg_sq_scales, kahan_comps, writes);
   std::vector<double> group_lr(call.groups.size());
   for (size_t g = 0; g < call.groups.size(); ++g) {
     const ops::AdamGroup& grp = call.groups[g];
@@ -128,8 +130,10 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     AdamItem& it = items[i];
     it.dtype = params[i].scalar_type();
     it.master = call.master[i] >= 0;
-    it.flags = cpu::AdamFlags{grp.decoupled, grp.amsgrad,          grp.maximize,
-                              grad_scale.has_value(), grp.stochastic_rounding, grp.states()};
+    it.flags = cpu::AdamFlags{grp.decoupled,           grp.amsgrad,
+                              grp.maximize,            grad_scale.has_value(),
+                              grp.stochastic_rounding, grp.states(),
+                              grp.kahan};
     // a master-weights param steps its float32 master: the coefficients of a float32 param
     it.coeffs = coeffs.get(call.group[i], steps[i] + 1.0, it.master ? at::kFloat : it.dtype, grp,
                            group_lr[call.group[i]], scale);
@@ -150,12 +154,13 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     AdamItem& it = items[i];
     const at::Tensor& vmax = call.vmax[i] >= 0 ? max_exp_avg_sqs[call.vmax[i]] : none;
     const at::Tensor& master = it.master ? master_params[call.master[i]] : none;
+    const at::Tensor& comp = call.comp[i] >= 0 ? kahan_comps[call.comp[i]] : none;
     const uint64_t seed = it.ptrs.sr_seed, sr_step = it.ptrs.sr_step;
     void* const m_scale = call.scale[i] >= 0 ? exp_avg_scales[call.scale[i]].data_ptr() : nullptr;
     void* const v_scale =
         call.scale[i] >= 0 ? exp_avg_sq_scales[call.scale[i]].data_ptr() : nullptr;
     if (ops::same_dense_layout(params[i],
-                               {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax, &master})) {
+                               {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax, &master, &comp})) {
       it.ptrs = cpu::AdamPtrs{params[i].data_ptr(),
                               grads[i].const_data_ptr(),
                               exp_avgs[i].data_ptr(),
@@ -165,7 +170,8 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
                               seed,
                               sr_step,
                               m_scale,
-                              v_scale};
+                              v_scale,
+                              comp.defined() ? comp.data_ptr() : nullptr};
     } else {
       Relayout r{i,
                  params[i].contiguous(),
@@ -173,7 +179,8 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
                  exp_avgs[i].contiguous(),
                  exp_avg_sqs[i].contiguous(),
                  vmax.defined() ? vmax.contiguous() : at::Tensor(),
-                 master.defined() ? master.contiguous() : at::Tensor()};
+                 master.defined() ? master.contiguous() : at::Tensor(),
+                 comp.defined() ? comp.contiguous() : at::Tensor()};
       it.ptrs = cpu::AdamPtrs{r.param.data_ptr(),
                               r.grad.const_data_ptr(),
                               r.exp_avg.data_ptr(),
@@ -183,7 +190,8 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
                               seed,
                               sr_step,
                               m_scale,
-                              v_scale};
+                              v_scale,
+                              comp.defined() ? r.comp.data_ptr() : nullptr};
       relayouts.push_back(std::move(r));
     }
     split.add(params[i].numel(), it.master ? 4 : params[i].element_size(),
@@ -222,6 +230,10 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     if (r.master.defined()) {
       const at::Tensor& master = master_params[call.master[i]];
       if (!r.master.is_same(master)) master.copy_(r.master);
+    }
+    if (r.comp.defined()) {
+      const at::Tensor& comp = kahan_comps[call.comp[i]];
+      if (!r.comp.is_same(comp)) comp.copy_(r.comp);
     }
   }
   for (size_t i = 0; i < n; ++i) {

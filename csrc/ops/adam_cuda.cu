@@ -81,17 +81,24 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                const std::optional<at::TensorList>& master_list,
                const std::optional<at::TensorList>& seed_list,
                const std::optional<at::TensorList>& m_scale_list,
-               const std::optional<at::TensorList>& v_scale_list) {
+               const std::optional<at::TensorList>& v_scale_list,
+               const std::optional<at::TensorList>& comp_list) {
   const at::TensorList master_params = master_list.value_or(at::TensorList());
   const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
   const at::TensorList exp_avg_scales = m_scale_list.value_or(at::TensorList());
   const at::TensorList exp_avg_sq_scales = v_scale_list.value_or(at::TensorList());
+  const at::TensorList kahan_comps = comp_list.value_or(at::TensorList());
   // ---- 1. validate everything; nothing is written in this part --------------------------
   ops::WriteSet writes;
   const ops::AdamCall call = ops::check_adam_call(
       kOp, c10::DeviceType::CUDA, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
       state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf, master_params,
-      sr_seeds, exp_avg_scales, exp_avg_sq_scales, writes);
+      sr_seeds, exp_avg_scales, exp_avg_sq_scales, kahan_comps, writes);
+  for (const ops::AdamGroup& g : call.groups) {
+    TORCH_CHECK_NOT_IMPLEMENTED(!g.kahan, kOp,
+                                ": kahan has CPU kernels only (Note [Kahan-compensated 16-bit "
+                                "params]); step these params on the CPU or without kahan");
+  }
   const size_t n = params.size();
   // The stochastic modes (stochastic_rounding, bf16 and 8-bit states) key their random bits by
   // the step count, which the host reads to compute the keys (Note [Mixed-mode launches]): with

@@ -22,7 +22,11 @@ TORCH_LIBRARY(pyoptim, m) {
   // master_weights group (whose moments are float32 too), sr_seeds one int64 CPU seed per param
   // of a stochastic_rounding group (None: no such group). Increments each
   // state_steps[i] by one and uses the new value for bias correction, unless found_inf is
-  // non-zero, in which case nothing at all is written (GradScaler's skipped step). A step count
+  // non-zero, in which case nothing at all is written (GradScaler's skipped step). flags
+  // continue with (bf16_states, q8_states, kahan): exp_avg_scales / exp_avg_sq_scales hold the
+  // 8-bit moments' block scales (Note [Reduced-precision optimizer states] in
+  // math/quantize.h), kahan_comps one compensation per param of a kahan group (its dtype:
+  // Note [Kahan-compensated 16-bit params] in math/stochastic_round.h). A step count
   // must be a non-negative whole number. grads are read, never written.
   m.def(
       "adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
@@ -30,7 +34,8 @@ TORCH_LIBRARY(pyoptim, m) {
       "int[] group_sizes, float[] hyper, bool[] flags, Tensor?[] lr_tensors, "
       "Tensor? grad_scale=None, Tensor? found_inf=None, bool validate_only=False, "
       "Tensor(f!)[]? master_params=None, Tensor[]? sr_seeds=None, "
-      "Tensor(g!)[]? exp_avg_scales=None, Tensor(h!)[]? exp_avg_sq_scales=None) -> ()");
+      "Tensor(g!)[]? exp_avg_scales=None, Tensor(h!)[]? exp_avg_sq_scales=None, "
+      "Tensor(i!)[]? kahan_comps=None) -> ()");
 
   // Conversions of one float32 moment to and from the 8-bit form of adam_'s q8_states
   // (Note [Reduced-precision optimizer states] in math/quantize.h), rounded to nearest: codes

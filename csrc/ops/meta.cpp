@@ -48,16 +48,18 @@ void adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                const std::optional<at::TensorList>& master_list,
                const std::optional<at::TensorList>& seed_list,
                const std::optional<at::TensorList>& m_scale_list,
-               const std::optional<at::TensorList>& v_scale_list) {
+               const std::optional<at::TensorList>& v_scale_list,
+               const std::optional<at::TensorList>& comp_list) {
   const at::TensorList master_params = master_list.value_or(at::TensorList());
   const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
   const at::TensorList exp_avg_scales = m_scale_list.value_or(at::TensorList());
   const at::TensorList exp_avg_sq_scales = v_scale_list.value_or(at::TensorList());
+  const at::TensorList kahan_comps = comp_list.value_or(at::TensorList());
   constexpr const char* kOp = "pyoptim.adam_";
   ops::WriteSet writes;
   ops::check_adam_call(kOp, c10::DeviceType::Meta, params, grads, exp_avgs, exp_avg_sqs,
                        max_exp_avg_sqs, state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale,
-                       found_inf, master_params, sr_seeds, exp_avg_scales, exp_avg_sq_scales, writes);
+                       found_inf, master_params, sr_seeds, exp_avg_scales, exp_avg_sq_scales, kahan_comps, writes);
   writes.check(kOp);  // step counts on the CPU
   count_host_steps(kOp, state_steps, found_inf, validate_only);
 }

@@ -807,6 +807,43 @@ void sgd_modes_cases() {
   }
 }
 
+// Adam on 16-bit params with a Kahan compensation.
+template <class P>
+void adam_kahan_cases() {
+  for (int bits = 0; bits < 16; ++bits) {
+    AdamFlags f{(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0, false,
+                StateFormat::kParam};
+    f.kahan = true;
+    const auto c = math::make_adam_coeffs<float>(1e-2, 0.9, 0.999, 1e-8, 0.1, f.decoupled, 5.0,
+                                                 f.scale ? 1024.0 : 1.0);
+    for (int64_t n : kSizes) {
+      for (int64_t begin : kBegins) {
+        if (begin > n) continue;
+        std::vector<P> p = values<P>(n, -1, 1), g = values<P>(n, -2, 2),
+                       m = values<P>(n, -0.1, 0.1), v = values<P>(n, 0, 0.01),
+                       x = values<P>(n, 0, 0.02), k = values<P>(n, -1e-3, 1e-3);
+        add_specials<P>({&p, &g, &m, &v, &x, &k});
+        std::vector<P> p2 = p, m2 = m, v2 = v, x2 = x, k2 = k;
+        pick<P>(scalar_table().adam)(AdamPtrs{p.data(), g.data(), m.data(), v.data(), x.data(),
+                                              nullptr, 0, 0, nullptr, nullptr, k.data()},
+                                     begin, n, c, f);
+        pick<P>(neon_table().adam)(AdamPtrs{p2.data(), g.data(), m2.data(), v2.data(), x2.data(),
+                                            nullptr, 0, 0, nullptr, nullptr, k2.data()},
+                                   begin, n, c, f);
+        const std::string what = "adam_kahan[" +
+                                 flags_text({{"adamw", f.decoupled}, {"amsgrad", f.amsgrad},
+                                             {"maximize", f.maximize}, {"grad_scale", f.scale}}) +
+                                 " n=" + std::to_string(n) + " begin=" + std::to_string(begin) +
+                                 "]";
+        ++g_cases;
+        same(p2, p, what + " param") && same(k2, k, what + " kahan_comp") &&
+            same(m2, m, what + " exp_avg") && same(v2, v, what + " exp_avg_sq") &&
+            same(x2, x, what + " max_exp_avg_sq");
+      }
+    }
+  }
+}
+
 // The whole-tensor conversions (quantize_8bit / dequantize_8bit's kernels).
 void q8_conversion_cases() {
   for (bool sqrt_map : {false, true}) {
@@ -882,6 +919,8 @@ int main(int argc, char** argv) {
   section("adam_states", "8bit", [] { adam_states_cases(StateFormat::kQ8); });
   section("q8_convert", "8bit", [] { q8_conversion_cases(); });
   section("sgd_modes", "mixed", [] { sgd_modes_cases(); });
+  section("adam_kahan", "bfloat16", [] { adam_kahan_cases<bf16>(); });
+  section("adam_kahan", "float16", [] { adam_kahan_cases<fp16>(); });
   section("sgd_master", "bfloat16", [] { sgd_master_cases<bf16>(); });
   section("sgd_master", "float16", [] { sgd_master_cases<fp16>(); });
   std::printf("dispatch:\n");

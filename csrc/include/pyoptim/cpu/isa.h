@@ -48,6 +48,7 @@ struct AdamPtrs {
   // 8-bit moments: one float32 scale per math::kQ8Block elements
   void* exp_avg_scale;
   void* exp_avg_sq_scale;
+  void* kahan_comp;  // kahan: the param's compensation (its dtype; Note [Kahan-compensated ...])
 };
 // How a float32 param's moments are stored (Note [Reduced-precision optimizer states] in
 // math/quantize.h): as the param (float32), bfloat16, or 8-bit codes with block scales.
@@ -59,6 +60,7 @@ struct AdamFlags {
   bool scale;  // divide grads by coeffs.grad_scale
   bool stochastic_round;  // bfloat16 params only: store the param rounded stochastically
   StateFormat states;     // float32 params only; with kBf16 / kQ8, sr_seed keys the moments' bits
+  bool kahan;             // 16-bit params only: compensated store (kahan_comp)
 };
 template <class T>
 using AdamFn = void (*)(const AdamPtrs&, int64_t begin, int64_t end, const math::AdamCoeffs<T>&,
