@@ -27,9 +27,10 @@ test: $(BUILT)
 	$(VPY) -m pytest -q tests
 
 # The bench's peers, where they install next to the pinned torch (naming it too makes pip fail
-# rather than move it): FBGEMM's CPU table-batched embedding (bench/workloads_fbgemm.py) and
-# bitsandbytes' CPU 8-bit AdamW (bench/workloads_mixed.py).
-BENCH_PEERS := fbgemm-gpu-cpu==1.9.0 bitsandbytes==0.50.2
+# rather than move it): FBGEMM's CPU table-batched embedding (bench/workloads_fbgemm.py);
+# bitsandbytes' CPU 8-bit AdamW, torchao's 8-bit AdamW and stochastic rounding, torch-optimi's
+# Kahan summation (bench/workloads_mixed.py).
+BENCH_PEERS := fbgemm-gpu-cpu==1.9.0 bitsandbytes==0.50.2 torchao==0.18.0 torch-optimi==0.3.3
 bench: $(BUILT)
 	$(VPY) -m pip install -q $(BENCH_PEERS) "$(TORCH)"
 	$(VPY) -m bench

@@ -8,14 +8,22 @@ workloads yet):
   fp32-bf16state-1x64M  float32 params, bfloat16 moments (state_dtype=torch.bfloat16), 20 B;
                       against pyoptim's own float32-state AdamW (pyoptim-fp32state)
   fp32-8bit-1x64M     float32 params, 8-bit moments with block scales (state_dtype="8bit"),
-                      16 B (+ the scales); against pyoptim-fp32state, and bitsandbytes'
-                      AdamW8bit where it installs (its CPU path: block-wise dynamic 8-bit
-                      moments, blocks of 256, the same bytes; `make bench` installs it)
+                      16 B (+ the scales); against pyoptim-fp32state, and bitsandbytes' and
+                      torchao's AdamW8bit where they install (block-wise dynamic 8-bit moments,
+                      blocks of 256: the same bytes)
+  bf16-sr-1x64M       bfloat16 params stored stochastically rounded (stochastic_rounding=True),
+                      14 B; against torch's fused AdamW (round to nearest) and torchao's
+                      _AdamW(bf16_stochastic_round=True)
+  bf16-kahan-1x64M    bfloat16 params with a Kahan compensation (kahan_summation=True), 18 B;
+                      against torch's fused AdamW and torch-optimi's AdamW(kahan_sum=True)
+`make bench` installs the peers (Makefile: BENCH_PEERS).
 
 Bytes of optimizer state per param for each mode are in the description column.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -64,22 +72,46 @@ def _torch_fused_then_cast(data) -> SetupFn:
     return setup
 
 
-def _bnb_setup(data) -> SetupFn | None:
+def _peer(data, make: Callable[[], Callable] | None, param_dtype, **kw) -> SetupFn | None:
+    """A peer optimizer class (make() imports and returns it; None where it does not install
+    or load next to this torch) on copies of the workload's params."""
     try:
-        import bitsandbytes as bnb
+        cls = make() if make is not None else None
     except Exception:  # not installed, or fails to load next to this torch
+        return None
+    if cls is None:
         return None
 
     def setup():
         params = []
         for base, g in zip(*data()):
-            p = base.clone()
-            p.grad = g
+            p = base.to(param_dtype, copy=True)
+            p.grad = g.to(param_dtype)
             params.append(p)
-        opt = bnb.optim.AdamW8bit(params, lr=1e-3, min_8bit_size=0)
+        opt = cls(params, lr=1e-3, **kw)
         return opt.step
 
     return setup
+
+
+def _bnb():
+    import bitsandbytes as bnb
+    return bnb.optim.AdamW8bit
+
+
+def _torchao_8bit():
+    from torchao.optim import AdamW8bit
+    return AdamW8bit
+
+
+def _torchao_adamw():
+    from torchao.optim import _AdamW
+    return _AdamW
+
+
+def _optimi_adamw():
+    from optimi import AdamW
+    return AdamW
 
 
 def workloads(cfg: BenchConfig) -> list[Workload]:
@@ -96,14 +128,35 @@ def workloads(cfg: BenchConfig) -> list[Workload]:
                "torch-fused+cast": _torch_fused_then_cast(bf16_data)},
         description="bf16 params, master_weights=True; state 12 B/param",
         targets={"%probe": 95.0, "torch-fused+cast": 1.2}, cleanup=bf16_data.cleanup))
+    # bf16 params stored stochastically rounded, or with a Kahan compensation: against torch's
+    # fused AdamW on bf16 params (round to nearest) and the peers that do the same job
+    for what, kw, peer in (
+            ("bf16-sr", dict(stochastic_rounding=True),
+             ("torchao-sr", _peer(bf16_data, _torchao_adamw, torch.bfloat16,
+                                  bf16_stochastic_round=True))),
+            ("bf16-kahan", dict(kahan_summation=True),
+             ("optimi-kahan", _peer(bf16_data, _optimi_adamw, torch.bfloat16, kahan_sum=True)))):
+        impls = {"pyoptim": _setup(bf16_data, torch.bfloat16, **kw),
+                 "torch-fused": _peer(bf16_data, lambda: torch.optim.AdamW, torch.bfloat16,
+                                      fused=True)}
+        if peer[1] is not None:
+            impls[peer[0]] = peer[1]
+        out.append(Workload(
+            name=f"adamw-mixed/{what}-1x{_fmt(big)}", group="adamw-mixed", numel=big,
+            n_tensors=1, bytes_per_step=(18 if "kahan" in what else 14) * big,
+            impls=impls, description=f"bf16 params, {next(iter(kw))}=True; state "
+                                     f"{6 if 'kahan' in what else 4} B/param",
+            targets={peer[0]: 5.0} if peer[1] is not None else {}))
     data = _shared_data(shapes, torch.float32, "cpu")
     fp32_state = _setup(data, torch.float32)
     blocks = 2 * 4 / _BLOCK
-    bnb = _bnb_setup(data)
+    q8_peers = {name: setup for name, setup in (
+        ("bitsandbytes-8bit", _peer(data, _bnb, torch.float32, min_8bit_size=0)),
+        ("torchao-8bit", _peer(data, _torchao_8bit, torch.float32))) if setup is not None}
     for what, fmt, nbytes, state_bytes, target in (
             ("bf16state", torch.bfloat16, 20, "4", 1.3),
             ("8bit", "8bit", 16, f"{2 + blocks:.2f}", 1.6)):
-        peers = {"bitsandbytes-8bit": bnb} if what == "8bit" and bnb is not None else {}
+        peers = q8_peers if what == "8bit" else {}
         out.append(Workload(
             name=f"adamw-mixed/fp32-{what}-1x{_fmt(big)}", group="adamw-mixed", numel=big,
             n_tensors=1, bytes_per_step=nbytes * big,
@@ -111,7 +164,6 @@ def workloads(cfg: BenchConfig) -> list[Workload]:
                    "pyoptim-fp32state": fp32_state, **peers},
             description=f"fp32 params, state_dtype={fmt!r}; state {state_bytes} B/param "
                         "(fp32 state: 8)",
-            targets={"pyoptim-fp32state": target,
-                     **({"bitsandbytes-8bit": 5.0} if peers else {})},
+            targets={"pyoptim-fp32state": target, **{name: 5.0 for name in peers}},
             cleanup=data.cleanup if what == "8bit" else None))
     return out

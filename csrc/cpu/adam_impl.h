@@ -93,6 +93,33 @@ void adam_kahan_loop(const AdamPtrs& a, int64_t begin, int64_t end,
   S* __restrict__ max_sq = static_cast<S*>(a.max_exp_avg_sq);
   S* __restrict__ comp = static_cast<S*>(a.kahan_comp);
   int64_t i = begin;
+  if constexpr (HasPaired<S>::value) {  // two vectors per register (see adam_loop)
+    for (; i + 2 * W <= end; i += 2 * W) {
+      V p0, p1, g0, g1, m0, m1, v0, v1, x0, x1, c0, c1;
+      vload2(param + i, p0, p1);
+      vload2(grad + i, g0, g1);
+      vload2(exp_avg + i, m0, m1);
+      vload2(exp_avg_sq + i, v0, v1);
+      vload2(comp + i, c0, c1);
+      if (kAmsgrad) {
+        vload2(max_sq + i, x0, x1);
+      } else {
+        x0 = v0;
+        x1 = v1;
+      }
+      V q0 = p0, q1 = p1;
+      math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(q0, g0, m0, v0, x0, c);
+      math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(q1, g1, m1, v1, x1, c);
+      const V y0 = math::kahan_sum(p0, q0, c0), y1 = math::kahan_sum(p1, q1, c1);
+      vstore2(param + i, p0 + y0, p1 + y1);
+      V s0, s1;
+      vload2(param + i, s0, s1);  // the stored values, widened
+      vstore2(comp + i, math::kahan_residual(y0, p0, s0), math::kahan_residual(y1, p1, s1));
+      vstore2(exp_avg + i, m0, m1);
+      vstore2(exp_avg_sq + i, v0, v1);
+      if (kAmsgrad) vstore2(max_sq + i, x0, x1);
+    }
+  }
   for (; i + W <= end; i += W) {
     const V p0 = vload(param + i);
     V q = p0, m = vload(exp_avg + i), v = vload(exp_avg_sq + i);
