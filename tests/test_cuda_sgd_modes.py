@@ -340,3 +340,39 @@ def test_optimizer_plain_and_8bit_groups_with_grad_scaler_state():
             opt.step()
         runs[device] = (params, opt)
     _compare_optimizers(runs)
+
+
+@pytest.mark.parametrize("name", list(CLASS_CASES))
+def test_checkpoint_moves_between_devices(name):
+    """A CUDA run's state_dict loaded into an optimizer on the CPU, and a CPU run's into one on
+    CUDA, continue bit for bit as a run that stayed on the CPU (the seed stays on the CPU; the
+    masters, buffers, codes and scales follow the params)."""
+    dtype, kw = CLASS_CASES[name]
+
+    def make(device):
+        params = _model(dtype, device)
+        torch.manual_seed(3)
+        return params, pyoptim.SGD(params, lr=1e-2, momentum=0.9, weight_decay=0.05, **kw)
+
+    ref_p, ref = make("cpu")
+    for k in range(3):
+        _set_grads(ref_p, k)
+        ref.step()
+    for first, second in ((DEV, "cpu"), ("cpu", DEV)):
+        p1, opt1 = make(first)
+        for k in range(2):
+            _set_grads(p1, k)
+            opt1.step()
+        p2, opt2 = make(second)
+        with torch.no_grad():
+            for a, b in zip(p2, p1):
+                a.copy_(b)
+        opt2.load_state_dict(opt1.state_dict())
+        _set_grads(p2, 2)
+        opt2.step()
+        for i, (a, e) in enumerate(zip(p2, ref_p)):
+            assert torch.equal(_bits(a), _bits(e)), f"{first} -> {second}: param {i}"
+            for key, value in ref.state[e].items():
+                got = opt2.state[a][key]
+                assert got.device.type == ("cpu" if key == "sr_seed" else second), key
+                assert torch.equal(_bits(got), _bits(value)), f"{first} -> {second}: {key}"
