@@ -64,7 +64,8 @@ dist: $(STAMP)
 # libstdc++). `CC=gcc CXX=g++ LDSHARED="gcc -shared" LDCXXSHARED="g++ -shared"` fixed it.
 test-gpu: $(BUILT)
 	$(VPY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: no CUDA GPU visible')"
-	$(VPY) -m pytest -q tests/test_cuda.py tests/test_cuda_mixed.py tests/test_cuda_sgd_sparse.py \
+	$(VPY) -m pytest -q tests/test_cuda.py tests/test_cuda_mixed.py tests/test_cuda_sgd_modes.py \
+		tests/test_cuda_sgd_sparse.py \
 		tests/test_duplicate_order.py \
 		tests/test_step_atomic.py tests/test_bench_smoke.py::test_cuda_quick_run_every_workload
 

@@ -638,17 +638,6 @@ def test_sgd_bad_combinations_raise_at_construction(case):
         pyoptim.SGD(_model(dtype), lr=0.1, **kw)
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and torch.ops.pyoptim._built_with_cuda()),
-                    reason="needs a CUDA GPU (none visible) and a build with the CUDA kernels")
-def test_cuda_sgd_rejects_master_before_writing():
-    p = torch.randn(8, device="cuda").bfloat16()
-    before = p.clone()
-    with pytest.raises(NotImplementedError, match="CPU kernels only"):
-        op_calls.sgd_([p], [p.clone()], [torch.zeros(8, device="cuda")], is_first_step=True,
-                      master_params=[p.float()], **SGD_FLAGS["momentum"])
-    assert torch.equal(p, before)
-
-
 def test_sr_tracks_float32_where_round_to_nearest_stalls():
     """Updates below half a bfloat16 ulp: rounded to nearest, a bfloat16 param never moves;
     stochastically rounded, its mean over N elements follows the float32 run. With a constant

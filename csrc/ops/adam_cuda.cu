@@ -1,7 +1,7 @@
 // pyoptim::adam_ on CUDA: validate everything, then one multi_tensor_apply per set of tensors
 // that share a group, a dtype, a mode and a way of getting their coefficients, then count the
 // steps. Kernels: cuda/adam_kernels.cuh; master weights, stochastic rounding and reduced-precision
-// states: cuda/adam_mixed_kernels.cuh (Note [Mixed-mode launches]).
+// states: cuda/adam_mixed_kernels.cuh (Note [Mixed-mode launches] in cuda/mixed_launch.cuh).
 //
 // Note [Where the step count lives]
 // torch.optim keeps `step` on the CPU unless capturable or fused, where it is on the param's
@@ -48,7 +48,7 @@ constexpr const char* kOp = "pyoptim.adam_";
 
 using cuda::mixed::Mode;
 
-// The mode of a param of group `g` (Note [Mixed-mode launches] in cuda/adam_mixed_kernels.cuh).
+// The mode of a param of group `g` (Note [Mixed-mode launches] in cuda/mixed_launch.cuh).
 Mode mode_of(const ops::AdamGroup& g) {
   if (g.master_weights) return Mode::kMaster;
   if (g.stochastic_rounding) return Mode::kSR;

@@ -9,18 +9,28 @@
 // Sparse grads: their rows are grouped while validating (one sync for the index range,
 // cuda/sparse_rows.cuh), then one warp per unique row. A call with a sparse grad reads its
 // scalars on the host: it syncs anyway.
+// The opt-in modes (master weights, stochastic rounding, bfloat16 / 8-bit momentum buffer;
+// dense grads only, with momentum: the shared checks): one launch per (group, dtype, first
+// step) through the launcher of Note [Mixed-mode launches] (cuda/sgd_mixed_kernels.cuh), the
+// same bits as the CPU kernels (cpu/sgd_impl.h). The stochastic ones ("seeded": an sr_seed per
+// param, an int64 CPU tensor read on the host for the keys) add one to each seed after the step,
+// as the CPU op; a call with a seeded param therefore reads found_inf on the host (a sync where
+// it is on the GPU): a step skipped on the device would otherwise still advance the seeds.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
 #include <map>
 #include <optional>
 #include <tuple>
 #include <vector>
 
+#include "cuda/mixed_launch.cuh"
 #include "cuda/multi_tensor_apply.cuh"
 #include "cuda/sgd_kernels.cuh"
+#include "cuda/sgd_mixed_kernels.cuh"
 #include "cuda/sparse_rows.cuh"
 #include "ops/checks.h"
 #include "ops/dtypes.h"
@@ -31,6 +41,17 @@ namespace pyoptim {
 namespace {
 
 constexpr const char* kOp = "pyoptim.sgd_";
+
+using cuda::mixed::Mode;
+
+// The mode of a param of group `g` (a group has at most one: the shared checks).
+Mode mode_of(const ops::SgdGroup& g) {
+  if (g.master_weights) return Mode::kMaster;
+  if (g.stochastic_rounding) return Mode::kSR;
+  if (g.bf16_states) return Mode::kBf16States;
+  if (g.q8_states) return Mode::kQ8States;
+  return Mode::kPlain;
+}
 
 struct DenseKey {
   size_t group;
@@ -58,17 +79,13 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   const ops::SgdCall call = ops::check_sgd_call(
       kOp, c10::DeviceType::CUDA, params, grads, momentum_buffers, group_sizes, hyper, flags, first_step, lr_tensors, grad_scale, found_inf,
       master_params, sr_seeds, buffer_scales, writes);
-  for (const ops::SgdGroup& g : call.groups) {
-    TORCH_CHECK_NOT_IMPLEMENTED(!g.master_weights && !g.seeded(), kOp,
-                                ": master_weights, stochastic_rounding and reduced-precision "
-                                "states have CPU kernels only (Note [Master weights and "
-                                "stochastic rounding]); step these params on the CPU or without "
-                                "these flags");
-  }
   const size_t n = params.size();
   const c10::Device dev = call.device;
-  bool any_sparse = false;
-  for (size_t i = 0; i < n; ++i) any_sparse = any_sparse || call.sparse[i].has_value();
+  bool any_sparse = false, any_seeded = false;
+  for (size_t i = 0; i < n; ++i) {
+    any_sparse = any_sparse || call.sparse[i].has_value();
+    any_seeded = any_seeded || call.seed[i] >= 0;
+  }
   // With a sparse grad the op syncs anyway: every scalar is read (and checked) on the host.
   const size_t num_groups = call.groups.size();
   std::vector<double> group_lr(num_groups);
@@ -86,8 +103,10 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   }
   const bool scale_on_device = grad_scale.has_value() && !grad_scale->device().is_cpu() &&
                                !any_sparse;
+  // With a seeded param, found_inf is read on the host (a sync): the host advances the seeds
+  // only for a step taken (see the top of the file).
   const bool inf_on_device = found_inf.has_value() && !found_inf->device().is_cpu() &&
-                             !any_sparse;
+                             !any_sparse && !any_seeded;
   double scale = 1.0;
   if (grad_scale.has_value() && !scale_on_device) {
     scale = ops::scalar_value(*grad_scale, "grad_scale");
@@ -95,11 +114,15 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   }
   const bool skip = found_inf.has_value() && !inf_on_device &&
                     ops::scalar_value(*found_inf, "found_inf") != 0.0;
-  // per (group, param dtype), narrowed with torch's overflow check for that dtype
+  // per (group, param dtype), narrowed with torch's overflow check for that dtype; a
+  // master-weights param steps its float32 master: the coefficients of a float32 param
   std::map<std::pair<size_t, at::ScalarType>, math::SgdCoeffs<float>> coeffs_f;
   std::map<std::pair<size_t, at::ScalarType>, math::SgdCoeffs<double>> coeffs_d;
+  auto coeff_dtype = [&](size_t i) {
+    return call.master[i] >= 0 ? at::kFloat : params[i].scalar_type();
+  };
   for (size_t i = 0; i < n; ++i) {
-    const std::pair<size_t, at::ScalarType> key{call.group[i], params[i].scalar_type()};
+    const std::pair<size_t, at::ScalarType> key{call.group[i], coeff_dtype(i)};
     if (coeffs_f.count(key) || coeffs_d.count(key)) continue;
     const ops::SgdGroup& grp = call.of(i);
     const double glr = lr_on_device[key.first] ? 0.0 : group_lr[key.first];
@@ -134,6 +157,13 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
                                           grp.weight_decay != 0.0);  // else plain SGD
     }
   }
+  // The seeds of the stochastic modes: one-element int64 CPU tensors (checked), read here.
+  std::vector<uint64_t> seeds(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    if (call.seed[i] >= 0) {
+      seeds[i] = static_cast<uint64_t>(*sr_seeds[call.seed[i]].const_data_ptr<int64_t>());
+    }
+  }
   writes.check(kOp);
   if (validate_only || skip || n == 0) return;
 
@@ -149,10 +179,11 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   if (inf_on_device) inf_ref = cuda::mta::device_scalar(*found_inf, keep_alive);
 
   struct Work {
-    at::Tensor param, grad, buf;
+    at::Tensor param, grad, buf, master;
   };
   std::vector<Work> work(n);
   std::map<DenseKey, std::vector<cuda::SgdWork>> launches;
+  std::map<DenseKey, std::vector<cuda::mixed::MixedItem>> mixed_launches;
   const at::Tensor none;
   for (size_t i = 0; i < n; ++i) {
     Work& w = work[i];
@@ -160,6 +191,36 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
     if (call.sparse[i].has_value()) {
       w.param = params[i].is_contiguous() ? params[i] : params[i].contiguous();
       w.buf = (!buf.defined() || buf.is_contiguous()) ? buf : buf.contiguous();
+      continue;
+    }
+    const Mode mode = mode_of(call.of(i));
+    if (mode != Mode::kPlain) {  // as the CPU op plans them (ops/sgd_cpu.cpp)
+      const at::Tensor& master = call.master[i] >= 0 ? master_params[call.master[i]] : none;
+      if (ops::same_dense_layout(params[i], {&grads[i], &buf, &master})) {
+        w = Work{params[i], grads[i], buf, master};
+      } else {  // layouts differ: work on row-major copies (only those that are not already)
+        w.param = params[i].contiguous();
+        w.grad = grads[i].contiguous();
+        // a first-step buffer is written before it is read: no need to copy its contents
+        w.buf = call.first[i] ? at::empty_like(w.param, buf.options()) : buf.contiguous();
+        if (master.defined()) w.master = master.contiguous();
+      }
+      void* const grad = const_cast<void*>(w.grad.const_data_ptr());
+      std::array<void*, 6> addr{};
+      switch (mode) {
+        case Mode::kMaster:
+          addr = {w.param.data_ptr(), grad, w.master.data_ptr(), w.buf.data_ptr(), nullptr,
+                  nullptr};
+          break;
+        case Mode::kQ8States:  // the block scales are contiguous (checked), updated in place
+          addr = {w.param.data_ptr(), grad, w.buf.data_ptr(),
+                  buffer_scales[call.scale[i]].data_ptr(), nullptr, nullptr};
+          break;
+        default:  // kSR, kBf16States
+          addr = {w.param.data_ptr(), grad, w.buf.data_ptr(), nullptr, nullptr, nullptr};
+      }
+      mixed_launches[DenseKey{call.group[i], params[i].scalar_type(), call.first[i]}].push_back(
+          cuda::mixed::MixedItem{addr, params[i].numel(), seeds[i], nullptr});
       continue;
     }
     if (ops::same_dense_layout(params[i], {&grads[i], &buf})) {
@@ -201,6 +262,24 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
                             grp.maximize, has_scale);
     });
   }
+  // The modes of Note [Mixed-mode launches]: float32 math (a master's coefficients are a
+  // float32 param's), one launch list per key.
+  for (const auto& launch : mixed_launches) {
+    const DenseKey& key = launch.first;
+    const ops::SgdGroup& grp = call.groups[key.group];
+    const Mode mode = mode_of(grp);
+    cuda::SgdLaunchArgs<float> a{};
+    a.coeffs = coeffs_f.at({key.group, mode == Mode::kMaster ? at::kFloat : key.dtype});
+    a.momentum = grp.momentum;
+    a.dampening = grp.dampening;
+    a.weight_decay = grp.weight_decay;
+    a.scale = scale;
+    a.lr_dev = lr_ref[key.group];
+    a.scale_dev = scale_ref;
+    a.found_inf = inf_ref;
+    cuda::mixed::launch_sgd_mixed(mode, key.dtype, launch.second, a, grp.nesterov, key.first,
+                                  grp.maximize, has_scale);
+  }
   for (size_t i = 0; i < n; ++i) {
     if (!call.sparse[i].has_value() || rows[i].num_unique == 0) continue;
     const ops::CooGrad& coo = *call.sparse[i];
@@ -229,6 +308,14 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
     if (w.buf.defined() && !w.buf.is_same(momentum_buffers[call.buf[i]])) {
       momentum_buffers[call.buf[i]].copy_(w.buf);
     }
+    if (w.master.defined() && !w.master.is_same(master_params[call.master[i]])) {
+      master_params[call.master[i]].copy_(w.master);
+    }
+  }
+  // ---- 5. the next step's seeds (SGD has no step count to key the random bits); the kernels
+  // took their keys by value, so this host write does not race them --------------------------
+  for (size_t i = 0; i < n; ++i) {
+    if (call.seed[i] >= 0) *sr_seeds[call.seed[i]].data_ptr<int64_t>() += 1;
   }
 }
 

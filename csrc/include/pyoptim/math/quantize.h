@@ -1,7 +1,8 @@
 // Reduced-precision optimizer states: bfloat16 and block-wise 8-bit moments for float32 params.
 // One definition of the maps and their rounding for every path: the CPU SIMD body (V a float
 // vector, U its uint32 vector), the CPU scalar tail, the conversion ops and device code (V =
-// float, U = uint32_t: cuda/adam_mixed_kernels.cuh, Note [Mixed-mode launches]).
+// float, U = uint32_t: cuda/adam_mixed_kernels.cuh and cuda/sgd_mixed_kernels.cuh, Note
+// [Mixed-mode launches] in cuda/mixed_launch.cuh).
 //
 // Note [Reduced-precision optimizer states]
 // Opt-in per param group with `state_dtype=` (Adam, AdamW, and SGD with momentum; float32

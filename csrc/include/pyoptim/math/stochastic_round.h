@@ -1,8 +1,7 @@
 // Stochastic rounding of float32 to bfloat16, and the counter-based random bits it uses. One
 // definition for every path: the CPU SIMD body (V a float vector, U its uint32 vector), the CPU
-// scalar tail and device code (V = float, U = uint32_t: adam_'s CUDA kernels in
-// cuda/adam_mixed_kernels.cuh; sgd_'s CUDA op has no kernels for these modes yet and raises
-// NotImplementedError before writing anything).
+// scalar tail and device code (V = float, U = uint32_t: adam_'s and sgd_'s CUDA kernels in
+// cuda/adam_mixed_kernels.cuh and cuda/sgd_mixed_kernels.cuh).
 //
 // Note [Master weights and stochastic rounding]
 // Two opt-in modes for 16-bit params, chosen per param group (the op's `flags` gain
