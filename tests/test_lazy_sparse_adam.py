@@ -244,7 +244,8 @@ def test_grad_scaler_found_inf_skips_and_scale_raises():
 def test_signature_is_torch_plus_pyoptim_keywords():
     for cls, base in ((pyoptim.Adam, torch.optim.Adam), (pyoptim.AdamW, torch.optim.AdamW)):
         ours = dict(inspect.signature(cls.__init__).parameters)
-        for extra in ("lazy_sparse", "master_weights", "stochastic_rounding", "state_dtype"):
+        for extra in ("lazy_sparse", "master_weights", "stochastic_rounding", "state_dtype",
+                      "kahan_summation"):
             assert ours.pop(extra).kind is inspect.Parameter.KEYWORD_ONLY
         theirs = inspect.signature(base.__init__).parameters
         assert list(ours) == list(theirs)
