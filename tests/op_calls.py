@@ -79,3 +79,25 @@ def sparse_adam_(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs, steps, 
         hyper=[lr, beta1, beta2, eps, weight_decay], flags=[maximize],
         lr_tensors=[lr_tensor] if lr_tensor is not None else [],
         validate_only=validate_only)
+
+
+# ---- hyper-parameters of the mixed-precision tests (test_master, test_state_dtype,
+# test_sgd_modes and their CUDA twins) ----------------------------------------------------------
+
+def adam_hp(**kw) -> dict:
+    """adam_'s keyword arguments for one group: AdamW's defaults at lr 1e-2, `kw` on top."""
+    hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8, amsgrad=False,
+              maximize=False, decoupled=True)
+    hp.update(kw)
+    return hp
+
+
+# sgd_'s keyword arguments for one group with momentum, by name
+SGD_MOMENTUM_FLAGS = {
+    "momentum": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False,
+                     maximize=False),
+    "nesterov-wd": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True,
+                        maximize=False),
+    "dampening-maximize": dict(lr=0.05, momentum=0.5, dampening=0.3, weight_decay=0.1,
+                               nesterov=False, maximize=True),
+}

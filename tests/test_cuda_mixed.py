@@ -32,11 +32,7 @@ INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat
             torch.int64: torch.int64}
 
 
-def _hp(**kw):
-    hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8, amsgrad=False,
-              maximize=False, decoupled=True)
-    hp.update(kw)
-    return hp
+_hp = op_calls.adam_hp
 
 
 FLAGS = {

@@ -33,12 +33,7 @@ INT_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float
             torch.int8: torch.int8, torch.int64: torch.int64}
 MODES = ["master-bf16", "master-fp16", "sr", "bfloat16", "8bit"]
 FLAGS = {
-    "momentum": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False,
-                     maximize=False),
-    "nesterov-wd": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True,
-                        maximize=False),
-    "dampening-maximize": dict(lr=0.05, momentum=0.5, dampening=0.3, weight_decay=0.1,
-                               nesterov=False, maximize=True),
+    **op_calls.SGD_MOMENTUM_FLAGS,
     "grad-scale": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=False,
                        maximize=False),  # with GradScaler's scale (compare's grad_scale)
 }

@@ -89,11 +89,7 @@ def run_sr_ref(state, grads, hp):
                              [int(s) for s in state["sr_seeds"]], **hp)
 
 
-def _hp(**kw):
-    hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8, amsgrad=False,
-              maximize=False, decoupled=True)
-    hp.update(kw)
-    return hp
+_hp = op_calls.adam_hp
 
 
 FLAGS = {
@@ -507,14 +503,7 @@ def test_default_is_torchs_behaviour():
 
 # ---- SGD with momentum and master weights --------------------------------------------------------
 
-SGD_FLAGS = {
-    "momentum": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False,
-                     maximize=False),
-    "nesterov-wd": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True,
-                        maximize=False),
-    "dampening-maximize": dict(lr=0.05, momentum=0.5, dampening=0.3, weight_decay=0.1,
-                               nesterov=False, maximize=True),
-}
+SGD_FLAGS = op_calls.SGD_MOMENTUM_FLAGS
 
 
 def sgd_master_reference(params, grads, masters, bufs, first: bool, **hp) -> None:

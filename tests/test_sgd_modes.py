@@ -24,14 +24,7 @@ from pyoptim import _ops
 
 SIZES = [1, 7, 16, 255, 256, 257, 1000, 4099]
 MODES = ["sr", "bfloat16", "8bit"]
-FLAGS = {
-    "momentum": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False,
-                     maximize=False),
-    "nesterov-wd": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True,
-                        maximize=False),
-    "dampening-maximize": dict(lr=0.05, momentum=0.5, dampening=0.3, weight_decay=0.1,
-                               nesterov=False, maximize=True),
-}
+FLAGS = op_calls.SGD_MOMENTUM_FLAGS
 
 
 def _tensors(sizes, seed, dtype=torch.float32, scale=1.0):

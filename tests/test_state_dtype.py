@@ -32,11 +32,7 @@ FORMATS = ["bfloat16", "8bit"]
 SEEDS = [7, -3, 2**62 + 5, 0, 1, 99, 12345, 42]
 
 
-def _hp(**kw):
-    hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8, amsgrad=False,
-              maximize=False, decoupled=True)
-    hp.update(kw)
-    return hp
+_hp = op_calls.adam_hp
 
 
 FLAGS = {

@@ -279,8 +279,8 @@ void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
       V p = vload(pb + j);
       V m = math::q8_decode_signed(vload_code(mb + j), ms);
       V v = math::q8_decode_sqrt(vload_code(vb + j), vs), vmax = v;
-      const V root =
-          math::adam_step_root<kDecoupled, false, kMaximize, kScale>(p, vload(gb + j), m, v, vmax, cc);
+      const V root = math::adam_step_root<kDecoupled, false, kMaximize, kScale>(
+          p, vload(gb + j), m, v, vmax, cc);
       vstore(pb + j, p);
       vstore(mbuf + j, m);
       vstore(rbuf + j, root);
@@ -326,15 +326,16 @@ void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
 }
 
 // fn(lo, hi, key) for the parts of [begin, end) in each block of 2^32 elements, with the key of
-// the stream `stream` there (Note [Master weights and stochastic rounding]).
+// (seed, step, that block, stream) (Note [Master weights and stochastic rounding]; SGD, which
+// has no step count, passes step 0). Also used by sgd_impl.h.
 template <class F>
-PYOPTIM_INLINE void for_each_sr_block(const AdamPtrs& a, int64_t begin, int64_t end,
+PYOPTIM_INLINE void for_each_sr_block(uint64_t seed, uint64_t step, int64_t begin, int64_t end,
                                       uint64_t stream, const F& fn) {
   constexpr int64_t kBlock = int64_t(1) << 32;
   for (int64_t lo = begin; lo < end;) {
     const int64_t block = lo / kBlock;
     const int64_t hi = end < (block + 1) * kBlock ? end : (block + 1) * kBlock;
-    fn(lo, hi, math::sr_key(a.sr_seed, a.sr_step, uint64_t(block), stream));
+    fn(lo, hi, math::sr_key(seed, step, uint64_t(block), stream));
     lo = hi;
   }
 }
@@ -354,16 +355,19 @@ void adam_range(const AdamPtrs& a, int64_t begin, int64_t end,
           }
           if constexpr (std::is_same<S, bf16>::value) {
             if (f.stochastic_round) {  // one key per block of 2^32 elements
-              for_each_sr_block(a, begin, end, 0, [&](int64_t lo, int64_t hi, math::SrKey key) {
-                adam_loop<S, kDecoupled, kAmsgrad, kMaximize, kScale, true>(a, lo, hi, c, key);
-              });
+              for_each_sr_block(a.sr_seed, a.sr_step, begin, end, 0,
+                                [&](int64_t lo, int64_t hi, math::SrKey key) {
+                                  adam_loop<S, kDecoupled, kAmsgrad, kMaximize, kScale, true>(
+                                      a, lo, hi, c, key);
+                                });
               return;
             }
           }
           if constexpr (std::is_same<S, float>::value) {
             if (f.states != StateFormat::kParam) {
               for_each_sr_block(
-                  a, begin, end, math::kStateStream, [&](int64_t lo, int64_t hi, math::SrKey key) {
+                  a.sr_seed, a.sr_step, begin, end, math::kStateStream,
+                  [&](int64_t lo, int64_t hi, math::SrKey key) {
                     if (f.states == StateFormat::kBf16) {
                       adam_bf16_state_loop<kDecoupled, kMaximize, kScale>(a, lo, hi, c, key);
                     } else {
@@ -421,11 +425,12 @@ void q8_encode(const float* x, int64_t n, void* codes, float* scales, bool sqrt_
   }
 }
 void q8_decode(const void* codes, const float* scales, int64_t n, float* x, bool sqrt_map) {
+  const uint8_t* u = static_cast<const uint8_t*>(codes);
+  const int8_t* i8 = static_cast<const int8_t*>(codes);
   for (int64_t j = 0; j < n; ++j) {
     const float s = scales[j / math::kQ8Block];
-    x[j] = sqrt_map
-               ? math::q8_decode_sqrt(static_cast<float>(static_cast<const uint8_t*>(codes)[j]), s)
-               : math::q8_decode_signed(static_cast<float>(static_cast<const int8_t*>(codes)[j]), s);
+    x[j] = sqrt_map ? math::q8_decode_sqrt(static_cast<float>(u[j]), s)
+                    : math::q8_decode_signed(static_cast<float>(i8[j]), s);
   }
 }
 

@@ -183,34 +183,21 @@ struct SgdQ8Buffer {
   }
 };
 
-// fn(lo, hi, key) for the parts of [begin, end) in each block of 2^32 elements: SGD's keys
-// (seed, step 0, block, stream); the op advances the seed each step.
-template <class F>
-PYOPTIM_INLINE void for_each_sgd_sr_block(uint64_t seed, int64_t begin, int64_t end,
-                                          uint64_t stream, const F& fn) {
-  constexpr int64_t kBlock = int64_t(1) << 32;
-  for (int64_t lo = begin; lo < end;) {
-    const int64_t block = lo / kBlock;
-    const int64_t hi = end < (block + 1) * kBlock ? end : (block + 1) * kBlock;
-    fn(lo, hi, math::sr_key(seed, 0, uint64_t(block), stream));
-    lo = hi;
-  }
-}
-
 template <class S>
 void sgd_range(const SgdPtrs& a, int64_t begin, int64_t end,
                const math::SgdCoeffs<opmath_t<S>>& c, SgdFlags f) {
   if constexpr (std::is_same<S, bf16>::value) {
     if (f.stochastic_round) {
-      for_each_sgd_sr_block(a.sr_seed, begin, end, 0, [&](int64_t lo, int64_t hi, math::SrKey k) {
-        sgd_switch<SgdDenseSr>(f, a, lo, hi, c, k);
-      });
+      for_each_sr_block(a.sr_seed, 0, begin, end, 0,
+                        [&](int64_t lo, int64_t hi, math::SrKey k) {
+                          sgd_switch<SgdDenseSr>(f, a, lo, hi, c, k);
+                        });
       return;
     }
   }
   if constexpr (std::is_same<S, float>::value) {
     if (f.states != StateFormat::kParam) {
-      for_each_sgd_sr_block(a.sr_seed, begin, end, math::kStateStream,
+      for_each_sr_block(a.sr_seed, 0, begin, end, math::kStateStream,
                             [&](int64_t lo, int64_t hi, math::SrKey k) {
                               if (f.states == StateFormat::kBf16) {
                                 sgd_switch<SgdBf16Buffer>(f, a, lo, hi, c, k);
