@@ -145,6 +145,40 @@ def pick(items: Sequence[Any], index: list[int] | None) -> list:
     return [got] if len(index) == 1 else list(got)
 
 
+# Optional state keys: an op reads some state keys only for the params of the groups that have
+# them (amsgrad's max_exp_avg_sq, a master, a seed, ...). A class lists them as `table`, pairs
+# (state key, index in a group's _layout entry of the flag saying whether its params have it).
+
+def optional_keys(plan: Any, table: Sequence[tuple[str, int]]) -> tuple[str, ...]:
+    """The keys of `table` that some group of the plan has, in order (_state_keys' optional
+    keys)."""
+    return tuple(key for key, k in table if any(layout[k] for layout in plan.layout))
+
+
+def optional_lists(plan: Any, table: Sequence[tuple[str, int]], values: Sequence[list],
+                   owners: Callable[[], Sequence[int]]) -> list[list | None]:
+    """Per key of `table`, the op's list: the values of the params of the groups that have the
+    key, in order, or None where no group has it. `values` are the plan's state lists of
+    optional_keys (one per present key, one value per param with state); owners() gives each
+    such param's group, asked for only when some groups have a key and others do not."""
+    out: list[list | None] = []
+    present = iter(values)
+    groups_of = None
+    for _, k in table:
+        on = [layout[k] for layout in plan.layout]
+        if not any(on):
+            out.append(None)
+            continue
+        got = next(present)
+        if all(on):
+            out.append(got)
+            continue
+        if groups_of is None:
+            groups_of = owners()
+        out.append([v for v, g in zip(got, groups_of) if on[g]])
+    return out
+
+
 # Note [Held state]
 # torch.ops converts each tensor of a list argument into the op's argument stack, which the
 # dispatcher drops without the GIL. A tensor whose only C++ reference is its Python object

@@ -44,7 +44,17 @@ from ._mixed import MASTER_KEY as _MASTER_KEY
 from ._mixed import SEED_KEY as _SEED_KEY
 from ._mixed import SR as _SR
 from ._mixed import STATES as _STATES
-from ._state import DeviceCall, FusedStep, Plan, _dtensor_type, hyper_args, on_device, scalar_dtype
+from ._state import (
+    DeviceCall,
+    FusedStep,
+    Plan,
+    _dtensor_type,
+    hyper_args,
+    on_device,
+    optional_keys,
+    optional_lists,
+    scalar_dtype,
+)
 
 __all__ = ["Adam", "AdamW"]
 
@@ -111,8 +121,7 @@ class _AdamStep(FusedStep):
 
     def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
         # optional keys: only the params of the groups that need them have them
-        optional = tuple(key for key, k in _OPTIONAL if any(layout[k] for layout in plan.layout))
-        return ("step", "exp_avg", "exp_avg_sq"), optional
+        return ("step", "exp_avg", "exp_avg_sq"), optional_keys(plan, _OPTIONAL)
 
     def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
         if p.grad.is_sparse:
@@ -222,26 +231,15 @@ class _AdamStep(FusedStep):
              states: list[list[Any]], grad_scale: Tensor | None,
              found_inf: Tensor | None, validate_only: bool) -> None:
         steps, exp_avgs, exp_avg_sqs = states[:3]
-        # optional lists (see _state_keys): each holds the tensors of the params of the groups
-        # that have the key, in order
-        optional = iter(states[3:])
-        partial = []
-        for _, k in _OPTIONAL:
-            on = [layout[k] for layout in plan.layout]
-            if not any(on):
-                partial.append([])
-                continue
-            values = next(optional)
-            partial.append(values if all(on) else
-                           [v for v, g in zip(values, call.group_of) if on[g]])
-        max_sqs, masters, seeds, m_scales, v_scales, comps = partial
+        max_sqs, masters, seeds, m_scales, v_scales, comps = optional_lists(
+            plan, _OPTIONAL, states[3:], lambda: call.group_of)
         hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
         _adam_(
             params,
             grads,
             exp_avgs,
             exp_avg_sqs,
-            max_sqs,
+            max_sqs or [],
             steps,
             call.group_sizes,
             hyper,
@@ -250,11 +248,11 @@ class _AdamStep(FusedStep):
             grad_scale if grad_scale is None else on_device(grad_scale, call.device),
             found_inf if found_inf is None else on_device(found_inf, call.device),
             validate_only,
-            masters or None,
-            seeds or None,
-            m_scales or None,
-            v_scales or None,
-            comps or None,
+            masters,
+            seeds,
+            m_scales,
+            v_scales,
+            comps,
         )
 
 

@@ -74,7 +74,17 @@ from ._mixed import (
     init_states,
     seeded,
 )
-from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device, pick, scalar_type_name
+from ._state import (
+    DeviceCall,
+    FusedStep,
+    Plan,
+    hyper_args,
+    on_device,
+    optional_keys,
+    optional_lists,
+    pick,
+    scalar_type_name,
+)
 
 __all__ = ["SGD"]
 
@@ -115,8 +125,7 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
 
     def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
         # optional keys: only the params of the groups that need them have them
-        optional = tuple(key for key, k in _OPTIONAL if any(layout[k] for layout in plan.layout))
-        return ("momentum_buffer",), optional
+        return ("momentum_buffer",), optional_keys(plan, _OPTIONAL)
 
     def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
         if group["fused"]:
@@ -168,20 +177,10 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         if plan.fused_errors:
             self._raise_fused_error(plan)
         bufs = states[0] if states else ()
-        # optional lists (see _state_keys): the tensors of the params of the groups that have
-        # the key, in order (the state lists hold the params with momentum)
-        with_state = [g for g in call.group_of if plan.groups[g]["momentum"] != 0]
-        optional = iter(states[1:])
-        partial = []
-        for _, k in _OPTIONAL:
-            on = [layout[k] for layout in plan.layout]
-            if not any(on):
-                partial.append(None)
-                continue
-            values = next(optional)
-            partial.append(values if all(on) else
-                           [v for v, g in zip(values, with_state) if on[g]])
-        masters, seeds, scales = partial
+        # (the state lists hold the params with momentum)
+        masters, seeds, scales = optional_lists(
+            plan, _OPTIONAL, states[1:],
+            lambda: [g for g in call.group_of if plan.groups[g]["momentum"] != 0])
         first = pick(plan.extra, call.state_index) if plan.extra and any(plan.extra) else ()
         hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
         hp = (call.group_sizes, hyper, flags)

@@ -264,49 +264,12 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   }
 
   // ---- 3. update: one multi_tensor_apply per launch key -------------------------------------
-  for (const auto& launch : launches) {
-    const LaunchKey& key = launch.first;
+  // A launch's arguments (T: its math type): the group's hyper-parameters, where lr, the scale
+  // and found_inf are read, and (host mode) the coefficients computed above.
+  const auto launch_args = [&](auto math_type, const LaunchKey& key) {
+    using T = decltype(math_type);
     const ops::AdamGroup& grp = call.groups[key.group];
-    double host_step = 0.0;
-    std::memcpy(&host_step, &key.host_step_bits, sizeof(double));
-    const cuda::AdamLaunchFlags flags{grp.decoupled, grp.amsgrad, grp.maximize,
-                                      grad_scale.has_value()};
-    ops::dispatch_param_dtype(key.dtype, [&](auto st) {
-      using S = decltype(st);
-      using T = cuda::mta::opmath_t<S>;
-      cuda::AdamLaunchArgs<T> a{};
-      a.lr = group_lr[key.group];
-      a.beta1 = grp.beta1;
-      a.beta2 = grp.beta2;
-      a.eps = grp.eps;
-      a.weight_decay = grp.weight_decay;
-      a.scale = scale;
-      a.lr_dev = lr_ref[key.group];
-      a.scale_dev = scale_ref;
-      a.found_inf = inf_ref;
-      a.device_coeffs = key.device_mode;
-      a.step_is_double = key.step_is_double;
-      if (!key.device_mode) {
-        if constexpr (std::is_same<T, double>::value) {
-          a.coeffs = coeffs_d.at(key);
-        } else {
-          a.coeffs = coeffs_f.at(key);
-        }
-      }
-      cuda::launch_adam<S>(launch.second, a, flags);
-    });
-  }
-
-  // The modes of Note [Mixed-mode launches]: float32 math (a master's coefficients are a
-  // float32 param's), one launch list per key.
-  for (const auto& launch : mixed_launches) {
-    const LaunchKey& key = launch.first;
-    const ops::AdamGroup& grp = call.groups[key.group];
-    double host_step = 0.0;
-    std::memcpy(&host_step, &key.host_step_bits, sizeof(double));
-    const cuda::AdamLaunchFlags flags{grp.decoupled, grp.amsgrad, grp.maximize,
-                                      grad_scale.has_value()};
-    cuda::AdamLaunchArgs<float> a{};
+    cuda::AdamLaunchArgs<T> a{};
     a.lr = group_lr[key.group];
     a.beta1 = grp.beta1;
     a.beta2 = grp.beta2;
@@ -318,10 +281,39 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
     a.found_inf = inf_ref;
     a.device_coeffs = key.device_mode;
     a.step_is_double = key.step_is_double;
-    if (!key.device_mode) a.coeffs = coeffs_f.at(key);
+    if (!key.device_mode) {
+      if constexpr (std::is_same<T, double>::value) {
+        a.coeffs = coeffs_d.at(key);
+      } else {
+        a.coeffs = coeffs_f.at(key);
+      }
+    }
+    return a;
+  };
+  const auto launch_flags = [&](const LaunchKey& key) {
+    const ops::AdamGroup& grp = call.groups[key.group];
+    return cuda::AdamLaunchFlags{grp.decoupled, grp.amsgrad, grp.maximize,
+                                 grad_scale.has_value()};
+  };
+  for (const auto& launch : launches) {
+    const LaunchKey& key = launch.first;
+    ops::dispatch_param_dtype(key.dtype, [&](auto st) {
+      using S = decltype(st);
+      cuda::launch_adam<S>(launch.second, launch_args(cuda::mta::opmath_t<S>(), key),
+                           launch_flags(key));
+    });
+  }
+
+  // The modes of Note [Mixed-mode launches]: float32 math (a master's coefficients are a
+  // float32 param's), one launch list per key.
+  for (const auto& launch : mixed_launches) {
+    const LaunchKey& key = launch.first;
+    double host_step = 0.0;
+    std::memcpy(&host_step, &key.host_step_bits, sizeof(double));
     // the keys' step: the count after this step (the stochastic modes have host counts)
     const uint64_t sr_step = key.device_mode ? 0 : static_cast<uint64_t>(host_step + 1.0);
-    cuda::mixed::launch_adam_mixed(key.mode, key.dtype, launch.second, sr_step, a, flags);
+    cuda::mixed::launch_adam_mixed(key.mode, key.dtype, launch.second, sr_step,
+                                   launch_args(float(), key), launch_flags(key));
   }
 
   // ---- 4. copy back what was updated in a copy, and count the step ------------------------
