@@ -19,25 +19,26 @@ from ._state import DeviceCall, Plan, _dtensor_type
 # is built from C-level maps (itemgetter, compress) that Dynamo cannot call, and a Plan kept
 # across steps would be invisible to Dynamo's guards. So a traced step works in two parts:
 #
-# 1. Trace time, eagerly. step() calls self._init_group(None, params, grads, s0, s1, s2, s3)
-#    with empty lists. Dynamo runs a method of that name eagerly instead of tracing it (its fast
-#    path for torch.optim's own _init_group, OptimizerVariable in torch/_dynamo/variables/
-#    optimizer.py). init_for_trace builds a Plan the eager way (torch's checks, lazy state
-#    created exactly as torch creates it), fills the lists with the active params, their grads
-#    and their state values, and returns the Plan's structure as constants: the op calls, which
-#    positions each takes, the group sizes (Note [Op calls of a compiled step]). Dynamo gives
-#    each tensor of the lists its source (the param in param_groups, its .grad, its state
-#    entry) and guards on param_groups and on the keys of the state, so the structure is
+# 1. Trace time, eagerly. step() calls self._init_group(None, params, grads, *lists) with empty
+#    lists (STATE_LISTS of them for the state). Dynamo runs a method of that name eagerly instead of
+#    tracing it (its fast path for torch.optim's own _init_group, OptimizerVariable in
+#    torch/_dynamo/variables/optimizer.py). init_for_trace builds a Plan the eager way (torch's
+#    checks, lazy state created exactly as torch creates it), fills the lists with the active
+#    params, their grads and their state values, and returns the Plan's structure as constants: the
+#    op calls, which positions each takes, the group sizes (Note [Op calls of a compiled step]).
+#    Dynamo gives each tensor of the lists its source (the param in param_groups, its .grad, its
+#    state entry) and guards on param_groups and on the keys of the state, so the structure is
 #    derived again (a recompile) wherever the eager Plan would be rebuilt.
 # 2. Traced: the op calls, made from those lists by the optimizer's own _run.
 #
 # State that a step creates without reading it (SGD's first momentum buffer, into which the op
 # writes buf = grad) cannot be made at trace time: "first step" would be a constant of the graph
 # for every later call. Such keys (`_created_in_graph`) are made in the graph (zeros_like the
-# param) and stored into the state after the op calls; the new key fails the state guard, so the
-# next call recompiles once, now with the buffer as ordinary state (as torch.optim.SGD under
-# compile). With GradScaler, storing them depends on found_inf, read on the host (a graph break
-# in that first step only).
+# param, in the dtype the eager step gives them: float32 with master weights, bfloat16 or int8
+# with state_dtype) and stored into the state after the op calls; the new key fails the state
+# guard, so the next call recompiles once, now with the buffer as ordinary state (as
+# torch.optim.SGD under compile). With GradScaler, storing them depends on found_inf, read on
+# the host (a graph break in that first step only).
 #
 # These step eagerly, through one graph break (a torch.compiler.disable'd eager step):
 # optimizers whose state Dynamo cannot hold (SparseAdam: sparse grads, an int step count),
@@ -48,16 +49,18 @@ from ._state import DeviceCall, Plan, _dtensor_type
 # grad to Adagrad (its eager step calls sparse_adagrad_, or is torch's own) or to a group of
 # Adam(lazy_sparse=True) (Note [Sparse params in a dense step] in _state.py), and a step that
 # torch's checks refuse (a sparse grad to Adam, fused=True with a complex param): the eager step
-# raises torch's error, with torch's state left (Note [Fused-flag errors] in adam.py), and Adam's
-# master_weights / stochastic_rounding groups (their state is not traced yet).
+# raises torch's error, with torch's state left (Note [Fused-flag errors] in adam.py).
+# The mixed-precision modes (master weights, stochastic rounding, Kahan, bfloat16 and 8-bit
+# states; Note [Master weights and stochastic rounding]) trace like the others: their extra state
+# (masters, seeds, scales, compensations) is more state lists, made at trace time as eager makes
+# it, and a stochastic step's random bits are keyed by the step count or seed the op reads, not
+# by anything of the graph.
 # differentiable=True runs torch's own step, traced as torch.optim's is.
 
 
 def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: list) -> Any:
     """Part 1 of Note [Compiled step]. Returns None where the step must run eagerly."""
     groups = opt.param_groups
-    if any(g.get("master_weights") or g.get("stochastic_rounding") for g in groups):
-        return None  # Adam's mixed-precision modes step eagerly (not traced yet)
     all_params = [p for g in groups for p in g["params"]]
     mask = [p.grad is not None for p in all_params]
     layout = opt._layout(groups)
@@ -86,8 +89,7 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
         for key in created:
             values = states[list(keys).index(key)]
             for i in fresh:
-                del plan.dicts[i][key]
-                values[i] = None
+                values[i] = plan.dicts[i].pop(key).dtype  # made again in the graph
     params.extend(plan.active)
     grads.extend(p.grad for p in plan.active)
     for out, values in zip(lists, states):
@@ -107,6 +109,10 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
 # call (3.0 ms). So models of up to CHUNK params per device (most) compile to one call, and only
 # larger ones pay the second pass, to compile in linear time.
 CHUNK = 256
+
+# The most state lists an op reads: adam_'s three required ones and its six optional ones (amsgrad,
+# master weights, seeds, two 8-bit scales, Kahan; adam.py's _OPTIONAL).
+STATE_LISTS = 9
 
 
 def _chunks(plan: Plan) -> list[tuple]:
@@ -170,7 +176,7 @@ def compiled_step(opt: Any, groups: list[dict]) -> None:
     found_inf: Tensor | None = getattr(opt, "found_inf", None)
     params: list[Tensor] = []
     grads: list[Tensor] = []
-    lists: tuple[list, ...] = ([], [], [], [])
+    lists = [[] for _ in range(STATE_LISTS)]
     desc = opt._init_group(None, params, grads, *lists)
     if desc is None:
         return _eager(opt, groups)
@@ -180,9 +186,9 @@ def compiled_step(opt: Any, groups: list[dict]) -> None:
     for j in range(n_required):
         values = states[j]
         for i, v in enumerate(values):
-            if v is None:
+            if isinstance(v, torch.dtype):  # made in the graph, in the state's dtype
                 p = params[with_state[i]]
-                values[i] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                values[i] = torch.zeros_like(p, dtype=v, memory_format=torch.preserve_format)
                 created.append((p, keys[j], values[i]))
     plan = TracedPlan(groups, layout, extra)
     runs = []

@@ -7,6 +7,9 @@
   * SGD with momentum, whose first compiled step creates its buffers in the graph (the issue's
     crash, "'SGD' object has no attribute '_pyoptim_caches'", after the params were written):
     bitwise equal to eager, with exactly one recompile (the new buffers), as torch.optim.SGD;
+  * every mixed-precision mode (master weights, stochastic rounding, Kahan, bf16 and 8-bit
+    states; Adam and SGD), and Adam with all its optional state lists at once: fullgraph, bitwise
+    equal to eager (state_dtype="8bit" crashed at trace time);
   * a whole training step (forward, backward, step, zero_grad) compiled: the only graph breaks
     are outside pyoptim (backward and torch's zero_grad, as with torch.optim), and with Inductor
     its result equals that of the same compiled function with an eager step, bit for bit;
@@ -76,9 +79,37 @@ CONFIGS = {
 }
 
 
+# The mixed-precision modes (Note [Master weights and stochastic rounding], Note
+# [Reduced-precision optimizer states]): name -> (class, kwargs, second group's overrides, param
+# dtype). Each has its own state lists (masters, seeds, scales, compensations); "sgd-*" ones
+# create their buffer, in the mode's dtype, in the first step's graph.
+MIXED = {
+    "adamw-master": (pyoptim.AdamW, dict(lr=1e-2, master_weights=True), dict(amsgrad=True),
+                     torch.bfloat16),
+    "adam-master-fp16": (pyoptim.Adam, dict(lr=1e-2, master_weights=True),
+                         dict(weight_decay=0.1), torch.float16),
+    "adamw-sr": (pyoptim.AdamW, dict(lr=1e-2, stochastic_rounding=True), dict(maximize=True),
+                 torch.bfloat16),
+    "adamw-kahan": (pyoptim.AdamW, dict(lr=1e-2, kahan_summation=True), dict(amsgrad=True),
+                    torch.bfloat16),
+    "adamw-bf16state": (pyoptim.AdamW, dict(lr=1e-2, state_dtype=torch.bfloat16),
+                        dict(state_dtype=None, amsgrad=True), torch.float32),
+    "adam-8bit": (pyoptim.Adam, dict(lr=1e-2, state_dtype="8bit"), dict(weight_decay=0.1),
+                  torch.float32),
+    "sgd-master": (pyoptim.SGD, dict(lr=0.1, momentum=0.9, master_weights=True),
+                   dict(nesterov=True), torch.bfloat16),
+    "sgd-sr": (pyoptim.SGD, dict(lr=0.1, momentum=0.9, stochastic_rounding=True),
+               dict(stochastic_rounding=False, momentum=0.0), torch.bfloat16),
+    "sgd-bf16state": (pyoptim.SGD, dict(lr=0.1, momentum=0.9, state_dtype=torch.bfloat16),
+                      dict(dampening=0.5), torch.float32),
+    "sgd-8bit": (pyoptim.SGD, dict(lr=0.1, momentum=0.9, state_dtype="8bit"),
+                 dict(weight_decay=0.01), torch.float32),
+}
+
+
 def _make(name: str, seed: int = 0):
-    cls, kwargs, second = CONFIGS[name]
-    model = _model(seed)
+    cls, kwargs, second, *dtype = CONFIGS[name] if name in CONFIGS else MIXED[name]
+    model = _model(seed).to(*dtype)
     kwargs = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
     return model, cls(_groups(model, second), **kwargs)
 
@@ -89,12 +120,13 @@ def _set_grads(model: torch.nn.Module, step: int, skip_last: bool = False) -> No
     params = list(model.parameters())
     for k, p in enumerate(params):
         p.grad = None if skip_last and k == len(params) - 1 else torch.randn(
-            p.shape, generator=g)
+            p.shape, generator=g).to(p.dtype)
 
 
 def _run(name: str, step_fn_of) -> tuple[list, dict]:
     model, opt = _make(name)
     step = step_fn_of(opt)
+    torch.manual_seed(7)  # the stochastic modes draw their seeds at the first step
     for k in range(STEPS):
         _set_grads(model, k, skip_last=k == 1)
         step()
@@ -119,6 +151,53 @@ def test_compiled_step_fullgraph_equals_eager(name):
                                                     fullgraph=True))
     assert_bitwise_equal(compiled, eager, name)
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize("name", list(MIXED))
+def test_mixed_precision_modes_compile_fullgraph(name):
+    """Every mixed-precision mode traces with no graph break and gives eager's bits, params and
+    state (masters, seeds, scales, compensations; state_dtype="8bit" raised AssertionError at
+    trace time: more state lists than the traced step passed)."""
+    eager = _run(name, lambda opt: opt.step)
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    compiled = _run(name, lambda opt: torch.compile(opt.step, backend="aot_eager",
+                                                    fullgraph=True))
+    assert_bitwise_equal(compiled, eager, name)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_adam_every_optional_state_list_compiles():
+    """Groups with each of adam_'s optional state lists at once (amsgrad, master weights, seeds,
+    the two 8-bit scales, Kahan): pyoptim._compiled.STATE_LISTS lists, eager's bits."""
+    modes = [dict(amsgrad=True), dict(master_weights=True), dict(stochastic_rounding=True),
+             dict(state_dtype="8bit"), dict(kahan_summation=True)]
+    dtypes = [torch.float32, torch.bfloat16, torch.bfloat16, torch.float32, torch.float16]
+
+    def run(compiled: bool):
+        torch.manual_seed(0)
+        params = [torch.randn(37, 3, dtype=dt) for dt in dtypes]
+        opt = pyoptim.AdamW([dict(params=[p], **m) for p, m in zip(params, modes)], lr=1e-2)
+        step = torch.compile(opt.step, backend="aot_eager", fullgraph=True) \
+            if compiled else opt.step
+        torch.manual_seed(7)
+        for k in range(STEPS):
+            g = torch.Generator().manual_seed(100 + k)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+            step()
+        return snapshot(params), snapshot(opt.state_dict()["state"])
+
+    assert_bitwise_equal(run(True), run(False))
+
+
+@pytest.mark.parametrize("name", ["adam-8bit", "sgd-sr"])
+def test_mixed_precision_modes_inductor(name):
+    """Inductor calls the op in place on the state it reads and writes (8-bit codes and scales;
+    SGD's seed, which each step advances): eager's bits."""
+    eager = _run(name, lambda opt: opt.step)
+    compiled = _run(name, lambda opt: torch.compile(opt.step, fullgraph=True))
+    assert_bitwise_equal(compiled, eager, name)
 
 
 @pytest.mark.parametrize("name", ["adam", "sgd-momentum", "sgd-dampening-mixed", "adamax",
