@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._state import _dtensor_type
+
 MASTER, SR, STATES, KAHAN = ("master_weights", "stochastic_rounding", "state_dtype",
                              "kahan_summation")
 MASTER_KEY, SEED_KEY, KAHAN_KEY = "master_param", "sr_seed", "kahan_comp"
@@ -39,6 +41,21 @@ def state_format(value: Any) -> str | None:
     except (KeyError, TypeError):
         raise ValueError(f"Invalid state_dtype: {value!r} (torch.bfloat16, 'bfloat16', '8bit' "
                          "or None)") from None
+
+
+def refuse_dtensor(group: dict, p: Tensor) -> None:
+    """TypeError for a DTensor param in a group whose step draws random bits (stochastic
+    rounding, bfloat16 or 8-bit states): the bits are keyed by the element's index in the tensor
+    the op gets, a DTensor's local shard, so every shard would draw the same bits (and 8-bit
+    blocks would follow the local shards, not the param). Raised before the step creates or
+    writes anything."""
+    dtensor = _dtensor_type()
+    if dtensor is None or not isinstance(p, dtensor):
+        return
+    for flag in (SR, STATES):
+        if group.get(flag, False):
+            raise TypeError(f"{flag}={group[flag]!r} does not support DTensor params yet (its "
+                            "random bits and 8-bit blocks are per local shard)")
 
 
 def seeded(group: dict) -> bool:

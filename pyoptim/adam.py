@@ -36,7 +36,15 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused, _get_capturable_supported_devices
 
-from ._mixed import BF16, Q8, MixedPrecision, init_master, init_states, seeded
+from ._mixed import (
+    BF16,
+    Q8,
+    MixedPrecision,
+    init_master,
+    init_states,
+    refuse_dtensor,
+    seeded,
+)
 from ._mixed import KAHAN as _KAHAN
 from ._mixed import KAHAN_KEY as _KAHAN_KEY
 from ._mixed import MASTER as _MASTER
@@ -126,6 +134,7 @@ class _AdamStep(FusedStep):
     def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
         if p.grad.is_sparse:
             raise RuntimeError(_SPARSE_MSG)
+        refuse_dtensor(group, p)
         state = self.state[p]
         if len(state) == 0:  # lazy state initialization, as torch.optim.Adam
             if group["fused"]:
@@ -141,10 +150,6 @@ class _AdamStep(FusedStep):
         if group.get(_MASTER, False):
             init_master(state, p, self._fp32_keys)
         elif _STATES in group:
-            dtensor = _dtensor_type()
-            if dtensor is not None and isinstance(p, dtensor):
-                raise TypeError(f"state_dtype={group[_STATES]!r} does not support DTensor params "
-                                "yet (its block scales and seed are per local tensor)")
             init_states(state, p, group[_STATES], self._state_maps)
         elif group.get(_KAHAN, False) and _KAHAN_KEY not in state:
             state[_KAHAN_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)

@@ -72,6 +72,7 @@ from ._mixed import (
     MixedPrecision,
     init_master,
     init_states,
+    refuse_dtensor,
     seeded,
 )
 from ._state import (
@@ -140,6 +141,7 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
             elif not torch.is_floating_point(p):
                 plan.keep_fused_error(group, 1, NotImplementedError(
                     f'"fused_sgd_kernel" not implemented for {scalar_type_name(p.dtype)!r}'))
+        refuse_dtensor(group, p)
         if group.get(SR, False) and SEED_KEY not in self.state[p]:
             # a seed per param, from torch's generator; the step adds one to it
             self.state[p][SEED_KEY] = torch.randint(2**62, (), dtype=torch.int64)

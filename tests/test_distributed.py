@@ -213,6 +213,7 @@ def _fsdp2_worker(rank: int, world: int) -> None:
                  lambda m: list(m.parameters()), STEPS, init)
     _bad_layouts(rank, mesh)
     _sgd_mixed_dtype_grads(rank, mesh)
+    _mixed_precision_modes(rank, mesh)
 
 
 def _bad_layouts(rank: int, mesh) -> None:
@@ -272,6 +273,56 @@ def _sgd_mixed_dtype_grads(rank: int, mesh) -> None:
         got[impl] = (_full(w.detach()), _full(buf))
     for ours, ref in zip(got["pyoptim"], got["loop"]):
         assert ours.dtype == ref.dtype and torch.equal(ours, ref)
+
+
+def _mixed_precision_modes(rank: int, mesh) -> None:
+    """bfloat16 DTensor params with master weights (Adam, SGD) or Kahan (Adam): each rank's
+    local shards step bit for bit as plain tensors holding the same values (the op is the same,
+    on the shards), with the extra state (master, compensation) DTensors laid out as the param.
+    The modes that draw random bits (stochastic rounding, bf16 and 8-bit states) raise
+    TypeError before anything is written or created."""
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    def params_and_grads(step: int, dtype: torch.dtype) -> tuple[list[Tensor], list[Tensor]]:
+        g = torch.Generator().manual_seed(step)
+        full = [torch.randn(5, 3, generator=g).to(dtype), torch.randn(7, generator=g).to(dtype)]
+        return full, [torch.randn(t.shape, generator=g).to(dtype) for t in full]
+
+    cases = [("AdamW", dict(lr=1e-2, master_weights=True), "master_param"),
+             ("Adam", dict(lr=1e-2, kahan_summation=True, weight_decay=0.1), "kahan_comp"),
+             ("SGD", dict(lr=0.1, momentum=0.9, master_weights=True), "master_param")]
+    for cls, kwargs, key in cases:
+        init, _ = params_and_grads(0, torch.bfloat16)
+        dts = [nn.Parameter(distribute_tensor(t, mesh, [Shard(0)])) for t in init]
+        plain = [nn.Parameter(p._local_tensor.clone()) for p in dts]
+        opts = [getattr(pyoptim, cls)(ps, **kwargs) for ps in (dts, plain)]
+        for step in range(1, STEPS):
+            _, grads = params_and_grads(step, torch.bfloat16)
+            for p, q, g in zip(dts, plain, grads):
+                p.grad = distribute_tensor(g, mesh, [Shard(0)])
+                q.grad = p.grad._local_tensor.clone()
+            for opt in opts:
+                opt.step()
+        for p, q in zip(dts, plain):
+            extra = opts[0].state[p][key]
+            assert isinstance(extra, DTensor) and extra.placements == p.placements, (cls, key)
+            assert torch.equal(p._local_tensor, q), (cls, rank)
+            assert torch.equal(extra._local_tensor, opts[1].state[q][key]), (cls, key, rank)
+    for cls, kwargs, dtype in [
+            ("AdamW", dict(stochastic_rounding=True), torch.bfloat16),
+            ("SGD", dict(momentum=0.9, stochastic_rounding=True), torch.bfloat16),
+            ("AdamW", dict(state_dtype=torch.bfloat16), torch.float32),
+            ("SGD", dict(momentum=0.9, state_dtype="8bit"), torch.float32)]:
+        init, grads = params_and_grads(0, dtype)
+        dts = [nn.Parameter(distribute_tensor(t, mesh, [Shard(0)])) for t in init]
+        for p, g in zip(dts, grads):
+            p.grad = distribute_tensor(g, mesh, [Shard(0)])
+        before = [p._local_tensor.clone() for p in dts]
+        opt = getattr(pyoptim, cls)(dts, lr=1e-2, **kwargs)
+        with pytest.raises(TypeError, match="does not support DTensor params"):
+            opt.step()
+        assert all(map(torch.equal, before, (p._local_tensor for p in dts))), (cls, kwargs)
+        assert all(len(opt.state[p]) == 0 for p in dts), (cls, kwargs)
 
 
 @needs_procs(2)
