@@ -1,17 +1,20 @@
 // Adam / AdamW CUDA kernels of the opt-in modes: master weights, stochastic rounding of bfloat16
 // params (Note [Master weights and stochastic rounding] in math/stochastic_round.h), bfloat16
-// and 8-bit moments (Note [Reduced-precision optimizer states] in math/quantize.h). The CPU
-// loops they mirror bit for bit: adam_master_loop, adam_loop<kSR = true>, adam_bf16_state_loop
-// and adam_q8_state_loop in cpu/adam_impl.h. The op glue is ops/adam_cuda.cu.
+// and 8-bit moments (Note [Reduced-precision optimizer states] in math/quantize.h), Kahan-
+// compensated 16-bit params (Note [Kahan-compensated 16-bit params] in math/stochastic_round.h).
+// The CPU loops they mirror bit for bit: adam_master_loop, adam_loop<kSR = true>,
+// adam_bf16_state_loop, adam_q8_state_loop and adam_kahan_loop in cpu/adam_impl.h. The op glue
+// is ops/adam_cuda.cu.
 //
 // The launcher (pieces, chunks, keys) is cuda/mixed_launch.cuh: Note [Mixed-mode launches]. Here
-// the functors: one thread per element for master, stochastic rounding and bfloat16 moments;
+// the functors: one thread per element for master, stochastic rounding, bfloat16 moments and
+// Kahan;
 // 8-bit moments: one warp per quantization block, decoding, stepping (math::adam_step_root) and
 // taking the maxima of |m| and sqrt(v) (q8_scale_signed / q8_scale_sqrt: a NaN or inf maximum
 // gives codes 0 and both scales NaN).
 // Host step counts only for the stochastic modes (the op raises NotImplementedError otherwise):
-// their keys depend on the count. Master weights also run in device mode (the count, lr and
-// found_inf read on the device, as AdamOp).
+// their keys depend on the count. Master weights and Kahan (no random bits) also run in device
+// mode (the count, lr and found_inf read on the device, as AdamOp).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -43,6 +46,8 @@ namespace mixed {
 //   kBf16States: param, grad (float32), exp_avg, exp_avg_sq (bfloat16)
 //   kQ8States:   param, grad (float32), exp_avg (int8), exp_avg_sq (uint8), exp_avg_scale,
 //                exp_avg_sq_scale (float32, one per block; offset to the piece's first block)
+//   kKahan:      param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, kahan_comp (P: bfloat16 or
+//                float16)
 
 // The coefficients of a piece's tensor: the launch's (host mode) or from its step count.
 template <bool kDecoupled, bool kScale>
@@ -110,6 +115,39 @@ struct SrOp {
       exp_avg[j] = B(m);  // moments: rounded to nearest, as torch stores them
       exp_avg_sq[j] = B(v);
       if (kAmsgrad) max_sq[j] = B(vmax);
+    }
+  }
+};
+
+// 16-bit params P and moments with a Kahan compensation (adam_kahan_loop; Note [Kahan-
+// compensated 16-bit params]): the step on the widened param, the compensated sum stored rounded
+// to nearest. The CPU reads the stored param back for the new compensation; here the rounded
+// value is widened from a register (the same bits).
+template <class P, bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale>
+struct KahanOp {
+  AdamLaunchArgs<float> a;
+  __device__ __forceinline__ void operator()(const Piece& pc, int64_t begin, int64_t n) const {
+    if (skipped(a)) return;
+    const math::AdamCoeffs<float> cf = piece_coeffs<kDecoupled, kScale>(a, pc);
+    P* param = static_cast<P*>(pc.addr[0]) + begin;
+    const P* grad = static_cast<const P*>(pc.addr[1]) + begin;
+    P* exp_avg = static_cast<P*>(pc.addr[2]) + begin;
+    P* exp_avg_sq = static_cast<P*>(pc.addr[3]) + begin;
+    P* max_sq = kAmsgrad ? static_cast<P*>(pc.addr[4]) + begin : nullptr;
+    P* comp = static_cast<P*>(pc.addr[5]) + begin;
+    for (int64_t j = threadIdx.x; j < n; j += kThreads) {
+      const float p0 = static_cast<float>(param[j]);
+      float q = p0, m = static_cast<float>(exp_avg[j]), v = static_cast<float>(exp_avg_sq[j]);
+      float vmax = kAmsgrad ? static_cast<float>(max_sq[j]) : v;
+      math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(q, static_cast<float>(grad[j]), m,
+                                                               v, vmax, cf);
+      const float y = math::kahan_sum(p0, q, static_cast<float>(comp[j]));
+      const P stored = P(p0 + y);  // round to nearest even
+      param[j] = stored;
+      comp[j] = P(math::kahan_residual(y, p0, static_cast<float>(stored)));
+      exp_avg[j] = P(m);  // moments: rounded to nearest, as torch stores them
+      exp_avg_sq[j] = P(v);
+      if (kAmsgrad) max_sq[j] = P(vmax);
     }
   }
 };
@@ -219,6 +257,7 @@ inline std::array<int, 6> element_bytes(Mode mode, int param_bytes) {
     case Mode::kMaster: return {param_bytes, param_bytes, 4, 4, 4, 4};
     case Mode::kSR: return {2, 2, 2, 2, 2, 0};
     case Mode::kBf16States: return {4, 4, 2, 2, 0, 0};
+    case Mode::kKahan: return {2, 2, 2, 2, 2, 2};
     default: return {4, 4, 1, 1, 0, 0};  // kQ8States; 0: the scales
   }
 }
@@ -230,9 +269,9 @@ inline std::vector<Piece> make_pieces(const std::vector<MixedItem>& items, Mode 
   return make_pieces(items, element_bytes(mode, param_bytes), sr_step, stream);
 }
 
-// One launch key's tensors in `mode`: param dtype `param_dtype` (16-bit for kMaster and kSR,
-// float32 for the state modes), float32 math, host step `sr_step` (after the increment) for the
-// keys. The op has rejected amsgrad with reduced states.
+// One launch key's tensors in `mode`: param dtype `param_dtype` (16-bit for kMaster, kSR and
+// kKahan, float32 for the state modes), float32 math, host step `sr_step` (after the increment)
+// for the keys. The op has rejected amsgrad with reduced states.
 inline void launch_adam_mixed(Mode mode, at::ScalarType param_dtype,
                               const std::vector<MixedItem>& items, uint64_t sr_step,
                               const AdamLaunchArgs<float>& args, AdamLaunchFlags f) {
@@ -264,6 +303,17 @@ inline void launch_adam_mixed(Mode mode, at::ScalarType param_dtype,
             break;
           case Mode::kQ8States:
             launch_pieces(pieces, Q8StateOp<kDecoupled, kMaximize, kScale>{args});
+            break;
+          case Mode::kKahan:
+            PYOPTIM_BOOL_SWITCH(f.amsgrad, kAmsgrad, [&] {
+              if (param_dtype == at::kBFloat16) {
+                launch_pieces(pieces, KahanOp<c10::BFloat16, kDecoupled, kAmsgrad, kMaximize,
+                                              kScale>{args});
+              } else {
+                launch_pieces(pieces,
+                              KahanOp<c10::Half, kDecoupled, kAmsgrad, kMaximize, kScale>{args});
+              }
+            });
             break;
           default:
             TORCH_INTERNAL_ASSERT(false, "launch_adam_mixed: not a mixed mode");

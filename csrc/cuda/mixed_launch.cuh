@@ -1,5 +1,6 @@
 // The launcher of the opt-in modes' CUDA kernels (master weights, stochastic rounding of
-// bfloat16 params, bfloat16 and 8-bit optimizer states), shared by adam_
+// bfloat16 params, bfloat16 and 8-bit optimizer states; adam_'s Kahan-compensated 16-bit
+// params), shared by adam_
 // (cuda/adam_mixed_kernels.cuh) and sgd_ (cuda/sgd_mixed_kernels.cuh): each supplies its
 // per-chunk functors and the element sizes of its arrays; the cutting into pieces and chunks,
 // the keys and the launches are here.
@@ -16,8 +17,8 @@
 //     per piece and passes it by value; in a piece, uint32(i) is the element's offset in the
 //     piece. A piece is never split across launches (kMaxBlocks), so the offset is exact.
 //     (adam_ keys by its step count; SGD has none: step 0, and the op advances the seed.)
-//   * The element-wise modes (master, stochastic rounding, bfloat16 states): one thread per
-//     element, the block striding through its chunk; the scalar path of the CPU loops.
+//   * The element-wise modes (master, stochastic rounding, bfloat16 states, Kahan): one thread
+//     per element, the block striding through its chunk; the scalar path of the CPU loops.
 //   * 8-bit states: a quantization block (kQ8Block = 256 elements) belongs to one warp, 8
 //     elements per lane (coalesced: lane + 32 k). Decode, step, the block's NaN-propagating
 //     maxima by a butterfly of shuffles (max is exact, so any order gives the CPU's value; a NaN
@@ -50,8 +51,8 @@ constexpr int64_t kPiece = int64_t(1) << 32;  // elements per random-bit key
 static_assert(kChunk % math::kQ8Block == 0 && kPiece % kChunk == 0, "chunks hold whole blocks");
 static_assert(kThreads % 32 == 0 && math::kQ8Block % 32 == 0, "warps own whole blocks");
 
-// The modes; kPlain is the op's multi_tensor_apply path.
-enum class Mode : int { kPlain = 0, kMaster, kSR, kBf16States, kQ8States };
+// The modes; kPlain is the op's multi_tensor_apply path; kKahan: adam_ only.
+enum class Mode : int { kPlain = 0, kMaster, kSR, kBf16States, kQ8States, kKahan };
 
 // One piece of a tensor (<= kPiece elements): its arrays, in an order each op's functors define
 // (cuda/adam_mixed_kernels.cuh, cuda/sgd_mixed_kernels.cuh; a per-block scale array is offset to
@@ -60,7 +61,7 @@ struct Piece {
   void* addr[6];
   int64_t numel;
   math::SrKey key;    // the stochastic modes: the key of the piece's elements
-  const void* step;   // adam_'s device mode (kMaster): the tensor's step count
+  const void* step;   // adam_'s device mode (kMaster, kKahan): the tensor's step count
 };
 
 template <int MaxPieces>

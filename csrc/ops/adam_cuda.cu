@@ -1,7 +1,8 @@
 // pyoptim::adam_ on CUDA: validate everything, then one multi_tensor_apply per set of tensors
 // that share a group, a dtype, a mode and a way of getting their coefficients, then count the
-// steps. Kernels: cuda/adam_kernels.cuh; master weights, stochastic rounding and reduced-precision
-// states: cuda/adam_mixed_kernels.cuh (Note [Mixed-mode launches] in cuda/mixed_launch.cuh).
+// steps. Kernels: cuda/adam_kernels.cuh; master weights, stochastic rounding, reduced-precision
+// states and Kahan: cuda/adam_mixed_kernels.cuh (Note [Mixed-mode launches] in
+// cuda/mixed_launch.cuh).
 //
 // Note [Where the step count lives]
 // torch.optim keeps `step` on the CPU unless capturable or fused, where it is on the param's
@@ -54,6 +55,7 @@ Mode mode_of(const ops::AdamGroup& g) {
   if (g.stochastic_rounding) return Mode::kSR;
   if (g.bf16_states) return Mode::kBf16States;
   if (g.q8_states) return Mode::kQ8States;
+  if (g.kahan) return Mode::kKahan;
   return Mode::kPlain;
 }
 
@@ -94,16 +96,11 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
       kOp, c10::DeviceType::CUDA, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
       state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf, master_params,
       sr_seeds, exp_avg_scales, exp_avg_sq_scales, kahan_comps, writes);
-  for (const ops::AdamGroup& g : call.groups) {
-    TORCH_CHECK_NOT_IMPLEMENTED(!g.kahan, kOp,
-                                ": kahan has CPU kernels only (Note [Kahan-compensated 16-bit "
-                                "params]); step these params on the CPU or without kahan");
-  }
   const size_t n = params.size();
   // The stochastic modes (stochastic_rounding, bf16 and 8-bit states) key their random bits by
   // the step count, which the host reads to compute the keys (Note [Mixed-mode launches]): with
   // the count on the GPU (capturable / fused) the key would need a device value, so they take
-  // host step counts only. Master weights run in both modes.
+  // host step counts only. Master weights and Kahan (no random bits) run in both modes.
   for (size_t i = 0; i < n; ++i) {
     TORCH_CHECK_NOT_IMPLEMENTED(call.seed[i] < 0 || state_steps[i].device().is_cpu(), kOp,
                                 ": state_steps[", i, "] is on ", state_steps[i].device(),
@@ -210,7 +207,7 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   if (inf_read_on_device) inf_ref = cuda::mta::device_scalar(*found_inf, keep_alive);
 
   struct Work {
-    at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master;
+    at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, comp;
   };
   std::vector<Work> work(n);
   std::map<LaunchKey, std::vector<cuda::AdamWorkItem>> launches;
@@ -221,13 +218,15 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
     Work& w = work[i];
     const at::Tensor& vmax = call.vmax[i] >= 0 ? max_exp_avg_sqs[call.vmax[i]] : none;
     const at::Tensor& master = call.master[i] >= 0 ? master_params[call.master[i]] : none;
-    if (ops::same_dense_layout(params[i],
-                               {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax, &master})) {
-      w = Work{params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], vmax, master};
+    const at::Tensor& comp = call.comp[i] >= 0 ? kahan_comps[call.comp[i]] : none;
+    if (ops::same_dense_layout(params[i], {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax,
+                                           &master, &comp})) {
+      w = Work{params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], vmax, master, comp};
     } else {  // layouts differ: work on row-major copies (only those that are not already)
       w = Work{params[i].contiguous(), grads[i].contiguous(), exp_avgs[i].contiguous(),
                exp_avg_sqs[i].contiguous(), vmax.defined() ? vmax.contiguous() : none,
-               master.defined() ? master.contiguous() : none};
+               master.defined() ? master.contiguous() : none,
+               comp.defined() ? comp.contiguous() : none};
     }
     if (keys[i].device_mode) device_steps.push_back(state_steps[i]);
     if (keys[i].mode != Mode::kPlain) {
@@ -245,6 +244,10 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
           break;
         case Mode::kBf16States:
           addr = {ptr(w.param), grad, ptr(w.exp_avg), ptr(w.exp_avg_sq), nullptr, nullptr};
+          break;
+        case Mode::kKahan:
+          addr = {ptr(w.param), grad, ptr(w.exp_avg), ptr(w.exp_avg_sq), ptr(w.max_exp_avg_sq),
+                  ptr(w.comp)};
           break;
         default:  // kQ8States: the block scales are contiguous (checked), updated in place
           addr = {ptr(w.param), grad, ptr(w.exp_avg), ptr(w.exp_avg_sq),
@@ -329,6 +332,10 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
     if (w.master.defined()) {
       const at::Tensor& master = master_params[call.master[i]];
       if (!w.master.is_same(master)) master.copy_(w.master);
+    }
+    if (w.comp.defined()) {
+      const at::Tensor& comp = kahan_comps[call.comp[i]];
+      if (!w.comp.is_same(comp)) comp.copy_(w.comp);
     }
   }
   if (!device_steps.empty()) cuda::launch_increment_steps(device_steps, inf_ref);
