@@ -1,9 +1,11 @@
 """CUDA adam_ in its opt-in modes (master weights, stochastic rounding, bfloat16 and 8-bit
-moments: csrc/cuda/adam_mixed_kernels.cuh) against the CPU kernel, bit for bit: every output
-(params, masters, moments, codes, scales, step counts), for sizes across the 256-element
-quantization blocks and the kernels' chunks, with several step counts in one call (several
-launches, several keys), a relayout, GradScaler, device-mode master weights, a NaN / inf block of
-8-bit moments, and the optimizer classes on CUDA params against the same on CPU.
+moments, Kahan-compensated 16-bit params: csrc/cuda/adam_mixed_kernels.cuh) against the CPU
+kernel, bit for bit: every output (params, masters, moments, codes, scales, compensations, step
+counts), for sizes across the 256-element quantization blocks, the CPU's vector widths and the
+kernels' chunks, with several step counts in one call (several launches, several keys), a
+relayout, GradScaler, device-mode master weights and Kahan, several param groups in one call, a
+NaN / inf block of 8-bit moments, and the optimizer classes on CUDA params against the same on
+CPU.
 
 Self-contained (as tests/test_cuda.py): the CPU op is the reference, itself checked bitwise
 against plain PyTorch in tests/test_master.py and tests/test_state_dtype.py. Every test needs a
@@ -39,9 +41,12 @@ FLAGS = {
     "adamw": _hp(),
     "adam-l2": _hp(decoupled=False, weight_decay=0.1),
     "maximize-no-wd": _hp(maximize=True, weight_decay=0.0),
-    "amsgrad": _hp(amsgrad=True),  # master and stochastic rounding only
+    "amsgrad": _hp(amsgrad=True),  # master, stochastic rounding and Kahan only
 }
-MODES = ["master-bf16", "master-fp16", "sr", "bfloat16", "8bit"]
+MODES = ["master-bf16", "master-fp16", "sr", "bfloat16", "8bit", "kahan-bf16", "kahan-fp16"]
+# Kahan: around the CPU's vector widths (8 / 16 lanes, twice that paired for 16-bit values), as
+# the CPU op has its vector body, paired body and scalar tail there; and across a chunk (16384).
+KAHAN_SIZES = [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 16385, 4099]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -79,6 +84,14 @@ def case(mode: str, sizes=SIZES, seed=1, amsgrad=False) -> dict:
     v = [_randn(k, seed + 200 + i).abs() * 0.01 for i, k in enumerate(sizes)]
     x = [t + _randn(t.numel(), seed + 300 + i).abs() * 0.01 for i, t in enumerate(v)]
     seeds = [torch.tensor(SEEDS[i % len(SEEDS)] + i, dtype=torch.int64) for i in range(n)]
+    if mode.startswith("kahan"):  # the moments and the compensation in the param's dtype
+        dtype = torch.bfloat16 if mode == "kahan-bf16" else torch.float16
+        params = [_randn(k, seed + i, dtype=dtype) for i, k in enumerate(sizes)]
+        comps = [_randn(k, seed + 400 + i, 1e-3, dtype) for i, k in enumerate(sizes)]
+        return dict(params=params, exp_avgs=[t.to(dtype) for t in m],
+                    exp_avg_sqs=[t.to(dtype) for t in v],
+                    max_exp_avg_sqs=[t.to(dtype) for t in x] if amsgrad else [],
+                    state_steps=steps, kahan_comps=comps)
     if mode.startswith("master"):
         dtype = torch.bfloat16 if mode == "master-bf16" else torch.float16
         params = [_randn(k, seed + i, dtype=dtype) for i, k in enumerate(sizes)]
@@ -127,7 +140,8 @@ def run(state: dict, grads, mode: str, hp: dict, **kw) -> None:
                    state["max_exp_avg_sqs"], state["state_steps"],
                    master_params=state.get("master_params"), sr_seeds=state.get("sr_seeds"),
                    states=fmt, exp_avg_scales=state.get("exp_avg_scales"),
-                   exp_avg_sq_scales=state.get("exp_avg_sq_scales"), **hp, **kw)
+                   exp_avg_sq_scales=state.get("exp_avg_sq_scales"),
+                   kahan_comps=state.get("kahan_comps"), **hp, **kw)
 
 
 def assert_states_equal(gpu: dict, cpu: dict, any_nan: bool = False) -> None:
@@ -186,12 +200,13 @@ def test_relayout_matches_cpu(mode):
     """A transposed param with row-major state: both ops step row-major copies (the 8-bit blocks
     follow the copy's order) and copy back."""
     state = case(mode, sizes=[65 * 63, 300])
+    keys = ("master_params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "kahan_comps")
     state["params"][0] = state["params"][0].view(63, 65).t()
-    for key in ("master_params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"):
+    for key in keys:
         if state.get(key):
             state[key][0] = state[key][0].view(65, 63)
     state["params"][1] = state["params"][1].view(20, 15)
-    for key in ("master_params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"):
+    for key in keys:
         if state.get(key):
             state[key][1] = state[key][1].view(20, 15)
     gpu = to_cuda(state)
@@ -204,14 +219,88 @@ def test_relayout_matches_cpu(mode):
         assert_states_equal(gpu, state)
 
 
-@pytest.mark.parametrize("dtype", ["master-bf16", "master-fp16"])
+@pytest.mark.parametrize("mode", ["master-bf16", "master-fp16", "kahan-bf16", "kahan-fp16"])
 @pytest.mark.parametrize("flags", ["adamw", "amsgrad"])
-def test_master_device_steps_match_cpu(dtype, flags):
-    """Master weights with the step count on the GPU (capturable / fused): the kernel computes
-    the float32 coefficients on the device, and increments the counts there."""
+def test_device_steps_match_cpu(mode, flags):
+    """Master weights and Kahan (no random bits) with the step count on the GPU (capturable /
+    fused): the kernel computes the float32 coefficients on the device, and increments the
+    counts there."""
     hp = FLAGS[flags]
-    compare(dtype, hp, case(dtype, sizes=[7, 257, 4099], amsgrad=hp["amsgrad"]),
+    compare(mode, hp, case(mode, sizes=[7, 257, 4099], amsgrad=hp["amsgrad"]),
             step_device="cuda")
+
+
+# ---- Kahan --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["kahan-bf16", "kahan-fp16"])
+@pytest.mark.parametrize("flags", list(FLAGS))
+def test_kahan_sizes_match_cpu(mode, flags):
+    """Sizes around the CPU's vector widths and a chunk: the CPU's paired, vector and scalar
+    paths and the GPU's one thread per element give the same bits; the compensations move."""
+    hp = FLAGS[flags]
+    state = case(mode, sizes=KAHAN_SIZES, amsgrad=hp["amsgrad"])
+    before = [t.clone() for t in state["kahan_comps"]]
+    compare(mode, hp, state)
+    assert any(not torch.equal(a, b) for a, b in zip(state["kahan_comps"], before))
+
+
+@pytest.mark.parametrize("mode", ["kahan-bf16", "kahan-fp16"])
+@pytest.mark.parametrize("step_device", ["cpu", "cuda"])
+def test_kahan_grad_scale_matches_cpu(mode, step_device):
+    """GradScaler's grad_scale on the GPU, read by the kernel (host or device step counts)."""
+    compare(mode, _hp(decoupled=False, weight_decay=0.1, amsgrad=True),
+            case(mode, sizes=[7, 33, 4099], amsgrad=True), step_device=step_device,
+            grad_scale=512.0)
+
+
+KAHAN_GROUPS = [  # (mode, sizes, adam_ keyword arguments of the group)
+    ("kahan-bf16", [33, 4099], _hp(amsgrad=True)),
+    ("kahan-fp16", [17, 300], _hp(decoupled=False, weight_decay=0.1, maximize=True)),
+    ("plain-bf16", [65], _hp(lr=3e-3)),
+    ("kahan-bf16", [1, 16385], _hp(weight_decay=0.0, beta1=0.8)),
+]
+
+
+def _group_call(groups: list[dict], grads, **kw) -> None:
+    """One adam_ call over several groups (Note [Param groups in one call])."""
+    cat = {key: [t for g in groups for t in g[key]]
+           for key in ("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps",
+                       "kahan_comps")}
+    hyper, flags = [], []
+    for g in groups:
+        hp = g["hp"]
+        hyper += [hp["lr"], hp["beta1"], hp["beta2"], hp["weight_decay"], hp["eps"]]
+        flags += [hp["amsgrad"], hp["maximize"], hp["decoupled"], False, False, False, False,
+                  bool(g["kahan_comps"])]
+    torch.ops.pyoptim.adam_.default(
+        cat["params"], grads, cat["exp_avgs"], cat["exp_avg_sqs"], cat["max_exp_avg_sqs"],
+        cat["state_steps"], group_sizes=[len(g["params"]) for g in groups], hyper=hyper,
+        flags=flags, lr_tensors=[], kahan_comps=cat["kahan_comps"], **kw)
+
+
+@pytest.mark.parametrize("step_device", ["cpu", "cuda"])
+def test_kahan_param_groups_match_cpu(step_device):
+    """Kahan groups of both dtypes with different flags next to a plain 16-bit group, in one
+    call: each group its own launches, every output bit for bit."""
+    cpu = []
+    for k, (mode, sizes, hp) in enumerate(KAHAN_GROUPS):
+        if mode == "plain-bf16":
+            g = case("kahan-bf16", sizes=sizes, seed=50 + k, amsgrad=hp["amsgrad"])
+            g["kahan_comps"] = []
+        else:
+            g = case(mode, sizes=sizes, seed=50 + k, amsgrad=hp["amsgrad"])
+        cpu.append(g)
+    gpu = [to_cuda(g, step_device) for g in cpu]
+    for g_cpu, g_gpu, (_, _, hp) in zip(cpu, gpu, KAHAN_GROUPS):
+        g_cpu["hp"] = g_gpu["hp"] = hp
+    for k in range(3):
+        grads = [t for g in cpu for t in grads_for(g, k)]
+        _group_call(cpu, grads)
+        _group_call(gpu, [t.to("cuda") for t in grads])
+        torch.cuda.synchronize()
+        for g_gpu, g_cpu in zip(gpu, cpu):
+            assert_states_equal({key: v for key, v in g_gpu.items() if key != "hp"},
+                                {key: v for key, v in g_cpu.items() if key != "hp"})
 
 
 def test_q8_nan_and_inf_blocks_match_cpu():
@@ -230,11 +319,15 @@ def test_q8_nan_and_inf_blocks_match_cpu():
     assert sc[1][1].isnan() and not sc[1][0].isnan() and sc[2][0].isnan()
 
 
-def test_found_inf_skips_the_step():
-    state = case("8bit", sizes=[7, 300])
-    gpu = to_cuda(state)
+@pytest.mark.parametrize("mode,step_device", [("8bit", "cpu"), ("kahan-bf16", "cpu"),
+                                              ("kahan-fp16", "cuda")])
+def test_found_inf_skips_the_step(mode, step_device):
+    """found_inf on the GPU: read on the host (host counts) or by the kernels (device counts);
+    nothing is written and no step is counted."""
+    state = case(mode, sizes=[7, 300])
+    gpu = to_cuda(state, step_device)
     before = {k: [t.clone() for t in v] for k, v in gpu.items()}
-    run(gpu, [t.to("cuda") for t in grads_for(state, 0)], "8bit", _hp(),
+    run(gpu, [t.to("cuda") for t in grads_for(state, 0)], mode, _hp(),
         grad_scale=torch.tensor(2.0, device="cuda"), found_inf=torch.tensor(1.0, device="cuda"))
     for key in gpu:
         for a, b in zip(gpu[key], before[key]):
@@ -277,7 +370,12 @@ CLASS_CASES = {
     "sr": (torch.bfloat16, dict(stochastic_rounding=True)),
     "bfloat16": (torch.float32, dict(state_dtype=torch.bfloat16)),
     "8bit": (torch.float32, dict(state_dtype="8bit")),
+    "kahan-bf16": (torch.bfloat16, dict(kahan_summation=True, amsgrad=True)),
+    "kahan-fp16": (torch.float16, dict(kahan_summation=True, maximize=True)),
+    "kahan-fused": (torch.bfloat16, dict(kahan_summation=True, fused=True)),
+    "kahan-capturable": (torch.float16, dict(kahan_summation=True, capturable=True)),
 }
+ON_DEVICE_ONLY = ("fused", "capturable")  # the CPU run: host counts
 
 
 @pytest.mark.parametrize("cls", [pyoptim.Adam, pyoptim.AdamW])
@@ -286,8 +384,8 @@ def test_optimizer_matches_cpu(cls, name):
     dtype, kw = CLASS_CASES[name]
     runs = {}
     for device in ("cpu", "cuda"):
-        if device == "cpu" and kw.get("fused"):
-            kw_dev = {k: v for k, v in kw.items() if k != "fused"}  # the CPU run: host counts
+        if device == "cpu":
+            kw_dev = {k: v for k, v in kw.items() if k not in ON_DEVICE_ONLY}
         else:
             kw_dev = kw
         params = _model(dtype, device)
@@ -324,11 +422,11 @@ def test_optimizer_reduced_states_with_capturable_raise_before_writing():
         assert torch.equal(p.detach(), b)
 
 
-@pytest.mark.parametrize("name", ["master-bf16", "sr", "bfloat16", "8bit"])
+@pytest.mark.parametrize("name", ["master-bf16", "sr", "bfloat16", "8bit", "kahan-bf16"])
 def test_checkpoint_moves_between_devices(name):
     """A CUDA run's state_dict loaded into an optimizer on the CPU, and a CPU run's into one on
     CUDA, continue bit for bit as a run that stayed on the CPU (the seed stays on the CPU; the
-    masters, moments, codes and scales follow the params)."""
+    masters, moments, codes, scales and compensations follow the params)."""
     dtype, kw = CLASS_CASES[name]
 
     def make(device):
