@@ -11,7 +11,9 @@
 // random bits by the element's index in its tensor, so they have their own small launcher next
 // to multi_tensor_apply (whose chunks offset every array by one element type): one launch per
 // list of tensors, everything in the kernel arguments (as Note [Chunks and blocks]), each tensor
-// cut into chunks of kChunk elements, one thread block per chunk.
+// cut into chunks of kChunk elements, one thread block per chunk. adam_'s Kahan mode (every
+// array in the param's dtype, no random bits) runs here too, as one more element-wise mode next
+// to master weights, whose per-tensor step counts (device mode) and found_inf it shares.
 //   * A tensor is first cut into pieces of at most 2^32 elements, starting at multiples of 2^32:
 //     sr_key(seed, step, i >> 32, stream) is constant over a piece, so the host computes it once
 //     per piece and passes it by value; in a piece, uint32(i) is the element's offset in the

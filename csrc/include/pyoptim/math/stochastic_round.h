@@ -142,8 +142,9 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE U sr_random16(U lo, const SrKey& k) {
 //     c' = y - (p' - p)        what this rounding lost, stored rounded to nearest
 // (p' - p is exact in float32 unless p and p' differ by a factor above 2^15: then the step is
 // the whole story and c' only loses what is below its rounding). 2 bytes more read and written
-// per element than
-// torch's 16-bit Adam (18 B against 14), no random bits.
+// per element than torch's 16-bit Adam (18 B against 14), no random bits. Kernels:
+// adam_kahan_loop (cpu/adam_impl.h: p' read back from the store) and KahanOp
+// (cuda/adam_mixed_kernels.cuh: p' widened from the register it was rounded in; the same bits).
 template <class V>
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE V kahan_sum(V p, V q, V c) {
   return (q - p) + c;
