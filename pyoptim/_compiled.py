@@ -94,7 +94,7 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
     grads.extend(p.grad for p in plan.active)
     for out, values in zip(lists, states):
         out.extend(values)
-    return (*keys, *optional), len(keys), _chunks(plan), plan.extra, layout, with_state
+    return (*keys, *optional), len(keys), _chunks(plan), plan.extra, plan.layout, with_state
 
 
 # Note [Op calls of a compiled step]

@@ -98,6 +98,33 @@ def float_moment(state: dict, key: str, maps: StateMaps) -> Tensor:
     return value
 
 
+def settle_modes_off(state: dict, group: dict, p: Tensor, maps: StateMaps,
+                     fp32_keys: Sequence[str]) -> None:
+    """State a mode left that the param's group no longer has (a flag switched off between
+    steps), put in the form the group's step reads, as torch_state_dict() writes it: reduced
+    moments decoded to the param's dtype and their scales dropped (state_dtype off), the master
+    dropped and its float32 state cast to the param's dtype (master_weights off), the Kahan
+    compensation dropped, the seed dropped where nothing draws random bits any more. Switching
+    a mode on converts the other way (init_master, init_states)."""
+    if MASTER_KEY in state and not group.get(MASTER, False):
+        del state[MASTER_KEY]
+        for key in fp32_keys:
+            value = state.get(key)
+            if isinstance(value, Tensor) and value.dtype != p.dtype:
+                state[key] = value.to(p.dtype)
+    if STATES not in group and SEED_KEY in state:  # reduced moments carry a seed (a moment of
+        # another dtype without one is torch's: SGD's buffer of a grad of another dtype)
+        for key, (scale_key, _) in maps.items():
+            value = state.get(key)
+            if isinstance(value, Tensor) and value.dtype != p.dtype:
+                state[key] = float_moment(state, key, maps).to(p.dtype)
+            state.pop(scale_key, None)
+    if not group.get(KAHAN, False):
+        state.pop(KAHAN_KEY, None)
+    if not seeded(group):
+        state.pop(SEED_KEY, None)
+
+
 def init_master(state: dict, p: Tensor, fp32_keys: Sequence[str]) -> None:
     """A master-weights param's float32 state: the master (from the param where the state has
     none, e.g. loaded from a torch.optim checkpoint) and `fp32_keys` in float32."""

@@ -662,6 +662,13 @@ class FusedStep:
         return out
 
     def _build_plan(self, params: list[Tensor], mask: list[bool], layout: Any) -> Plan:
+        # a group's flags may have changed since the last Plan (a new layout): the mixed-precision
+        # classes check them again, as at construction (MixedPrecision._check_group)
+        check = getattr(self, "_check_group", None)
+        if check is not None:
+            for group in self.param_groups:
+                check(group)
+            layout = self._layout(self.param_groups)  # of the groups as checked (normalized)
         plan = Plan(self, params, mask, layout)
         try:
             k = 0

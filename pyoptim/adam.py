@@ -44,6 +44,7 @@ from ._mixed import (
     init_states,
     refuse_dtensor,
     seeded,
+    settle_modes_off,
 )
 from ._mixed import KAHAN as _KAHAN
 from ._mixed import KAHAN_KEY as _KAHAN_KEY
@@ -147,6 +148,8 @@ class _AdamStep(FusedStep):
         elif group["amsgrad"] and "max_exp_avg_sq" not in state:
             # amsgrad switched on after the state was made: torch's own error
             raise KeyError("max_exp_avg_sq")
+        else:
+            settle_modes_off(state, group, p, self._state_maps, self._fp32_keys)
         if group.get(_MASTER, False):
             init_master(state, p, self._fp32_keys)
         elif _STATES in group:

@@ -74,6 +74,7 @@ from ._mixed import (
     init_states,
     refuse_dtensor,
     seeded,
+    settle_modes_off,
 )
 from ._state import (
     DeviceCall,
@@ -166,6 +167,7 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         else:
             if buf.is_sparse:  # a torch state_dict from sparse momentum
                 state["momentum_buffer"] = buf.to_dense()
+            settle_modes_off(state, group, p, self._state_maps, self._fp32_keys)
             plan.extra.append(False)
         if master:
             init_master(state, p, self._fp32_keys)
