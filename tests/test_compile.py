@@ -142,22 +142,11 @@ def _frames_in_pyoptim(explanation) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", [*CONFIGS, *MIXED])
 def test_compiled_step_fullgraph_equals_eager(name):
-    eager = _run(name, lambda opt: opt.step)
-    counters = torch._dynamo.utils.counters
-    counters.clear()
-    compiled = _run(name, lambda opt: torch.compile(opt.step, backend="aot_eager",
-                                                    fullgraph=True))
-    assert_bitwise_equal(compiled, eager, name)
-    assert not counters["graph_break"], dict(counters["graph_break"])
-
-
-@pytest.mark.parametrize("name", list(MIXED))
-def test_mixed_precision_modes_compile_fullgraph(name):
-    """Every mixed-precision mode traces with no graph break and gives eager's bits, params and
-    state (masters, seeds, scales, compensations; state_dtype="8bit" raised AssertionError at
-    trace time: more state lists than the traced step passed)."""
+    """Every dense optimizer and every mixed-precision mode (MIXED: masters, seeds, scales,
+    compensations; state_dtype="8bit" raised AssertionError at trace time, more state lists
+    than the traced step passed) traces with no graph break and gives eager's bits."""
     eager = _run(name, lambda opt: opt.step)
     counters = torch._dynamo.utils.counters
     counters.clear()

@@ -269,6 +269,18 @@ inline std::vector<Piece> make_pieces(const std::vector<MixedItem>& items, Mode 
   return make_pieces(items, element_bytes(mode, param_bytes), sr_step, stream);
 }
 
+// A functor over the 16-bit param type (MasterOp, KahanOp) for a bfloat16 or float16 param.
+template <template <class, bool, bool, bool, bool> class Op, bool kDecoupled, bool kAmsgrad,
+          bool kMaximize, bool kScale>
+void launch_16bit(at::ScalarType param_dtype, const std::vector<Piece>& pieces,
+                  const AdamLaunchArgs<float>& args) {
+  if (param_dtype == at::kBFloat16) {
+    launch_pieces(pieces, Op<c10::BFloat16, kDecoupled, kAmsgrad, kMaximize, kScale>{args});
+  } else {
+    launch_pieces(pieces, Op<c10::Half, kDecoupled, kAmsgrad, kMaximize, kScale>{args});
+  }
+}
+
 // One launch key's tensors in `mode`: param dtype `param_dtype` (16-bit for kMaster, kSR and
 // kKahan, float32 for the state modes), float32 math, host step `sr_step` (after the increment)
 // for the keys. The op has rejected amsgrad with reduced states.
@@ -284,13 +296,8 @@ inline void launch_adam_mixed(Mode mode, at::ScalarType param_dtype,
         switch (mode) {
           case Mode::kMaster:
             PYOPTIM_BOOL_SWITCH(f.amsgrad, kAmsgrad, [&] {
-              if (param_dtype == at::kBFloat16) {
-                launch_pieces(pieces, MasterOp<c10::BFloat16, kDecoupled, kAmsgrad, kMaximize,
-                                               kScale>{args});
-              } else {
-                launch_pieces(pieces,
-                              MasterOp<c10::Half, kDecoupled, kAmsgrad, kMaximize, kScale>{args});
-              }
+              launch_16bit<MasterOp, kDecoupled, kAmsgrad, kMaximize, kScale>(param_dtype,
+                                                                              pieces, args);
             });
             break;
           case Mode::kSR:
@@ -306,13 +313,8 @@ inline void launch_adam_mixed(Mode mode, at::ScalarType param_dtype,
             break;
           case Mode::kKahan:
             PYOPTIM_BOOL_SWITCH(f.amsgrad, kAmsgrad, [&] {
-              if (param_dtype == at::kBFloat16) {
-                launch_pieces(pieces, KahanOp<c10::BFloat16, kDecoupled, kAmsgrad, kMaximize,
-                                              kScale>{args});
-              } else {
-                launch_pieces(pieces,
-                              KahanOp<c10::Half, kDecoupled, kAmsgrad, kMaximize, kScale>{args});
-              }
+              launch_16bit<KahanOp, kDecoupled, kAmsgrad, kMaximize, kScale>(param_dtype,
+                                                                             pieces, args);
             });
             break;
           default:
