@@ -117,7 +117,7 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
     def _flags(self, group: dict) -> tuple:
         states = group.get(STATES)
         return (group["nesterov"], group["maximize"], group.get(MASTER, False),
-                group.get(SR, False), states == BF16, states == Q8)
+                group.get(SR, False), states == BF16, states == Q8, False)
 
     def _layout(self, groups: list[dict]) -> Any:
         # momentum, then which optional keys the group's params have (see _OPTIONAL)

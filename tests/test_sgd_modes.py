@@ -2,6 +2,8 @@
 `stochastic_rounding=True` (bfloat16 params), `state_dtype=torch.bfloat16` / "8bit" (float32
 params) (Note [Master weights and stochastic rounding], Note [Reduced-precision optimizer
 states]). SGD has no step count: the step adds one to the param's seed, which keys its bits.
+And `kahan_summation=True` (bfloat16 / float16 params, with or without momentum: Note
+[Kahan-compensated 16-bit params]).
 
 Op level, bitwise against tests/reference_mixed.py at every ISA level and thread count; the
 optimizer class's flags, errors and checkpoints.
@@ -15,9 +17,12 @@ import io
 import op_calls
 import pytest
 import torch
-from conftest import ISA_LEVELS
+from conftest import ISA_LEVELS, dtype_id
 from helpers import assert_bitwise_equal, snapshot
-from reference_mixed import sgd_modes_reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference_mixed import sgd_kahan_reference, sgd_modes_reference
+from reference_sgd import sgd_reference
 
 import pyoptim
 from pyoptim import _ops
@@ -246,3 +251,140 @@ def test_bad_combinations_raise_at_construction(name):
 def test_default_is_torchs_behaviour():
     opt = pyoptim.SGD(_model(torch.float32), lr=0.1, momentum=0.9)
     assert opt.defaults == torch.optim.SGD(_model(torch.float32), lr=0.1, momentum=0.9).defaults
+
+
+# ---- Kahan-compensated 16-bit params (Note [Kahan-compensated 16-bit params]) -------------------
+
+HALF_DTYPES = [torch.bfloat16, torch.float16]
+# around the vector widths (8 / 16 lanes, twice that for the paired bfloat16 accesses)
+KAHAN_SIZES = [1, 7, 16, 31, 32, 33, 63, 64, 65, 257, 4099]
+KAHAN_FLAGS = {**FLAGS, **op_calls.SGD_PLAIN_FLAGS}
+
+
+def kahan_case(sizes, dtype, seed, momentum=True):
+    g = torch.Generator().manual_seed(seed)
+    return dict(params=_tensors(sizes, seed, dtype),
+                bufs=[(torch.randn(n, generator=g) * 0.1).to(dtype) for n in sizes]
+                if momentum else [],
+                comps=[(torch.randn(n, generator=g) * 1e-3).to(dtype) for n in sizes])
+
+
+def run_kahan_op(state, grads, hp, first=False):
+    op_calls.sgd_(state["params"], grads, state["bufs"], is_first_step=first,
+                  kahan_comps=state["comps"], **hp)
+
+
+def run_kahan_ref(state, grads, hp, first=False):
+    sgd_kahan_reference(state["params"], grads, state["bufs"], state["comps"], first, **hp)
+
+
+@pytest.mark.parametrize("flags", list(KAHAN_FLAGS))
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=dtype_id)
+def test_kahan_matches_reference(isa, dtype, flags):
+    hp = KAHAN_FLAGS[flags]
+    state = kahan_case(KAHAN_SIZES, dtype, 5, hp["momentum"] != 0)
+    ref = clone(state)
+    for k in range(3):
+        grads = _tensors(KAHAN_SIZES, 500 + k, dtype)
+        run_kahan_op(state, grads, hp, first=k == 0)
+        run_kahan_ref(ref, grads, hp, first=k == 0)
+    assert_bitwise_equal(state, ref, isa)
+    assert any(not torch.equal(c, c0) for c, c0 in
+               zip(state["comps"], kahan_case(KAHAN_SIZES, dtype, 5)["comps"]))
+
+
+@pytest.mark.parametrize("flags", ["nesterov-wd", "plain"])
+def test_kahan_levels_and_threads_agree(restore_num_threads, flags):
+    sizes = [300_007, 5, 1000]
+    hp = KAHAN_FLAGS[flags]
+    state0 = kahan_case(sizes, torch.bfloat16, 6, hp["momentum"] != 0)
+    grads = _tensors(sizes, 66, torch.bfloat16)
+    ref = clone(state0)
+    run_kahan_ref(ref, grads, hp)
+    for level in ISA_LEVELS:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            state = clone(state0)
+            with _ops.cpu_capability_override(level):
+                run_kahan_op(state, grads, hp)
+            assert_bitwise_equal(state, ref, f"{level} x {threads} threads")
+
+
+def test_kahan_relayout_matches_reference():
+    """A transposed param (its state row-major): the op works on copies and writes them back."""
+    hp = KAHAN_FLAGS["nesterov-wd"]
+    g = torch.Generator().manual_seed(8)
+    p = torch.randn(40, 9, generator=g).bfloat16().t()
+    state = dict(params=[p], bufs=[torch.randn(9, 40, generator=g).bfloat16() * 0.1],
+                 comps=[torch.randn(9, 40, generator=g).bfloat16() * 1e-3])
+    ref = {k: [t.clone(memory_format=torch.contiguous_format) for t in v]
+           for k, v in state.items()}
+    grads = [torch.randn(9, 40, generator=g).bfloat16()]
+    run_kahan_op(state, grads, hp)
+    run_kahan_ref(ref, grads, hp)
+    assert_bitwise_equal({k: [t.contiguous() for t in v] for k, v in state.items()}, ref)
+
+
+@settings(max_examples=max(1, settings().max_examples // 2))
+@given(n=st.integers(0, 300), seed=st.integers(0, 2**20), dtype=st.sampled_from(HALF_DTYPES),
+       flags=st.sampled_from(list(KAHAN_FLAGS)), scale=st.sampled_from([1e-4, 1.0, 30.0]),
+       lr=st.sampled_from([1e-4, 0.05, 1.0]), amp=st.sampled_from([None, 2.0**16, 3.0]),
+       first=st.booleans())
+def test_kahan_matches_reference_hypothesis(n, seed, dtype, flags, scale, lr, amp, first):
+    """Drawn sizes, magnitudes, learning rates and GradScaler scales, every level."""
+    hp = dict(KAHAN_FLAGS[flags], lr=lr)
+    if amp is not None:
+        hp["grad_scale"] = torch.tensor(amp)
+    sizes = [n, 3]
+    state0 = kahan_case(sizes, dtype, seed, hp["momentum"] != 0)
+    grads = _tensors(sizes, seed + 1, dtype, scale * (amp or 1.0))
+    ref = clone(state0)
+    run_kahan_ref(ref, grads, hp, first)
+    for level in ISA_LEVELS:
+        state = clone(state0)
+        with _ops.cpu_capability_override(level):
+            run_kahan_op(state, grads, hp, first)
+        assert_bitwise_equal(state, ref, level)
+
+
+def test_kahan_skipped_step_writes_nothing():
+    state = kahan_case([40, 7], torch.bfloat16, 9)
+    before = snapshot(state)
+    run_kahan_op(state, _tensors([40, 7], 1, torch.bfloat16),
+                 dict(FLAGS["momentum"], found_inf=torch.tensor(1.0)))
+    assert_bitwise_equal(state, before)
+
+
+KAHAN_BAD = {
+    "fp32-param": (lambda s: s["params"].__setitem__(1, s["params"][1].float()), ValueError,
+                   "kahan is for bfloat16 and float16"),
+    "comp-dtype": (lambda s: s["comps"].__setitem__(1, s["comps"][1].half()), TypeError,
+                   "kahan_comps\\[1\\]"),
+    "comp-shape": (lambda s: s["comps"].__setitem__(1, s["comps"][1][:3]), ValueError,
+                   "kahan_comps\\[1\\]"),
+    "comp-missing": (lambda s: s["comps"].pop(), ValueError, "kahan_comps"),
+    "sparse-grad": (None, ValueError, "kahan takes dense grads"),
+}
+
+
+@pytest.mark.parametrize("name", list(KAHAN_BAD))
+def test_kahan_bad_input_writes_nothing(name):
+    mutate, exc, match = KAHAN_BAD[name]
+    state = kahan_case([9, 8], torch.bfloat16, 10)
+    grads = _tensors([9, 8], 3, torch.bfloat16)
+    if mutate is None:
+        grads[1] = torch.sparse_coo_tensor(torch.tensor([[1, 3]]), torch.ones(2).bfloat16(), (8,))
+    else:
+        mutate(state)
+    before = snapshot(state)
+    with pytest.raises(exc, match=match):
+        run_kahan_op(state, grads, FLAGS["momentum"])
+    assert_bitwise_equal(state, before)
+
+
+def test_kahan_with_another_mode_rejected_by_the_op():
+    state = kahan_case([8], torch.bfloat16, 11)
+    with pytest.raises(ValueError, match="kahan with master_weights"):
+        op_calls.sgd_(state["params"], _tensors([8], 2, torch.bfloat16), state["bufs"],
+                      is_first_step=False, kahan_comps=state["comps"],
+                      sr_seeds=[torch.tensor(3)], **FLAGS["momentum"])
