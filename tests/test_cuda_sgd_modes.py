@@ -299,6 +299,8 @@ CLASS_CASES = {
     "sr": (torch.bfloat16, dict(stochastic_rounding=True)),
     "bfloat16": (torch.float32, dict(state_dtype=torch.bfloat16)),
     "8bit": (torch.float32, dict(state_dtype="8bit", dampening=0.1)),
+    "kahan-bf16": (torch.bfloat16, dict(kahan_summation=True)),
+    "kahan-fp16": (torch.float16, dict(kahan_summation=True, nesterov=True)),
 }
 
 
@@ -353,6 +355,30 @@ def test_optimizer_plain_and_8bit_groups_with_grad_scaler_state():
             opt.step()
         runs[device] = (params, opt)
     _compare_optimizers(runs)
+
+
+def test_optimizer_kahan_groups_with_and_without_momentum():
+    """Kahan with momentum, Kahan without (whose compensation is its only state) and a plain
+    bfloat16 group in one call, with GradScaler's state on the params' device (a skipped step
+    creates no state): the CPU's bits."""
+    runs = {}
+    for device in ("cpu", DEV):
+        params = _model(torch.bfloat16, device)
+        opt = pyoptim.SGD([{"params": params[:2], "kahan_summation": True},
+                           {"params": params[2:3], "kahan_summation": True, "momentum": 0.0},
+                           {"params": params[3:]}], lr=1e-2, momentum=0.9, weight_decay=0.01)
+        for k in range(4):
+            _set_grads(params, k)
+            for p in params:
+                p.grad.mul_(4.0)
+            opt.grad_scale = torch.tensor(4.0, device=device)
+            opt.found_inf = torch.tensor(1.0 if k == 0 else 0.0, device=device)
+            opt.step()
+            if k == 0:
+                assert all(not opt.state[p] for p in params)
+        runs[device] = (params, opt)
+    _compare_optimizers(runs)
+    assert set(runs[DEV][1].state[runs[DEV][0][2]]) == {"kahan_comp"}
 
 
 @pytest.mark.parametrize("name", list(CLASS_CASES))
