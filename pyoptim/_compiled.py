@@ -83,18 +83,19 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
     if len(states) > len(lists):
         raise AssertionError(f"pyoptim: {len(states)} state keys, the trace passes {len(lists)}")
     with_state = [k for k, has in enumerate(plan.has_state) if has]
-    created = [k for k in opt._created_in_graph if k in keys]
+    all_keys = (*keys, *optional)
+    created = [k for k in opt._created_in_graph if k in all_keys]  # required or optional
     if created and plan.extra is not None:
         fresh = [i for i, first in enumerate(plan.extra) if first]
         for key in created:
-            values = states[list(keys).index(key)]
+            values = states[all_keys.index(key)]
             for i in fresh:
                 values[i] = plan.dicts[i].pop(key).dtype  # made again in the graph
     params.extend(plan.active)
     grads.extend(p.grad for p in plan.active)
     for out, values in zip(lists, states):
         out.extend(values)
-    return (*keys, *optional), len(keys), _chunks(plan), plan.extra, plan.layout, with_state
+    return all_keys, _chunks(plan), plan.extra, plan.layout, with_state
 
 
 # Note [Op calls of a compiled step]
@@ -180,10 +181,10 @@ def compiled_step(opt: Any, groups: list[dict]) -> None:
     desc = opt._init_group(None, params, grads, *lists)
     if desc is None:
         return _eager(opt, groups)
-    keys, n_required, calls, extra, layout, with_state = desc
+    keys, calls, extra, layout, with_state = desc
     states = list(lists[:len(keys)])
     created = []
-    for j in range(n_required):
+    for j in range(len(keys)):
         values = states[j]
         for i, v in enumerate(values):
             if isinstance(v, torch.dtype):  # made in the graph, in the state's dtype

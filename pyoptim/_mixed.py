@@ -1,6 +1,7 @@
-"""Mixed precision: the `master_weights=` / `stochastic_rounding=` flags of pyoptim.Adam, AdamW
-(both) and SGD (master_weights, with momentum) for 16-bit params, and `state_dtype=` (Adam,
-AdamW) for float32 params with bfloat16 or 8-bit moments; their checks and their checkpoints.
+"""Mixed precision: the `master_weights=` / `stochastic_rounding=` / `kahan_summation=` flags of
+pyoptim.Adam, AdamW and SGD for 16-bit params (SGD: the first two with momentum, Kahan with or
+without), and `state_dtype=` for float32 params with bfloat16 or 8-bit moments (SGD: its
+buffer); their checks and their checkpoints.
 The kernels and the design: Note [Master weights and stochastic rounding] in
 csrc/include/pyoptim/math/stochastic_round.h, Note [Reduced-precision optimizer states] in
 csrc/include/pyoptim/math/quantize.h.
@@ -9,10 +10,11 @@ The flags are constructor kwargs stored in each param group (off by default, so 
 torch's behaviour; a group may set its own). A flag that is off is not stored: an optimizer
 without them has torch's defaults, param groups and state_dict exactly. State added per param:
 `master_param` (a float32 copy of the param; the optimizer's other float state is float32 too
-in master groups) or `sr_seed` (an int64 CPU tensor; also the seed of reduced states), and with
-state_dtype="8bit" `exp_avg_scale` / `exp_avg_sq_scale` (the block scales; exp_avg and
-exp_avg_sq hold int8 / uint8 codes). state_dict() is torch's, with these keys added;
-load_state_dict keeps them as saved (below); torch_state_dict() exports torch.optim's own format.
+in master groups) or `sr_seed` (an int64 CPU tensor; also the seed of reduced states) or
+`kahan_comp` (the param's dtype), and with state_dtype="8bit" `exp_avg_scale` /
+`exp_avg_sq_scale` (the block scales; exp_avg and exp_avg_sq hold int8 / uint8 codes).
+state_dict() is torch's, with these keys added; load_state_dict keeps them as saved (below);
+torch_state_dict() exports torch.optim's own format.
 """
 
 from __future__ import annotations
@@ -152,8 +154,7 @@ class MixedPrecision:
         for flag, value in ((SR, stochastic_rounding), (STATES, state_dtype),
                             (KAHAN, kahan_summation)):
             if value and flag not in self._mixed_flags:
-                raise TypeError(f"{type(self).__name__} does not take {flag}={value!r} "
-                                "(Adam and AdamW do)")
+                raise TypeError(f"{type(self).__name__} does not take {flag}={value!r}")
         on = {MASTER: bool(master_weights), SR: bool(stochastic_rounding),
               KAHAN: bool(kahan_summation)}
         self._mixed_defaults: dict[str, Any] = {key: True for key, value in on.items() if value}
@@ -223,8 +224,9 @@ class MixedPrecision:
         tool that expects it: every moment in its param's dtype (8-bit moments decoded, bfloat16
         ones widened), without pyoptim's own state keys (`sr_seed`, the block scales,
         `master_param`: a master-weights param's master is dropped, its moments cast to the
-        param's dtype, as torch.optim would hold them) or group keys (the mixed-precision
-        flags, `state_dtype`, `lazy_sparse`). The optimizer itself is not changed.
+        param's dtype, as torch.optim would hold them; `kahan_comp`: a param whose only state
+        it was, SGD's without momentum, has no entry, as in torch) or group keys (the
+        mixed-precision flags, `state_dtype`, `lazy_sparse`). The optimizer itself is not changed.
         state_dict() keeps everything pyoptim needs to resume exactly; this is lossy where the
         format is smaller than torch's."""
         sd = self.state_dict()  # type: ignore[attr-defined]
@@ -246,7 +248,8 @@ class MixedPrecision:
                         and value.dtype != dtypes[pid]):
                     value = value.to(dtypes[pid])
                 out[key] = value
-            state[pid] = out
+            if out or not saved:  # (SGD without momentum: Kahan's is its only state, torch's none)
+                state[pid] = out
         groups = [{k: v for k, v in g.items() if k not in pyoptim_keys}
                   for g in sd["param_groups"]]
         return {"state": state, "param_groups": groups}

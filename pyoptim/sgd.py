@@ -35,7 +35,7 @@ State per param is torch's: `momentum_buffer` (a dense tensor like the param), o
 momentum != 0, so state_dicts load both ways between torch.optim.SGD and pyoptim.SGD. (torch
 keeps a *sparse* buffer for sparse grads with momentum; one loaded from torch is densified.)
 
-Mixed precision (opt-in, per param group, momentum != 0, dense grads; pyoptim/_mixed.py):
+Mixed precision (opt-in, per param group, dense grads; pyoptim/_mixed.py), with momentum != 0:
 `master_weights=True` (bfloat16 / float16 params) keeps `master_param`, a float32 copy of the
 param, and a float32 momentum buffer, and stores the param rounded to nearest from the master;
 `stochastic_rounding=True` (bfloat16 params) stores the param rounded stochastically;
@@ -43,7 +43,12 @@ param, and a float32 momentum buffer, and stores the param rounded to nearest fr
 or as 8-bit codes with `momentum_buffer_scale` (one float32 per 256 elements), rounded
 stochastically (Note [Reduced-precision optimizer states]). The last two keep `sr_seed` (an
 int64 CPU tensor): SGD has no step count, so each step adds one to it, and it keys the step's
-random bits.
+random bits. With or without momentum: `kahan_summation=True` (bfloat16 / float16 params) keeps
+`kahan_comp` (the param's dtype), what rounding the param lost, and adds it back at the next
+step (Note [Kahan-compensated 16-bit params] in csrc/include/pyoptim/math/stochastic_round.h):
+plain 16-bit SGD loses every update below half an ulp of the weight, and without momentum the
+compensation is the param's only state (torch keeps none; torch_state_dict() drops it). Not
+with the other modes or differentiable=True.
 
 Flags: `foreach` and `fused` are accepted and validated as torch validates them; the step is
 always pyoptim's fused kernel. `differentiable=True` falls back to torch's own implementation.
@@ -63,6 +68,8 @@ from torch.optim.sgd import sgd as _torch_sgd
 
 from ._mixed import (
     BF16,
+    KAHAN,
+    KAHAN_KEY,
     MASTER,
     MASTER_KEY,
     Q8,
@@ -93,21 +100,36 @@ __all__ = ["SGD"]
 _sgd_ = torch.ops.pyoptim.sgd_.default
 
 
-# The optional state keys sgd_ reads, each with the index in a group's _layout of the flag saying
-# whether the group's params have it.
-_OPTIONAL = ((MASTER_KEY, 1), (SEED_KEY, 2), ("momentum_buffer_scale", 3))
+# The state keys sgd_ reads, each with the index in a group's _layout of the flag saying whether
+# the group's params have it. momentum_buffer is a required key (a state dict without one is
+# initialized again) unless some group steps Kahan without momentum (_kahan_only): then the
+# params with state are not all params with momentum, and it is optional like the others.
+_OPTIONAL = (("momentum_buffer", 0), (MASTER_KEY, 1), (SEED_KEY, 2), ("momentum_buffer_scale", 3),
+             (KAHAN_KEY, 4))
+
+
+def _kahan_only(layout: list[tuple]) -> bool:
+    """Whether some group's params have state without a momentum buffer (Kahan, momentum 0)."""
+    return any(entry[4] and not entry[0] for entry in layout)
 
 
 class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
     __doc__ = (
         "Drop-in torch.optim.SGD with a fused native step and lazy sparse momentum "
-        "(see pyoptim.sgd).\n\n" + (torch.optim.SGD.__doc__ or "")
+        "(see pyoptim.sgd).\n\n"
+        "Extra keyword-only arguments (off by default: torch's behaviour; see pyoptim.sgd):\n"
+        "    master_weights, stochastic_rounding (bool, optional): 16-bit params, momentum.\n"
+        "    state_dtype (torch.bfloat16, 'bfloat16', '8bit' or None, optional): float32\n"
+        "        params, the momentum buffer's format.\n"
+        "    kahan_summation (bool, optional): bfloat16 / float16 params keep kahan_comp, what\n"
+        "        rounding the param lost, and add it back at the next step (with or without\n"
+        "        momentum).\n\n" + (torch.optim.SGD.__doc__ or "")
     )
     _grads_read_by_op = True  # Note [Grads read by the op] in csrc/ops/checks.h
 
 
     _created_in_graph = ("momentum_buffer",)  # Note [Compiled step] in pyoptim/_compiled.py
-    _mixed_flags = (MASTER, SR, STATES)
+    _mixed_flags = (MASTER, SR, STATES, KAHAN)
     _fp32_keys = ("momentum_buffer",)  # float32 in master groups
     # the buffer's 8-bit form (Note [Reduced-precision optimizer states])
     _state_maps = {"momentum_buffer": ("momentum_buffer_scale", False)}
@@ -118,16 +140,19 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
     def _flags(self, group: dict) -> tuple:
         states = group.get(STATES)
         return (group["nesterov"], group["maximize"], group.get(MASTER, False),
-                group.get(SR, False), states == BF16, states == Q8)
+                group.get(SR, False), states == BF16, states == Q8, group.get(KAHAN, False))
 
     def _layout(self, groups: list[dict]) -> Any:
-        # momentum, then which optional keys the group's params have (see _OPTIONAL)
+        # which state keys the group's params have (see _OPTIONAL: momentum first), then the
+        # state format
         return [(g["momentum"] != 0, g.get(MASTER, False), seeded(g), g.get(STATES) == Q8,
-                 g.get(STATES)) for g in groups]
+                 g.get(KAHAN, False), g.get(STATES)) for g in groups]
 
     def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
         # optional keys: only the params of the groups that need them have them
-        return ("momentum_buffer",), optional_keys(plan, _OPTIONAL)
+        if _kahan_only(plan.layout):
+            return (), optional_keys(plan, _OPTIONAL)
+        return ("momentum_buffer",), optional_keys(plan, _OPTIONAL[1:])
 
     def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
         if group["fused"]:
@@ -146,11 +171,24 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         if group.get(SR, False) and SEED_KEY not in self.state[p]:
             # a seed per param, from torch's generator; the step adds one to it
             self.state[p][SEED_KEY] = torch.randint(2**62, (), dtype=torch.int64)
-        if group["momentum"] == 0:  # torch does not touch the state without momentum
+        kahan = group.get(KAHAN, False)
+        if group["momentum"] == 0 and not kahan:  # torch does not touch the state without momentum
+            state = self.state.get(p)
+            if state:  # but a Kahan compensation left by kahan_summation switched off goes
+                settle_modes_off(state, group, p, self._state_maps, self._fp32_keys)
+                if not state:
+                    del self.state[p]
             return False
         if plan.extra is None:
-            plan.extra = []  # per param with a buffer: does the buffer take its first step
+            plan.extra = []  # per param with state: does its buffer take its first step
         state = self.state[p]
+        if kahan and KAHAN_KEY not in state:
+            if not state and group["momentum"] == 0:  # (with momentum: fresh with the buffer)
+                plan.fresh.append(p)  # a skipped or failed step leaves no state
+            state[KAHAN_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["momentum"] == 0:  # Kahan without momentum: the compensation is the state
+            plan.extra.append(False)
+            return True
         buf = state.get("momentum_buffer")
         master = group.get(MASTER, False)
         states = group.get(STATES)
@@ -180,24 +218,34 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
              found_inf: Tensor | None, validate_only: bool) -> None:
         if plan.fused_errors:
             self._raise_fused_error(plan)
-        bufs = states[0] if states else ()
-        # (the state lists hold the params with momentum)
-        masters, seeds, scales = optional_lists(
-            plan, _OPTIONAL, states[1:],
-            lambda: [g for g in call.group_of if plan.groups[g]["momentum"] != 0])
+        layout = plan.layout
+        # the state lists hold the params with momentum, and those of Kahan groups
+        owners = lambda: [g for g in call.group_of if layout[g][0] or layout[g][4]]  # noqa: E731
         first = pick(plan.extra, call.state_index) if plan.extra and any(plan.extra) else ()
+        if _kahan_only(layout):  # the buffers and their first steps of the params with momentum
+            groups_of = owners()
+            bufs, masters, seeds, scales, comps = optional_lists(
+                plan, _OPTIONAL, states, lambda: groups_of)
+            bufs = bufs or []
+            if first:
+                first = [f for f, g in zip(first, groups_of) if layout[g][0]]
+        else:
+            bufs = states[0] if states else ()
+            masters, seeds, scales, comps = optional_lists(plan, _OPTIONAL[1:], states[1:],
+                                                           owners)
         hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device)
         hp = (call.group_sizes, hyper, flags)
         tail = (lr_tensors,
                 grad_scale if grad_scale is None else on_device(grad_scale, call.device),
                 found_inf if found_inf is None else on_device(found_inf, call.device))
         try:
-            _sgd_(params, grads, bufs, *hp, first, *tail, validate_only, masters, seeds, scales)
+            _sgd_(params, grads, bufs, *hp, first, *tail, validate_only, masters, seeds, scales,
+                  comps)
             return
         except TypeError:
             mixed = [k for k, (p, g) in enumerate(zip(params, grads)) if g.dtype != p.dtype]
-            if not mixed or masters or seeds:  # these modes take grads of their params' dtype
-                raise
+            if not mixed or masters or seeds or comps:  # the modes take grads of their params'
+                raise  # dtype
         self._run_mixed(plan, call, params, grads, bufs, first, mixed, hp, tail, found_inf,
                         validate_only)
 
@@ -268,13 +316,15 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         (no new buffer; buffers that existed are kept)."""
         for p in plan.fresh:
             self.state[p].pop("momentum_buffer", None)
+            self.state[p].pop(KAHAN_KEY, None)
         plan.fresh = []
         raise plan.first_fused_error()[1]
 
     def _commit(self, plan: Plan, found_inf: Tensor | None) -> None:
-        if not plan.extra or not any(plan.extra):
+        if not plan.fresh and (not plan.extra or not any(plan.extra)):
             return
         if found_inf is not None and bool(found_inf.item()):
-            self._forget_fresh(plan)  # a skipped step creates no momentum buffer
+            self._forget_fresh(plan)  # a skipped step creates no momentum buffer (nor Kahan's)
             return
-        plan.extra = [False] * len(plan.extra)  # the new buffers have taken their first step
+        if plan.extra:
+            plan.extra = [False] * len(plan.extra)  # the new buffers took their first step

@@ -50,19 +50,22 @@ def sgd_(params: Sequence[Tensor], grads, momentum_buffers, *, lr: float, moment
          grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
          validate_only: bool = False, master_params: Sequence[Tensor] | None = None,
          sr_seeds: Sequence[Tensor] | None = None, states: str | None = None,
-         buffer_scales: Sequence[Tensor] | None = None) -> None:
+         buffer_scales: Sequence[Tensor] | None = None,
+         kahan_comps: Sequence[Tensor] | None = None) -> None:
     """Dense or sparse grads alike; momentum_buffers: one per param when momentum != 0;
     master_params given: the group has master_weights; sr_seeds given: stochastic_rounding, or
-    with `states` ("bfloat16" or "8bit", with buffer_scales) reduced-precision buffers."""
+    with `states` ("bfloat16" or "8bit", with buffer_scales) reduced-precision buffers;
+    kahan_comps given: kahan."""
     ops.sgd_.default(
         params, grads, momentum_buffers, group_sizes=[len(params)],
         hyper=[lr, momentum, dampening, weight_decay],
         flags=[nesterov, maximize, master_params is not None,
-               sr_seeds is not None and states is None, states == "bfloat16", states == "8bit"],
+               sr_seeds is not None and states is None, states == "bfloat16", states == "8bit",
+               kahan_comps is not None],
         first_step=[True] * len(momentum_buffers) if is_first_step else [],
         lr_tensors=[lr_tensor] if lr_tensor is not None else [], grad_scale=grad_scale,
         found_inf=found_inf, validate_only=validate_only, master_params=master_params,
-        sr_seeds=sr_seeds, buffer_scales=buffer_scales)
+        sr_seeds=sr_seeds, buffer_scales=buffer_scales, kahan_comps=kahan_comps)
 
 
 def sgd_sparse_(param: Tensor, grad: Tensor, momentum_buffer: Tensor | None, **kw) -> None:
@@ -100,4 +103,11 @@ SGD_MOMENTUM_FLAGS = {
                         maximize=False),
     "dampening-maximize": dict(lr=0.05, momentum=0.5, dampening=0.3, weight_decay=0.1,
                                nesterov=False, maximize=True),
+}
+# and without momentum (Kahan takes both)
+SGD_PLAIN_FLAGS = {
+    "plain": dict(lr=0.05, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+                  maximize=False),
+    "plain-wd-maximize": dict(lr=0.05, momentum=0.0, dampening=0.0, weight_decay=0.1,
+                              nesterov=False, maximize=True),
 }

@@ -273,3 +273,26 @@ def adam_kahan_reference(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs,
         exp_avg_sqs[i].copy_(v32[i])
     for x, x_new in zip(max_exp_avg_sqs, x32):
         x.copy_(x_new)
+
+
+def sgd_kahan_reference(params: Sequence[Tensor], grads, bufs, comps: Sequence[Tensor],
+                        first: bool, **hp) -> None:
+    """In place: 16-bit params, their buffers (one per param with momentum, none without; of the
+    param's dtype) and compensations (Note [Kahan-compensated 16-bit params]): the float32 step
+    of tests/reference_sgd.py on the widened param, then y = (q - p) + c, p' = round(p + y),
+    c' = round(y - (p' - p)); the buffer rounded to nearest."""
+    if hp.get("found_inf") is not None and float(hp["found_inf"]) != 0.0:
+        return
+    hp = {k: v for k, v in hp.items() if k != "found_inf"}
+    if hp.get("grad_scale") is not None:
+        hp["grad_scale"] = float(hp["grad_scale"])
+    momentum = hp["momentum"] != 0
+    for i, (p, g) in enumerate(zip(params, grads)):
+        p32 = p.float()
+        b32 = bufs[i].float() if momentum and not first else None
+        q32, new_b = sgd_math(p32, g.float(), b32, first=first, **hp)
+        y = (q32 - p32) + comps[i].float()
+        p.copy_(p32 + y)
+        comps[i].copy_(y - (p.float() - p32))
+        if momentum:
+            bufs[i].copy_(new_b)

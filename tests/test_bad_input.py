@@ -950,7 +950,7 @@ def test_op_reads_each_params_grad_when_grads_is_empty():
         ps, gs, st[0::2], st[1::2], [], steps, hyper=[0.1, 0.9, 0.999, 0.01, 1e-8],
         flags=[False, False, True, False, False, False, False, False], **hyper)
     sgd = lambda ps, gs, st, steps: torch.ops.pyoptim.sgd_.default(  # noqa: E731
-        ps, gs, st[0::2], hyper=[0.1, 0.9, 0.0, 0.01], flags=[False] * 6,
+        ps, gs, st[0::2], hyper=[0.1, 0.9, 0.0, 0.01], flags=[False] * 7,
         first_step=[False, False], **hyper)
     adamax = lambda ps, gs, st, steps: torch.ops.pyoptim.adamax_.default(  # noqa: E731
         ps, gs, st[0::2] + st[1::2], steps, hyper=[0.1, 0.9, 0.999, 1e-8, 0.01], flags=[False],

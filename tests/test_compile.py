@@ -104,6 +104,12 @@ MIXED = {
                       dict(dampening=0.5), torch.float32),
     "sgd-8bit": (pyoptim.SGD, dict(lr=0.1, momentum=0.9, state_dtype="8bit"),
                  dict(weight_decay=0.01), torch.float32),
+    # a group with momentum next to one without (whose compensation is its only state: the
+    # buffers become an optional state list), and Kahan without momentum alone
+    "sgd-kahan": (pyoptim.SGD, dict(lr=0.1, momentum=0.9, kahan_summation=True),
+                  dict(momentum=0.0, weight_decay=0.01), torch.bfloat16),
+    "sgd-kahan-plain-fp16": (pyoptim.SGD, dict(lr=0.1, kahan_summation=True),
+                             dict(maximize=True), torch.float16),
 }
 
 

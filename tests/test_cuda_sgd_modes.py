@@ -1,5 +1,6 @@
 """CUDA sgd_ in its opt-in modes (master weights, stochastic rounding of bfloat16 params, a
-bfloat16 or 8-bit momentum buffer for float32 params: csrc/cuda/sgd_mixed_kernels.cuh) against
+bfloat16 or 8-bit momentum buffer for float32 params, Kahan-compensated bfloat16 / float16
+params with or without momentum: csrc/cuda/sgd_mixed_kernels.cuh) against
 the CPU kernel, bit for bit: every output (params, masters, buffers, codes, scales, seeds), for
 sizes across the 256-element quantization blocks and the kernels' chunks, the buffer's first step
 then two more, GradScaler (scale and found_inf on the GPU), a Tensor lr on the GPU, a relayout, a
@@ -31,7 +32,7 @@ SIZES = [1, 7, 255, 256, 257, 4099, 300_001]
 SEEDS = [7, -3, 2**62 + 5, 0, 1, 99, 12345]
 INT_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16,
             torch.int8: torch.int8, torch.int64: torch.int64}
-MODES = ["master-bf16", "master-fp16", "sr", "bfloat16", "8bit"]
+MODES = ["master-bf16", "master-fp16", "sr", "bfloat16", "8bit", "kahan-bf16", "kahan-fp16"]
 FLAGS = {
     **op_calls.SGD_MOMENTUM_FLAGS,
     "grad-scale": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=False,
@@ -78,6 +79,11 @@ def case(mode: str, sizes=SIZES, seed=1) -> dict:
         masters = [p.float() + _randn(p.numel(), seed + 400 + i, 1e-3)
                    for i, p in enumerate(params)]
         return dict(params=params, master_params=masters, bufs=junk)
+    if mode.startswith("kahan"):  # the buffer and the compensation in the param's dtype
+        dtype = torch.bfloat16 if mode == "kahan-bf16" else torch.float16
+        params = [_randn(k, seed + i, dtype=dtype) for i, k in enumerate(sizes)]
+        comps = [_randn(k, seed + 600 + i, 1e-3, dtype) for i, k in enumerate(sizes)]
+        return dict(params=params, bufs=[t.to(dtype) for t in junk], kahan_comps=comps)
     if mode == "sr":
         params = [_randn(k, seed + i, dtype=torch.bfloat16) for i, k in enumerate(sizes)]
         return dict(params=params, bufs=[t.bfloat16() for t in junk], sr_seeds=seeds)
@@ -108,7 +114,8 @@ def run(state: dict, grads, mode: str, hp: dict, first: bool, **kw) -> None:
     fmt = mode if mode in ("bfloat16", "8bit") else None
     op_calls.sgd_(state["params"], grads, state["bufs"], is_first_step=first,
                   master_params=state.get("master_params"), sr_seeds=state.get("sr_seeds"),
-                  states=fmt, buffer_scales=state.get("buffer_scales"), **hp, **kw)
+                  states=fmt, buffer_scales=state.get("buffer_scales"),
+                  kahan_comps=state.get("kahan_comps"), **hp, **kw)
 
 
 def assert_states_equal(gpu: dict, cpu: dict, any_nan: bool = False) -> None:
@@ -177,7 +184,7 @@ def test_relayout_matches_cpu(mode):
     state = case(mode, sizes=[65 * 63, 300])
     state["params"][0] = state["params"][0].view(63, 65).t()
     state["params"][1] = state["params"][1].view(20, 15)
-    for key in ("master_params", "bufs"):
+    for key in ("master_params", "bufs", "kahan_comps"):
         if key in state:
             state[key][0] = state[key][0].view(65, 63)
             state[key][1] = state[key][1].view(20, 15)
@@ -189,6 +196,17 @@ def test_relayout_matches_cpu(mode):
         run(gpu, [t.to(DEV) for t in g], mode, FLAGS["nesterov-wd"], k == 0)
         torch.cuda.synchronize()
         assert_states_equal(gpu, state)
+
+
+@pytest.mark.parametrize("flags", list(op_calls.SGD_PLAIN_FLAGS))
+@pytest.mark.parametrize("mode", ["kahan-bf16", "kahan-fp16"])
+def test_kahan_without_momentum_matches_cpu(mode, flags):
+    """Kahan without momentum (no buffer: the compensation is the only state), with GradScaler's
+    scale and found_inf on the GPU too."""
+    state = case(mode)
+    state["bufs"] = []
+    compare(mode, op_calls.SGD_PLAIN_FLAGS[flags], state)
+    compare(mode, op_calls.SGD_PLAIN_FLAGS[flags], state, grad_scale=512.0)
 
 
 def test_q8_nan_and_inf_blocks_match_cpu():
@@ -281,6 +299,8 @@ CLASS_CASES = {
     "sr": (torch.bfloat16, dict(stochastic_rounding=True)),
     "bfloat16": (torch.float32, dict(state_dtype=torch.bfloat16)),
     "8bit": (torch.float32, dict(state_dtype="8bit", dampening=0.1)),
+    "kahan-bf16": (torch.bfloat16, dict(kahan_summation=True)),
+    "kahan-fp16": (torch.float16, dict(kahan_summation=True, nesterov=True)),
 }
 
 
@@ -335,6 +355,30 @@ def test_optimizer_plain_and_8bit_groups_with_grad_scaler_state():
             opt.step()
         runs[device] = (params, opt)
     _compare_optimizers(runs)
+
+
+def test_optimizer_kahan_groups_with_and_without_momentum():
+    """Kahan with momentum, Kahan without (whose compensation is its only state) and a plain
+    bfloat16 group in one call, with GradScaler's state on the params' device (a skipped step
+    creates no state): the CPU's bits."""
+    runs = {}
+    for device in ("cpu", DEV):
+        params = _model(torch.bfloat16, device)
+        opt = pyoptim.SGD([{"params": params[:2], "kahan_summation": True},
+                           {"params": params[2:3], "kahan_summation": True, "momentum": 0.0},
+                           {"params": params[3:]}], lr=1e-2, momentum=0.9, weight_decay=0.01)
+        for k in range(4):
+            _set_grads(params, k)
+            for p in params:
+                p.grad.mul_(4.0)
+            opt.grad_scale = torch.tensor(4.0, device=device)
+            opt.found_inf = torch.tensor(1.0 if k == 0 else 0.0, device=device)
+            opt.step()
+            if k == 0:
+                assert all(not opt.state[p] for p in params)
+        runs[device] = (params, opt)
+    _compare_optimizers(runs)
+    assert set(runs[DEV][1].state[runs[DEV][0][2]]) == {"kahan_comp"}
 
 
 @pytest.mark.parametrize("name", list(CLASS_CASES))

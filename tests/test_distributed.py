@@ -276,7 +276,7 @@ def _sgd_mixed_dtype_grads(rank: int, mesh) -> None:
 
 
 def _mixed_precision_modes(rank: int, mesh) -> None:
-    """bfloat16 DTensor params with master weights (Adam, SGD) or Kahan (Adam): each rank's
+    """bfloat16 DTensor params with master weights or Kahan (Adam, SGD): each rank's
     local shards step bit for bit as plain tensors holding the same values (the op is the same,
     on the shards), with the extra state (master, compensation) DTensors laid out as the param.
     The modes that draw random bits (stochastic rounding, bf16 and 8-bit states) raise
@@ -290,7 +290,9 @@ def _mixed_precision_modes(rank: int, mesh) -> None:
 
     cases = [("AdamW", dict(lr=1e-2, master_weights=True), "master_param"),
              ("Adam", dict(lr=1e-2, kahan_summation=True, weight_decay=0.1), "kahan_comp"),
-             ("SGD", dict(lr=0.1, momentum=0.9, master_weights=True), "master_param")]
+             ("SGD", dict(lr=0.1, momentum=0.9, master_weights=True), "master_param"),
+             ("SGD", dict(lr=0.1, momentum=0.9, kahan_summation=True), "kahan_comp"),
+             ("SGD", dict(lr=0.1, kahan_summation=True, weight_decay=0.1), "kahan_comp")]
     for cls, kwargs, key in cases:
         init, _ = params_and_grads(0, torch.bfloat16)
         dts = [nn.Parameter(distribute_tensor(t, mesh, [Shard(0)])) for t in init]

@@ -38,6 +38,8 @@ MODES = {
     "sgd-bf16state": (pyoptim.SGD, torch.float32, dict(state_dtype="bfloat16"),
                       dict(momentum=0.9, nesterov=True)),
     "sgd-8bit": (pyoptim.SGD, torch.float32, dict(state_dtype="8bit"), dict(momentum=0.9)),
+    "sgd-kahan": (pyoptim.SGD, torch.bfloat16, dict(kahan_summation=True), dict(momentum=0.9)),
+    "sgd-kahan-plain": (pyoptim.SGD, torch.float16, dict(kahan_summation=True), {}),
 }
 
 

@@ -222,10 +222,10 @@ def sgd_sample(dtype: torch.dtype, sparse: bool):
              _sparse(6, 3, dtype, 2) if sparse else rnd(6, 3), rnd(4, 2)]
     bufs = [rnd(6, 3), torch.zeros(4, 2, dtype=dtype)]
     # per group: hyper (lr, momentum, dampening, weight_decay), flags (nesterov, maximize,
-    # master_weights, stochastic_rounding, bf16_states, q8_states)
+    # master_weights, stochastic_rounding, bf16_states, q8_states, kahan)
     kwargs = dict(group_sizes=[2, 2], hyper=[0.1, 0.0, 0.0, 0.0, 0.05, 0.9, 0.1, 0.01],
-                  flags=[False, False, False, False, False, False,
-                         False, True, False, False, False, False], first_step=[False, True],
+                  flags=[False, False, False, False, False, False, False,
+                         False, True, False, False, False, False, False], first_step=[False, True],
                   lr_tensors=[])
     return params, bufs, (params, grads, bufs), kwargs
 
@@ -240,8 +240,8 @@ def test_opcheck_sgd_master(dtype):
     bufs = [torch.randn(6, 3, generator=g), torch.zeros(6, 3), torch.zeros(6, 3).to(dtype)]
     masters = [p.float() for p in params[:2]]
     kwargs = dict(group_sizes=[2, 1], hyper=[0.1, 0.9, 0.0, 0.01, 0.05, 0.9, 0.1, 0.0],
-                  flags=[True, False, True, False, False, False,
-                         False, False, False, False, False, False],
+                  flags=[True, False, True, False, False, False, False,
+                         False, False, False, False, False, False, False],
                   first_step=[False, True, False], lr_tensors=[], master_params=masters)
     args = (params, grads, bufs)
     _check(torch.ops.pyoptim.sgd_.default, args, kwargs)
@@ -267,9 +267,9 @@ def test_opcheck_sgd_modes():
             codes]
     seeds = [torch.tensor(k) for k in (3, 5, 7, 11, 13)]
     kwargs = dict(group_sizes=[2, 2, 1], hyper=[0.1, 0.9, 0.0, 0.01] * 3,
-                  flags=[False, False, False, True, False, False,
-                         True, False, False, False, True, False,
-                         False, True, False, False, False, True],
+                  flags=[False, False, False, True, False, False, False,
+                         True, False, False, False, True, False, False,
+                         False, True, False, False, False, True, False],
                   first_step=[False, False, False, True, False], lr_tensors=[],
                   sr_seeds=seeds, buffer_scales=[scales])
     args = (params, grads, bufs)
@@ -277,6 +277,28 @@ def test_opcheck_sgd_modes():
     before = snapshot(params + bufs + seeds + [scales])
     torch.ops.pyoptim.sgd_.default(*args, **kwargs)
     assert any_changed(before[:5], params) and any_changed(before[5:10], bufs)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
+def test_opcheck_sgd_kahan(dtype):
+    """Group 0: kahan with momentum (one buffer on its first step); group 1: kahan without
+    momentum (no buffer); group 2: plain momentum."""
+    g = torch.Generator().manual_seed(29)
+    params = [torch.randn(n, generator=g).to(dtype) for n in (5, 33, 7, 9)]
+    grads = [torch.randn_like(p) for p in params]
+    bufs = [torch.randn_like(params[0]), torch.zeros_like(params[1]), torch.zeros_like(params[3])]
+    comps = [torch.randn_like(p) * 1e-3 for p in params[:3]]
+    kwargs = dict(group_sizes=[2, 1, 1], hyper=[0.1, 0.9, 0.0, 0.01, 0.1, 0.0, 0.0, 0.0,
+                                                0.05, 0.9, 0.1, 0.0],
+                  flags=[True, False, False, False, False, False, True,
+                         False, True, False, False, False, False, True,
+                         False, False, False, False, False, False, False],
+                  first_step=[False, True, False], lr_tensors=[], kahan_comps=comps)
+    args = (params, grads, bufs)
+    _check(torch.ops.pyoptim.sgd_.default, args, kwargs)
+    before = snapshot(params + comps)
+    torch.ops.pyoptim.sgd_.default(*args, **kwargs)
+    assert any_changed(before[:4], params) and any_changed(before[4:], comps)
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "dense-and-sparse"])
@@ -357,7 +379,7 @@ def test_opcheck_rowwise_adagrad(dtype, sparse):
 # without one. The others are hooks with no tensor arguments (and the bench's probe).
 OPCHECKED = {
     "pyoptim::adam_": "test_opcheck_adam (and _mixed, _states, _kahan)",
-    "pyoptim::sgd_": "test_opcheck_sgd (and _master, _modes)",
+    "pyoptim::sgd_": "test_opcheck_sgd (and _master, _modes, _kahan)",
     "pyoptim::sparse_adam_": "test_opcheck_sparse_adam",
     "pyoptim::sparse_adagrad_": "test_opcheck_sparse_adagrad",
     "pyoptim::rowwise_adagrad_": "test_opcheck_rowwise_adagrad",

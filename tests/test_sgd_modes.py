@@ -2,6 +2,8 @@
 `stochastic_rounding=True` (bfloat16 params), `state_dtype=torch.bfloat16` / "8bit" (float32
 params) (Note [Master weights and stochastic rounding], Note [Reduced-precision optimizer
 states]). SGD has no step count: the step adds one to the param's seed, which keys its bits.
+And `kahan_summation=True` (bfloat16 / float16 params, with or without momentum: Note
+[Kahan-compensated 16-bit params]).
 
 Op level, bitwise against tests/reference_mixed.py at every ISA level and thread count; the
 optimizer class's flags, errors and checkpoints.
@@ -15,9 +17,12 @@ import io
 import op_calls
 import pytest
 import torch
-from conftest import ISA_LEVELS
+from conftest import ISA_LEVELS, dtype_id
 from helpers import assert_bitwise_equal, snapshot
-from reference_mixed import sgd_modes_reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference_mixed import sgd_kahan_reference, sgd_modes_reference
+from reference_sgd import sgd_reference
 
 import pyoptim
 from pyoptim import _ops
@@ -246,3 +251,324 @@ def test_bad_combinations_raise_at_construction(name):
 def test_default_is_torchs_behaviour():
     opt = pyoptim.SGD(_model(torch.float32), lr=0.1, momentum=0.9)
     assert opt.defaults == torch.optim.SGD(_model(torch.float32), lr=0.1, momentum=0.9).defaults
+
+
+# ---- Kahan-compensated 16-bit params (Note [Kahan-compensated 16-bit params]) -------------------
+
+HALF_DTYPES = [torch.bfloat16, torch.float16]
+# around the vector widths (8 / 16 lanes, twice that for the paired bfloat16 accesses)
+KAHAN_SIZES = [1, 7, 16, 31, 32, 33, 63, 64, 65, 257, 4099]
+KAHAN_FLAGS = {**FLAGS, **op_calls.SGD_PLAIN_FLAGS}
+
+
+def kahan_case(sizes, dtype, seed, momentum=True):
+    g = torch.Generator().manual_seed(seed)
+    return dict(params=_tensors(sizes, seed, dtype),
+                bufs=[(torch.randn(n, generator=g) * 0.1).to(dtype) for n in sizes]
+                if momentum else [],
+                comps=[(torch.randn(n, generator=g) * 1e-3).to(dtype) for n in sizes])
+
+
+def run_kahan_op(state, grads, hp, first=False):
+    op_calls.sgd_(state["params"], grads, state["bufs"], is_first_step=first,
+                  kahan_comps=state["comps"], **hp)
+
+
+def run_kahan_ref(state, grads, hp, first=False):
+    sgd_kahan_reference(state["params"], grads, state["bufs"], state["comps"], first, **hp)
+
+
+@pytest.mark.parametrize("flags", list(KAHAN_FLAGS))
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=dtype_id)
+def test_kahan_matches_reference(isa, dtype, flags):
+    hp = KAHAN_FLAGS[flags]
+    state = kahan_case(KAHAN_SIZES, dtype, 5, hp["momentum"] != 0)
+    ref = clone(state)
+    for k in range(3):
+        grads = _tensors(KAHAN_SIZES, 500 + k, dtype)
+        run_kahan_op(state, grads, hp, first=k == 0)
+        run_kahan_ref(ref, grads, hp, first=k == 0)
+    assert_bitwise_equal(state, ref, isa)
+    assert any(not torch.equal(c, c0) for c, c0 in
+               zip(state["comps"], kahan_case(KAHAN_SIZES, dtype, 5)["comps"]))
+
+
+@pytest.mark.parametrize("flags", ["nesterov-wd", "plain"])
+def test_kahan_levels_and_threads_agree(restore_num_threads, flags):
+    sizes = [300_007, 5, 1000]
+    hp = KAHAN_FLAGS[flags]
+    state0 = kahan_case(sizes, torch.bfloat16, 6, hp["momentum"] != 0)
+    grads = _tensors(sizes, 66, torch.bfloat16)
+    ref = clone(state0)
+    run_kahan_ref(ref, grads, hp)
+    for level in ISA_LEVELS:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            state = clone(state0)
+            with _ops.cpu_capability_override(level):
+                run_kahan_op(state, grads, hp)
+            assert_bitwise_equal(state, ref, f"{level} x {threads} threads")
+
+
+def test_kahan_relayout_matches_reference():
+    """A transposed param (its state row-major): the op works on copies and writes them back."""
+    hp = KAHAN_FLAGS["nesterov-wd"]
+    g = torch.Generator().manual_seed(8)
+    p = torch.randn(40, 9, generator=g).bfloat16().t()
+    state = dict(params=[p], bufs=[torch.randn(9, 40, generator=g).bfloat16() * 0.1],
+                 comps=[torch.randn(9, 40, generator=g).bfloat16() * 1e-3])
+    ref = {k: [t.clone(memory_format=torch.contiguous_format) for t in v]
+           for k, v in state.items()}
+    grads = [torch.randn(9, 40, generator=g).bfloat16()]
+    run_kahan_op(state, grads, hp)
+    run_kahan_ref(ref, grads, hp)
+    assert_bitwise_equal({k: [t.contiguous() for t in v] for k, v in state.items()}, ref)
+
+
+@settings(max_examples=max(1, settings().max_examples // 2))
+@given(n=st.integers(0, 300), seed=st.integers(0, 2**20), dtype=st.sampled_from(HALF_DTYPES),
+       flags=st.sampled_from(list(KAHAN_FLAGS)), scale=st.sampled_from([1e-4, 1.0, 30.0]),
+       lr=st.sampled_from([1e-4, 0.05, 1.0]), amp=st.sampled_from([None, 2.0**16, 3.0]),
+       first=st.booleans())
+def test_kahan_matches_reference_hypothesis(n, seed, dtype, flags, scale, lr, amp, first):
+    """Drawn sizes, magnitudes, learning rates and GradScaler scales, every level."""
+    hp = dict(KAHAN_FLAGS[flags], lr=lr)
+    if amp is not None:
+        hp["grad_scale"] = torch.tensor(amp)
+    sizes = [n, 3]
+    state0 = kahan_case(sizes, dtype, seed, hp["momentum"] != 0)
+    grads = _tensors(sizes, seed + 1, dtype, scale * (amp or 1.0))
+    ref = clone(state0)
+    run_kahan_ref(ref, grads, hp, first)
+    for level in ISA_LEVELS:
+        state = clone(state0)
+        with _ops.cpu_capability_override(level):
+            run_kahan_op(state, grads, hp, first)
+        assert_bitwise_equal(state, ref, level)
+
+
+def test_kahan_skipped_step_writes_nothing():
+    state = kahan_case([40, 7], torch.bfloat16, 9)
+    before = snapshot(state)
+    run_kahan_op(state, _tensors([40, 7], 1, torch.bfloat16),
+                 dict(FLAGS["momentum"], found_inf=torch.tensor(1.0)))
+    assert_bitwise_equal(state, before)
+
+
+KAHAN_BAD = {
+    "fp32-param": (lambda s: s["params"].__setitem__(1, s["params"][1].float()), ValueError,
+                   "kahan is for bfloat16 and float16"),
+    "comp-dtype": (lambda s: s["comps"].__setitem__(1, s["comps"][1].half()), TypeError,
+                   "kahan_comps\\[1\\]"),
+    "comp-shape": (lambda s: s["comps"].__setitem__(1, s["comps"][1][:3]), ValueError,
+                   "kahan_comps\\[1\\]"),
+    "comp-missing": (lambda s: s["comps"].pop(), ValueError, "kahan_comps"),
+    "sparse-grad": (None, ValueError, "kahan takes dense grads"),
+}
+
+
+@pytest.mark.parametrize("name", list(KAHAN_BAD))
+def test_kahan_bad_input_writes_nothing(name):
+    mutate, exc, match = KAHAN_BAD[name]
+    state = kahan_case([9, 8], torch.bfloat16, 10)
+    grads = _tensors([9, 8], 3, torch.bfloat16)
+    if mutate is None:
+        grads[1] = torch.sparse_coo_tensor(torch.tensor([[1, 3]]), torch.ones(2).bfloat16(), (8,))
+    else:
+        mutate(state)
+    before = snapshot(state)
+    with pytest.raises(exc, match=match):
+        run_kahan_op(state, grads, FLAGS["momentum"])
+    assert_bitwise_equal(state, before)
+
+
+def test_kahan_with_another_mode_rejected_by_the_op():
+    state = kahan_case([8], torch.bfloat16, 11)
+    with pytest.raises(ValueError, match="kahan with master_weights"):
+        op_calls.sgd_(state["params"], _tensors([8], 2, torch.bfloat16), state["bufs"],
+                      is_first_step=False, kahan_comps=state["comps"],
+                      sr_seeds=[torch.tensor(3)], **FLAGS["momentum"])
+
+
+# ---- Kahan: the optimizer class ---------------------------------------------------------------
+
+def _kahan_groups(params):
+    """Group 0: Kahan with Nesterov momentum; group 1: Kahan without momentum (its compensation is
+    its only state); group 2: plain momentum (torch's bfloat16 SGD)."""
+    return [dict(params=params[:2], kahan_summation=True, momentum=0.9, nesterov=True,
+                 weight_decay=0.01),
+            dict(params=params[2:3], kahan_summation=True, momentum=0.0, maximize=True),
+            dict(params=params[3:], momentum=0.5, dampening=0.1)]
+
+
+def _kahan_ref_step(ref, opt, params, first):
+    for group in opt.param_groups:
+        hp = {k: group[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov",
+                                    "maximize")}
+        idx = [next(i for i, q in enumerate(params) if q is p) for p in group["params"]]
+        grads = [params[i].grad for i in idx]
+        ps = [ref["params"][i] for i in idx]
+        bufs = [ref["bufs"][i] for i in idx] if hp["momentum"] != 0 else []
+        if group.get("kahan_summation", False):
+            sgd_kahan_reference(ps, grads, bufs, [ref["comps"][i] for i in idx], first, **hp)
+        else:
+            for p, g, b in zip(ps, grads, bufs):
+                sgd_reference(p, g, b, first=first, **hp)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=dtype_id)
+def test_kahan_optimizer_matches_reference_and_resumes(dtype):
+    torch.manual_seed(4)
+    params = _model(dtype, sizes=(37, 300, 65, 5))
+    opt = pyoptim.SGD(_kahan_groups(params), lr=0.05)
+    ref = dict(params=[p.detach().clone() for p in params],
+               bufs=[torch.zeros_like(p) for p in params],
+               comps=[torch.zeros_like(p) for p in params])
+    for k in range(3):
+        _set_grads(params, k)
+        opt.step()
+        _kahan_ref_step(ref, opt, params, first=k == 0)
+    for i, p in enumerate(params):
+        assert_bitwise_equal(p.detach(), ref["params"][i], f"param {i}")
+        state = opt.state[p]
+        if i < 3:
+            assert state["kahan_comp"].dtype == dtype
+            assert_bitwise_equal(state["kahan_comp"], ref["comps"][i], f"comp {i}")
+        else:
+            assert "kahan_comp" not in state
+        if i == 2:
+            assert set(state) == {"kahan_comp"}  # no momentum: no buffer, as torch
+        else:
+            assert_bitwise_equal(state["momentum_buffer"], ref["bufs"][i], f"buf {i}")
+
+    # a checkpoint: the resumed run continues bit for bit (the compensation travels with it)
+    buf = io.BytesIO()
+    torch.save({"model": [p.detach() for p in params], "opt": opt.state_dict()}, buf)
+    for k in range(3, 5):
+        _set_grads(params, k)
+        opt.step()
+    straight = [p.detach().clone() for p in params]
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    params2 = [torch.nn.Parameter(t.clone()) for t in ckpt["model"]]
+    opt2 = pyoptim.SGD(_kahan_groups(params2), lr=0.05)
+    opt2.load_state_dict(ckpt["opt"])
+    assert opt2.state[params2[2]]["kahan_comp"].dtype == dtype
+    for k in range(3, 5):
+        _set_grads(params2, k)
+        opt2.step()
+    for a, b in zip(params2, straight):
+        assert_bitwise_equal(a.detach(), b)
+
+
+def test_kahan_torch_checkpoints_both_ways():
+    params = _model(torch.bfloat16)
+    opt = pyoptim.SGD(params, lr=0.05, momentum=0.9, kahan_summation=True)
+    _set_grads(params, 0)
+    opt.step()
+    sd = opt.torch_state_dict()
+    assert set(sd["state"][0]) == {"momentum_buffer"}
+    assert "kahan_summation" not in sd["param_groups"][0]
+    tparams = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    topt = torch.optim.SGD(tparams, lr=0.05, momentum=0.9)
+    topt.load_state_dict(sd)
+    _set_grads(tparams, 1)
+    topt.step()
+    # a torch checkpoint into a Kahan optimizer: the compensation starts at zero
+    params3 = [torch.nn.Parameter(p.detach().clone()) for p in tparams]
+    opt3 = pyoptim.SGD(params3, lr=0.05, momentum=0.9, kahan_summation=True)
+    opt3.load_state_dict(copy.deepcopy(topt.state_dict()))
+    ref = dict(params=[p.detach().clone() for p in params3],
+               bufs=[topt.state[p]["momentum_buffer"].clone() for p in tparams],
+               comps=[torch.zeros_like(p) for p in params3])
+    _set_grads(params3, 2)
+    opt3.step()
+    run_kahan_ref(ref, [p.grad for p in params3], dict(FLAGS["momentum"], lr=0.05))
+    assert_bitwise_equal([p.detach() for p in params3], ref["params"])
+    assert_bitwise_equal([opt3.state[p]["kahan_comp"] for p in params3], ref["comps"])
+    # and without momentum, torch.optim.SGD keeps no state: nor does the export
+    opt4 = pyoptim.SGD(params3, lr=0.05, kahan_summation=True)
+    opt4.step()
+    assert opt4.torch_state_dict()["state"] == {}
+    torch.optim.SGD(params3, lr=0.05).load_state_dict(opt4.torch_state_dict())
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_kahan_grad_scaler_skip_creates_and_writes_nothing(momentum):
+    params = _model(torch.bfloat16)
+    opt = pyoptim.SGD(params, lr=0.05, momentum=momentum, kahan_summation=True)
+    _set_grads(params, 0)
+    before = snapshot([p.detach() for p in params])
+    opt.grad_scale, opt.found_inf = torch.tensor(4.0), torch.tensor(1.0)
+    opt.step()
+    assert_bitwise_equal([p.detach() for p in params], before)
+    assert all(not opt.state[p] for p in params)  # no compensation, no buffer
+    opt.found_inf = torch.tensor(0.0)  # the next step is taken, grads divided by the scale
+    opt.step()
+    ref = dict(params=before, bufs=[torch.zeros_like(p) for p in params] if momentum else [],
+               comps=[torch.zeros_like(p) for p in params])
+    run_kahan_ref(ref, [p.grad for p in params],
+                  dict(FLAGS["momentum"], lr=0.05, momentum=momentum, grad_scale=4.0),
+                  first=True)
+    assert_bitwise_equal([p.detach() for p in params], ref["params"])
+    assert_bitwise_equal([opt.state[p]["kahan_comp"] for p in params], ref["comps"])
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_kahan_keeps_updates_below_half_an_ulp(momentum):
+    """Updates of about a quarter of a bfloat16 ulp at 1: round to nearest (torch's bfloat16 SGD)
+    drops every one; with the compensation the param moves as float32 SGD's does, to within an
+    ulp, and equals the Kahan reference bit for bit."""
+    lr = 2.0**-7 / 4 / (10.0 if momentum else 1.0)  # the buffer grows to ~10x the grad
+    p0 = torch.full((64,), 1.0)
+    plain = pyoptim.SGD([torch.nn.Parameter(p0.bfloat16())], lr=lr, momentum=momentum)
+    kahan = pyoptim.SGD([torch.nn.Parameter(p0.bfloat16())], lr=lr, momentum=momentum,
+                        kahan_summation=True)
+    f32 = pyoptim.SGD([torch.nn.Parameter(p0.clone())], lr=lr, momentum=momentum)
+    hp = dict(FLAGS["momentum"], lr=lr, momentum=momentum)
+    ref = dict(params=[p0.bfloat16()], bufs=[torch.zeros(64).bfloat16()] if momentum else [],
+               comps=[torch.zeros(64).bfloat16()])
+    for k in range(40):
+        for opt in (plain, kahan, f32):
+            p = opt.param_groups[0]["params"][0]
+            p.grad = torch.full_like(p, -1.0)
+            opt.step()
+        run_kahan_ref(ref, [torch.full((64,), -1.0).bfloat16()], hp, first=k == 0)
+
+    def moved(opt):
+        return float(opt.param_groups[0]["params"][0][0].detach()) - 1.0
+
+    assert moved(plain) == 0.0 and moved(f32) > 4 * 2.0**-7
+    assert abs(moved(kahan) - moved(f32)) <= 2.0**-7
+    assert_bitwise_equal(kahan.param_groups[0]["params"][0].detach(), ref["params"][0])
+
+
+KAHAN_ERRORS = {
+    "fp32": (dict(kahan_summation=True), torch.float32, "bfloat16 or float16 params"),
+    "master": (dict(kahan_summation=True, master_weights=True, momentum=0.9), torch.bfloat16,
+               "master_weights"),
+    "sr": (dict(kahan_summation=True, stochastic_rounding=True, momentum=0.9), torch.bfloat16,
+           "stochastic_rounding"),
+    "states": (dict(kahan_summation=True, state_dtype=torch.bfloat16, momentum=0.9),
+               torch.bfloat16, "state_dtype"),
+    "differentiable": (dict(kahan_summation=True, differentiable=True), torch.bfloat16,
+                       "differentiable"),
+}
+
+
+@pytest.mark.parametrize("name", list(KAHAN_ERRORS))
+def test_kahan_bad_combinations_raise_at_construction(name):
+    kw, dtype, match = KAHAN_ERRORS[name]
+    with pytest.raises(ValueError, match=match):
+        pyoptim.SGD(_model(dtype), lr=0.1, **kw)
+
+
+def test_kahan_sparse_grad_raises_and_creates_nothing():
+    emb = torch.nn.Embedding(10, 4, sparse=True).bfloat16()
+    opt = pyoptim.SGD(emb.parameters(), lr=0.1, kahan_summation=True)
+    emb(torch.tensor([1, 3])).sum().backward()
+    before = snapshot(emb.weight.detach())
+    with pytest.raises(ValueError, match="kahan takes dense grads"):
+        opt.step()
+    assert_bitwise_equal(emb.weight.detach(), before)
+    assert not opt.state[emb.weight]

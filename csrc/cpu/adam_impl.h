@@ -78,9 +78,34 @@ void adam_loop(const AdamPtrs& a, int64_t begin, int64_t end,
   }
 }
 
+// The compensated store of Note [Kahan-compensated 16-bit params] (math/stochastic_round.h), for
+// adam_kahan_loop and sgd_'s SgdDenseKahan (cpu/sgd_impl.h): p0 the param as stored (widened),
+// q the param after the optimizer's step on p0, c the compensation. The compensated sum is
+// stored rounded to nearest and read back (L1) for the new compensation. kahan_store2: two
+// vectors of one paired 16-bit access (vload2 / vstore2).
+template <class S, class V>
+PYOPTIM_INLINE void kahan_store(S* param, S* comp, V p0, V q, V c) {
+  const V y = math::kahan_sum(p0, q, c);
+  vstore(param, p0 + y);
+  vstore(comp, math::kahan_residual(y, p0, vload(param)));
+}
+template <class S, class V>
+PYOPTIM_INLINE void kahan_store2(S* param, S* comp, V p0, V p1, V q0, V q1, V c0, V c1) {
+  const V y0 = math::kahan_sum(p0, q0, c0), y1 = math::kahan_sum(p1, q1, c1);
+  vstore2(param, p0 + y0, p1 + y1);
+  V s0, s1;
+  vload2(param, s0, s1);  // the stored values, widened
+  vstore2(comp, math::kahan_residual(y0, p0, s0), math::kahan_residual(y1, p1, s1));
+}
+template <class S>
+PYOPTIM_INLINE void kahan_store_tail(S* param, S* comp, float p0, float q) {
+  const float y = math::kahan_sum(p0, q, to_opmath(*comp));
+  *param = from_opmath<S>(p0 + y);
+  *comp = from_opmath<S>(math::kahan_residual(y, p0, to_opmath(*param)));
+}
+
 // 16-bit params with a Kahan compensation (Note [Kahan-compensated 16-bit params] in
-// math/stochastic_round.h): the step on the widened param, the compensated sum stored rounded
-// to nearest and read back (L1) for the new compensation.
+// math/stochastic_round.h): the step on the widened param, then kahan_store.
 template <class S, bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale>
 void adam_kahan_loop(const AdamPtrs& a, int64_t begin, int64_t end,
                      const math::AdamCoeffs<float>& c) {
@@ -110,11 +135,7 @@ void adam_kahan_loop(const AdamPtrs& a, int64_t begin, int64_t end,
       V q0 = p0, q1 = p1;
       math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(q0, g0, m0, v0, x0, c);
       math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(q1, g1, m1, v1, x1, c);
-      const V y0 = math::kahan_sum(p0, q0, c0), y1 = math::kahan_sum(p1, q1, c1);
-      vstore2(param + i, p0 + y0, p1 + y1);
-      V s0, s1;
-      vload2(param + i, s0, s1);  // the stored values, widened
-      vstore2(comp + i, math::kahan_residual(y0, p0, s0), math::kahan_residual(y1, p1, s1));
+      kahan_store2(param + i, comp + i, p0, p1, q0, q1, c0, c1);
       vstore2(exp_avg + i, m0, m1);
       vstore2(exp_avg_sq + i, v0, v1);
       if (kAmsgrad) vstore2(max_sq + i, x0, x1);
@@ -125,9 +146,7 @@ void adam_kahan_loop(const AdamPtrs& a, int64_t begin, int64_t end,
     V q = p0, m = vload(exp_avg + i), v = vload(exp_avg_sq + i);
     V vmax = kAmsgrad ? vload(max_sq + i) : v;
     math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(q, vload(grad + i), m, v, vmax, c);
-    const V y = math::kahan_sum(p0, q, vload(comp + i));
-    vstore(param + i, p0 + y);
-    vstore(comp + i, math::kahan_residual(y, p0, vload(param + i)));
+    kahan_store(param + i, comp + i, p0, q, vload(comp + i));
     vstore(exp_avg + i, m);
     vstore(exp_avg_sq + i, v);
     if (kAmsgrad) vstore(max_sq + i, vmax);
@@ -137,9 +156,7 @@ void adam_kahan_loop(const AdamPtrs& a, int64_t begin, int64_t end,
     float q = p0, m = to_opmath(exp_avg[i]), v = to_opmath(exp_avg_sq[i]);
     float vmax = kAmsgrad ? to_opmath(max_sq[i]) : v;
     math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(q, to_opmath(grad[i]), m, v, vmax, c);
-    const float y = math::kahan_sum(p0, q, to_opmath(comp[i]));
-    param[i] = from_opmath<S>(p0 + y);
-    comp[i] = from_opmath<S>(math::kahan_residual(y, p0, to_opmath(param[i])));
+    kahan_store_tail(param + i, comp + i, p0, q);
     exp_avg[i] = from_opmath<S>(m);
     exp_avg_sq[i] = from_opmath<S>(v);
     if (kAmsgrad) max_sq[i] = from_opmath<S>(vmax);

@@ -183,9 +183,68 @@ struct SgdQ8Buffer {
   }
 };
 
+// 16-bit params S with a Kahan compensation (Note [Kahan-compensated 16-bit params] in
+// math/stochastic_round.h): math::sgd_step on the widened param (the buffer, of S, to nearest as
+// torch stores it), then the compensated store of adam_kahan_loop (kahan_store, cpu/adam_impl.h),
+// with its paired 16-bit accesses.
+template <class S>
+struct SgdDenseKahan {
+  template <bool kM, bool kN, bool kF, bool kMax, bool kS>
+  static void run(const SgdPtrs& a, int64_t begin, int64_t end, const math::SgdCoeffs<float>& c) {
+    using V = typename VecOf<S>::type;
+    constexpr int64_t W = VecOf<S>::kSize;
+    S* __restrict__ param = static_cast<S*>(a.param);
+    const S* __restrict__ grad = static_cast<const S*>(a.grad);
+    S* __restrict__ buf = static_cast<S*>(a.momentum_buffer);
+    S* __restrict__ comp = static_cast<S*>(a.kahan_comp);
+    int64_t i = begin;
+    if constexpr (HasPaired<S>::value) {  // two vectors per register (see adam_loop)
+      for (; i + 2 * W <= end; i += 2 * W) {
+        V p0, p1, g0, g1, c0, c1, b0, b1;
+        vload2(param + i, p0, p1);
+        vload2(grad + i, g0, g1);
+        vload2(comp + i, c0, c1);
+        if (kM && !kF) {
+          vload2(buf + i, b0, b1);
+        } else {
+          b0 = p0;
+          b1 = p1;
+        }
+        V q0 = p0, q1 = p1;
+        math::sgd_step<kM, kN, kF, kMax, kS>(q0, g0, b0, c);
+        math::sgd_step<kM, kN, kF, kMax, kS>(q1, g1, b1, c);
+        kahan_store2(param + i, comp + i, p0, p1, q0, q1, c0, c1);
+        if (kM) vstore2(buf + i, b0, b1);
+      }
+    }
+    for (; i + W <= end; i += W) {
+      const V p0 = vload(param + i);
+      V q = p0;
+      V b = (kM && !kF) ? vload(buf + i) : p0;
+      math::sgd_step<kM, kN, kF, kMax, kS>(q, V(vload(grad + i)), b, c);
+      kahan_store(param + i, comp + i, p0, q, vload(comp + i));
+      if (kM) vstore(buf + i, b);
+    }
+    for (; i < end; ++i) {  // tail: the same math on single elements
+      const float p0 = to_opmath(param[i]);
+      float q = p0;
+      float b = (kM && !kF) ? to_opmath(buf[i]) : p0;
+      math::sgd_step<kM, kN, kF, kMax, kS>(q, to_opmath(grad[i]), b, c);
+      kahan_store_tail(param + i, comp + i, p0, q);
+      if (kM) buf[i] = from_opmath<S>(b);
+    }
+  }
+};
+
 template <class S>
 void sgd_range(const SgdPtrs& a, int64_t begin, int64_t end,
                const math::SgdCoeffs<opmath_t<S>>& c, SgdFlags f) {
+  if constexpr (std::is_same<S, bf16>::value || std::is_same<S, fp16>::value) {
+    if (f.kahan) {
+      sgd_switch<SgdDenseKahan<S>>(f, a, begin, end, c);
+      return;
+    }
+  }
   if constexpr (std::is_same<S, bf16>::value) {
     if (f.stochastic_round) {
       for_each_sr_block(a.sr_seed, 0, begin, end, 0,

@@ -120,9 +120,8 @@ struct SrOp {
 };
 
 // 16-bit params P and moments with a Kahan compensation (adam_kahan_loop; Note [Kahan-
-// compensated 16-bit params]): the step on the widened param, the compensated sum stored rounded
-// to nearest. The CPU reads the stored param back for the new compensation; here the rounded
-// value is widened from a register (the same bits).
+// compensated 16-bit params]): the step on the widened param, then kahan_store
+// (cuda/mixed_launch.cuh).
 template <class P, bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale>
 struct KahanOp {
   AdamLaunchArgs<float> a;
@@ -141,10 +140,7 @@ struct KahanOp {
       float vmax = kAmsgrad ? static_cast<float>(max_sq[j]) : v;
       math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(q, static_cast<float>(grad[j]), m,
                                                                v, vmax, cf);
-      const float y = math::kahan_sum(p0, q, static_cast<float>(comp[j]));
-      const P stored = P(p0 + y);  // round to nearest even
-      param[j] = stored;
-      comp[j] = P(math::kahan_residual(y, p0, static_cast<float>(stored)));
+      kahan_store(param[j], comp[j], p0, q);
       exp_avg[j] = P(m);  // moments: rounded to nearest, as torch stores them
       exp_avg_sq[j] = P(v);
       if (kAmsgrad) max_sq[j] = P(vmax);

@@ -1,6 +1,6 @@
 // The launcher of the opt-in modes' CUDA kernels (master weights, stochastic rounding of
-// bfloat16 params, bfloat16 and 8-bit optimizer states; adam_'s Kahan-compensated 16-bit
-// params), shared by adam_
+// bfloat16 params, bfloat16 and 8-bit optimizer states, Kahan-compensated 16-bit params),
+// shared by adam_
 // (cuda/adam_mixed_kernels.cuh) and sgd_ (cuda/sgd_mixed_kernels.cuh): each supplies its
 // per-chunk functors and the element sizes of its arrays; the cutting into pieces and chunks,
 // the keys and the launches are here.
@@ -11,9 +11,10 @@
 // random bits by the element's index in its tensor, so they have their own small launcher next
 // to multi_tensor_apply (whose chunks offset every array by one element type): one launch per
 // list of tensors, everything in the kernel arguments (as Note [Chunks and blocks]), each tensor
-// cut into chunks of kChunk elements, one thread block per chunk. adam_'s Kahan mode (every
-// array in the param's dtype, no random bits) runs here too, as one more element-wise mode next
-// to master weights, whose per-tensor step counts (device mode) and found_inf it shares.
+// cut into chunks of kChunk elements, one thread block per chunk. The Kahan mode of adam_ and
+// sgd_ (every array in the param's dtype, no random bits) runs here too, as one more element-wise
+// mode next to master weights, whose per-tensor step counts (adam_'s device mode) and found_inf
+// it shares; its compensated store is kahan_store below, for both ops.
 //   * A tensor is first cut into pieces of at most 2^32 elements, starting at multiples of 2^32:
 //     sr_key(seed, step, i >> 32, stream) is constant over a piece, so the host computes it once
 //     per piece and passes it by value; in a piece, uint32(i) is the element's offset in the
@@ -53,7 +54,7 @@ constexpr int64_t kPiece = int64_t(1) << 32;  // elements per random-bit key
 static_assert(kChunk % math::kQ8Block == 0 && kPiece % kChunk == 0, "chunks hold whole blocks");
 static_assert(kThreads % 32 == 0 && math::kQ8Block % 32 == 0, "warps own whole blocks");
 
-// The modes; kPlain is the op's multi_tensor_apply path; kKahan: adam_ only.
+// The modes; kPlain is the op's multi_tensor_apply path.
 enum class Mode : int { kPlain = 0, kMaster, kSR, kBf16States, kQ8States, kKahan };
 
 // One piece of a tensor (<= kPiece elements): its arrays, in an order each op's functors define
@@ -126,6 +127,18 @@ void launch_pieces(const std::vector<Piece>& pieces, const Op& op) {
     blocks += chunks;
   }
   flush();
+}
+
+// The compensated store of Note [Kahan-compensated 16-bit params] (math/stochastic_round.h) for
+// one element of a 16-bit param P: p0 the param as stored (widened), q the param after the
+// optimizer's step on p0. The CPU (kahan_store in cpu/adam_impl.h) reads the stored param back
+// for the new compensation; here the rounded value is widened from a register (the same bits).
+template <class P>
+__device__ __forceinline__ void kahan_store(P& param, P& comp, float p0, float q) {
+  const float y = math::kahan_sum(p0, q, static_cast<float>(comp));
+  const P stored = P(p0 + y);  // round to nearest even
+  param = stored;
+  comp = P(math::kahan_residual(y, p0, static_cast<float>(stored)));
 }
 
 // One tensor of a mixed launch: its arrays (by mode, as Piece::addr), its size, its seed (the

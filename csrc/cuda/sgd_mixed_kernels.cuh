@@ -1,15 +1,17 @@
-// SGD-with-momentum CUDA kernels of the opt-in modes: master weights, stochastic rounding of
-// bfloat16 params (Note [Master weights and stochastic rounding] in math/stochastic_round.h), a
-// bfloat16 or 8-bit momentum buffer for float32 params (Note [Reduced-precision optimizer
-// states] in math/quantize.h). The CPU loops they mirror bit for bit: SgdDenseMaster,
-// SgdDenseSr, SgdBf16Buffer and SgdQ8Buffer in cpu/sgd_impl.h. Launched by the shared launcher
+// SGD CUDA kernels of the opt-in modes: master weights, stochastic rounding of bfloat16 params
+// (Note [Master weights and stochastic rounding] in math/stochastic_round.h), a bfloat16 or 8-bit
+// momentum buffer for float32 params (Note [Reduced-precision optimizer states] in
+// math/quantize.h), Kahan-compensated 16-bit params (Note [Kahan-compensated 16-bit params]).
+// The CPU loops they mirror bit for bit: SgdDenseMaster, SgdDenseSr, SgdBf16Buffer, SgdQ8Buffer
+// and SgdDenseKahan in cpu/sgd_impl.h. Launched by the shared launcher
 // of cuda/mixed_launch.cuh (Note [Mixed-mode launches]); the op glue is ops/sgd_cuda.cu.
-//   * master, stochastic rounding, bfloat16 buffer: one thread per element.
+//   * master, stochastic rounding, bfloat16 buffer, Kahan: one thread per element.
 //   * 8-bit buffer (exp_avg's signed map and random bits, bits_of_m): one warp per quantization
 //     block; decode (skipped on the first step, as the CPU), math::sgd_step, the block's
 //     NaN-propagating max of |buf| by shuffles, q8_scale_signed (a NaN or inf max: codes 0 and
 //     scale NaN), encode from registers.
-// Every mode needs momentum (the shared checks), so the functors are for kMomentum = true. SGD
+// Every mode but Kahan needs momentum (the shared checks), so their functors are for
+// kMomentum = true; SgdKahanOp takes it as a parameter (with momentum 0 it reads no buffer). SGD
 // has no step count: the keys are sr_key(seed, 0, i >> 32, stream) (stream 0 for the param's
 // rounding, math::kStateStream for the buffer's) and the op advances the seed after the step.
 // lr, grad_scale and found_inf on the GPU are read by the kernel, as SgdOp (cuda/sgd_kernels.cuh).
@@ -40,11 +42,14 @@ namespace mixed {
 //   kBf16States: param, grad (float32), momentum buffer (bfloat16)
 //   kQ8States:   param, grad (float32), momentum buffer codes (int8), its block scales
 //                (float32, one per block; offset to the piece's first block)
+//   kKahan:      param, grad, momentum buffer (null without momentum), kahan_comp (P: bfloat16
+//                or float16, all four)
 inline std::array<int, 6> sgd_element_bytes(Mode mode, int param_bytes) {
   switch (mode) {
     case Mode::kMaster: return {param_bytes, param_bytes, 4, 4, 0, 0};
     case Mode::kSR: return {2, 2, 2, 0, 0, 0};
     case Mode::kBf16States: return {4, 4, 2, 0, 0, 0};
+    case Mode::kKahan: return {2, 2, 2, 2, 0, 0};
     default: return {4, 4, 1, 0, 0, 0};  // kQ8States; 0: the scales
   }
 }
@@ -108,6 +113,30 @@ struct SgdSrOp {
       param[j].x = static_cast<uint16_t>(
           math::round_bf16_stochastic(p, math::sr_random16(lo, pc.key)));
       buf[j] = B(b);  // the buffer: rounded to nearest, as torch stores it
+    }
+  }
+};
+
+// 16-bit params P with a Kahan compensation, with or without momentum (SgdDenseKahan): the step
+// on the widened param (the buffer, of P, to nearest as torch stores it), then kahan_store
+// (cuda/mixed_launch.cuh).
+template <class P, bool kM, bool kN, bool kF, bool kMax, bool kS>
+struct SgdKahanOp {
+  SgdLaunchArgs<float> a;
+  __device__ __forceinline__ void operator()(const Piece& pc, int64_t begin, int64_t n) const {
+    if (sgd_skipped(a)) return;
+    const math::SgdCoeffs<float> cf = sgd_coeffs<kS>(a);
+    P* param = static_cast<P*>(pc.addr[0]) + begin;
+    const P* grad = static_cast<const P*>(pc.addr[1]) + begin;
+    P* buf = kM ? static_cast<P*>(pc.addr[2]) + begin : nullptr;
+    P* comp = static_cast<P*>(pc.addr[3]) + begin;
+    for (int64_t j = threadIdx.x; j < n; j += kThreads) {
+      const float p0 = static_cast<float>(param[j]);
+      float q = p0;
+      float b = (kM && !kF) ? static_cast<float>(buf[j]) : p0;
+      math::sgd_step<kM, kN, kF, kMax, kS>(q, static_cast<float>(grad[j]), b, cf);
+      kahan_store(param[j], comp[j], p0, q);
+      if (kM) buf[j] = P(b);  // the buffer: rounded to nearest, as torch stores it
     }
   }
 };
@@ -193,12 +222,13 @@ struct SgdQ8BufferOp {
 };
 
 // One launch key's tensors in `mode` (not kPlain): param dtype `param_dtype` (16-bit for
-// kMaster, bfloat16 for kSR, float32 for the state modes), float32 math and coefficients, keys
-// at step 0 (SGD's; the op advances the seeds).
+// kMaster and kKahan, bfloat16 for kSR, float32 for the state modes), float32 math and
+// coefficients, keys at step 0 (SGD's; the op advances the seeds). `momentum`: kKahan only (the
+// other modes have it).
 inline void launch_sgd_mixed(Mode mode, at::ScalarType param_dtype,
                              const std::vector<MixedItem>& items,
-                             const SgdLaunchArgs<float>& args, bool nesterov, bool first,
-                             bool maximize, bool scale) {
+                             const SgdLaunchArgs<float>& args, bool momentum, bool nesterov,
+                             bool first, bool maximize, bool scale) {
   const int param_bytes = param_dtype == at::kFloat ? 4 : 2;
   const std::vector<Piece> pieces =
       make_pieces(items, sgd_element_bytes(mode, param_bytes), /*sr_step=*/0,
@@ -223,6 +253,15 @@ inline void launch_sgd_mixed(Mode mode, at::ScalarType param_dtype,
               break;
             case Mode::kQ8States:
               launch_pieces(pieces, SgdQ8BufferOp<kN, kF, kMax, kS>{args});
+              break;
+            case Mode::kKahan:
+              PYOPTIM_BOOL_SWITCH(momentum, kM, [&] {
+                if (param_dtype == at::kBFloat16) {
+                  launch_pieces(pieces, SgdKahanOp<c10::BFloat16, kM, kN, kF, kMax, kS>{args});
+                } else {
+                  launch_pieces(pieces, SgdKahanOp<c10::Half, kM, kN, kF, kMax, kS>{args});
+                }
+              });
               break;
             default:
               TORCH_INTERNAL_ASSERT(false, "launch_sgd_mixed: not a mixed mode");

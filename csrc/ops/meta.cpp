@@ -87,12 +87,14 @@ void sgd_meta(at::TensorList params, at::TensorList grads, at::TensorList moment
               const std::optional<at::Tensor>& found_inf, bool /*validate_only*/,
               const std::optional<at::TensorList>& master_list,
               const std::optional<at::TensorList>& seed_list,
-              const std::optional<at::TensorList>& scale_list) {
+              const std::optional<at::TensorList>& scale_list,
+              const std::optional<at::TensorList>& comp_list) {
   ops::WriteSet writes;
   ops::check_sgd_call("pyoptim.sgd_", c10::DeviceType::Meta, params, grads, momentum_buffers,
                       group_sizes, hyper, flags, first_step, lr_tensors, grad_scale, found_inf,
                       master_list.value_or(at::TensorList()), seed_list.value_or(at::TensorList()),
-                      scale_list.value_or(at::TensorList()), writes);
+                      scale_list.value_or(at::TensorList()), comp_list.value_or(at::TensorList()),
+                      writes);
 }
 
 void sparse_adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,

@@ -31,7 +31,7 @@ inline void check_sgd_hyper(double momentum, double dampening, double weight_dec
 // order.
 struct SgdGroup {
   double lr, momentum, dampening, weight_decay;
-  bool nesterov, maximize, master_weights, stochastic_rounding, bf16_states, q8_states;
+  bool nesterov, maximize, master_weights, stochastic_rounding, bf16_states, q8_states, kahan;
   std::optional<at::Tensor> lr_tensor;  // a Tensor lr: its value replaces lr
   bool has_momentum() const { return momentum != 0.0; }
   cpu::StateFormat states() const {  // the momentum buffer's format (float32 params)
@@ -42,7 +42,7 @@ struct SgdGroup {
 };
 
 constexpr size_t kSgdHypers = 4;
-constexpr size_t kSgdFlags = 6;
+constexpr size_t kSgdFlags = 7;
 
 // One sgd_ call, checked: per group its settings; per tensor its group, its momentum buffer's
 // entry (-1 without momentum), whether that buffer takes its first step, and for a sparse
@@ -52,8 +52,9 @@ struct SgdCall {
   std::vector<SgdGroup> groups;
   std::vector<size_t> group;
   // master: entry in master_params, -1 outside master groups; seed: in sr_seeds, -1 outside
-  // stochastic_rounding / state groups; scale: in buffer_scales, -1 outside q8_states groups
-  std::vector<int64_t> buf, master, seed, scale;
+  // stochastic_rounding / state groups; scale: in buffer_scales, -1 outside q8_states groups;
+  // comp: in kahan_comps, -1 outside kahan groups
+  std::vector<int64_t> buf, master, seed, scale, comp;
   std::vector<bool> first;
   std::vector<std::optional<CooGrad>> sparse;
   const SgdGroup& of(size_t i) const { return groups[group[i]]; }
@@ -66,7 +67,7 @@ inline SgdCall check_sgd_call(
     const c10::List<std::optional<at::Tensor>>& lr_tensors,
     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
     at::TensorList master_params, at::TensorList sr_seeds, at::TensorList buffer_scales,
-    WriteSet& writes) {
+    at::TensorList kahan_comps, WriteSet& writes) {
   const size_t n = params.size();
   const Groups groups(op, group_sizes, n);
   groups.check_packed(hyper.size(), kSgdHypers, flags.size(), kSgdFlags);
@@ -77,7 +78,7 @@ inline SgdCall check_sgd_call(
   if (n > 0 && params[0].defined()) call.device = params[0].device();
   const auto lr_ts = groups.lr_tensors(lr_tensors, call.device);
   std::vector<bool> has_buf(groups.count()), mw(groups.count()), seeded(groups.count()),
-      q8(groups.count());
+      q8(groups.count()), kahan(groups.count());
   call.groups.resize(groups.count());
   for (size_t g = 0; g < groups.count(); ++g) {
     const double* h = hyper.data() + g * kSgdHypers;
@@ -93,6 +94,7 @@ inline SgdCall check_sgd_call(
                  flags.get(f + 3),
                  flags.get(f + 4),
                  flags.get(f + 5),
+                 flags.get(f + 6),
                  lr_ts[g]};
     check_sgd_hyper(s.momentum, s.dampening, s.weight_decay, s.nesterov);
     if (!lr_ts[g].has_value()) TORCH_CHECK_VALUE(s.lr >= 0.0, "Invalid learning rate: ", s.lr);
@@ -107,10 +109,14 @@ inline SgdCall check_sgd_call(
     TORCH_CHECK_VALUE(!s.seeded() || s.has_momentum(), op, ": param group ", g,
                       " has stochastic_rounding or reduced-precision states without momentum; "
                       "they are for SGD with momentum");
+    TORCH_CHECK_VALUE(!s.kahan || !(s.master_weights || s.stochastic_rounding || reduced), op,
+                      ": param group ", g, " has kahan with master_weights, stochastic_rounding "
+                      "or reduced-precision states; a group's params are stored one way");
     has_buf[g] = s.has_momentum();
     mw[g] = s.master_weights;
     seeded[g] = s.seeded();
     q8[g] = s.q8_states;
+    kahan[g] = s.kahan;
   }
   call.master = positions_in_partial_list(op, groups, n, mw, master_params.size(),
                                           "master_params", "param of a master_weights group");
@@ -121,6 +127,8 @@ inline SgdCall check_sgd_call(
                                         "q8_states group");
   call.scale = positions_in_partial_list(op, groups, n, q8, buffer_scales.size(),
                                          "buffer_scales", "param of a q8_states group");
+  call.comp = positions_in_partial_list(op, groups, n, kahan, kahan_comps.size(), "kahan_comps",
+                                        "param of a kahan group");
   TORCH_CHECK_VALUE(first_step.size() == 0 || first_step.size() == momentum_buffers.size(), op,
                     ": first_step has ", first_step.size(),
                     " entries; expected none or one per momentum buffer (",
@@ -163,6 +171,15 @@ inline SgdCall check_sgd_call(
       if (reduced) buf_dtype = grp.bf16_states ? at::kBFloat16 : at::kChar;
     }
     if (call.scale[i] >= 0) check_block_scales(op, buffer_scales, call.scale[i], p, i, writes);
+    if (call.comp[i] >= 0) {  // Note [Kahan-compensated 16-bit params]: with or without momentum
+      TORCH_CHECK_VALUE(p.scalar_type() == at::kBFloat16 || p.scalar_type() == at::kHalf, op,
+                        ": params[", i, "] has dtype ", p.scalar_type(),
+                        "; kahan is for bfloat16 and float16 params");
+      TORCH_CHECK_VALUE(g.layout() != at::kSparse, op, ": grads[", i,
+                        "] is sparse; kahan takes dense grads");
+      check_like_param(op, p, kahan_comps[call.comp[i]], "kahan_comps", i);
+      writes.add(kahan_comps[call.comp[i]], "kahan_comps", i);
+    }
     if (g.layout() == at::kSparse) {
       call.sparse[i] = check_coo_grad(op, p, g, i);
     } else {

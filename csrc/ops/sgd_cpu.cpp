@@ -41,7 +41,7 @@ namespace {
 constexpr const char* kOp = "pyoptim.sgd_";
 
 struct SgdItem {
-  at::Tensor param, grad, buf, master;  // work tensors: the user's, or row-major copies
+  at::Tensor param, grad, buf, master, comp;  // work tensors: the user's, or row-major copies
   cpu::SgdPtrs ptrs;
   cpu::SgdFlags flags;
 };
@@ -96,17 +96,19 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
              const std::optional<at::Tensor>& found_inf, bool validate_only,
              const std::optional<at::TensorList>& master_list,
              const std::optional<at::TensorList>& seed_list,
-             const std::optional<at::TensorList>& scale_list) {
+             const std::optional<at::TensorList>& scale_list,
+             const std::optional<at::TensorList>& comp_list) {
   std::vector<at::Tensor> own_grads;  // Note [Grads read by the op] in ops/checks.h
   grads = ops::grads_of_params(kOp, params, grads, own_grads);
   const at::TensorList master_params = master_list.value_or(at::TensorList());
   const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
   const at::TensorList buffer_scales = scale_list.value_or(at::TensorList());
+  const at::TensorList kahan_comps = comp_list.value_or(at::TensorList());
   // ---- 1. validate everything (sparse rows grouped); nothing is written here --------------
   ops::WriteSet writes;
   const ops::SgdCall call = ops::check_sgd_call(
       kOp, c10::DeviceType::CPU, params, grads, momentum_buffers, group_sizes, hyper, flags, first_step, lr_tensors, grad_scale, found_inf,
-      master_params, sr_seeds, buffer_scales, writes);
+      master_params, sr_seeds, buffer_scales, kahan_comps, writes);
   double scale = 1.0;
   if (grad_scale.has_value()) {
     scale = ops::scalar_value(*grad_scale, "grad_scale");
@@ -168,13 +170,15 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
     it.flags = cpu::SgdFlags{grp.has_momentum(),    grp.nesterov,
                              call.first[i],         grp.maximize,
                              grad_scale.has_value(), grp.stochastic_rounding,
-                             grp.states()};
+                             grp.states(),          grp.kahan};
     const at::Tensor& master = call.master[i] >= 0 ? master_params[call.master[i]] : none;
-    if (ops::same_dense_layout(params[i], {&grads[i], &buf, &master})) {
+    const at::Tensor& comp = call.comp[i] >= 0 ? kahan_comps[call.comp[i]] : none;
+    if (ops::same_dense_layout(params[i], {&grads[i], &buf, &master, &comp})) {
       it.param = params[i];
       it.grad = grads[i];
       it.buf = buf;
       it.master = master;
+      it.comp = comp;
     } else {  // layouts differ: work on row-major copies (only those that are not already)
       it.param = params[i].contiguous();
       it.grad = grads[i].contiguous();
@@ -183,6 +187,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
         it.buf = call.first[i] ? at::empty_like(it.param, buf.options()) : buf.contiguous();
       }
       if (master.defined()) it.master = master.contiguous();
+      if (comp.defined()) it.comp = comp.contiguous();
     }
     it.ptrs = cpu::SgdPtrs{
         it.param.data_ptr(),
@@ -191,7 +196,8 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
         it.master.defined() ? it.master.data_ptr() : nullptr,
         call.seed[i] >= 0 ? static_cast<uint64_t>(*sr_seeds[call.seed[i]].const_data_ptr<int64_t>())
                           : 0,
-        call.scale[i] >= 0 ? buffer_scales[call.scale[i]].data_ptr() : nullptr};
+        call.scale[i] >= 0 ? buffer_scales[call.scale[i]].data_ptr() : nullptr,
+        it.comp.defined() ? it.comp.data_ptr() : nullptr};
     split.add(params[i].numel(), master.defined() ? 4 : params[i].element_size(),
               grp.q8_states ? math::kQ8Block : ops::ItemSplit::kAlign);
     items.push_back(std::move(it));
@@ -204,7 +210,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
     s.flags = cpu::SgdFlags{grp.has_momentum(),    grp.nesterov,
                             call.first[i],         grp.maximize,
                             grad_scale.has_value(), false,
-                            cpu::StateFormat::kParam};  // (the modes take dense grads)
+                            cpu::StateFormat::kParam, false};  // (the modes take dense grads)
     s.values = call.sparse[i]->values.contiguous();
     s.param = params[i].is_contiguous() ? params[i] : params[i].contiguous();
     s.buf = (!buf.defined() || buf.is_contiguous()) ? buf : buf.contiguous();
@@ -263,6 +269,9 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
     }
     if (it.master.defined() && !it.master.is_same(master_params[call.master[i]])) {
       master_params[call.master[i]].copy_(it.master);
+    }
+    if (it.comp.defined() && !it.comp.is_same(kahan_comps[call.comp[i]])) {
+      kahan_comps[call.comp[i]].copy_(it.comp);
     }
   }
   for (const SparseItem& s : sparse) {

@@ -9,9 +9,9 @@
 // Sparse grads: their rows are grouped while validating (one sync for the index range,
 // cuda/sparse_rows.cuh), then one warp per unique row. A call with a sparse grad reads its
 // scalars on the host: it syncs anyway.
-// The opt-in modes (master weights, stochastic rounding, bfloat16 / 8-bit momentum buffer;
-// dense grads only, with momentum: the shared checks): one launch per (group, dtype, first
-// step) through the launcher of Note [Mixed-mode launches] (cuda/sgd_mixed_kernels.cuh), the
+// The opt-in modes (master weights, stochastic rounding, bfloat16 / 8-bit momentum buffer, with
+// momentum; Kahan, with or without; dense grads only: the shared checks): one launch per (group,
+// dtype, first step) through the launcher of Note [Mixed-mode launches] (cuda/sgd_mixed_kernels.cuh), the
 // same bits as the CPU kernels (cpu/sgd_impl.h). The stochastic ones ("seeded": an sr_seed per
 // param, an int64 CPU tensor read on the host for the keys) add one to each seed after the step,
 // as the CPU op; a call with a seeded param therefore reads found_inf on the host (a sync where
@@ -50,6 +50,7 @@ Mode mode_of(const ops::SgdGroup& g) {
   if (g.stochastic_rounding) return Mode::kSR;
   if (g.bf16_states) return Mode::kBf16States;
   if (g.q8_states) return Mode::kQ8States;
+  if (g.kahan) return Mode::kKahan;
   return Mode::kPlain;
 }
 
@@ -70,15 +71,17 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
               const std::optional<at::Tensor>& found_inf, bool validate_only,
               const std::optional<at::TensorList>& master_list,
               const std::optional<at::TensorList>& seed_list,
-              const std::optional<at::TensorList>& scale_list) {
+              const std::optional<at::TensorList>& scale_list,
+              const std::optional<at::TensorList>& comp_list) {
   const at::TensorList master_params = master_list.value_or(at::TensorList());
   const at::TensorList sr_seeds = seed_list.value_or(at::TensorList());
   const at::TensorList buffer_scales = scale_list.value_or(at::TensorList());
+  const at::TensorList kahan_comps = comp_list.value_or(at::TensorList());
   // ---- 1. validate everything (sparse rows grouped); nothing is written here --------------
   ops::WriteSet writes;
   const ops::SgdCall call = ops::check_sgd_call(
       kOp, c10::DeviceType::CUDA, params, grads, momentum_buffers, group_sizes, hyper, flags, first_step, lr_tensors, grad_scale, found_inf,
-      master_params, sr_seeds, buffer_scales, writes);
+      master_params, sr_seeds, buffer_scales, kahan_comps, writes);
   const size_t n = params.size();
   const c10::Device dev = call.device;
   bool any_sparse = false, any_seeded = false;
@@ -179,7 +182,7 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   if (inf_on_device) inf_ref = cuda::mta::device_scalar(*found_inf, keep_alive);
 
   struct Work {
-    at::Tensor param, grad, buf, master;
+    at::Tensor param, grad, buf, master, comp;
   };
   std::vector<Work> work(n);
   std::map<DenseKey, std::vector<cuda::SgdWork>> launches;
@@ -196,14 +199,18 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
     const Mode mode = mode_of(call.of(i));
     if (mode != Mode::kPlain) {  // as the CPU op plans them (ops/sgd_cpu.cpp)
       const at::Tensor& master = call.master[i] >= 0 ? master_params[call.master[i]] : none;
-      if (ops::same_dense_layout(params[i], {&grads[i], &buf, &master})) {
-        w = Work{params[i], grads[i], buf, master};
+      const at::Tensor& comp = call.comp[i] >= 0 ? kahan_comps[call.comp[i]] : none;
+      if (ops::same_dense_layout(params[i], {&grads[i], &buf, &master, &comp})) {
+        w = Work{params[i], grads[i], buf, master, comp};
       } else {  // layouts differ: work on row-major copies (only those that are not already)
         w.param = params[i].contiguous();
         w.grad = grads[i].contiguous();
         // a first-step buffer is written before it is read: no need to copy its contents
-        w.buf = call.first[i] ? at::empty_like(w.param, buf.options()) : buf.contiguous();
+        if (buf.defined()) {
+          w.buf = call.first[i] ? at::empty_like(w.param, buf.options()) : buf.contiguous();
+        }
         if (master.defined()) w.master = master.contiguous();
+        if (comp.defined()) w.comp = comp.contiguous();
       }
       void* const grad = const_cast<void*>(w.grad.const_data_ptr());
       std::array<void*, 6> addr{};
@@ -215,6 +222,10 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
         case Mode::kQ8States:  // the block scales are contiguous (checked), updated in place
           addr = {w.param.data_ptr(), grad, w.buf.data_ptr(),
                   buffer_scales[call.scale[i]].data_ptr(), nullptr, nullptr};
+          break;
+        case Mode::kKahan:  // no buffer without momentum
+          addr = {w.param.data_ptr(), grad, w.buf.defined() ? w.buf.data_ptr() : nullptr,
+                  w.comp.data_ptr(), nullptr, nullptr};
           break;
         default:  // kSR, kBf16States
           addr = {w.param.data_ptr(), grad, w.buf.data_ptr(), nullptr, nullptr, nullptr};
@@ -277,8 +288,8 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
     a.lr_dev = lr_ref[key.group];
     a.scale_dev = scale_ref;
     a.found_inf = inf_ref;
-    cuda::mixed::launch_sgd_mixed(mode, key.dtype, launch.second, a, grp.nesterov, key.first,
-                                  grp.maximize, has_scale);
+    cuda::mixed::launch_sgd_mixed(mode, key.dtype, launch.second, a, grp.has_momentum(),
+                                  grp.nesterov, key.first, grp.maximize, has_scale);
   }
   for (size_t i = 0; i < n; ++i) {
     if (!call.sparse[i].has_value() || rows[i].num_unique == 0) continue;
@@ -310,6 +321,9 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
     }
     if (w.master.defined() && !w.master.is_same(master_params[call.master[i]])) {
       master_params[call.master[i]].copy_(w.master);
+    }
+    if (w.comp.defined() && !w.comp.is_same(kahan_comps[call.comp[i]])) {
+      kahan_comps[call.comp[i]].copy_(w.comp);
     }
   }
   // ---- 5. the next step's seeds (SGD has no step count to key the random bits); the kernels

@@ -844,6 +844,40 @@ void adam_kahan_cases() {
   }
 }
 
+// SGD on 16-bit params with a Kahan compensation, with and without momentum.
+template <class P>
+void sgd_kahan_cases() {
+  for (int bits = 0; bits < 32; ++bits) {
+    SgdFlags f = sgd_flags(bits);
+    if (!f.momentum && (f.nesterov || f.first_step)) continue;  // unused without momentum
+    f.kahan = true;
+    for (double wd : {0.0, 1e-2}) {
+      const auto c = math::make_sgd_coeffs<float>(1e-2, 0.9, 0.1, wd, f.scale ? 1024.0 : 1.0);
+      for (int64_t n : kSizes) {
+        for (int64_t begin : kBegins) {
+          if (begin > n) continue;
+          std::vector<P> p = values<P>(n, -1, 1), g = values<P>(n, -2, 2),
+                         b = values<P>(n, -0.5, 0.5), k = values<P>(n, -1e-3, 1e-3);
+          add_specials<P>({&p, &g, &b, &k});
+          std::vector<P> p2 = p, b2 = b, k2 = k;
+          pick<P>(scalar_table().sgd.dense)(
+              SgdPtrs{p.data(), g.data(), b.data(), nullptr, 0, nullptr, k.data()}, begin, n, c,
+              f);
+          pick<P>(neon_table().sgd.dense)(
+              SgdPtrs{p2.data(), g.data(), b2.data(), nullptr, 0, nullptr, k2.data()}, begin, n,
+              c, f);
+          const std::string what = "sgd_kahan[" + sgd_text(f) + " wd=" + std::to_string(wd) +
+                                   " n=" + std::to_string(n) +
+                                   " begin=" + std::to_string(begin) + "]";
+          ++g_cases;
+          same(p2, p, what + " param") && same(k2, k, what + " kahan_comp") &&
+              same(b2, b, what + " momentum_buffer");
+        }
+      }
+    }
+  }
+}
+
 // The whole-tensor conversions (quantize_8bit / dequantize_8bit's kernels).
 void q8_conversion_cases() {
   for (bool sqrt_map : {false, true}) {
@@ -921,6 +955,8 @@ int main(int argc, char** argv) {
   section("sgd_modes", "mixed", [] { sgd_modes_cases(); });
   section("adam_kahan", "bfloat16", [] { adam_kahan_cases<bf16>(); });
   section("adam_kahan", "float16", [] { adam_kahan_cases<fp16>(); });
+  section("sgd_kahan", "bfloat16", [] { sgd_kahan_cases<bf16>(); });
+  section("sgd_kahan", "float16", [] { sgd_kahan_cases<fp16>(); });
   section("sgd_master", "bfloat16", [] { sgd_master_cases<bf16>(); });
   section("sgd_master", "float16", [] { sgd_master_cases<fp16>(); });
   std::printf("dispatch:\n");

@@ -85,7 +85,9 @@ struct AdamKernels {
 // math/stochastic_round.h), master_param and the buffer are float32.
 // With stochastic rounding or reduced states, sr_seed keys the random bits (SGD has no step
 // count: the op adds one to the seed tensor each step, Note [Reduced-precision optimizer
-// states]); 8-bit buffers have one float32 scale per math::kQ8Block elements.
+// states]); 8-bit buffers have one float32 scale per math::kQ8Block elements. With Kahan
+// (16-bit params), kahan_comp holds the param's compensation (its dtype; Note [Kahan-compensated
+// 16-bit params] in math/stochastic_round.h).
 struct SgdPtrs {
   void* param;
   const void* grad;
@@ -93,6 +95,7 @@ struct SgdPtrs {
   void* master_param;
   uint64_t sr_seed;
   void* buffer_scale;
+  void* kahan_comp;
 };
 struct SgdFlags {
   bool momentum;  // momentum != 0
@@ -102,6 +105,7 @@ struct SgdFlags {
   bool scale;  // divide grads by coeffs.grad_scale
   bool stochastic_round;  // bfloat16 params only: store the param rounded stochastically
   StateFormat states;     // float32 params with momentum only: the buffer's format
+  bool kahan;             // 16-bit params only: compensated store (kahan_comp)
 };
 template <class T>
 using SgdFn = void (*)(const SgdPtrs&, int64_t begin, int64_t end, const math::SgdCoeffs<T>&,

@@ -133,18 +133,23 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE U sr_random16(U lo, const SrKey& k) {
 }
 
 // Note [Kahan-compensated 16-bit params]
-// kahan_summation=True (adam_, bfloat16 or float16 params, without master weights): the state
-// holds `kahan_comp`, a tensor of the param's dtype carrying what rounding the param to 16 bits
-// lost (torch-optimi's compensation buffer). Per element, in float32, with p the stored param,
-// q the param after math::adam_step (on p) and c the compensation:
+// kahan_summation=True (adam_ and sgd_, bfloat16 or float16 params, without master weights):
+// the state holds `kahan_comp`, a tensor of the param's dtype carrying what rounding the param
+// to 16 bits lost (torch-optimi's compensation buffer). Per element, in float32, with p the
+// stored param, q the param after the optimizer's step on p (math::adam_step, math::sgd_step)
+// and c the compensation:
 //     y = (q - p) + c          the step plus what earlier roundings lost
 //     t = p + y                the new param, stored rounded to nearest: p' = round(t)
 //     c' = y - (p' - p)        what this rounding lost, stored rounded to nearest
 // (p' - p is exact in float32 unless p and p' differ by a factor above 2^15: then the step is
 // the whole story and c' only loses what is below its rounding). 2 bytes more read and written
-// per element than torch's 16-bit Adam (18 B against 14), no random bits. Kernels:
-// adam_kahan_loop (cpu/adam_impl.h: p' read back from the store) and KahanOp
-// (cuda/adam_mixed_kernels.cuh: p' widened from the register it was rounded in; the same bits).
+// per element than torch's 16-bit step (Adam 18 B against 14; SGD 14 against 10 with momentum,
+// 10 against 6 without), no random bits. SGD takes it without momentum too: plain 16-bit SGD is
+// where updates below half an ulp are lost, and there c is the param's only state. The store,
+// shared by both ops: kahan_store (cpu/adam_impl.h: p' read back from the store), called by
+// adam_kahan_loop and SgdDenseKahan (cpu/sgd_impl.h); kahan_store (cuda/mixed_launch.cuh: p'
+// widened from the register it was rounded in; the same bits), called by KahanOp
+// (cuda/adam_mixed_kernels.cuh) and SgdKahanOp (cuda/sgd_mixed_kernels.cuh).
 template <class V>
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE V kahan_sum(V p, V q, V c) {
   return (q - p) + c;
