@@ -46,18 +46,42 @@ def state_format(value: Any) -> str | None:
 
 
 def refuse_dtensor(group: dict, p: Tensor) -> None:
-    """TypeError for a DTensor param in a group whose step draws random bits (stochastic
-    rounding, bfloat16 or 8-bit states): the bits are keyed by the element's index in the tensor
-    the op gets, a DTensor's local shard, so every shard would draw the same bits (and 8-bit
-    blocks would follow the local shards, not the param). Raised before the step creates or
-    writes anything."""
+    """TypeError for a DTensor param in a state_dtype="8bit" group: its blocks of 256 elements
+    and their scales would follow the local shards, and the scales are not shaped like the param
+    (a DTensor laid out as it). Raised before the step creates or writes anything."""
     dtensor = _dtensor_type()
-    if dtensor is None or not isinstance(p, dtensor):
-        return
-    for flag in (SR, STATES):
-        if group.get(flag, False):
-            raise TypeError(f"{flag}={group[flag]!r} does not support DTensor params yet (its "
-                            "random bits and 8-bit blocks are per local shard)")
+    if dtensor is not None and group.get(STATES) == Q8 and isinstance(p, dtensor):
+        raise TypeError("state_dtype='8bit' does not support DTensor params yet (its blocks and "
+                        "their scales are per local shard)")
+
+
+def new_seed(p: Tensor) -> Tensor:
+    """A param's sr_seed (an int64 CPU tensor), drawn from torch's generator (torch.manual_seed
+    makes it reproducible). Note [Seeds of DTensor params]."""
+    seed = torch.randint(2**62, (), dtype=torch.int64)
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(p, dtensor):
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        _, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+        flat, stride = 0, 1
+        for o, n in zip(reversed(offset), reversed(p.shape)):
+            flat += o * stride
+            stride *= n
+        seed = (seed + flat) % 2**62
+    return seed
+
+
+# Note [Seeds of DTensor params]
+# The random bits of stochastic rounding and of bfloat16 states are keyed by (seed, step, the
+# element's index in the tensor the op gets): for a DTensor param, its local shard. With one seed
+# per param every shard would draw the same bits (ranks seeded alike draw the same seed), so a
+# DTensor param's seed is the drawn one plus the row-major offset of its local shard's first
+# element in the global tensor: each shard its own stream, the same on every run with the same
+# sharding. The seed is a plain tensor in the state (as `step`), so get/set_optimizer_state_dict
+# and torch.distributed.checkpoint treat it as replicated: a run resumed from a DCP checkpoint
+# continues with the saving rank's seed on every shard (each shard's rounding stays unbiased;
+# the shards' bits are then alike again). 8-bit states stay refused (refuse_dtensor).
 
 
 def seeded(group: dict) -> bool:
@@ -75,7 +99,7 @@ def init_states(state: dict, p: Tensor, fmt: str, maps: StateMaps) -> None:
     or a load): converted where they are in another (a float32 state: a torch.optim checkpoint,
     or a group whose state_dtype changed), with a seed where there is none."""
     if SEED_KEY not in state:
-        state[SEED_KEY] = torch.randint(2**62, (), dtype=torch.int64)
+        state[SEED_KEY] = new_seed(p)
     for key, (scale_key, sqrt_map) in maps.items():
         value = state.get(key)
         if value is None:

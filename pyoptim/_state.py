@@ -53,7 +53,7 @@ _spec_of = operator.attrgetter("_spec")  # DTensor's mesh, placements and global
 # to_local() returns, without the autograd view to_local() makes of a Parameter). Nothing local
 # is kept across steps (FSDP2 may swap a param's local tensor): the Plan keeps the positions of
 # the DTensors in each call (DeviceCall.dt_pos), so a step over plain tensors pays nothing for
-# them. Each grad and each state tensor (every key but "step") of a DTensor param must be a
+# them. Each grad and each state tensor (but _PLAIN_KEYS below) of a DTensor param must be a
 # DTensor laid out as its param, and not Partial (a grad not yet reduced: FSDP2 and DDP reduce
 # grads before step()). That is checked, and the specs found good are kept
 # (DeviceCall.dt_specs), so a step in which no spec object changed checks them with one list
@@ -63,7 +63,9 @@ _spec_of = operator.attrgetter("_spec")  # DTensor's mesh, placements and global
 # counts are plain tensors, as in torch (a DTensor count is stepped on its local value). An
 # empty local shard is a zero-element tensor, which the ops accept. A DTensor param is on the
 # device of its local shard (the CPU with FSDP2's CPUOffloadPolicy): one call per device.
-_STEP_KEY = "step"  # the one state key that is not shaped like the param
+# The state keys that are not shaped like the param: plain tensors for a DTensor param too (the
+# step count, as torch makes it; the seed of the mixed-precision modes, _mixed.SEED_KEY).
+_PLAIN_KEYS = ("step", "sr_seed")
 
 
 def _dtensor_type() -> type | None:
@@ -418,7 +420,7 @@ def _local_shards(call: DeviceCall, grads: list[Tensor], states: list[list[Any]]
     names = ["grad"]
     for key, values in zip(keys, states):
         dvalues = values if every_state else pick(values, spos)
-        if key == _STEP_KEY:  # a plain tensor or number, as torch makes it
+        if key in _PLAIN_KEYS:  # a plain tensor or number
             dtensor = _dtensor_type()
             # the value types first: isinstance with a Tensor class is a metaclass call each
             if any(issubclass(t, dtensor) for t in set(map(type, dvalues))):

@@ -42,6 +42,7 @@ from ._mixed import (
     MixedPrecision,
     init_master,
     init_states,
+    new_seed,
     refuse_dtensor,
     seeded,
     settle_modes_off,
@@ -157,8 +158,7 @@ class _AdamStep(FusedStep):
         elif group.get(_KAHAN, False) and _KAHAN_KEY not in state:
             state[_KAHAN_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)
         elif group.get(_SR, False) and _SEED_KEY not in state:
-            # a seed per param, from torch's generator (torch.manual_seed makes it reproducible)
-            state[_SEED_KEY] = torch.randint(2**62, (), dtype=torch.int64)
+            state[_SEED_KEY] = new_seed(p)  # a seed per param, from torch's generator
         if group["capturable"] and not torch.compiler.is_compiling():
             devices = _get_capturable_supported_devices()
             if not (p.device.type == state["step"].device.type and p.device.type in devices):

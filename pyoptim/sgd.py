@@ -79,6 +79,7 @@ from ._mixed import (
     MixedPrecision,
     init_master,
     init_states,
+    new_seed,
     refuse_dtensor,
     seeded,
     settle_modes_off,
@@ -170,7 +171,7 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         refuse_dtensor(group, p)
         if group.get(SR, False) and SEED_KEY not in self.state[p]:
             # a seed per param, from torch's generator; the step adds one to it
-            self.state[p][SEED_KEY] = torch.randint(2**62, (), dtype=torch.int64)
+            self.state[p][SEED_KEY] = new_seed(p)
         kahan = group.get(KAHAN, False)
         if group["momentum"] == 0 and not kahan:  # torch does not touch the state without momentum
             state = self.state.get(p)

@@ -276,11 +276,12 @@ def _sgd_mixed_dtype_grads(rank: int, mesh) -> None:
 
 
 def _mixed_precision_modes(rank: int, mesh) -> None:
-    """bfloat16 DTensor params with master weights or Kahan (Adam, SGD): each rank's
-    local shards step bit for bit as plain tensors holding the same values (the op is the same,
-    on the shards), with the extra state (master, compensation) DTensors laid out as the param.
-    The modes that draw random bits (stochastic rounding, bf16 and 8-bit states) raise
-    TypeError before anything is written or created."""
+    """DTensor params in every mixed-precision mode but 8-bit states: after a first step on the
+    DTensors, each rank's local shards step bit for bit as plain tensors holding the same values
+    and state (the op is the same, on the shards), with the extra state (master, compensation,
+    bfloat16 moments) DTensors laid out as the param and the seed a plain tensor of its own on
+    each shard (Note [Seeds of DTensor params]: ranks seeded alike, shards at other offsets).
+    state_dtype="8bit" raises TypeError before anything is written or created."""
     from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
     def params_and_grads(step: int, dtype: torch.dtype) -> tuple[list[Tensor], list[Tensor]]:
@@ -288,43 +289,67 @@ def _mixed_precision_modes(rank: int, mesh) -> None:
         full = [torch.randn(5, 3, generator=g).to(dtype), torch.randn(7, generator=g).to(dtype)]
         return full, [torch.randn(t.shape, generator=g).to(dtype) for t in full]
 
-    cases = [("AdamW", dict(lr=1e-2, master_weights=True), "master_param"),
-             ("Adam", dict(lr=1e-2, kahan_summation=True, weight_decay=0.1), "kahan_comp"),
-             ("SGD", dict(lr=0.1, momentum=0.9, master_weights=True), "master_param"),
-             ("SGD", dict(lr=0.1, momentum=0.9, kahan_summation=True), "kahan_comp"),
-             ("SGD", dict(lr=0.1, kahan_summation=True, weight_decay=0.1), "kahan_comp")]
-    for cls, kwargs, key in cases:
-        init, _ = params_and_grads(0, torch.bfloat16)
+    bf16, fp32 = torch.bfloat16, torch.float32
+    cases = [("AdamW", dict(lr=1e-2, master_weights=True), bf16, "master_param"),
+             ("Adam", dict(lr=1e-2, kahan_summation=True, weight_decay=0.1), bf16, "kahan_comp"),
+             ("SGD", dict(lr=0.1, momentum=0.9, master_weights=True), bf16, "master_param"),
+             ("SGD", dict(lr=0.1, momentum=0.9, kahan_summation=True), bf16, "kahan_comp"),
+             ("SGD", dict(lr=0.1, kahan_summation=True, weight_decay=0.1), bf16, "kahan_comp"),
+             ("AdamW", dict(lr=1e-2, stochastic_rounding=True), bf16, "sr_seed"),
+             ("SGD", dict(lr=0.1, momentum=0.9, stochastic_rounding=True), bf16, "sr_seed"),
+             ("AdamW", dict(lr=1e-2, state_dtype=torch.bfloat16), fp32, "exp_avg"),
+             ("SGD", dict(lr=0.1, momentum=0.9, state_dtype="bfloat16"), fp32,
+              "momentum_buffer")]
+    for cls, kwargs, dtype, key in cases:
+        init, _ = params_and_grads(0, dtype)
         dts = [nn.Parameter(distribute_tensor(t, mesh, [Shard(0)])) for t in init]
-        plain = [nn.Parameter(p._local_tensor.clone()) for p in dts]
+        plain = [nn.Parameter(torch.empty(0, dtype=dtype)) for _ in dts]
         opts = [getattr(pyoptim, cls)(ps, **kwargs) for ps in (dts, plain)]
         for step in range(1, STEPS):
-            _, grads = params_and_grads(step, torch.bfloat16)
-            for p, q, g in zip(dts, plain, grads):
+            _, grads = params_and_grads(step, dtype)
+            for p, g in zip(dts, grads):
                 p.grad = distribute_tensor(g, mesh, [Shard(0)])
+            if step == 1:  # the DTensors' first step makes the state (and the seeds), then the
+                torch.manual_seed(5)  # plain tensors take their values
+                opts[0].step()
+                for p, q in zip(dts, plain):
+                    q.data = p._local_tensor.clone()
+                    opts[1].state[q] = {k: (v._local_tensor if isinstance(v, DTensor) else v)
+                                        .clone() for k, v in opts[0].state[p].items()}
+                continue
+            for p, q in zip(dts, plain):
                 q.grad = p.grad._local_tensor.clone()
             for opt in opts:
                 opt.step()
+        what = (cls, tuple(kwargs), rank)
         for p, q in zip(dts, plain):
-            extra = opts[0].state[p][key]
-            assert isinstance(extra, DTensor) and extra.placements == p.placements, (cls, key)
-            assert torch.equal(p._local_tensor, q), (cls, rank)
-            assert torch.equal(extra._local_tensor, opts[1].state[q][key]), (cls, key, rank)
-    for cls, kwargs, dtype in [
-            ("AdamW", dict(stochastic_rounding=True), torch.bfloat16),
-            ("SGD", dict(momentum=0.9, stochastic_rounding=True), torch.bfloat16),
-            ("AdamW", dict(state_dtype=torch.bfloat16), torch.float32),
-            ("SGD", dict(momentum=0.9, state_dtype="8bit"), torch.float32)]:
-        init, grads = params_and_grads(0, dtype)
-        dts = [nn.Parameter(distribute_tensor(t, mesh, [Shard(0)])) for t in init]
-        for p, g in zip(dts, grads):
-            p.grad = distribute_tensor(g, mesh, [Shard(0)])
-        before = [p._local_tensor.clone() for p in dts]
-        opt = getattr(pyoptim, cls)(dts, lr=1e-2, **kwargs)
+            state = opts[0].state[p]
+            extra = state[key]
+            if key == "sr_seed":
+                assert type(extra) is Tensor and extra.dtype == torch.int64, what
+            else:
+                assert isinstance(extra, DTensor) and extra.placements == p.placements, what
+            if "state_dtype" in kwargs:
+                assert extra.dtype == torch.bfloat16, what
+            assert torch.equal(p._local_tensor, q), what
+            for k, v in state.items():
+                local = v._local_tensor if isinstance(v, DTensor) else v
+                assert torch.equal(local, opts[1].state[q][k]), (*what, k)
+            if "sr_seed" in state and p._local_tensor.numel() > 0:
+                seeds = [torch.zeros((), dtype=torch.int64) for _ in range(dist.get_world_size())]
+                dist.all_gather(seeds, state["sr_seed"])
+                assert len(set(int(x) for x in seeds)) == len(seeds), (*what, seeds)
+    init, grads = params_and_grads(0, fp32)
+    dts = [nn.Parameter(distribute_tensor(t, mesh, [Shard(0)])) for t in init]
+    for p, g in zip(dts, grads):
+        p.grad = distribute_tensor(g, mesh, [Shard(0)])
+    before = [p._local_tensor.clone() for p in dts]
+    for cls, kwargs in [("AdamW", {}), ("SGD", dict(momentum=0.9))]:
+        opt = getattr(pyoptim, cls)(dts, lr=1e-2, state_dtype="8bit", **kwargs)
         with pytest.raises(TypeError, match="does not support DTensor params"):
             opt.step()
-        assert all(map(torch.equal, before, (p._local_tensor for p in dts))), (cls, kwargs)
-        assert all(len(opt.state[p]) == 0 for p in dts), (cls, kwargs)
+        assert all(map(torch.equal, before, (p._local_tensor for p in dts))), cls
+        assert all(len(opt.state[p]) == 0 for p in dts), cls
 
 
 @needs_procs(2)
