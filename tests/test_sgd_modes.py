@@ -157,6 +157,28 @@ def _set_grads(params, k):
         p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
 
 
+def _assert_resumes_bitwise(params: list, opt, make_opt) -> tuple[list, torch.optim.Optimizer]:
+    """A checkpoint of (params, opt) taken now, resumed into make_opt(new params), continues
+    bit for bit as opt does (steps 3 and 4); returns the resumed params and optimizer."""
+    buf = io.BytesIO()
+    torch.save({"model": [p.detach() for p in params], "opt": opt.state_dict()}, buf)
+    for k in range(3, 5):
+        _set_grads(params, k)
+        opt.step()
+    straight = [p.detach().clone() for p in params]
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    params2 = [torch.nn.Parameter(t.clone()) for t in ckpt["model"]]
+    opt2 = make_opt(params2)
+    opt2.load_state_dict(ckpt["opt"])
+    for k in range(3, 5):
+        _set_grads(params2, k)
+        opt2.step()
+    for a, b in zip(params2, straight):
+        assert_bitwise_equal(a.detach(), b)
+    return params2, opt2
+
+
 KW = {"sr": dict(stochastic_rounding=True), "bfloat16": dict(state_dtype=torch.bfloat16),
       "8bit": dict(state_dtype="8bit")}
 
@@ -184,24 +206,8 @@ def test_optimizer_matches_reference_and_resumes(mode):
         assert_bitwise_equal(opt.state[p]["momentum_buffer"], ref["bufs"][i])
         assert int(opt.state[p]["sr_seed"]) == int(ref["seeds"][i])
 
-    # a checkpoint: the resumed run continues bit for bit
-    buf = io.BytesIO()
-    torch.save({"model": [p.detach() for p in params], "opt": opt.state_dict()}, buf)
-    for k in range(3, 5):
-        _set_grads(params, k)
-        opt.step()
-    straight = [p.detach().clone() for p in params]
-    buf.seek(0)
-    ckpt = torch.load(buf)
-    torch.manual_seed(99)
-    params2 = [torch.nn.Parameter(t.clone()) for t in ckpt["model"]]
-    opt2 = pyoptim.SGD(params2, **opt_kw, **KW[mode])
-    opt2.load_state_dict(ckpt["opt"])
-    for k in range(3, 5):
-        _set_grads(params2, k)
-        opt2.step()
-    for a, b in zip(params2, straight):
-        assert_bitwise_equal(a.detach(), b)
+    torch.manual_seed(99)  # (a resumed run draws no new seed)
+    _assert_resumes_bitwise(params, opt, lambda ps: pyoptim.SGD(ps, **opt_kw, **KW[mode]))
 
 
 @pytest.mark.parametrize("mode", ["bfloat16", "8bit"])
@@ -441,24 +447,10 @@ def test_kahan_optimizer_matches_reference_and_resumes(dtype):
         else:
             assert_bitwise_equal(state["momentum_buffer"], ref["bufs"][i], f"buf {i}")
 
-    # a checkpoint: the resumed run continues bit for bit (the compensation travels with it)
-    buf = io.BytesIO()
-    torch.save({"model": [p.detach() for p in params], "opt": opt.state_dict()}, buf)
-    for k in range(3, 5):
-        _set_grads(params, k)
-        opt.step()
-    straight = [p.detach().clone() for p in params]
-    buf.seek(0)
-    ckpt = torch.load(buf)
-    params2 = [torch.nn.Parameter(t.clone()) for t in ckpt["model"]]
-    opt2 = pyoptim.SGD(_kahan_groups(params2), lr=0.05)
-    opt2.load_state_dict(ckpt["opt"])
+    # the compensation travels with the checkpoint
+    params2, opt2 = _assert_resumes_bitwise(params, opt,
+                                            lambda ps: pyoptim.SGD(_kahan_groups(ps), lr=0.05))
     assert opt2.state[params2[2]]["kahan_comp"].dtype == dtype
-    for k in range(3, 5):
-        _set_grads(params2, k)
-        opt2.step()
-    for a, b in zip(params2, straight):
-        assert_bitwise_equal(a.detach(), b)
 
 
 def test_kahan_torch_checkpoints_both_ways():
