@@ -17,22 +17,13 @@ from __future__ import annotations
 import op_calls
 import pytest
 import torch
+from cuda_compare import SEEDS, SIZES, assert_bitwise, needs_gpu
+from cuda_compare import bits as _bits
+from cuda_compare import randn as _randn
 
 import pyoptim
 
-needs_gpu = pytest.mark.skipif(
-    not (torch.cuda.is_available() and torch.ops.pyoptim._built_with_cuda()),
-    reason="needs a CUDA GPU (none visible) and a build with the CUDA kernels")
 pytestmark = needs_gpu
-
-# One element, odd, around one quantization block (256), several blocks with a tail, and one
-# tensor over several of the kernels' chunks (16384) with a partial last block.
-SIZES = [1, 7, 255, 256, 257, 4099, 300_001]
-SEEDS = [7, -3, 2**62 + 5, 0, 1, 99, 12345]
-INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16,
-            torch.float16: torch.int16, torch.int8: torch.int8, torch.uint8: torch.uint8,
-            torch.int64: torch.int64}
-
 
 _hp = op_calls.adam_hp
 
@@ -47,33 +38,6 @@ MODES = ["master-bf16", "master-fp16", "sr", "bfloat16", "8bit", "kahan-bf16", "
 # Kahan: around the CPU's vector widths (8 / 16 lanes, twice that paired for 16-bit values), as
 # the CPU op has its vector body, paired body and scalar tail there; and across a chunk (16384).
 KAHAN_SIZES = [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 16385, 4099]
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().cpu().contiguous().view(INT_VIEW[t.dtype])
-
-
-def assert_bitwise(actual: torch.Tensor, expected: torch.Tensor, what: str,
-                   any_nan: bool = False) -> None:
-    """Bit for bit; with any_nan, a NaN matches any NaN (IEEE leaves a NaN result's payload and
-    sign to the implementation: Note [Bitwise agreement across paths])."""
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
-    assert actual.device.type == "cuda" and expected.device.type == "cpu", what
-    a, e = _bits(actual), _bits(expected)
-    if any_nan and actual.is_floating_point():
-        nan_a, nan_e = actual.detach().cpu().isnan(), expected.isnan()
-        assert torch.equal(nan_a, nan_e), f"{what}: NaN positions differ"
-        a, e = a[~nan_a], e[~nan_e]
-    if not torch.equal(a, e):
-        bad = (a != e).nonzero()
-        i = tuple(bad[0].tolist())
-        raise AssertionError(f"{what}: {bad.shape[0]} of {a.numel()} elements differ; first at "
-                             f"{i}: {a[i].item()} vs {e[i].item()} (bits)")
-
-
-def _randn(n, seed, scale=1.0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, generator=g) * scale).to(dtype)
 
 
 def case(mode: str, sizes=SIZES, seed=1, amsgrad=False) -> dict:

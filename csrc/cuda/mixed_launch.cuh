@@ -57,6 +57,18 @@ static_assert(kThreads % 32 == 0 && math::kQ8Block % 32 == 0, "warps own whole b
 // The modes; kPlain is the op's multi_tensor_apply path.
 enum class Mode : int { kPlain = 0, kMaster, kSR, kBf16States, kQ8States, kKahan };
 
+// The mode of a param of param group `g` (ops::AdamGroup, ops::SgdGroup: a group has at most one,
+// their argument checks see to it).
+template <class Group>
+Mode mode_of(const Group& g) {
+  if (g.master_weights) return Mode::kMaster;
+  if (g.stochastic_rounding) return Mode::kSR;
+  if (g.bf16_states) return Mode::kBf16States;
+  if (g.q8_states) return Mode::kQ8States;
+  if (g.kahan) return Mode::kKahan;
+  return Mode::kPlain;
+}
+
 // One piece of a tensor (<= kPiece elements): its arrays, in an order each op's functors define
 // (cuda/adam_mixed_kernels.cuh, cuda/sgd_mixed_kernels.cuh; a per-block scale array is offset to
 // the piece's first block).

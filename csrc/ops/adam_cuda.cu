@@ -48,16 +48,7 @@ namespace {
 constexpr const char* kOp = "pyoptim.adam_";
 
 using cuda::mixed::Mode;
-
-// The mode of a param of group `g` (Note [Mixed-mode launches] in cuda/mixed_launch.cuh).
-Mode mode_of(const ops::AdamGroup& g) {
-  if (g.master_weights) return Mode::kMaster;
-  if (g.stochastic_rounding) return Mode::kSR;
-  if (g.bf16_states) return Mode::kBf16States;
-  if (g.q8_states) return Mode::kQ8States;
-  if (g.kahan) return Mode::kKahan;
-  return Mode::kPlain;
-}
+using cuda::mixed::mode_of;  // Note [Mixed-mode launches] in cuda/mixed_launch.cuh
 
 // Tensors launched together: same group, dtype and mode; host mode: same step count; device
 // mode: same step dtype.

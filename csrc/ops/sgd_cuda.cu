@@ -43,16 +43,7 @@ namespace {
 constexpr const char* kOp = "pyoptim.sgd_";
 
 using cuda::mixed::Mode;
-
-// The mode of a param of group `g` (a group has at most one: the shared checks).
-Mode mode_of(const ops::SgdGroup& g) {
-  if (g.master_weights) return Mode::kMaster;
-  if (g.stochastic_rounding) return Mode::kSR;
-  if (g.bf16_states) return Mode::kBf16States;
-  if (g.q8_states) return Mode::kQ8States;
-  if (g.kahan) return Mode::kKahan;
-  return Mode::kPlain;
-}
+using cuda::mixed::mode_of;  // Note [Mixed-mode launches] in cuda/mixed_launch.cuh
 
 struct DenseKey {
   size_t group;
@@ -250,6 +241,17 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
 
   // ---- 3. update ------------------------------------------------------------------------------
   const bool has_scale = grad_scale.has_value();
+  // a launch's arguments but its coefficients (those of its group, plain and mixed launches)
+  auto fill_args = [&](auto& a, size_t group) {
+    const ops::SgdGroup& grp = call.groups[group];
+    a.momentum = grp.momentum;
+    a.dampening = grp.dampening;
+    a.weight_decay = grp.weight_decay;
+    a.scale = scale;
+    a.lr_dev = lr_ref[group];
+    a.scale_dev = scale_ref;
+    a.found_inf = inf_ref;
+  };
   for (const auto& launch : launches) {
     const DenseKey& key = launch.first;
     const ops::SgdGroup& grp = call.groups[key.group];
@@ -262,13 +264,7 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
       } else {
         a.coeffs = coeffs_f.at({key.group, key.dtype});
       }
-      a.momentum = grp.momentum;
-      a.dampening = grp.dampening;
-      a.weight_decay = grp.weight_decay;
-      a.scale = scale;
-      a.lr_dev = lr_ref[key.group];
-      a.scale_dev = scale_ref;
-      a.found_inf = inf_ref;
+      fill_args(a, key.group);
       cuda::launch_dense<S>(launch.second, a, grp.has_momentum(), grp.nesterov, key.first,
                             grp.maximize, has_scale);
     });
@@ -281,13 +277,7 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
     const Mode mode = mode_of(grp);
     cuda::SgdLaunchArgs<float> a{};
     a.coeffs = coeffs_f.at({key.group, mode == Mode::kMaster ? at::kFloat : key.dtype});
-    a.momentum = grp.momentum;
-    a.dampening = grp.dampening;
-    a.weight_decay = grp.weight_decay;
-    a.scale = scale;
-    a.lr_dev = lr_ref[key.group];
-    a.scale_dev = scale_ref;
-    a.found_inf = inf_ref;
+    fill_args(a, key.group);
     cuda::mixed::launch_sgd_mixed(mode, key.dtype, launch.second, a, grp.has_momentum(),
                                   grp.nesterov, key.first, grp.maximize, has_scale);
   }
