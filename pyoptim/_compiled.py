@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._state import DeviceCall, Plan, _dtensor_type
+from ._state import DeviceCall, Plan, _dtensor_type, zeros_state
 
 # Note [Compiled step]
 # A step traced by Dynamo (torch.compile of a training step, or of opt.step) makes the same op
@@ -189,7 +189,7 @@ def compiled_step(opt: Any, groups: list[dict]) -> None:
         for i, v in enumerate(values):
             if isinstance(v, torch.dtype):  # made in the graph, in the state's dtype
                 p = params[with_state[i]]
-                values[i] = torch.zeros_like(p, dtype=v, memory_format=torch.preserve_format)
+                values[i] = zeros_state(p, v)
                 created.append((p, keys[j], values[i]))
     plan = TracedPlan(groups, layout, extra)
     runs = []

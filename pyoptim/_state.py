@@ -113,6 +113,15 @@ _SCALAR_TYPE_NAMES = {
 }
 
 
+def zeros_state(p: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """A new zero state tensor shaped as `p`, in `dtype` (default: p's): laid out as p, as torch
+    makes its state (preserve_format), but 8-bit codes (int8, uint8), which are row-major as
+    their 256-element blocks are (Note [Reduced-precision optimizer states])."""
+    codes = dtype in (torch.int8, torch.uint8)
+    return torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format if codes
+                            else torch.preserve_format)
+
+
 def scalar_type_name(dtype: torch.dtype) -> str:
     return _SCALAR_TYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 

@@ -64,6 +64,7 @@ from ._state import (
     optional_keys,
     optional_lists,
     scalar_dtype,
+    zeros_state,
 )
 
 __all__ = ["Adam", "AdamW"]
@@ -179,16 +180,14 @@ class _AdamStep(FusedStep):
         states = group.get(_STATES)
         dtype = (torch.float32 if group.get(_MASTER, False) else
                  torch.bfloat16 if states == BF16 else torch.int8 if states == Q8 else None)
-        state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.uint8 if states == Q8 else dtype,
-                                               memory_format=torch.preserve_format)
-        if states == Q8:  # one scale per block of 256 elements (memory order)
+        state["exp_avg"] = zeros_state(p, dtype)
+        state["exp_avg_sq"] = zeros_state(p, torch.uint8 if states == Q8 else dtype)
+        if states == Q8:  # one scale per block of 256 elements (row-major order)
             blocks = -(-p.numel() // 256)
             for scale_key, _ in self._state_maps.values():
                 state[scale_key] = torch.zeros(blocks, dtype=torch.float32, device=p.device)
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=dtype,
-                                                       memory_format=torch.preserve_format)
+            state["max_exp_avg_sq"] = zeros_state(p, dtype)
 
     # Note [Lazy sparse Adam]
     def _sparse_ok(self, group: dict) -> bool:

@@ -94,6 +94,7 @@ from ._state import (
     optional_lists,
     pick,
     scalar_type_name,
+    zeros_state,
 )
 
 __all__ = ["SGD"]
@@ -197,9 +198,8 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
             plan.fresh.append(p)
             dtype = (torch.float32 if master else torch.bfloat16 if states == BF16 else
                      torch.int8 if states == Q8 else None)
-            state["momentum_buffer"] = torch.zeros_like(
-                p, dtype=dtype, memory_format=torch.preserve_format)
-            if states == Q8:  # one scale per block of 256 elements (memory order)
+            state["momentum_buffer"] = zeros_state(p, dtype)
+            if states == Q8:  # one scale per block of 256 elements (row-major order)
                 state["momentum_buffer_scale"] = torch.zeros(
                     -(-p.numel() // 256), dtype=torch.float32, device=p.device)
             plan.extra.append(True)

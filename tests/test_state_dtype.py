@@ -458,3 +458,56 @@ def test_lazy_sparse_rejects_reduced_states():
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match="state_dtype='8bit' does not support sparse"):
         opt.step()
+
+
+# A layout and the same values in it: transposed 2-D, channels-last 4-D.
+LAYOUTS = {
+    "transposed": ((40, 70), lambda t: t.t().contiguous().t()),
+    "channels_last": ((6, 5, 7, 9), lambda t: t.contiguous(memory_format=torch.channels_last)),
+}
+Q8_OPTIMIZERS = {
+    "adamw": lambda ps: pyoptim.AdamW(ps, lr=1e-2, state_dtype="8bit"),
+    "sgd": lambda ps: pyoptim.SGD(ps, lr=1e-2, momentum=0.9, state_dtype="8bit"),
+}
+
+
+@pytest.mark.parametrize("name", list(Q8_OPTIMIZERS))
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_q8_blocks_are_row_major_in_any_layout(name, layout):
+    """8-bit blocks are row-major (Note [Reduced-precision optimizer states]): a param in
+    another layout steps bitwise as a contiguous param holding the same values, and its state
+    and exported moments are the twin's, with grads in its layout, with codes in its layout too
+    (as a checkpoint may hold them), and with a grad in another layout. (The kernel once walked
+    such a param in memory order, so blocks mixed other elements than the conversions decode:
+    its exported moments were off by their own magnitude.)"""
+    shape, relayout = LAYOUTS[layout]
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(shape, generator=gen)
+    rows = torch.logspace(-4, 2, shape[0]).view(-1, *[1] * (len(shape) - 1))
+    grads = [torch.randn(shape, generator=gen) * rows for _ in range(5)]
+
+    def run(lay):
+        p = torch.nn.Parameter(lay(w.clone()))
+        opt = Q8_OPTIMIZERS[name]([p])
+        torch.manual_seed(0)  # the same sr_seed
+        for k, g in enumerate(grads):
+            p.grad = lay(g.clone()) if k < 4 else g.clone()  # last: a grad in another layout
+            opt.step()
+            if k == 1:  # codes laid out as the param
+                state = opt.state[p]
+                for key, codes in state.items():
+                    if codes.dtype in (torch.int8, torch.uint8):
+                        state[key] = lay(codes.clone())
+        return p, opt
+
+    (p, opt), (twin, twin_opt) = run(relayout), run(lambda t: t)
+    assert p.stride() != twin.stride()
+    assert_bitwise_equal([p.detach().contiguous()], [twin.detach()], "param")
+    state, twin_state = opt.state[p], twin_opt.state[twin]
+    assert state.keys() == twin_state.keys()
+    for key in state:
+        assert_bitwise_equal([state[key].contiguous()], [twin_state[key]], key)
+    exported = opt.torch_state_dict()["state"][0]
+    twin_exported = twin_opt.torch_state_dict()["state"][0]
+    for key in exported:
+        assert_bitwise_equal([exported[key].contiguous()], [twin_exported[key].contiguous()], key)

@@ -160,7 +160,8 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     void* const v_scale =
         call.scale[i] >= 0 ? exp_avg_sq_scales[call.scale[i]].data_ptr() : nullptr;
     if (ops::same_dense_layout(params[i],
-                               {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax, &master, &comp})) {
+                               {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax, &master, &comp},
+                               call.scale[i] >= 0)) {
       it.ptrs = cpu::AdamPtrs{params[i].data_ptr(),
                               grads[i].const_data_ptr(),
                               exp_avgs[i].data_ptr(),

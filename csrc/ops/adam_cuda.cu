@@ -211,7 +211,8 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
     const at::Tensor& master = call.master[i] >= 0 ? master_params[call.master[i]] : none;
     const at::Tensor& comp = call.comp[i] >= 0 ? kahan_comps[call.comp[i]] : none;
     if (ops::same_dense_layout(params[i], {&grads[i], &exp_avgs[i], &exp_avg_sqs[i], &vmax,
-                                           &master, &comp})) {
+                                           &master, &comp},
+                               call.scale[i] >= 0)) {
       w = Work{params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], vmax, master, comp};
     } else {  // layouts differ: work on row-major copies (only those that are not already)
       w = Work{params[i].contiguous(), grads[i].contiguous(), exp_avgs[i].contiguous(),

@@ -115,9 +115,13 @@ inline void check_param(const char* op, const at::Tensor& p, size_t i, c10::Devi
 
 // True when every defined tensor in `others` has p's strides and p covers its memory densely:
 // then a kernel can walk all of them as flat arrays in memory order (transposed or channels-last
-// weights included) with no copy.
-inline bool same_dense_layout(const at::Tensor& p, std::initializer_list<const at::Tensor*> others) {
-  if (!p.is_non_overlapping_and_dense()) return false;
+// weights included) with no copy. `row_major` (8-bit states): memory order must also be the
+// row-major order, the order the 256-element blocks of 8-bit states are defined on (Note
+// [Reduced-precision optimizer states]), so p must be contiguous; a param in another layout is
+// stepped on row-major copies.
+inline bool same_dense_layout(const at::Tensor& p, std::initializer_list<const at::Tensor*> others,
+                              bool row_major) {
+  if (!p.is_non_overlapping_and_dense() || (row_major && !p.is_contiguous())) return false;
   for (const at::Tensor* t : others) {
     if (t->defined() && t->strides() != p.strides()) return false;
   }

@@ -173,7 +173,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
                              grp.states(),          grp.kahan};
     const at::Tensor& master = call.master[i] >= 0 ? master_params[call.master[i]] : none;
     const at::Tensor& comp = call.comp[i] >= 0 ? kahan_comps[call.comp[i]] : none;
-    if (ops::same_dense_layout(params[i], {&grads[i], &buf, &master, &comp})) {
+    if (ops::same_dense_layout(params[i], {&grads[i], &buf, &master, &comp}, call.scale[i] >= 0)) {
       it.param = params[i];
       it.grad = grads[i];
       it.buf = buf;

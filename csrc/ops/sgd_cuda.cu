@@ -191,7 +191,8 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
     if (mode != Mode::kPlain) {  // as the CPU op plans them (ops/sgd_cpu.cpp)
       const at::Tensor& master = call.master[i] >= 0 ? master_params[call.master[i]] : none;
       const at::Tensor& comp = call.comp[i] >= 0 ? kahan_comps[call.comp[i]] : none;
-      if (ops::same_dense_layout(params[i], {&grads[i], &buf, &master, &comp})) {
+      if (ops::same_dense_layout(params[i], {&grads[i], &buf, &master, &comp},
+                                 call.scale[i] >= 0)) {
         w = Work{params[i], grads[i], buf, master, comp};
       } else {  // layouts differ: work on row-major copies (only those that are not already)
         w.param = params[i].contiguous();
@@ -225,7 +226,7 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
           cuda::mixed::MixedItem{addr, params[i].numel(), seeds[i], nullptr});
       continue;
     }
-    if (ops::same_dense_layout(params[i], {&grads[i], &buf})) {
+    if (ops::same_dense_layout(params[i], {&grads[i], &buf}, /*row_major=*/false)) {
       w = Work{params[i], grads[i], buf};
     } else {  // layouts differ: work on row-major copies (only those that are not already)
       w.param = params[i].contiguous();

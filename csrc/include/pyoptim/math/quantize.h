@@ -17,9 +17,10 @@
 //    bfloat16 ulp (exp_avg_sq with beta2 = 0.999 changes by 0.1 % a step, bfloat16's half ulp is
 //    0.2-0.4 %) still moves on average instead of stalling. 4 (param) x 2 + 4 (grad) + 2 x 2 x 2
 //    (moments read and written) = 20 bytes per element instead of 28.
-//  * state_dtype="8bit": exp_avg is int8 and exp_avg_sq uint8 (codes shaped like the param), and
-//    each block of kQ8Block = 256 consecutive elements (in memory order) has one float32 scale per
-//    moment: exp_avg_scale, exp_avg_sq_scale (ceil(numel / 256) each). 16 bytes per element
+//  * state_dtype="8bit": exp_avg is int8 and exp_avg_sq uint8 (codes shaped like the param,
+//    contiguous), and each block of kQ8Block = 256 consecutive elements in row-major order (a
+//    param in another layout is stepped on row-major copies) has one float32 scale per moment:
+//    exp_avg_scale, exp_avg_sq_scale (ceil(numel / 256) each). 16 bytes per element
 //    (+ 2 x 4 x 2 / 256 for the scales), 2.03 bytes of state per param instead of 8.
 //      exp_avg:     m = code * scale,               code in [-127, 127], scale = absmax(m) / 127
 //      exp_avg_sq:  v = ((code + 1) * scale)^2,     code in [0, 255],    scale = sqrt(max(v)) / 256
