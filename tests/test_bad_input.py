@@ -990,3 +990,53 @@ def test_overlap_is_caught_after_calls_that_passed():
     for x, y in zip((a, *states), before):
         assert bitwise_equal(x, y)
     call([a, b], [ga, gb])
+
+
+class _Wrapper(torch.Tensor):
+    """A wrapper subclass with no memory of its own (as functional collectives'
+    AsyncCollectiveTensor): every op unwraps it."""
+
+    @staticmethod
+    def __new__(cls, elem):
+        return torch.Tensor._make_wrapper_subclass(cls, elem.shape, dtype=elem.dtype,
+                                                   device=elem.device, strides=elem.stride())
+
+    def __init__(self, elem):
+        self.elem = elem
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        def unwrap(x):
+            return x.elem if isinstance(x, _Wrapper) else x
+
+        return func(*torch.utils._pytree.tree_map(unwrap, args),
+                    **torch.utils._pytree.tree_map(unwrap, kwargs or {}))
+
+
+# grad values -> (a grad holding them that is not plain memory, the plain grad with its values)
+NOT_PLAIN_GRADS = {
+    "wrapper subclass": lambda g: (_Wrapper(g.clone()), g),
+    "negated view": lambda g: (torch._neg_view(-g), g),
+    "ZeroTensor": lambda g: (torch._efficientzerotensor(g.shape), torch.zeros_like(g)),
+}
+
+
+@pytest.mark.parametrize("cls", ("Adam", "AdamW", "SGD", "Adamax", "Adagrad"))
+@pytest.mark.parametrize("kind", list(NOT_PLAIN_GRADS))
+def test_grads_that_are_not_plain_memory_step_as_their_values(cls, kind):
+    """Grads the op cannot read as memory (Note [Grads read by the op]) step bitwise as plain
+    grads holding their values, on the steps where the op reads the grads itself too (it once
+    read them as raw memory there: a crash for a subclass or a ZeroTensor, the wrong sign for a
+    negated view)."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 3, generator=gen)
+    grads = [torch.randn(5, 3, generator=gen) for _ in range(4)]
+    out = []
+    for which in (0, 1):
+        p = nn.Parameter(w.clone())
+        opt = getattr(pyoptim, cls)([p], lr=0.1, **({"momentum": 0.9} if cls == "SGD" else {}))
+        for k, g in enumerate(grads):
+            p.grad = NOT_PLAIN_GRADS[kind](g)[which] if k % 2 else g.clone()
+            opt.step()
+        out.append(p.detach())
+    assert bitwise_equal(out[0], out[1]), cls
