@@ -26,7 +26,7 @@ import pyoptim
 from .bytes import rowwise_adagrad_bytes, sparse_adagrad_bytes
 from .harness import BenchConfig, SetupFn, Workload
 from .workloads_adam import _fmt_dec
-from .workloads_sparse_adam import SIZES, WIDTH, _indices, _shared
+from .workloads_sparse_adam import SIZES, WIDTH, _indices, _shared, has_row_probe, row_probe
 
 LR, EPS = 1e-2, 1e-10
 
@@ -73,11 +73,12 @@ def workloads(cfg: BenchConfig) -> list[Workload]:
     n = cfg.n(lookups, minimum=256)
     size = f"{_fmt_dec(n_rows)}x{WIDTH}-{_fmt_dec(n)}" if cuda else f"{n_rows // 1024}kx{WIDTH}-{n}"
     out = []
-    for group, impls, nbytes, what in (
+    probe = has_row_probe(cfg.device)
+    for group, impls, nbytes, what, n_tables in (
         ("adagrad-sparse", {"pyoptim": "pyoptim-adagrad", "torch-adagrad": "torch-adagrad"},
-         sparse_adagrad_bytes, "Adagrad"),
+         sparse_adagrad_bytes, "Adagrad", 2),
         ("rowwise_adagrad", {"pyoptim": "pyoptim-rowwise", "torch-ops": "torch-ops"},
-         rowwise_adagrad_bytes, "RowWiseAdagrad"),
+         rowwise_adagrad_bytes, "RowWiseAdagrad", 1),
     ):
         for dist in ("uniform", "zipf"):
             idx = _indices(dist, n_rows, n, zipf_s)
@@ -91,7 +92,9 @@ def workloads(cfg: BenchConfig) -> list[Workload]:
                     numel=unique * WIDTH,
                     n_tensors=1,
                     bytes_per_step=nbytes(unique, n, WIDTH, torch.float32),
-                    impls={name: _setup(kind, shared) for name, kind in impls.items()},
+                    impls={name: _setup(kind, shared) for name, kind in impls.items()}
+                    | ({"row-probe": row_probe(lambda c=shared: c()["grad"], n_tables)}
+                       if probe else {}),
                     baseline="pyoptim",
                     description=(f"{what}, sparse grad, float32 {n_rows}x{WIDTH} table, {n} "
                                  f"lookups ({law}, {unique} unique rows)"),

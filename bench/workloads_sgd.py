@@ -15,7 +15,8 @@ step (as nn.Embedding(sparse=True) gives), uniform and Zipf (s = 1.25) lookups:
   CUDA   10M x 128 (decimal), 1M lookups
 torch supports only plain SGD there (its fused SGD rejects sparse grads and foreach falls back
 to the loop), so the torch impl is `torch-forloop`; `pyoptim-momentum` is pyoptim's lazy sparse
-momentum (momentum=0.9) on the same grads, for information. Bytes per step:
+momentum (momentum=0.9) on the same grads, for information; `row-probe` (CPU) the ceiling of the
+access pattern with 1 table (workloads_sparse_adam.row_probe). Bytes per step:
 bench/bytes.py:sparse_sgd_bytes (plain SGD), from the exact unique-row count of the workload's
 index tensor.
 """
@@ -41,6 +42,7 @@ from .workloads_adam import (
     cuda_cases,
     transformer_shapes,
 )
+from .workloads_sparse_adam import has_row_probe, row_probe
 
 M = 2**20
 WIDTH = 128
@@ -147,6 +149,8 @@ def workloads(cfg: BenchConfig) -> list[Workload]:
             "pyoptim": _make_setup(pyoptim.SGD, dict(lr=1e-3), data),
             "pyoptim-momentum": _make_setup(pyoptim.SGD, dict(lr=1e-3, momentum=0.9), data),
         }
+        if has_row_probe(dev):
+            impls["row-probe"] = row_probe(lambda d=data: d()[1][0], 1)
         out.append(
             Workload(
                 name=f"sgd-sparse/fp32-{size}-{dist}",

@@ -17,6 +17,8 @@ impls; only optimizer.step() is timed. Impls:
                       gradient: what sparse training avoids, every row read and written. Left
                       out on CUDA, where its dense gradient and state would add 20 GB to the
                       run's ~36 GB.
+  row-probe           (CPU only) not an optimizer: the same bytes moved by the simplest loop
+                      (row_probe below), the ceiling of this access pattern on this machine.
 
 Bytes per step: bench/bytes.py:sparse_adam_bytes, from the exact unique-row count of the
 workload's index tensor.
@@ -24,12 +26,14 @@ workload's index tensor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 import pyoptim
 
 from .bytes import sparse_adam_bytes
-from .harness import BenchConfig, SetupFn, Workload
+from .harness import BenchConfig, SetupFn, Workload, has_kernel
 from .workloads_adam import _fmt_dec
 
 WIDTH = 128
@@ -69,6 +73,30 @@ def _shared(n_rows: int, width: int, idx: torch.Tensor, device: str):
     return get
 
 
+def row_probe(grad: Callable[[], torch.Tensor], n_tables: int) -> SetupFn:
+    """The `row-probe` impl of a sparse workload: torch.ops.pyoptim._row_probe_ (bench/README.md,
+    "Row probe") on `n_tables` fresh float32 tables shaped as the param, with the workload's
+    gradient `grad()` sorted by row once at set-up: each step reads every value row once, in
+    memory order, and reads and writes each touched row of each table once (the bytes the
+    workload counts, but for row-wise Adagrad's 8 bytes per row), with no optimizer math."""
+
+    def setup():
+        g = grad()
+        idx, values = g._indices()[0], g._values()
+        rows, order = idx.sort(stable=True)
+        sorted_values = values[order].contiguous()
+        tables = [torch.ones(g.shape) for _ in range(n_tables)]  # touched: no page faults
+        args = (*tables, *([None] * (3 - n_tables)), sorted_values, rows.contiguous())
+        op = torch.ops.pyoptim._row_probe_.default
+        return lambda: op(*args)
+
+    return setup
+
+
+def has_row_probe(device: str) -> bool:
+    return device == "cpu" and has_kernel("_row_probe_", device)
+
+
 def _setup(kind: str, shared) -> SetupFn:
     def setup():
         c = shared()
@@ -96,6 +124,7 @@ def workloads(cfg: BenchConfig) -> list[Workload]:
     n = cfg.n(lookups, minimum=256)
     size = f"{_fmt_dec(n_rows)}x{WIDTH}-{_fmt_dec(n)}" if cuda else f"{n_rows // 1024}kx{WIDTH}-{n}"
     kinds = ("pyoptim", "torch-sparseadam") + (() if cuda else ("torch-fused-dense",))
+    probe = has_row_probe(cfg.device)
     targets = {} if cuda else {"torch-sparseadam": 15.0}
     out = []
     for dist in ("uniform", "zipf"):
@@ -110,7 +139,8 @@ def workloads(cfg: BenchConfig) -> list[Workload]:
                 numel=unique * WIDTH,
                 n_tensors=1,
                 bytes_per_step=sparse_adam_bytes(unique, n, WIDTH, torch.float32),
-                impls={kind: _setup(kind, shared) for kind in kinds},
+                impls={kind: _setup(kind, shared) for kind in kinds}
+                | ({"row-probe": row_probe(lambda c=shared: c()["grad"], 3)} if probe else {}),
                 baseline="pyoptim",
                 description=(f"SparseAdam, float32 {n_rows}x{WIDTH} table, {n} lookups "
                              f"({what}, {unique} unique rows)"),

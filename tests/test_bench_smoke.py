@@ -100,6 +100,51 @@ def test_stream_probe_op_rejects_aliased_arrays_before_writing():
     assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
+def _row_probe_reference(tables, g, rows):
+    """What _row_probe_ computes, in torch ops: each run of equal rows summed left to right."""
+    out = [t.clone() for t in tables]
+    k = 0
+    while k < rows.numel():
+        r, acc = int(rows[k]), g[k].clone()
+        k += 1
+        while k < rows.numel() and int(rows[k]) == r:
+            acc += g[k]
+            k += 1
+        for t, sign in zip(out, (1, 1, -1)):
+            t[r] = t[r] * 0.5 + sign * acc
+    return out
+
+
+@pytest.mark.parametrize("n_tables", [1, 2, 3])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_probe_op_writes_the_touched_rows(n_tables, threads):
+    gen = torch.Generator().manual_seed(n_tables)
+    rows = torch.randint(0, 50, (300,), generator=gen).sort().values  # many runs of duplicates
+    tables = [torch.randn(50, 19, generator=gen) for _ in range(n_tables)]
+    g = torch.randn(300, 19, generator=gen)
+    expected = _row_probe_reference(tables, g, rows)
+    args = tables + [None] * (3 - n_tables)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.ops.pyoptim._row_probe_(*args, g, rows)
+    finally:
+        torch.set_num_threads(prev)
+    for t, e in zip(tables, expected):
+        assert torch.equal(t, e)
+
+
+def test_row_probe_op_rejects_bad_rows_before_writing():
+    x, g = torch.randn(8, 4), torch.randn(3, 4)
+    x0 = x.clone()
+    for rows in (torch.tensor([0, 2, 1]), torch.tensor([0, 1, 8]), torch.tensor([-1, 0, 1])):
+        with pytest.raises(IndexError, match="ascending row indices"):
+            torch.ops.pyoptim._row_probe_(x, None, None, g, rows)
+    with pytest.raises(ValueError, match="must not share memory"):
+        torch.ops.pyoptim._row_probe_(x, x, None, g, torch.tensor([0, 1, 2]))
+    assert torch.equal(x, x0)
+
+
 def test_bytes_model():
     assert nbytes.adam_bytes_per_elem(torch.float32) == 28
     assert nbytes.adam_bytes_per_elem(torch.float32, amsgrad=True) == 36

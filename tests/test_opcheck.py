@@ -376,7 +376,7 @@ def test_opcheck_rowwise_adagrad(dtype, sparse):
 
 
 # Every optimizer op and where its opcheck runs; the test below fails when an op is added
-# without one. The others are hooks with no tensor arguments (and the bench's probe).
+# without one. The others are hooks with no tensor arguments (and the bench's probes).
 OPCHECKED = {
     "pyoptim::adam_": "test_opcheck_adam (and _mixed, _states, _kahan)",
     "pyoptim::sgd_": "test_opcheck_sgd (and _master, _modes, _kahan)",
@@ -390,8 +390,8 @@ OPCHECKED = {
 }
 NOT_OPTIMIZERS = {
     "pyoptim::_built_with_cuda", "pyoptim::_kernel_table_isa", "pyoptim::_set_cpu_capability",
-    "pyoptim::_stream_probe_", "pyoptim::cpu_capability", "pyoptim::max_cpu_capability",
-    "pyoptim::cpu_levels",
+    "pyoptim::_stream_probe_", "pyoptim::_row_probe_", "pyoptim::cpu_capability",
+    "pyoptim::max_cpu_capability", "pyoptim::cpu_levels",
 }
 
 

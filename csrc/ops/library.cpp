@@ -124,4 +124,8 @@ TORCH_LIBRARY(pyoptim, m) {
   // read all four, write three in place (x = x/2 + g, y = y/2 + g, z = z/2 - g). See
   // ops/probe_cpu.cpp.
   m.def("_stream_probe_(Tensor(a!) x, Tensor(b!) y, Tensor(c!) z, Tensor g) -> ()");
+  // bench/ only: the sparse optimizers' memory pattern: the value rows of g (grouped by their
+  // ascending `rows`) summed per row, then that row of x (and y, z) read and written once. See
+  // ops/probe_cpu.cpp.
+  m.def("_row_probe_(Tensor(a!) x, Tensor(b!)? y, Tensor(c!)? z, Tensor g, Tensor rows) -> ()");
 }
