@@ -321,5 +321,6 @@ def test_bench_sgd_workloads_run():
     res = cli.main(args, out=lambda line: None)
     assert len(res["workloads"]) == 2
     for w in res["workloads"]:
-        assert {r["impl"] for r in w["rows"]} == {"torch-forloop", "pyoptim", "pyoptim-momentum"}
+        assert {r["impl"] for r in w["rows"]} == {"torch-forloop", "pyoptim", "pyoptim-momentum",
+                                                   "row-probe"}
         assert all(r["median_ms"] > 0 for r in w["rows"])

@@ -539,5 +539,5 @@ def test_bench_workloads_run_tiny():
     assert any("uniform" in n for n in names) and any("zipf" in n for n in names)
     for w in res["workloads"]:
         assert {r["impl"] for r in w["rows"]} == {"pyoptim", "torch-sparseadam",
-                                                   "torch-fused-dense"}
+                                                   "torch-fused-dense", "row-probe"}
         assert all(r["median_ms"] > 0 for r in w["rows"])
