@@ -376,11 +376,14 @@ class Plan:
         return lists + [list(map(dict.get, dicts, repeat(key))) for key in optional]
 
     def op_views(self, call: DeviceCall, grads: list[Tensor], states: list[list[Any]],
-                 keys: Sequence[str]) -> tuple[list[Tensor], list[Tensor], list[list[Any]]]:
+                 keys: Sequence[str], resolve_conj: bool = False,
+                 ) -> tuple[list[Tensor], list[Tensor], list[list[Any]]]:
         """The call's params, grads and state tensors (`keys`: the state key of each list) as
         the op takes them: DTensors as their local shards (Note [DTensor params]) and every
         complex tensor as a fresh real view (a view made in an earlier step would miss a later
-        `p.data = ...`)."""
+        `p.data = ...`). A complex grad with the conjugation bit (autograd's grad of p.conj())
+        is resolved first where `resolve_conj` (FusedStep._resolve_conj_grads), else refused by
+        view_as_real, as torch's class does."""
         if not call.complex_pos and not call.dt_pos:
             return call.params, grads, states
         if call.dt_pos:
@@ -389,7 +392,7 @@ class Plan:
             params, grads, states = list(call.params), list(grads), [list(s) for s in states]
         for k in call.complex_pos:
             params[k] = real_view(params[k])
-            grads[k] = real_view(grads[k])
+            grads[k] = real_view(grads[k].resolve_conj() if resolve_conj else grads[k])
         for k in call.complex_state_pos:
             for s in states:
                 if isinstance(s[k], Tensor):
@@ -609,6 +612,9 @@ class FusedStep:
     # Note [Grads read by the op] (csrc/ops/checks.h): whether the op's CPU kernel reads each
     # param's grad when given an empty grads list
     _grads_read_by_op = False
+    # whether a complex param's grad with the conjugation bit steps (torch's SGD) or raises
+    # view_as_real's error (torch's Adam, Adamax, Adagrad): Plan.op_views
+    _resolve_conj_grads = False
     _created_in_graph: tuple[str, ...] = ()
     _torch_step: Callable[..., Any]  # the torch class's step, without torch's step hooks
 
@@ -818,7 +824,7 @@ class FusedStep:
                 state_keys = (*keys, *optional)
                 runs = [functools.partial(self._run, plan, call, *plan.op_views(
                             call, grads_per_call[k], [s[k] for s in states_per_call],
-                            state_keys), grad_scale, found_inf)
+                            state_keys, self._resolve_conj_grads), grad_scale, found_inf)
                         for k, call in enumerate(calls)]
                 if plan.sparse_calls:
                     sparse_grads = pick(grads, plan.sparse_index)

@@ -128,8 +128,7 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         "        momentum).\n\n" + (torch.optim.SGD.__doc__ or "")
     )
     _grads_read_by_op = True  # Note [Grads read by the op] in csrc/ops/checks.h
-
-
+    _resolve_conj_grads = True  # torch's SGD steps a complex grad with the conjugation bit
     _created_in_graph = ("momentum_buffer",)  # Note [Compiled step] in pyoptim/_compiled.py
     _mixed_flags = (MASTER, SR, STATES, KAHAN)
     _fp32_keys = ("momentum_buffer",)  # float32 in master groups

@@ -1040,3 +1040,49 @@ def test_grads_that_are_not_plain_memory_step_as_their_values(cls, kind):
             opt.step()
         out.append(p.detach())
     assert bitwise_equal(out[0], out[1]), cls
+
+
+def _conj_grad_run(make, grads, resolve=False):
+    """Two steps of `make([p])` on a complex param with autograd's grads of p.conj() (the
+    conjugation bit set), or with those grads resolved. Returns the param, or the error."""
+    p = nn.Parameter(torch.tensor([0.5 + 0.5j, -1 + 0j, 2 - 1j], dtype=torch.complex64))
+    opt = make([p])
+    try:
+        for c in grads:
+            opt.zero_grad()
+            (p.conj() * c).real.sum().backward()
+            assert p.grad.is_conj()
+            if resolve:
+                p.grad = p.grad.resolve_conj()
+            opt.step()
+    except RuntimeError as e:
+        return e, p.detach(), opt
+    return None, p.detach(), opt
+
+
+@pytest.mark.parametrize("cls", ("SGD", "Adam", "AdamW", "Adamax", "Adagrad"))
+def test_complex_grad_with_conjugation_bit_as_torch(cls):
+    """A complex param's grad with the conjugation bit (autograd's grad of p.conj()): torch's
+    SGD steps it, pyoptim's too, bitwise as the resolved grad and as torch's within a few ulps
+    (torch computes in complex arithmetic); torch's Adam, AdamW, Adamax and Adagrad raise
+    view_as_real's error, and so does pyoptim, changing nothing."""
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, dtype=torch.complex64, generator=gen) for _ in range(2)]
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1) if cls == "SGD" else \
+        dict(lr=0.1)
+    ours_err, ours, opt = _conj_grad_run(lambda ps: getattr(pyoptim, cls)(ps, **kw), grads)
+    torch_err, ref, _ = _conj_grad_run(lambda ps: getattr(torch.optim, cls)(ps, **kw), grads)
+    if cls == "SGD":
+        assert ours_err is None and torch_err is None
+        _, resolved, _ = _conj_grad_run(lambda ps: pyoptim.SGD(ps, **kw), grads, resolve=True)
+        assert bitwise_equal(ours, resolved)
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+        assert not bitwise_equal(ours, _conj_grad_run(
+            lambda ps: pyoptim.SGD(ps, **kw), [c.conj() for c in grads])[1])  # conj matters
+    else:
+        assert type(ours_err) is type(torch_err) and str(ours_err) == str(torch_err)
+        assert bitwise_equal(ours, torch.tensor([0.5 + 0.5j, -1 + 0j, 2 - 1j]))
+        # Adagrad makes its state at construction (torch's); the others' is removed again
+        assert len(opt.state) == (cls == "Adagrad")
+        for state in opt.state.values():
+            assert float(state["step"]) == 0 and not state["sum"].any()
