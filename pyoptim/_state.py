@@ -502,6 +502,19 @@ def _check_layout(what: str, params: list[Tensor], others: list[Any]) -> None:
                 f"{ps.placements} on {ps.mesh}: they must be the same")
 
 
+def missing_key(plan: Plan, keys: Sequence[str], sparse_keys: Sequence[str]) -> KeyError:
+    """torch's KeyError for a state dict that is not empty but lacks a required key: the first
+    such dict's first missing key in torch's order, which reads every key but `step` (in the
+    ops' order) before `step`."""
+    for dicts, required in ((plan.dicts, keys), (plan.sparse_dicts, sparse_keys)):
+        order = [k for k in required if k != "step"] + ["step"] * ("step" in required)
+        for state in dicts:
+            for key in order:
+                if key not in state:
+                    return KeyError(key)
+    raise AssertionError("pyoptim: no state dict lacks a required key")
+
+
 class _GradsNeeded(Exception):
     """A Plan rebuilt during a step whose grads the op does not read itself (Note [Grads read by
     the op] in csrc/ops/checks.h): the step runs again with the grads listed."""
@@ -804,10 +817,19 @@ class FusedStep:
                          if plan.sparse_dicts else [])
         if states is None or sparse_states is None:
             # a state dict lost a key (cleared): initialize it again, as torch does
-            plan = self._build_plan(params, mask, layout)
+            earlier = plan
+            try:
+                plan = self._build_plan(params, mask, layout)
+            except BaseException:
+                self._forget_fresh(earlier)
+                raise
+            plan.fresh = earlier.fresh + plan.fresh  # the state both builds created
             states = plan.state_lists(keys, optional) if plan.dicts else []
             sparse_states = (plan.state_lists(self._sparse_state_keys, (), plan.sparse_dicts)
                              if plan.sparse_dicts else [])
+            if states is None or sparse_states is None:  # a dict that is not empty lacks a key
+                self._forget_fresh(plan)
+                raise missing_key(plan, keys, self._sparse_state_keys)
         self.__dict__["_pyoptim_plan"] = plan
         if grads is None and not plan.implicit_grads:
             raise _GradsNeeded  # a rebuilt Plan that needs the grads listed: _fused_step's retry

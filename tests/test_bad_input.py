@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import itertools
 import types
 import weakref
 from collections.abc import Callable
@@ -284,6 +285,44 @@ def test_state_reset_without_a_later_step_keeps_state_dict_like_torch():
         opt.state[ps[1]].clear()
         sds[impl] = {i: sorted(s) for i, s in opt.state_dict()["state"].items()}
     assert sds["pyoptim"] == sds["loop"]
+
+
+MISSING_KEY_CLASSES = ("Adam", "AdamW", "SparseAdam", "Adamax", "Adagrad")
+
+
+def _key_subsets(cls: str) -> list[tuple[str, ...]]:
+    """Every set of state keys that leaves the dict not empty (torch's keys of `cls`)."""
+    keys = {"Adagrad": ("step", "sum"), "Adamax": ("step", "exp_avg", "exp_inf")}.get(
+        cls, ("step", "exp_avg", "exp_avg_sq"))
+    return [sub for n in range(1, len(keys)) for sub in itertools.combinations(keys, n)]
+
+
+@pytest.mark.parametrize("cls", MISSING_KEY_CLASSES)
+def test_state_dict_missing_a_key_raises_torchs_key_error(cls):
+    """A state dict that is not empty but lacks keys (a partial checkpoint, `del
+    state[p][key]`): torch's KeyError, naming the key torch reads first, and nothing changes
+    (the param without state yet gets none)."""
+    for missing in _key_subsets(cls):
+        errors = []
+        for impl in ("pyoptim", "loop"):
+            torch.manual_seed(0)
+            ps = [nn.Parameter(torch.randn(4, 2)) for _ in range(3)]
+            opt = _optimizer(impl, cls, ps, lr=0.1)
+            gen = torch.Generator().manual_seed(1)
+            _set_grads(cls, ps[:2], gen)
+            opt.step()
+            for key in missing:
+                del opt.state[ps[1]][key]
+            _set_grads(cls, ps, gen)
+            before = _snapshot(opt)
+            with pytest.raises(KeyError) as info:
+                opt.step()
+            errors.append(info.value.args)
+            if impl == "pyoptim":
+                _assert_unchanged(opt, before)
+                with pytest.raises(KeyError):  # a Plan kept from the last step: the same
+                    opt.step()
+        assert errors[0] == errors[1], (cls, missing)
 
 
 # ---- 3. load_state_dict + step cycles keep nothing alive --------------------------------------
