@@ -99,9 +99,18 @@ def lr_args(lrs: tuple, device: torch.device) -> tuple[tuple, Sequence[Tensor | 
     tensor (read on the device where the op can, with no host sync), its entry in `lr` unused."""
     if not any(map(isinstance, lrs, repeat(Tensor))):
         return lrs, ()
-    tensors = [(x if x.device.type == "cpu" else on_device(x, device)).detach()
-               if isinstance(x, Tensor) else None for x in lrs]
+    tensors = [_lr_tensor(x, device) if isinstance(x, Tensor) else None for x in lrs]
     return tuple(0.0 if isinstance(x, Tensor) else x for x in lrs), tensors
+
+
+def _lr_tensor(x: Tensor, device: torch.device) -> Tensor:
+    """A Tensor lr as the ops take it: on the CPU or the params' device, floating point. An
+    integer (or bool) lr is its value in the default dtype, as torch's arithmetic promotes it
+    (`lr / bias_correction`, `param.add_(grad, alpha=lr)`)."""
+    t = x if x.device.type == "cpu" else on_device(x, device)
+    if not (t.is_floating_point() or t.is_complex()):
+        t = t.to(torch.get_default_dtype())
+    return t.detach()
 
 
 # c10::ScalarType names, as torch's kernels spell a dtype in "not implemented for" errors

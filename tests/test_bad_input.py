@@ -536,6 +536,35 @@ def test_step_count_viewing_a_param_element_is_rejected(cls):
 
 # ---- 6. false rejections: torch steps these ---------------------------------------------------
 
+INT_LR_CASES = {
+    "SGD": dict(momentum=0.9), "SGD-fused": dict(momentum=0.9, fused=True),
+    "Adam": {}, "Adam-fused": dict(fused=True),
+    "Adam-fused-capturable": dict(fused=True, capturable=True), "AdamW": {},
+    "Adamax": {}, "Adagrad": {}, "Adagrad-fused": dict(fused=True), "SparseAdam": {},
+}
+
+
+@pytest.mark.parametrize("case", list(INT_LR_CASES))
+def test_integer_tensor_lr_steps_as_torch(case):
+    """lr=torch.tensor(2) (an integer tensor): torch steps with its value, and so does pyoptim,
+    bitwise as with the float tensor of that value and as torch within its tolerance."""
+    cls = case.split("-")[0]
+    runs = {}
+    for impl, lr in (("int", torch.tensor(2)), ("float", torch.tensor(2.0)),
+                     ("torch", torch.tensor(2))):
+        torch.manual_seed(0)
+        p = nn.Parameter(torch.randn(5, 3))
+        mod = torch.optim if impl == "torch" else pyoptim
+        opt = getattr(mod, cls)([p], lr=lr, **INT_LR_CASES[case])
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            _set_grads(cls, [p], gen)
+            opt.step()
+        runs[impl] = p.detach()
+    assert bitwise_equal(runs["int"], runs["float"])
+    torch.testing.assert_close(runs["int"], runs["torch"], rtol=1e-5, atol=1e-6)
+
+
 VIEWS = {
     "split": lambda w: list(w.split(2, dim=1)),
     "strided-0::2-1::2": lambda w: [w[:, 0::2], w[:, 1::2]],
