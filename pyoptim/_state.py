@@ -131,6 +131,26 @@ def zeros_state(p: Tensor, dtype: torch.dtype | None = None) -> Tensor:
                             else torch.preserve_format)
 
 
+def to_param_dtype(state: dict, key: str, p: Tensor) -> None:
+    """Note [State in another dtype]: state[key] in p's dtype, as load_state_dict casts it,
+    where it is a dense floating-point tensor of another dtype and p's grad has p's dtype."""
+    t = state.get(key)
+    if (isinstance(t, Tensor) and t.dtype != p.dtype and p.grad is not None
+            and p.grad.dtype == p.dtype and not t.is_sparse
+            and (t.is_floating_point() or t.is_complex())):
+        state[key] = t.to(p.dtype)
+
+
+# Note [State in another dtype]
+# After model.double() / model.bfloat16() between steps, or a state tensor assigned in another
+# dtype, torch's SGD and Adagrad keep training with the state in its own dtype (their for-loop's
+# in-place ops on mixed dtypes), while its Adam and Adamax raise. pyoptim's ops take state in the
+# param's dtype: SGD (momentum_buffer, groups without a mixed-precision mode) and Adagrad (sum)
+# convert such a tensor to the param's dtype when the Plan is built, as load_state_dict would
+# (so the state takes the param's dtype where torch's keeps its own). A Plan still valid when
+# the op refuses a state dtype is rebuilt once (FusedStep._param_dtype_keys).
+
+
 def scalar_type_name(dtype: torch.dtype) -> str:
     return _SCALAR_TYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
@@ -637,6 +657,8 @@ class FusedStep:
     # whether a complex param's grad with the conjugation bit steps (torch's SGD) or raises
     # view_as_real's error (torch's Adam, Adamax, Adagrad): Plan.op_views
     _resolve_conj_grads = False
+    # Note [State in another dtype]: the state keys _init_param converts to the param's dtype
+    _param_dtype_keys: tuple[str, ...] = ()
     _created_in_graph: tuple[str, ...] = ()
     _torch_step: Callable[..., Any]  # the torch class's step, without torch's step hooks
 
@@ -728,6 +750,14 @@ class FusedStep:
             raise
         return plan
 
+    def _state_dtype_differs(self, plan: Plan) -> bool:
+        """Whether a state tensor of _param_dtype_keys is not in its param's dtype."""
+        keys = self._param_dtype_keys
+        return bool(keys) and any(
+            isinstance(t, Tensor) and t.dtype != p.dtype
+            for p, state in zip(compress(plan.active, plan.has_state), plan.dicts)
+            for t in map(state.get, keys))
+
     def _forget_fresh(self, plan: Plan) -> None:
         for p in plan.fresh:
             self.state.pop(p, None)
@@ -804,8 +834,10 @@ class FusedStep:
             self._steps(plan, params, grads, mask, layout, grad_scale, found_inf)
         except Exception:
             # Note [Sparse params in a dense step]: a grad that turned sparse (or dense) since
-            # the Plan was built made an op refuse it, before anything was written
-            if plan.sparse_index == self._sparse_positions(grads):
+            # the Plan was built made an op refuse it, before anything was written; Note [State
+            # in another dtype]: a state tensor the new Plan converts
+            if plan.sparse_index == self._sparse_positions(grads) and \
+                    not self._state_dtype_differs(plan):
                 raise
             self._steps(self._build_plan(params, mask, layout), params, grads, mask, layout,
                         grad_scale, found_inf)

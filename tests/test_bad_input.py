@@ -565,6 +565,44 @@ def test_integer_tensor_lr_steps_as_torch(case):
     torch.testing.assert_close(runs["int"], runs["torch"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["all-grads", "a-param-without-grad"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cls", ["SGD", "Adagrad"])
+def test_state_of_another_dtype_after_model_to(cls, dtype, frozen):
+    """model.to(dtype) between steps (the state stays float32): torch's SGD and Adagrad keep
+    training, and so does pyoptim, with the state converted to the param's dtype as torch's
+    load_state_dict converts it (Note [State in another dtype]): as torch after a state_dict
+    round trip (its fused kernel for bfloat16, which computes in float32 as pyoptim does).
+    `frozen`: a param without a grad, so the step keeps its Plan (the op refuses the state's
+    dtype, and the Plan is rebuilt)."""
+    kw = dict(lr=0.1, momentum=0.9) if cls == "SGD" else dict(lr=0.1)
+    out = {}
+    for impl in ("pyoptim", "torch"):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+        if frozen:
+            m[1].bias.requires_grad_(False)
+        if impl == "pyoptim":
+            opt = getattr(pyoptim, cls)(m.parameters(), **kw)
+        else:
+            opt = getattr(torch.optim, cls)(m.parameters(), **kw, fused=dtype == torch.bfloat16)
+        x = torch.randn(4, 3)
+        for k in range(4):
+            if k == 2:
+                m.to(dtype)
+                x = x.to(dtype)
+                if impl == "torch":
+                    opt.load_state_dict(opt.state_dict())  # casts the state to the params'
+            opt.zero_grad()
+            m(x).square().sum().backward()
+            opt.step()
+        key = "momentum_buffer" if cls == "SGD" else "sum"
+        assert all(opt.state[p][key].dtype == dtype for p in m.parameters() if p.requires_grad)
+        out[impl] = [p.detach() for p in m.parameters()]
+    for a, b in zip(out["pyoptim"], out["torch"]):
+        torch.testing.assert_close(a, b)
+
+
 VIEWS = {
     "split": lambda w: list(w.split(2, dim=1)),
     "strided-0::2-1::2": lambda w: [w[:, 0::2], w[:, 1::2]],
