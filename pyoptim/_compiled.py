@@ -73,6 +73,9 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
     if states is None:  # a state dict lost a key (cleared): initialize it again, as eager does
         plan = opt._build_plan(all_params, mask, layout)
         states = plan.state_lists(keys, optional)
+        if states is None:  # a dict that is not empty lacks a key: the eager step raises
+            opt._forget_fresh(plan)
+            return None
     dtensor = _dtensor_type()
     if plan.fused_errors or plan.sparse_index or any(c.complex_pos for c in plan.calls) or any(
             p.grad.dtype != p.dtype or (dtensor is not None and isinstance(p, dtensor))

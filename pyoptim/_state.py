@@ -99,9 +99,18 @@ def lr_args(lrs: tuple, device: torch.device) -> tuple[tuple, Sequence[Tensor | 
     tensor (read on the device where the op can, with no host sync), its entry in `lr` unused."""
     if not any(map(isinstance, lrs, repeat(Tensor))):
         return lrs, ()
-    tensors = [(x if x.device.type == "cpu" else on_device(x, device)).detach()
-               if isinstance(x, Tensor) else None for x in lrs]
+    tensors = [_lr_tensor(x, device) if isinstance(x, Tensor) else None for x in lrs]
     return tuple(0.0 if isinstance(x, Tensor) else x for x in lrs), tensors
+
+
+def _lr_tensor(x: Tensor, device: torch.device) -> Tensor:
+    """A Tensor lr as the ops take it: on the CPU or the params' device, floating point. An
+    integer (or bool) lr is its value in the default dtype, as torch's arithmetic promotes it
+    (`lr / bias_correction`, `param.add_(grad, alpha=lr)`)."""
+    t = x if x.device.type == "cpu" else on_device(x, device)
+    if not (t.is_floating_point() or t.is_complex()):
+        t = t.to(torch.get_default_dtype())
+    return t.detach()
 
 
 # c10::ScalarType names, as torch's kernels spell a dtype in "not implemented for" errors
@@ -120,6 +129,26 @@ def zeros_state(p: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     codes = dtype in (torch.int8, torch.uint8)
     return torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format if codes
                             else torch.preserve_format)
+
+
+def to_param_dtype(state: dict, key: str, p: Tensor) -> None:
+    """Note [State in another dtype]: state[key] in p's dtype, as load_state_dict casts it,
+    where it is a dense floating-point tensor of another dtype and p's grad has p's dtype."""
+    t = state.get(key)
+    if (isinstance(t, Tensor) and t.dtype != p.dtype and p.grad is not None
+            and p.grad.dtype == p.dtype and not t.is_sparse
+            and (t.is_floating_point() or t.is_complex())):
+        state[key] = t.to(p.dtype)
+
+
+# Note [State in another dtype]
+# After model.double() / model.bfloat16() between steps, or a state tensor assigned in another
+# dtype, torch's SGD and Adagrad keep training with the state in its own dtype (their for-loop's
+# in-place ops on mixed dtypes), while its Adam and Adamax raise. pyoptim's ops take state in the
+# param's dtype: SGD (momentum_buffer, groups without a mixed-precision mode) and Adagrad (sum)
+# convert such a tensor to the param's dtype when the Plan is built, as load_state_dict would
+# (so the state takes the param's dtype where torch's keeps its own). A Plan still valid when
+# the op refuses a state dtype is rebuilt once (FusedStep._param_dtype_keys).
 
 
 def scalar_type_name(dtype: torch.dtype) -> str:
@@ -376,11 +405,14 @@ class Plan:
         return lists + [list(map(dict.get, dicts, repeat(key))) for key in optional]
 
     def op_views(self, call: DeviceCall, grads: list[Tensor], states: list[list[Any]],
-                 keys: Sequence[str]) -> tuple[list[Tensor], list[Tensor], list[list[Any]]]:
+                 keys: Sequence[str], resolve_conj: bool = False,
+                 ) -> tuple[list[Tensor], list[Tensor], list[list[Any]]]:
         """The call's params, grads and state tensors (`keys`: the state key of each list) as
         the op takes them: DTensors as their local shards (Note [DTensor params]) and every
         complex tensor as a fresh real view (a view made in an earlier step would miss a later
-        `p.data = ...`)."""
+        `p.data = ...`). A complex grad with the conjugation bit (autograd's grad of p.conj())
+        is resolved first where `resolve_conj` (FusedStep._resolve_conj_grads), else refused by
+        view_as_real, as torch's class does."""
         if not call.complex_pos and not call.dt_pos:
             return call.params, grads, states
         if call.dt_pos:
@@ -389,7 +421,7 @@ class Plan:
             params, grads, states = list(call.params), list(grads), [list(s) for s in states]
         for k in call.complex_pos:
             params[k] = real_view(params[k])
-            grads[k] = real_view(grads[k])
+            grads[k] = real_view(grads[k].resolve_conj() if resolve_conj else grads[k])
         for k in call.complex_state_pos:
             for s in states:
                 if isinstance(s[k], Tensor):
@@ -497,6 +529,19 @@ def _check_layout(what: str, params: list[Tensor], others: list[Any]) -> None:
                 f"pyoptim: the {what} of a DTensor param has global shape {tuple(t.shape)}, "
                 f"placements {ts.placements} on {ts.mesh}; the param has {tuple(p.shape)}, "
                 f"{ps.placements} on {ps.mesh}: they must be the same")
+
+
+def missing_key(plan: Plan, keys: Sequence[str], sparse_keys: Sequence[str]) -> KeyError:
+    """torch's KeyError for a state dict that is not empty but lacks a required key: the first
+    such dict's first missing key in torch's order, which reads every key but `step` (in the
+    ops' order) before `step`."""
+    for dicts, required in ((plan.dicts, keys), (plan.sparse_dicts, sparse_keys)):
+        order = [k for k in required if k != "step"] + ["step"] * ("step" in required)
+        for state in dicts:
+            for key in order:
+                if key not in state:
+                    return KeyError(key)
+    raise AssertionError("pyoptim: no state dict lacks a required key")
 
 
 class _GradsNeeded(Exception):
@@ -609,6 +654,11 @@ class FusedStep:
     # Note [Grads read by the op] (csrc/ops/checks.h): whether the op's CPU kernel reads each
     # param's grad when given an empty grads list
     _grads_read_by_op = False
+    # whether a complex param's grad with the conjugation bit steps (torch's SGD) or raises
+    # view_as_real's error (torch's Adam, Adamax, Adagrad): Plan.op_views
+    _resolve_conj_grads = False
+    # Note [State in another dtype]: the state keys _init_param converts to the param's dtype
+    _param_dtype_keys: tuple[str, ...] = ()
     _created_in_graph: tuple[str, ...] = ()
     _torch_step: Callable[..., Any]  # the torch class's step, without torch's step hooks
 
@@ -700,6 +750,14 @@ class FusedStep:
             raise
         return plan
 
+    def _state_dtype_differs(self, plan: Plan) -> bool:
+        """Whether a state tensor of _param_dtype_keys is not in its param's dtype."""
+        keys = self._param_dtype_keys
+        return bool(keys) and any(
+            isinstance(t, Tensor) and t.dtype != p.dtype
+            for p, state in zip(compress(plan.active, plan.has_state), plan.dicts)
+            for t in map(state.get, keys))
+
     def _forget_fresh(self, plan: Plan) -> None:
         for p in plan.fresh:
             self.state.pop(p, None)
@@ -776,8 +834,10 @@ class FusedStep:
             self._steps(plan, params, grads, mask, layout, grad_scale, found_inf)
         except Exception:
             # Note [Sparse params in a dense step]: a grad that turned sparse (or dense) since
-            # the Plan was built made an op refuse it, before anything was written
-            if plan.sparse_index == self._sparse_positions(grads):
+            # the Plan was built made an op refuse it, before anything was written; Note [State
+            # in another dtype]: a state tensor the new Plan converts
+            if plan.sparse_index == self._sparse_positions(grads) and \
+                    not self._state_dtype_differs(plan):
                 raise
             self._steps(self._build_plan(params, mask, layout), params, grads, mask, layout,
                         grad_scale, found_inf)
@@ -798,10 +858,19 @@ class FusedStep:
                          if plan.sparse_dicts else [])
         if states is None or sparse_states is None:
             # a state dict lost a key (cleared): initialize it again, as torch does
-            plan = self._build_plan(params, mask, layout)
+            earlier = plan
+            try:
+                plan = self._build_plan(params, mask, layout)
+            except BaseException:
+                self._forget_fresh(earlier)
+                raise
+            plan.fresh = earlier.fresh + plan.fresh  # the state both builds created
             states = plan.state_lists(keys, optional) if plan.dicts else []
             sparse_states = (plan.state_lists(self._sparse_state_keys, (), plan.sparse_dicts)
                              if plan.sparse_dicts else [])
+            if states is None or sparse_states is None:  # a dict that is not empty lacks a key
+                self._forget_fresh(plan)
+                raise missing_key(plan, keys, self._sparse_state_keys)
         self.__dict__["_pyoptim_plan"] = plan
         if grads is None and not plan.implicit_grads:
             raise _GradsNeeded  # a rebuilt Plan that needs the grads listed: _fused_step's retry
@@ -818,7 +887,7 @@ class FusedStep:
                 state_keys = (*keys, *optional)
                 runs = [functools.partial(self._run, plan, call, *plan.op_views(
                             call, grads_per_call[k], [s[k] for s in states_per_call],
-                            state_keys), grad_scale, found_inf)
+                            state_keys, self._resolve_conj_grads), grad_scale, found_inf)
                         for k, call in enumerate(calls)]
                 if plan.sparse_calls:
                     sparse_grads = pick(grads, plan.sparse_index)

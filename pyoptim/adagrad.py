@@ -47,7 +47,7 @@ from torch import Tensor
 from torch.optim.optimizer import _device_dtype_check_for_fused
 
 from ._dense import DenseStep, _SparseGrad
-from ._state import DeviceCall, Plan, hyper_args, scalar_dtype, scalar_type_name
+from ._state import DeviceCall, Plan, hyper_args, scalar_dtype, scalar_type_name, to_param_dtype
 
 __all__ = ["Adagrad"]
 
@@ -65,6 +65,7 @@ class Adagrad(DenseStep, torch.optim.Adagrad):
     _states = ("sum",)
     _sparse_msg = None  # torch steps sparse grads: sparse_adagrad_, or _sparse_step
     _sparse_state_keys = ("step", "sum")
+    _param_dtype_keys = ("sum",)  # Note [State in another dtype] in _state.py
 
     def _hyper(self, group: dict) -> tuple:
         return group["lr"], group["lr_decay"], group["weight_decay"], group["eps"]
@@ -92,7 +93,9 @@ class Adagrad(DenseStep, torch.optim.Adagrad):
             if error is not None:  # raised by _run, before anything is written; the complex
                 # check comes before the kernel's dtype dispatch
                 plan.keep_fused_error(group, int(isinstance(error, NotImplementedError)), error)
-        return super()._init_param(plan, group, p)
+        has_state = super()._init_param(plan, group, p)
+        to_param_dtype(self.state[p], "sum", p)  # Note [State in another dtype] in _state.py
+        return has_state
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
              states: list[list[Any]], grad_scale: Tensor | None,

@@ -160,7 +160,8 @@ class _AdamStep(FusedStep):
             state[_KAHAN_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)
         elif group.get(_SR, False) and _SEED_KEY not in state:
             state[_SEED_KEY] = new_seed(p)  # a seed per param, from torch's generator
-        if group["capturable"] and not torch.compiler.is_compiling():
+        if group["capturable"] and not group["fused"] and not torch.compiler.is_compiling():
+            # torch's single-tensor and foreach steps check this; its fused step does not
             devices = _get_capturable_supported_devices()
             if not (p.device.type == state["step"].device.type and p.device.type in devices):
                 raise AssertionError(  # torch's check, before its step writes anything

@@ -94,6 +94,7 @@ from ._state import (
     optional_lists,
     pick,
     scalar_type_name,
+    to_param_dtype,
     zeros_state,
 )
 
@@ -128,8 +129,8 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         "        momentum).\n\n" + (torch.optim.SGD.__doc__ or "")
     )
     _grads_read_by_op = True  # Note [Grads read by the op] in csrc/ops/checks.h
-
-
+    _resolve_conj_grads = True  # torch's SGD steps a complex grad with the conjugation bit
+    _param_dtype_keys = ("momentum_buffer",)  # Note [State in another dtype] in _state.py
     _created_in_graph = ("momentum_buffer",)  # Note [Compiled step] in pyoptim/_compiled.py
     _mixed_flags = (MASTER, SR, STATES, KAHAN)
     _fp32_keys = ("momentum_buffer",)  # float32 in master groups
@@ -206,6 +207,8 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         else:
             if buf.is_sparse:  # a torch state_dict from sparse momentum
                 state["momentum_buffer"] = buf.to_dense()
+            if not master and states is None:  # Note [State in another dtype] in _state.py
+                to_param_dtype(state, "momentum_buffer", p)
             settle_modes_off(state, group, p, self._state_maps, self._fp32_keys)
             plan.extra.append(False)
         if master:

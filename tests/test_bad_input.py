@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import itertools
 import types
 import weakref
 from collections.abc import Callable
@@ -286,6 +287,44 @@ def test_state_reset_without_a_later_step_keeps_state_dict_like_torch():
     assert sds["pyoptim"] == sds["loop"]
 
 
+MISSING_KEY_CLASSES = ("Adam", "AdamW", "SparseAdam", "Adamax", "Adagrad")
+
+
+def _key_subsets(cls: str) -> list[tuple[str, ...]]:
+    """Every set of state keys that leaves the dict not empty (torch's keys of `cls`)."""
+    keys = {"Adagrad": ("step", "sum"), "Adamax": ("step", "exp_avg", "exp_inf")}.get(
+        cls, ("step", "exp_avg", "exp_avg_sq"))
+    return [sub for n in range(1, len(keys)) for sub in itertools.combinations(keys, n)]
+
+
+@pytest.mark.parametrize("cls", MISSING_KEY_CLASSES)
+def test_state_dict_missing_a_key_raises_torchs_key_error(cls):
+    """A state dict that is not empty but lacks keys (a partial checkpoint, `del
+    state[p][key]`): torch's KeyError, naming the key torch reads first, and nothing changes
+    (the param without state yet gets none)."""
+    for missing in _key_subsets(cls):
+        errors = []
+        for impl in ("pyoptim", "loop"):
+            torch.manual_seed(0)
+            ps = [nn.Parameter(torch.randn(4, 2)) for _ in range(3)]
+            opt = _optimizer(impl, cls, ps, lr=0.1)
+            gen = torch.Generator().manual_seed(1)
+            _set_grads(cls, ps[:2], gen)
+            opt.step()
+            for key in missing:
+                del opt.state[ps[1]][key]
+            _set_grads(cls, ps, gen)
+            before = _snapshot(opt)
+            with pytest.raises(KeyError) as info:
+                opt.step()
+            errors.append(info.value.args)
+            if impl == "pyoptim":
+                _assert_unchanged(opt, before)
+                with pytest.raises(KeyError):  # a Plan kept from the last step: the same
+                    opt.step()
+        assert errors[0] == errors[1], (cls, missing)
+
+
 # ---- 3. load_state_dict + step cycles keep nothing alive --------------------------------------
 
 
@@ -496,6 +535,73 @@ def test_step_count_viewing_a_param_element_is_rejected(cls):
 
 
 # ---- 6. false rejections: torch steps these ---------------------------------------------------
+
+INT_LR_CASES = {
+    "SGD": dict(momentum=0.9), "SGD-fused": dict(momentum=0.9, fused=True),
+    "Adam": {}, "Adam-fused": dict(fused=True),
+    "Adam-fused-capturable": dict(fused=True, capturable=True), "AdamW": {},
+    "Adamax": {}, "Adagrad": {}, "Adagrad-fused": dict(fused=True), "SparseAdam": {},
+}
+
+
+@pytest.mark.parametrize("case", list(INT_LR_CASES))
+def test_integer_tensor_lr_steps_as_torch(case):
+    """lr=torch.tensor(2) (an integer tensor): torch steps with its value, and so does pyoptim,
+    bitwise as with the float tensor of that value and as torch within its tolerance."""
+    cls = case.split("-")[0]
+    runs = {}
+    for impl, lr in (("int", torch.tensor(2)), ("float", torch.tensor(2.0)),
+                     ("torch", torch.tensor(2))):
+        torch.manual_seed(0)
+        p = nn.Parameter(torch.randn(5, 3))
+        mod = torch.optim if impl == "torch" else pyoptim
+        opt = getattr(mod, cls)([p], lr=lr, **INT_LR_CASES[case])
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            _set_grads(cls, [p], gen)
+            opt.step()
+        runs[impl] = p.detach()
+    assert bitwise_equal(runs["int"], runs["float"])
+    torch.testing.assert_close(runs["int"], runs["torch"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["all-grads", "a-param-without-grad"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cls", ["SGD", "Adagrad"])
+def test_state_of_another_dtype_after_model_to(cls, dtype, frozen):
+    """model.to(dtype) between steps (the state stays float32): torch's SGD and Adagrad keep
+    training, and so does pyoptim, with the state converted to the param's dtype as torch's
+    load_state_dict converts it (Note [State in another dtype]): as torch after a state_dict
+    round trip (its fused kernel for bfloat16, which computes in float32 as pyoptim does).
+    `frozen`: a param without a grad, so the step keeps its Plan (the op refuses the state's
+    dtype, and the Plan is rebuilt)."""
+    kw = dict(lr=0.1, momentum=0.9) if cls == "SGD" else dict(lr=0.1)
+    out = {}
+    for impl in ("pyoptim", "torch"):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+        if frozen:
+            m[1].bias.requires_grad_(False)
+        if impl == "pyoptim":
+            opt = getattr(pyoptim, cls)(m.parameters(), **kw)
+        else:
+            opt = getattr(torch.optim, cls)(m.parameters(), **kw, fused=dtype == torch.bfloat16)
+        x = torch.randn(4, 3)
+        for k in range(4):
+            if k == 2:
+                m.to(dtype)
+                x = x.to(dtype)
+                if impl == "torch":
+                    opt.load_state_dict(opt.state_dict())  # casts the state to the params'
+            opt.zero_grad()
+            m(x).square().sum().backward()
+            opt.step()
+        key = "momentum_buffer" if cls == "SGD" else "sum"
+        assert all(opt.state[p][key].dtype == dtype for p in m.parameters() if p.requires_grad)
+        out[impl] = [p.detach() for p in m.parameters()]
+    for a, b in zip(out["pyoptim"], out["torch"]):
+        torch.testing.assert_close(a, b)
+
 
 VIEWS = {
     "split": lambda w: list(w.split(2, dim=1)),
@@ -1040,3 +1146,49 @@ def test_grads_that_are_not_plain_memory_step_as_their_values(cls, kind):
             opt.step()
         out.append(p.detach())
     assert bitwise_equal(out[0], out[1]), cls
+
+
+def _conj_grad_run(make, grads, resolve=False):
+    """Two steps of `make([p])` on a complex param with autograd's grads of p.conj() (the
+    conjugation bit set), or with those grads resolved. Returns the param, or the error."""
+    p = nn.Parameter(torch.tensor([0.5 + 0.5j, -1 + 0j, 2 - 1j], dtype=torch.complex64))
+    opt = make([p])
+    try:
+        for c in grads:
+            opt.zero_grad()
+            (p.conj() * c).real.sum().backward()
+            assert p.grad.is_conj()
+            if resolve:
+                p.grad = p.grad.resolve_conj()
+            opt.step()
+    except RuntimeError as e:
+        return e, p.detach(), opt
+    return None, p.detach(), opt
+
+
+@pytest.mark.parametrize("cls", ("SGD", "Adam", "AdamW", "Adamax", "Adagrad"))
+def test_complex_grad_with_conjugation_bit_as_torch(cls):
+    """A complex param's grad with the conjugation bit (autograd's grad of p.conj()): torch's
+    SGD steps it, pyoptim's too, bitwise as the resolved grad and as torch's within a few ulps
+    (torch computes in complex arithmetic); torch's Adam, AdamW, Adamax and Adagrad raise
+    view_as_real's error, and so does pyoptim, changing nothing."""
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, dtype=torch.complex64, generator=gen) for _ in range(2)]
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1) if cls == "SGD" else \
+        dict(lr=0.1)
+    ours_err, ours, opt = _conj_grad_run(lambda ps: getattr(pyoptim, cls)(ps, **kw), grads)
+    torch_err, ref, _ = _conj_grad_run(lambda ps: getattr(torch.optim, cls)(ps, **kw), grads)
+    if cls == "SGD":
+        assert ours_err is None and torch_err is None
+        _, resolved, _ = _conj_grad_run(lambda ps: pyoptim.SGD(ps, **kw), grads, resolve=True)
+        assert bitwise_equal(ours, resolved)
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+        assert not bitwise_equal(ours, _conj_grad_run(
+            lambda ps: pyoptim.SGD(ps, **kw), [c.conj() for c in grads])[1])  # conj matters
+    else:
+        assert type(ours_err) is type(torch_err) and str(ours_err) == str(torch_err)
+        assert bitwise_equal(ours, torch.tensor([0.5 + 0.5j, -1 + 0j, 2 - 1j]))
+        # Adagrad makes its state at construction (torch's); the others' is removed again
+        assert len(opt.state) == (cls == "Adagrad")
+        for state in opt.state.values():
+            assert float(state["step"]) == 0 and not state["sum"].any()

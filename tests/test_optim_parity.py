@@ -719,7 +719,8 @@ def _lr(kind: str, value: float):
 
 
 ADAM_FLAGS = {"default": {}, "foreach": dict(foreach=True), "fused": dict(fused=True),
-              "capturable": dict(capturable=True)}
+              "capturable": dict(capturable=True),
+              "fused-capturable": dict(fused=True, capturable=True)}
 
 
 @pytest.mark.parametrize("lr_kind", ["float-lr", "tensor-lr"])
@@ -734,8 +735,8 @@ def test_adam_every_flag_combination_matches_torch(cls, amsgrad, maximize, weigh
     within PARITY (k x torch's own fused-vs-for-loop spread of that tensor + floor), step counts
     and param_groups equal. The reference is torch's run with the same flags: its for-loop for
     the default, its foreach / fused implementation for foreach=True / fused=True. torch
-    refuses capturable=True for CPU params and foreach=True with a Tensor lr, and so must
-    pyoptim, with the same error."""
+    refuses capturable=True for CPU params (but with fused=True: its fused step does not check
+    it) and foreach=True with a Tensor lr, and so must pyoptim, with the same error."""
     kw = dict(lr=_lr(lr_kind, 1e-2), amsgrad=amsgrad, maximize=maximize,
               weight_decay=weight_decay)
     flags = ADAM_FLAGS[impl]
@@ -753,7 +754,7 @@ def test_adam_every_flag_combination_matches_torch(cls, amsgrad, maximize, weigh
     loop = _torch_run(config + ("loop",), maker(torch_cls(cls), foreach=False), mlp, batch)
     fused = _torch_run(config + ("fused",), maker(torch_cls(cls), fused=True), mlp, batch)
     ref = {"default": loop, "fused": fused}.get(impl) or _torch_run(
-        config + ("foreach",), maker(torch_cls(cls), foreach=True), mlp, batch)
+        config + (impl,), maker(torch_cls(cls), **flags), mlp, batch)
     tol = parity_tolerance("adam", torch.float32)
     assert ours.moved and ours.state.keys() == ref.state.keys()
     for key, x, r, lo, fu in [("params", ours.params, ref.params, loop.params, fused.params)] + [

@@ -183,8 +183,9 @@ PARITY["sgd", torch.float16] = PARITY["sgd", torch.bfloat16]
 # x maximize x weight_decay 0 / 0.1 x foreach / fused / capturable / None x float / Tensor lr),
 # for the params and for each state tensor (exp_avg, exp_avg_sq, max_exp_avg_sq, each with its
 # own spread and scale). The reference is torch's own run with the same flags (fused=True its
-# fused kernel, foreach=True its foreach path; capturable=True, which torch refuses on CPU
-# params, its for-loop); the yardstick is still |fused - loop|. Measured on the test MLP, float32,
+# fused kernel, foreach=True its foreach path, fused=True with capturable=True torch's run with
+# both; capturable=True alone, which torch refuses on CPU params, its for-loop); the yardstick
+# is still |fused - loop|. Measured on the test MLP, float32,
 # 10 steps, every combination: |pyoptim - reference| <= 0.12 of the bound (params <= 0.09,
 # exp_avg_sq 0.12). After 10 steps torch's own spread is an ulp or two, so the floor carries most
 # of the bound: |pyoptim - reference| / spread reaches 2.2 for the params and 8 for exp_avg_sq
