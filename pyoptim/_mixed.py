@@ -151,6 +151,25 @@ def settle_modes_off(state: dict, group: dict, p: Tensor, maps: StateMaps,
         state.pop(SEED_KEY, None)
 
 
+def check_differentiable(groups: Sequence[dict]) -> None:
+    """ValueError where a param group has differentiable=True and a param group (the same one or
+    another) has a mode on: differentiable=True runs torch's own step, which has none of the
+    modes, and torch.optim's step is one step over every param group."""
+    on = next((k for k, g in enumerate(groups) if g.get("differentiable", False)), None)
+    if on is None:
+        return
+    for k, group in enumerate(groups):
+        for flag in (MASTER, SR, STATES, KAHAN):
+            value = group.get(flag, False)
+            if value is None or value is False:
+                continue
+            where = ("" if k == on else
+                     f" (param group {k}; differentiable=True in param group {on})")
+            raise ValueError(
+                f"{flag}={value!r} does not support differentiable=True{where}: "
+                "differentiable=True runs torch.optim's own step, for every param group")
+
+
 def init_master(state: dict, p: Tensor, fp32_keys: Sequence[str]) -> None:
     """A master-weights param's float32 state: the master (from the param where the state has
     none, e.g. loaded from a torch.optim checkpoint) and `fp32_keys` in float32."""
@@ -229,6 +248,23 @@ class MixedPrecision:
                 raise ValueError(
                     f"stochastic_rounding=True needs bfloat16 params, got a {p.dtype} param")
 
+    def _prepare_torch_step(self) -> None:
+        """Before torch's own step (differentiable=True): the groups checked as at construction
+        (a flag changed between steps), then the state a mode left in the form torch's step
+        reads, as a step of pyoptim's puts it (settle_modes_off)."""
+        groups = self.param_groups  # type: ignore[attr-defined]
+        for group in groups:
+            self._check_group(group)
+        check_differentiable(groups)
+        state_of = self.state  # type: ignore[attr-defined]
+        for group in groups:
+            for p in group["params"]:
+                state = state_of.get(p)
+                if state:
+                    settle_modes_off(state, group, p, self._state_maps, self._fp32_keys)
+                    if not state:  # (SGD without momentum: Kahan's was its only state)
+                        del state_of[p]
+
     def _check_states(self, group: dict, fmt: str) -> None:
         if STATES not in self._mixed_flags:
             raise ValueError(f"{type(self).__name__} does not support state_dtype")
@@ -284,6 +320,7 @@ class MixedPrecision:
         super().add_param_group(param_group)  # type: ignore[misc]
         try:
             self._check_group(self.param_groups[-1])  # type: ignore[attr-defined]
+            check_differentiable(self.param_groups)  # type: ignore[attr-defined]
         except ValueError:
             self.param_groups.pop()  # type: ignore[attr-defined]
             raise

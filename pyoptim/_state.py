@@ -732,6 +732,9 @@ class FusedStep:
         groups = self.param_groups
         for group in groups:
             if group.get("differentiable", False):  # torch's own step, differentiable
+                prepare = getattr(self, "_prepare_torch_step", None)  # MixedPrecision's
+                if prepare is not None:
+                    prepare()
                 return self._torch_step(closure)
         loss = None
         if closure is not None:
