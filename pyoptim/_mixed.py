@@ -19,7 +19,7 @@ torch_state_dict() exports torch.optim's own format.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -92,13 +92,21 @@ def seeded(group: dict) -> bool:
 
 # maps: a class's `_state_maps`, state key -> (its 8-bit scale key, quantize_8bit's sqrt_map)
 StateMaps = dict[str, tuple[str, bool]]
+# keep(p, state), called before a conversion first changes a param's state dict: the step's Plan
+# records the dict's items (Plan.keep), put back if the step raises
+Keep = Callable[[Tensor, dict], None]
 
 
-def init_states(state: dict, p: Tensor, fmt: str, maps: StateMaps) -> None:
+def _keep_nothing(p: Tensor, state: dict) -> None:
+    pass
+
+
+def init_states(state: dict, p: Tensor, fmt: str, maps: StateMaps, keep: Keep) -> None:
     """A float32 param's moments (`maps`' keys) in the format `fmt` (after lazy initialization
     or a load): converted where they are in another (a float32 state: a torch.optim checkpoint,
     or a group whose state_dtype changed), with a seed where there is none."""
     if SEED_KEY not in state:
+        keep(p, state)
         state[SEED_KEY] = new_seed(p)
     for key, (scale_key, sqrt_map) in maps.items():
         value = state.get(key)
@@ -106,9 +114,13 @@ def init_states(state: dict, p: Tensor, fmt: str, maps: StateMaps) -> None:
             continue
         if fmt == BF16:
             if value.dtype != torch.bfloat16:
+                keep(p, state)
                 state[key] = float_moment(state, key, maps).to(torch.bfloat16)
-            state.pop(scale_key, None)
+            if scale_key in state:
+                keep(p, state)
+                del state[scale_key]
         elif value.dtype not in (torch.int8, torch.uint8) or scale_key not in state:
+            keep(p, state)
             codes, scales = torch.ops.pyoptim.quantize_8bit(
                 float_moment(state, key, maps).to("cpu", torch.float32), sqrt_map)
             state[key], state[scale_key] = codes.to(p.device), scales.to(p.device)
@@ -125,7 +137,7 @@ def float_moment(state: dict, key: str, maps: StateMaps) -> Tensor:
 
 
 def settle_modes_off(state: dict, group: dict, p: Tensor, maps: StateMaps,
-                     fp32_keys: Sequence[str]) -> None:
+                     fp32_keys: Sequence[str], keep: Keep) -> None:
     """State a mode left that the param's group no longer has (a flag switched off between
     steps), put in the form the group's step reads, as torch_state_dict() writes it: reduced
     moments decoded to the param's dtype and their scales dropped (state_dtype off), the master
@@ -133,6 +145,7 @@ def settle_modes_off(state: dict, group: dict, p: Tensor, maps: StateMaps,
     compensation dropped, the seed dropped where nothing draws random bits any more. Switching
     a mode on converts the other way (init_master, init_states)."""
     if MASTER_KEY in state and not group.get(MASTER, False):
+        keep(p, state)
         del state[MASTER_KEY]
         for key in fp32_keys:
             value = state.get(key)
@@ -143,12 +156,17 @@ def settle_modes_off(state: dict, group: dict, p: Tensor, maps: StateMaps,
         for key, (scale_key, _) in maps.items():
             value = state.get(key)
             if isinstance(value, Tensor) and value.dtype != p.dtype:
+                keep(p, state)
                 state[key] = float_moment(state, key, maps).to(p.dtype)
-            state.pop(scale_key, None)
-    if not group.get(KAHAN, False):
-        state.pop(KAHAN_KEY, None)
-    if not seeded(group):
-        state.pop(SEED_KEY, None)
+            if scale_key in state:
+                keep(p, state)
+                del state[scale_key]
+    if KAHAN_KEY in state and not group.get(KAHAN, False):
+        keep(p, state)
+        del state[KAHAN_KEY]
+    if SEED_KEY in state and not seeded(group):
+        keep(p, state)
+        del state[SEED_KEY]
 
 
 def check_differentiable(groups: Sequence[dict]) -> None:
@@ -170,15 +188,17 @@ def check_differentiable(groups: Sequence[dict]) -> None:
                 "differentiable=True runs torch.optim's own step, for every param group")
 
 
-def init_master(state: dict, p: Tensor, fp32_keys: Sequence[str]) -> None:
+def init_master(state: dict, p: Tensor, fp32_keys: Sequence[str], keep: Keep) -> None:
     """A master-weights param's float32 state: the master (from the param where the state has
     none, e.g. loaded from a torch.optim checkpoint) and `fp32_keys` in float32."""
     if MASTER_KEY not in state:
+        keep(p, state)
         state[MASTER_KEY] = p.detach().to(torch.float32, memory_format=torch.preserve_format,
                                           copy=True)
     for key in fp32_keys:
         value = state.get(key)
         if isinstance(value, Tensor) and value.dtype != torch.float32:
+            keep(p, state)
             state[key] = value.to(torch.float32)
 
 
@@ -261,7 +281,8 @@ class MixedPrecision:
             for p in group["params"]:
                 state = state_of.get(p)
                 if state:
-                    settle_modes_off(state, group, p, self._state_maps, self._fp32_keys)
+                    settle_modes_off(state, group, p, self._state_maps, self._fp32_keys,
+                                     _keep_nothing)  # (torch's step is not all-or-nothing)
                     if not state:  # (SGD without momentum: Kahan's was its only state)
                         del state_of[p]
 

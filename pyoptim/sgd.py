@@ -170,23 +170,25 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
                 plan.keep_fused_error(group, 1, NotImplementedError(
                     f'"fused_sgd_kernel" not implemented for {scalar_type_name(p.dtype)!r}'))
         refuse_dtensor(group, p)
-        if group.get(SR, False) and SEED_KEY not in self.state[p]:
-            # a seed per param, from torch's generator; the step adds one to it
-            self.state[p][SEED_KEY] = new_seed(p)
         kahan = group.get(KAHAN, False)
         if group["momentum"] == 0 and not kahan:  # torch does not touch the state without momentum
             state = self.state.get(p)
             if state:  # but a Kahan compensation left by kahan_summation switched off goes
-                settle_modes_off(state, group, p, self._state_maps, self._fp32_keys)
+                settle_modes_off(state, group, p, self._state_maps, self._fp32_keys, plan.keep)
                 if not state:
                     del self.state[p]
             return False
         if plan.extra is None:
             plan.extra = []  # per param with state: does its buffer take its first step
         state = self.state[p]
+        if not state:
+            plan.fresh.append(p)  # a skipped or failed step leaves no state
+        if group.get(SR, False) and SEED_KEY not in state:
+            # a seed per param, from torch's generator; the step adds one to it
+            plan.keep(p, state)
+            state[SEED_KEY] = new_seed(p)
         if kahan and KAHAN_KEY not in state:
-            if not state and group["momentum"] == 0:  # (with momentum: fresh with the buffer)
-                plan.fresh.append(p)  # a skipped or failed step leaves no state
+            plan.keep(p, state)
             state[KAHAN_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if group["momentum"] == 0:  # Kahan without momentum: the compensation is the state
             plan.extra.append(False)
@@ -195,7 +197,7 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         master = group.get(MASTER, False)
         states = group.get(STATES)
         if buf is None:  # first step: the kernel writes buf = grad (present rows, if sparse)
-            plan.fresh.append(p)
+            plan.keep(p, state)
             dtype = (torch.float32 if master else torch.bfloat16 if states == BF16 else
                      torch.int8 if states == Q8 else None)
             state["momentum_buffer"] = zeros_state(p, dtype)
@@ -205,13 +207,14 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
             plan.extra.append(True)
         else:
             if buf.is_sparse:  # a torch state_dict from sparse momentum
+                plan.keep(p, state)
                 state["momentum_buffer"] = buf.to_dense()
-            settle_modes_off(state, group, p, self._state_maps, self._fp32_keys)
+            settle_modes_off(state, group, p, self._state_maps, self._fp32_keys, plan.keep)
             plan.extra.append(False)
         if master:
-            init_master(state, p, self._fp32_keys)
+            init_master(state, p, self._fp32_keys, plan.keep)
         elif states is not None:
-            init_states(state, p, states, self._state_maps)
+            init_states(state, p, states, self._state_maps, plan.keep)
         return True
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
