@@ -352,16 +352,21 @@ class MixedPrecision:
         master (and the float32 state of a master-weights group) to the param's 16 bits and a
         seed to a float. So `master_param` and `sr_seed` are taken as saved (a copy, on the
         param's device; a seed on the CPU), and in master_weights groups the `_fp32_keys` in
-        float32. Groups from a checkpoint without the flags (torch.optim's) keep this
-        optimizer's setting; a master-weights param without a master (a torch.optim checkpoint)
-        gets one from the param at its next step."""
-        flags = [{k: g[k] for k in (MASTER, SR, STATES, KAHAN) if k in g}
+        float32. The modes: torch's load gives every group the checkpoint's hyper-parameters,
+        and so the checkpoint's modes where some group of it holds a flag (pyoptim's: a flag
+        that is off is not stored, so its groups without one have every mode off); a checkpoint
+        without any (torch.optim's, or pyoptim's with every mode off: the same format) keeps
+        this optimizer's flags in every group, its state converted at the next step. A
+        master-weights param without a master (a torch.optim checkpoint) gets one from the
+        param at its next step."""
+        modes = (MASTER, SR, STATES, KAHAN)
+        flags = [{k: g[k] for k in modes if k in g}
                  for g in self.param_groups]  # type: ignore[attr-defined]
         super().load_state_dict(state_dict)  # type: ignore[misc]
         groups = self.param_groups  # type: ignore[attr-defined]
-        for group, before in zip(groups, flags):
-            for key, value in before.items():
-                group.setdefault(key, value)
+        if not any(k in g for g in state_dict["param_groups"] for k in modes):
+            for group, before in zip(groups, flags):
+                group.update(before)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [(p, g) for g in groups for p in g["params"]]
         saved_state = state_dict["state"]
