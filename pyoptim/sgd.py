@@ -248,17 +248,21 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
             return
         except TypeError:
             mixed = [k for k, (p, g) in enumerate(zip(params, grads)) if g.dtype != p.dtype]
-            if not mixed or masters or seeds or comps:  # the modes take grads of their params'
-                raise  # dtype
+            # the modes take grads of their params' dtype: a master, a seed (stochastic
+            # rounding, state_dtype) or a compensation in the param's group
+            if not mixed or any(layout[call.group_of[k]][j] for k in mixed for j in (1, 2, 4)):
+                raise
         self._run_mixed(plan, call, params, grads, bufs, first, mixed, hp, tail, found_inf,
-                        validate_only)
+                        validate_only, (masters, seeds, scales, comps))
 
     def _run_mixed(self, plan: Plan, call: DeviceCall, params: list[Tensor],
                    grads: list[Tensor], bufs: list[Tensor], first: list[bool], mixed: list[int],
                    hp: tuple, tail: tuple, found_inf: Tensor | None,
-                   validate_only: bool) -> None:
-        """Params whose grad dtype differs from theirs: torch's own SGD steps them, after the
-        op has checked everything else and the checks torch would fail on have passed."""
+                   validate_only: bool, modes: tuple) -> None:
+        """Params whose grad dtype differs from theirs (all in groups without a mode): torch's
+        own SGD steps them, after the op has checked everything else and the checks torch would
+        fail on have passed. `modes`: the op's masters, seeds, scales and compensations, of the
+        params of mode groups only, so the same for the op's call without those params."""
         groups = plan.groups
         is_mixed = [False] * len(params)
         for k in mixed:
@@ -282,7 +286,7 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
             if not keep:  # every param is stepped by torch (an op with no tensor cannot dispatch)
                 return
             _sgd_(pick(params, keep), pick(grads, keep), pick(bufs, keep_bufs), sizes, *hp[1:],
-                  keep_first, *tail, validate)
+                  keep_first, *tail, validate, *modes)
 
         call_op(True)
         for k in mixed:
