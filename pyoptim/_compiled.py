@@ -71,7 +71,7 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
     keys, optional = opt._state_keys(plan)
     states = plan.state_lists(keys, optional) if plan.dicts else [[] for _ in (*keys, *optional)]
     if states is None:  # a state dict lost a key (cleared): initialize it again, as eager does
-        plan = opt._build_plan(all_params, mask, layout)
+        plan = opt._build_plan(all_params, mask, layout, plan)
         states = plan.state_lists(keys, optional)
         if states is None:  # a dict that is not empty lacks a key: the eager step raises
             opt._forget_fresh(plan)
@@ -83,6 +83,7 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
         opt._forget_fresh(plan)  # the eager step creates it again
         return None
     plan.fresh = []  # kept: the state is torch's, whether the graph runs or not
+    plan.kept = {}
     if len(states) > len(lists):
         raise AssertionError(f"pyoptim: {len(states)} state keys, the trace passes {len(lists)}")
     with_state = [k for k, has in enumerate(plan.has_state) if has]

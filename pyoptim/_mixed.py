@@ -19,7 +19,7 @@ torch_state_dict() exports torch.optim's own format.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -92,13 +92,21 @@ def seeded(group: dict) -> bool:
 
 # maps: a class's `_state_maps`, state key -> (its 8-bit scale key, quantize_8bit's sqrt_map)
 StateMaps = dict[str, tuple[str, bool]]
+# keep(p, state), called before a conversion first changes a param's state dict: the step's Plan
+# records the dict's items (Plan.keep), put back if the step raises
+Keep = Callable[[Tensor, dict], None]
 
 
-def init_states(state: dict, p: Tensor, fmt: str, maps: StateMaps) -> None:
+def _keep_nothing(p: Tensor, state: dict) -> None:
+    pass
+
+
+def init_states(state: dict, p: Tensor, fmt: str, maps: StateMaps, keep: Keep) -> None:
     """A float32 param's moments (`maps`' keys) in the format `fmt` (after lazy initialization
     or a load): converted where they are in another (a float32 state: a torch.optim checkpoint,
     or a group whose state_dtype changed), with a seed where there is none."""
     if SEED_KEY not in state:
+        keep(p, state)
         state[SEED_KEY] = new_seed(p)
     for key, (scale_key, sqrt_map) in maps.items():
         value = state.get(key)
@@ -106,9 +114,13 @@ def init_states(state: dict, p: Tensor, fmt: str, maps: StateMaps) -> None:
             continue
         if fmt == BF16:
             if value.dtype != torch.bfloat16:
+                keep(p, state)
                 state[key] = float_moment(state, key, maps).to(torch.bfloat16)
-            state.pop(scale_key, None)
+            if scale_key in state:
+                keep(p, state)
+                del state[scale_key]
         elif value.dtype not in (torch.int8, torch.uint8) or scale_key not in state:
+            keep(p, state)
             codes, scales = torch.ops.pyoptim.quantize_8bit(
                 float_moment(state, key, maps).to("cpu", torch.float32), sqrt_map)
             state[key], state[scale_key] = codes.to(p.device), scales.to(p.device)
@@ -125,7 +137,7 @@ def float_moment(state: dict, key: str, maps: StateMaps) -> Tensor:
 
 
 def settle_modes_off(state: dict, group: dict, p: Tensor, maps: StateMaps,
-                     fp32_keys: Sequence[str]) -> None:
+                     fp32_keys: Sequence[str], keep: Keep) -> None:
     """State a mode left that the param's group no longer has (a flag switched off between
     steps), put in the form the group's step reads, as torch_state_dict() writes it: reduced
     moments decoded to the param's dtype and their scales dropped (state_dtype off), the master
@@ -133,6 +145,7 @@ def settle_modes_off(state: dict, group: dict, p: Tensor, maps: StateMaps,
     compensation dropped, the seed dropped where nothing draws random bits any more. Switching
     a mode on converts the other way (init_master, init_states)."""
     if MASTER_KEY in state and not group.get(MASTER, False):
+        keep(p, state)
         del state[MASTER_KEY]
         for key in fp32_keys:
             value = state.get(key)
@@ -143,23 +156,49 @@ def settle_modes_off(state: dict, group: dict, p: Tensor, maps: StateMaps,
         for key, (scale_key, _) in maps.items():
             value = state.get(key)
             if isinstance(value, Tensor) and value.dtype != p.dtype:
+                keep(p, state)
                 state[key] = float_moment(state, key, maps).to(p.dtype)
-            state.pop(scale_key, None)
-    if not group.get(KAHAN, False):
-        state.pop(KAHAN_KEY, None)
-    if not seeded(group):
-        state.pop(SEED_KEY, None)
+            if scale_key in state:
+                keep(p, state)
+                del state[scale_key]
+    if KAHAN_KEY in state and not group.get(KAHAN, False):
+        keep(p, state)
+        del state[KAHAN_KEY]
+    if SEED_KEY in state and not seeded(group):
+        keep(p, state)
+        del state[SEED_KEY]
 
 
-def init_master(state: dict, p: Tensor, fp32_keys: Sequence[str]) -> None:
+def check_differentiable(groups: Sequence[dict]) -> None:
+    """ValueError where a param group has differentiable=True and a param group (the same one or
+    another) has a mode on: differentiable=True runs torch's own step, which has none of the
+    modes, and torch.optim's step is one step over every param group."""
+    on = next((k for k, g in enumerate(groups) if g.get("differentiable", False)), None)
+    if on is None:
+        return
+    for k, group in enumerate(groups):
+        for flag in (MASTER, SR, STATES, KAHAN):
+            value = group.get(flag, False)
+            if value is None or value is False:
+                continue
+            where = ("" if k == on else
+                     f" (param group {k}; differentiable=True in param group {on})")
+            raise ValueError(
+                f"{flag}={value!r} does not support differentiable=True{where}: "
+                "differentiable=True runs torch.optim's own step, for every param group")
+
+
+def init_master(state: dict, p: Tensor, fp32_keys: Sequence[str], keep: Keep) -> None:
     """A master-weights param's float32 state: the master (from the param where the state has
     none, e.g. loaded from a torch.optim checkpoint) and `fp32_keys` in float32."""
     if MASTER_KEY not in state:
+        keep(p, state)
         state[MASTER_KEY] = p.detach().to(torch.float32, memory_format=torch.preserve_format,
                                           copy=True)
     for key in fp32_keys:
         value = state.get(key)
         if isinstance(value, Tensor) and value.dtype != torch.float32:
+            keep(p, state)
             state[key] = value.to(torch.float32)
 
 
@@ -229,6 +268,24 @@ class MixedPrecision:
                 raise ValueError(
                     f"stochastic_rounding=True needs bfloat16 params, got a {p.dtype} param")
 
+    def _prepare_torch_step(self) -> None:
+        """Before torch's own step (differentiable=True): the groups checked as at construction
+        (a flag changed between steps), then the state a mode left in the form torch's step
+        reads, as a step of pyoptim's puts it (settle_modes_off)."""
+        groups = self.param_groups  # type: ignore[attr-defined]
+        for group in groups:
+            self._check_group(group)
+        check_differentiable(groups)
+        state_of = self.state  # type: ignore[attr-defined]
+        for group in groups:
+            for p in group["params"]:
+                state = state_of.get(p)
+                if state:
+                    settle_modes_off(state, group, p, self._state_maps, self._fp32_keys,
+                                     _keep_nothing)  # (torch's step is not all-or-nothing)
+                    if not state:  # (SGD without momentum: Kahan's was its only state)
+                        del state_of[p]
+
     def _check_states(self, group: dict, fmt: str) -> None:
         if STATES not in self._mixed_flags:
             raise ValueError(f"{type(self).__name__} does not support state_dtype")
@@ -284,6 +341,7 @@ class MixedPrecision:
         super().add_param_group(param_group)  # type: ignore[misc]
         try:
             self._check_group(self.param_groups[-1])  # type: ignore[attr-defined]
+            check_differentiable(self.param_groups)  # type: ignore[attr-defined]
         except ValueError:
             self.param_groups.pop()  # type: ignore[attr-defined]
             raise
@@ -294,16 +352,21 @@ class MixedPrecision:
         master (and the float32 state of a master-weights group) to the param's 16 bits and a
         seed to a float. So `master_param` and `sr_seed` are taken as saved (a copy, on the
         param's device; a seed on the CPU), and in master_weights groups the `_fp32_keys` in
-        float32. Groups from a checkpoint without the flags (torch.optim's) keep this
-        optimizer's setting; a master-weights param without a master (a torch.optim checkpoint)
-        gets one from the param at its next step."""
-        flags = [{k: g[k] for k in (MASTER, SR, STATES, KAHAN) if k in g}
+        float32. The modes: torch's load gives every group the checkpoint's hyper-parameters,
+        and so the checkpoint's modes where some group of it holds a flag (pyoptim's: a flag
+        that is off is not stored, so its groups without one have every mode off); a checkpoint
+        without any (torch.optim's, or pyoptim's with every mode off: the same format) keeps
+        this optimizer's flags in every group, its state converted at the next step. A
+        master-weights param without a master (a torch.optim checkpoint) gets one from the
+        param at its next step."""
+        modes = (MASTER, SR, STATES, KAHAN)
+        flags = [{k: g[k] for k in modes if k in g}
                  for g in self.param_groups]  # type: ignore[attr-defined]
         super().load_state_dict(state_dict)  # type: ignore[misc]
         groups = self.param_groups  # type: ignore[attr-defined]
-        for group, before in zip(groups, flags):
-            for key, value in before.items():
-                group.setdefault(key, value)
+        if not any(k in g for g in state_dict["param_groups"] for k in modes):
+            for group, before in zip(groups, flags):
+                group.update(before)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [(p, g) for g in groups for p in g["params"]]
         saved_state = state_dict["state"]

@@ -18,7 +18,9 @@ and a cleared dict are all seen, and the Plan is reused while all of these hold:
     as torch.optim does).
 
 Otherwise the Plan is rebuilt, creating lazy state exactly as torch.optim does. State created
-by a step that then raises is removed again, so a failed step leaves the optimizer as it was.
+by a step that then raises is removed again, and a state dict the build converted (a mode
+switched on or off, a loaded checkpoint in another format: pyoptim/_mixed.py) gets its items
+back, so a failed step leaves the optimizer as it was.
 Under torch.compile no Plan is kept: see Note [Compiled step] in pyoptim/_compiled.py.
 
 DTensor params (FSDP2's `fully_shard`, tensor parallel): the op runs on the local shards, one
@@ -131,13 +133,16 @@ def zeros_state(p: Tensor, dtype: torch.dtype | None = None) -> Tensor:
                             else torch.preserve_format)
 
 
-def to_param_dtype(state: dict, key: str, p: Tensor) -> None:
+def to_param_dtype(state: dict, key: str, p: Tensor, keep: Callable[[Tensor, dict], None],
+                   ) -> None:
     """Note [State in another dtype]: state[key] in p's dtype, as load_state_dict casts it,
-    where it is a dense floating-point tensor of another dtype and p's grad has p's dtype."""
+    where it is a dense floating-point tensor of another dtype and p's grad has p's dtype.
+    keep(p, state) first (Plan.keep: put back if the step raises)."""
     t = state.get(key)
     if (isinstance(t, Tensor) and t.dtype != p.dtype and p.grad is not None
             and p.grad.dtype == p.dtype and not t.is_sparse
             and (t.is_floating_point() or t.is_complex())):
+        keep(p, state)
         state[key] = t.to(p.dtype)
 
 
@@ -269,6 +274,8 @@ class Plan:
         self.dicts: list[dict] = []  # state dict of each active param that has state
         self.dict_pos: list[int] | None = []  # where each sits in state.values() (None: all)
         self.fresh: list[Tensor] = []  # params whose state this build created
+        # the state dicts this build changed otherwise, by id: (param, dict, its items before)
+        self.kept: dict[int, tuple[Tensor, dict, dict]] = {}
         self.calls: list[DeviceCall] = []
         self.extra: Any = None  # what a subclass keeps with the plan
         self.held: list[Tensor] = []  # Note [Held state]
@@ -286,6 +293,12 @@ class Plan:
         # Note [Fused-flag errors] (adam.py): per param group (by id), the (order, error) that
         # torch's fused step raises first for it; _run raises the first group's
         self.fused_errors: dict[int, tuple[int, Exception]] = {}
+
+    def keep(self, p: Tensor, state: dict) -> None:
+        """Record the items of `p`'s state dict before this build first changes them: put back
+        if the step raises (FusedStep._forget_fresh)."""
+        if id(state) not in self.kept:
+            self.kept[id(state)] = (p, state, dict(state))
 
     def keep_fused_error(self, group: dict, order: int, error: Exception) -> None:
         """Keep `error` for `group` unless one torch raises earlier (a lower `order`, or the
@@ -722,7 +735,10 @@ class FusedStep:
             k += n
         return out
 
-    def _build_plan(self, params: list[Tensor], mask: list[bool], layout: Any) -> Plan:
+    def _build_plan(self, params: list[Tensor], mask: list[bool], layout: Any,
+                    earlier: Plan | None = None) -> Plan:
+        """A new Plan. `earlier`: a Plan built in the same step, whose created and converted
+        state the new one removes or puts back as its own if the step raises."""
         # a group's flags may have changed since the last Plan (a new layout): the mixed-precision
         # classes check them again, as at construction (MixedPrecision._check_group)
         check = getattr(self, "_check_group", None)
@@ -731,6 +747,9 @@ class FusedStep:
                 check(group)
             layout = self._layout(self.param_groups)  # of the groups as checked (normalized)
         plan = Plan(self, params, mask, layout)
+        if earlier is not None:
+            plan.fresh = list(earlier.fresh)
+            plan.kept = dict(earlier.kept)
         try:
             k = 0
             for g, group in enumerate(self.param_groups):
@@ -759,8 +778,17 @@ class FusedStep:
             for t in map(state.get, keys))
 
     def _forget_fresh(self, plan: Plan) -> None:
+        """Undo what building `plan` did to the state: the dicts it converted get their items
+        back, the state it created is removed."""
+        state_of = self.state
+        for p, state, before in plan.kept.values():
+            state.clear()
+            state.update(before)
+            if state_of.get(p) is not state:  # (a dict the build emptied and removed)
+                state_of[p] = state
+        plan.kept = {}
         for p in plan.fresh:
-            self.state.pop(p, None)
+            state_of.pop(p, None)
         plan.fresh = []
         self.__dict__.pop("_pyoptim_plan", None)
 
@@ -790,6 +818,9 @@ class FusedStep:
         groups = self.param_groups
         for group in groups:
             if group.get("differentiable", False):  # torch's own step, differentiable
+                prepare = getattr(self, "_prepare_torch_step", None)  # MixedPrecision's
+                if prepare is not None:
+                    prepare()
                 return self._torch_step(closure)
         loss = None
         if closure is not None:
@@ -858,13 +889,7 @@ class FusedStep:
                          if plan.sparse_dicts else [])
         if states is None or sparse_states is None:
             # a state dict lost a key (cleared): initialize it again, as torch does
-            earlier = plan
-            try:
-                plan = self._build_plan(params, mask, layout)
-            except BaseException:
-                self._forget_fresh(earlier)
-                raise
-            plan.fresh = earlier.fresh + plan.fresh  # the state both builds created
+            plan = self._build_plan(params, mask, layout, plan)
             states = plan.state_lists(keys, optional) if plan.dicts else []
             sparse_states = (plan.state_lists(self._sparse_state_keys, (), plan.sparse_dicts)
                              if plan.sparse_dicts else [])
@@ -905,3 +930,4 @@ class FusedStep:
             self._forget_fresh(plan)
             raise
         plan.fresh = []
+        plan.kept = {}

@@ -94,7 +94,7 @@ class Adagrad(DenseStep, torch.optim.Adagrad):
                 # check comes before the kernel's dtype dispatch
                 plan.keep_fused_error(group, int(isinstance(error, NotImplementedError)), error)
         has_state = super()._init_param(plan, group, p)
-        to_param_dtype(self.state[p], "sum", p)  # Note [State in another dtype] in _state.py
+        to_param_dtype(self.state[p], "sum", p, plan.keep)  # Note [State in another dtype]
         return has_state
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],

@@ -151,14 +151,16 @@ class _AdamStep(FusedStep):
             # amsgrad switched on after the state was made: torch's own error
             raise KeyError("max_exp_avg_sq")
         else:
-            settle_modes_off(state, group, p, self._state_maps, self._fp32_keys)
+            settle_modes_off(state, group, p, self._state_maps, self._fp32_keys, plan.keep)
         if group.get(_MASTER, False):
-            init_master(state, p, self._fp32_keys)
+            init_master(state, p, self._fp32_keys, plan.keep)
         elif _STATES in group:
-            init_states(state, p, group[_STATES], self._state_maps)
+            init_states(state, p, group[_STATES], self._state_maps, plan.keep)
         elif group.get(_KAHAN, False) and _KAHAN_KEY not in state:
+            plan.keep(p, state)
             state[_KAHAN_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)
         elif group.get(_SR, False) and _SEED_KEY not in state:
+            plan.keep(p, state)
             state[_SEED_KEY] = new_seed(p)  # a seed per param, from torch's generator
         if group["capturable"] and not group["fused"] and not torch.compiler.is_compiling():
             # torch's single-tensor and foreach steps check this; its fused step does not

@@ -171,23 +171,25 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
                 plan.keep_fused_error(group, 1, NotImplementedError(
                     f'"fused_sgd_kernel" not implemented for {scalar_type_name(p.dtype)!r}'))
         refuse_dtensor(group, p)
-        if group.get(SR, False) and SEED_KEY not in self.state[p]:
-            # a seed per param, from torch's generator; the step adds one to it
-            self.state[p][SEED_KEY] = new_seed(p)
         kahan = group.get(KAHAN, False)
         if group["momentum"] == 0 and not kahan:  # torch does not touch the state without momentum
             state = self.state.get(p)
             if state:  # but a Kahan compensation left by kahan_summation switched off goes
-                settle_modes_off(state, group, p, self._state_maps, self._fp32_keys)
+                settle_modes_off(state, group, p, self._state_maps, self._fp32_keys, plan.keep)
                 if not state:
                     del self.state[p]
             return False
         if plan.extra is None:
             plan.extra = []  # per param with state: does its buffer take its first step
         state = self.state[p]
+        if not state:
+            plan.fresh.append(p)  # a skipped or failed step leaves no state
+        if group.get(SR, False) and SEED_KEY not in state:
+            # a seed per param, from torch's generator; the step adds one to it
+            plan.keep(p, state)
+            state[SEED_KEY] = new_seed(p)
         if kahan and KAHAN_KEY not in state:
-            if not state and group["momentum"] == 0:  # (with momentum: fresh with the buffer)
-                plan.fresh.append(p)  # a skipped or failed step leaves no state
+            plan.keep(p, state)
             state[KAHAN_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if group["momentum"] == 0:  # Kahan without momentum: the compensation is the state
             plan.extra.append(False)
@@ -196,7 +198,7 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         master = group.get(MASTER, False)
         states = group.get(STATES)
         if buf is None:  # first step: the kernel writes buf = grad (present rows, if sparse)
-            plan.fresh.append(p)
+            plan.keep(p, state)
             dtype = (torch.float32 if master else torch.bfloat16 if states == BF16 else
                      torch.int8 if states == Q8 else None)
             state["momentum_buffer"] = zeros_state(p, dtype)
@@ -206,15 +208,16 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
             plan.extra.append(True)
         else:
             if buf.is_sparse:  # a torch state_dict from sparse momentum
+                plan.keep(p, state)
                 state["momentum_buffer"] = buf.to_dense()
             if not master and states is None:  # Note [State in another dtype] in _state.py
-                to_param_dtype(state, "momentum_buffer", p)
-            settle_modes_off(state, group, p, self._state_maps, self._fp32_keys)
+                to_param_dtype(state, "momentum_buffer", p, plan.keep)
+            settle_modes_off(state, group, p, self._state_maps, self._fp32_keys, plan.keep)
             plan.extra.append(False)
         if master:
-            init_master(state, p, self._fp32_keys)
+            init_master(state, p, self._fp32_keys, plan.keep)
         elif states is not None:
-            init_states(state, p, states, self._state_maps)
+            init_states(state, p, states, self._state_maps, plan.keep)
         return True
 
     def _run(self, plan: Plan, call: DeviceCall, params: list[Tensor], grads: list[Tensor],
@@ -248,17 +251,21 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
             return
         except TypeError:
             mixed = [k for k, (p, g) in enumerate(zip(params, grads)) if g.dtype != p.dtype]
-            if not mixed or masters or seeds or comps:  # the modes take grads of their params'
-                raise  # dtype
+            # the modes take grads of their params' dtype: a master, a seed (stochastic
+            # rounding, state_dtype) or a compensation in the param's group
+            if not mixed or any(layout[call.group_of[k]][j] for k in mixed for j in (1, 2, 4)):
+                raise
         self._run_mixed(plan, call, params, grads, bufs, first, mixed, hp, tail, found_inf,
-                        validate_only)
+                        validate_only, (masters, seeds, scales, comps))
 
     def _run_mixed(self, plan: Plan, call: DeviceCall, params: list[Tensor],
                    grads: list[Tensor], bufs: list[Tensor], first: list[bool], mixed: list[int],
                    hp: tuple, tail: tuple, found_inf: Tensor | None,
-                   validate_only: bool) -> None:
-        """Params whose grad dtype differs from theirs: torch's own SGD steps them, after the
-        op has checked everything else and the checks torch would fail on have passed."""
+                   validate_only: bool, modes: tuple) -> None:
+        """Params whose grad dtype differs from theirs (all in groups without a mode): torch's
+        own SGD steps them, after the op has checked everything else and the checks torch would
+        fail on have passed. `modes`: the op's masters, seeds, scales and compensations, of the
+        params of mode groups only, so the same for the op's call without those params."""
         groups = plan.groups
         is_mixed = [False] * len(params)
         for k in mixed:
@@ -282,7 +289,7 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
             if not keep:  # every param is stepped by torch (an op with no tensor cannot dispatch)
                 return
             _sgd_(pick(params, keep), pick(grads, keep), pick(bufs, keep_bufs), sizes, *hp[1:],
-                  keep_first, *tail, validate)
+                  keep_first, *tail, validate, *modes)
 
         call_op(True)
         for k in mixed:

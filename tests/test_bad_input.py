@@ -737,6 +737,57 @@ def test_sgd_every_grad_of_another_dtype_steps_like_torch(momentum):
         assert bitwise_equal(a, b)
 
 
+# the mode group of test_sgd_grad_of_another_dtype_beside_a_mode_group: (param dtype, its kwargs)
+SGD_MODE_GROUPS = {
+    "master_weights": (torch.bfloat16, dict(master_weights=True, momentum=0.9)),
+    "stochastic_rounding": (torch.bfloat16, dict(stochastic_rounding=True, momentum=0.9)),
+    "state_dtype=8bit": (torch.float32, dict(state_dtype="8bit", momentum=0.9)),
+    "kahan_summation": (torch.float16, dict(kahan_summation=True, momentum=0.9)),
+    "kahan_summation-momentum=0": (torch.bfloat16, dict(kahan_summation=True, momentum=0.0)),
+}
+
+
+@pytest.mark.parametrize("mode", list(SGD_MODE_GROUPS))
+def test_sgd_grad_of_another_dtype_beside_a_mode_group(mode):
+    """A param with a grad of another dtype in a group without a mode steps as torch's SGD
+    steps it while another group has a mode, and the mode group steps as it does alone
+    (bitwise, params and state); such a grad in the mode group itself raises TypeError."""
+    dtype, kw = SGD_MODE_GROUPS[mode]
+
+    def run(with_mixed, with_mode):
+        torch.manual_seed(0)
+        mixed = nn.Parameter(torch.randn(4, 3))
+        mixed.grad_dtype = None  # torch allows a grad of another dtype only so
+        moded = [nn.Parameter(torch.randn(n).to(dtype)) for n in (300, 5)]
+        groups = ([{"params": [mixed], "momentum": 0.9}] if with_mixed else []) + (
+            [{"params": moded, **kw}] if with_mode else [])
+        opt = (pyoptim.SGD(groups, lr=0.1) if with_mode else
+               torch.optim.SGD(groups, lr=0.1, foreach=False))
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            mixed.grad = torch.randn(4, 3, generator=gen).bfloat16()
+            for p in moded:
+                p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+            opt.step()
+        return [mixed, *moded], opt
+
+    (mixed, *moded), opt = run(True, True)
+    (ref_mixed, _, _), ref = run(True, False)
+    (_, *ref_moded), alone = run(False, True)
+    assert bitwise_equal(mixed.detach(), ref_mixed.detach())
+    assert bitwise_equal(opt.state[mixed]["momentum_buffer"],
+                         ref.state[ref_mixed]["momentum_buffer"])
+    for p, q in zip(moded, ref_moded):
+        assert bitwise_equal(p.detach(), q.detach())
+        assert opt.state[p].keys() == alone.state[q].keys()
+        for key, value in opt.state[p].items():
+            assert bitwise_equal(value, alone.state[q][key]), key
+    moded[0].grad_dtype = None
+    moded[0].grad = torch.zeros(300, dtype=torch.float64)
+    with pytest.raises(TypeError, match="dtype"):
+        opt.step()
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["momentum=0", "momentum=0.9"])
 def test_sgd_zero_dim_sparse_grad_steps_like_torch(momentum):
     params, bufs = {}, {}

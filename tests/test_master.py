@@ -767,3 +767,86 @@ def test_kahan_optimizer_checkpoints_and_errors():
             pyoptim.AdamW(_model(dtype), **kw)
     # (SGD takes it too: tests/test_sgd_modes.py)
     assert pyoptim.SGD(_model(), lr=0.1, kahan_summation=True).defaults["kahan_summation"]
+
+
+# name -> (class, param dtype, the checkpoint's groups' modes, the loading optimizer's groups'
+# modes, kwargs of both): a pyoptim checkpoint brings its own modes, group by group
+CROSS_LOADS = {
+    "adamw-kahan-into-master": (pyoptim.AdamW, torch.bfloat16, [dict(kahan_summation=True)],
+                                [dict(master_weights=True)], {}),
+    "adamw-master-into-kahan": (pyoptim.AdamW, torch.bfloat16, [dict(master_weights=True)],
+                                [dict(kahan_summation=True)], {}),
+    "adam-sr-into-master": (pyoptim.Adam, torch.bfloat16, [dict(stochastic_rounding=True)],
+                            [dict(master_weights=True)], {}),
+    "adamw-8bit-into-bf16state": (pyoptim.AdamW, torch.float32, [dict(state_dtype="8bit")],
+                                  [dict(state_dtype="bfloat16")], {}),
+    "adamw-two-groups": (pyoptim.AdamW, torch.bfloat16, [dict(master_weights=True), {}],
+                         [dict(stochastic_rounding=True), dict(kahan_summation=True)], {}),
+    "sgd-kahan-into-master": (pyoptim.SGD, torch.bfloat16, [dict(kahan_summation=True)],
+                              [dict(master_weights=True)], dict(momentum=0.9)),
+    "sgd-two-groups": (pyoptim.SGD, torch.float16, [dict(master_weights=True), {}],
+                       [{}, dict(kahan_summation=True)], dict(momentum=0.9)),
+}
+_MODE_KEYS = ("master_weights", "stochastic_rounding", "state_dtype", "kahan_summation")
+
+
+def _modes(group):
+    return {k: group[k] for k in _MODE_KEYS if k in group}
+
+
+@pytest.mark.parametrize("name", list(CROSS_LOADS))
+def test_pyoptim_checkpoint_brings_its_modes_into_any_optimizer(name):
+    """torch's load_state_dict gives each group the checkpoint's hyper-parameters: a pyoptim
+    checkpoint's modes replace the loading optimizer's (modes off where its group has none),
+    and the run resumes bitwise as the saving optimizer's; torch.optim loads it too."""
+    cls, dtype, saved_modes, own_modes, common = CROSS_LOADS[name]
+
+    def make(params, modes):
+        groups = [{"params": params[k::len(modes)], **m} for k, m in enumerate(modes)]
+        return cls(groups, lr=1e-2, **common)
+
+    params = _model(dtype)
+    src = make(params, saved_modes)
+    for k in range(2):
+        _set_grads(params, k)
+        src.step()
+    params2 = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    dst = make(params2, own_modes)
+    dst.load_state_dict(copy.deepcopy(src.state_dict()))
+    assert [_modes(g) for g in dst.param_groups] == [_modes(g) for g in src.param_groups]
+    for k in (2, 3):
+        _set_grads(params, k)
+        _set_grads(params2, k)
+        torch.manual_seed(k)
+        src.step()
+        torch.manual_seed(k)
+        dst.step()
+    assert_bitwise_equal(snapshot(params2), snapshot(params), name)
+    assert_bitwise_equal(snapshot(dst.state_dict()), snapshot(src.state_dict()), name)
+    plain = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    topt = getattr(torch.optim, cls.__name__)(
+        [{"params": plain[k::len(saved_modes)]} for k in range(len(saved_modes))], lr=1e-2,
+        **common)
+    topt.load_state_dict(copy.deepcopy(src.state_dict()))
+    _set_grads(plain, 4)
+    topt.step()
+
+
+def test_torch_checkpoint_keeps_the_loading_optimizers_modes():
+    """A checkpoint without pyoptim's flags (torch.optim's, or pyoptim's with every mode off)
+    keeps the loading optimizer's flags in every group."""
+    params = _model()
+    for src in (torch.optim.AdamW(params[:2], lr=1e-2), pyoptim.AdamW(params[:2], lr=1e-2)):
+        src.add_param_group({"params": params[2:]})
+        _set_grads(params, 0)
+        src.step()
+        params2 = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        dst = pyoptim.AdamW([{"params": params2[:2], "master_weights": True},
+                             {"params": params2[2:], "kahan_summation": True}], lr=1e-2)
+        dst.load_state_dict(src.state_dict())
+        assert [_modes(g) for g in dst.param_groups] == [dict(master_weights=True),
+                                                         dict(kahan_summation=True)]
+        _set_grads(params2, 1)
+        dst.step()
+        assert dst.state[params2[0]]["master_param"].dtype == torch.float32
+        assert dst.state[params2[2]]["kahan_comp"].dtype == torch.bfloat16

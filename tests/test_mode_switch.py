@@ -7,7 +7,9 @@ Switched off, the next step must be the step of a plain optimizer holding the st
 dropped): bitwise, params and state. Switched on (a state_dtype), the next step must be that of
 an optimizer constructed with it that loads the plain state (the documented conversion of a
 torch.optim checkpoint). A group value set by hand is checked and normalized as at construction,
-and an invalid combination raises before anything is written.
+and an invalid combination raises before anything is written. differentiable=True (torch.optim's
+own step, for every param group) refuses a mode in any group, at construction and when switched
+on between steps; with the modes switched off, its step is torch.optim's on the exported state.
 """
 
 from __future__ import annotations
@@ -120,3 +122,61 @@ def test_invalid_switch_raises_before_writing(key, value, match):
     with pytest.raises(ValueError, match=match):
         _step(opt, params, 1)
     assert_bitwise_equal(snapshot((params, opt.state_dict()["state"])), before, key)
+
+
+# ---- differentiable=True: torch.optim's own step, for every param group ------------------------
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_differentiable_in_any_group_refuses_a_mode_in_any_group(name):
+    cls, dtype, mode, common = MODES[name]
+    mode_group = {"params": _params(dtype), **mode}
+    plain = {"params": [torch.randn(5, dtype=dtype)], "differentiable": True}
+    for groups in ([mode_group, plain], [plain, mode_group]):
+        with pytest.raises(ValueError, match="does not support differentiable=True"):
+            cls(copy.copy(groups), lr=1e-2, **common)
+    opt = cls([mode_group], lr=1e-2, **common)
+    with pytest.raises(ValueError, match="does not support differentiable=True"):
+        opt.add_param_group(dict(plain))
+    assert len(opt.param_groups) == 1
+    opt = cls([dict(plain)], lr=1e-2, **common)
+    with pytest.raises(ValueError, match="does not support differentiable=True"):
+        opt.add_param_group(dict(mode_group))
+    assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("name", list(MODES))
+@pytest.mark.parametrize("where", ["same group", "other group"])
+def test_differentiable_switched_on_with_a_mode_raises_before_writing(name, where):
+    cls, dtype, mode, common = MODES[name]
+    params, others = _params(dtype), [torch.randn(7, dtype=dtype)]
+    opt = cls([{"params": params, **mode}, {"params": others}], lr=1e-2, **common)
+    _step(opt, params + others, 0)
+    opt.param_groups[0 if where == "same group" else 1]["differentiable"] = True
+    before = snapshot((params, others, opt.state_dict()["state"]))
+    with pytest.raises(ValueError, match="does not support differentiable=True"):
+        _step(opt, params + others, 1)
+    assert_bitwise_equal(snapshot((params, others, opt.state_dict()["state"])), before, name)
+
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_mode_switched_off_and_differentiable_on_steps_as_torch(name):
+    """torch.optim's step on the state a mode left, as pyoptim's step puts it (the state that
+    torch_state_dict() exports)."""
+    cls, dtype, mode, common = MODES[name]
+    torch_cls = getattr(torch.optim, cls.__name__)
+    params = _params(dtype)
+    opt = cls(params, lr=1e-2, **mode, **common)
+    for k in range(STEPS):
+        _step(opt, params, k)
+    ref_params = [p.clone() for p in params]
+    ref = torch_cls(ref_params, lr=1e-2, **common)
+    ref.load_state_dict(copy.deepcopy(opt.torch_state_dict()))
+    ref.param_groups[0]["differentiable"] = True
+    for key in mode:
+        opt.param_groups[0][key] = None if key == "state_dtype" else False
+    opt.param_groups[0]["differentiable"] = True
+    _step(opt, params, STEPS)
+    _step(ref, ref_params, STEPS)
+    assert_bitwise_equal(snapshot(params), snapshot(ref_params), name)
+    assert_bitwise_equal(snapshot(opt.torch_state_dict()["state"]),
+                         snapshot(ref.state_dict()["state"]), name)

@@ -2,7 +2,8 @@
 csrc/ops/groups.h): one op call covers every param group of a device, and a step over several
 devices first makes every call with validate_only=True. The bad input is always in the LAST
 group, after a good one that a group-by-group implementation would already have updated. State
-that the failed step created lazily (torch.optim's initial state) is removed again.
+that the failed step created lazily (torch.optim's initial state) is removed again, and state it
+converted for a mixed-precision mode is put back.
 
 Also validate_only itself, per op: valid arguments write nothing (params, state, step counts),
 invalid ones raise the error the real call raises.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import op_calls
 import pytest
 import torch
+from helpers import assert_bitwise_equal, snapshot
 
 import pyoptim
 
@@ -134,6 +136,110 @@ def test_sgd_first_step_buffers_not_stored_when_a_later_group_fails():
     second[0].grad = torch.randn(5, 3).to_sparse()
     opt.step()  # now it steps, as a first step: buf = grad
     assert torch.equal(opt.state[good[0]]["momentum_buffer"], good[0].grad)
+
+
+# ---- state a mixed-precision mode converts while the step is planned ------------------------
+
+# name -> (class, param dtype, the first group's flags before and after the switch, kwargs of
+# both, whether "before" is a torch.optim optimizer whose checkpoint the pyoptim one loads)
+CONVERSIONS = {
+    "adam-torch-ckpt-8bit": (pyoptim.Adam, torch.float32, {}, dict(state_dtype="8bit"), {},
+                             True),
+    "adamw-torch-ckpt-master": (pyoptim.AdamW, torch.bfloat16, {}, dict(master_weights=True),
+                                {}, True),
+    "sgd-torch-ckpt-bf16state": (pyoptim.SGD, torch.float32, {}, dict(state_dtype="bfloat16"),
+                                 dict(momentum=0.9), True),
+    "adamw-master-off": (pyoptim.AdamW, torch.bfloat16, dict(master_weights=True), {}, {},
+                         False),
+    "adamw-sr-off": (pyoptim.AdamW, torch.bfloat16, dict(stochastic_rounding=True), {}, {},
+                     False),
+    "adam-8bit-off": (pyoptim.Adam, torch.float32, dict(state_dtype="8bit"), {}, {}, False),
+    "adamw-8bit-to-bf16": (pyoptim.AdamW, torch.float32, dict(state_dtype="8bit"),
+                           dict(state_dtype="bfloat16"), {}, False),
+    "adamw-kahan-on": (pyoptim.AdamW, torch.bfloat16, {}, dict(kahan_summation=True), {},
+                       False),
+    "adamw-master-on": (pyoptim.AdamW, torch.float16, {}, dict(master_weights=True), {}, False),
+    "sgd-master-off": (pyoptim.SGD, torch.bfloat16, dict(master_weights=True), {},
+                       dict(momentum=0.9), False),
+    "sgd-sr-on": (pyoptim.SGD, torch.bfloat16, {}, dict(stochastic_rounding=True),
+                  dict(momentum=0.9), False),
+    "sgd-8bit-on": (pyoptim.SGD, torch.float32, {}, dict(state_dtype="8bit"),
+                    dict(momentum=0.9), False),
+    "sgd-kahan-plain-off": (pyoptim.SGD, torch.bfloat16, dict(kahan_summation=True), {}, {},
+                            False),
+    "sgd-kahan-plain-to-momentum": (pyoptim.SGD, torch.bfloat16, dict(kahan_summation=True),
+                                    dict(kahan_summation=True, momentum=0.9), {}, False),
+}
+_OFF = dict(master_weights=False, stochastic_rounding=False, kahan_summation=False,
+            state_dtype=None, momentum=0)
+
+
+def _set_grads(params, seed):
+    g = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+
+
+@pytest.mark.parametrize("bad", ["lr", "grad shape"])
+@pytest.mark.parametrize("name", list(CONVERSIONS))
+def test_failed_step_leaves_converted_state_as_it_was(name, bad):
+    """A step that raises after planning has converted a param's state (a mode switched on or
+    off, a torch.optim checkpoint loaded with a mode) leaves every state dict as it was: keys,
+    dtypes and values; the next good step converts and steps."""
+    cls, dtype, before, after, common, from_torch = CONVERSIONS[name]
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(300, 3, generator=g).to(dtype), torch.randn(257, generator=g).to(dtype)]
+    other = [torch.randn(7, generator=g).to(dtype)]
+    src_cls = getattr(torch.optim, cls.__name__) if from_torch else cls
+    opt = src_cls([{"params": params, **before}, {"params": other}], lr=1e-2, **common)
+    for k in range(2):
+        _set_grads(params + other, k)
+        opt.step()
+    if from_torch:
+        sd = opt.state_dict()
+        opt = cls([{"params": params, **after}, {"params": other}], lr=1e-2, **common)
+        opt.load_state_dict(sd)
+    else:
+        for key in {*before, *after}:
+            opt.param_groups[0][key] = after.get(key, _OFF[key])
+    _set_grads(params + other, 2)
+    if bad == "lr":
+        opt.param_groups[1]["lr"] = -1.0
+    else:
+        other[0].grad.data = torch.zeros(8, dtype=dtype)
+    saved = snapshot((params, other, opt.state_dict()["state"]))
+    with pytest.raises(ValueError):
+        opt.step()
+    assert_bitwise_equal(snapshot((params, other, opt.state_dict()["state"])), saved, name)
+    opt.param_groups[1]["lr"] = 1e-2
+    _set_grads(params + other, 2)
+    opt.step()
+    assert not torch.equal(params[0], saved[0][0])
+
+
+@pytest.mark.parametrize("cls", [pyoptim.SGD, pyoptim.Adagrad])
+def test_failed_step_leaves_state_of_another_dtype_as_it_was(cls):
+    """Note [State in another dtype] (pyoptim/_state.py): a state tensor planning converts to
+    its param's new dtype is put back as it was when the step raises."""
+    g = torch.Generator().manual_seed(0)
+    params, other = [torch.randn(300, 3, generator=g)], [torch.randn(7, generator=g)]
+    kw = dict(momentum=0.9) if cls is pyoptim.SGD else {}
+    opt = cls([{"params": params}, {"params": other}], lr=1e-2, **kw)
+    for k in range(2):
+        _set_grads(params + other, k)
+        opt.step()
+    for t in params + other:
+        t.data = t.data.double()
+    _set_grads(params + other, 2)
+    opt.param_groups[1]["lr"] = -1.0
+    saved = snapshot((params, other, opt.state_dict()["state"]))
+    with pytest.raises(ValueError):
+        opt.step()
+    assert_bitwise_equal(snapshot((params, other, opt.state_dict()["state"])), saved, "state")
+    opt.param_groups[1]["lr"] = 1e-2
+    opt.step()
+    assert all(t.dtype == torch.float64 for s in opt.state.values() for t in s.values()
+               if t.is_floating_point() and t.dim() > 0)
 
 
 # ---- the mode itself, per op ------------------------------------------------------------------
