@@ -5,7 +5,7 @@ fused one where its spread is the yardstick of tests/tolerances.py), or compares
 snapshot taken before the step; none compares pyoptim with itself.
 
   1. step counts that are negative or fractional (loaded, or set with fill_) raise ValueError
-     from the op, for Adam, AdamW and SparseAdam, and change nothing;
+     from the op, for Adam, AdamW, SparseAdam and Adam(lazy_sparse=True), and change nothing;
   2. resetting state (`state[p].clear()`, `state[p] = {}`, a new tensor under a key) is seen by
      the next step, as torch.optim sees it, and state_dict() keeps that param's state;
   3. load_state_dict + step cycles keep no old state alive (no id(group)-keyed caches);
@@ -211,17 +211,32 @@ def test_negative_step_count_torch_premise():
         opt.step()
 
 
+@pytest.mark.parametrize("value", [-1, -0.5, 2.5], ids=["-1", "-0.5", "2.5"])
 @pytest.mark.parametrize("how", ["state", "load_state_dict"])
-def test_sparse_adam_negative_int_step_raises_and_changes_nothing(how):
-    params, opt = _adam_with_state("SparseAdam")
+@pytest.mark.parametrize("cls", ["SparseAdam", "lazy_sparse"])
+def test_sparse_adam_bad_step_count_raises_and_changes_nothing(cls, how, value):
+    """SparseAdam (an int count) and Adam(lazy_sparse=True) (a tensor count) with sparse grads:
+    the op rejects the count as adam_ does (ValueError), not a truncated one."""
+    if cls == "SparseAdam":
+        params, opt = _adam_with_state("SparseAdam")
+        bad = value
+    else:
+        torch.manual_seed(0)
+        params = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(5))]
+        opt = pyoptim.Adam(params, lr=1e-2, lazy_sparse=True)
+        gen = torch.Generator().manual_seed(1)
+        _set_grads("SparseAdam", params, gen)
+        opt.step()
+        _set_grads("SparseAdam", params, gen)
+        bad = torch.tensor(float(value))
     if how == "state":
-        opt.state[params[-1]]["step"] = -1
+        opt.state[params[-1]]["step"] = bad
     else:
         sd = copy.deepcopy(opt.state_dict())
-        sd["state"][1]["step"] = -1
+        sd["state"][1]["step"] = bad
         opt.load_state_dict(sd)
     before = _snapshot(opt)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="step count must be a non-negative whole number"):
         opt.step()
     _assert_unchanged(opt, before)
 

@@ -33,7 +33,7 @@ struct SparseAdamItem {
 };
 
 void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                     at::TensorList exp_avg_sqs, at::IntArrayRef steps,
+                     at::TensorList exp_avg_sqs, at::ArrayRef<double> steps,
                      at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
                      const c10::List<std::optional<at::Tensor>>& lr_tensors,
                      bool validate_only) {
@@ -54,9 +54,9 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
     ops::dispatch_param_dtype(params[i].scalar_type(), [&](auto st) {
       using S = decltype(st);
       if constexpr (std::is_same<S, double>::value) {
-        it.cd = ops::sparse_adam_coeffs<S>(call, i, steps[i], step_sizes);
+        it.cd = ops::sparse_adam_coeffs<S>(call, i, steps[i] + 1.0, step_sizes);
       } else {
-        it.cf = ops::sparse_adam_coeffs<S>(call, i, steps[i], step_sizes);
+        it.cf = ops::sparse_adam_coeffs<S>(call, i, steps[i] + 1.0, step_sizes);
       }
     });
     if (coo.nnz == 0 || coo.width == 0) continue;  // torch skips an empty grad (the step counts)
