@@ -764,6 +764,58 @@ def test_complex_param_with_fused_raises_torchs_error(cls):
     assert _state_layout(opts["pyoptim"]) == _state_layout(opts["torch"])
 
 
+# ---- 7. sparse grads: values that alias written memory ----------------------------------------
+
+SPARSE_CLASSES = {
+    "SGD": lambda ps: pyoptim.SGD(ps, lr=0.5),
+    "SGD-momentum": lambda ps: pyoptim.SGD(ps, lr=0.5, momentum=0.9),
+    "SparseAdam": lambda ps: pyoptim.SparseAdam(ps, lr=0.5),
+    "Adam-lazy_sparse": lambda ps: pyoptim.Adam(ps, lr=0.5, lazy_sparse=True),
+    "Adagrad": lambda ps: pyoptim.Adagrad(ps, lr=0.5),
+    "RowWiseAdagrad": lambda ps: pyoptim.RowWiseAdagrad(ps, lr=0.5),
+}
+
+
+@pytest.mark.parametrize("cls", list(SPARSE_CLASSES))
+def test_sparse_grad_values_aliasing_the_param_step_as_a_copy(cls):
+    """A sparse grad whose values are a view of the param's rows (grad row 2 is param row 1 and
+    row 1 is row 2) steps bitwise as the same grad with cloned values: every row reads the
+    values from before the step (torch.optim copies them where it coalesces the grad)."""
+    results = []
+    for clone in (False, True):
+        torch.manual_seed(0)
+        p = nn.Parameter(torch.randn(6, 3))
+        opt = SPARSE_CLASSES[cls]([p])
+        for _ in range(2):
+            values = p.detach()[1:3]
+            if clone:
+                values = values.clone()
+            p.grad = torch.sparse_coo_tensor(torch.tensor([[2, 1]]), values, (6, 3))
+            opt.step()
+        results.append([p.detach().clone(), *[v.clone() for v in opt.state[p].values()
+                                               if torch.is_tensor(v)]])
+    assert len(results[0]) == len(results[1])
+    assert all(bitwise_equal(a, b) for a, b in zip(*results))
+
+
+def test_rowwise_dense_grad_aliasing_other_param_rows_steps_as_a_copy():
+    """RowWiseAdagrad with a dense grad that is a view of the param's storage shifted by a row:
+    as the same grad cloned."""
+    results = []
+    for clone in (False, True):
+        torch.manual_seed(0)
+        base = torch.randn(5, 3)
+        p = nn.Parameter(base[:4])
+        opt = pyoptim.RowWiseAdagrad([p], lr=0.5)
+        for _ in range(2):
+            g = base[1:5]
+            p.grad = g.clone() if clone else g
+            opt.step()
+        results.append([base.clone(), opt.state[p]["sum"].clone()])
+    assert len(results[0]) == len(results[1])
+    assert all(bitwise_equal(a, b) for a, b in zip(*results))
+
+
 # ---- a failed step leaves no new state; multi-group steps are all-or-nothing ------------------
 
 

@@ -94,7 +94,7 @@ void adagrad_rows_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
     if (!call.sparse[i]) {     // row-wise, dense grad: every row
       if (params[i].numel() == 0) continue;
       it.num_rows = params[i].dim() == 0 ? 1 : params[i].size(0);
-      if (!validate_only) it.values = grads[i].contiguous();
+      if (!validate_only) it.values = writes.unaliased(grads[i]);
       continue;
     }
     const ops::CooGrad& coo = call.coo[i];
@@ -107,7 +107,7 @@ void adagrad_rows_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
     it.groups = &group_pool[i];
     ops::group_rows(rows, coo.nnz, coo.num_rows, op, *it.groups);
     it.num_rows = it.groups->num_unique();
-    it.values = coo.values.contiguous();
+    it.values = writes.unaliased(coo.values);
     // Note [Sparse Adagrad]: one touched element, no dense dims
     it.plain_update = !kRowwise && it.num_rows == 1 && coo.values.dim() == 1;
   }

@@ -75,7 +75,7 @@ void adagrad_rows_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
     if (!it.sparse) {  // row-wise, dense grad: every row
       if (params[i].numel() == 0) continue;
       it.num_rows = params[i].dim() == 0 ? 1 : params[i].size(0);
-      if (!validate_only) it.values = grads[i].contiguous();
+      if (!validate_only) it.values = writes.unaliased(grads[i]);
       continue;
     }
     const ops::CooGrad& coo = call.coo[i];
@@ -89,7 +89,7 @@ void adagrad_rows_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
     it.groups = cuda::group_rows_cuda(coo.indices, params[i].sizes(), op, what.c_str(),
                                       /*block_sums=*/true);
     it.num_rows = it.groups.num_unique;
-    it.values = coo.values.contiguous();
+    it.values = writes.unaliased(coo.values);
   }
   writes.check(op);
   if (validate_only) return;

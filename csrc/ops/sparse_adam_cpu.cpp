@@ -67,7 +67,7 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
     }
     it.groups = &group_pool[i];
     ops::group_rows(rows, coo.nnz, coo.num_rows, kOp, *it.groups);
-    it.values = coo.values.contiguous();
+    it.values = writes.unaliased(coo.values);
   }
   writes.check(kOp);
   if (validate_only) return;

@@ -64,7 +64,7 @@ void sparse_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
     }
     it.groups = cuda::group_rows_cuda(coo.indices, params[i].sizes(), kOp, what.c_str(),
                                       /*block_sums=*/true);
-    it.values = coo.values.contiguous();
+    it.values = writes.unaliased(coo.values);
   }
   writes.check(kOp);
   if (validate_only) return;
