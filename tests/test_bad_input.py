@@ -764,7 +764,7 @@ def test_complex_param_with_fused_raises_torchs_error(cls):
     assert _state_layout(opts["pyoptim"]) == _state_layout(opts["torch"])
 
 
-# ---- 7. sparse grads: values that alias written memory ----------------------------------------
+# ---- 7. sparse grads: values that alias written memory, indices of zero-width params ----------
 
 SPARSE_CLASSES = {
     "SGD": lambda ps: pyoptim.SGD(ps, lr=0.5),
@@ -814,6 +814,24 @@ def test_rowwise_dense_grad_aliasing_other_param_rows_steps_as_a_copy():
         results.append([base.clone(), opt.state[p]["sum"].clone()])
     assert len(results[0]) == len(results[1])
     assert all(bitwise_equal(a, b) for a, b in zip(*results))
+
+
+@pytest.mark.parametrize("cls", list(SPARSE_CLASSES))
+def test_zero_width_param_checks_sparse_indices(cls):
+    """A [5, 0] param whose sparse grad has row index 7: IndexError (as torch.optim.SGD and
+    Adagrad raise) before anything is written, whatever the width; the step is not counted."""
+    p = nn.Parameter(torch.zeros(5, 0))
+    opt = SPARSE_CLASSES[cls]([p])
+    p.grad = torch.sparse_coo_tensor(torch.tensor([[0, 7]]), torch.zeros(2, 0), (5, 0),
+                                     check_invariants=False)
+    with pytest.raises(IndexError, match="out of range"):
+        opt.step()
+    # no state, or (Adagrad: created by its constructor) the step not counted
+    assert all(float(st.get("step", 0)) == 0 for st in opt.state.values())
+    p.grad = torch.sparse_coo_tensor(torch.tensor([[0, 4]]), torch.zeros(2, 0), (5, 0))
+    opt.step()
+    if not cls.startswith("SGD"):  # (SGD counts no steps)
+        assert float(opt.state[p]["step"]) == 1
 
 
 # ---- a failed step leaves no new state; multi-group steps are all-or-nothing ------------------

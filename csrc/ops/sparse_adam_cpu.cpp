@@ -59,9 +59,10 @@ void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
         it.cf = ops::sparse_adam_coeffs<S>(call, i, steps[i] + 1.0, step_sizes);
       }
     });
-    if (coo.nnz == 0 || coo.width == 0) continue;  // torch skips an empty grad (the step counts)
+    if (coo.nnz == 0) continue;  // torch skips an empty grad (the step counts)
     const int64_t* rows = ops::linear_rows(kOp, coo, params[i].sizes(), i, linear_storage);
-    if (validate_only) {  // the index checks, no grouping
+    // the index checks, no grouping (width 0: indices checked, nothing to update)
+    if (validate_only || coo.width == 0) {
       ops::check_rows(rows, coo.nnz, coo.num_rows, kOp);
       continue;
     }

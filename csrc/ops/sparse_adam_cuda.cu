@@ -55,10 +55,11 @@ void sparse_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
         it.cf = ops::sparse_adam_coeffs<S>(call, i, steps[i] + 1.0, step_sizes);
       }
     });
-    if (coo.nnz == 0 || coo.width == 0) continue;  // torch skips an empty grad (the step counts)
+    if (coo.nnz == 0) continue;  // torch skips an empty grad (the step counts)
     const c10::cuda::CUDAGuard guard(params[i].device());
     const std::string what = c10::str("grads[", i, "]");
-    if (validate_only) {  // the index checks, no grouping
+    // the index checks, no grouping (width 0: indices checked, nothing to update)
+    if (validate_only || coo.width == 0) {
       cuda::check_indices_cuda(coo.indices, params[i].sizes(), kOp, what.c_str());
       continue;
     }
