@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._state import _dtensor_type
+from ._state import _dtensor_type, saved_states
 
 MASTER, SR, STATES, KAHAN = ("master_weights", "stochastic_rounding", "state_dtype",
                              "kahan_summation")
@@ -367,15 +367,9 @@ class MixedPrecision:
         if not any(k in g for g in state_dict["param_groups"] for k in modes):
             for group, before in zip(groups, flags):
                 group.update(before)
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [(p, g) for g in groups for p in g["params"]]
-        saved_state = state_dict["state"]
         fp32 = (*self._fp32_keys, MASTER_KEY)
         scale_keys = tuple(scale_key for scale_key, _ in self._state_maps.values())
-        for pid, (p, group) in zip(saved_ids, params):
-            saved = saved_state.get(pid)
-            if not saved:
-                continue
+        for p, group, saved in saved_states(self, state_dict):
             state = self.state[p]  # type: ignore[attr-defined]
             master = group.get(MASTER, False)
             for key, value in saved.items():

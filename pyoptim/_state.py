@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import operator
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import chain, compress, repeat
 from typing import Any
 
@@ -178,6 +178,18 @@ def hyper_args(opt: Any, groups: list[dict], device: torch.device,
     lrs, lr_tensors = lr_args(tuple(r[0] for r in rows), device)
     return ([x for lr, r in zip(lrs, rows) for x in (lr, *r[1:])],
             [f for group in groups for f in flags_of(group)], lr_tensors)
+
+
+def saved_states(opt: Any, state_dict: dict[str, Any]) -> Iterator[tuple[Tensor, dict, dict]]:
+    """(param, its group, its saved state) for every param with state in `state_dict`, once
+    `opt` has loaded it: torch's load_state_dict casts every floating state tensor but `step` to
+    its param's dtype, and a class re-takes from `saved` the keys it keeps in another dtype."""
+    saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+    params = [(p, g) for g in opt.param_groups for p in g["params"]]
+    for pid, (p, group) in zip(saved_ids, params):
+        saved = state_dict["state"].get(pid)
+        if saved:
+            yield p, group, saved
 
 
 def pick(items: Sequence[Any], index: list[int] | None) -> list:

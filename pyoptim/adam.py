@@ -226,7 +226,7 @@ class _AdamStep(FusedStep):
         steps, exp_avgs, exp_avg_sqs = states
         hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device,
                                               _sparse_hyper, _sparse_flags)
-        counts = [int(s) + 1 for s in steps]  # the counts after this step
+        counts = [float(s) for s in steps]  # the counts before this step (the op checks them)
         if not validate_only and _skipped(found_inf):
             validate_only = True  # checked, not applied: GradScaler found inf/NaN
         _sparse_adam_(call.params, grads, exp_avgs, exp_avg_sqs, counts, call.group_sizes,

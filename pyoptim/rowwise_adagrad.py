@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._state import DeviceCall, FusedStep, Plan, hyper_args, scalar_dtype
+from ._state import DeviceCall, FusedStep, Plan, hyper_args, saved_states, scalar_dtype
 
 __all__ = ["RowWiseAdagrad"]
 
@@ -109,6 +109,16 @@ class RowWiseAdagrad(FusedStep, torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         _check_mode(param_group.get("weight_decay_mode", self.defaults["weight_decay_mode"]))
         super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load_state_dict, with the `sum` of a bfloat16 or float16 param taken as saved
+        in float32 (a copy, on the param's device): torch casts every floating state tensor but
+        `step` to its param's dtype, which would round the accumulator to 16 bits."""
+        super().load_state_dict(state_dict)
+        for p, _, saved in saved_states(self, state_dict):
+            value = saved.get("sum")
+            if p.dtype in (torch.bfloat16, torch.float16) and isinstance(value, Tensor):
+                self.state[p]["sum"] = value.to(p.device, torch.float32, copy=True)
 
     def _hyper(self, group: dict) -> tuple:
         return group["lr"], group["lr_decay"], group["weight_decay"], group["eps"]

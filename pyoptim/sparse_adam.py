@@ -95,7 +95,7 @@ class SparseAdam(FusedStep, torch.optim.SparseAdam):
             grads,
             exp_avgs,
             exp_avg_sqs,
-            [int(s) + 1 for s in steps],  # the counts after this step
+            [float(s) for s in steps],  # the counts before this step (the op checks them)
             call.group_sizes,
             hyper,
             flags,

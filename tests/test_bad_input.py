@@ -5,7 +5,7 @@ fused one where its spread is the yardstick of tests/tolerances.py), or compares
 snapshot taken before the step; none compares pyoptim with itself.
 
   1. step counts that are negative or fractional (loaded, or set with fill_) raise ValueError
-     from the op, for Adam, AdamW and SparseAdam, and change nothing;
+     from the op, for Adam, AdamW, SparseAdam and Adam(lazy_sparse=True), and change nothing;
   2. resetting state (`state[p].clear()`, `state[p] = {}`, a new tensor under a key) is seen by
      the next step, as torch.optim sees it, and state_dict() keeps that param's state;
   3. load_state_dict + step cycles keep no old state alive (no id(group)-keyed caches);
@@ -212,17 +212,32 @@ def test_negative_step_count_torch_premise():
         opt.step()
 
 
+@pytest.mark.parametrize("value", [-1, -0.5, 2.5], ids=["-1", "-0.5", "2.5"])
 @pytest.mark.parametrize("how", ["state", "load_state_dict"])
-def test_sparse_adam_negative_int_step_raises_and_changes_nothing(how):
-    params, opt = _adam_with_state("SparseAdam")
+@pytest.mark.parametrize("cls", ["SparseAdam", "lazy_sparse"])
+def test_sparse_adam_bad_step_count_raises_and_changes_nothing(cls, how, value):
+    """SparseAdam (an int count) and Adam(lazy_sparse=True) (a tensor count) with sparse grads:
+    the op rejects the count as adam_ does (ValueError), not a truncated one."""
+    if cls == "SparseAdam":
+        params, opt = _adam_with_state("SparseAdam")
+        bad = value
+    else:
+        torch.manual_seed(0)
+        params = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(5))]
+        opt = pyoptim.Adam(params, lr=1e-2, lazy_sparse=True)
+        gen = torch.Generator().manual_seed(1)
+        _set_grads("SparseAdam", params, gen)
+        opt.step()
+        _set_grads("SparseAdam", params, gen)
+        bad = torch.tensor(float(value))
     if how == "state":
-        opt.state[params[-1]]["step"] = -1
+        opt.state[params[-1]]["step"] = bad
     else:
         sd = copy.deepcopy(opt.state_dict())
-        sd["state"][1]["step"] = -1
+        sd["state"][1]["step"] = bad
         opt.load_state_dict(sd)
     before = _snapshot(opt)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="step count must be a non-negative whole number"):
         opt.step()
     _assert_unchanged(opt, before)
 
@@ -904,6 +919,76 @@ def test_complex_param_with_fused_raises_torchs_error(cls):
     assert errors["pyoptim"] == errors["torch"]
     # the state torch leaves (Note [Fused-flag errors] in pyoptim/adam.py)
     assert _state_layout(opts["pyoptim"]) == _state_layout(opts["torch"])
+
+
+# ---- 7. sparse grads: values that alias written memory, indices of zero-width params ----------
+
+SPARSE_CLASSES = {
+    "SGD": lambda ps: pyoptim.SGD(ps, lr=0.5),
+    "SGD-momentum": lambda ps: pyoptim.SGD(ps, lr=0.5, momentum=0.9),
+    "SparseAdam": lambda ps: pyoptim.SparseAdam(ps, lr=0.5),
+    "Adam-lazy_sparse": lambda ps: pyoptim.Adam(ps, lr=0.5, lazy_sparse=True),
+    "Adagrad": lambda ps: pyoptim.Adagrad(ps, lr=0.5),
+    "RowWiseAdagrad": lambda ps: pyoptim.RowWiseAdagrad(ps, lr=0.5),
+}
+
+
+@pytest.mark.parametrize("cls", list(SPARSE_CLASSES))
+def test_sparse_grad_values_aliasing_the_param_step_as_a_copy(cls):
+    """A sparse grad whose values are a view of the param's rows (grad row 2 is param row 1 and
+    row 1 is row 2) steps bitwise as the same grad with cloned values: every row reads the
+    values from before the step (torch.optim copies them where it coalesces the grad)."""
+    results = []
+    for clone in (False, True):
+        torch.manual_seed(0)
+        p = nn.Parameter(torch.randn(6, 3))
+        opt = SPARSE_CLASSES[cls]([p])
+        for _ in range(2):
+            values = p.detach()[1:3]
+            if clone:
+                values = values.clone()
+            p.grad = torch.sparse_coo_tensor(torch.tensor([[2, 1]]), values, (6, 3))
+            opt.step()
+        results.append([p.detach().clone(), *[v.clone() for v in opt.state[p].values()
+                                               if torch.is_tensor(v)]])
+    assert len(results[0]) == len(results[1])
+    assert all(bitwise_equal(a, b) for a, b in zip(*results))
+
+
+def test_rowwise_dense_grad_aliasing_other_param_rows_steps_as_a_copy():
+    """RowWiseAdagrad with a dense grad that is a view of the param's storage shifted by a row:
+    as the same grad cloned."""
+    results = []
+    for clone in (False, True):
+        torch.manual_seed(0)
+        base = torch.randn(5, 3)
+        p = nn.Parameter(base[:4])
+        opt = pyoptim.RowWiseAdagrad([p], lr=0.5)
+        for _ in range(2):
+            g = base[1:5]
+            p.grad = g.clone() if clone else g
+            opt.step()
+        results.append([base.clone(), opt.state[p]["sum"].clone()])
+    assert len(results[0]) == len(results[1])
+    assert all(bitwise_equal(a, b) for a, b in zip(*results))
+
+
+@pytest.mark.parametrize("cls", list(SPARSE_CLASSES))
+def test_zero_width_param_checks_sparse_indices(cls):
+    """A [5, 0] param whose sparse grad has row index 7: IndexError (as torch.optim.SGD and
+    Adagrad raise) before anything is written, whatever the width; the step is not counted."""
+    p = nn.Parameter(torch.zeros(5, 0))
+    opt = SPARSE_CLASSES[cls]([p])
+    p.grad = torch.sparse_coo_tensor(torch.tensor([[0, 7]]), torch.zeros(2, 0), (5, 0),
+                                     check_invariants=False)
+    with pytest.raises(IndexError, match="out of range"):
+        opt.step()
+    # no state, or (Adagrad: created by its constructor) the step not counted
+    assert all(float(st.get("step", 0)) == 0 for st in opt.state.values())
+    p.grad = torch.sparse_coo_tensor(torch.tensor([[0, 4]]), torch.zeros(2, 0), (5, 0))
+    opt.step()
+    if not cls.startswith("SGD"):  # (SGD counts no steps)
+        assert float(opt.state[p]["step"]) == 1
 
 
 # ---- a failed step leaves no new state; multi-group steps are all-or-nothing ------------------

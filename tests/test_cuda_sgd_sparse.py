@@ -263,7 +263,7 @@ def run_sparse_adam(dev, params0, grads_fn, n_steps, **kw):
     ms = [torch.zeros_like(p) for p in ps]
     vs = [torch.zeros_like(p) for p in ps]
     for s in range(1, n_steps + 1):
-        ops.sparse_adam_(ps, grads_fn(s, dev), ms, vs, [s] * len(ps), **kw)
+        ops.sparse_adam_(ps, grads_fn(s, dev), ms, vs, [s - 1] * len(ps), **kw)
     return ps, ms, vs
 
 
@@ -320,7 +320,7 @@ def test_sparse_adam_out_of_range_index_raises_before_writing():
     bad = torch.sparse_coo_tensor(torch.tensor([[-1, 2]]).cuda(), torch.ones(2, 4).cuda(),
                                   (5, 4), check_invariants=False)
     with pytest.raises(IndexError, match="out of range"):
-        ops.sparse_adam_(ps, [good, bad], ms, vs, [1, 1], lr=0.1, beta1=0.9, beta2=0.999,
+        ops.sparse_adam_(ps, [good, bad], ms, vs, [0, 0], lr=0.1, beta1=0.9, beta2=0.999,
                          eps=1e-8, weight_decay=0.0, maximize=False)
     for p, b in zip(ps, before):
         assert torch.equal(p, b)

@@ -82,7 +82,7 @@ def summed_by_op(op: str, grad: torch.Tensor) -> torch.Tensor:
     p = torch.zeros(grad.shape, dtype=grad.dtype, device=grad.device)
     state = torch.zeros_like(p)
     if op == "sparse_adam_":  # beta1 = 0: exp_avg = (g - 0) * 1 + 0 = g
-        op_calls.sparse_adam_([p], [grad], [state], [torch.zeros_like(p)], [1], lr=1e-3, beta1=0.0,
+        op_calls.sparse_adam_([p], [grad], [state], [torch.zeros_like(p)], [0], lr=1e-3, beta1=0.0,
                           beta2=0.999, eps=1e-8, weight_decay=0.0, maximize=False)
     else:  # lazy momentum, first step: buf = g
         op_calls.sgd_sparse_(p, grad, state, lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0,

@@ -320,7 +320,7 @@ def test_opcheck_sparse_adam(dtype):
     grads = [_sparse(6, 3, dtype, 10 + k) for k in range(3)]
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
-    args = (params, grads, m, v, [1, 4, 2])
+    args = (params, grads, m, v, [0.0, 3.0, 1.0])
     # per group: hyper (lr, beta1, beta2, eps, weight_decay), flags (maximize)
     kwargs = dict(group_sizes=[1, 2],
                   hyper=[0.1, 0.9, 0.999, 1e-8, 0.0, 0.01, 0.8, 0.99, 1e-6, 0.1],

@@ -313,6 +313,43 @@ def test_state_dict_round_trip():
     assert_bitwise_equal(a.weight.detach(), b.weight.detach())
 
 
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dname)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_16bit_state_dict_resumes_bitwise(dtype, sparse):
+    """`sum` of a 16-bit param stays float32 through state_dict / load_state_dict (torch's load
+    casts floating state to the param's dtype), so a resumed run equals an uninterrupted one."""
+    gen = torch.Generator().manual_seed(5)
+    p0 = torch.randn(6, 4, generator=gen).to(dtype)
+    grads = []
+    for _ in range(4):
+        if sparse:
+            idx = torch.randint(0, 6, (5,), generator=gen)
+            grads.append(make_grad(idx, (6, 4), dtype, gen))
+        else:
+            grads.append(torch.randn(6, 4, generator=gen).to(dtype))
+    a = p0.clone().requires_grad_()
+    opt_a = pyoptim.RowWiseAdagrad([a], lr=0.1, weight_decay=0.01)
+    b = p0.clone().requires_grad_()
+    opt_b = pyoptim.RowWiseAdagrad([b], lr=0.1, weight_decay=0.01)
+    for g in grads[:2]:
+        a.grad, b.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+    sd = copy.deepcopy(opt_b.state_dict())
+    assert sd["state"][0]["sum"].dtype == torch.float32
+    c = b.detach().clone().requires_grad_()
+    opt_c = pyoptim.RowWiseAdagrad([c], lr=1.0)
+    opt_c.load_state_dict(sd)
+    assert opt_c.state[c]["sum"].dtype == torch.float32
+    assert_bitwise_equal(opt_c.state[c]["sum"], opt_a.state[a]["sum"])
+    for g in grads[2:]:
+        a.grad, c.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_c.step()
+    assert_bitwise_equal([c.detach(), opt_c.state[c]["sum"]], [a.detach(), opt_a.state[a]["sum"]])
+
+
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(lr=-1.0), ValueError, "Invalid learning rate"),
     (dict(eps=-1.0), ValueError, "Invalid epsilon value"),

@@ -80,11 +80,11 @@ def run_steps_both(param, grads, hp, weight_decay=0.0, level=None):
     for step, g in enumerate(grads, start=1):
         kw = dict(lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"], eps=hp["eps"])
         if level is None:
-            op_calls.sparse_adam_([p1], [g], [m1], [v1], [step], weight_decay=weight_decay,
+            op_calls.sparse_adam_([p1], [g], [m1], [v1], [step - 1], weight_decay=weight_decay,
                               maximize=hp["maximize"], **kw)
         else:
             with _ops.cpu_capability_override(level):
-                op_calls.sparse_adam_([p1], [g], [m1], [v1], [step], weight_decay=weight_decay,
+                op_calls.sparse_adam_([p1], [g], [m1], [v1], [step - 1], weight_decay=weight_decay,
                                   maximize=hp["maximize"], **kw)
         sparse_adam_reference(p2, g, m2, v2, step, maximize=hp["maximize"],
                               weight_decay=weight_decay, **kw)
@@ -175,7 +175,7 @@ def test_strided_params(layout):
     for step in (1, 2):
         g = make_grad(torch.randint(0, view.shape[0], (50,), generator=gen), view.shape,
                       torch.float32, gen)
-        op_calls.sparse_adam_([view], [g], [m], [v], [step], lr=0.1, beta1=0.9, beta2=0.999,
+        op_calls.sparse_adam_([view], [g], [m], [v], [step - 1], lr=0.1, beta1=0.9, beta2=0.999,
                           eps=1e-8, weight_decay=0.0, maximize=False)
         sparse_adam_reference(ref_param, g, m_ref, v_ref, step, lr=0.1, beta1=0.9, beta2=0.999,
                               eps=1e-8)
@@ -212,7 +212,7 @@ def test_bitwise_across_levels_and_threads(dtype, width):
                 p, m, v = param.clone(), torch.zeros_like(param), torch.zeros_like(param)
                 with _ops.cpu_capability_override(level):
                     for step, g in enumerate(grads, start=1):
-                        op_calls.sparse_adam_([p], [g], [m], [v], [step], lr=0.01, beta1=0.9,
+                        op_calls.sparse_adam_([p], [g], [m], [v], [step - 1], lr=0.01, beta1=0.9,
                                           beta2=0.999, eps=1e-8, weight_decay=0.0,
                                           maximize=False)
                 results.append((level, threads, p, m, v))
@@ -483,7 +483,7 @@ def test_bad_grad_changes_nothing(case):
             st_g, st_b = opt.state[good], opt.state[bad]
             op_calls.sparse_adam_([good, bad], [good.grad, grad],
                                   [st_g["exp_avg"], st_b["exp_avg"]],
-                              [st_g["exp_avg_sq"], st_b["exp_avg_sq"]], [2, 2], lr=0.1,
+                              [st_g["exp_avg_sq"], st_b["exp_avg_sq"]], [1, 1], lr=0.1,
                               beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                               maximize=False)
     assert torch.equal(good.detach(), snapshot[0]) and torch.equal(bad.detach(), snapshot[1])
@@ -517,11 +517,11 @@ def test_op_rejects_aliasing_and_bad_lists():
     before = p.clone()
     kw = dict(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, maximize=False)
     with pytest.raises(ValueError, match="overlap"):
-        op_calls.sparse_adam_([p], [g], [m], [m], [1], **kw)
+        op_calls.sparse_adam_([p], [g], [m], [m], [0], **kw)
     with pytest.raises(ValueError, match="steps"):
         op_calls.sparse_adam_([p], [g], [m], [torch.zeros_like(p)], [], **kw)
     with pytest.raises(ValueError, match="steps"):
-        op_calls.sparse_adam_([p], [g], [m], [torch.zeros_like(p)], [0], **kw)
+        op_calls.sparse_adam_([p], [g], [m], [torch.zeros_like(p)], [-1], **kw)
     assert torch.equal(p, before) and torch.equal(m, torch.zeros_like(p))
 
 

@@ -277,7 +277,7 @@ def _op_cases(bad: bool, device: str):
         ("sgd_-sparse", p + m,
          lambda vo: op_calls.sgd_(p, sg, m, **SGD_KW, validate_only=vo)),
         ("sparse_adam_", p + m + v,
-         lambda vo: op_calls.sparse_adam_(p, sg, m, v, [4, 4], **SPARSE_ADAM_KW,
+         lambda vo: op_calls.sparse_adam_(p, sg, m, v, [3, 3], **SPARSE_ADAM_KW,
                                           validate_only=vo)),
     ]
 

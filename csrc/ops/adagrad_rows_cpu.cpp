@@ -89,25 +89,24 @@ void adagrad_rows_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
         if constexpr (std::is_same<T, double>::value) it.sd = c; else it.sf = c;
       }
     });
-    const int64_t width = call.width[i];
-    if (width == 0) continue;  // nothing to update (the step counts)
-    if (!call.sparse[i]) {     // row-wise, dense grad: every row
-      if (params[i].numel() == 0) continue;
+    if (!call.sparse[i]) {  // row-wise, dense grad: every row
+      if (params[i].numel() == 0) continue;  // nothing to update (the step counts)
       it.num_rows = params[i].dim() == 0 ? 1 : params[i].size(0);
-      if (!validate_only) it.values = grads[i].contiguous();
+      if (!validate_only) it.values = writes.unaliased(grads[i]);
       continue;
     }
     const ops::CooGrad& coo = call.coo[i];
     if (coo.nnz == 0) continue;  // torch skips an empty grad (the step counts)
     const int64_t* rows = ops::linear_rows(op, coo, params[i].sizes(), i, linear_storage);
-    if (validate_only) {  // the index checks, no grouping
+    // the index checks, no grouping (width 0: indices checked, nothing to update)
+    if (validate_only || call.width[i] == 0) {
       ops::check_rows(rows, coo.nnz, coo.num_rows, op);
       continue;
     }
     it.groups = &group_pool[i];
     ops::group_rows(rows, coo.nnz, coo.num_rows, op, *it.groups);
     it.num_rows = it.groups->num_unique();
-    it.values = coo.values.contiguous();
+    it.values = writes.unaliased(coo.values);
     // Note [Sparse Adagrad]: one touched element, no dense dims
     it.plain_update = !kRowwise && it.num_rows == 1 && coo.values.dim() == 1;
   }

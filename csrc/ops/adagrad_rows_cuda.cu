@@ -70,26 +70,26 @@ void adagrad_rows_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
         if constexpr (std::is_same<T, double>::value) it.sd = c; else it.sf = c;
       }
     });
-    if (call.width[i] == 0) continue;  // nothing to update (the step counts)
     it.sparse = call.sparse[i];
     if (!it.sparse) {  // row-wise, dense grad: every row
-      if (params[i].numel() == 0) continue;
+      if (params[i].numel() == 0) continue;  // nothing to update (the step counts)
       it.num_rows = params[i].dim() == 0 ? 1 : params[i].size(0);
-      if (!validate_only) it.values = grads[i].contiguous();
+      if (!validate_only) it.values = writes.unaliased(grads[i]);
       continue;
     }
     const ops::CooGrad& coo = call.coo[i];
     if (coo.nnz == 0) continue;  // torch skips an empty grad (the step counts)
     const c10::cuda::CUDAGuard guard(params[i].device());
     const std::string what = c10::str("grads[", i, "]");
-    if (validate_only) {  // the index checks, no grouping
+    // the index checks, no grouping (width 0: indices checked, nothing to update)
+    if (validate_only || call.width[i] == 0) {
       cuda::check_indices_cuda(coo.indices, params[i].sizes(), op, what.c_str());
       continue;
     }
     it.groups = cuda::group_rows_cuda(coo.indices, params[i].sizes(), op, what.c_str(),
                                       /*block_sums=*/true);
     it.num_rows = it.groups.num_unique;
-    it.values = coo.values.contiguous();
+    it.values = writes.unaliased(coo.values);
   }
   writes.check(op);
   if (validate_only) return;

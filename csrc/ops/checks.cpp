@@ -173,31 +173,64 @@ bool share_a_byte(const at::Tensor& ta, const at::Tensor& tb, int64_t lo, int64_
 
 }  // namespace
 
-void WriteSet::add(const at::Tensor& t, const char* what, size_t i) {
-  if (t.device().is_meta() || !t.has_storage()) return;
-  const int64_t numel = t.numel();
-  if (numel == 0) return;
+// t's byte range, [its lowest byte, one past its highest byte]; t has storage and elements.
+WriteSet::Entry WriteSet::entry_of(const at::Tensor& t, const char* what, size_t i) {
   const auto base = reinterpret_cast<uintptr_t>(t.const_data_ptr());
   const auto esize = static_cast<int64_t>(t.element_size());
-  if (numel == 1 || t.is_contiguous()) {  // the common case: one dense range from data_ptr
-    entries_.push_back(Entry{base, base + static_cast<uintptr_t>(numel * esize), &t, what, i});
-    spans_.push_back(Span{entries_.back().start, entries_.back().end});
-    return;
+  if (t.numel() == 1 || t.is_contiguous()) {  // the common case: one dense range from data_ptr
+    return Entry{base, base + static_cast<uintptr_t>(t.numel() * esize), &t, what, i};
   }
-  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, what, "[", i,
-                    "] has elements that share memory (an expanded tensor?); it cannot be "
-                    "updated in place");
   int64_t first = 0, last = 0;  // element offsets of the lowest and the highest element
   for (int64_t d = 0; d < t.dim(); ++d) {
     const int64_t reach = (t.size(d) - 1) * t.stride(d);
     (reach < 0 ? first : last) += reach;
   }
-  entries_.push_back(Entry{base + static_cast<uintptr_t>(first * esize),
-                           base + static_cast<uintptr_t>((last + 1) * esize), &t, what, i});
+  return Entry{base + static_cast<uintptr_t>(first * esize),
+               base + static_cast<uintptr_t>((last + 1) * esize), &t, what, i};
+}
+
+void WriteSet::add(const at::Tensor& t, const char* what, size_t i) {
+  if (t.device().is_meta() || !t.has_storage()) return;
+  if (t.numel() == 0) return;
+  if (t.numel() > 1 && !t.is_contiguous()) {
+    TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, what, "[", i,
+                      "] has elements that share memory (an expanded tensor?); it cannot be "
+                      "updated in place");
+  }
+  entries_.push_back(entry_of(t, what, i));
   spans_.push_back(Span{entries_.back().start, entries_.back().end});
+  reach_.clear();
+}
+
+at::Tensor WriteSet::unaliased(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();  // a copy already unless t is contiguous
+  if (!c.is_same(t) || c.device().is_meta() || !c.has_storage() || c.numel() == 0) return c;
+  if (reach_.size() != entries_.size()) {
+    std::sort(entries_.begin(), entries_.end(),
+              [](const Entry& a, const Entry& b) { return a.start < b.start; });
+    reach_.resize(entries_.size());
+    uintptr_t end = 0;
+    for (size_t k = 0; k < entries_.size(); ++k) reach_[k] = end = std::max(end, entries_[k].end);
+  }
+  const Entry r = entry_of(c, "", 0);
+  // entries that start before r ends, walked back while some of them reach past r's start
+  size_t k = static_cast<size_t>(
+      std::partition_point(entries_.begin(), entries_.end(),
+                           [&](const Entry& e) { return e.start < r.end; }) -
+      entries_.begin());
+  for (; k > 0 && reach_[k - 1] > r.start; --k) {
+    const Entry& e = entries_[k - 1];
+    if (e.end > r.start &&
+        share_a_byte(*e.t, c, static_cast<int64_t>(std::min(e.start, r.start)),
+                     static_cast<int64_t>(std::max(e.end, r.end)))) {
+      return c.clone(at::MemoryFormat::Contiguous);
+    }
+  }
+  return c;
 }
 
 void WriteSet::check(const char* op) {
+  reach_.clear();  // entries_ is sorted again below
   // this thread's last ranges per op that passed with none intersecting (see the class comment)
   thread_local std::vector<std::pair<const char*, std::vector<Span>>> passed;
   auto last = std::find_if(passed.begin(), passed.end(),

@@ -168,6 +168,11 @@ class WriteSet {
   void add(const at::Tensor& t, const char* what, size_t i);
   // Raises ValueError if two recorded tensors share an element.
   void check(const char* op);
+  // t (a tensor the op reads while it writes the recorded ones: a sparse grad's values, a
+  // row-wise dense grad) as a contiguous tensor, copied when it shares a byte with a recorded
+  // tensor, so every read sees the values from before the step (torch.optim copies a sparse
+  // grad's values where it coalesces the grad). Call after the last add.
+  at::Tensor unaliased(const at::Tensor& t);
 
  private:
   struct Entry {
@@ -180,8 +185,12 @@ class WriteSet {
     uintptr_t start, end;
     bool operator==(const Span& o) const { return start == o.start && end == o.end; }
   };
+  static Entry entry_of(const at::Tensor& t, const char* what, size_t i);
+
   std::vector<Entry> entries_;
   std::vector<Span> spans_;  // the entries' ranges in the order they were added
+  // unaliased(): entries_ sorted by start, reach_[k] the largest end of entries_[0..k]
+  std::vector<uintptr_t> reach_;
 };
 
 // An optional one-element scalar argument (lr_tensor, grad_scale, found_inf) on the CPU or on

@@ -72,13 +72,14 @@ TORCH_LIBRARY(pyoptim, m) {
 
   // SparseAdam (torch.optim.SparseAdam's formula). Per group, hyper = (lr, beta1, beta2, eps,
   // weight_decay) and flags = (maximize). grads are sparse COO, read as
-  // they come (uncoalesced). steps[i] is params[i]'s step count *after* this step (the caller
-  // increments the Python int in its state once the op returns). weight_decay != 0 (a pyoptim
+  // they come (uncoalesced). steps[i] is params[i]'s step count before this step, a non-negative
+  // whole number (ValueError otherwise); the step uses steps[i] + 1, and the caller increments
+  // the count in its state once the op returns. weight_decay != 0 (a pyoptim
   // extension) decays the touched rows, decoupled. A Tensor lr (lr_tensors) replaces lr, and
   // step_size is then computed in its dtype, as torch does. grads are read, never written.
   m.def(
       "sparse_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-      "Tensor(c!)[] exp_avg_sqs, int[] steps, int[] group_sizes, float[] hyper, bool[] flags, "
+      "Tensor(c!)[] exp_avg_sqs, float[] steps, int[] group_sizes, float[] hyper, bool[] flags, "
       "Tensor?[] lr_tensors, bool validate_only=False) -> ()");
 
   // torch.optim.Adagrad's step for sparse COO grads (its sparse branch: Note [Sparse Adagrad]

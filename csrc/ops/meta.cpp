@@ -98,7 +98,7 @@ void sgd_meta(at::TensorList params, at::TensorList grads, at::TensorList moment
 }
 
 void sparse_adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                      at::TensorList exp_avg_sqs, at::IntArrayRef steps,
+                      at::TensorList exp_avg_sqs, at::ArrayRef<double> steps,
                       at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
                       const c10::List<std::optional<at::Tensor>>& lr_tensors,
                       bool /*validate_only*/) {

@@ -211,7 +211,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
                             call.first[i],         grp.maximize,
                             grad_scale.has_value(), false,
                             cpu::StateFormat::kParam, false};  // (the modes take dense grads)
-    s.values = call.sparse[i]->values.contiguous();
+    s.values = writes.unaliased(call.sparse[i]->values);
     s.param = params[i].is_contiguous() ? params[i] : params[i].contiguous();
     s.buf = (!buf.defined() || buf.is_contiguous()) ? buf : buf.contiguous();
   }

@@ -287,7 +287,7 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
     const ops::CooGrad& coo = *call.sparse[i];
     if (coo.width == 0) continue;
     const ops::SgdGroup& grp = call.of(i);
-    const at::Tensor values = coo.values.contiguous();
+    const at::Tensor values = writes.unaliased(coo.values);
     ops::dispatch_param_dtype(params[i].scalar_type(), [&](auto st) {
       using S = decltype(st);
       using T = cuda::mta::opmath_t<S>;

@@ -40,7 +40,7 @@ struct SparseAdamCall {
 // Meta kernel reads nothing).
 inline SparseAdamCall check_sparse_adam_call(
     const char* op, c10::DeviceType backend, at::TensorList params, at::TensorList grads,
-    at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::IntArrayRef steps,
+    at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::ArrayRef<double> steps,
     at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
     const c10::List<std::optional<at::Tensor>>& lr_tensors, bool read_values,
     WriteSet& writes) {
@@ -89,8 +89,7 @@ inline SparseAdamCall check_sparse_adam_call(
     call.coo[i] = check_coo_grad(op, p, g, i);
     check_like_param(op, p, exp_avgs[i], "exp_avgs", i);
     check_like_param(op, p, exp_avg_sqs[i], "exp_avg_sqs", i);
-    TORCH_CHECK_VALUE(steps[i] >= 1, op, ": steps[", i, "] is ", steps[i],
-                      "; expected the step count after this step's increment (>= 1)");
+    check_step_count(op, steps[i], "steps", i);
     writes.add(p, "params", i);
     writes.add(exp_avgs[i], "exp_avgs", i);
     writes.add(exp_avg_sqs[i], "exp_avg_sqs", i);
@@ -98,22 +97,22 @@ inline SparseAdamCall check_sparse_adam_call(
   return call;
 }
 
-// step_size = lr * sqrt(1 - beta2^step) / (1 - beta1^step) for a param at `step`. With a Tensor
-// lr, torch.optim.SparseAdam computes it as tensor arithmetic in the lr tensor's dtype
-// (lr * math.sqrt(bc2) / bc1): the same two ops run on the host copy of the lr, once per
+// step_size = lr * sqrt(1 - beta2^step) / (1 - beta1^step) for a param at `step` (the count after
+// this step's increment). With a Tensor lr, torch.optim.SparseAdam computes it as tensor
+// arithmetic in the lr tensor's dtype (lr * math.sqrt(bc2) / bc1): the same two ops run on the host copy of the lr, once per
 // (group, step count) of the call, usually once per group.
 class StepSizes {
  public:
-  double get(const SparseAdamGroup& g, size_t group, int64_t step) {
+  double get(const SparseAdamGroup& g, size_t group, double step) {
     for (const Entry& e : entries_) {
       if (e.group == group && e.step == step) return e.value;
     }
     double value;
     if (!g.lr_host.has_value()) {
-      value = math::sparse_adam_step_size(g.lr, g.beta1, g.beta2, static_cast<double>(step));
+      value = math::sparse_adam_step_size(g.lr, g.beta1, g.beta2, step);
     } else {
       const math::SparseAdamBiasCorrections b =
-          math::sparse_adam_bias_corrections(g.beta1, g.beta2, static_cast<double>(step));
+          math::sparse_adam_bias_corrections(g.beta1, g.beta2, step);
       value = g.lr_host->reshape({})
                   .mul(b.sqrt_bias_correction2)
                   .div(b.bias_correction1)
@@ -126,17 +125,17 @@ class StepSizes {
  private:
   struct Entry {
     size_t group;
-    int64_t step;
+    double step;
     double value;
   };
   std::vector<Entry> entries_;
 };
 
-// The coefficients of param i (of storage type S) of a checked call, narrowed with torch's
-// overflow check for S.
+// The coefficients of param i (of storage type S) of a checked call at `step` (its count after
+// this step's increment), narrowed with torch's overflow check for S.
 template <class S>
 math::SparseAdamCoeffs<math::opmath_t<S>> sparse_adam_coeffs(const SparseAdamCall& call, size_t i,
-                                                             int64_t step, StepSizes& sizes) {
+                                                             double step, StepSizes& sizes) {
   using T = math::opmath_t<S>;
   const SparseAdamGroup& g = call.of(i);
   return math::make_sparse_adam_coeffs<T>(g.lr, g.beta1, g.beta2, g.eps, g.weight_decay,

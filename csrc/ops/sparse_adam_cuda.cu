@@ -33,7 +33,7 @@ struct Item {
 };
 
 void sparse_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                      at::TensorList exp_avg_sqs, at::IntArrayRef steps,
+                      at::TensorList exp_avg_sqs, at::ArrayRef<double> steps,
                       at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
                       const c10::List<std::optional<at::Tensor>>& lr_tensors,
                       bool validate_only) {
@@ -50,21 +50,22 @@ void sparse_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
     ops::dispatch_param_dtype(params[i].scalar_type(), [&](auto st) {
       using S = decltype(st);
       if constexpr (std::is_same<S, double>::value) {
-        it.cd = ops::sparse_adam_coeffs<S>(call, i, steps[i], step_sizes);
+        it.cd = ops::sparse_adam_coeffs<S>(call, i, steps[i] + 1.0, step_sizes);
       } else {
-        it.cf = ops::sparse_adam_coeffs<S>(call, i, steps[i], step_sizes);
+        it.cf = ops::sparse_adam_coeffs<S>(call, i, steps[i] + 1.0, step_sizes);
       }
     });
-    if (coo.nnz == 0 || coo.width == 0) continue;  // torch skips an empty grad (the step counts)
+    if (coo.nnz == 0) continue;  // torch skips an empty grad (the step counts)
     const c10::cuda::CUDAGuard guard(params[i].device());
     const std::string what = c10::str("grads[", i, "]");
-    if (validate_only) {  // the index checks, no grouping
+    // the index checks, no grouping (width 0: indices checked, nothing to update)
+    if (validate_only || coo.width == 0) {
       cuda::check_indices_cuda(coo.indices, params[i].sizes(), kOp, what.c_str());
       continue;
     }
     it.groups = cuda::group_rows_cuda(coo.indices, params[i].sizes(), kOp, what.c_str(),
                                       /*block_sums=*/true);
-    it.values = coo.values.contiguous();
+    it.values = writes.unaliased(coo.values);
   }
   writes.check(kOp);
   if (validate_only) return;
