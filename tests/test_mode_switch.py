@@ -62,17 +62,24 @@ def _step(opt: torch.optim.Optimizer, params: list[torch.Tensor], step: int) -> 
     opt.step()
 
 
-@pytest.mark.parametrize("name", list(MODES))
-def test_mode_switched_off_steps_as_the_exported_state(name):
+def _stepped_with_reference(name, ref_cls=None):
+    """MODES[name]'s optimizer after STEPS steps, and a `ref_cls` (default: the same class
+    without the mode) on copies of its params that loaded its torch_state_dict()."""
     cls, dtype, mode, common = MODES[name]
     params = _params(dtype)
     opt = cls(params, lr=1e-2, **mode, **common)
     for k in range(STEPS):
         _step(opt, params, k)
     ref_params = [p.clone() for p in params]
-    ref = cls(ref_params, lr=1e-2, **common)
+    ref = (ref_cls or cls)(ref_params, lr=1e-2, **common)
     ref.load_state_dict(copy.deepcopy(opt.torch_state_dict()))  # (shares opt's tensors, as
     # torch's state_dict does: `step` would count both runs' steps)
+    return mode, params, opt, ref_params, ref
+
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_mode_switched_off_steps_as_the_exported_state(name):
+    mode, params, opt, ref_params, ref = _stepped_with_reference(name)
     for key in mode:
         opt.param_groups[0][key] = None if key == "state_dtype" else False
     _step(opt, params, STEPS)
@@ -162,15 +169,8 @@ def test_differentiable_switched_on_with_a_mode_raises_before_writing(name, wher
 def test_mode_switched_off_and_differentiable_on_steps_as_torch(name):
     """torch.optim's step on the state a mode left, as pyoptim's step puts it (the state that
     torch_state_dict() exports)."""
-    cls, dtype, mode, common = MODES[name]
-    torch_cls = getattr(torch.optim, cls.__name__)
-    params = _params(dtype)
-    opt = cls(params, lr=1e-2, **mode, **common)
-    for k in range(STEPS):
-        _step(opt, params, k)
-    ref_params = [p.clone() for p in params]
-    ref = torch_cls(ref_params, lr=1e-2, **common)
-    ref.load_state_dict(copy.deepcopy(opt.torch_state_dict()))
+    torch_cls = getattr(torch.optim, MODES[name][0].__name__)
+    mode, params, opt, ref_params, ref = _stepped_with_reference(name, torch_cls)
     ref.param_groups[0]["differentiable"] = True
     for key in mode:
         opt.param_groups[0][key] = None if key == "state_dtype" else False
