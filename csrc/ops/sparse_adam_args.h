@@ -99,8 +99,8 @@ inline SparseAdamCall check_sparse_adam_call(
 
 // step_size = lr * sqrt(1 - beta2^step) / (1 - beta1^step) for a param at `step` (the count after
 // this step's increment). With a Tensor lr, torch.optim.SparseAdam computes it as tensor
-// arithmetic in the lr tensor's dtype (lr * math.sqrt(bc2) / bc1): the same two ops run on the host copy of the lr, once per
-// (group, step count) of the call, usually once per group.
+// arithmetic in the lr tensor's dtype (lr * math.sqrt(bc2) / bc1): the same two ops run on the
+// host copy of the lr, once per (group, step count) of the call, usually once per group.
 class StepSizes {
  public:
   double get(const SparseAdamGroup& g, size_t group, double step) {
