@@ -76,12 +76,13 @@ inline void check_seed(const char* op, at::TensorList seeds, int64_t k,
 // them here costs less than building the list in Python and converting it into the op's
 // arguments (a 1000-param step: ~0.1 ms). The optimizers pass it so when every param of the
 // call has a grad (pyoptim/_state.py, Plan.implicit_grads). Returns the grads, in `own`.
-// Grads read this way bypass the dispatcher, so each must be plain memory: a strided tensor with
-// storage, no Python subclass or mode (a wrapper subclass such as functional collectives'
-// AsyncCollectiveTensor, a FakeTensor), no lazy negation or conjugation bit, not a ZeroTensor.
-// Any other grad is refused before anything is written; the step then runs again with the grads
-// listed, through the dispatcher, which handles them as torch's ops do (it once read such grads
-// as raw memory: a crash, or the wrong sign for a negated view).
+// Grads read this way bypass the dispatcher, so each must be plain memory: a tensor with storage
+// (a sparse grad has none; the checks after this one refuse other layouts), no Python subclass or
+// mode (a wrapper subclass such as functional collectives' AsyncCollectiveTensor, a FakeTensor),
+// no lazy negation or conjugation bit, not a ZeroTensor: one test of the dispatch key set per
+// grad. Any other grad is refused before anything is written; the step then runs again with the
+// grads listed, through the dispatcher, which handles them as torch's ops do (it once read such
+// grads as raw memory: a crash, or the wrong sign for a negated view).
 inline at::TensorList grads_of_params(const char* op, at::TensorList params,
                                       at::TensorList grads, std::vector<at::Tensor>& own) {
   if (!grads.empty() || params.empty()) return grads;
@@ -95,8 +96,7 @@ inline at::TensorList grads_of_params(const char* op, at::TensorList params,
     const at::Tensor& g = params[i].grad();
     TORCH_CHECK_VALUE(g.defined(), op, ": params[", i,
                       "] has no grad (an empty grads list stands for each param's .grad)");
-    TORCH_CHECK_VALUE(g.layout() == at::kStrided && !g.is_nested() && g.has_storage() &&
-                          !g.key_set().has_any(kNotPlain),
+    TORCH_CHECK_VALUE(g.has_storage() && !g.key_set().has_any(kNotPlain),
                       op, ": params[", i, "]'s grad is not plain memory (a tensor subclass, a "
                       "lazy negation or conjugation, a ZeroTensor): list the grads");
     own.push_back(g);
