@@ -8,7 +8,7 @@ import op_calls
 import pytest
 import torch
 from conftest import ISA_LEVELS
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from reference_sgd import sgd_sparse_reference
 from tolerances import sgd_tol
@@ -51,12 +51,23 @@ def hyper(draw, plain=False):
                 maximize=draw(st.booleans()))
 
 
-@given(hp=hyper(plain=True), rows=st.integers(1, 50), width=st.sampled_from([1, 7, 16, 17, 40]),
-       nnz=st.integers(0, 120), coalesced=st.booleans(), seed=st.integers(0, 2**31 - 1))
-def test_plain_sparse_sgd_is_torch_exactly(isa, hp, rows, width, nnz, coalesced, seed):
+@given(hp=hyper(plain=True), rows=st.integers(1, 50),
+       width=st.sampled_from([None, 1, 7, 16, 17, 40]), nnz=st.integers(0, 120),
+       coalesced=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]),
+       seed=st.integers(0, 2**31 - 1))
+@example(hp=dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+                 maximize=False), rows=50, width=None, nnz=100, coalesced=True,
+         dtype=torch.float32, seed=0)
+def test_plain_sparse_sgd_is_torch_exactly(isa, hp, rows, width, nnz, coalesced, dtype, seed):
+    # width None: a 1-D param, whose values have no dense dims (coalesced, ATen rounds lr * value
+    # before adding it; otherwise, and with dense dims, it adds with one fused multiply-add)
     gen = torch.Generator().manual_seed(seed)
-    p = torch.randn(rows, width, generator=gen)
-    g = _sparse_grad(rows, width, nnz, torch.float32, gen, coalesced=coalesced)
+    p = torch.randn(rows, width or 1, generator=gen, dtype=dtype)
+    g = _sparse_grad(rows, width or 1, nnz, dtype, gen, coalesced=coalesced)
+    if width is None:
+        p = p[:, 0].contiguous()
+        g = torch.sparse_coo_tensor(g._indices(), g._values()[:, 0], (rows,),
+                                    is_coalesced=g.is_coalesced())
     expect = p.clone()
     expect.add_(-g if hp["maximize"] else g, alpha=-hp["lr"])  # torch.optim.SGD's sparse step
     start = p.clone()

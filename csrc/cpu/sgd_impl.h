@@ -372,8 +372,15 @@ struct SgdSparse {
         const int64_t k = ring[head];
         head = (head + 1) % kPlainAhead;
         --count;
-        sgd_span<S, S, kM, kN, kF, kMax, kS>(param + index[k] * w, values + k * w, nullptr, 0,
-                                             w, c);
+        if (a.round_product) {  // one element per entry (values without dense dims)
+          using T = opmath_t<S>;
+          T p = to_opmath(param[index[k]]);
+          math::sgd_plain_rounded<kMax, kS>(p, to_opmath(values[k]), c);
+          param[index[k]] = from_opmath<S>(p);
+        } else {
+          sgd_span<S, S, kM, kN, kF, kMax, kS>(param + index[k] * w, values + k * w, nullptr, 0,
+                                               w, c);
+        }
       }
       return;
     }

@@ -17,9 +17,12 @@
 // drift). This is the same math function as the dense kernel, applied to the present rows only.
 // Without momentum and weight decay (plain SGD) each duplicate row is instead applied in turn,
 // p_r = p_r - lr * v_k, which is exactly what torch's `param.add_(grad, alpha=-lr)` computes,
-// so plain sparse SGD gives torch's bits. Rows are independent, each is updated by one thread
-// in a fixed order, so the result does not depend on the thread count. A gradient with no
-// sparse dim (a 0-dim param's) is one row: the whole param.
+// so plain sparse SGD gives torch's bits: with one fused multiply-add per element, as ATen's
+// kernels for an uncoalesced gradient or one with dense dims, and with the product rounded first
+// (math::sgd_plain_rounded) for a gradient flagged coalesced whose values have no dense dims,
+// which ATen's CPU add_ takes by its non-hybrid path (torch 2.14). Rows are independent, each
+// is updated by one thread in a fixed order, so the result does not depend on the thread count.
+// A gradient with no sparse dim (a 0-dim param's) is one row: the whole param.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -244,7 +247,8 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
                                   s.buf.defined() ? s.buf.data_ptr() : nullptr,
                                   s.groups->rows.data(), s.groups->offsets.data(),
                                   s.groups->order.data(), coo.width,
-                                  s.lin,                 coo.nnz};
+                                  s.lin,                 coo.nnz,
+                                  coo.coalesced && coo.values.dim() == 1};
     ops::parallel_over_rows(*s.groups, coo.width, [&](int64_t ub, int64_t ue) {
       ops::dispatch_param_dtype(s.param.scalar_type(), [&](auto st) {
         using S = decltype(st);

@@ -29,6 +29,7 @@ namespace ops {
 struct CooGrad {
   int64_t sparse_dim, nnz, num_rows, width;
   at::Tensor indices, values;  // [sparse_dim, nnz], [nnz, dense dims...]
+  bool coalesced;              // the gradient's is_coalesced() flag
 };
 
 inline CooGrad check_coo_grad(const char* op, const at::Tensor& p, const at::Tensor& g, size_t i) {
@@ -42,6 +43,7 @@ inline CooGrad check_coo_grad(const char* op, const at::Tensor& p, const at::Ten
   c.sparse_dim = g.sparse_dim();
   c.indices = g._indices();
   c.values = g._values();
+  c.coalesced = g.is_coalesced();
   TORCH_CHECK_VALUE(c.indices.dim() == 2 && c.indices.sym_size(0) == c.sparse_dim, op,
                     ": grads[", i, "] has indices of shape ", c.indices.sym_sizes(),
                     " for sparse_dim ", c.sparse_dim);

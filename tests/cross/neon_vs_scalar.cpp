@@ -351,7 +351,8 @@ void sgd_sparse_cases() {
             for (int side = 0; side < 2; ++side) {
               const SgdSparsePtrs a{side ? p2.data() : p.data(), vals.data(),
                                     side ? b2.data() : b.data(), r.rows.data(),
-                                    r.offsets.data(), r.order.data(), width, r.index.data(), nnz};
+                                    r.offsets.data(), r.order.data(), width, r.index.data(), nnz,
+                                    /*round_product=*/width == 1};
               pick<S>((side ? neon_table() : scalar_table()).sgd.sparse)(
                   a, split.first, split.second, c, f, scratch.data());
             }

@@ -123,6 +123,7 @@ struct SgdSparsePtrs {
   int64_t width;
   const int64_t* index;  // [nnz] row of each value row, in gradient order (validated)
   int64_t nnz;
+  bool round_product;  // plain SGD: math::sgd_plain_rounded (Note [Sparse SGD] in ops/sgd_cpu.cpp)
 };
 template <class T>
 using SgdSparseFn = void (*)(const SgdSparsePtrs&, int64_t u_begin, int64_t u_end,

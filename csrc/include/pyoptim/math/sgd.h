@@ -78,6 +78,17 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE void sgd_step(V& p, V g, V& buf, const SgdCoe
   p = vfma(g, bcast<V>(c.neg_lr), p);  // param.add_(grad, alpha=-lr)
 }
 
+// Plain SGD (no momentum, no weight decay) on one entry of a sparse gradient that ATen adds by
+// its non-hybrid path: a gradient flagged coalesced whose values have no dense dims, where
+// `param.add_(grad, alpha=-lr)` rounds the product before the add (`r[i] += alpha * v[k]`;
+// Note [Sparse SGD] in ops/sgd_cpu.cpp). sgd_step's plain update is one fused multiply-add.
+template <bool kMaximize, bool kScale, class V, class T>
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE void sgd_plain_rounded(V& p, V g, const SgdCoeffs<T>& c) {
+  if (kScale) g = g / bcast<V>(c.grad_scale);  // grad / scale (GradScaler unscale)
+  if (kMaximize) g = -g;                       // grad = -grads[i]
+  p = p + bcast<V>(c.neg_lr) * g;              // r[i] += alpha * v[k]
+}
+
 // Lifts sgd_step's runtime flags into its template parameters, for the CPU and CUDA launchers:
 // calls f(kMomentum, kNesterov, kFirst, kMaximize, kScale), each a std::integral_constant<bool>.
 // With momentum off, nesterov and the first-step rule are unused and fixed to false (fewer
