@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._state import _dtensor_type, saved_states
+from ._state import _dtensor_type, load_then, saved_states
 
 MASTER, SR, STATES, KAHAN = ("master_weights", "stochastic_rounding", "state_dtype",
                              "kahan_summation")
@@ -358,11 +358,17 @@ class MixedPrecision:
         without any (torch.optim's, or pyoptim's with every mode off: the same format) keeps
         this optimizer's flags in every group, its state converted at the next step. A
         master-weights param without a master (a torch.optim checkpoint) gets one from the
-        param at its next step."""
+        param at its next step. All of this reads the state dict torch loads, as the
+        load_state_dict pre-hooks made it, before the post-hooks run (load_then)."""
         modes = (MASTER, SR, STATES, KAHAN)
         flags = [{k: g[k] for k in modes if k in g}
                  for g in self.param_groups]  # type: ignore[attr-defined]
-        super().load_state_dict(state_dict)  # type: ignore[misc]
+        load_then(self, super().load_state_dict,  # type: ignore[misc]
+                  state_dict, lambda loaded: self._take_saved(loaded, flags))
+
+    def _take_saved(self, state_dict: dict[str, Any], flags: list[dict]) -> None:
+        """load_state_dict's part after torch's: the modes, and the state kept as saved."""
+        modes = (MASTER, SR, STATES, KAHAN)
         groups = self.param_groups  # type: ignore[attr-defined]
         if not any(k in g for g in state_dict["param_groups"] for k in modes):
             for group, before in zip(groups, flags):

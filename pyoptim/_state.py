@@ -180,10 +180,32 @@ def hyper_args(opt: Any, groups: list[dict], device: torch.device,
             [f for group in groups for f in flags_of(group)], lr_tensors)
 
 
+def load_then(opt: Any, load: Callable[[dict], None], state_dict: dict[str, Any],
+              then: Callable[[dict], None]) -> None:
+    """load(state_dict) (torch's load_state_dict), which calls then(loaded) where `loaded` is the
+    state dict torch loads: the one the optimizer's load_state_dict pre-hooks made (they may
+    return another, e.g. one matching the params by name, as torch's docs show), with `then`
+    run before the post-hooks. A class re-takes from it what torch's cast would change
+    (saved_states), so that hooks see and adapt that state as they do torch's."""
+    loaded: list[dict] = []
+
+    def record(_: Any, sd: dict) -> None:  # the last pre-hook: sees the dict torch loads
+        loaded.append(sd)
+
+    pre = opt.register_load_state_dict_pre_hook(record)
+    post = opt.register_load_state_dict_post_hook(lambda _: then(loaded[-1]), prepend=True)
+    try:
+        load(state_dict)
+    finally:
+        pre.remove()
+        post.remove()
+
+
 def saved_states(opt: Any, state_dict: dict[str, Any]) -> Iterator[tuple[Tensor, dict, dict]]:
     """(param, its group, its saved state) for every param with state in `state_dict`, once
     `opt` has loaded it: torch's load_state_dict casts every floating state tensor but `step` to
-    its param's dtype, and a class re-takes from `saved` the keys it keeps in another dtype."""
+    its param's dtype, and a class re-takes from `saved` the keys it keeps in another dtype
+    (inside the load: load_then)."""
     saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
     params = [(p, g) for g in opt.param_groups for p in g["params"]]
     for pid, (p, group) in zip(saved_ids, params):

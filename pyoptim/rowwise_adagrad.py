@@ -38,7 +38,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._state import DeviceCall, FusedStep, Plan, hyper_args, saved_states, scalar_dtype
+from ._state import (
+    DeviceCall,
+    FusedStep,
+    Plan,
+    hyper_args,
+    load_then,
+    saved_states,
+    scalar_dtype,
+)
 
 __all__ = ["RowWiseAdagrad"]
 
@@ -113,8 +121,11 @@ class RowWiseAdagrad(FusedStep, torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict, with the `sum` of a bfloat16 or float16 param taken as saved
         in float32 (a copy, on the param's device): torch casts every floating state tensor but
-        `step` to its param's dtype, which would round the accumulator to 16 bits."""
-        super().load_state_dict(state_dict)
+        `step` to its param's dtype, which would round the accumulator to 16 bits. (It reads the
+        state dict torch loads, as the load_state_dict pre-hooks made it: load_then.)"""
+        load_then(self, super().load_state_dict, state_dict, self._take_saved)
+
+    def _take_saved(self, state_dict: dict[str, Any]) -> None:
         for p, _, saved in saved_states(self, state_dict):
             value = saved.get("sum")
             if p.dtype in (torch.bfloat16, torch.float16) and isinstance(value, Tensor):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
@@ -63,6 +64,18 @@ def snapshot(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(snapshot(v) for v in obj)
     return obj
+
+
+def names_matching(optimizer, state_dict):
+    """torch's load_state_dict pre-hook pattern (its docs): a checkpoint whose params are in
+    another order, matched to this optimizer's by name (param_names)."""
+    adapted = copy.deepcopy(optimizer.state_dict())
+    for group, saved in zip(adapted["param_groups"], state_dict["param_groups"]):
+        for pid, name in zip(group["params"], group["param_names"]):
+            sid = saved["params"][saved["param_names"].index(name)]
+            if sid in state_dict["state"]:
+                adapted["state"][pid] = copy.deepcopy(state_dict["state"][sid])
+    return adapted
 
 
 def any_changed(before: Iterable[Tensor], after: Iterable[Tensor]) -> bool:

@@ -17,7 +17,7 @@ import op_calls
 import pytest
 import torch
 from conftest import ISA_LEVELS, dtype_id
-from helpers import assert_bitwise_equal, snapshot
+from helpers import assert_bitwise_equal, names_matching, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_mixed import adam_kahan_reference, adam_master_reference, adam_sr_reference
@@ -850,3 +850,43 @@ def test_torch_checkpoint_keeps_the_loading_optimizers_modes():
         dst.step()
         assert dst.state[params2[0]]["master_param"].dtype == torch.float32
         assert dst.state[params2[2]]["kahan_comp"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("cls,dtype,kwargs", [
+    (pyoptim.AdamW, torch.bfloat16, dict(master_weights=True)),
+    (pyoptim.Adam, torch.bfloat16, dict(stochastic_rounding=True)),
+    (pyoptim.AdamW, torch.float32, dict(state_dtype="8bit")),
+    (pyoptim.SGD, torch.float16, dict(master_weights=True, momentum=0.9)),
+], ids=["adamw-master", "adam-sr", "adamw-8bit", "sgd-master"])
+def test_load_takes_saved_state_from_the_pre_hooks_dict(cls, dtype, kwargs):
+    """load_state_dict keeps pyoptim's state as saved from the state dict torch loads, the one
+    the load_state_dict pre-hooks return (here: params matched by name, the checkpoint's in
+    another order), before the post-hooks see the state: each param gets its own master, seed
+    and scales, and the run resumes bitwise. (It took them from the dict passed in, by position:
+    another param's master, stepped into this param.)"""
+    params = _model(dtype)
+    names = [f"p{k}" for k in range(len(params))]
+    src = cls(list(zip(names, params)), lr=1e-2, **kwargs)
+    for k in range(2):
+        _set_grads(params, k)
+        src.step()
+    sd = copy.deepcopy(src.state_dict())
+    n = len(params)
+    sd["param_groups"][0]["param_names"] = names[::-1]  # the same checkpoint, params reversed
+    sd["state"] = {n - 1 - pid: s for pid, s in sd["state"].items()}
+    params2 = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    dst = cls(list(zip(names, params2)), lr=1e-2, **kwargs)
+    dst.register_load_state_dict_pre_hook(names_matching)
+    seen = []
+    dst.register_load_state_dict_post_hook(
+        lambda opt: seen.append(snapshot([opt.state[p] for p in params2])))
+    dst.load_state_dict(sd)
+    assert_bitwise_equal(seen, [snapshot([src.state[p] for p in params])])
+    for k in (2, 3):
+        _set_grads(params, k)
+        _set_grads(params2, k)
+        src.step()
+        dst.step()
+    assert_bitwise_equal(snapshot(params2), snapshot(params))
+    assert_bitwise_equal(snapshot([dst.state[p] for p in params2]),
+                         snapshot([src.state[p] for p in params]))

@@ -11,7 +11,7 @@ import copy
 import op_calls  # noqa: F401  (registers the ops)
 import pytest
 import torch
-from helpers import assert_bitwise_equal, snapshot
+from helpers import assert_bitwise_equal, names_matching, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -348,6 +348,30 @@ def test_16bit_state_dict_resumes_bitwise(dtype, sparse):
         opt_a.step()
         opt_c.step()
     assert_bitwise_equal([c.detach(), opt_c.state[c]["sum"]], [a.detach(), opt_a.state[a]["sum"]])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_16bit_sum_from_the_pre_hooks_dict():
+    """The float32 `sum` of a 16-bit param is re-taken from the state dict torch loads, the one
+    the load_state_dict pre-hooks return (params matched by name, the checkpoint's in another
+    order), before the post-hooks run. (It came from the dict passed in, by position: the
+    other table's accumulator.)"""
+    gen = torch.Generator().manual_seed(3)
+    params = [nn.Parameter(torch.randn(4, 3, generator=gen).bfloat16()) for _ in range(2)]
+    src = pyoptim.RowWiseAdagrad([("a", params[0]), ("b", params[1])], lr=0.1)
+    for p, scale in zip(params, (1.0, 3.0)):
+        p.grad = (scale * torch.randn(4, 3, generator=gen)).bfloat16()
+    src.step()
+    sd = copy.deepcopy(src.state_dict())
+    sd["param_groups"][0]["param_names"] = ["b", "a"]  # the same checkpoint, params swapped
+    sd["state"] = {0: sd["state"][1], 1: sd["state"][0]}
+    dst = pyoptim.RowWiseAdagrad([("a", params[0]), ("b", params[1])], lr=0.1)
+    dst.register_load_state_dict_pre_hook(names_matching)
+    seen = []
+    dst.register_load_state_dict_post_hook(
+        lambda opt: seen.append(snapshot([opt.state[p]["sum"] for p in params])))
+    dst.load_state_dict(sd)
+    assert_bitwise_equal(seen, [snapshot([src.state[p]["sum"] for p in params])])
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
