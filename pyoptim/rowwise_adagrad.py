@@ -42,6 +42,7 @@ from ._state import (
     DeviceCall,
     FusedStep,
     Plan,
+    _dtensor_type,
     hyper_args,
     load_then,
     saved_states,
@@ -143,6 +144,11 @@ class RowWiseAdagrad(FusedStep, torch.optim.Optimizer):
     def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
         if p.is_complex():
             raise TypeError("RowWiseAdagrad does not support complex parameters")
+        dtensor = _dtensor_type()
+        if dtensor is not None and isinstance(p, dtensor):  # before any state is made
+            raise TypeError("RowWiseAdagrad does not support DTensor params yet (FSDP2, tensor "
+                            "parallel): its `sum` holds one value per row of the param, not a "
+                            "DTensor laid out as the param")
         state = self.state[p]
         if len(state) == 0:  # lazy state initialization
             plan.fresh.append(p)  # removed again if the step raises

@@ -218,7 +218,8 @@ def _fsdp2_worker(rank: int, world: int) -> None:
 
 def _bad_layouts(rank: int, mesh) -> None:
     """A grad or state tensor not laid out as its DTensor param raises, after a good step (whose
-    checked layouts are remembered), and the failed step writes nothing."""
+    checked layouts are remembered), and the failed step writes nothing. RowWiseAdagrad refuses
+    DTensor params before it makes any state."""
     from torch.distributed.tensor import DTensor, Partial, Replicate
 
     model = _fsdp2(_mlp(), mesh)
@@ -251,6 +252,13 @@ def _bad_layouts(rank: int, mesh) -> None:
         assert all(map(torch.equal, before, after)), f"{what}: the failed step wrote"
     opt.step()  # good again
     assert not torch.equal(before[0], p._local_tensor) or p._local_tensor.numel() == 0
+    # RowWiseAdagrad: one accumulator per row, no DTensor layout: a clear error, no state made
+    before = [q._local_tensor.clone() for q in model.parameters()]
+    rowwise = pyoptim.RowWiseAdagrad(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="RowWiseAdagrad does not support DTensor params"):
+        rowwise.step()
+    assert len(rowwise.state) == 0
+    assert all(map(torch.equal, before, (q._local_tensor for q in model.parameters())))
 
 
 def _sgd_mixed_dtype_grads(rank: int, mesh) -> None:
