@@ -319,6 +319,9 @@ class MixedPrecision:
         dtypes = dict(zip(ids, (p.dtype for p in params)))
         state = {}
         for pid, saved in sd["state"].items():
+            if pid not in dtypes:  # state of no param (a loaded checkpoint's): as is, as torch
+                state[pid] = saved  # copies it
+                continue
             out = {}
             for key, value in saved.items():
                 if key in (SEED_KEY, MASTER_KEY, KAHAN_KEY, *scale_keys):

@@ -379,6 +379,23 @@ def test_torch_optim_loads_pyoptim_checkpoint(fmt):
     assert all(torch.isfinite(p).all() for p in params_t)
 
 
+def test_torch_state_dict_keeps_state_of_no_param():
+    """A loaded checkpoint's state of an id that is no param of the optimizer stays in
+    state_dict() as torch keeps it, and torch_state_dict() exports it as it is. (It raised
+    KeyError.)"""
+    params = _model()
+    opt = pyoptim.AdamW(params, lr=1e-3, state_dtype="8bit")
+    _set_grads(params, 0)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    stale = {"step": torch.tensor(3.0), "exp_avg": torch.ones(2, dtype=torch.float64)}
+    sd["state"][99] = stale
+    opt.load_state_dict(sd)
+    exported = opt.torch_state_dict()
+    assert_bitwise_equal(exported["state"][99], stale)
+    assert set(exported["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_loads_torch_checkpoint(fmt):
     """A torch.optim checkpoint (float32 moments) into reduced states: converted at the next
