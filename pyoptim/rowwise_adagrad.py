@@ -119,6 +119,16 @@ class RowWiseAdagrad(FusedStep, torch.optim.Optimizer):
         _check_mode(param_group.get("weight_decay_mode", self.defaults["weight_decay_mode"]))
         super().add_param_group(param_group)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """As torch.optim.Adagrad's: a `step` that is not a tensor (a hand-made or converted
+        checkpoint) becomes the 0-dim tensor the op reads, when loaded."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                if "step" in p_state and not torch.is_tensor(p_state["step"]):
+                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=scalar_dtype())
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict, with the `sum` of a bfloat16 or float16 param taken as saved
         in float32 (a copy, on the param's device): torch casts every floating state tensor but

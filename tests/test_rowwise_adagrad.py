@@ -350,6 +350,29 @@ def test_16bit_state_dict_resumes_bitwise(dtype, sparse):
     assert_bitwise_equal([c.detach(), opt_c.state[c]["sum"]], [a.detach(), opt_a.state[a]["sum"]])
 
 
+@pytest.mark.parametrize("step", [2, 2.0], ids=["int", "float"])
+def test_loaded_step_number_becomes_a_tensor(step):
+    """A checkpoint whose `step` is a number loads as torch.optim.Adagrad loads one (a 0-dim
+    tensor) and resumes bitwise. (The op raised a schema error: 'Expected a value of type
+    List[Tensor] for argument state_steps'.)"""
+    gen = torch.Generator().manual_seed(4)
+    a = nn.Parameter(torch.randn(5, 3, generator=gen))
+    grads = [torch.randn(5, 3, generator=gen) for _ in range(3)]
+    opt_a = pyoptim.RowWiseAdagrad([a], lr=0.1, lr_decay=0.1)
+    for g in grads[:2]:
+        a.grad = g.clone()
+        opt_a.step()
+    sd = copy.deepcopy(opt_a.state_dict())
+    sd["state"][0]["step"] = step
+    b = nn.Parameter(a.detach().clone())
+    opt_b = pyoptim.RowWiseAdagrad([b], lr=0.1, lr_decay=0.1)
+    opt_b.load_state_dict(sd)
+    a.grad, b.grad = grads[2].clone(), grads[2].clone()
+    opt_a.step()
+    opt_b.step()
+    assert_bitwise_equal(snapshot([b, opt_b.state[b]]), snapshot([a, opt_a.state[a]]))
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_16bit_sum_from_the_pre_hooks_dict():
     """The float32 `sum` of a 16-bit param is re-taken from the state dict torch loads, the one
