@@ -105,7 +105,8 @@ class SparseAdam(FusedStep, torch.optim.SparseAdam):
 
     def _commit(self, plan: Plan, found_inf: Tensor | None) -> None:
         for state in plan.dicts:
-            state["step"] = int(state["step"]) + 1
+            state["step"] += 1  # as torch.optim.SparseAdam counts: an int, or a loaded float
+            # or tensor (in place) stays one
 
 
 SparseAdam.__doc__ = (

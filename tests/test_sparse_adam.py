@@ -375,6 +375,31 @@ def test_state_dict_both_ways(direction):
     del gen
 
 
+@pytest.mark.parametrize("step", [3, 3.0, torch.tensor(3.0), torch.tensor(3)],
+                         ids=["int", "float", "tensor", "int-tensor"])
+def test_loaded_step_keeps_its_type(step):
+    """A step count loaded as a float or a tensor counts on as torch.optim.SparseAdam's does
+    (`state["step"] += 1`: the same type, a tensor in place), to the same value. (It became an
+    int.)"""
+    states = []
+    for cls in (torch.optim.SparseAdam, pyoptim.SparseAdam):
+        p = torch.nn.Parameter(torch.ones(4, 2))
+        opt = cls([p], lr=0.1)
+        p.grad = torch.ones(4, 2).to_sparse()
+        opt.step()
+        sd = copy.deepcopy(opt.state_dict())
+        sd["state"][0]["step"] = copy.deepcopy(step)
+        opt.load_state_dict(sd)
+        loaded = opt.state[p]["step"]
+        opt.step()
+        assert (opt.state[p]["step"] is loaded) == isinstance(step, torch.Tensor)
+        states.append(opt.state[p]["step"])
+    ref, got = states
+    assert type(got) is type(ref) and got == ref == 4
+    if isinstance(ref, torch.Tensor):
+        assert got.dtype == ref.dtype
+
+
 def test_weight_decay_only_touched_rows():
     """Opt-in decoupled weight decay: pyoptim.SparseAdam stepped with and without it, each
     against the reference (param and state, bitwise); the decay changes every touched row and no
