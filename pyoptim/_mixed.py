@@ -388,6 +388,9 @@ class MixedPrecision:
                     state[key] = value.to("cpu", torch.int64, copy=True)
                 elif key == MASTER_KEY or (master and key in fp32):
                     state[key] = value.to(p.device, torch.float32, copy=True)
-                elif key in scale_keys or (STATES in group and key in self._state_maps):
+                elif key in scale_keys:  # block scales: float32, as the ops read them (as
+                    # torch's cast gives them for a float32 param)
+                    state[key] = value.to(p.device, torch.float32, copy=True)
+                elif STATES in group and key in self._state_maps:
                     # reduced states as saved (converted at the next step if the format differs)
                     state[key] = value.to(p.device, copy=True)

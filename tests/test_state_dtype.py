@@ -16,7 +16,7 @@ import math
 import op_calls
 import pytest
 import torch
-from conftest import ISA_LEVELS
+from conftest import ISA_LEVELS, dtype_id
 from helpers import assert_bitwise_equal, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -377,6 +377,42 @@ def test_torch_optim_loads_pyoptim_checkpoint(fmt):
     _set_grads(params_t, 1)
     topt.step()
     assert all(torch.isfinite(p).all() for p in params_t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("cls,kwargs", [(pyoptim.AdamW, {}), (pyoptim.SGD, dict(momentum=0.9))],
+                         ids=["adamw", "sgd"])
+def test_8bit_checkpoint_with_scales_in_another_dtype(cls, kwargs, dtype):
+    """An 8-bit checkpoint whose floating tensors were converted (to float64, float16) loads
+    with its block scales in float32, as the ops read them (torch's load casts floating state
+    to the float32 param's dtype), and resumes as from the float32 values. (The scales were
+    kept as saved, and every later step raised TypeError 'block scales are float32'.)"""
+    params = _model()
+    opt = cls(params, lr=1e-3, state_dtype="8bit", **kwargs)
+    _set_grads(params, 0)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    for state in sd["state"].values():
+        for key, value in state.items():
+            if key.endswith("_scale"):
+                state[key] = value.to(dtype)
+    ref = copy.deepcopy(opt.state_dict())
+    for state in ref["state"].values():  # what the converted scales hold, in float32
+        for key, value in state.items():
+            if key.endswith("_scale"):
+                state[key] = value.to(dtype).float()
+    params2 = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt2 = cls(params2, lr=1e-3, state_dtype="8bit", **kwargs)
+    opt2.load_state_dict(sd)
+    params3 = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt3 = cls(params3, lr=1e-3, state_dtype="8bit", **kwargs)
+    opt3.load_state_dict(ref)
+    _set_grads(params2, 1)
+    _set_grads(params3, 1)
+    opt2.step()
+    opt3.step()
+    assert_bitwise_equal(snapshot(params2), snapshot(params3))
+    assert_bitwise_equal(snapshot(opt2.state_dict()), snapshot(opt3.state_dict()))
 
 
 def test_torch_state_dict_keeps_state_of_no_param():
