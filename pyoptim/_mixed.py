@@ -382,6 +382,9 @@ class MixedPrecision:
             state = self.state[p]  # type: ignore[attr-defined]
             master = group.get(MASTER, False)
             for key, value in saved.items():
+                if key == SEED_KEY and isinstance(value, int):  # a seed saved as a number
+                    state[key] = torch.tensor(value, dtype=torch.int64)
+                    continue
                 if not isinstance(value, Tensor) or value.is_sparse:
                     continue
                 if key == SEED_KEY:

@@ -890,3 +890,31 @@ def test_load_takes_saved_state_from_the_pre_hooks_dict(cls, dtype, kwargs):
     assert_bitwise_equal(snapshot(params2), snapshot(params))
     assert_bitwise_equal(snapshot([dst.state[p] for p in params2]),
                          snapshot([src.state[p] for p in params]))
+
+
+@pytest.mark.parametrize("cls,dtype,kwargs", [
+    (pyoptim.AdamW, torch.bfloat16, dict(stochastic_rounding=True)),
+    (pyoptim.SGD, torch.bfloat16, dict(stochastic_rounding=True, momentum=0.9)),
+    (pyoptim.Adam, torch.float32, dict(state_dtype="bfloat16")),
+], ids=["adamw-sr", "sgd-sr", "adam-bf16-states"])
+def test_seed_saved_as_a_number_loads_as_a_tensor(cls, dtype, kwargs):
+    """A checkpoint whose sr_seed is a Python int (converted by a tool) loads as the int64 CPU
+    tensor the ops read, and the run resumes bitwise. (It stayed an int, and every later step
+    raised the op's schema error for sr_seeds.)"""
+    params = _model(dtype)
+    src = cls(params, lr=1e-2, **kwargs)
+    _set_grads(params, 0)
+    src.step()
+    sd = copy.deepcopy(src.state_dict())
+    for state in sd["state"].values():
+        state["sr_seed"] = int(state["sr_seed"])
+    params2 = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    dst = cls(params2, lr=1e-2, **kwargs)
+    dst.load_state_dict(sd)
+    for k in (1, 2):
+        _set_grads(params, k)
+        _set_grads(params2, k)
+        src.step()
+        dst.step()
+    assert_bitwise_equal(snapshot(params2), snapshot(params))
+    assert_bitwise_equal(snapshot(dst.state_dict()), snapshot(src.state_dict()))
