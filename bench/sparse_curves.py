@@ -64,11 +64,10 @@ def optimizers() -> list[SparseOpt]:
             "pyoptim": lambda ps: pyoptim.Adagrad(ps, lr=1e-3),
             "torch": lambda ps: torch.optim.Adagrad(ps, lr=1e-3),
         }),
-    ]
-    if hasattr(pyoptim, "RowWiseAdagrad"):  # torch has no row-wise Adagrad: pyoptim only
-        out.append(SparseOpt("rowwise_adagrad", rowwise_adagrad_bytes, {
+        SparseOpt("rowwise_adagrad", rowwise_adagrad_bytes, {  # torch has no row-wise Adagrad
             "pyoptim": lambda ps: pyoptim.RowWiseAdagrad(ps, lr=1e-3),
-        }))
+        }),
+    ]
     return out
 
 

@@ -10,7 +10,7 @@ Optimizer setups (--setup, default: all of them, from the same start on the same
   mixed     pyoptim.AdamW(lazy_sparse=True): one optimizer for every param; the tables'
             sparse grads get SparseAdam's update on the touched rows (README: lazy_sparse)
   rowwise   pyoptim.RowWiseAdagrad for the tables (one accumulator per row) and
-            pyoptim.AdamW for the dense part (skipped when this pyoptim has no RowWiseAdagrad)
+            pyoptim.AdamW for the dense part
   torch     torch.optim.SparseAdam for the tables and torch.optim.AdamW for the dense part
 
     python examples/dlrm_sparse_dense.py [--steps 200] [--batch 2048] [--threads 2]
@@ -127,9 +127,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     setups = args.setup or ["mixed", "rowwise", "torch"]
-    if "rowwise" in setups and not hasattr(pyoptim, "RowWiseAdagrad"):
-        print("(rowwise: this pyoptim has no RowWiseAdagrad; skipped)")
-        setups.remove("rowwise")
     torch.manual_seed(0)
     start = DLRM()
     data = Data(torch.Generator().manual_seed(1))

@@ -7,7 +7,7 @@ rating of an interaction is the dot product of the hidden tastes plus noise. The
 user and item embeddings (nn.Embedding(sparse=True), so each step's gradient touches only the
 rows in the batch) and per-user / per-item biases.
 
-    python examples/sparse_adam_matrix_factorization.py [--steps 300] [--threads 2]
+    python examples/sparse_adam_matrix_factorization.py [--steps 200] [--threads 2]
 
 Prints both loss curves side by side and the time per optimizer step and per training step.
 """

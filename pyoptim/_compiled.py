@@ -41,8 +41,9 @@ from ._state import DeviceCall, Plan, _dtensor_type, zeros_state
 # the host (a graph break in that first step only).
 #
 # These step eagerly, through one graph break (a torch.compiler.disable'd eager step):
-# optimizers whose state Dynamo cannot hold (SparseAdam: sparse grads, an int step count),
-# complex params (the ops take their real views, and the functionalization of a mutable op,
+# optimizers made for what Dynamo cannot hold (SparseAdam: sparse grads, an int step count;
+# RowWiseAdagrad: sparse grads, and a dense grad too: `_traceable = False`), complex params
+# (the ops take their real views, and the functionalization of a mutable op,
 # auto_functionalized_v2, regenerates a view of its base with as_strided, which cannot change the
 # dtype: the op would get the complex tensor), DTensor params (Note [DTensor params]), a grad of
 # another dtype than its param (SGD steps it with torch's own code, Adam refuses it), a sparse

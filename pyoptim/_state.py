@@ -693,7 +693,7 @@ class FusedStep:
                               one op call over a device's sparse-gradient params
     """
 
-    _step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf to step()
+    _step_supports_amp_scaling = True  # GradScaler sets self.grad_scale / found_inf for step()
     # Note [Compiled step] (pyoptim/_compiled.py): whether a traced step traces the op calls
     # (else it steps eagerly: a graph break), and the state keys a traced step creates in the
     # graph

@@ -22,7 +22,8 @@ semantics: the gradient's duplicates summed (in pyoptim's fixed order, Note [Blo
 sums]), then on the touched elements only `sum += g * g`, `param -= clr * g / (sqrt(sum) + eps)`
 (Note [Sparse Adagrad] in csrc/include/pyoptim/math/adagrad.h); a grad with no entries changes
 nothing but the step count. float32 / float64 results equal torch's bit for bit where torch's
-sqrt is IEEE's (tests/reference_sparse_adam.py's ieee_torch_mode); bfloat16 / float16 params are
+sqrt is IEEE's and its coalesce() sums a row's duplicates in position order
+(tests/reference_sparse_adam.py's ieee_torch_mode); bfloat16 / float16 params are
 computed in float32 and rounded once. A step in which a sparse grad meets what the native op
 does not take is torch's own step, for every param of every group, so it gives torch's results
 and raises torch's errors: weight_decay != 0 (torch's error), fused=True (torch's error), a

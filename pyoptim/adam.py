@@ -15,8 +15,10 @@ params) keeps `master_param`, a float32 copy of the param, and float32 moments, 
 param rounded to nearest from the master; `stochastic_rounding=True` (bfloat16 params, without
 master weights) stores the param rounded stochastically, with random bits keyed by
 `sr_seed` (an int64 CPU tensor in the state, drawn from torch's generator), the step and the
-element index. Both are checked at construction (and in add_param_group). Checkpoints: see
-`pyoptim._mixed.MixedPrecision.load_state_dict`.
+element index; `kahan_summation=True` (bfloat16 / float16 params) keeps `kahan_comp`, what
+rounding the param lost; `state_dtype=` (float32 params) stores the moments in bfloat16 or
+8 bits (the class docstring; pyoptim/_mixed.py). All are checked at construction (and in
+add_param_group). Checkpoints: see `pyoptim._mixed.MixedPrecision.load_state_dict`.
 
 Flags: `foreach` and `fused` are accepted and validated as torch validates them (with
 `fused=True`, params that are not floating point or not on a fused device raise torch's error);

@@ -10,9 +10,10 @@ validates everything, then updates every tensor in one parallel region.
   csrc/include/pyoptim/math/sgd.h); float32 / float64 results are torch's own bits on AVX2 /
   AVX-512 CPUs.
 * Sparse COO gradients (`nn.Embedding(sparse=True)`, `nn.EmbeddingBag(sparse=True)`, coalesced
-  or not, duplicate indices summed), in the same call. Plain SGD (momentum=0, weight_decay=0)
-  gives torch's exact result. Unlike torch, momentum, nesterov, dampening and weight decay are
-  supported, with LAZY semantics: only the rows present in this step's gradient are updated.
+  or not), in the same call. Plain SGD (momentum=0, weight_decay=0) applies each duplicate row in
+  turn, as torch does, and gives torch's exact result. Unlike torch, momentum, nesterov,
+  dampening and weight decay are supported, with LAZY semantics: only the rows present in this
+  step's gradient are updated.
   For each present row r, with g_r the sum of its duplicate rows::
 
       g_r = -g_r                                      (maximize)

@@ -11,10 +11,13 @@ touched row once, in parallel.
 Semantics are torch's: duplicate indices are summed before the update; the formula is
 SparseAdam's own (eps added to sqrt(exp_avg_sq) before the bias corrections, which are folded
 into the step size); `state["step"]` is a Python int counting every step in which the param had
-a gradient, even one with no entries. float32 and float64 results equal torch's bit for bit;
-bfloat16 and float16 params are computed in float32 and rounded once on store (torch rounds
-after every operation). Bad input raises before anything, step counts included, is changed, in
-any param group (one call covers every group; Note [All-or-nothing step] in csrc/ops/groups.h).
+a gradient, even one with no entries. float32 and float64 results equal torch's bit for bit
+where torch's sqrt is IEEE's and its coalesce() sums a row's duplicates in position order
+(tests/reference_sparse_adam.py's ieee_torch_mode pins both; torch's CPU sqrt is MKL's, which is
+not correctly rounded, and coalesce() orders large inputs by an unstable sort); bfloat16 and
+float16 params are computed in float32 and rounded once on store (torch rounds after every
+operation). Bad input raises before anything, step counts included, is changed, in any param
+group (one call covers every group; Note [All-or-nothing step] in csrc/ops/groups.h).
 
 Beyond torch (opt-in): `weight_decay` (default 0: torch's update exactly) applies decoupled
 weight decay, `param *= 1 - lr * weight_decay`, to the rows touched in this step only, before

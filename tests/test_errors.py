@@ -1,7 +1,7 @@
 """Bad input -> a clear Python exception, and a failed step changes nothing.
 
 Constructor errors are torch.optim's own (type and message). Op-level errors: every check runs
-before any write (Note [All-or-nothing step] in csrc/ops/library.cpp), so for every case the
+before any write (Note [All-or-nothing step] in csrc/ops/groups.h), so for every case the
 params, grads, every state tensor and every step count are bitwise what they were before. The
 bad tensor is always the LAST of several, so a kernel that validated and wrote tensor by tensor
 would already have written the good ones.

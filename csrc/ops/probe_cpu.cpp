@@ -68,8 +68,8 @@ void stream_probe_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor
   });
 }
 
-// The row probe: the sparse optimizers' memory pattern with nothing else (Note [Row probe] in
-// bench/README.md). `rows` (nnz, ascending) holds the row of each of g's nnz value rows, so the
+// The row probe: the sparse optimizers' memory pattern with nothing else (bench/README.md,
+// "Row probe"). `rows` (nnz, ascending) holds the row of each of g's nnz value rows, so the
 // value rows come grouped by row, in memory order: the best layout a gradient could have. Each
 // run of equal rows sums its value rows into `acc`, then reads and writes that row of each table
 // once (x = x/2 + acc, y = y/2 + acc, z = z/2 - acc), the table rows of the run kPrefetchAhead

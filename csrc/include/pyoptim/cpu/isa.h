@@ -48,7 +48,9 @@ struct AdamPtrs {
   // 8-bit moments: one float32 scale per math::kQ8Block elements
   void* exp_avg_scale;
   void* exp_avg_sq_scale;
-  void* kahan_comp;  // kahan: the param's compensation (its dtype; Note [Kahan-compensated ...])
+  // kahan: the param's compensation, in its dtype (Note [Kahan-compensated 16-bit params] in
+  // math/stochastic_round.h)
+  void* kahan_comp;
 };
 // How a float32 param's moments are stored (Note [Reduced-precision optimizer states] in
 // math/quantize.h): as the param (float32), bfloat16, or 8-bit codes with block scales.

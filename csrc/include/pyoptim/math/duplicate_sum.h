@@ -9,7 +9,9 @@
 // right:
 //     g = (v_0 + ... + v_{B-1}) + (v_B + ... + v_{2B-1}) + ... + (... + v_{n-1})
 // A row with at most kDuplicateBlock duplicates (every row of a uniform lookup, and most rows
-// of any real one) is summed plainly left to right, which is what torch's coalesce() computes.
+// of any real one) is summed plainly left to right. (torch's coalesce() sums left to right in
+// the order its unstable sort leaves the duplicates: position order for some inputs only, on
+// the CPU up to 16 entries and large gradients, measured on torch 2.14.)
 // Why blocks: a strictly left-to-right sum is a chain as long as the row's duplicate count, and
 // a Zipf-distributed lookup has rows with ~10^5 duplicates; on a GPU that chain ran 16x longer
 // than the rest of the step. Blocks are summed in parallel (one warp each) and the chain left is

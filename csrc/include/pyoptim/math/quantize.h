@@ -69,10 +69,6 @@
 #include "pyoptim/math/scalar_ops.h"
 #include "pyoptim/math/stochastic_round.h"
 
-#if !defined(__CUDA_ARCH__)
-#include <cmath>
-#endif
-
 namespace pyoptim {
 namespace math {
 
@@ -86,7 +82,9 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE uint32_t vfloor_int(float x) {  // floor(x), 
 #if defined(__CUDA_ARCH__)
   return static_cast<uint32_t>(__float2int_rd(x));
 #else
-  return static_cast<uint32_t>(static_cast<int32_t>(std::floor(x)));
+  // the builtin, not std::floor: std::floor(float) is an inline library function, which an
+  // unoptimized build emits out of line, compiled with the ISA's flags (csrc/README.md, rule 2)
+  return static_cast<uint32_t>(static_cast<int32_t>(__builtin_floorf(x)));
 #endif
 }
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE uint32_t vsar16(uint32_t u) {  // int32 >> 16, rounding down
