@@ -42,7 +42,8 @@ from ._state import DeviceCall, Plan, _dtensor_type, zeros_state
 #
 # These step eagerly, through one graph break (a torch.compiler.disable'd eager step):
 # optimizers made for what Dynamo cannot hold (SparseAdam: sparse grads, an int step count;
-# RowWiseAdagrad: sparse grads, and a dense grad too: `_traceable = False`), complex params
+# RowWiseAdagrad: sparse grads, and a dense grad too: `_traceable = False`), a group with a Tensor
+# hyper-parameter other than lr (Tensor betas, eps, momentum, ...), complex params
 # (the ops take their real views, and the functionalization of a mutable op,
 # auto_functionalized_v2, regenerates a view of its base with as_strided, which cannot change the
 # dtype: the op would get the complex tensor), DTensor params (Note [DTensor params]), a grad of
@@ -62,6 +63,8 @@ from ._state import DeviceCall, Plan, _dtensor_type, zeros_state
 def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: list) -> Any:
     """Part 1 of Note [Compiled step]. Returns None where the step must run eagerly."""
     groups = opt.param_groups
+    if any(_tensor_hyper(opt, g) for g in groups):
+        return None
     all_params = [p for g in groups for p in g["params"]]
     mask = [p.grad is not None for p in all_params]
     layout = opt._layout(groups)
@@ -101,6 +104,15 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
     for out, values in zip(lists, states):
         out.extend(values)
     return all_keys, _chunks(plan), plan.extra, plan.layout, with_state
+
+
+def _tensor_hyper(opt: Any, group: dict) -> bool:
+    """Whether a hyper-parameter the op takes, other than lr, is a Tensor in the group (betas,
+    eps, weight_decay, momentum, ...: torch's steps take them, and the eager step gives the op
+    their values; in a trace the op's float lists would get tensors). Adam's betas are read
+    raw: its _hyper converts them with float(), which a trace cannot run without a break."""
+    values = (*opt._hyper(group)[1:], *group.get("betas", ()))
+    return any(isinstance(v, Tensor) for v in values)
 
 
 # Note [Op calls of a compiled step]

@@ -328,3 +328,27 @@ def test_sparse_grads_step_eagerly_under_compile(cls):
         return snapshot(list(emb.parameters())), snapshot(opt.state_dict()["state"])
 
     assert_bitwise_equal(run(True), run(False))
+
+
+@pytest.mark.parametrize("cls, kwargs", [
+    (pyoptim.Adam, dict(betas=(torch.tensor(0.8), torch.tensor(0.9)))),
+    (pyoptim.AdamW, dict(eps=torch.tensor(1e-3), weight_decay=torch.tensor(0.1))),
+    (pyoptim.Adamax, dict(betas=(torch.tensor(0.8), torch.tensor(0.9)))),
+    (pyoptim.SGD, dict(momentum=torch.tensor(0.5))),
+    (pyoptim.Adagrad, dict(lr_decay=torch.tensor(0.1))),
+], ids=["adam-betas", "adamw-eps-wd", "adamax-betas", "sgd-momentum", "adagrad-lr-decay"])
+def test_tensor_hyper_parameters_step_eagerly_under_compile(cls, kwargs):
+    """A Tensor hyper-parameter other than lr (torch's steps take them) steps eagerly under
+    compile, with eager's bits: the traced op call got the tensors in its float lists and
+    raised at trace time (TorchRuntimeError; SGD: Dynamo's AssertionError on a Tensor
+    momentum in the step's layout)."""
+    def run(compiled: bool):
+        model = _model()
+        opt = cls(model.parameters(), lr=1e-2, **kwargs)
+        step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
+        for k in range(STEPS):
+            _set_grads(model, k)
+            step()
+        return snapshot(list(model.parameters())), snapshot(opt.state_dict()["state"])
+
+    assert_bitwise_equal(run(True), run(False))
