@@ -126,10 +126,12 @@ class _AdamStep(FusedStep):
                 group.get(_KAHAN, False))
 
     def _layout(self, groups: list[dict]) -> Any:
-        # per group: which optional keys its params have (see _OPTIONAL), then the state format
-        # and lazy_sparse (which sparse grads go to _run_sparse, not read by _run)
+        # per group: which optional keys its params have (see _OPTIONAL), then the state format,
+        # lazy_sparse (which sparse grads go to _run_sparse, not read by _run) and whether
+        # _init_param makes torch's capturable check (torch checks in every step)
         return [(g["amsgrad"], g.get(_MASTER, False), seeded(g), g.get(_STATES) == Q8,
-                 g.get(_KAHAN, False), g.get(_STATES), g.get("lazy_sparse", False))
+                 g.get(_KAHAN, False), g.get(_STATES), g.get("lazy_sparse", False),
+                 g["capturable"] and not g["fused"])
                 for g in groups]
 
     def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:

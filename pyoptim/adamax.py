@@ -12,6 +12,8 @@ the param's device (CUDA; torch refuses it for CPU params, and so does pyoptim).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch.optim.optimizer import _get_capturable_supported_devices
@@ -38,6 +40,10 @@ class Adamax(DenseStep, torch.optim.Adamax):
 
     def _flags(self, group: dict) -> tuple:
         return (group["maximize"],)
+
+    def _layout(self, groups: list[dict]) -> Any:
+        # whether _init_param makes torch's capturable check (torch checks in every step)
+        return [g["capturable"] for g in groups]
 
     def _init_state(self, group: dict, p: Tensor, state: dict) -> None:
         if group["capturable"]:

@@ -627,6 +627,27 @@ def test_nan_and_inf_grads_like_torch(cls, amsgrad):
     assert pp.isnan().any() and not torch.equal(pp[finite], p0[finite])
 
 
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "Adamax"])
+def test_capturable_switched_on_for_cpu_params_raises_as_torch(name):
+    """capturable=True set in a param group after a step: torch checks in every step that the
+    params are on a capturable device and raises its AssertionError for CPU params; pyoptim
+    reused the step's plan, in which the check is made, and stepped. Now it raises torch's
+    error, before anything is written."""
+    errors = []
+    for lib in (torch.optim, pyoptim):
+        p = nn.Parameter(torch.ones(3))
+        opt = getattr(lib, name)([p], lr=0.1)
+        p.grad = torch.full((3,), 0.5)
+        opt.step()
+        before = snapshot(([p], opt.state_dict()["state"]))
+        opt.param_groups[0]["capturable"] = True
+        with pytest.raises(AssertionError) as e:
+            opt.step()
+        errors.append(str(e.value))
+        assert_bitwise_equal(snapshot(([p], opt.state_dict()["state"])), before)
+    assert errors[0] == errors[1]
+
+
 def test_differentiable_falls_back_to_torch(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the native op must not run with differentiable=True")
