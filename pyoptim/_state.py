@@ -40,7 +40,11 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.nn import Parameter
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+from torch.optim.optimizer import (
+    _default_to_fused_or_foreach,
+    _global_optimizer_post_hooks,
+    _global_optimizer_pre_hooks,
+)
 
 _grad_of = operator.attrgetter("grad")
 _params_of = operator.itemgetter("params")
@@ -154,6 +158,21 @@ def to_param_dtype(state: dict, key: str, p: Tensor, keep: Callable[[Tensor, dic
 # convert such a tensor to the param's dtype when the Plan is built, as load_state_dict would
 # (so the state takes the param's dtype where torch's keeps its own). A Plan still valid when
 # the op refuses a state dtype is rebuilt once (FusedStep._param_dtype_keys).
+
+
+def torch_for_loop(group: dict, tensor_lr: bool = False) -> bool:
+    """Whether torch's step of `group` is its for-loop (single-tensor) one: `foreach` not set
+    (nor `fused`) defaults as torch's _default_to_fused_or_foreach decides over the params with
+    a grad (foreach on CUDA, the for-loop on the CPU); `tensor_lr`: torch.optim.Adam, which
+    keeps the for-loop for a Tensor lr without capturable."""
+    foreach = group.get("foreach")
+    if foreach is None and group.get("fused") is None:
+        params = [p for p in group["params"] if p.grad is not None]
+        _, foreach = _default_to_fused_or_foreach(params, False, use_fused=False)
+        if foreach and tensor_lr and isinstance(group["lr"], Tensor) and \
+                not group.get("capturable", False):
+            foreach = False
+    return not foreach
 
 
 def scalar_type_name(dtype: torch.dtype) -> str:
@@ -452,14 +471,14 @@ class Plan:
         return lists + [list(map(dict.get, dicts, repeat(key))) for key in optional]
 
     def op_views(self, call: DeviceCall, grads: list[Tensor], states: list[list[Any]],
-                 keys: Sequence[str], resolve_conj: bool = False,
+                 keys: Sequence[str], resolve_conj: Sequence[bool] = (),
                  ) -> tuple[list[Tensor], list[Tensor], list[list[Any]]]:
         """The call's params, grads and state tensors (`keys`: the state key of each list) as
         the op takes them: DTensors as their local shards (Note [DTensor params]) and every
         complex tensor as a fresh real view (a view made in an earlier step would miss a later
         `p.data = ...`). A complex grad with the conjugation bit (autograd's grad of p.conj())
-        is resolved first where `resolve_conj` (FusedStep._resolve_conj_grads), else refused by
-        view_as_real, as torch's class does."""
+        is resolved first where `resolve_conj` is true for its param group (given per group:
+        FusedStep._resolve_conj), else refused by view_as_real, as torch's step does."""
         if not call.complex_pos and not call.dt_pos:
             return call.params, grads, states
         if call.dt_pos:
@@ -468,7 +487,8 @@ class Plan:
             params, grads, states = list(call.params), list(grads), [list(s) for s in states]
         for k in call.complex_pos:
             params[k] = real_view(params[k])
-            grads[k] = real_view(grads[k].resolve_conj() if resolve_conj else grads[k])
+            resolve = resolve_conj and resolve_conj[call.group_of[k]]
+            grads[k] = real_view(grads[k].resolve_conj() if resolve else grads[k])
         for k in call.complex_state_pos:
             for s in states:
                 if isinstance(s[k], Tensor):
@@ -701,9 +721,6 @@ class FusedStep:
     # Note [Grads read by the op] (csrc/ops/checks.h): whether the op's CPU kernel reads each
     # param's grad when given an empty grads list
     _grads_read_by_op = False
-    # whether a complex param's grad with the conjugation bit steps (torch's SGD) or raises
-    # view_as_real's error (torch's Adam, Adamax, Adagrad): Plan.op_views
-    _resolve_conj_grads = False
     # Note [State in another dtype]: the state keys _init_param converts to the param's dtype
     _param_dtype_keys: tuple[str, ...] = ()
     _created_in_graph: tuple[str, ...] = ()
@@ -730,6 +747,12 @@ class FusedStep:
 
     def _layout(self, groups: list[dict]) -> Any:
         return None
+
+    def _resolve_conj(self, group: dict) -> bool:
+        """Whether a complex param's grad with the conjugation bit (autograd's grad of p.conj())
+        steps in `group`, resolved, as torch's step of the group takes it; else it raises
+        view_as_real's error, as torch's does (Plan.op_views)."""
+        return False
 
     def _state_keys(self, plan: Plan) -> tuple[Sequence[str], Sequence[str]]:
         return (), ()
@@ -944,9 +967,11 @@ class FusedStep:
                 grads_per_call = plan.split(dense_grads)
                 states_per_call = [plan.split(s, by_state=True) for s in states]
                 state_keys = (*keys, *optional)
+                resolve = ([self._resolve_conj(g) for g in plan.groups]
+                           if any(c.complex_pos for c in calls) else [])
                 runs = [functools.partial(self._run, plan, call, *plan.op_views(
                             call, grads_per_call[k], [s[k] for s in states_per_call],
-                            state_keys, self._resolve_conj_grads), grad_scale, found_inf)
+                            state_keys, resolve), grad_scale, found_inf)
                         for k, call in enumerate(calls)]
                 if plan.sparse_calls:
                     sparse_grads = pick(grads, plan.sparse_index)

@@ -130,7 +130,6 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         "        momentum).\n\n" + (torch.optim.SGD.__doc__ or "")
     )
     _grads_read_by_op = True  # Note [Grads read by the op] in csrc/ops/checks.h
-    _resolve_conj_grads = True  # torch's SGD steps a complex grad with the conjugation bit
     _param_dtype_keys = ("momentum_buffer",)  # Note [State in another dtype] in _state.py
     _created_in_graph = ("momentum_buffer",)  # Note [Compiled step] in pyoptim/_compiled.py
     _mixed_flags = (MASTER, SR, STATES, KAHAN)
@@ -145,6 +144,9 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         states = group.get(STATES)
         return (group["nesterov"], group["maximize"], group.get(MASTER, False),
                 group.get(SR, False), states == BF16, states == Q8, group.get(KAHAN, False))
+
+    def _resolve_conj(self, group: dict) -> bool:
+        return True  # torch's SGD steps a complex grad with the conjugation bit
 
     def _layout(self, groups: list[dict]) -> Any:
         # which state keys the group's params have (see _OPTIONAL: momentum first), then the

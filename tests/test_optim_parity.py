@@ -593,6 +593,46 @@ def test_complex_params(cls):
     assert t.opts["pyoptim"].state[t.models["pyoptim"].w]["exp_avg"].is_complex()
 
 
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "Adamax", "Adagrad"])
+@pytest.mark.parametrize("kwargs", [
+    {}, dict(maximize=True), dict(weight_decay=0.1), dict(maximize=True, foreach=True),
+    dict(weight_decay=0.1, foreach=False), dict(maximize=True, lr=torch.tensor(0.1)),
+], ids=["plain", "maximize", "wd", "maximize-foreach", "wd-for-loop", "maximize-tensor-lr"])
+def test_conjugated_complex_grad_steps_where_torch_steps_it(name, kwargs):
+    """A complex grad with the conjugation bit (autograd's grad of p.conj()): torch's for-loop
+    step (the CPU's default) takes it where it makes a new grad tensor before view_as_real
+    (maximize, Adam's L2 weight_decay, Adamax's and Adagrad's weight_decay) and raises
+    view_as_real's error otherwise, and its foreach step always raises. pyoptim raised in every
+    case; it now steps (torch's numbers) or raises as torch, leaving nothing changed."""
+    out = []
+    for lib in (torch.optim, pyoptim):
+        g = torch.Generator().manual_seed(0)
+        p = nn.Parameter(torch.randn(4, 3, dtype=torch.complex64, generator=g))
+        b = nn.Parameter(torch.randn(3, generator=g))
+        kw = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        opt = getattr(lib, name)([p, b], **{"lr": 0.1, **kw})
+        for _ in range(2):
+            p.grad = torch.randn(4, 3, dtype=torch.complex64, generator=g).conj()
+            b.grad = torch.randn(3, generator=g)
+            before = snapshot(([p, b], opt.state_dict()["state"]))
+            try:
+                opt.step()
+            except RuntimeError as e:
+                out.append(str(e))
+                if lib is pyoptim:
+                    assert_bitwise_equal(snapshot(([p, b], opt.state_dict()["state"])), before)
+                break
+        else:
+            out.append([p.detach().clone(), b.detach().clone()])
+    torch_out, ours = out
+    if isinstance(torch_out, str):
+        assert ours == torch_out
+    else:
+        assert not isinstance(ours, str), ours
+        for t, q in zip(torch_out, ours):
+            torch.testing.assert_close(q, t, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("cls", ["Adam", "AdamW"])
 @pytest.mark.parametrize("amsgrad", [False, True], ids=["", "amsgrad"])
 def test_nan_and_inf_grads_like_torch(cls, amsgrad):
