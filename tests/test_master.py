@@ -454,6 +454,45 @@ def test_master_loads_torch_checkpoint():
     assert_bitwise_equal(params2[0].detach(), st_["master_param"].bfloat16())
 
 
+@pytest.mark.parametrize("cls, kwargs, key", [
+    (pyoptim.AdamW, dict(master_weights=True), "master_param"),
+    (pyoptim.AdamW, dict(master_weights=True), "exp_avg"),
+    (pyoptim.SGD, dict(momentum=0.9, master_weights=True), "momentum_buffer"),
+    (pyoptim.AdamW, dict(stochastic_rounding=True), "sr_seed"),
+], ids=["adamw-master", "adamw-master-moment", "sgd-master-buffer", "adamw-sr-seed"])
+def test_load_state_dict_hooks_see_and_keep_pyoptim_state(cls, kwargs, key):
+    """load_then (pyoptim/_state.py): the master, the float32 moments and the seed are
+    taken from the state dict as the load pre-hooks left it, before the post-hooks run. They
+    were taken again from the dict given to load_state_dict after torch's load had returned: a
+    pre-hook's change was lost, the post-hooks saw torch's cast (a bfloat16 master, a seed as a
+    bfloat16 float) and their changes were overwritten."""
+    p = torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+                           .bfloat16())
+    opt = cls([p], lr=0.1, **kwargs)
+    p.grad = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)).bfloat16()
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    dtype = sd["state"][0][key].dtype
+    assert dtype in (torch.float32, torch.int64)
+
+    def pre(o, state_dict):
+        state_dict = copy.deepcopy(state_dict)
+        state_dict["state"][0][key] = torch.full_like(state_dict["state"][0][key], 7)
+        return state_dict
+
+    seen = []
+
+    def post(o):
+        seen.append(o.state[p][key].clone())
+        o.state[p][key] = o.state[p][key] + 1
+
+    opt.register_load_state_dict_pre_hook(pre)
+    opt.register_load_state_dict_post_hook(post)
+    opt.load_state_dict(sd)
+    assert_bitwise_equal(seen[0], torch.full((4, 3) if key != "sr_seed" else (), 7, dtype=dtype))
+    assert_bitwise_equal(opt.state[p][key], seen[0] + 1)
+
+
 ERRORS = {
     "master-on-fp32": (dict(master_weights=True), torch.float32, "bfloat16 or float16"),
     "master-on-fp64": (dict(master_weights=True), torch.float64, "bfloat16 or float16"),

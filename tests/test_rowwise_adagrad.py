@@ -313,6 +313,35 @@ def test_state_dict_round_trip():
     assert_bitwise_equal(a.weight.detach(), b.weight.detach())
 
 
+def test_load_state_dict_hooks_see_and_keep_float32_sum():
+    """load_then (pyoptim/_state.py): a 16-bit param's float32 `sum` is taken from the
+    state dict as the load pre-hooks left it, before the post-hooks run (it was taken again from
+    the dict given to load_state_dict after torch's load: a pre-hook's change was lost, the
+    post-hooks saw a bfloat16 sum and their changes were overwritten)."""
+    p = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)).bfloat16().requires_grad_()
+    opt = pyoptim.RowWiseAdagrad([p], lr=0.1)
+    p.grad = torch.randn(6, 4, generator=torch.Generator().manual_seed(1)).bfloat16()
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+
+    def pre(o, state_dict):
+        state_dict = copy.deepcopy(state_dict)
+        state_dict["state"][0]["sum"] = torch.full((6,), 7.0)
+        return state_dict
+
+    seen = []
+
+    def post(o):
+        seen.append(o.state[p]["sum"].clone())
+        o.state[p]["sum"] = o.state[p]["sum"] + 1
+
+    opt.register_load_state_dict_pre_hook(pre)
+    opt.register_load_state_dict_post_hook(post)
+    opt.load_state_dict(sd)
+    assert_bitwise_equal(seen[0], torch.full((6,), 7.0))
+    assert_bitwise_equal(opt.state[p]["sum"], torch.full((6,), 8.0))
+
+
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dname)
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
