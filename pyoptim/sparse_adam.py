@@ -60,9 +60,11 @@ class SparseAdam(FusedStep, torch.optim.SparseAdam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, maximize=maximize)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        # torch's SparseAdam builds its own defaults; add ours before the group is filled in.
-        self.defaults.setdefault("weight_decay", getattr(self, "_default_weight_decay", 0.0))
-        wd = param_group.get("weight_decay", self.defaults["weight_decay"])
+        # torch's SparseAdam builds its own defaults; add ours before the group is filled in,
+        # only where it is on (a flag that is off is not stored: torch's param groups).
+        if getattr(self, "_default_weight_decay", 0.0):
+            self.defaults.setdefault("weight_decay", self._default_weight_decay)
+        wd = param_group.get("weight_decay", self.defaults.get("weight_decay", 0.0))
         if not 0.0 <= wd:
             raise ValueError(f"Invalid weight_decay value: {wd}")
         super().add_param_group(param_group)

@@ -400,6 +400,17 @@ def test_loaded_step_keeps_its_type(step):
         assert got.dtype == ref.dtype
 
 
+def test_param_groups_are_torchs_without_weight_decay():
+    """weight_decay is pyoptim's opt-in: off (the default, or 0 given), the defaults and the
+    state_dict's param groups have torch.optim.SparseAdam's keys and values, in its order."""
+    for kwargs in (dict(), dict(weight_decay=0.0)):
+        ours = pyoptim.SparseAdam([torch.nn.Parameter(torch.ones(3, 2))], lr=0.1, **kwargs)
+        ref = torch.optim.SparseAdam([torch.nn.Parameter(torch.ones(3, 2))], lr=0.1)
+        assert ours.defaults == ref.defaults
+        assert list(ours.state_dict()["param_groups"][0].items()) == list(
+            ref.state_dict()["param_groups"][0].items())
+
+
 def test_weight_decay_only_touched_rows():
     """Opt-in decoupled weight decay: pyoptim.SparseAdam stepped with and without it, each
     against the reference (param and state, bitwise); the decay changes every touched row and no
@@ -420,7 +431,8 @@ def test_weight_decay_only_touched_rows():
         assert torch.equal(p.detach(), q), f"weight_decay={wd}"
         assert torch.equal(opt.state[p]["exp_avg"], m)
         assert torch.equal(opt.state[p]["exp_avg_sq"], v)
-        assert opt.state_dict()["param_groups"][0]["weight_decay"] == wd
+        group = opt.state_dict()["param_groups"][0]
+        assert group.get("weight_decay") == (wd or None)  # off: not stored, torch's groups
         stepped[wd] = p.detach().clone()
     touched = torch.zeros(50, dtype=torch.bool)
     touched[idx] = True
