@@ -687,6 +687,71 @@ def test_int_step_tensor_steps_like_torch(cls, step_dtype):
     assert steps["pyoptim"].item() == steps["loop"].item() == 7
 
 
+@pytest.mark.parametrize("count", [(torch.float16, 2048.0), (torch.bfloat16, 256.0)],
+                         ids=["float16-2048", "bfloat16-256"])
+@pytest.mark.parametrize("cls", ADAMS)
+def test_step_count_that_stops_counting_in_its_dtype_steps_like_torch(cls, count):
+    """torch counts with `step_t += 1` in the count's dtype and its bias corrections read the
+    count back: a float16 count of 2048 stays 2048 (2049 rounds to it), so the step's math uses
+    2048. The op used 2049 and stored 2048 (|param - torch's| ~3e-5 here)."""
+    dtype, value = count
+    params = {}
+    for impl in _impls(cls):
+        torch.manual_seed(0)
+        ps = [nn.Parameter(torch.randn(4, 3))]
+        opt = _optimizer(impl, cls, ps, lr=0.1)
+        gen = torch.Generator().manual_seed(1)
+        _set_grads(cls, ps, gen)
+        opt.step()
+        # torch's fused kernel (the yardstick of its spread) takes float32 counts only: one
+        # below, which its increment brings to the count torch's loop steps with
+        opt.state[ps[0]]["step"] = (torch.tensor(value, dtype=dtype) if impl != "fused"
+                                    else torch.tensor(value - 1))
+        _set_grads(cls, ps, gen)
+        opt.step()
+        params[impl] = ps
+        if impl != "fused":
+            step = opt.state[ps[0]]["step"]
+            assert step.dtype == dtype and step.item() == value, impl
+    _assert_close(cls, torch.float32, params["pyoptim"], params, 2, "params")
+
+
+NARROW_COUNT_CLASSES = {
+    "Adam": lambda ps: pyoptim.Adam(ps, lr=0.1),
+    "AdamW": lambda ps: pyoptim.AdamW(ps, lr=0.1),
+    "Adamax": lambda ps: pyoptim.Adamax(ps, lr=0.1),
+    "Adagrad": lambda ps: pyoptim.Adagrad(ps, lr=0.1),
+    "Adagrad-sparse": lambda ps: pyoptim.Adagrad(ps, lr=0.1),
+    "RowWiseAdagrad": lambda ps: pyoptim.RowWiseAdagrad(ps, lr=0.1),
+}
+
+
+@pytest.mark.parametrize("count", [(torch.uint8, 255), (torch.int8, 127), (torch.int16, 32767)],
+                         ids=["uint8", "int8", "int16"])
+@pytest.mark.parametrize("cls", list(NARROW_COUNT_CLASSES))
+def test_step_count_at_the_largest_of_its_integer_dtype_raises_and_changes_nothing(cls, count):
+    """An integer count whose increment does not fit its dtype (torch's wraps to 0 or a negative
+    count) raises ValueError before anything is written. The op stepped the params, then raised
+    the count's overflow error as it stored it: params changed, the step not counted."""
+    dtype, value = count
+    torch.manual_seed(0)
+    ps = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(5, 2))]
+    opt = NARROW_COUNT_CLASSES[cls](ps)
+    kind = "SparseAdam" if cls.endswith("sparse") else cls
+    gen = torch.Generator().manual_seed(1)
+    _set_grads(kind, ps, gen)
+    opt.step()
+    opt.state[ps[-1]]["step"] = torch.tensor(value, dtype=dtype)
+    _set_grads(kind, ps, gen)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="the largest count its dtype"):
+        opt.step()
+    _assert_unchanged(opt, before)
+    opt.state[ps[-1]]["step"] = torch.tensor(value - 1, dtype=dtype)
+    opt.step()
+    assert opt.state[ps[-1]]["step"].item() == value
+
+
 MIXED = [(torch.float32, torch.bfloat16), (torch.float32, torch.float16),
          (torch.float32, torch.float64), (torch.float64, torch.float32),
          (torch.bfloat16, torch.float32)]
@@ -971,6 +1036,7 @@ def test_rowwise_dense_grad_aliasing_other_param_rows_steps_as_a_copy():
         results.append([base.clone(), opt.state[p]["sum"].clone()])
     assert len(results[0]) == len(results[1])
     assert all(bitwise_equal(a, b) for a, b in zip(*results))
+
 
 
 @pytest.mark.parametrize("cls", list(SPARSE_CLASSES))

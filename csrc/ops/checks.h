@@ -253,6 +253,39 @@ inline void check_step_count(const char* op, double step, const char* what, size
                     "hand-edited state['step']?)");
 }
 
+// state_steps[i]'s count read on the host and checked (check_step_count), returned as it will
+// be after this step: torch counts with `step_t += 1` in the tensor's own dtype and its math
+// reads that value back, so a float16 count stays at 2048 and a float32 one at 2^24, and the
+// step's math uses the count it stores. An integer count whose increment does not fit its dtype
+// (a uint8 count at 255, which torch wraps to 0) raises ValueError, before anything is written.
+inline double next_step_count(const char* op, const at::Tensor& t, size_t i) {
+  const double step = scalar_value(t, "state_steps[i]");
+  check_step_count(op, step, "state_steps", i);
+  const at::ScalarType dtype = t.scalar_type();
+  if (dtype == at::kDouble) return step + 1.0;
+  if (dtype == at::kFloat) return static_cast<float>(step + 1.0);
+  const double next = step + 1.0;
+  if (at::isFloatingType(dtype)) {  // float16, bfloat16, ...: rounded as the tensor stores it
+    return at::scalar_tensor(next, at::TensorOptions().dtype(at::kDouble))
+        .to(dtype)
+        .item<double>();
+  }
+  double largest = 0.0;
+  switch (dtype) {
+    case at::kByte: largest = 255.0; break;
+    case at::kChar: largest = 127.0; break;
+    case at::kShort: largest = 32767.0; break;
+    case at::kUInt16: largest = 65535.0; break;
+    case at::kInt: largest = 2147483647.0; break;
+    case at::kUInt32: largest = 4294967295.0; break;
+    default: largest = 9223372036854774784.0; break;  // int64, uint64: below 2^63
+  }
+  TORCH_CHECK_VALUE(next <= largest, op, ": state_steps[", i, "] is ", step,
+                    ", the largest count its dtype ", dtype,
+                    " holds; it cannot count this step (store the count as float32 or int64)");
+  return next;
+}
+
 // GradScaler's scale divides every gradient: zero, infinite or NaN would turn the step into NaN.
 inline void check_grad_scale(const char* op, double scale) {
   TORCH_CHECK_VALUE(std::isfinite(scale) && scale != 0.0, op, ": grad_scale is ", scale,
