@@ -1038,6 +1038,44 @@ def test_rowwise_dense_grad_aliasing_other_param_rows_steps_as_a_copy():
     assert all(bitwise_equal(a, b) for a, b in zip(*results))
 
 
+DENSE_CLASSES = {
+    "Adam": lambda ps: pyoptim.Adam(ps, lr=0.5),
+    "AdamW": lambda ps: pyoptim.AdamW(ps, lr=0.5, amsgrad=True),
+    "SGD": lambda ps: pyoptim.SGD(ps, lr=0.5),
+    "SGD-momentum": lambda ps: pyoptim.SGD(ps, lr=0.5, momentum=0.9, nesterov=True),
+    "Adamax": lambda ps: pyoptim.Adamax(ps, lr=0.5),
+    "Adagrad": lambda ps: pyoptim.Adagrad(ps, lr=0.5),
+}
+
+
+@pytest.mark.parametrize("other", [False, True], ids=["own-param", "other-param"])
+@pytest.mark.parametrize("cls", list(DENSE_CLASSES))
+def test_dense_grad_aliasing_written_memory_steps_as_a_copy(cls, other):
+    """A dense grad that shares memory with a tensor the step writes steps bitwise as the same
+    grad cloned: a view of the param's storage shifted by one element (own-param), or another
+    param (other-param: p1.grad is p0's memory). The elementwise kernels read such a grad in
+    place while writing: element k read element k - 1's new value (Adam off by 0.2; torch's
+    Adam reads the whole grad before it writes the param), and a grad that is another param
+    was read while other threads wrote it."""
+    results = []
+    for clone in (False, True):
+        torch.manual_seed(0)
+        base = torch.randn(41)
+        p0 = nn.Parameter(base[1:])
+        p1 = nn.Parameter(torch.randn(40))
+        opt = DENSE_CLASSES[cls]([p0, p1])
+        for _ in range(2):
+            g0 = torch.randn(40) if other else base[:-1]
+            g1 = p0.detach() if other else torch.randn(40)
+            p0.grad = g0.clone() if clone else g0
+            p1.grad = g1.clone() if clone else g1
+            opt.step()
+        results.append([base.clone(), p1.detach().clone(),
+                        *[v.clone() for p in (p0, p1) for v in opt.state[p].values()
+                          if torch.is_tensor(v)]])
+    assert len(results[0]) == len(results[1])
+    assert all(bitwise_equal(a, b) for a, b in zip(*results))
+
 
 @pytest.mark.parametrize("cls", list(SPARSE_CLASSES))
 def test_zero_width_param_checks_sparse_indices(cls):

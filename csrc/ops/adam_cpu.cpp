@@ -144,6 +144,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   }
   writes.check(kOp);
   if (validate_only || skip) return;  // skip: GradScaler found inf/NaN grads (no step counted)
+  grads = writes.unaliased_reads(grads, own_grads);  // Note [Exact overlap]
 
   // ---- 2. plan: pointers, or contiguous copies where layouts differ -----------------------
   std::vector<Relayout> relayouts;

@@ -184,6 +184,8 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   }
   writes.check(kOp);
   if (validate_only || skip || n == 0) return;
+  std::vector<at::Tensor> own_grads;
+  grads = writes.unaliased_reads(grads, own_grads);  // Note [Exact overlap]
 
   // ---- 2. plan: pointers (or contiguous copies), grouped by launch ------------------------
   const c10::cuda::CUDAGuard guard(dev);

@@ -166,8 +166,18 @@ class WriteSet {
   // Records t (a tensor the step writes) and rejects a tensor that overlaps itself (expanded).
   // Tensors with no memory (meta, no elements) are not recorded.
   void add(const at::Tensor& t, const char* what, size_t i);
+  // Records t, a dense grad the op reads while it writes the recorded tensors: check() notes
+  // whether it shares a byte with one of them (a grad that views its param's storage shifted
+  // by an element). i is its index in the op's grads list.
+  void read(const at::Tensor& t, const char* what, size_t i);
   // Raises ValueError if two recorded tensors share an element.
   void check(const char* op);
+  // After check(): `grads` with each grad recorded by read() that shares a byte with a written
+  // tensor replaced by a copy (in its own layout, held in `own`), so that every element reads
+  // the grad from before the step, as torch.optim's ops read a grad before they write the param
+  // (an elementwise kernel would read elements another thread or an earlier vector already
+  // wrote). Returns `grads` itself when none does.
+  at::TensorList unaliased_reads(at::TensorList grads, std::vector<at::Tensor>& own) const;
   // t (a tensor the op reads while it writes the recorded ones: a sparse grad's values, a
   // row-wise dense grad) as a contiguous tensor, copied when it shares a byte with a recorded
   // tensor, so every read sees the values from before the step (torch.optim copies a sparse
@@ -180,6 +190,7 @@ class WriteSet {
     const at::Tensor* t;
     const char* what;
     size_t index;
+    bool read;  // recorded by read(): compared with the written entries only
   };
   struct Span {
     uintptr_t start, end;
@@ -191,6 +202,7 @@ class WriteSet {
   std::vector<Span> spans_;  // the entries' ranges in the order they were added
   // unaliased(): entries_ sorted by start, reach_[k] the largest end of entries_[0..k]
   std::vector<uintptr_t> reach_;
+  std::vector<bool> aliased_;  // per read() index: shares a byte with a written tensor
 };
 
 // An optional one-element scalar argument (lr_tensor, grad_scale, found_inf) on the CPU or on

@@ -112,6 +112,7 @@ void dense_cpu(at::TensorList params, at::TensorList grads, at::TensorList state
   }
   writes.check(op);
   if (validate_only || skip) return;  // skip: GradScaler found inf/NaN grads (no step counted)
+  grads = writes.unaliased_reads(grads, own_grads);  // Note [Exact overlap]
 
   // ---- 2. plan: pointers, or row-major copies where layouts differ -------------------------
   std::vector<std::vector<at::Tensor>> copies(n);  // param, grad, states (only when copied)

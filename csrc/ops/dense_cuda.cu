@@ -113,6 +113,8 @@ void dense_cuda(at::TensorList params, at::TensorList grads, at::TensorList stat
   }
   writes.check(op);
   if (validate_only || skip || n == 0) return;
+  std::vector<at::Tensor> own_grads;
+  grads = writes.unaliased_reads(grads, own_grads);  // Note [Exact overlap]
 
   // ---- 2. plan: pointers (or contiguous copies), grouped by launch ------------------------
   const c10::cuda::CUDAGuard guard(dev);
