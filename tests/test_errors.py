@@ -292,3 +292,14 @@ def test_op_group_sizes_that_wrap_around_are_rejected(op):
     with pytest.raises(ValueError, match="group_sizes add up to more than the 1 params"):
         _wrapping_call(op)()
 
+
+def test_dense_op_state_mismatch_names_its_param():
+    """adamax_'s states list holds every param's exp_avg, then every exp_inf: states[3] is
+    params[1]'s exp_inf, and the error names params[1] (it named params[3], of two params)."""
+    ps = [torch.randn(4), torch.randn(3, 2)]
+    states = [torch.zeros(4), torch.zeros(3, 2), torch.zeros(4), torch.zeros(6)]
+    with pytest.raises(ValueError, match=r"states\[3\] has shape \[6\] but params\[1\] has "
+                                         r"shape \[3, 2\]"):
+        torch.ops.pyoptim.adamax_(ps, [torch.randn(4), torch.randn(3, 2)], states,
+                                  [torch.tensor(0.0), torch.tensor(0.0)], [2],
+                                  [0.1, 0.9, 0.999, 1e-8, 0.0], [False], [])

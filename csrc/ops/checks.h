@@ -24,19 +24,21 @@ inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
 }
 
-// `what[i]` matches params[i] in device, dtype and shape, and is a strided tensor.
+// `what[i]` matches params[pi] in device, dtype and shape, and is a strided tensor (pi: i
+// unless given, for a list with several entries per param).
 inline void check_like_param(const char* op, const at::Tensor& param, const at::Tensor& t,
-                             const char* what, size_t i) {
+                             const char* what, size_t i, size_t pi = static_cast<size_t>(-1)) {
+  if (pi == static_cast<size_t>(-1)) pi = i;
   TORCH_CHECK_VALUE(t.defined(), op, ": ", what, "[", i, "] is undefined");
   TORCH_CHECK(t.layout() == at::kStrided, op, ": ", what, "[", i, "] must be a dense tensor, got ",
               t.layout());
   TORCH_CHECK(t.device() == param.device(), op, ": ", what, "[", i, "] is on ", t.device(),
-              " but params[", i, "] is on ", param.device(),
+              " but params[", pi, "] is on ", param.device(),
               "; expected all tensors to be on the same device");
   TORCH_CHECK_TYPE(t.scalar_type() == param.scalar_type(), op, ": ", what, "[", i, "] has dtype ",
-                   t.scalar_type(), " but params[", i, "] has dtype ", param.scalar_type());
+                   t.scalar_type(), " but params[", pi, "] has dtype ", param.scalar_type());
   TORCH_CHECK_VALUE(t.sym_sizes() == param.sym_sizes(), op, ": ", what, "[", i, "] has shape ",
-                    t.sym_sizes(), " but params[", i, "] has shape ", param.sym_sizes());
+                    t.sym_sizes(), " but params[", pi, "] has shape ", param.sym_sizes());
 }
 
 // As above, with `dtype` for t's dtype (state kept in another precision than the param).

@@ -81,7 +81,7 @@ DenseCall check_dense_call(const char* op, c10::DeviceType backend, at::TensorLi
     writes.add(p, "params", i);
     for (int k = 0; k < Opt::kStates; ++k) {
       const at::Tensor& s = states[k * n + i];
-      check_like_param(op, p, s, "states", k * n + i);
+      check_like_param(op, p, s, "states", k * n + i, i);
       writes.add(s, "states", k * n + i);
     }
     if (Opt::kHasStep) {
