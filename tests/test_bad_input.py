@@ -723,6 +723,7 @@ NARROW_COUNT_CLASSES = {
     "Adagrad": lambda ps: pyoptim.Adagrad(ps, lr=0.1),
     "Adagrad-sparse": lambda ps: pyoptim.Adagrad(ps, lr=0.1),
     "RowWiseAdagrad": lambda ps: pyoptim.RowWiseAdagrad(ps, lr=0.1),
+    "Adam-lazy_sparse": lambda ps: pyoptim.Adam(ps, lr=0.1, lazy_sparse=True),
 }
 
 
