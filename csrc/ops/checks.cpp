@@ -161,6 +161,30 @@ bool overlap_by_bitmap(const Layout& a, const Layout& b, int64_t lo, int64_t hi)
   return hit;
 }
 
+// A tensor whose layout at::has_internal_overlap cannot decide (it finds stride 0 only, not
+// as_strided rows that overlap): do two of its elements share a byte? Not where its dims nest
+// (runs_of); else on a bitmap, as (3).
+bool overlaps_itself(const at::Tensor& t) {
+  const Layout l = layout_of(t);
+  if (runs_of(l).ok || has_negative_stride(l)) return false;
+  int64_t g = l.elem, reach = l.elem;
+  for (size_t k = 0; k < l.size.size(); ++k) {
+    g = std::gcd(g, l.stride[k]);
+    reach += (l.size[k] - 1) * l.stride[k];
+  }
+  const int64_t cells = (reach + g - 1) / g;
+  std::vector<uint64_t> bits(static_cast<size_t>((cells + 63) / 64), 0);
+  bool hit = false;
+  for_each_element(l, [&](int64_t pos) {
+    for (int64_t c = (pos - l.start) / g, e = c + l.elem / g; c < e && !hit; ++c) {
+      const uint64_t bit = uint64_t(1) << (c & 63);
+      hit = (bits[static_cast<size_t>(c >> 6)] & bit) != 0;
+      bits[static_cast<size_t>(c >> 6)] |= bit;
+    }
+  });
+  return hit;
+}
+
 // Two tensors whose address ranges intersect: do they share a byte?
 bool share_a_byte(const at::Tensor& ta, const at::Tensor& tb, int64_t lo, int64_t hi) {
   const Layout a = layout_of(ta), b = layout_of(tb);
@@ -193,7 +217,10 @@ void WriteSet::add(const at::Tensor& t, const char* what, size_t i) {
   if (t.device().is_meta() || !t.has_storage()) return;
   if (t.numel() == 0) return;
   if (t.numel() > 1 && !t.is_contiguous()) {
-    TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, what, "[", i,
+    const at::MemOverlap overlap = at::has_internal_overlap(t);
+    TORCH_CHECK_VALUE(overlap == at::MemOverlap::No ||
+                          (overlap == at::MemOverlap::TooHard && !overlaps_itself(t)),
+                      what, "[", i,
                       "] has elements that share memory (an expanded tensor?); it cannot be "
                       "updated in place");
   }
