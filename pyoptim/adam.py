@@ -238,7 +238,7 @@ class _AdamStep(FusedStep):
         steps, exp_avgs, exp_avg_sqs = states
         hyper, flags, lr_tensors = hyper_args(self, plan.groups, call.device,
                                               _sparse_hyper, _sparse_flags)
-        counts = [float(s) for s in steps]  # the counts before this step (the op checks them)
+        counts = [_count_before(s, i) for i, s in enumerate(steps)]  # the op checks them
         if not validate_only and _skipped(found_inf):
             validate_only = True  # checked, not applied: GradScaler found inf/NaN
         _sparse_adam_(call.params, grads, exp_avgs, exp_avg_sqs, counts, call.group_sizes,
@@ -314,6 +314,23 @@ def _sparse_hyper(group: dict) -> tuple:
 
 def _sparse_flags(group: dict) -> tuple:
     return (group["maximize"],)
+
+
+def _count_before(step: Tensor, i: int) -> float:
+    """A lazy sparse param's count before this step, as sparse_adam_ takes it (it steps with the
+    count + 1, which _commit then stores with torch's `step += 1`): in a count of another dtype
+    than float32 / float64, one less than the incremented count as its dtype holds it (a float16
+    count stays at 2048); an integer count its dtype cannot count further raises ValueError, as
+    the dense ops raise (ops::next_step_count), where `+= 1` would wrap it."""
+    if step.dtype in (torch.float32, torch.float64):
+        return float(step)
+    after = step + 1
+    if not step.is_floating_point() and after.item() <= step.item():
+        raise ValueError(
+            f"pyoptim.sparse_adam_: state_steps[{i}] is {step.item()}, the largest count its "
+            f"dtype {step.dtype} holds; it cannot count this step (store the count as float32 "
+            "or int64)")
+    return float(after) - 1.0
 
 
 def _skipped(found_inf: Tensor | None) -> bool:

@@ -663,6 +663,59 @@ def test_interleaved_views_sharing_elements_are_rejected(cls):
     assert bitwise_equal(w, w_before)
 
 
+OVERLAP_CLASSES = {
+    "Adam": lambda ps: pyoptim.Adam(ps, lr=0.1),
+    "SGD": lambda ps: pyoptim.SGD(ps, lr=0.1),
+    "SGD-momentum": lambda ps: pyoptim.SGD(ps, lr=0.1, momentum=0.9),
+    "Adamax": lambda ps: pyoptim.Adamax(ps, lr=0.1),
+    "Adagrad": lambda ps: pyoptim.Adagrad(ps, lr=0.1),
+}
+
+
+@pytest.mark.parametrize("cls,which", [(c, w) for c in OVERLAP_CLASSES for w in ("param", "state")
+                                       if (c, w) != ("SGD", "state")])  # plain SGD: no state
+def test_as_strided_tensor_whose_elements_overlap_is_rejected(cls, which):
+    """A param (or a state tensor) made with as_strided whose rows overlap ((3, 3) over strides
+    (2, 1): element [0, 2] is element [1, 0]) shares elements with itself: ValueError, nothing
+    changed. at::has_internal_overlap says "too hard" for it (it finds stride 0 only), and the
+    step went on: a result that depends on the order of the writes (0.18 from torch's Adam)."""
+    torch.manual_seed(0)
+    base = torch.randn(20)
+    p = nn.Parameter(torch.empty(0))
+    p.data = base.as_strided((3, 3), (2, 1)) if which == "param" else torch.randn(3, 3)
+    opt = OVERLAP_CLASSES[cls]([p])
+    p.grad = torch.randn(3, 3)
+    if which == "state":
+        opt.step()
+        key = next(k for k, v in opt.state[p].items() if k != "step")
+        opt.state[p][key] = torch.zeros(20).as_strided((3, 3), (2, 1))
+        opt.state[p][key].copy_(torch.ones(3, 3))
+    before = _snapshot(opt)
+    base_before = base.clone()
+    with pytest.raises(ValueError, match="has elements that share memory"):
+        opt.step()
+    _assert_unchanged(opt, before)
+    assert bitwise_equal(base, base_before)
+
+
+def test_as_strided_param_with_disjoint_elements_steps_like_torch():
+    """A param whose dims do not nest but whose elements are disjoint (rows 0, 2, 4 and 3, 5, 7
+    of one storage) steps, as torch's does: the exact check tells it from overlapping ones."""
+    params = {}
+    for impl in ("pyoptim", "loop"):
+        torch.manual_seed(0)
+        base = torch.randn(8)
+        p = nn.Parameter(torch.empty(0))
+        p.data = base.as_strided((2, 3), (3, 2))
+        opt = _optimizer(impl, "SGD", [p], lr=0.1, momentum=0.9)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(2):
+            _set_grads("SGD", [p], gen)
+            opt.step()
+        params[impl] = [base]
+    _assert_close("SGD", torch.float32, params["pyoptim"], params, 2, "params")
+
+
 @pytest.mark.parametrize("step_dtype", [torch.int64, torch.int32], ids=["int64", "int32"])
 @pytest.mark.parametrize("cls", ADAMS)
 def test_int_step_tensor_steps_like_torch(cls, step_dtype):
@@ -685,6 +738,72 @@ def test_int_step_tensor_steps_like_torch(cls, step_dtype):
     _assert_close(cls, torch.float32, params["pyoptim"], params, 3, "params")
     assert steps["pyoptim"].dtype == steps["loop"].dtype == step_dtype
     assert steps["pyoptim"].item() == steps["loop"].item() == 7
+
+
+@pytest.mark.parametrize("count", [(torch.float16, 2048.0), (torch.bfloat16, 256.0)],
+                         ids=["float16-2048", "bfloat16-256"])
+@pytest.mark.parametrize("cls", ADAMS)
+def test_step_count_that_stops_counting_in_its_dtype_steps_like_torch(cls, count):
+    """torch counts with `step_t += 1` in the count's dtype and its bias corrections read the
+    count back: a float16 count of 2048 stays 2048 (2049 rounds to it), so the step's math uses
+    2048. The op used 2049 and stored 2048 (|param - torch's| ~3e-5 here)."""
+    dtype, value = count
+    params = {}
+    for impl in _impls(cls):
+        torch.manual_seed(0)
+        ps = [nn.Parameter(torch.randn(4, 3))]
+        opt = _optimizer(impl, cls, ps, lr=0.1)
+        gen = torch.Generator().manual_seed(1)
+        _set_grads(cls, ps, gen)
+        opt.step()
+        # torch's fused kernel (the yardstick of its spread) takes float32 counts only: one
+        # below, which its increment brings to the count torch's loop steps with
+        opt.state[ps[0]]["step"] = (torch.tensor(value, dtype=dtype) if impl != "fused"
+                                    else torch.tensor(value - 1))
+        _set_grads(cls, ps, gen)
+        opt.step()
+        params[impl] = ps
+        if impl != "fused":
+            step = opt.state[ps[0]]["step"]
+            assert step.dtype == dtype and step.item() == value, impl
+    _assert_close(cls, torch.float32, params["pyoptim"], params, 2, "params")
+
+
+NARROW_COUNT_CLASSES = {
+    "Adam": lambda ps: pyoptim.Adam(ps, lr=0.1),
+    "AdamW": lambda ps: pyoptim.AdamW(ps, lr=0.1),
+    "Adamax": lambda ps: pyoptim.Adamax(ps, lr=0.1),
+    "Adagrad": lambda ps: pyoptim.Adagrad(ps, lr=0.1),
+    "Adagrad-sparse": lambda ps: pyoptim.Adagrad(ps, lr=0.1),
+    "RowWiseAdagrad": lambda ps: pyoptim.RowWiseAdagrad(ps, lr=0.1),
+    "Adam-lazy_sparse": lambda ps: pyoptim.Adam(ps, lr=0.1, lazy_sparse=True),
+}
+
+
+@pytest.mark.parametrize("count", [(torch.uint8, 255), (torch.int8, 127), (torch.int16, 32767)],
+                         ids=["uint8", "int8", "int16"])
+@pytest.mark.parametrize("cls", list(NARROW_COUNT_CLASSES))
+def test_step_count_at_the_largest_of_its_integer_dtype_raises_and_changes_nothing(cls, count):
+    """An integer count whose increment does not fit its dtype (torch's wraps to 0 or a negative
+    count) raises ValueError before anything is written. The op stepped the params, then raised
+    the count's overflow error as it stored it: params changed, the step not counted."""
+    dtype, value = count
+    torch.manual_seed(0)
+    ps = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(5, 2))]
+    opt = NARROW_COUNT_CLASSES[cls](ps)
+    kind = "SparseAdam" if cls.endswith("sparse") else cls
+    gen = torch.Generator().manual_seed(1)
+    _set_grads(kind, ps, gen)
+    opt.step()
+    opt.state[ps[-1]]["step"] = torch.tensor(value, dtype=dtype)
+    _set_grads(kind, ps, gen)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="the largest count its dtype"):
+        opt.step()
+    _assert_unchanged(opt, before)
+    opt.state[ps[-1]]["step"] = torch.tensor(value - 1, dtype=dtype)
+    opt.step()
+    assert opt.state[ps[-1]]["step"].item() == value
 
 
 MIXED = [(torch.float32, torch.bfloat16), (torch.float32, torch.float16),
@@ -969,6 +1088,45 @@ def test_rowwise_dense_grad_aliasing_other_param_rows_steps_as_a_copy():
             p.grad = g.clone() if clone else g
             opt.step()
         results.append([base.clone(), opt.state[p]["sum"].clone()])
+    assert len(results[0]) == len(results[1])
+    assert all(bitwise_equal(a, b) for a, b in zip(*results))
+
+
+DENSE_CLASSES = {
+    "Adam": lambda ps: pyoptim.Adam(ps, lr=0.5),
+    "AdamW": lambda ps: pyoptim.AdamW(ps, lr=0.5, amsgrad=True),
+    "SGD": lambda ps: pyoptim.SGD(ps, lr=0.5),
+    "SGD-momentum": lambda ps: pyoptim.SGD(ps, lr=0.5, momentum=0.9, nesterov=True),
+    "Adamax": lambda ps: pyoptim.Adamax(ps, lr=0.5),
+    "Adagrad": lambda ps: pyoptim.Adagrad(ps, lr=0.5),
+}
+
+
+@pytest.mark.parametrize("other", [False, True], ids=["own-param", "other-param"])
+@pytest.mark.parametrize("cls", list(DENSE_CLASSES))
+def test_dense_grad_aliasing_written_memory_steps_as_a_copy(cls, other):
+    """A dense grad that shares memory with a tensor the step writes steps bitwise as the same
+    grad cloned: a view of the param's storage shifted by one element (own-param), or another
+    param (other-param: p1.grad is p0's memory). The elementwise kernels read such a grad in
+    place while writing: element k read element k - 1's new value (Adam off by 0.2; torch's
+    Adam reads the whole grad before it writes the param), and a grad that is another param
+    was read while other threads wrote it."""
+    results = []
+    for clone in (False, True):
+        torch.manual_seed(0)
+        base = torch.randn(41)
+        p0 = nn.Parameter(base[1:])
+        p1 = nn.Parameter(torch.randn(40))
+        opt = DENSE_CLASSES[cls]([p0, p1])
+        for _ in range(2):
+            g0 = torch.randn(40) if other else base[:-1]
+            g1 = p0.detach() if other else torch.randn(40)
+            p0.grad = g0.clone() if clone else g0
+            p1.grad = g1.clone() if clone else g1
+            opt.step()
+        results.append([base.clone(), p1.detach().clone(),
+                        *[v.clone() for p in (p0, p1) for v in opt.state[p].values()
+                          if torch.is_tensor(v)]])
     assert len(results[0]) == len(results[1])
     assert all(bitwise_equal(a, b) for a, b in zip(*results))
 

@@ -256,3 +256,50 @@ def test_op_error_changes_nothing(isa, name):
     good_before = snapshot(good_state)
     op_calls.adam_(*op_args(good_state, good_grads), **HP)
     assert any_changed(good_before["params"], good_state["params"])
+
+
+# 2**63 - 1 twice and 3 add up to 1 modulo 2**64: the sum wrapped around to the one param
+WRAPPING_GROUP_SIZES = [2**63 - 1, 2**63 - 1, 3]
+
+
+def _wrapping_call(op: str) -> Callable[[], object]:
+    ops = torch.ops.pyoptim
+    p, g, s = torch.randn(5, 2), torch.randn(5, 2), torch.tensor(0.0)
+    sizes, n = WRAPPING_GROUP_SIZES, len(WRAPPING_GROUP_SIZES)
+    calls = {
+        "adam_": lambda: ops.adam_([p], [g], [torch.zeros(5, 2)], [torch.zeros(5, 2)], [], [s],
+                                   sizes, [0.1, 0.9, 0.999, 0.0, 1e-8] * n, [False] * 8 * n, []),
+        "sgd_": lambda: ops.sgd_([p], [g], [], sizes, [0.1, 0.0, 0.0, 0.0] * n, [False] * 7 * n,
+                                 [], []),
+        "adamax_": lambda: ops.adamax_([p], [g], [torch.zeros(5, 2), torch.zeros(5, 2)], [s],
+                                       sizes, [0.1, 0.9, 0.999, 1e-8, 0.0] * n, [False] * n, []),
+        "sparse_adam_": lambda: ops.sparse_adam_([p], [g.to_sparse(1)], [torch.zeros(5, 2)],
+                                                 [torch.zeros(5, 2)], [0.0], sizes,
+                                                 [0.1, 0.9, 0.999, 1e-8, 0.0] * n, [False] * n,
+                                                 []),
+        "rowwise_adagrad_": lambda: ops.rowwise_adagrad_([p], [g], [torch.zeros(5)], [s], sizes,
+                                                         [0.1, 0.0, 0.0, 1e-10] * n,
+                                                         [False] * 2 * n, []),
+    }
+    return calls[op]
+
+
+@pytest.mark.parametrize("op", ["adam_", "sgd_", "adamax_", "sparse_adam_", "rowwise_adagrad_"])
+def test_op_group_sizes_that_wrap_around_are_rejected(op):
+    """group_sizes whose sum wraps around to the number of params (passed to the op directly)
+    raise a ValueError naming group_sizes; they passed the sum check and failed allocating a
+    group per element of 2**63 - 1 (ValueError: vector::_M_fill_insert)."""
+    with pytest.raises(ValueError, match="group_sizes add up to more than the 1 params"):
+        _wrapping_call(op)()
+
+
+def test_dense_op_state_mismatch_names_its_param():
+    """adamax_'s states list holds every param's exp_avg, then every exp_inf: states[3] is
+    params[1]'s exp_inf, and the error names params[1] (it named params[3], of two params)."""
+    ps = [torch.randn(4), torch.randn(3, 2)]
+    states = [torch.zeros(4), torch.zeros(3, 2), torch.zeros(4), torch.zeros(6)]
+    with pytest.raises(ValueError, match=r"states\[3\] has shape \[6\] but params\[1\] has "
+                                         r"shape \[3, 2\]"):
+        torch.ops.pyoptim.adamax_(ps, [torch.randn(4), torch.randn(3, 2)], states,
+                                  [torch.tensor(0.0), torch.tensor(0.0)], [2],
+                                  [0.1, 0.9, 0.999, 1e-8, 0.0], [False], [])

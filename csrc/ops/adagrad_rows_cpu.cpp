@@ -72,9 +72,8 @@ void adagrad_rows_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
   for (size_t i = 0; i < n; ++i) {
     RowsItem& it = items[i];
     const ops::AdagradRowsGroup& grp = call.of(i);
-    steps[i] = ops::scalar_value(state_steps[i], "state_steps[i]");
-    ops::check_step_count(op, steps[i], "state_steps", i);
-    const double step = steps[i] + 1.0;  // the count after this step's increment
+    steps[i] = ops::next_step_count(op, state_steps[i], i);
+    const double step = steps[i];  // the count after this step's increment
     ops::dispatch_param_dtype(params[i].scalar_type(), [&](auto st) {
       using S = decltype(st);
       using T = ops::opmath_t<S>;
@@ -184,7 +183,7 @@ void adagrad_rows_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
       state_sums[i].copy_(it.state_sum);
     }
   }
-  for (size_t i = 0; i < n; ++i) ops::store_host_step(state_steps[i], steps[i] + 1.0);
+  for (size_t i = 0; i < n; ++i) ops::store_host_step(state_steps[i], steps[i]);
 }
 
 }  // namespace

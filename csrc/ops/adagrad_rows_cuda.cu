@@ -53,9 +53,8 @@ void adagrad_rows_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
   for (size_t i = 0; i < n; ++i) {
     Item& it = items[i];
     const ops::AdagradRowsGroup& grp = call.of(i);
-    steps[i] = ops::scalar_value(state_steps[i], "state_steps[i]");
-    ops::check_step_count(op, steps[i], "state_steps", i);
-    const double step = steps[i] + 1.0;
+    steps[i] = ops::next_step_count(op, state_steps[i], i);
+    const double step = steps[i];  // the count after this step's increment
     ops::dispatch_param_dtype(params[i].scalar_type(), [&](auto st) {
       using S = decltype(st);
       using T = ops::opmath_t<S>;
@@ -132,9 +131,9 @@ void adagrad_rows_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
   }
   for (size_t i = 0; i < n; ++i) {
     if (state_steps[i].device().is_cpu()) {
-      ops::store_host_step(state_steps[i], steps[i] + 1.0);
+      ops::store_host_step(state_steps[i], steps[i]);
     } else {
-      state_steps[i].fill_(steps[i] + 1.0);
+      state_steps[i].fill_(steps[i]);
     }
   }
 }

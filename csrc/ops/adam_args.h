@@ -141,6 +141,7 @@ inline AdamCall check_adam_call(
     TORCH_CHECK(grads[i].layout() == at::kStrided,
                 "Adam does not support sparse gradients, please consider SparseAdam instead");
     check_like_param(op, p, grads[i], "grads", i);
+    writes.read(grads[i], "grads", i);
     // with master weights, the master and the moments are float32 (the grad is the param's)
     const bool master = call.master[i] >= 0;
     const AdamGroup& grp = call.groups[call.group[i]];

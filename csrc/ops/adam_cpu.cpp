@@ -124,8 +124,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   std::vector<AdamItem> items(n);
   CoeffTable coeffs;
   for (size_t i = 0; i < n; ++i) {
-    steps[i] = ops::scalar_value(state_steps[i], "state_steps[i]");
-    ops::check_step_count(kOp, steps[i], "state_steps", i);
+    steps[i] = ops::next_step_count(kOp, state_steps[i], i);  // the count after this step
     const ops::AdamGroup& grp = call.of(i);
     AdamItem& it = items[i];
     it.dtype = params[i].scalar_type();
@@ -135,16 +134,17 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
                               grp.stochastic_rounding, grp.states(),
                               grp.kahan};
     // a master-weights param steps its float32 master: the coefficients of a float32 param
-    it.coeffs = coeffs.get(call.group[i], steps[i] + 1.0, it.master ? at::kFloat : it.dtype, grp,
+    it.coeffs = coeffs.get(call.group[i], steps[i], it.master ? at::kFloat : it.dtype, grp,
                            group_lr[call.group[i]], scale);
     if (call.seed[i] >= 0) {
       it.ptrs.sr_seed = static_cast<uint64_t>(
           *sr_seeds[call.seed[i]].const_data_ptr<int64_t>());
-      it.ptrs.sr_step = static_cast<uint64_t>(steps[i] + 1.0);
+      it.ptrs.sr_step = static_cast<uint64_t>(steps[i]);
     }
   }
   writes.check(kOp);
   if (validate_only || skip) return;  // skip: GradScaler found inf/NaN grads (no step counted)
+  grads = writes.unaliased_reads(grads, own_grads);  // Note [Exact overlap]
 
   // ---- 2. plan: pointers, or contiguous copies where layouts differ -----------------------
   std::vector<Relayout> relayouts;
@@ -238,7 +238,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
     }
   }
   for (size_t i = 0; i < n; ++i) {
-    ops::store_host_step(state_steps[i], steps[i] + 1.0);
+    ops::store_host_step(state_steps[i], steps[i]);
   }
 }
 

@@ -138,8 +138,7 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   std::vector<double> host_steps(n, 0.0);
   for (size_t i = 0; i < n; ++i) {
     if (state_steps[i].device().is_cpu()) {
-      host_steps[i] = ops::scalar_value(state_steps[i], "state_steps[i]");
-      ops::check_step_count(kOp, host_steps[i], "state_steps", i);
+      host_steps[i] = ops::next_step_count(kOp, state_steps[i], i);  // after this step
     }
   }
   // Host-mode coefficients, computed here so that an overflow raises before any write.
@@ -164,7 +163,7 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
           using T = cuda::mta::opmath_t<S>;
           const auto c = math::make_adam_coeffs<T>(lr_i, grp.beta1, grp.beta2, grp.eps,
                                                    grp.weight_decay, grp.decoupled,
-                                                   host_steps[i] + 1.0, scale,
+                                                   host_steps[i], scale,
                                                    ops::CheckedNarrow<T, S>());
           if constexpr (std::is_same<T, double>::value) {
             coeffs_d[key] = c;
@@ -185,6 +184,8 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   }
   writes.check(kOp);
   if (validate_only || skip || n == 0) return;
+  std::vector<at::Tensor> own_grads;
+  grads = writes.unaliased_reads(grads, own_grads);  // Note [Exact overlap]
 
   // ---- 2. plan: pointers (or contiguous copies), grouped by launch ------------------------
   const c10::cuda::CUDAGuard guard(dev);
@@ -306,7 +307,7 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
     double host_step = 0.0;
     std::memcpy(&host_step, &key.host_step_bits, sizeof(double));
     // the keys' step: the count after this step (the stochastic modes have host counts)
-    const uint64_t sr_step = key.device_mode ? 0 : static_cast<uint64_t>(host_step + 1.0);
+    const uint64_t sr_step = key.device_mode ? 0 : static_cast<uint64_t>(host_step);
     cuda::mixed::launch_adam_mixed(key.mode, key.dtype, launch.second, sr_step,
                                    launch_args(float(), key), launch_flags(key));
   }
@@ -333,7 +334,7 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   if (!device_steps.empty()) cuda::launch_increment_steps(device_steps, inf_ref);
   for (size_t i = 0; i < n; ++i) {
     if (state_steps[i].device().is_cpu()) {
-      ops::store_host_step(state_steps[i], host_steps[i] + 1.0);
+      ops::store_host_step(state_steps[i], host_steps[i]);
     }
   }
 }

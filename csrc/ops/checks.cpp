@@ -161,6 +161,30 @@ bool overlap_by_bitmap(const Layout& a, const Layout& b, int64_t lo, int64_t hi)
   return hit;
 }
 
+// A tensor whose layout at::has_internal_overlap cannot decide (it finds stride 0 only, not
+// as_strided rows that overlap): do two of its elements share a byte? Not where its dims nest
+// (runs_of); else on a bitmap, as (3).
+bool overlaps_itself(const at::Tensor& t) {
+  const Layout l = layout_of(t);
+  if (runs_of(l).ok || has_negative_stride(l)) return false;
+  int64_t g = l.elem, reach = l.elem;
+  for (size_t k = 0; k < l.size.size(); ++k) {
+    g = std::gcd(g, l.stride[k]);
+    reach += (l.size[k] - 1) * l.stride[k];
+  }
+  const int64_t cells = (reach + g - 1) / g;
+  std::vector<uint64_t> bits(static_cast<size_t>((cells + 63) / 64), 0);
+  bool hit = false;
+  for_each_element(l, [&](int64_t pos) {
+    for (int64_t c = (pos - l.start) / g, e = c + l.elem / g; c < e && !hit; ++c) {
+      const uint64_t bit = uint64_t(1) << (c & 63);
+      hit = (bits[static_cast<size_t>(c >> 6)] & bit) != 0;
+      bits[static_cast<size_t>(c >> 6)] |= bit;
+    }
+  });
+  return hit;
+}
+
 // Two tensors whose address ranges intersect: do they share a byte?
 bool share_a_byte(const at::Tensor& ta, const at::Tensor& tb, int64_t lo, int64_t hi) {
   const Layout a = layout_of(ta), b = layout_of(tb);
@@ -178,7 +202,7 @@ WriteSet::Entry WriteSet::entry_of(const at::Tensor& t, const char* what, size_t
   const auto base = reinterpret_cast<uintptr_t>(t.const_data_ptr());
   const auto esize = static_cast<int64_t>(t.element_size());
   if (t.numel() == 1 || t.is_contiguous()) {  // the common case: one dense range from data_ptr
-    return Entry{base, base + static_cast<uintptr_t>(t.numel() * esize), &t, what, i};
+    return Entry{base, base + static_cast<uintptr_t>(t.numel() * esize), &t, what, i, false};
   }
   int64_t first = 0, last = 0;  // element offsets of the lowest and the highest element
   for (int64_t d = 0; d < t.dim(); ++d) {
@@ -186,20 +210,41 @@ WriteSet::Entry WriteSet::entry_of(const at::Tensor& t, const char* what, size_t
     (reach < 0 ? first : last) += reach;
   }
   return Entry{base + static_cast<uintptr_t>(first * esize),
-               base + static_cast<uintptr_t>((last + 1) * esize), &t, what, i};
+               base + static_cast<uintptr_t>((last + 1) * esize), &t, what, i, false};
 }
 
 void WriteSet::add(const at::Tensor& t, const char* what, size_t i) {
   if (t.device().is_meta() || !t.has_storage()) return;
   if (t.numel() == 0) return;
   if (t.numel() > 1 && !t.is_contiguous()) {
-    TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, what, "[", i,
+    const at::MemOverlap overlap = at::has_internal_overlap(t);
+    TORCH_CHECK_VALUE(overlap == at::MemOverlap::No ||
+                          (overlap == at::MemOverlap::TooHard && !overlaps_itself(t)),
+                      what, "[", i,
                       "] has elements that share memory (an expanded tensor?); it cannot be "
                       "updated in place");
   }
   entries_.push_back(entry_of(t, what, i));
   spans_.push_back(Span{entries_.back().start, entries_.back().end});
   reach_.clear();
+}
+
+void WriteSet::read(const at::Tensor& t, const char* what, size_t i) {
+  if (t.device().is_meta() || !t.has_storage() || t.numel() == 0) return;
+  entries_.push_back(entry_of(t, what, i));
+  entries_.back().read = true;
+  spans_.push_back(Span{entries_.back().start, entries_.back().end});
+  reach_.clear();
+}
+
+at::TensorList WriteSet::unaliased_reads(at::TensorList grads,
+                                         std::vector<at::Tensor>& own) const {
+  if (std::find(aliased_.begin(), aliased_.end(), true) == aliased_.end()) return grads;
+  if (grads.data() != own.data()) own.assign(grads.begin(), grads.end());
+  for (size_t i = 0; i < aliased_.size(); ++i) {
+    if (aliased_[i]) own[i] = own[i].clone(at::MemoryFormat::Preserve);
+  }
+  return own;
 }
 
 at::Tensor WriteSet::unaliased(const at::Tensor& t) {
@@ -220,7 +265,7 @@ at::Tensor WriteSet::unaliased(const at::Tensor& t) {
       entries_.begin());
   for (; k > 0 && reach_[k - 1] > r.start; --k) {
     const Entry& e = entries_[k - 1];
-    if (e.end > r.start &&
+    if (!e.read && e.end > r.start &&
         share_a_byte(*e.t, c, static_cast<int64_t>(std::min(e.start, r.start)),
                      static_cast<int64_t>(std::max(e.end, r.end)))) {
       return c.clone(at::MemoryFormat::Contiguous);
@@ -246,10 +291,20 @@ void WriteSet::check(const char* op) {
     open.erase(std::remove_if(open.begin(), open.end(),
                               [&](size_t j) { return entries_[j].end <= b.start; }),
                open.end());
-    intersecting = intersecting || !open.empty();
     for (size_t j : open) {
       const Entry& a = entries_[j];
+      if (a.read && b.read) continue;  // two grads may share memory: neither is written
+      intersecting = true;
       const bool same = a.t->is_same(*b.t);
+      if (a.read || b.read) {
+        const Entry& r = a.read ? a : b;
+        if (same || share_a_byte(*a.t, *b.t, static_cast<int64_t>(std::min(a.start, b.start)),
+                                 static_cast<int64_t>(std::max(a.end, b.end)))) {
+          if (aliased_.size() <= r.index) aliased_.resize(r.index + 1, false);
+          aliased_[r.index] = true;
+        }
+        continue;
+      }
       TORCH_CHECK_VALUE(
           !same && !share_a_byte(*a.t, *b.t, static_cast<int64_t>(std::min(a.start, b.start)),
                                  static_cast<int64_t>(std::max(a.end, b.end))),

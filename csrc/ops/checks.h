@@ -24,19 +24,21 @@ inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
 }
 
-// `what[i]` matches params[i] in device, dtype and shape, and is a strided tensor.
+// `what[i]` matches params[pi] in device, dtype and shape, and is a strided tensor (pi: i
+// unless given, for a list with several entries per param).
 inline void check_like_param(const char* op, const at::Tensor& param, const at::Tensor& t,
-                             const char* what, size_t i) {
+                             const char* what, size_t i, size_t pi = static_cast<size_t>(-1)) {
+  if (pi == static_cast<size_t>(-1)) pi = i;
   TORCH_CHECK_VALUE(t.defined(), op, ": ", what, "[", i, "] is undefined");
   TORCH_CHECK(t.layout() == at::kStrided, op, ": ", what, "[", i, "] must be a dense tensor, got ",
               t.layout());
   TORCH_CHECK(t.device() == param.device(), op, ": ", what, "[", i, "] is on ", t.device(),
-              " but params[", i, "] is on ", param.device(),
+              " but params[", pi, "] is on ", param.device(),
               "; expected all tensors to be on the same device");
   TORCH_CHECK_TYPE(t.scalar_type() == param.scalar_type(), op, ": ", what, "[", i, "] has dtype ",
-                   t.scalar_type(), " but params[", i, "] has dtype ", param.scalar_type());
+                   t.scalar_type(), " but params[", pi, "] has dtype ", param.scalar_type());
   TORCH_CHECK_VALUE(t.sym_sizes() == param.sym_sizes(), op, ": ", what, "[", i, "] has shape ",
-                    t.sym_sizes(), " but params[", i, "] has shape ", param.sym_sizes());
+                    t.sym_sizes(), " but params[", pi, "] has shape ", param.sym_sizes());
 }
 
 // As above, with `dtype` for t's dtype (state kept in another precision than the param).
@@ -166,8 +168,18 @@ class WriteSet {
   // Records t (a tensor the step writes) and rejects a tensor that overlaps itself (expanded).
   // Tensors with no memory (meta, no elements) are not recorded.
   void add(const at::Tensor& t, const char* what, size_t i);
+  // Records t, a dense grad the op reads while it writes the recorded tensors: check() notes
+  // whether it shares a byte with one of them (a grad that views its param's storage shifted
+  // by an element). i is its index in the op's grads list.
+  void read(const at::Tensor& t, const char* what, size_t i);
   // Raises ValueError if two recorded tensors share an element.
   void check(const char* op);
+  // After check(): `grads` with each grad recorded by read() that shares a byte with a written
+  // tensor replaced by a copy (in its own layout, held in `own`), so that every element reads
+  // the grad from before the step, as torch.optim's ops read a grad before they write the param
+  // (an elementwise kernel would read elements another thread or an earlier vector already
+  // wrote). Returns `grads` itself when none does.
+  at::TensorList unaliased_reads(at::TensorList grads, std::vector<at::Tensor>& own) const;
   // t (a tensor the op reads while it writes the recorded ones: a sparse grad's values, a
   // row-wise dense grad) as a contiguous tensor, copied when it shares a byte with a recorded
   // tensor, so every read sees the values from before the step (torch.optim copies a sparse
@@ -180,6 +192,7 @@ class WriteSet {
     const at::Tensor* t;
     const char* what;
     size_t index;
+    bool read;  // recorded by read(): compared with the written entries only
   };
   struct Span {
     uintptr_t start, end;
@@ -191,6 +204,7 @@ class WriteSet {
   std::vector<Span> spans_;  // the entries' ranges in the order they were added
   // unaliased(): entries_ sorted by start, reach_[k] the largest end of entries_[0..k]
   std::vector<uintptr_t> reach_;
+  std::vector<bool> aliased_;  // per read() index: shares a byte with a written tensor
 };
 
 // An optional one-element scalar argument (lr_tensor, grad_scale, found_inf) on the CPU or on
@@ -251,6 +265,39 @@ inline void check_step_count(const char* op, double step, const char* what, size
                     what, "[", i, "] is ", step,
                     "; a step count must be a non-negative whole number (a corrupted or "
                     "hand-edited state['step']?)");
+}
+
+// state_steps[i]'s count read on the host and checked (check_step_count), returned as it will
+// be after this step: torch counts with `step_t += 1` in the tensor's own dtype and its math
+// reads that value back, so a float16 count stays at 2048 and a float32 one at 2^24, and the
+// step's math uses the count it stores. An integer count whose increment does not fit its dtype
+// (a uint8 count at 255, which torch wraps to 0) raises ValueError, before anything is written.
+inline double next_step_count(const char* op, const at::Tensor& t, size_t i) {
+  const double step = scalar_value(t, "state_steps[i]");
+  check_step_count(op, step, "state_steps", i);
+  const at::ScalarType dtype = t.scalar_type();
+  if (dtype == at::kDouble) return step + 1.0;
+  if (dtype == at::kFloat) return static_cast<float>(step + 1.0);
+  const double next = step + 1.0;
+  if (at::isFloatingType(dtype)) {  // float16, bfloat16, ...: rounded as the tensor stores it
+    return at::scalar_tensor(next, at::TensorOptions().dtype(at::kDouble))
+        .to(dtype)
+        .item<double>();
+  }
+  double largest = 0.0;
+  switch (dtype) {
+    case at::kByte: largest = 255.0; break;
+    case at::kChar: largest = 127.0; break;
+    case at::kShort: largest = 32767.0; break;
+    case at::kUInt16: largest = 65535.0; break;
+    case at::kInt: largest = 2147483647.0; break;
+    case at::kUInt32: largest = 4294967295.0; break;
+    default: largest = 9223372036854774784.0; break;  // int64, uint64: below 2^63
+  }
+  TORCH_CHECK_VALUE(next <= largest, op, ": state_steps[", i, "] is ", step,
+                    ", the largest count its dtype ", dtype,
+                    " holds; it cannot count this step (store the count as float32 or int64)");
+  return next;
 }
 
 // GradScaler's scale divides every gradient: zero, infinite or NaN would turn the step into NaN.

@@ -77,10 +77,11 @@ DenseCall check_dense_call(const char* op, c10::DeviceType backend, at::TensorLi
     TORCH_CHECK(grads[i].layout() == at::kStrided, op, ": grads[", i,
                 "] is sparse; this optimizer takes dense gradients");
     check_like_param(op, p, grads[i], "grads", i);
+    writes.read(grads[i], "grads", i);
     writes.add(p, "params", i);
     for (int k = 0; k < Opt::kStates; ++k) {
       const at::Tensor& s = states[k * n + i];
-      check_like_param(op, p, s, "states", k * n + i);
+      check_like_param(op, p, s, "states", k * n + i, i);
       writes.add(s, "states", k * n + i);
     }
     if (Opt::kHasStep) {

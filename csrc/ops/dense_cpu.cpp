@@ -98,21 +98,21 @@ void dense_cpu(at::TensorList params, at::TensorList grads, at::TensorList state
   }
   const bool skip = found_inf.has_value() && ops::scalar_value(*found_inf, "found_inf") != 0.0;
   const size_t n = params.size();
-  std::vector<double> steps(n, 0.0);
+  std::vector<double> steps(n, 1.0);  // counts after this step (1: an optimizer without one)
   std::vector<DenseItem> items(n);
   DenseCoeffs<Opt> coeffs;
   for (size_t i = 0; i < n; ++i) {
     if (Opt::kHasStep) {
-      steps[i] = ops::scalar_value(state_steps[i], "state_steps[i]");
-      ops::check_step_count(op, steps[i], "state_steps", i);
+      steps[i] = ops::next_step_count(op, state_steps[i], i);  // the count after this step
     }
     const size_t g = call.group[i];
     items[i].dtype = params[i].scalar_type();
     items[i].flags = call.flags[g];
-    items[i].coeffs = coeffs.get(g, steps[i] + 1.0, items[i].dtype, call.hyper[g], scale);
+    items[i].coeffs = coeffs.get(g, steps[i], items[i].dtype, call.hyper[g], scale);
   }
   writes.check(op);
   if (validate_only || skip) return;  // skip: GradScaler found inf/NaN grads (no step counted)
+  grads = writes.unaliased_reads(grads, own_grads);  // Note [Exact overlap]
 
   // ---- 2. plan: pointers, or row-major copies where layouts differ -------------------------
   std::vector<std::vector<at::Tensor>> copies(n);  // param, grad, states (only when copied)
@@ -159,7 +159,7 @@ void dense_cpu(at::TensorList params, at::TensorList grads, at::TensorList state
     }
   }
   if (Opt::kHasStep) {
-    for (size_t i = 0; i < n; ++i) ops::store_host_step(state_steps[i], steps[i] + 1.0);
+    for (size_t i = 0; i < n; ++i) ops::store_host_step(state_steps[i], steps[i]);
   }
 }
 

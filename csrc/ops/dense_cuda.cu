@@ -82,7 +82,7 @@ void dense_cuda(at::TensorList params, at::TensorList grads, at::TensorList stat
     scale = ops::scalar_value(*grad_scale, "grad_scale");
     ops::check_grad_scale(op, scale);
   }
-  std::vector<double> host_steps(n, 0.0);
+  std::vector<double> host_steps(n, 1.0);  // after this step (1: no count)
   std::vector<LaunchKey> keys(n);
   std::map<LaunchKey, typename Opt::template Coeffs<float>> coeffs_f;
   std::map<LaunchKey, typename Opt::template Coeffs<double>> coeffs_d;
@@ -92,8 +92,7 @@ void dense_cuda(at::TensorList params, at::TensorList grads, at::TensorList stat
                   device_step && state_steps[i].scalar_type() == at::kDouble, 0};
     if (!device_step) {
       if (Opt::kHasStep) {
-        host_steps[i] = ops::scalar_value(state_steps[i], "state_steps[i]");
-        ops::check_step_count(op, host_steps[i], "state_steps", i);
+        host_steps[i] = ops::next_step_count(op, state_steps[i], i);  // after this step
       }
       std::memcpy(&key.host_step_bits, &host_steps[i], sizeof(double));
       if (!coeffs_f.count(key) && !coeffs_d.count(key)) {
@@ -101,7 +100,7 @@ void dense_cuda(at::TensorList params, at::TensorList grads, at::TensorList stat
           using S = decltype(st);
           using T = cuda::mta::opmath_t<S>;
           const auto c = Opt::template coeffs<T>(call.hyper[key.group].data(),
-                                                 host_steps[i] + 1.0, ops::CheckedNarrow<T, S>());
+                                                 host_steps[i], ops::CheckedNarrow<T, S>());
           if constexpr (std::is_same<T, double>::value) {
             coeffs_d[key] = c;
           } else {
@@ -114,6 +113,8 @@ void dense_cuda(at::TensorList params, at::TensorList grads, at::TensorList stat
   }
   writes.check(op);
   if (validate_only || skip || n == 0) return;
+  std::vector<at::Tensor> own_grads;
+  grads = writes.unaliased_reads(grads, own_grads);  // Note [Exact overlap]
 
   // ---- 2. plan: pointers (or contiguous copies), grouped by launch ------------------------
   const c10::cuda::CUDAGuard guard(dev);
@@ -191,7 +192,7 @@ void dense_cuda(at::TensorList params, at::TensorList grads, at::TensorList stat
   if (!device_steps.empty()) cuda::launch_increment_steps(device_steps, inf_ref);
   for (size_t i = 0; Opt::kHasStep && i < n; ++i) {
     if (state_steps[i].device().is_cpu()) {
-      ops::store_host_step(state_steps[i], host_steps[i] + 1.0);
+      ops::store_host_step(state_steps[i], host_steps[i]);
     }
   }
 }

@@ -41,6 +41,9 @@ class Groups {
     size_t total = 0;
     for (const int64_t s : group_sizes) {
       TORCH_CHECK_VALUE(s >= 0, op, ": group_sizes has a negative entry, ", s);
+      // compared before adding: huge entries would wrap the sum around to n
+      TORCH_CHECK_VALUE(static_cast<size_t>(s) <= n - total, op,
+                        ": group_sizes add up to more than the ", n, " params");
       total += static_cast<size_t>(s);
     }
     TORCH_CHECK_VALUE(total == n, op, ": group_sizes add up to ", total, " but there are ", n,

@@ -26,8 +26,7 @@ void count_host_steps(const char* op, at::TensorList state_steps,
   std::vector<double> steps(state_steps.size(), 0.0);
   for (size_t i = 0; i < state_steps.size(); ++i) {
     if (!state_steps[i].device().is_cpu()) continue;
-    steps[i] = ops::scalar_value(state_steps[i], "state_steps[i]");
-    ops::check_step_count(op, steps[i], "state_steps", i);
+    steps[i] = ops::next_step_count(op, state_steps[i], i);  // the count after this step
   }
   if (validate_only) return;
   if (found_inf.has_value() && found_inf->device().is_cpu() &&
@@ -35,7 +34,7 @@ void count_host_steps(const char* op, at::TensorList state_steps,
     return;
   }
   for (size_t i = 0; i < state_steps.size(); ++i) {
-    if (state_steps[i].device().is_cpu()) state_steps[i].fill_(steps[i] + 1.0);
+    if (state_steps[i].device().is_cpu()) state_steps[i].fill_(steps[i]);
   }
 }
 

@@ -184,6 +184,7 @@ inline SgdCall check_sgd_call(
       call.sparse[i] = check_coo_grad(op, p, g, i);
     } else {
       check_like_param(op, p, g, "grads", i);
+      writes.read(g, "grads", i);
     }
     writes.add(p, "params", i);
     if (call.buf[i] >= 0) {

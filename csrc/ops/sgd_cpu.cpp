@@ -159,6 +159,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
   }
   writes.check(kOp);
   if (validate_only || skip) return;  // skip: GradScaler found inf/NaN grads
+  grads = writes.unaliased_reads(grads, own_grads);  // Note [Exact overlap]
 
   // ---- 2. plan --------------------------------------------------------------------------------
   std::vector<SgdItem> items;

@@ -160,6 +160,8 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   }
   writes.check(kOp);
   if (validate_only || skip || n == 0) return;
+  std::vector<at::Tensor> own_grads;
+  grads = writes.unaliased_reads(grads, own_grads);  // Note [Exact overlap]
 
   // ---- 2. plan: dense pointers (or contiguous copies), grouped by launch ---------------------
   const c10::cuda::CUDAGuard guard(dev);
