@@ -350,10 +350,12 @@ def test_checkpoint_resume_is_bitwise(fmt):
 
 
 def _decoded(opt, p, key):
+    """The held moment in float32, decoded by the reference (torch_state_dict() decodes with
+    pyoptim's own dequantize_8bit: an expected value from that op would check it against itself)."""
     st_ = opt.state[p]
     value = st_[key]
     if value.dtype in (torch.int8, torch.uint8):
-        return torch.ops.pyoptim.dequantize_8bit(value, st_[key + "_scale"], key == "exp_avg_sq")
+        return q8_decode(value, st_[key + "_scale"], key == "exp_avg_sq")
     return value.float()
 
 
@@ -375,6 +377,7 @@ def test_torch_optim_loads_pyoptim_checkpoint(fmt):
     for p, pt in zip(params, params_t):
         for key in ("exp_avg", "exp_avg_sq"):
             assert topt.state[pt][key].dtype == torch.float32
+            assert _decoded(opt, p, key).any(), key  # the step wrote the moment
             assert_bitwise_equal(topt.state[pt][key], _decoded(opt, p, key))
     _set_grads(params_t, 1)
     topt.step()
