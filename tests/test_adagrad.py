@@ -150,6 +150,9 @@ def test_levels_and_threads_agree(dtype, restore_num_threads):
             with _ops.cpu_capability_override(level):
                 adagrad_(p, g, s, n, **_groups_args(ONE_GROUP))
             results.append((p, s))
+    # the step moved param and sum (levels that all wrote nothing would agree too)
+    p0, _, s0, _ = _problem([65537 * 3, 33], dtype, 7, 3)
+    assert any_changed(p0, results[0][0]) and any_changed(s0, results[0][1])
     for r in results[1:]:
         assert_bitwise_equal(r, results[0])
 
@@ -485,6 +488,7 @@ def test_grad_scaler_matches_unscaled_steps():
                 after = snapshot((list(model.parameters()), opt.state_dict()))
                 assert_bitwise_equal(after, before)
         runs.append(snapshot((list(model.parameters()), opt.state_dict())))
+    assert any_changed(snapshot(list(_mlp().parameters())), runs[0][0])  # the steps stepped
     assert_bitwise_equal(runs[1], runs[0])
 
 

@@ -150,6 +150,9 @@ def test_levels_and_threads_agree(dtype, restore_num_threads):
                     lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, maximize=False,
                     n=2)]))
             results.append((p, m, v))
+    # the step moved every tensor (levels that all wrote nothing would agree too)
+    start = _problem([65537 * 3, 33], dtype, 7, 3)
+    assert all(any_changed(x0, x) for x0, x in zip((start[0], start[2], start[3]), results[0]))
     for r in results[1:]:
         assert_bitwise_equal(r, results[0])
 

@@ -29,7 +29,7 @@ import pathlib
 
 import pytest
 import torch
-from helpers import assert_bitwise_equal, snapshot
+from helpers import any_changed, assert_bitwise_equal, snapshot
 
 import pyoptim
 import pyoptim._compiled
@@ -285,6 +285,7 @@ def test_training_step_inductor(name):
             train()
         results.append((snapshot(list(model.parameters())), snapshot(opt.state_dict()["state"])))
         torch._dynamo.reset()
+    assert any_changed(list(_make(name)[0].parameters()), results[0][0])  # the steps stepped
     assert_bitwise_equal(results[0], results[1], name)
 
 

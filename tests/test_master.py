@@ -17,7 +17,7 @@ import op_calls
 import pytest
 import torch
 from conftest import ISA_LEVELS, dtype_id
-from helpers import assert_bitwise_equal, names_matching, snapshot
+from helpers import any_changed, assert_bitwise_equal, names_matching, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_mixed import adam_kahan_reference, adam_master_reference, adam_sr_reference
@@ -410,6 +410,8 @@ def test_checkpoint_resume_is_bitwise(mode):
     for k in range(3, 6):
         _set_grads(params2, k)
         opt2.step()
+    # the resumed steps moved the params (a step that wrote nothing would agree too)
+    assert any_changed(ckpt["model"], [p.detach() for p in params2])
     for a, b in zip(params2, straight):
         assert_bitwise_equal(a.detach(), b)
 
@@ -425,6 +427,7 @@ def test_torch_optim_loads_pyoptim_checkpoint(mode):
     sd = opt.state_dict()
     assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq",
                                    "master_param" if mode == "master_weights" else "sr_seed"}
+    assert all(s["exp_avg"].any() for s in sd["state"].values())  # what the step wrote
     params_t = [torch.nn.Parameter(p.detach().clone()) for p in params]
     topt = torch.optim.AdamW(params_t, lr=1e-3)
     topt.load_state_dict(sd)
@@ -447,8 +450,10 @@ def test_master_loads_torch_checkpoint():
     opt.load_state_dict(sd)
     assert opt.param_groups[0]["master_weights"] is True
     assert opt.state[params2[0]]["exp_avg"].dtype == torch.float32
+    loaded = snapshot(params2)
     _set_grads(params2, 1)
     opt.step()
+    assert any_changed(loaded, params2)  # the step ran on the loaded state
     st_ = opt.state[params2[0]]
     assert st_["master_param"].dtype == torch.float32
     assert_bitwise_equal(params2[0].detach(), st_["master_param"].bfloat16())
@@ -850,6 +855,7 @@ def test_pyoptim_checkpoint_brings_its_modes_into_any_optimizer(name):
         _set_grads(params, k)
         src.step()
     params2 = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    loaded = snapshot(params2)
     dst = make(params2, own_modes)
     dst.load_state_dict(copy.deepcopy(src.state_dict()))
     assert [_modes(g) for g in dst.param_groups] == [_modes(g) for g in src.param_groups]
@@ -860,6 +866,7 @@ def test_pyoptim_checkpoint_brings_its_modes_into_any_optimizer(name):
         src.step()
         torch.manual_seed(k)
         dst.step()
+    assert any_changed(loaded, params2), name  # the resumed steps moved the params
     assert_bitwise_equal(snapshot(params2), snapshot(params), name)
     assert_bitwise_equal(snapshot(dst.state_dict()), snapshot(src.state_dict()), name)
     plain = [torch.nn.Parameter(p.detach().clone()) for p in params]

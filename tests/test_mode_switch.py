@@ -18,7 +18,7 @@ import copy
 
 import pytest
 import torch
-from helpers import assert_bitwise_equal, snapshot
+from helpers import any_changed, assert_bitwise_equal, snapshot
 
 import pyoptim
 
@@ -82,8 +82,10 @@ def test_mode_switched_off_steps_as_the_exported_state(name):
     mode, params, opt, ref_params, ref = _stepped_with_reference(name)
     for key in mode:
         opt.param_groups[0][key] = None if key == "state_dtype" else False
+    before = snapshot(params)
     _step(opt, params, STEPS)
     _step(ref, ref_params, STEPS)
+    assert any_changed(before, params), name  # a step that wrote nothing would agree too
     assert_bitwise_equal(snapshot(params), snapshot(ref_params), name)
     assert_bitwise_equal(snapshot(opt.state_dict()["state"]),
                          snapshot(ref.state_dict()["state"]), name)
@@ -107,8 +109,10 @@ def test_state_dtype_switched_on_converts_the_state(name, by_hand):
     ref.load_state_dict(copy.deepcopy(opt.state_dict()))  # plain: converted at the next step
     ref.param_groups[0]["state_dtype"] = mode["state_dtype"]  # the load brought the plain one
     opt.param_groups[0]["state_dtype"] = value
+    before = snapshot(params)
     _step(opt, params, STEPS)
     _step(ref, ref_params, STEPS)
+    assert any_changed(before, params), name  # a step that wrote nothing would agree too
     assert_bitwise_equal(snapshot(params), snapshot(ref_params), name)
     assert_bitwise_equal(snapshot(opt.state_dict()["state"]),
                          snapshot(ref.state_dict()["state"]), name)

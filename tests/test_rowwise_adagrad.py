@@ -11,7 +11,7 @@ import copy
 import op_calls  # noqa: F401  (registers the ops)
 import pytest
 import torch
-from helpers import assert_bitwise_equal, names_matching, snapshot
+from helpers import any_changed, assert_bitwise_equal, names_matching, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -372,10 +372,13 @@ def test_16bit_state_dict_resumes_bitwise(dtype, sparse):
     opt_c.load_state_dict(sd)
     assert opt_c.state[c]["sum"].dtype == torch.float32
     assert_bitwise_equal(opt_c.state[c]["sum"], opt_a.state[a]["sum"])
+    resumed = snapshot([c, opt_c.state[c]["sum"]])
     for g in grads[2:]:
         a.grad, c.grad = g.clone(), g.clone()
         opt_a.step()
         opt_c.step()
+    # the resumed steps moved param and sum (a step that wrote nothing would agree too)
+    assert all(any_changed([x], [y]) for x, y in zip(resumed, [c, opt_c.state[c]["sum"]]))
     assert_bitwise_equal([c.detach(), opt_c.state[c]["sum"]], [a.detach(), opt_a.state[a]["sum"]])
 
 

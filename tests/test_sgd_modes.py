@@ -21,7 +21,7 @@ from conftest import ISA_LEVELS, dtype_id
 from helpers import assert_bitwise_equal, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_mixed import sgd_kahan_reference, sgd_modes_reference
+from reference_mixed import q8_decode, sgd_kahan_reference, sgd_modes_reference
 from reference_sgd import sgd_reference
 
 import pyoptim
@@ -218,7 +218,13 @@ def test_torch_checkpoints_both_ways(mode):
     opt.step()
     sd = opt.torch_state_dict()
     assert set(sd["state"][0]) == {"momentum_buffer"}
-    assert sd["state"][0]["momentum_buffer"].dtype == torch.float32
+    for i, p in enumerate(params):  # the buffer the step wrote (buf = grad), decoded
+        st_ = opt.state[p]
+        buf = st_["momentum_buffer"]
+        held = (buf.float() if mode == "bfloat16" else
+                q8_decode(buf, st_["momentum_buffer_scale"], False))
+        assert held.any()
+        assert_bitwise_equal(sd["state"][i]["momentum_buffer"], held)
     tparams = [torch.nn.Parameter(p.detach().clone()) for p in params]
     topt = torch.optim.SGD(tparams, lr=0.05, momentum=0.9)
     topt.load_state_dict(sd)

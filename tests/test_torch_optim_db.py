@@ -456,8 +456,10 @@ def test_complex_params_step_as_their_real_views(name, kwargs):
         for p, r in zip(cplx, real):
             r.grad = torch.randn(r.shape, generator=g)
             p.grad = torch.view_as_complex(r.grad) if p.is_complex() else r.grad.clone()
+        before = snapshot(real)
         for opt in opts:
             opt.step()
+        assert all(any_changed([b], [r]) for b, r in zip(before, real))  # every param stepped
         assert_bitwise_equal([torch.view_as_real(p) if p.is_complex() else p for p in cplx],
                              real)
 
@@ -484,8 +486,10 @@ def test_complex_2d_steps_as_real_and_imag_parts(name, kwargs):
         _rosenbrock(a).abs().backward()
         _rosenbrock(torch.complex(re, im)).abs().backward()
         assert_bitwise_equal([a.grad.real, a.grad.imag], [re.grad, im.grad], "grads")
+        before = snapshot([re, im])
         opt1.step()
         opt2.step()
+        assert any_changed(before, [re, im])  # the step moved the param
         assert_bitwise_equal([a.real, a.imag], [re, im])
 
 
@@ -777,6 +781,10 @@ def test_derived_flag_matches_forloop(name, flag, dtype):
                 opt.step()
             runs.append((snapshot(list(model.parameters())),
                          [snapshot(dict(opt.state[p])) for p in model.parameters()]))
+        torch.manual_seed(1)  # the same init again: the runs moved from it
+        init = list(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Sigmoid(),
+                                        torch.nn.Linear(3, 1)).to(dtype).parameters())
+        assert any_changed(init, runs[0][0]), kwargs
         assert_bitwise_equal(runs[0], runs[1], f"{kwargs} {flag}")
 
 
