@@ -184,8 +184,8 @@ inline AdamCall check_adam_call(
     const at::Tensor& s = state_steps[i];
     TORCH_CHECK_VALUE(s.defined() && s.sym_numel() == 1 && s.layout() == at::kStrided, op,
                       ": state_steps[", i, "] must be a one-element tensor");
-    TORCH_CHECK_TYPE(at::isFloatingType(s.scalar_type()) || at::isIntegralType(s.scalar_type(),
-                                                                                /*includeBool=*/false),
+    TORCH_CHECK_TYPE(at::isFloatingType(s.scalar_type()) ||
+                         at::isIntegralType(s.scalar_type(), /*includeBool=*/false),
                      op, ": state_steps[", i, "] has dtype ", s.scalar_type(),
                      "; a step count is a real number");
     TORCH_CHECK(s.device().is_cpu() || s.device() == p.device(), op, ": state_steps[", i,

@@ -26,7 +26,8 @@ struct AdamItem {
   at::ScalarType dtype;
   cpu::AdamFlags flags;
   int32_t coeffs;
-  bool master;  // float32 master weights and moments (Note [Master weights and stochastic rounding])
+  // float32 master weights and moments (Note [Master weights and stochastic rounding])
+  bool master;
 };
 
 // The kernel's elements per scale block (ops::ItemSplit cuts ranges at multiples of it).
@@ -85,7 +86,8 @@ class CoeffTable {
 
 void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
               at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-              at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
+              at::TensorList state_steps, at::IntArrayRef group_sizes,
+              at::ArrayRef<double> hyper, const c10::List<bool>& flags,
               const c10::List<std::optional<at::Tensor>>& lr_tensors,
               const std::optional<at::Tensor>& grad_scale,
               const std::optional<at::Tensor>& found_inf, bool validate_only,
@@ -93,7 +95,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
               const std::optional<at::TensorList>& seed_list,
               const std::optional<at::TensorList>& m_scale_list,
               const std::optional<at::TensorList>& v_scale_list,
-               const std::optional<at::TensorList>& comp_list) {
+              const std::optional<at::TensorList>& comp_list) {
   std::vector<at::Tensor> own_grads;  // Note [Grads read by the op] in ops/checks.h
   grads = ops::grads_of_params(kOp, params, grads, own_grads);
   const at::TensorList master_params = master_list.value_or(at::TensorList());

@@ -67,7 +67,8 @@ struct LaunchKey {
 
 void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-               at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
+               at::TensorList state_steps, at::IntArrayRef group_sizes,
+               at::ArrayRef<double> hyper, const c10::List<bool>& flags,
                const c10::List<std::optional<at::Tensor>>& lr_tensors,
                const std::optional<at::Tensor>& grad_scale,
                const std::optional<at::Tensor>& found_inf, bool validate_only,
@@ -192,7 +193,9 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   std::vector<at::Tensor> keep_alive;
   std::vector<cuda::mta::ScalarRef> lr_ref(num_groups);
   for (size_t g = 0; g < num_groups; ++g) {
-    if (lr_read_on_device[g]) lr_ref[g] = cuda::mta::device_scalar(*call.groups[g].lr_tensor, keep_alive);
+    if (lr_read_on_device[g]) {
+      lr_ref[g] = cuda::mta::device_scalar(*call.groups[g].lr_tensor, keep_alive);
+    }
   }
   cuda::mta::ScalarRef scale_ref, inf_ref;
   if (scale_on_device) scale_ref = cuda::mta::device_scalar(*grad_scale, keep_alive);
@@ -254,7 +257,8 @@ void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_a
     }
     launches[keys[i]].push_back(cuda::AdamWorkItem{
         {w.param.data_ptr(), const_cast<void*>(w.grad.const_data_ptr()), w.exp_avg.data_ptr(),
-         w.exp_avg_sq.data_ptr(), w.max_exp_avg_sq.defined() ? w.max_exp_avg_sq.data_ptr() : nullptr},
+         w.exp_avg_sq.data_ptr(),
+         w.max_exp_avg_sq.defined() ? w.max_exp_avg_sq.data_ptr() : nullptr},
         params[i].numel(),
         keys[i].device_mode ? state_steps[i].const_data_ptr() : nullptr});
   }

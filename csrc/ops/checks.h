@@ -119,7 +119,8 @@ inline void check_param(const char* op, const at::Tensor& p, size_t i, c10::Devi
   TORCH_CHECK_VALUE(p.defined(), op, ": params[", i, "] is undefined");
   TORCH_CHECK(p.layout() == at::kStrided, op, ": params[", i, "] must be a dense tensor");
   TORCH_CHECK(p.device().type() == backend, op, ": params[", i, "] is on ", p.device(),
-              " but the call's tensors chose its ", c10::DeviceTypeName(backend, /*lower_case=*/true),
+              " but the call's tensors chose its ",
+              c10::DeviceTypeName(backend, /*lower_case=*/true),
               " kernel; expected all tensors to be on the same device (one call per device)");
   TORCH_CHECK(p.device() == device, op, ": params[", i, "] is on ", p.device(),
               " but params[0] is on ", device, "; expected all tensors to be on the same device");

@@ -16,10 +16,11 @@
 // `hyper` holds each group's floats and `flags` its bools, in the order the op's schema names
 // (library.cpp), so entry k of group g is hyper[g * K + k] for an op with K floats per group.
 // Two lists instead of one per hyper-parameter: each list argument costs torch.ops a conversion
-// per call, and a step on one small param (the optimizer-in-backward recipe) is mostly that. Tensor lists that only some groups have (max_exp_avg_sqs of amsgrad groups, the
-// momentum buffers of groups with momentum) hold one entry per tensor of those groups, in
-// order. lr_tensors is empty, or holds one entry per group: a Tensor lr, or None where the
-// group's lr is the float in `lr`.
+// per call, and a step on one small param (the optimizer-in-backward recipe) is mostly that.
+// Tensor lists that only some groups have (max_exp_avg_sqs of amsgrad groups, the momentum buffers
+// of groups with momentum) hold one entry per tensor of those groups, in order. lr_tensors is
+// empty, or holds one entry per group: a Tensor lr, or None where the group's lr is the float in
+// `lr`.
 #pragma once
 
 #include <ATen/ATen.h>

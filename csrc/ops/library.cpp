@@ -46,22 +46,22 @@ TORCH_LIBRARY(pyoptim, m) {
   m.def("dequantize_8bit(Tensor codes, Tensor scales, bool sqrt_map) -> Tensor");
 
   // SGD with momentum / dampening / Nesterov / L2 weight decay, mirroring torch.optim.SGD's
-  // single-tensor expressions. Per group, hyper = (lr, momentum, dampening, weight_decay) and
-  // flags = (nesterov, maximize, master_weights, ...); master_params holds one float32 master per
-  // param of a master_weights group (momentum required, dense grads; its buffers are float32:
-  // Note [Master weights and stochastic rounding] in math/stochastic_round.h). grads may be dense, or sparse COO (duplicates
-  // allowed), which update the param lazily: only the rows present in the grad (momentum,
-  // weight decay and the param; Note [Sparse SGD] in ops/sgd_cpu.cpp). momentum_buffers holds
-  // one buffer per param of a group with momentum != 0; first_step, one entry per buffer (or
-  // none): true where the buffer takes its first step (buf = grad, as torch starts a missing
-  // buffer). found_inf non-zero: nothing is written. grads are read only. flags continue with
-  // (stochastic_rounding, bf16_states, q8_states), as adam_'s (dense grads): sr_seeds holds one
-  // int64 CPU seed per param of such groups, which the step increments (SGD has no step count:
-  // the seed keys the step's random bits), buffer_scales one float32 scale per 256 elements per
-  // 8-bit buffer (Note [Reduced-precision optimizer states] in math/quantize.h). The 7th flag,
+  // single-tensor expressions. Per group, hyper = (lr, momentum, dampening, weight_decay) and flags
+  // = (nesterov, maximize, master_weights, ...); master_params holds one float32 master per param
+  // of a master_weights group (momentum required, dense grads; its buffers are float32:
+  // Note [Master weights and stochastic rounding] in math/stochastic_round.h). grads may be dense,
+  // or sparse COO (duplicates allowed), which update the param lazily: only the rows present in the
+  // grad (momentum, weight decay and the param; Note [Sparse SGD] in ops/sgd_cpu.cpp).
+  // momentum_buffers holds one buffer per param of a group with momentum != 0; first_step, one
+  // entry per buffer (or none): true where the buffer takes its first step (buf = grad, as torch
+  // starts a missing buffer). found_inf non-zero: nothing is written. grads are read only. flags
+  // continue with (stochastic_rounding, bf16_states, q8_states), as adam_'s (dense grads): sr_seeds
+  // holds one int64 CPU seed per param of such groups, which the step increments (SGD has no step
+  // count: the seed keys the step's random bits), buffer_scales one float32 scale per 256 elements
+  // per 8-bit buffer (Note [Reduced-precision optimizer states] in math/quantize.h). The 7th flag,
   // kahan (16-bit params, dense grads, with or without momentum): kahan_comps holds one
-  // compensation per param of a kahan group, of its dtype (Note [Kahan-compensated 16-bit
-  // params] in math/stochastic_round.h).
+  // compensation per param of a kahan group, of its dtype (Note [Kahan-compensated 16-bit params]
+  // in math/stochastic_round.h).
   m.def(
       "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
       "int[] group_sizes, float[] hyper, bool[] flags, bool[] first_step, "

@@ -40,7 +40,8 @@ void count_host_steps(const char* op, at::TensorList state_steps,
 
 void adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-               at::TensorList state_steps, at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
+               at::TensorList state_steps, at::IntArrayRef group_sizes,
+               at::ArrayRef<double> hyper, const c10::List<bool>& flags,
                const c10::List<std::optional<at::Tensor>>& lr_tensors,
                const std::optional<at::Tensor>& grad_scale,
                const std::optional<at::Tensor>& found_inf, bool validate_only,
@@ -57,8 +58,9 @@ void adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   constexpr const char* kOp = "pyoptim.adam_";
   ops::WriteSet writes;
   ops::check_adam_call(kOp, c10::DeviceType::Meta, params, grads, exp_avgs, exp_avg_sqs,
-                       max_exp_avg_sqs, state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale,
-                       found_inf, master_params, sr_seeds, exp_avg_scales, exp_avg_sq_scales, kahan_comps, writes);
+                       max_exp_avg_sqs, state_steps, group_sizes, hyper, flags, lr_tensors,
+                       grad_scale, found_inf, master_params, sr_seeds, exp_avg_scales,
+                       exp_avg_sq_scales, kahan_comps, writes);
   writes.check(kOp);  // step counts on the CPU
   count_host_steps(kOp, state_steps, found_inf, validate_only);
 }
@@ -79,7 +81,8 @@ void dense_meta(at::TensorList params, at::TensorList grads, at::TensorList stat
 }
 
 void sgd_meta(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-              at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
+              at::IntArrayRef group_sizes, at::ArrayRef<double> hyper,
+              const c10::List<bool>& flags,
               const c10::List<bool>& first_step,
               const c10::List<std::optional<at::Tensor>>& lr_tensors,
               const std::optional<at::Tensor>& grad_scale,
@@ -98,12 +101,14 @@ void sgd_meta(at::TensorList params, at::TensorList grads, at::TensorList moment
 
 void sparse_adam_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                       at::TensorList exp_avg_sqs, at::ArrayRef<double> steps,
-                      at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
+                      at::IntArrayRef group_sizes, at::ArrayRef<double> hyper,
+                      const c10::List<bool>& flags,
                       const c10::List<std::optional<at::Tensor>>& lr_tensors,
                       bool /*validate_only*/) {
   ops::WriteSet writes;
   ops::check_sparse_adam_call("pyoptim.sparse_adam_", c10::DeviceType::Meta, params, grads,
-                              exp_avgs, exp_avg_sqs, steps, group_sizes, hyper, flags, lr_tensors, /*read_values=*/false, writes);
+                              exp_avgs, exp_avg_sqs, steps, group_sizes, hyper, flags,
+                              lr_tensors, /*read_values=*/false, writes);
 }
 
 template <bool kRowwise>

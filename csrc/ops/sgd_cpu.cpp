@@ -110,8 +110,9 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
   // ---- 1. validate everything (sparse rows grouped); nothing is written here --------------
   ops::WriteSet writes;
   const ops::SgdCall call = ops::check_sgd_call(
-      kOp, c10::DeviceType::CPU, params, grads, momentum_buffers, group_sizes, hyper, flags, first_step, lr_tensors, grad_scale, found_inf,
-      master_params, sr_seeds, buffer_scales, kahan_comps, writes);
+      kOp, c10::DeviceType::CPU, params, grads, momentum_buffers, group_sizes, hyper, flags,
+      first_step, lr_tensors, grad_scale, found_inf, master_params, sr_seeds, buffer_scales,
+      kahan_comps, writes);
   double scale = 1.0;
   if (grad_scale.has_value()) {
     scale = ops::scalar_value(*grad_scale, "grad_scale");

@@ -11,11 +11,12 @@
 // scalars on the host: it syncs anyway.
 // The opt-in modes (master weights, stochastic rounding, bfloat16 / 8-bit momentum buffer, with
 // momentum; Kahan, with or without; dense grads only: the shared checks): one launch per (group,
-// dtype, first step) through the launcher of Note [Mixed-mode launches] (cuda/sgd_mixed_kernels.cuh), the
-// same bits as the CPU kernels (cpu/sgd_impl.h). The stochastic ones ("seeded": an sr_seed per
-// param, an int64 CPU tensor read on the host for the keys) add one to each seed after the step,
-// as the CPU op; a call with a seeded param therefore reads found_inf on the host (a sync where
-// it is on the GPU): a step skipped on the device would otherwise still advance the seeds.
+// dtype, first step) through the launcher of Note [Mixed-mode launches]
+// (cuda/sgd_mixed_kernels.cuh), the same bits as the CPU kernels (cpu/sgd_impl.h). The stochastic
+// ones ("seeded": an sr_seed per param, an int64 CPU tensor read on the host for the keys) add one
+// to each seed after the step, as the CPU op; a call with a seeded param therefore reads found_inf
+// on the host (a sync where it is on the GPU): a step skipped on the device would otherwise still
+// advance the seeds.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -71,8 +72,9 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   // ---- 1. validate everything (sparse rows grouped); nothing is written here --------------
   ops::WriteSet writes;
   const ops::SgdCall call = ops::check_sgd_call(
-      kOp, c10::DeviceType::CUDA, params, grads, momentum_buffers, group_sizes, hyper, flags, first_step, lr_tensors, grad_scale, found_inf,
-      master_params, sr_seeds, buffer_scales, kahan_comps, writes);
+      kOp, c10::DeviceType::CUDA, params, grads, momentum_buffers, group_sizes, hyper, flags,
+      first_step, lr_tensors, grad_scale, found_inf, master_params, sr_seeds, buffer_scales,
+      kahan_comps, writes);
   const size_t n = params.size();
   const c10::Device dev = call.device;
   bool any_sparse = false, any_seeded = false;
@@ -168,7 +170,9 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
   std::vector<at::Tensor> keep_alive;
   std::vector<cuda::mta::ScalarRef> lr_ref(num_groups);
   for (size_t g = 0; g < num_groups; ++g) {
-    if (lr_on_device[g]) lr_ref[g] = cuda::mta::device_scalar(*call.groups[g].lr_tensor, keep_alive);
+    if (lr_on_device[g]) {
+      lr_ref[g] = cuda::mta::device_scalar(*call.groups[g].lr_tensor, keep_alive);
+    }
   }
   cuda::mta::ScalarRef scale_ref, inf_ref;
   if (scale_on_device) scale_ref = cuda::mta::device_scalar(*grad_scale, keep_alive);

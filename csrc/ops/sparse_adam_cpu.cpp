@@ -34,13 +34,15 @@ struct SparseAdamItem {
 
 void sparse_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                      at::TensorList exp_avg_sqs, at::ArrayRef<double> steps,
-                     at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, const c10::List<bool>& flags,
+                     at::IntArrayRef group_sizes, at::ArrayRef<double> hyper,
+                     const c10::List<bool>& flags,
                      const c10::List<std::optional<at::Tensor>>& lr_tensors,
                      bool validate_only) {
   // ---- 1. validate and group everything; nothing is written in this part ------------------
   ops::WriteSet writes;
   const ops::SparseAdamCall call = ops::check_sparse_adam_call(
-      kOp, c10::DeviceType::CPU, params, grads, exp_avgs, exp_avg_sqs, steps, group_sizes, hyper, flags, lr_tensors, /*read_values=*/true, writes);
+      kOp, c10::DeviceType::CPU, params, grads, exp_avgs, exp_avg_sqs, steps, group_sizes, hyper,
+      flags, lr_tensors, /*read_values=*/true, writes);
   const size_t n = params.size();
   std::vector<SparseAdamItem> items(n);
   ops::StepSizes step_sizes;

@@ -1,8 +1,8 @@
 // The NEON kernel table against the scalar one, bit for bit, with no torch: every kernel of
 // pyoptim::cpu::KernelTable (Adam / AdamW, dense and sparse SGD, SparseAdam, sparse and row-wise
-// Adagrad, every dense optimizer) for every param dtype, flag combination and a set of edge sizes, on inputs that
-// include NaN (quiet and signalling), infinities, signed zeros and subnormals. Also the runtime
-// choice of the level (csrc/cpu/isa_dispatch.cpp).
+// Adagrad, every dense optimizer) for every param dtype, flag combination and a set of edge
+// sizes, on inputs that include NaN (quiet and signalling), infinities, signed zeros and
+// subnormals. Also the runtime choice of the level (csrc/cpu/isa_dispatch.cpp).
 //
 // Built for AArch64 from the extension's own sources (csrc/cpu/isa_scalar.cpp, isa_neon.cpp,
 // isa_dispatch.cpp) and run under qemu-aarch64 on any machine: tools/cross_test.sh (make
@@ -674,7 +674,7 @@ void adam_sr_cases() {
   }
 }
 
-// ---- reduced-precision states (Note [Reduced-precision optimizer states]) ------------------------
+// ---- reduced-precision states (Note [Reduced-precision optimizer states]) ----------------------
 // float32 params with bfloat16 moments, or with 8-bit codes and block scales (ranges start at a
 // block boundary: 0, or 256).
 std::vector<float> as_floats(const std::vector<int8_t>& c) { return {c.begin(), c.end()}; }
@@ -747,7 +747,9 @@ void sgd_modes_cases() {
       SgdFlags f = sgd_flags(bits);
       if (!f.momentum) continue;
       f.stochastic_round = mode == 0;
-      f.states = mode == 1 ? StateFormat::kBf16 : mode == 2 ? StateFormat::kQ8 : StateFormat::kParam;
+      f.states = mode == 1   ? StateFormat::kBf16
+                 : mode == 2 ? StateFormat::kQ8
+                             : StateFormat::kParam;
       const auto c = math::make_sgd_coeffs<float>(1e-2, 0.9, 0.1, 1e-2, f.scale ? 1024.0 : 1.0);
       for (int64_t n : {1, 4, 15, 16, 17, 255, 256, 257, 515}) {
         for (int64_t begin : {int64_t(0), mode == 2 ? int64_t(256) : int64_t(3)}) {

@@ -182,7 +182,8 @@ PYOPTIM_INLINE void vload2(const bf16* p, VecF& a, VecF& b) {
   b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, x));
 }
 PYOPTIM_INLINE void vstore2(bf16* p, VecF a, VecF b) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_packus_epi32(bf16_bits(a), bf16_bits(b)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm256_packus_epi32(bf16_bits(a), bf16_bits(b)));
 }
 
 }  // namespace avx2

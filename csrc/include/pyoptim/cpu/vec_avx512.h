@@ -185,7 +185,8 @@ PYOPTIM_INLINE void vload2(const bf16* p, VecF& a, VecF& b) {
   b = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, x));
 }
 PYOPTIM_INLINE void vstore2(bf16* p, VecF a, VecF b) {
-  _mm512_storeu_si512(reinterpret_cast<__m512i*>(p), _mm512_packus_epi32(bf16_bits(a), bf16_bits(b)));
+  _mm512_storeu_si512(reinterpret_cast<__m512i*>(p),
+                      _mm512_packus_epi32(bf16_bits(a), bf16_bits(b)));
 }
 
 }  // namespace avx512

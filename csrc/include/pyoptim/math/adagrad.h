@@ -100,7 +100,8 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE SparseAdagradCoeffs<T> make_sparse_adagrad_co
     double lr, double lr_decay, double eps, double step, const N& narrow = N()) {
   SparseAdagradCoeffs<T> c;
   c.eps = saturate<T>(eps);  // std_values.add_(eps): a wrapped number
-  const double clr = lr / (1.0 + (step - 1.0) * lr_decay);  // clr = lr / (1 + (step - 1) * lr_decay)
+  // clr = lr / (1 + (step - 1) * lr_decay)
+  const double clr = lr / (1.0 + (step - 1.0) * lr_decay);
   c.neg_clr = narrow.alpha(-clr);  // param.add_(..., alpha=-clr)
   return c;
 }

@@ -119,7 +119,8 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE V adam_step_root(V& p, V g, V& m, V& v, V& vm
       g = g + bcast<V>(c.weight_decay) * p;  // grad = grad.add(param, alpha=weight_decay)
     }
   }
-  m = lerp(m, g, c.lerp_weight, c.lerp_weight_compl, c.lerp_small);  // exp_avg.lerp_(grad, 1 - beta1)
+  // exp_avg.lerp_(grad, 1 - beta1)
+  m = lerp(m, g, c.lerp_weight, c.lerp_weight_compl, c.lerp_small);
   v = v * bcast<V>(c.beta2) + bcast<V>(c.one_minus_beta2) * g * g;
   // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
   V second = v;

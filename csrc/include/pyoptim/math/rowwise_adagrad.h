@@ -49,7 +49,8 @@ struct RowwiseAdagradCoeffs {
   T clr;                   // lr / (1 + (step - 1) * lr_decay)
   T eps;
   T weight_decay;
-  T decoupled_correction;  // 1 - clr * weight_decay, in T (FBGEMM: 1.0 - learning_rate * weight_decay)
+  // 1 - clr * weight_decay, in T (FBGEMM: 1.0 - learning_rate * weight_decay)
+  T decoupled_correction;
 };
 
 // `step`: the param's step count after this step's increment. Note [Narrowing coefficients].
