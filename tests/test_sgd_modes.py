@@ -21,7 +21,7 @@ from conftest import ISA_LEVELS, dtype_id
 from helpers import assert_bitwise_equal, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_mixed import q8_decode, sgd_kahan_reference, sgd_modes_reference
+from reference_mixed import q8_decode, q8_encode, sgd_kahan_reference, sgd_modes_reference
 from reference_sgd import sgd_reference
 
 import pyoptim
@@ -230,14 +230,32 @@ def test_torch_checkpoints_both_ways(mode):
     topt.load_state_dict(sd)
     _set_grads(tparams, 1)
     topt.step()
-    # and a torch checkpoint into the reduced buffer: converted at the next step
+    # and a torch checkpoint into the reduced buffer: converted at the next step (to nearest),
+    # then stepped as the reference steps the converted buffer
     params3 = [torch.nn.Parameter(p.detach().clone()) for p in tparams]
     opt3 = pyoptim.SGD(params3, lr=0.05, momentum=0.9, **KW[mode])
     opt3.load_state_dict(copy.deepcopy(topt.state_dict()))
     _set_grads(params3, 2)
     opt3.step()
-    assert opt3.state[params3[0]]["momentum_buffer"].dtype == (
-        torch.bfloat16 if mode == "bfloat16" else torch.int8)
+    ref_params = [p.detach().clone() for p in tparams]
+    ref_bufs, ref_scales = [], []
+    for p in tparams:
+        b32 = topt.state[p]["momentum_buffer"]
+        if mode == "bfloat16":
+            ref_bufs.append(b32.bfloat16())
+        else:
+            codes, scales = q8_encode(b32, torch.full((b32.numel(),), 0x8000), False)
+            ref_bufs.append(codes.to(torch.int8).reshape(b32.shape))
+            ref_scales.append(scales)
+    seeds = [int(opt3.state[p]["sr_seed"]) - 1 for p in params3]  # the step added one
+    sgd_modes_reference(ref_params, [p.grad for p in params3], ref_bufs, seeds, mode, False,
+                        buffer_scales=ref_scales, **op_calls.SGD_MOMENTUM_FLAGS["momentum"])
+    for i, p in enumerate(params3):
+        assert not torch.equal(p.detach(), tparams[i].detach())  # the step moved the param
+        assert_bitwise_equal(p.detach(), ref_params[i])
+        assert_bitwise_equal(opt3.state[p]["momentum_buffer"], ref_bufs[i])
+        if mode == "8bit":
+            assert_bitwise_equal(opt3.state[p]["momentum_buffer_scale"], ref_scales[i])
 
 
 ERRORS = {
