@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device
+from ._state import DeviceCall, FusedStep, Plan, hyper_args, on_device, torch_takes_conj_grad
 
 
 class _SparseGrad(Exception):
@@ -49,6 +49,10 @@ class DenseStep(FusedStep):
 
     def _state_keys(self, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return (("step",) if self._has_step else ()) + self._states, ()
+
+    def _resolve_conj(self, group: dict) -> bool:
+        # Adamax's and Adagrad's weight decay is L2: grad.add(param, alpha=weight_decay)
+        return torch_takes_conj_grad(group, group["weight_decay"] != 0)
 
     def _init_param(self, plan: Plan, group: dict, p: Tensor) -> bool:
         if p.grad.is_sparse:  # a group whose sparse grads are not _sparse_ok

@@ -160,11 +160,16 @@ def to_param_dtype(state: dict, key: str, p: Tensor, keep: Callable[[Tensor, dic
 # the op refuses a state dtype is rebuilt once (FusedStep._param_dtype_keys).
 
 
-def torch_for_loop(group: dict, tensor_lr: bool = False) -> bool:
-    """Whether torch's step of `group` is its for-loop (single-tensor) one: `foreach` not set
-    (nor `fused`) defaults as torch's _default_to_fused_or_foreach decides over the params with
-    a grad (foreach on CUDA, the for-loop on the CPU); `tensor_lr`: torch.optim.Adam, which
-    keeps the for-loop for a Tensor lr without capturable."""
+def torch_takes_conj_grad(group: dict, l2_decay: bool, tensor_lr: bool = False) -> bool:
+    """Whether torch's step of `group` (Adam, Adamax, Adagrad) takes a complex grad with the
+    conjugation bit: its for-loop (single-tensor) step views the grad as real after `-grad`
+    (maximize) or `grad.add(param, alpha=weight_decay)` (`l2_decay`), new tensors without the
+    bit; otherwise, and in its foreach step, view_as_real raises. `foreach` not set (nor
+    `fused`) defaults as torch's _default_to_fused_or_foreach decides over the params with a
+    grad (foreach on CUDA, the for-loop on the CPU); `tensor_lr`: torch.optim.Adam, which keeps
+    the for-loop for a Tensor lr without capturable."""
+    if not (group["maximize"] or l2_decay):
+        return False
     foreach = group.get("foreach")
     if foreach is None and group.get("fused") is None:
         params = [p for p in group["params"] if p.grad is not None]

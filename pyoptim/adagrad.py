@@ -55,7 +55,6 @@ from ._state import (
     scalar_dtype,
     scalar_type_name,
     to_param_dtype,
-    torch_for_loop,
 )
 
 __all__ = ["Adagrad"]
@@ -78,12 +77,6 @@ class Adagrad(DenseStep, torch.optim.Adagrad):
 
     def _hyper(self, group: dict) -> tuple:
         return group["lr"], group["lr_decay"], group["weight_decay"], group["eps"]
-
-    def _resolve_conj(self, group: dict) -> bool:
-        # torch's for-loop step views the grad as real after `-grad` (maximize) or
-        # `grad.add(param, alpha=weight_decay)`, new tensors without the conjugation bit; its
-        # foreach step views it as real first (view_as_real's error)
-        return (group["maximize"] or group["weight_decay"] != 0) and torch_for_loop(group)
 
     def _flags(self, group: dict) -> tuple:
         return (group["maximize"],)

@@ -66,7 +66,7 @@ from ._state import (
     optional_keys,
     optional_lists,
     scalar_dtype,
-    torch_for_loop,
+    torch_takes_conj_grad,
     zeros_state,
 )
 
@@ -121,11 +121,8 @@ class _AdamStep(FusedStep):
         return group["lr"], _real(beta1), _real(beta2), group["weight_decay"], group["eps"]
 
     def _resolve_conj(self, group: dict) -> bool:
-        # torch's for-loop step views the grad as real after `-grad` (maximize) or
-        # `grad.add(param, alpha=weight_decay)`, new tensors without the conjugation bit; its
-        # foreach step views it as real first (view_as_real's error)
-        decay = group["weight_decay"] != 0 and not group["decoupled_weight_decay"]
-        return (group["maximize"] or decay) and torch_for_loop(group, tensor_lr=True)
+        l2 = group["weight_decay"] != 0 and not group["decoupled_weight_decay"]
+        return torch_takes_conj_grad(group, l2, tensor_lr=True)
 
     def _flags(self, group: dict) -> tuple:
         states = group.get(_STATES)

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.optim.optimizer import _get_capturable_supported_devices
 
 from ._dense import DenseStep
-from ._state import scalar_dtype, torch_for_loop
+from ._state import scalar_dtype
 
 __all__ = ["Adamax"]
 
@@ -37,12 +37,6 @@ class Adamax(DenseStep, torch.optim.Adamax):
     def _hyper(self, group: dict) -> tuple:
         beta1, beta2 = group["betas"]
         return group["lr"], beta1, beta2, group["eps"], group["weight_decay"]
-
-    def _resolve_conj(self, group: dict) -> bool:
-        # torch's for-loop step views the grad as real after `-grad` (maximize) or
-        # `grad.add(param, alpha=weight_decay)`, new tensors without the conjugation bit; its
-        # foreach step views it as real first (view_as_real's error)
-        return (group["maximize"] or group["weight_decay"] != 0) and torch_for_loop(group)
 
     def _flags(self, group: dict) -> tuple:
         return (group["maximize"],)

@@ -898,6 +898,19 @@ def test_torch_checkpoint_keeps_the_loading_optimizers_modes():
         assert dst.state[params2[2]]["kahan_comp"].dtype == torch.bfloat16
 
 
+def _step_alike(src, params, dst, params2, ks):
+    """Grads k in ks into both runs (a checkpoint's source and the optimizer that loaded it),
+    each stepped; the resumed steps must move the params (a step that wrote nothing would
+    agree too)."""
+    loaded = snapshot(params2)
+    for k in ks:
+        _set_grads(params, k)
+        _set_grads(params2, k)
+        src.step()
+        dst.step()
+    assert any_changed(loaded, params2)
+
+
 @pytest.mark.parametrize("cls,dtype,kwargs", [
     (pyoptim.AdamW, torch.bfloat16, dict(master_weights=True)),
     (pyoptim.Adam, torch.bfloat16, dict(stochastic_rounding=True)),
@@ -928,11 +941,7 @@ def test_load_takes_saved_state_from_the_pre_hooks_dict(cls, dtype, kwargs):
         lambda opt: seen.append(snapshot([opt.state[p] for p in params2])))
     dst.load_state_dict(sd)
     assert_bitwise_equal(seen, [snapshot([src.state[p] for p in params])])
-    for k in (2, 3):
-        _set_grads(params, k)
-        _set_grads(params2, k)
-        src.step()
-        dst.step()
+    _step_alike(src, params, dst, params2, (2, 3))
     assert_bitwise_equal(snapshot(params2), snapshot(params))
     assert_bitwise_equal(snapshot([dst.state[p] for p in params2]),
                          snapshot([src.state[p] for p in params]))
@@ -957,10 +966,6 @@ def test_seed_saved_as_a_number_loads_as_a_tensor(cls, dtype, kwargs):
     params2 = [torch.nn.Parameter(p.detach().clone()) for p in params]
     dst = cls(params2, lr=1e-2, **kwargs)
     dst.load_state_dict(sd)
-    for k in (1, 2):
-        _set_grads(params, k)
-        _set_grads(params2, k)
-        src.step()
-        dst.step()
+    _step_alike(src, params, dst, params2, (1, 2))
     assert_bitwise_equal(snapshot(params2), snapshot(params))
     assert_bitwise_equal(snapshot(dst.state_dict()), snapshot(src.state_dict()))
