@@ -38,7 +38,13 @@ import op_calls
 import pytest
 import torch
 from helpers import any_changed, bitwise_equal
-from tolerances import SPARSE_ADAM_VS_TORCH_MKL, parity_tolerance, sgd_tol, sgd_unfused_tol
+from tolerances import (
+    SPARSE_ADAM_VS_TORCH_MKL,
+    few_steps_tol,
+    parity_tolerance,
+    sgd_tol,
+    sgd_unfused_tol,
+)
 from torch import nn
 
 import pyoptim
@@ -564,6 +570,7 @@ def test_integer_tensor_lr_steps_as_torch(case):
     """lr=torch.tensor(2) (an integer tensor): torch steps with its value, and so does pyoptim,
     bitwise as with the float tensor of that value and as torch within its tolerance."""
     cls = case.split("-")[0]
+    STEPS = 3
     runs = {}
     for impl, lr in (("int", torch.tensor(2)), ("float", torch.tensor(2.0)),
                      ("torch", torch.tensor(2))):
@@ -572,12 +579,12 @@ def test_integer_tensor_lr_steps_as_torch(case):
         mod = torch.optim if impl == "torch" else pyoptim
         opt = getattr(mod, cls)([p], lr=lr, **INT_LR_CASES[case])
         gen = torch.Generator().manual_seed(1)
-        for _ in range(3):
+        for _ in range(STEPS):
             _set_grads(cls, [p], gen)
             opt.step()
         runs[impl] = p.detach()
     assert bitwise_equal(runs["int"], runs["float"])
-    torch.testing.assert_close(runs["int"], runs["torch"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(runs["int"], runs["torch"], **few_steps_tol(runs["torch"], STEPS))
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["all-grads", "a-param-without-grad"])

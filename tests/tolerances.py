@@ -199,6 +199,20 @@ def parity_tolerance(family: str, dtype: torch.dtype) -> ParityTol:
     return PARITY[(family, dtype)]
 
 
+# A few steps of a small problem against torch's default step, where the test's point is what a
+# step accepts (test_bad_input.py: an integer Tensor lr; test_optim_parity.py: a conjugated
+# complex grad) and the numbers only have to be torch's. pyoptim and torch round differently
+# (PARITY's why), and a step adds at most about one ulp of the largest param to the distance:
+# measured over every optimizer those tests step, after 2-3 steps, <= 0.94 eps * max |param|.
+# Bound: FEW_STEPS_ULPS eps * max |param| per step, absolute.
+FEW_STEPS_ULPS = 2
+
+
+def few_steps_tol(reference: Tensor, steps: int) -> dict:
+    """assert_close kwargs for pyoptim against torch's `reference` params after `steps` steps."""
+    eps = torch.finfo(reference.real.dtype if reference.is_complex() else reference.dtype).eps
+    return dict(atol=FEW_STEPS_ULPS * steps * eps * reference.abs().max().item(), rtol=0.0)
+
 # ==============================================================================================
 # SGD (sgd_, sgd_sparse_): tests/test_sgd.py, tests/test_sgd_sparse.py
 # ==============================================================================================
