@@ -13,6 +13,12 @@ import os
 
 import pytest
 import torch
+
+# torch's test utilities (tests/test_torch_optim_db.py imports them) register hypothesis profiles
+# of their own, "dev" among them, and load one when first imported: imported after this file,
+# they replaced ours for every test that reads the default settings (10 examples, no suppressed
+# health checks). Imported first, so that the profile loaded below is the one the tests get.
+import torch.testing._internal.common_utils  # noqa: F401, I001
 from hypothesis import HealthCheck, settings
 
 import pyoptim
@@ -24,10 +30,14 @@ _COMMON = dict(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                            HealthCheck.data_too_large],
 )
-settings.register_profile("dev", max_examples=40, print_blob=True, **_COMMON)
-settings.register_profile("ci", max_examples=12, derandomize=True, database=None,
-                          print_blob=True, **_COMMON)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+PROFILES = {
+    "dev": dict(max_examples=40, print_blob=True, **_COMMON),
+    "ci": dict(max_examples=12, derandomize=True, database=None, print_blob=True, **_COMMON),
+}
+for _name, _kwargs in PROFILES.items():
+    settings.register_profile(_name, **_kwargs)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "dev")
+settings.load_profile(PROFILE)
 
 # Sparse tensors built by the tests are checked when built (torch's constructors otherwise skip
 # the checks, with a warning): a test that means to pass a bad index says check_invariants=False.

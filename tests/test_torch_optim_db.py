@@ -35,7 +35,9 @@ import unittest
 
 import pytest
 import torch
+from conftest import PROFILE, PROFILES
 from helpers import any_changed, assert_bitwise_equal, snapshot
+from hypothesis import settings
 from tolerances import (
     MATRIX_STEPS,
     SPARSE_ADAM_VS_TORCH_IEEE,
@@ -68,6 +70,15 @@ INFOS = {info.name: info for info in optim_db if info.name in PYOPTIM}
 FAMILY = {"Adam": "adam", "AdamW": "adam", "Adamax": "adam", "Adagrad": "adam", "SGD": "sgd",
           "SparseAdam": "sparse_adam"}
 SHAPES = [(6, 4), (6,), (3, 6), (3,)]  # an MLP's weights and biases
+
+
+def test_hypothesis_runs_with_conftests_profile():
+    """This module imports torch's test utilities, which load a hypothesis profile of their own
+    (torch's "dev": 10 examples, health checks on) when first imported: the tests of every module
+    still run with the profile conftest.py loaded."""
+    expected = settings(**PROFILES[PROFILE])
+    for name in ("max_examples", "derandomize", "deadline", "suppress_health_check", "database"):
+        assert getattr(settings.default, name) == getattr(expected, name), name
 ROWS, COLS = 12, 4  # SparseAdam's embedding table
 CONTINUE_FROM = 3  # steps before a state_dict crosses over
 
