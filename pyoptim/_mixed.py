@@ -122,7 +122,7 @@ def init_states(state: dict, p: Tensor, fmt: str, maps: StateMaps, keep: Keep) -
         elif value.dtype not in (torch.int8, torch.uint8) or scale_key not in state:
             keep(p, state)
             codes, scales = torch.ops.pyoptim.quantize_8bit(
-                float_moment(state, key, maps).to("cpu", torch.float32), sqrt_map)
+                float_moment(state, key, maps).to(_conversion_device(p), torch.float32), sqrt_map)
             state[key], state[scale_key] = codes.to(p.device), scales.to(p.device)
 
 
@@ -131,9 +131,16 @@ def float_moment(state: dict, key: str, maps: StateMaps) -> Tensor:
     value = state[key]
     if value.dtype in (torch.int8, torch.uint8):
         scale_key, sqrt_map = maps[key]
+        device = _conversion_device(value)
         return torch.ops.pyoptim.dequantize_8bit(
-            value.cpu(), state[scale_key].cpu(), sqrt_map).to(value.device)
+            value.to(device), state[scale_key].to(device), sqrt_map).to(value.device)
     return value
+
+
+def _conversion_device(t: Tensor) -> str:
+    """Where the 8-bit conversion ops run for a tensor on t's device: the CPU (their only
+    kernels), or the meta device for meta tensors (their Meta kernels: nothing to convert)."""
+    return "meta" if t.is_meta else "cpu"
 
 
 def settle_modes_off(state: dict, group: dict, p: Tensor, maps: StateMaps,

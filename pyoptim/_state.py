@@ -154,10 +154,11 @@ def to_param_dtype(state: dict, key: str, p: Tensor, keep: Callable[[Tensor, dic
 # After model.double() / model.bfloat16() between steps, or a state tensor assigned in another
 # dtype, torch's SGD and Adagrad keep training with the state in its own dtype (their for-loop's
 # in-place ops on mixed dtypes), while its Adam and Adamax raise. pyoptim's ops take state in the
-# param's dtype: SGD (momentum_buffer, groups without a mixed-precision mode) and Adagrad (sum)
-# convert such a tensor to the param's dtype when the Plan is built, as load_state_dict would
-# (so the state takes the param's dtype where torch's keeps its own). A Plan still valid when
-# the op refuses a state dtype is rebuilt once (FusedStep._param_dtype_keys).
+# param's dtype: SGD (momentum_buffer, groups without a mixed-precision mode or with Kahan's;
+# Kahan's kahan_comp) and Adagrad (sum) convert such a tensor to the param's dtype when the Plan
+# is built, as load_state_dict would (so the state takes the param's dtype where torch's keeps
+# its own). A Plan still valid when the op refuses a state dtype is rebuilt once
+# (FusedStep._param_dtype_keys).
 
 
 def torch_takes_conj_grad(group: dict, l2_decay: bool, tensor_lr: bool = False) -> bool:

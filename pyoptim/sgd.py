@@ -130,7 +130,9 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         "        momentum).\n\n" + (torch.optim.SGD.__doc__ or "")
     )
     _grads_read_by_op = True  # Note [Grads read by the op] in csrc/ops/checks.h
-    _param_dtype_keys = ("momentum_buffer",)  # Note [State in another dtype] in _state.py
+    # Note [State in another dtype] in _state.py (the Kahan compensation too: it is in the
+    # param's dtype, as load_state_dict casts it)
+    _param_dtype_keys = ("momentum_buffer", KAHAN_KEY)
     _created_in_graph = ("momentum_buffer",)  # Note [Compiled step] in pyoptim/_compiled.py
     _mixed_flags = (MASTER, SR, STATES, KAHAN)
     _fp32_keys = ("momentum_buffer",)  # float32 in master groups
@@ -194,6 +196,8 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
         if kahan and KAHAN_KEY not in state:
             plan.keep(p, state)
             state[KAHAN_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        elif kahan:  # Note [State in another dtype] in _state.py (a bfloat16 model made float16)
+            to_param_dtype(state, KAHAN_KEY, p, plan.keep)
         if group["momentum"] == 0:  # Kahan without momentum: the compensation is the state
             plan.extra.append(False)
             return True

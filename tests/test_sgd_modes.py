@@ -509,6 +509,37 @@ def test_kahan_torch_checkpoints_both_ways():
     torch.optim.SGD(params3, lr=0.05).load_state_dict(opt4.torch_state_dict())
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["all-grads", "a-param-without-grad"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_kahan_state_follows_the_params_new_dtype(momentum, frozen):
+    """A bfloat16 model made float16 between steps (Note [State in another dtype]): SGD keeps
+    training, as torch's does, with the compensation (and the buffer) converted to the param's
+    dtype as load_state_dict casts them, and steps as the reference from that converted state.
+    `frozen`: a param without a grad, so the step keeps its Plan. (It raised TypeError for the
+    compensation's dtype, with or without momentum.)"""
+    params = _model(torch.bfloat16)
+    if frozen:
+        params[2].requires_grad_(False)
+    live = params[:2] if frozen else params
+    opt = pyoptim.SGD(params, lr=0.05, momentum=momentum, kahan_summation=True)
+    for k in range(2):
+        _set_grads(live, k)
+        opt.step()
+    for p in params:
+        p.data = p.data.half()
+    ref = dict(params=[p.detach().clone() for p in live],
+               bufs=[opt.state[p]["momentum_buffer"].half() for p in live] if momentum else [],
+               comps=[opt.state[p]["kahan_comp"].half() for p in live])
+    assert any(c.count_nonzero() for c in ref["comps"])  # a compensation to carry over
+    _set_grads(live, 2)
+    opt.step()
+    run_kahan_ref(ref, [p.grad for p in live], dict(FLAGS["momentum"], lr=0.05, momentum=momentum))
+    assert_bitwise_equal([p.detach() for p in live], ref["params"])
+    assert_bitwise_equal([opt.state[p]["kahan_comp"] for p in live], ref["comps"])
+    if momentum:
+        assert_bitwise_equal([opt.state[p]["momentum_buffer"] for p in live], ref["bufs"])
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_kahan_grad_scaler_skip_creates_and_writes_nothing(momentum):
     params = _model(torch.bfloat16)

@@ -569,3 +569,43 @@ def test_q8_blocks_are_row_major_in_any_layout(name, layout):
     twin_exported = twin_opt.torch_state_dict()["state"][0]
     for key in exported:
         assert_bitwise_equal([exported[key].contiguous()], [twin_exported[key].contiguous()], key)
+
+
+@pytest.mark.parametrize("name", list(Q8_OPTIMIZERS))
+def test_q8_meta_params_convert_like_torchs_state(name):
+    """Params on the meta device with 8-bit states: every conversion (torch_state_dict's export,
+    a torch.optim checkpoint loaded, state_dtype switched off) gives state laid out as
+    torch.optim's on the meta device; they ran the CPU conversion ops on meta tensors
+    (NotImplementedError: "Cannot copy out of meta tensor")."""
+    def meta_params():
+        with torch.device("meta"):
+            return [torch.nn.Parameter(torch.empty(300, 7)), torch.nn.Parameter(torch.empty(5))]
+
+    def step(opt, params):
+        for p in params:
+            p.grad = torch.empty_like(p)
+        opt.step()
+
+    def layout(state):
+        return {k: (v.device, v.dtype, tuple(v.shape)) for k, v in state.items()
+                if k != "step"}
+
+    tparams = meta_params()
+    topt = (torch.optim.AdamW(tparams, lr=1e-2) if name == "adamw" else
+            torch.optim.SGD(tparams, lr=1e-2, momentum=0.9))
+    step(topt, tparams)
+    torch_layout = [layout(s) for s in topt.state_dict()["state"].values()]
+    params = meta_params()
+    opt = Q8_OPTIMIZERS[name](params)
+    step(opt, params)
+    assert opt.state[params[0]]["exp_avg" if name == "adamw" else "momentum_buffer"].is_meta
+    assert [layout(s) for s in opt.torch_state_dict()["state"].values()] == torch_layout
+    params = meta_params()  # a torch.optim checkpoint into an 8-bit optimizer
+    opt = Q8_OPTIMIZERS[name](params)
+    opt.load_state_dict(topt.state_dict())
+    step(opt, params)
+    codes = opt.state[params[1]]["exp_avg_sq" if name == "adamw" else "momentum_buffer"]
+    assert codes.is_meta and codes.dtype == (torch.uint8 if name == "adamw" else torch.int8)
+    opt.param_groups[0]["state_dtype"] = None  # switched off: decoded as torch's state
+    step(opt, params)
+    assert [layout(opt.state[p]) for p in params] == torch_layout
