@@ -252,11 +252,48 @@ def sgd_modes_reference(params: Sequence[Tensor], grads, bufs, seeds: list[int],
         seeds[i] += 1
 
 
+def kahan_store(p: Tensor, comp: Tensor, p32: Tensor, q32: Tensor) -> None:
+    """In place: the 16-bit param p (p32 widened) and its compensation after a step to q32:
+    y = (q - p) + c, p' = round(p + y) (round(q) where q is not finite), c' = round(y - (p' - p))
+    (0 where p' is not finite)."""
+    y = (q32 - p32) + comp.float()
+    p.copy_(torch.where(torch.isfinite(q32), p32 + y, q32))
+    p.masked_fill_(p.isnan(), math.nan)  # c10's NaN (bfloat16 0x7FC0): copy_ may keep a payload
+    stored = p.float()
+    comp.copy_(torch.where(torch.isfinite(stored), y - (stored - p32), 0.0))
+
+
+# Kahan's special values (test_master.py, test_sgd_modes.py): a param column per value, 40 rows
+# (SIMD bodies and tails): +-inf, NaN, the largest finite value pushed past it by the first
+# step (grad sign), and finite values. lr: past the top ulp.
+KAHAN_SPECIAL = [math.inf, -math.inf, math.nan, "max", "-max", 1.0, 0.5]
+KAHAN_SPECIAL_GRAD = [1.0, 1.0, 1.0, -1.0, 1.0, 1.0, -0.5]
+KAHAN_SPECIAL_LR = {torch.bfloat16: 1e36, torch.float16: 64.0}
+
+
+def kahan_special_case(dtype):
+    big = torch.finfo(dtype).max
+    col = [big if v == "max" else -big if v == "-max" else v for v in KAHAN_SPECIAL]
+    param = torch.tensor(col * 40, dtype=dtype)
+    grad = torch.tensor(KAHAN_SPECIAL_GRAD * 40, dtype=dtype)
+    return param, grad
+
+
+def assert_kahan_special(param, comp):
+    """Infinity and NaN as torch's step stores them: the infinite params, and the largest ones
+    pushed past the top of the range, are +-inf; NaN stays NaN; their compensations are 0."""
+    g = param.float().view(40, len(KAHAN_SPECIAL))
+    for col, expect in ((0, math.inf), (1, -math.inf), (3, math.inf), (4, -math.inf)):
+        assert (g[:, col] == expect).all(), (col, g[:, col])
+        assert (comp.view(40, -1)[:, col] == 0).all()
+    assert g[:, 2].isnan().all()
+    assert g[:, 5:].isfinite().all()
+
+
 def adam_kahan_reference(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs,
                          max_exp_avg_sqs, state_steps, comps: Sequence[Tensor], **hp) -> None:
     """In place: 16-bit params, moments and compensations (Note [Kahan-compensated 16-bit
-    params]): the float32 step on the widened param, then y = (q - p) + c, p' = round(p + y),
-    c' = round(y - (p' - p))."""
+    params]): the float32 step on the widened param, then kahan_store."""
     if hp.get("found_inf") is not None and float(hp["found_inf"]) != 0.0:
         return
     p32 = [p.float() for p in params]
@@ -266,9 +303,7 @@ def adam_kahan_reference(params: Sequence[Tensor], grads, exp_avgs, exp_avg_sqs,
     x32 = [x.float() for x in max_exp_avg_sqs]
     adam_reference(q32, [g.float() for g in grads], m32, v32, x32, state_steps, **hp)
     for i, p in enumerate(params):
-        y = (q32[i] - p32[i]) + comps[i].float()
-        p.copy_(p32[i] + y)
-        comps[i].copy_(y - (p.float() - p32[i]))
+        kahan_store(p, comps[i], p32[i], q32[i])
         exp_avgs[i].copy_(m32[i])
         exp_avg_sqs[i].copy_(v32[i])
     for x, x_new in zip(max_exp_avg_sqs, x32):
@@ -279,8 +314,8 @@ def sgd_kahan_reference(params: Sequence[Tensor], grads, bufs, comps: Sequence[T
                         first: bool, **hp) -> None:
     """In place: 16-bit params, their buffers (one per param with momentum, none without; of the
     param's dtype) and compensations (Note [Kahan-compensated 16-bit params]): the float32 step
-    of tests/reference_sgd.py on the widened param, then y = (q - p) + c, p' = round(p + y),
-    c' = round(y - (p' - p)); the buffer rounded to nearest."""
+    of tests/reference_sgd.py on the widened param, then kahan_store; the buffer rounded to
+    nearest."""
     if hp.get("found_inf") is not None and float(hp["found_inf"]) != 0.0:
         return
     hp = {k: v for k, v in hp.items() if k != "found_inf"}
@@ -291,8 +326,6 @@ def sgd_kahan_reference(params: Sequence[Tensor], grads, bufs, comps: Sequence[T
         p32 = p.float()
         b32 = bufs[i].float() if momentum and not first else None
         q32, new_b = sgd_math(p32, g.float(), b32, first=first, **hp)
-        y = (q32 - p32) + comps[i].float()
-        p.copy_(p32 + y)
-        comps[i].copy_(y - (p.float() - p32))
+        kahan_store(p, comps[i], p32, q32)
         if momentum:
             bufs[i].copy_(new_b)

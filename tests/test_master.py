@@ -20,7 +20,14 @@ from conftest import ISA_LEVELS, dtype_id
 from helpers import any_changed, assert_bitwise_equal, names_matching, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_mixed import adam_kahan_reference, adam_master_reference, adam_sr_reference
+from reference_mixed import (
+    KAHAN_SPECIAL_LR,
+    adam_kahan_reference,
+    adam_master_reference,
+    adam_sr_reference,
+    assert_kahan_special,
+    kahan_special_case,
+)
 from reference_sgd import sgd_reference
 from strategies import adam_hparams
 
@@ -741,6 +748,25 @@ def test_kahan_matches_reference(isa, dtype, flags):
         run_kahan_op(state, grads, hp)
         run_kahan_ref(ref, grads, hp)
     assert_bitwise_equal(state, ref, isa)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=dtype_id)
+def test_kahan_special_values(isa, dtype):
+    """Kahan-compensated Adam keeps infinity where torch's step keeps it: y = (q - p) + c is
+    inf - inf = NaN for an infinite param, so the new param is q itself where q is not finite,
+    and the compensation 0 where the stored param is not (an overflow at the first step stays
+    infinite at the second). Bitwise as the reference at each step."""
+    param, grad = kahan_special_case(dtype)
+    hp = _hp(lr=KAHAN_SPECIAL_LR[dtype], weight_decay=0.0)
+    z = torch.zeros_like(param)
+    state = dict(params=[param], exp_avgs=[z.clone()], exp_avg_sqs=[z.clone()],
+                 max_exp_avg_sqs=[], state_steps=[torch.tensor(0.0)], comps=[z.clone()])
+    ref = clone(state)
+    for _ in range(2):
+        run_kahan_op(state, [grad], hp)
+        run_kahan_ref(ref, [grad], hp)
+        assert_bitwise_equal(state, ref, isa)
+        assert_kahan_special(state["params"][0], state["comps"][0])
 
 
 def test_kahan_threads_agree(restore_num_threads):

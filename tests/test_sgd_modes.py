@@ -21,7 +21,15 @@ from conftest import ISA_LEVELS, dtype_id
 from helpers import assert_bitwise_equal, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_mixed import q8_decode, q8_encode, sgd_kahan_reference, sgd_modes_reference
+from reference_mixed import (
+    KAHAN_SPECIAL_LR,
+    assert_kahan_special,
+    kahan_special_case,
+    q8_decode,
+    q8_encode,
+    sgd_kahan_reference,
+    sgd_modes_reference,
+)
 from reference_sgd import sgd_reference
 
 import pyoptim
@@ -321,6 +329,23 @@ def test_kahan_matches_reference(isa, dtype, flags):
     assert_bitwise_equal(state, ref, isa)
     assert any(not torch.equal(c, c0) for c, c0 in
                zip(state["comps"], kahan_case(KAHAN_SIZES, dtype, 5)["comps"]))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["plain", "momentum"])
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=dtype_id)
+def test_kahan_special_values(isa, dtype, momentum):
+    """Kahan-compensated SGD keeps infinity where torch's step keeps it (test_master.py's Adam
+    test, the same values): bitwise as the reference at each step."""
+    param, grad = kahan_special_case(dtype)
+    hp = dict(KAHAN_FLAGS["plain"], lr=KAHAN_SPECIAL_LR[dtype], momentum=momentum)
+    state = dict(params=[param], bufs=[torch.zeros_like(param)] if momentum else [],
+                 comps=[torch.zeros_like(param)])
+    ref = {k: [t.clone() for t in v] for k, v in state.items()}
+    for k in range(2):
+        run_kahan_op(state, [grad], hp, first=k == 0)
+        run_kahan_ref(ref, [grad], hp, first=k == 0)
+        assert_bitwise_equal(state, ref, isa)
+        assert_kahan_special(state["params"][0], state["comps"][0])
 
 
 @pytest.mark.parametrize("flags", ["nesterov-wd", "plain"])

@@ -86,13 +86,13 @@ void adam_loop(const AdamPtrs& a, int64_t begin, int64_t end,
 template <class S, class V>
 PYOPTIM_INLINE void kahan_store(S* param, S* comp, V p0, V q, V c) {
   const V y = math::kahan_sum(p0, q, c);
-  vstore(param, p0 + y);
+  vstore(param, math::kahan_total(p0, q, y));
   vstore(comp, math::kahan_residual(y, p0, vload(param)));
 }
 template <class S, class V>
 PYOPTIM_INLINE void kahan_store2(S* param, S* comp, V p0, V p1, V q0, V q1, V c0, V c1) {
   const V y0 = math::kahan_sum(p0, q0, c0), y1 = math::kahan_sum(p1, q1, c1);
-  vstore2(param, p0 + y0, p1 + y1);
+  vstore2(param, math::kahan_total(p0, q0, y0), math::kahan_total(p1, q1, y1));
   V s0, s1;
   vload2(param, s0, s1);  // the stored values, widened
   vstore2(comp, math::kahan_residual(y0, p0, s0), math::kahan_residual(y1, p1, s1));
@@ -100,7 +100,7 @@ PYOPTIM_INLINE void kahan_store2(S* param, S* comp, V p0, V p1, V q0, V q1, V c0
 template <class S>
 PYOPTIM_INLINE void kahan_store_tail(S* param, S* comp, float p0, float q) {
   const float y = math::kahan_sum(p0, q, to_opmath(*comp));
-  *param = from_opmath<S>(p0 + y);
+  *param = from_opmath<S>(math::kahan_total(p0, q, y));
   *comp = from_opmath<S>(math::kahan_residual(y, p0, to_opmath(*param)));
 }
 

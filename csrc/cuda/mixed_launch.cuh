@@ -148,7 +148,7 @@ void launch_pieces(const std::vector<Piece>& pieces, const Op& op) {
 template <class P>
 __device__ __forceinline__ void kahan_store(P& param, P& comp, float p0, float q) {
   const float y = math::kahan_sum(p0, q, static_cast<float>(comp));
-  const P stored = P(p0 + y);  // round to nearest even
+  const P stored = P(math::kahan_total(p0, q, y));  // round to nearest even
   param = stored;
   comp = P(math::kahan_residual(y, p0, static_cast<float>(stored)));
 }

@@ -37,6 +37,12 @@ PYOPTIM_INLINE VecF vmax_nan(VecF a, VecF b) {
   return _mm256_blendv_ps(_mm256_max_ps(a.v, b.v), a.v, _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q));
 }
 
+// x finite ? a : b, as scalar_ops.h's vselect_finite
+PYOPTIM_INLINE VecF vselect_finite(VecF x, VecF a, VecF b) {
+  const __m256 finite = _mm256_cmp_ps(_mm256_sub_ps(x.v, x.v), _mm256_setzero_ps(), _CMP_EQ_OQ);
+  return _mm256_blendv_ps(b.v, a.v, finite);
+}
+
 PYOPTIM_INLINE VecD operator+(VecD a, VecD b) { return _mm256_add_pd(a.v, b.v); }
 PYOPTIM_INLINE VecD operator-(VecD a, VecD b) { return _mm256_sub_pd(a.v, b.v); }
 PYOPTIM_INLINE VecD operator*(VecD a, VecD b) { return _mm256_mul_pd(a.v, b.v); }

@@ -41,6 +41,13 @@ PYOPTIM_INLINE VecF vmax_nan(VecF a, VecF b) {
                               a.v);
 }
 
+// x finite ? a : b, as scalar_ops.h's vselect_finite
+PYOPTIM_INLINE VecF vselect_finite(VecF x, VecF a, VecF b) {
+  const __m512 zero = _mm512_setzero_ps();
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(_mm512_sub_ps(x.v, x.v), zero, _CMP_EQ_OQ), b.v,
+                              a.v);
+}
+
 PYOPTIM_INLINE VecD operator+(VecD a, VecD b) { return _mm512_add_pd(a.v, b.v); }
 PYOPTIM_INLINE VecD operator-(VecD a, VecD b) { return _mm512_sub_pd(a.v, b.v); }
 PYOPTIM_INLINE VecD operator*(VecD a, VecD b) { return _mm512_mul_pd(a.v, b.v); }

@@ -43,6 +43,11 @@ PYOPTIM_INLINE VecF vmax_nan(VecF a, VecF b) {
   return vbslq_f32(vceqq_f32(a.v, a.v), gt, a.v);                     // a is NaN: a
 }
 
+// x finite ? a : b, as scalar_ops.h's vselect_finite
+PYOPTIM_INLINE VecF vselect_finite(VecF x, VecF a, VecF b) {
+  return vbslq_f32(vceqq_f32(vsubq_f32(x.v, x.v), vdupq_n_f32(0.0f)), a.v, b.v);
+}
+
 PYOPTIM_INLINE VecD operator+(VecD a, VecD b) { return vaddq_f64(a.v, b.v); }
 PYOPTIM_INLINE VecD operator-(VecD a, VecD b) { return vsubq_f64(a.v, b.v); }
 PYOPTIM_INLINE VecD operator*(VecD a, VecD b) { return vmulq_f64(a.v, b.v); }

@@ -53,6 +53,12 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE T vmax_nan(T a, T b) {
   return (a != a) ? a : ((b != b) ? b : (a > b ? a : b));
 }
 
+// x finite ? a : b (x - x is 0 for a finite x, NaN for inf and NaN).
+template <class T>
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE T vselect_finite(T x, T a, T b) {
+  return x - x == T(0) ? a : b;
+}
+
 // fma(a, b, c) = a * b + c with ONE rounding (torch's `x.add(y, alpha=a)` is vec::fmadd on
 // AVX2/AVX-512 builds). Explicit, never contracted implicitly: see Note [Bitwise agreement
 // across paths]. On the scalar level without -mfma this is libm's correctly rounded fma.

@@ -64,6 +64,7 @@
 #include <cstdint>
 
 #include "pyoptim/macros.h"
+#include "pyoptim/math/scalar_ops.h"
 
 #if !defined(__CUDA_ARCH__)
 #include <cstring>
@@ -142,7 +143,11 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE U sr_random16(U lo, const SrKey& k) {
 //     t = p + y                the new param, stored rounded to nearest: p' = round(t)
 //     c' = y - (p' - p)        what this rounding lost, stored rounded to nearest
 // (p' - p is exact in float32 unless p and p' differ by a factor above 2^15: then the step is
-// the whole story and c' only loses what is below its rounding). 2 bytes more read and written
+// the whole story and c' only loses what is below its rounding). Infinity and NaN are stored as
+// torch stores them: where q is not finite (an infinite or NaN param, or a step that
+// overflowed float32) the new param is q itself, t = q, and where the stored p' is not finite
+// (q, or t above the 16-bit range) c' = 0, so an infinite param stays infinite at later steps
+// (y = inf - inf would make it NaN). 2 bytes more read and written
 // per element than torch's 16-bit step (Adam 18 B against 14; SGD 14 against 10 with momentum,
 // 10 against 6 without), no random bits. SGD takes it without momentum too: plain 16-bit SGD is
 // where updates below half an ulp are lost, and there c is the param's only state. The store,
@@ -155,8 +160,12 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE V kahan_sum(V p, V q, V c) {
   return (q - p) + c;
 }
 template <class V>
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE V kahan_total(V p, V q, V y) {  // t, before its rounding
+  return vselect_finite(q, p + y, q);
+}
+template <class V>
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE V kahan_residual(V y, V p, V stored) {
-  return y - (stored - p);
+  return vselect_finite(stored, y - (stored - p), bcast<V>(0.0f));
 }
 
 // float32 -> bfloat16 bits (in the low 16 bits of each lane), rounded stochastically with the
