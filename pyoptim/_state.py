@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.nn import Parameter
 from torch.optim.optimizer import (
     _default_to_fused_or_foreach,
+    _get_capturable_supported_devices,
     _global_optimizer_post_hooks,
     _global_optimizer_pre_hooks,
 )
@@ -161,16 +162,12 @@ def to_param_dtype(state: dict, key: str, p: Tensor, keep: Callable[[Tensor, dic
 # (FusedStep._param_dtype_keys).
 
 
-def torch_takes_conj_grad(group: dict, l2_decay: bool, tensor_lr: bool = False) -> bool:
-    """Whether torch's step of `group` (Adam, Adamax, Adagrad) takes a complex grad with the
-    conjugation bit: its for-loop (single-tensor) step views the grad as real after `-grad`
-    (maximize) or `grad.add(param, alpha=weight_decay)` (`l2_decay`), new tensors without the
-    bit; otherwise, and in its foreach step, view_as_real raises. `foreach` not set (nor
-    `fused`) defaults as torch's _default_to_fused_or_foreach decides over the params with a
-    grad (foreach on CUDA, the for-loop on the CPU); `tensor_lr`: torch.optim.Adam, which keeps
-    the for-loop for a Tensor lr without capturable."""
-    if not (group["maximize"] or l2_decay):
-        return False
+def torch_foreach(group: dict, tensor_lr: bool = False) -> bool:
+    """Whether torch's step of `group` takes its foreach path (else its for-loop; `fused` is the
+    caller's). `foreach` not set (nor `fused`) defaults as torch's _default_to_fused_or_foreach
+    decides over the params with a grad (foreach on CUDA, the for-loop on the CPU);
+    `tensor_lr`: torch.optim.Adam, which keeps the for-loop for a Tensor lr without
+    capturable."""
     foreach = group.get("foreach")
     if foreach is None and group.get("fused") is None:
         params = [p for p in group["params"] if p.grad is not None]
@@ -178,7 +175,32 @@ def torch_takes_conj_grad(group: dict, l2_decay: bool, tensor_lr: bool = False) 
         if foreach and tensor_lr and isinstance(group["lr"], Tensor) and \
                 not group.get("capturable", False):
             foreach = False
-    return not foreach
+    return bool(foreach)
+
+
+def torch_takes_conj_grad(group: dict, l2_decay: bool, tensor_lr: bool = False) -> bool:
+    """Whether torch's step of `group` (Adam, Adamax, Adagrad) takes a complex grad with the
+    conjugation bit: its for-loop (single-tensor) step views the grad as real after `-grad`
+    (maximize) or `grad.add(param, alpha=weight_decay)` (`l2_decay`), new tensors without the
+    bit; otherwise, and in its foreach step, view_as_real raises (torch_foreach)."""
+    if not (group["maximize"] or l2_decay):
+        return False
+    return not torch_foreach(group, tensor_lr)
+
+
+def check_capturable(group: dict, p: Tensor, step: Tensor) -> None:
+    """torch's check of `capturable=True` in its for-loop and foreach steps (Adam, AdamW,
+    Adamax; its fused step makes none): the param and its step count on one device type that
+    can capture, else torch's AssertionError, whose list of those types lacks "xla" in the
+    foreach step (torch_foreach)."""
+    devices = _get_capturable_supported_devices()
+    kind = p.device.type
+    if kind == step.device.type and kind in devices and kind != "xla":
+        return
+    devices = _get_capturable_supported_devices(supports_xla=not torch_foreach(group))
+    if not (kind == step.device.type and kind in devices):
+        raise AssertionError(
+            f"If capturable=True, params and state_steps must be on supported devices: {devices}.")
 
 
 def scalar_type_name(dtype: torch.dtype) -> str:

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _device_dtype_check_for_fused, _get_capturable_supported_devices
+from torch.optim.optimizer import _device_dtype_check_for_fused
 
 from ._mixed import (
     BF16,
@@ -61,6 +61,7 @@ from ._state import (
     FusedStep,
     Plan,
     _dtensor_type,
+    check_capturable,
     hyper_args,
     on_device,
     optional_keys,
@@ -172,12 +173,7 @@ class _AdamStep(FusedStep):
             plan.keep(p, state)
             state[_SEED_KEY] = new_seed(p)  # a seed per param, from torch's generator
         if group["capturable"] and not group["fused"] and not torch.compiler.is_compiling():
-            # torch's single-tensor and foreach steps check this; its fused step does not
-            devices = _get_capturable_supported_devices()
-            if not (p.device.type == state["step"].device.type and p.device.type in devices):
-                raise AssertionError(  # torch's check, before its step writes anything
-                    "If capturable=True, params and state_steps must be on supported devices: "
-                    f"{devices}.")
+            check_capturable(group, p, state["step"])  # before anything is written
         return True
 
     def _init_state(self, plan: Plan, group: dict, p: Tensor, state: dict) -> None:

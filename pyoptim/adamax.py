@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _get_capturable_supported_devices
 
 from ._dense import DenseStep
-from ._state import scalar_dtype
+from ._state import check_capturable, scalar_dtype
 
 __all__ = ["Adamax"]
 
@@ -56,10 +55,6 @@ class Adamax(DenseStep, torch.optim.Adamax):
     def _init_param(self, plan, group: dict, p: Tensor) -> bool:
         has_state = super()._init_param(plan, group, p)
         if group["capturable"] and not torch.compiler.is_compiling():
-            devices = _get_capturable_supported_devices()
-            if not (p.device.type == self.state[p]["step"].device.type
-                    and p.device.type in devices):
-                raise AssertionError(  # torch's check, before its step writes anything
-                    "If capturable=True, params and state_steps must be on supported devices: "
-                    f"{devices}.")
+            # torch's check, before anything is written
+            check_capturable(group, p, self.state[p]["step"])
         return has_state

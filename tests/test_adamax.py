@@ -305,8 +305,12 @@ def test_constructor_errors_are_torchs(kwargs):
 
 
 def test_sparse_grad_and_capturable_on_cpu_raise_torchs_errors():
+    # capturable=True: torch's for-loop and foreach steps list the capturable devices
+    # differently (the foreach one without "xla")
     for kw, make_grad in ((dict(), lambda p: torch.randn(4, 3).to_sparse()),
-                          (dict(capturable=True), lambda p: torch.randn_like(p))):
+                          (dict(capturable=True), lambda p: torch.randn_like(p)),
+                          (dict(capturable=True, foreach=True), lambda p: torch.randn_like(p)),
+                          (dict(capturable=True, foreach=False), lambda p: torch.randn_like(p))):
         errors = []
         for cls in (torch.optim.Adamax, pyoptim.Adamax):
             p = nn.Parameter(torch.randn(4, 3))

@@ -782,6 +782,7 @@ def _lr(kind: str, value: float):
 
 ADAM_FLAGS = {"default": {}, "foreach": dict(foreach=True), "fused": dict(fused=True),
               "capturable": dict(capturable=True),
+              "foreach-capturable": dict(foreach=True, capturable=True),
               "fused-capturable": dict(fused=True, capturable=True)}
 
 
@@ -798,7 +799,8 @@ def test_adam_every_flag_combination_matches_torch(cls, amsgrad, maximize, weigh
     and param_groups equal. The reference is torch's run with the same flags: its for-loop for
     the default, its foreach / fused implementation for foreach=True / fused=True. torch
     refuses capturable=True for CPU params (but with fused=True: its fused step does not check
-    it) and foreach=True with a Tensor lr, and so must pyoptim, with the same error."""
+    it; its foreach step's message lists other devices than its for-loop's) and foreach=True
+    with a Tensor lr, and so must pyoptim, with the same error."""
     kw = dict(lr=_lr(lr_kind, 1e-2), amsgrad=amsgrad, maximize=maximize,
               weight_decay=weight_decay)
     flags = ADAM_FLAGS[impl]
@@ -807,7 +809,8 @@ def test_adam_every_flag_combination_matches_torch(cls, amsgrad, maximize, weigh
     def maker(impl_cls, **extra):
         return lambda p: impl_cls(p, **copy.deepcopy(kw), **extra)
 
-    if impl == "capturable" or (impl == "foreach" and lr_kind == "tensor-lr"):
+    if impl in ("capturable", "foreach-capturable") or (impl == "foreach"
+                                                        and lr_kind == "tensor-lr"):
         _assert_same_error(maker(torch_cls(cls), **flags), maker(getattr(pyoptim, cls), **flags),
                            mlp, batch)
         return
