@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from collections.abc import Callable
 
 import pytest
@@ -962,6 +963,30 @@ def test_isinstance_torch_optimizer(cls):
     assert isinstance(opt, torch.optim.Optimizer)
     assert isinstance(opt, torch_cls(cls))
     assert opt.defaults == torch_cls(cls)([nn.Parameter(torch.randn(2))]).defaults
+
+
+# pyoptim's own keyword-only arguments, beyond the torch class's signature
+_EXTRA_KEYWORDS = {
+    "Adam": ("lazy_sparse", "master_weights", "stochastic_rounding", "state_dtype",
+             "kahan_summation"),
+    "AdamW": ("lazy_sparse", "master_weights", "stochastic_rounding", "state_dtype",
+              "kahan_summation"),
+    "SGD": ("master_weights", "stochastic_rounding", "state_dtype", "kahan_summation"),
+    "Adamax": (), "Adagrad": (), "SparseAdam": ("weight_decay",),
+}
+
+
+@pytest.mark.parametrize("cls", list(_EXTRA_KEYWORDS))
+def test_constructor_signature_is_torchs(cls):
+    """inspect.signature (help(), IDEs, config tools that read a class's arguments) shows the
+    torch class's parameters, in its order, of its kinds and with its defaults, then pyoptim's
+    keyword-only extras (pyoptim.SGD showed `(params, *args, ..., **kwargs)`)."""
+    ours = dict(inspect.signature(getattr(pyoptim, cls)).parameters)
+    for extra in _EXTRA_KEYWORDS[cls]:
+        assert ours.pop(extra).kind is inspect.Parameter.KEYWORD_ONLY, extra
+    theirs = inspect.signature(torch_cls(cls)).parameters
+    assert [(k, p.kind, p.default) for k, p in ours.items()] == \
+        [(k, p.kind, p.default) for k, p in theirs.items()]
 
 
 @pytest.fixture(autouse=True)
