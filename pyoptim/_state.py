@@ -227,6 +227,29 @@ def hyper_args(opt: Any, groups: list[dict], device: torch.device,
             [f for group in groups for f in flags_of(group)], lr_tensors)
 
 
+def hyper_type_error(opt: Any, groups: list[dict]) -> TypeError | None:
+    """After an op call raised RuntimeError: a TypeError for the first hyper-parameter of
+    `groups` (opt._hyper's) that is a str or None, which the ops' `float[]` argument refuses
+    with a RuntimeError about their schema, where torch's step raises TypeError for it. torch
+    validates the constructor's defaults, not a param group's own values (a group given as a
+    dict or added later: a config's "1e-3" read as a string). Called only once a step has
+    failed, so a good step pays nothing."""
+    for k, group in enumerate(groups):
+        try:
+            values = opt._hyper(group)
+        except Exception:
+            return None
+        for value in values:
+            if not (value is None or isinstance(value, (str, bytes))):
+                continue
+            key = next((key for key, v in group.items() if key != "params" and (
+                v is value or isinstance(v, tuple) and any(x is value for x in v))), "?")
+            return TypeError(
+                f"param_groups[{k}][{key!r}] holds {value!r} ({type(value).__name__}): a "
+                "hyper-parameter must be a number (or a Tensor where torch takes one)")
+    return None
+
+
 def load_then(opt: Any, load: Callable[[dict], None], state_dict: dict[str, Any],
               then: Callable[[dict], None]) -> None:
     """load(state_dict) (torch's load_state_dict), which calls then(loaded) where `loaded` is the
@@ -1013,8 +1036,12 @@ class FusedStep:
                 for run in runs:
                     run(False)
             self._commit(plan, found_inf)
-        except BaseException:
+        except BaseException as e:
             self._forget_fresh(plan)
+            if isinstance(e, RuntimeError):  # a value the ops' float lists refuse
+                not_a_number = hyper_type_error(self, plan.groups)
+                if not_a_number is not None:
+                    raise not_a_number from e
             raise
         plan.fresh = []
         plan.kept = {}

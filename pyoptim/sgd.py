@@ -60,6 +60,7 @@ creates no momentum buffer).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -138,6 +139,31 @@ class SGD(FusedStep, MixedPrecision, torch.optim.SGD):
     _fp32_keys = ("momentum_buffer",)  # float32 in master groups
     # the buffer's 8-bit form (Note [Reduced-precision optimizer states])
     _state_maps = {"momentum_buffer": ("momentum_buffer_scale", False)}
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]],
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | str | None = None,
+        kahan_summation: bool = False,
+    ) -> None:
+        # torch.optim.SGD's signature (inspect.signature, help()), then the modes
+        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
+                         maximize=maximize, foreach=foreach, differentiable=differentiable,
+                         fused=fused, master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, state_dtype=state_dtype,
+                         kahan_summation=kahan_summation)
 
     def _hyper(self, group: dict) -> tuple:
         return group["lr"], group["momentum"], group["dampening"], group["weight_decay"]

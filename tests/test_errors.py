@@ -67,6 +67,45 @@ def test_empty_param_list_matches_torch(cls):
     assert _error_of(lambda: getattr(pyoptim, cls)([])) == expected
 
 
+# ---- class level: a hyper-parameter that is no number ----------------------------------------
+
+# (class, kwargs, param group key, the bad value): torch validates the constructor's defaults,
+# not the values of a param group given as a dict or added later (a config's "1e-3" read as a
+# string, a None), which its step then refuses with TypeError
+_NOT_A_NUMBER = [
+    ("Adam", {}, "lr", "1e-3"), ("Adam", {}, "eps", None), ("AdamW", {}, "weight_decay", "0.01"),
+    ("SGD", {"lr": 0.1, "momentum": 0.9}, "weight_decay", "0.1"), ("SGD", {"lr": 0.1}, "lr", "0.1"),
+    ("Adamax", {}, "lr", None), ("Adagrad", {}, "lr_decay", "0"), ("SparseAdam", {}, "lr", "1e-3"),
+    ("RowWiseAdagrad", {}, "eps", "1e-10"),
+]
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "key", "value"), _NOT_A_NUMBER,
+                         ids=[f"{c}-{k}-{v!r}" for c, _, k, v in _NOT_A_NUMBER])
+def test_hyper_parameter_that_is_no_number_raises_type_error(cls, kwargs, key, value):
+    """TypeError naming the group and the key, as torch's step raises TypeError, before
+    anything is written (the ops' float list refused it with a RuntimeError that dumped the op's
+    schema)."""
+    def run(module):
+        torch.manual_seed(0)
+        good = torch.nn.Parameter(torch.randn(4, 3))
+        bad = torch.nn.Parameter(torch.randn(4, 3))
+        opt = getattr(module, cls)([{"params": [good]}, {"params": [bad], key: value}], **kwargs)
+        for p in (good, bad):
+            p.grad = torch.randn(4, 3).to_sparse() if cls == "SparseAdam" else torch.randn(4, 3)
+        before = snapshot([good, bad])
+        with pytest.raises(TypeError) as info:
+            opt.step()
+        return info.value, before, [good, bad], opt
+
+    if hasattr(torch.optim, cls):
+        run(torch.optim)
+    error, before, params, opt = run(pyoptim)
+    assert f"param_groups[1][{key!r}]" in str(error) and repr(value) in str(error), error
+    assert_bitwise_equal(params, before, "params")
+    assert not any(opt.state[p] for p in params if cls != "Adagrad")  # no state created
+
+
 # ---- class level: sparse gradients ------------------------------------------------------------
 
 

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import inspect
+import re
 from collections.abc import Callable
 
+import op_calls
 import pytest
 import torch
 from conftest import dtype_id
@@ -573,6 +577,94 @@ def test_params_without_grad_are_skipped():
     assert opt.state[m[0].weight]["step"].item() == 2.0
 
 
+_WRITERS = [  # (class, kwargs, grad): every op that writes params and state
+    ("Adam", {}, "dense"), ("AdamW", {"amsgrad": True}, "dense"),
+    ("Adam", {"lazy_sparse": True}, "sparse"), ("SGD", {"lr": 0.1}, "dense"),
+    ("SGD", {"lr": 0.1, "momentum": 0.9}, "dense"), ("SGD", {"lr": 0.1}, "sparse"),
+    ("SGD", {"lr": 0.1}, "complex"), ("Adamax", {}, "dense"), ("Adagrad", {}, "dense"),
+    ("Adagrad", {}, "sparse"), ("SparseAdam", {}, "sparse"), ("RowWiseAdagrad", {}, "dense"),
+    ("RowWiseAdagrad", {}, "sparse"),
+]
+
+
+def _versions_run(cls, kwargs: dict, grad: str):
+    """A param with state after one step, a graph that saved it, and a second step: the
+    versions of the param and its state tensors before and after, and what backward does."""
+    g = torch.Generator().manual_seed(0)
+    dtype = torch.complex64 if grad == "complex" else torch.float32
+    w = nn.Parameter(torch.randn(5, 3, generator=g, dtype=dtype))
+    opt = cls([w], **kwargs)
+
+    def set_grad():
+        if grad == "sparse":
+            w.grad = torch.sparse_coo_tensor(torch.tensor([[0, 3, 3]]),
+                                             torch.randn(3, 3, generator=g), w.shape)
+        else:
+            w.grad = torch.randn(w.shape, generator=g, dtype=dtype)
+
+    set_grad()
+    opt.step()
+    loss = (w * w).abs().sum()  # saves w for backward
+    set_grad()
+    state = {k: v for k, v in opt.state[w].items() if isinstance(v, torch.Tensor)}
+    before = (w._version, {k: v._version for k, v in state.items()})
+    opt.step()
+    after = (w._version, {k: v._version for k, v in state.items()})
+    try:
+        loss.backward()
+        backward = None
+    except RuntimeError as e:
+        backward = str(e)
+    return before, after, backward
+
+
+@pytest.mark.parametrize(("name", "kwargs", "grad"), _WRITERS,
+                         ids=[f"{n}-{g}-{k}" for n, k, g in _WRITERS])
+def test_step_counts_as_an_inplace_write_as_torch(name, kwargs, grad):
+    """A step writes the params and state in place, as torch's in-place ops do, so it bumps
+    their version counters: a graph that saved a param before the step refuses to backward
+    through the new values (torch's "modified by an inplace operation" error: the GAN pitfall of
+    stepping before the backward that needs the old weights), where the op wrote through raw
+    pointers and backward silently used the updated weights. The versions the step bumps are
+    torch's (params and every state tensor); a step that raises bumps nothing."""
+    before, after, backward = _versions_run(getattr(pyoptim, name), kwargs, grad)
+    assert after[0] > before[0], "the param's version"
+    assert backward is not None and "modified by an inplace operation" in backward, backward
+    if hasattr(torch.optim, name) and not kwargs.get("lazy_sparse"):
+        t_before, t_after, t_backward = _versions_run(getattr(torch.optim, name), kwargs, grad)
+        # (torch's AdamW writes the param twice per step: its versions count higher)
+        versionless = functools.partial(re.sub, r"version \d+", "version N")
+        assert t_backward is not None and versionless(backward) == versionless(t_backward)
+        bumped = {k for k, v in after[1].items() if v > before[1][k]}
+        assert bumped == {k for k, v in t_after[1].items() if v > t_before[1][k]}
+    else:
+        assert all(v > before[1][k] for k, v in after[1].items()), (before, after)
+    # a step that raises writes nothing and bumps nothing
+    w = nn.Parameter(torch.randn(3))
+    opt = getattr(pyoptim, name)([w], **kwargs)
+    w.grad = (torch.ones(3).to_sparse() if name == "SparseAdam" else torch.ones(3))
+    opt.param_groups[0]["lr"] = -1.0
+    v = w._version
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        opt.step()
+    assert w._version == v
+
+
+def test_validate_only_bumps_no_version():
+    """The ops' validate_only pass (a step over several devices checks every call first) writes
+    nothing and bumps no version; the writing call bumps each tensor it writes, the grads
+    (read only) not (Note [Version counters] in csrc/ops/inplace.cpp)."""
+    p, g = torch.randn(4), torch.randn(4)
+    m, v, step = torch.zeros(4), torch.zeros(4), torch.zeros(())
+    tensors = (p, g, m, v, step)
+    hp = dict(lr=0.1, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False,
+              maximize=False, decoupled=False)
+    op_calls.adam_([p], [g], [m], [v], [], [step], validate_only=True, **hp)
+    assert [t._version for t in tensors] == [0] * 5
+    op_calls.adam_([p], [g], [m], [v], [], [step], **hp)
+    assert [t._version for t in tensors] == [1, 0, 1, 1, 1]
+
+
 @pytest.mark.parametrize("cls", ["Adam", "AdamW"])
 def test_complex_params(cls):
     cfg = OptimConfig(cls, dict(lr=1e-2, weight_decay=0.05, amsgrad=True), "complex")
@@ -966,6 +1058,30 @@ def test_isinstance_torch_optimizer(cls):
     assert isinstance(opt, torch.optim.Optimizer)
     assert isinstance(opt, torch_cls(cls))
     assert opt.defaults == torch_cls(cls)([nn.Parameter(torch.randn(2))]).defaults
+
+
+# pyoptim's own keyword-only arguments, beyond the torch class's signature
+_EXTRA_KEYWORDS = {
+    "Adam": ("lazy_sparse", "master_weights", "stochastic_rounding", "state_dtype",
+             "kahan_summation"),
+    "AdamW": ("lazy_sparse", "master_weights", "stochastic_rounding", "state_dtype",
+              "kahan_summation"),
+    "SGD": ("master_weights", "stochastic_rounding", "state_dtype", "kahan_summation"),
+    "Adamax": (), "Adagrad": (), "SparseAdam": ("weight_decay",),
+}
+
+
+@pytest.mark.parametrize("cls", list(_EXTRA_KEYWORDS))
+def test_constructor_signature_is_torchs(cls):
+    """inspect.signature (help(), IDEs, config tools that read a class's arguments) shows the
+    torch class's parameters, in its order, of its kinds and with its defaults, then pyoptim's
+    keyword-only extras (pyoptim.SGD showed `(params, *args, ..., **kwargs)`)."""
+    ours = dict(inspect.signature(getattr(pyoptim, cls)).parameters)
+    for extra in _EXTRA_KEYWORDS[cls]:
+        assert ours.pop(extra).kind is inspect.Parameter.KEYWORD_ONLY, extra
+    theirs = inspect.signature(torch_cls(cls)).parameters
+    assert [(k, p.kind, p.default) for k, p in ours.items()] == \
+        [(k, p.kind, p.default) for k, p in theirs.items()]
 
 
 @pytest.fixture(autouse=True)
