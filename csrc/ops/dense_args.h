@@ -93,6 +93,13 @@ DenseCall check_dense_call(const char* op, c10::DeviceType backend, at::TensorLi
   return call;
 }
 
+// Opt's op as its errors name it: "pyoptim.<kName>", as pyoptim.adam_ and the other ops do.
+template <class Opt>
+const char* dense_op_name() {
+  static const std::string name = std::string("pyoptim.") + Opt::kName;
+  return name.c_str();
+}
+
 // The schema of Opt's op (Note [Dense optimizers]).
 template <class Opt>
 std::string dense_schema() {

@@ -76,7 +76,7 @@ void dense_cpu(at::TensorList params, at::TensorList grads, at::TensorList state
                const c10::List<std::optional<at::Tensor>>& lr_tensors,
                const std::optional<at::Tensor>& grad_scale,
                const std::optional<at::Tensor>& found_inf, bool validate_only) {
-  const char* op = Opt::kName;
+  const char* op = ops::dense_op_name<Opt>();
   constexpr int N = Opt::kStates;
   std::vector<at::Tensor> own_grads;  // Note [Grads read by the op] in ops/checks.h
   grads = ops::grads_of_params(op, params, grads, own_grads);

@@ -41,7 +41,7 @@ void dense_cuda(at::TensorList params, at::TensorList grads, at::TensorList stat
                 const c10::List<std::optional<at::Tensor>>& lr_tensors,
                 const std::optional<at::Tensor>& grad_scale,
                 const std::optional<at::Tensor>& found_inf, bool validate_only) {
-  const char* op = Opt::kName;
+  const char* op = ops::dense_op_name<Opt>();
   constexpr int N = Opt::kStates;
   // ---- 1. validate everything; nothing is written in this part --------------------------
   ops::WriteSet writes;

@@ -72,12 +72,12 @@ void dense_meta(at::TensorList params, at::TensorList grads, at::TensorList stat
                 const c10::List<std::optional<at::Tensor>>& lr_tensors,
                 const std::optional<at::Tensor>& grad_scale,
                 const std::optional<at::Tensor>& found_inf, bool validate_only) {
+  const char* op = ops::dense_op_name<Opt>();
   ops::WriteSet writes;
-  ops::check_dense_call<Opt>(Opt::kName, c10::DeviceType::Meta, params, grads, states,
-                             state_steps, group_sizes, hyper, flags, lr_tensors, grad_scale,
-                             found_inf, writes);
-  writes.check(Opt::kName);  // step counts on the CPU
-  count_host_steps(Opt::kName, state_steps, found_inf, validate_only);
+  ops::check_dense_call<Opt>(op, c10::DeviceType::Meta, params, grads, states, state_steps,
+                             group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf, writes);
+  writes.check(op);  // step counts on the CPU
+  count_host_steps(op, state_steps, found_inf, validate_only);
 }
 
 void sgd_meta(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
