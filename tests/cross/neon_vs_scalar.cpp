@@ -387,12 +387,6 @@ void sparse_adam_cases() {
           lr, beta1, beta2, 1e-8, f.weight_decay ? 0.1 : 0.0,
           math::sparse_adam_step_size(lr, beta1, beta2, step));
       for (int64_t width : kWidths) {
-        // plain SGD's three ways to apply the entries (values without dense dims: width 1)
-        const bool plain_sgd = !f.momentum && wd == 0.0;
-        for (PlainSparse plain :
-             {PlainSparse::kInOrder, PlainSparse::kRoundProduct, PlainSparse::kSumFirst}) {
-        if (plain != PlainSparse::kInOrder && !plain_sgd) continue;
-        if (plain == PlainSparse::kRoundProduct && width != 1) continue;
         for (int64_t hot : {int64_t(0), int64_t(300)}) {
           if (hot && width > 9) continue;
           const SparseRows r = sparse_rows(12, 30, hot);
