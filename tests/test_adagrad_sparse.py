@@ -213,14 +213,22 @@ def test_parity_with_torch(dtype, flags):
 @pytest.mark.parametrize("shape,idx", [((7,), [3]), ((7,), [3, 3, 3]), ((7,), [3, 5]),
                                        ((4, 3), [[1], [2]]), ((4, 3), [[1, 1], [2, 2]]),
                                        ((4, 3), [1]), ((4, 1), [2])], ids=str)
-def test_single_element_rounding_is_torchs(shape, idx):
+@pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed"])
+def test_single_element_rounding_is_torchs(shape, idx, transposed):
     """torch's param.add_(sparse, alpha=-clr) rounds the product first for a grad with one
-    touched element and no dense dims (ATen's non-hybrid path, Note [Sparse Adagrad]) and fuses
-    it otherwise: 30 steps of each kind equal torch's (IEEE sqrt pinned) bit for bit."""
+    touched element and no dense dims, added to a contiguous param (ATen's non-hybrid path,
+    Note [Sparse Adagrad]), and fuses it otherwise (a transposed param: ATen's coalescing path):
+    30 steps of each kind equal torch's (IEEE sqrt pinned) bit for bit."""
+    if transposed and (len(shape) < 2 or min(shape) < 2):
+        pytest.skip("transposing a 1-D param or a single column leaves it contiguous")
     idx = torch.tensor(idx).view(len(shape) if isinstance(idx[0], list) else 1, -1)
     gen = torch.Generator().manual_seed(12)
-    p_ours = nn.Parameter(torch.randn(shape, generator=gen))
-    p_theirs = nn.Parameter(p_ours.detach().clone())
+    p0 = torch.randn(shape, generator=gen)
+    if transposed:
+        p0 = p0.t().contiguous().t()
+    p_ours = nn.Parameter(p0)
+    p_theirs = nn.Parameter(p0.clone(memory_format=torch.preserve_format))
+    assert p_ours.is_contiguous() != transposed
     ours = pyoptim.Adagrad([p_ours], lr=0.3, lr_decay=0.01)
     theirs = torch.optim.Adagrad([p_theirs], lr=0.3, lr_decay=0.01)
     for _ in range(30):

@@ -77,6 +77,69 @@ def test_plain_sparse_sgd_is_torch_exactly(isa, hp, rows, width, nnz, coalesced,
         assert not torch.equal(p, start)
 
 
+# (param layout, grad kind): ATen's CPU add_ adds the entries of a sparse grad in turn only to a
+# contiguous param from contiguous values (of the grad add_ sees: negated under maximize);
+# otherwise it coalesces the grad first and adds each summed row (Note [Sparse SGD]).
+_LAYOUT_CASES = [
+    ("transposed", "hybrid"), ("transposed", "fully_sparse"), ("transposed", "coalesced_1d"),
+    ("contiguous", "transposed_values"), ("contiguous", "strided_1d_values"),
+    ("contiguous", "no_sparse_dim"), ("transposed", "single_entry"),
+]
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layout,kind", _LAYOUT_CASES, ids=lambda c: str(c))
+def test_plain_sparse_sgd_layouts_are_torchs(layout, kind, dtype, maximize):
+    """torch.optim.SGD's plain sparse step on params and values of every layout, bit for bit:
+    at most 16 entries, which torch's coalesce() sums in position order, as pyoptim does."""
+    gen = torch.Generator().manual_seed(7)
+    shape = (6, 5) if kind != "coalesced_1d" else (9,)
+    p0 = torch.randn(shape, generator=gen, dtype=dtype)
+
+    def param():  # p0's values in the layout of the case
+        if layout == "contiguous":
+            return torch.nn.Parameter(p0.clone())
+        # a transposed matrix; a 1-D param: every other element of a buffer
+        t = torch.empty(5, 6, dtype=dtype).t() if len(shape) == 2 else \
+            torch.empty(9, 2, dtype=dtype)[:, 0]
+        return torch.nn.Parameter(t.copy_(p0))
+
+    p_ours, p_theirs = param(), param()
+    assert p_ours.is_contiguous() == (layout == "contiguous")
+    ours = pyoptim.SGD([p_ours], lr=0.3, maximize=maximize)
+    theirs = torch.optim.SGD([p_theirs], lr=0.3, maximize=maximize)
+
+    def grad():
+        nnz = 1 if kind == "single_entry" else 12
+        rows = torch.randint(0, 3, (nnz,), generator=gen)  # duplicates
+        if kind == "fully_sparse" or kind == "single_entry":
+            idx = torch.stack([rows, torch.randint(0, 2, (nnz,), generator=gen)])
+            return torch.sparse_coo_tensor(idx, torch.randn(nnz, generator=gen, dtype=dtype),
+                                           shape)
+        if kind == "coalesced_1d":
+            return torch.sparse_coo_tensor(rows[None], torch.randn(nnz, generator=gen,
+                                                                   dtype=dtype), shape).coalesce()
+        if kind == "strided_1d_values":
+            idx = torch.stack([rows, torch.randint(0, 2, (nnz,), generator=gen)])
+            vals = torch.randn(nnz, 2, generator=gen, dtype=dtype)[:, 0]
+            return torch.sparse_coo_tensor(idx, vals, shape)
+        if kind == "no_sparse_dim":
+            vals = torch.randn(3, *shape, generator=gen, dtype=dtype)
+            return torch.sparse_coo_tensor(torch.zeros(0, 3, dtype=torch.long), vals, shape)
+        vals = torch.randn(shape[1], nnz, generator=gen, dtype=dtype)
+        vals = vals.t() if kind == "transposed_values" else vals.t().contiguous()
+        return torch.sparse_coo_tensor(rows[None], vals, shape)
+
+    for _ in range(4):
+        g = grad()
+        p_ours.grad = p_theirs.grad = g  # one grad: clone() would make its values contiguous
+        ours.step()
+        theirs.step()
+    assert torch.equal(p_ours, p_theirs)
+    assert not torch.equal(p_ours, p0)
+
+
 @given(hp=hyper(), rows=st.integers(1, 40), width=st.sampled_from([1, 3, 8, 16, 33]),
        nnz=st.integers(1, 100), dtype=st.sampled_from(DTYPES), steps=st.integers(1, 3),
        scale=st.sampled_from([None, 256.0]), coalesced=st.booleans(),

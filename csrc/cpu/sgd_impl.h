@@ -316,7 +316,8 @@ void sgd_master_range(const SgdPtrs& a, int64_t begin, int64_t end,
 //    order, to its param row: exactly torch's `param.add_(grad, alpha=-lr)` for a sparse grad,
 //    which adds each nnz row in turn (fmadd). The call owns rows[u_begin..u_end) and scans the
 //    whole index list for them, so the value rows stream in order.
-//  * otherwise (lazy momentum / weight decay): the duplicates are summed in opmath into
+//  * otherwise (lazy momentum / weight decay; plain SGD where ATen coalesces first,
+//    PlainSparse::kSumFirst): the duplicates are summed in opmath into
 //    `scratch`, in the order of Note [Blocked duplicate sums] (math/duplicate_sum.h), then
 //    the row is updated once by the same math as the dense kernel.
 // Rows are scattered over the table (and their value rows over the gradient), so the hardware
@@ -345,7 +346,7 @@ struct SgdSparse {
     const S* values = static_cast<const S*>(a.values);
     S* buf = static_cast<S*>(a.momentum_buffer);
     const int64_t w = a.width;
-    const bool sequential = !kM && !c.has_weight_decay;
+    const bool sequential = !kM && !c.has_weight_decay && a.plain != PlainSparse::kSumFirst;
     if (sequential) {
       // Plain SGD: walk the gradient in its own order (value rows stream in sequentially, as
       // in torch) and apply the entries whose row this call owns, rows[u_begin..u_end). Each
@@ -372,7 +373,7 @@ struct SgdSparse {
         const int64_t k = ring[head];
         head = (head + 1) % kPlainAhead;
         --count;
-        if (a.round_product) {  // one element per entry (values without dense dims)
+        if (a.plain == PlainSparse::kRoundProduct) {  // one element per entry (no dense dims)
           using T = opmath_t<S>;
           T p = to_opmath(param[index[k]]);
           math::sgd_plain_rounded<kMax, kS>(p, to_opmath(values[k]), c);

@@ -106,8 +106,9 @@ void adagrad_rows_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
     ops::group_rows(rows, coo.nnz, coo.num_rows, op, *it.groups);
     it.num_rows = it.groups->num_unique();
     it.values = writes.unaliased(coo.values);
-    // Note [Sparse Adagrad]: one touched element, no dense dims
-    it.plain_update = !kRowwise && it.num_rows == 1 && coo.values.dim() == 1;
+    // Note [Sparse Adagrad]: one touched element, no dense dims, a contiguous param
+    it.plain_update = !kRowwise && it.num_rows == 1 && coo.values.dim() == 1 &&
+                      params[i].is_contiguous();
   }
   writes.check(op);
   if (validate_only) return;

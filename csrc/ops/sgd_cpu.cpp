@@ -20,9 +20,13 @@
 // so plain sparse SGD gives torch's bits: with one fused multiply-add per element, as ATen's
 // kernels for an uncoalesced gradient or one with dense dims, and with the product rounded first
 // (math::sgd_plain_rounded) for a gradient flagged coalesced whose values have no dense dims,
-// which ATen's CPU add_ takes by its non-hybrid path (torch 2.14). Rows are independent, each
-// is updated by one thread in a fixed order, so the result does not depend on the thread count.
-// A gradient with no sparse dim (a 0-dim param's) is one row: the whole param.
+// which ATen's CPU add_ takes by its non-hybrid path (torch 2.14). Those two paths need a
+// contiguous param and contiguous values (of the grad as add_ sees it: negated under maximize).
+// Otherwise, and for an uncoalesced gradient with no sparse dim, ATen's add_ coalesces the
+// gradient first and adds each summed row with one fused multiply-add: so does plain SGD here
+// (PlainSparse::kSumFirst: the duplicates summed as above, then the update). Rows are
+// independent, each is updated by one thread in a fixed order, so the result does not depend on
+// the thread count. A gradient with no sparse dim (a 0-dim param's) is one row: the whole param.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -55,7 +59,28 @@ struct SparseItem {
   const int64_t* lin;      // each entry's row, in gradient order
   at::Tensor param, buf, values;  // work tensors
   cpu::SgdFlags flags;
+  cpu::PlainSparse plain;
 };
+
+// How ATen's CPU `param.add_(grad, alpha=-lr)` (torch 2.14's add_out_dense_sparse_cpu) adds a
+// sparse grad, torch's plain SGD step (Note [Sparse SGD]); `grad` is the gradient before
+// maximize negates it.
+cpu::PlainSparse aten_plain_sparse(const at::Tensor& param, const ops::CooGrad& grad,
+                                   bool maximize) {
+  const at::Tensor& v = grad.values;
+  bool values_contiguous = v.is_contiguous();
+  if (maximize && !values_contiguous && !v.is_non_overlapping_and_dense()) {
+    // -grad's values: a new tensor in the layout TensorIterator gives it (strides of v where v
+    // is dense, else sorted by v's strides), which may be contiguous
+    values_contiguous = v.neg().is_contiguous();
+  }
+  const bool coalesced = grad.coalesced || grad.nnz == 1;  // ATen: is_coalesced() || nnz == 1
+  if (param.is_contiguous() && values_contiguous) {
+    if (coalesced && v.dim() == 1) return cpu::PlainSparse::kRoundProduct;  // non-hybrid
+    if (coalesced || grad.sparse_dim > 0) return cpu::PlainSparse::kInOrder;
+  }
+  return cpu::PlainSparse::kSumFirst;  // grad.coalesce(), then one add_ per row
+}
 
 // Coefficients per (group, param dtype), narrowed with torch's overflow check for that dtype
 // (Note [Narrowing coefficients] in math/scalar_ops.h), computed while validating.
@@ -216,6 +241,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
                             call.first[i],         grp.maximize,
                             grad_scale.has_value(), false,
                             cpu::StateFormat::kParam, false};  // (the modes take dense grads)
+    s.plain = aten_plain_sparse(params[i], *call.sparse[i], grp.maximize);
     s.values = writes.unaliased(call.sparse[i]->values);
     s.param = params[i].is_contiguous() ? params[i] : params[i].contiguous();
     s.buf = (!buf.defined() || buf.is_contiguous()) ? buf : buf.contiguous();
@@ -250,7 +276,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
                                   s.groups->rows.data(), s.groups->offsets.data(),
                                   s.groups->order.data(), coo.width,
                                   s.lin,                 coo.nnz,
-                                  coo.coalesced && coo.values.dim() == 1};
+                                  s.plain};
     ops::parallel_over_rows(*s.groups, coo.width, [&](int64_t ub, int64_t ue) {
       ops::dispatch_param_dtype(s.param.scalar_type(), [&](auto st) {
         using S = decltype(st);

@@ -336,32 +336,40 @@ void sgd_sparse_cases() {
     for (double wd : {0.0, 1e-2}) {  // no momentum and no weight decay: the sequential path
       const auto c = math::make_sgd_coeffs<T>(1e-2, 0.9, 0.1, wd, f.scale ? 1024.0 : 1.0);
       for (int64_t width : kWidths) {
-        for (int64_t hot : {int64_t(0), int64_t(300)}) {
-          if (hot && width > 9) continue;
-          const SparseRows r = sparse_rows(12, 30, hot);
-          const int64_t nnz = static_cast<int64_t>(r.index.size());
-          std::vector<S> p = values<S>(r.num_rows * width, -1, 1),
-                         vals = values<S>(nnz * width, -2, 2),
-                         b = values<S>(r.num_rows * width, -0.5, 0.5);
-          add_specials_one<S>({&p, &b, &vals});
-          std::vector<S> p2 = p, b2 = b;
-          std::vector<T> scratch(2 * width);
-          const int64_t u = static_cast<int64_t>(r.rows.size());
-          for (auto split : row_splits(u)) {
-            for (int side = 0; side < 2; ++side) {
-              const SgdSparsePtrs a{side ? p2.data() : p.data(), vals.data(),
-                                    side ? b2.data() : b.data(), r.rows.data(),
-                                    r.offsets.data(), r.order.data(), width, r.index.data(), nnz,
-                                    /*round_product=*/width == 1};
-              pick<S>((side ? neon_table() : scalar_table()).sgd.sparse)(
-                  a, split.first, split.second, c, f, scratch.data());
+        // plain SGD's three ways to apply the entries (values without dense dims: width 1)
+        const bool plain_sgd = !f.momentum && wd == 0.0;
+        for (PlainSparse plain :
+             {PlainSparse::kInOrder, PlainSparse::kRoundProduct, PlainSparse::kSumFirst}) {
+          if (plain != PlainSparse::kInOrder && !plain_sgd) continue;
+          if (plain == PlainSparse::kRoundProduct && width != 1) continue;
+          for (int64_t hot : {int64_t(0), int64_t(300)}) {
+            if (hot && width > 9) continue;
+            const SparseRows r = sparse_rows(12, 30, hot);
+            const int64_t nnz = static_cast<int64_t>(r.index.size());
+            std::vector<S> p = values<S>(r.num_rows * width, -1, 1),
+                           vals = values<S>(nnz * width, -2, 2),
+                           b = values<S>(r.num_rows * width, -0.5, 0.5);
+            add_specials_one<S>({&p, &b, &vals});
+            std::vector<S> p2 = p, b2 = b;
+            std::vector<T> scratch(2 * width);
+            const int64_t u = static_cast<int64_t>(r.rows.size());
+            for (auto split : row_splits(u)) {
+              for (int side = 0; side < 2; ++side) {
+                const SgdSparsePtrs a{side ? p2.data() : p.data(), vals.data(),
+                                      side ? b2.data() : b.data(), r.rows.data(),
+                                      r.offsets.data(), r.order.data(), width, r.index.data(), nnz,
+                                      plain};
+                pick<S>((side ? neon_table() : scalar_table()).sgd.sparse)(
+                    a, split.first, split.second, c, f, scratch.data());
+              }
             }
+            const std::string what = "sgd_sparse[" + sgd_text(f) + " wd=" + std::to_string(wd) +
+                                     " plain=" + std::to_string(int(plain)) +
+                                     " width=" + std::to_string(width) +
+                                     " nnz=" + std::to_string(nnz) + "]";
+            ++g_cases;
+            same(p2, p, what + " param") && same(b2, b, what + " momentum_buffer");
           }
-          const std::string what = "sgd_sparse[" + sgd_text(f) + " wd=" + std::to_string(wd) +
-                                   " width=" + std::to_string(width) +
-                                   " nnz=" + std::to_string(nnz) + "]";
-          ++g_cases;
-          same(p2, p, what + " param") && same(b2, b, what + " momentum_buffer");
         }
       }
     }

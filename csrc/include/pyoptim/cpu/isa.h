@@ -115,6 +115,11 @@ using SgdFn = void (*)(const SgdPtrs&, int64_t begin, int64_t end, const math::S
 // Sparse (COO rows): `param` / `momentum_buffer` are [num_rows, width] row-major, `values` is
 // [nnz, width]; rows[u], order[offsets[u] .. offsets[u+1]) come from ops::group_rows. The kernel
 // updates unique rows [u_begin, u_end); `scratch` holds 2 * `width` opmath elements (per thread).
+// Plain sparse SGD (no momentum, no weight decay), as ATen's CPU add_ of a sparse grad:
+// kInOrder: each entry applied in turn in gradient order (one fused multiply-add per element);
+// kRoundProduct: the same with the product rounded first (math::sgd_plain_rounded; values
+// without dense dims); kSumFirst: each row's duplicates summed first, then one update per row.
+enum class PlainSparse : uint8_t { kInOrder, kRoundProduct, kSumFirst };
 struct SgdSparsePtrs {
   void* param;
   const void* values;
@@ -125,7 +130,7 @@ struct SgdSparsePtrs {
   int64_t width;
   const int64_t* index;  // [nnz] row of each value row, in gradient order (validated)
   int64_t nnz;
-  bool round_product;  // plain SGD: math::sgd_plain_rounded (Note [Sparse SGD] in ops/sgd_cpu.cpp)
+  PlainSparse plain;  // how plain SGD applies the entries (Note [Sparse SGD] in ops/sgd_cpu.cpp)
 };
 template <class T>
 using SgdSparseFn = void (*)(const SgdSparsePtrs&, int64_t u_begin, int64_t u_end,

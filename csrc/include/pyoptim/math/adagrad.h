@@ -81,9 +81,11 @@ struct Adagrad {
 // (add_ of a sparse tensor with alpha 1: exact scaling). The param's add_ with alpha=-clr is one
 // fused multiply-add (ATen's axpy, and its kernel for an uncoalesced sparse operand), except where
 // ATen's CPU kernel takes its non-hybrid path: a sparse operand flagged coalesced whose values have
-// no dense dims, where it rounds alpha * value first (`r[i] += alpha * v[k]`). _make_sparse flags
-// its result coalesced only when it has at most one entry, so that is a grad with a single touched
-// element of a param whose every dim is sparse (kPlainUpdate). Measured on torch 2.14's CPU build.
+// no dense dims, added to a contiguous param, where it rounds alpha * value first
+// (`r[i] += alpha * v[k]`; a non-contiguous param takes its coalescing path, fused). _make_sparse
+// flags its result coalesced only when it has at most one entry, so that is a grad with a single
+// touched element of a contiguous param whose every dim is sparse (kPlainUpdate). Measured on
+// torch 2.14's CPU build.
 // `g` is the row's coalesced gradient value: its duplicates summed in pyoptim's fixed order
 // (Note [Blocked duplicate sums] in math/duplicate_sum.h). weight_decay != 0 is torch's error
 // with a sparse grad, raised by the op before anything is written.
