@@ -1,9 +1,12 @@
 // THE Adamax update, and its description for the dense-optimizer machinery (Note [Dense
 // optimizers] in pyoptim/dense.h). Mirrors torch.optim.adamax._single_tensor_adamax (torch 2.14)
-// line by line, with its rounding points: `x.add(y, alpha=a)` is one fused multiply-add in
-// ATen's CPU kernels (as for SGD, Note [SGD mirrors torch's single-tensor expressions]), lerp
-// uses torch's two formulas, the maximum propagates NaN, the bias correction is computed in
-// double and folded into the step size. See Note [Bitwise agreement across paths] (math/adam.h).
+// line by line, with its rounding points but one: `x.add(y, alpha=a)` is one fused multiply-add
+// in ATen's CPU kernels (as for SGD, Note [SGD mirrors torch's single-tensor expressions]), lerp
+// uses torch's two formulas with each operation rounded (math::lerp, as Adam's: ATen's CPU lerp
+// kernel contracts them into an FMA, so exp_avg can be an ulp from torch's for-loop from the
+// second step on, within tests/tolerances.py's PARITY), the maximum propagates NaN, the bias
+// correction is computed in double and folded into the step size. See Note [Bitwise agreement
+// across paths] (math/adam.h).
 #pragma once
 
 #include "pyoptim/math/adam.h"  // pow_d, lerp
