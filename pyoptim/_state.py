@@ -229,24 +229,25 @@ def hyper_args(opt: Any, groups: list[dict], device: torch.device,
 
 def hyper_type_error(opt: Any, groups: list[dict]) -> TypeError | None:
     """After an op call raised RuntimeError: a TypeError for the first hyper-parameter of
-    `groups` (opt._hyper's) that is a str or None, which the ops' `float[]` argument refuses
-    with a RuntimeError about their schema, where torch's step raises TypeError for it. torch
-    validates the constructor's defaults, not a param group's own values (a group given as a
-    dict or added later: a config's "1e-3" read as a string). Called only once a step has
-    failed, so a good step pays nothing."""
+    `groups` that is a str or None where the constructor's default is a number (or a tuple of
+    numbers, as betas), which the ops' `float[]` argument refuses with a RuntimeError about
+    their schema, where torch's step raises TypeError for it. torch validates the constructor's
+    defaults, not a param group's own values (a group given as a dict or added later: a
+    config's "1e-3" read as a string). Called only once a step has failed, so a good step pays
+    nothing."""
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float, Tensor)) and not isinstance(x, bool)
+
     for k, group in enumerate(groups):
-        try:
-            values = opt._hyper(group)
-        except Exception:
-            return None
-        for value in values:
-            if not (value is None or isinstance(value, (str, bytes))):
+        for key, default in opt.defaults.items():
+            if not (number(default) or isinstance(default, tuple) and all(map(number, default))):
                 continue
-            key = next((key for key, v in group.items() if key != "params" and (
-                v is value or isinstance(v, tuple) and any(x is value for x in v))), "?")
-            return TypeError(
-                f"param_groups[{k}][{key!r}] holds {value!r} ({type(value).__name__}): a "
-                "hyper-parameter must be a number (or a Tensor where torch takes one)")
+            value = group.get(key)
+            for v in value if isinstance(value, tuple) else (value,):
+                if v is None or isinstance(v, (str, bytes)):
+                    return TypeError(
+                        f"param_groups[{k}][{key!r}] holds {v!r} ({type(v).__name__}): a "
+                        "hyper-parameter must be a number (or a Tensor where torch takes one)")
     return None
 
 
