@@ -243,6 +243,23 @@ def test_cuda_matches_cpu_bitwise(dtype, step_device, amp):
 
 
 @needs_gpu
+def test_cuda_float32_device_step_stays_at_2_pow_24():
+    """A float32 count stays at 2**24 (torch's `step_t += 1`, the host's next_step_count), so a
+    device-mode step from 2**24 takes the coefficients of one from 2**24 - 1: both count 2**24.
+    (The kernel once computed clr from 2**24 + 1: a different clr, visible in float64.)"""
+    groups = [dict(lr=0.1, lr_decay=0.5, weight_decay=0.0, eps=1e-10, maximize=False, n=1)]
+    out = []
+    for start in (2.0**24 - 1, 2.0**24):
+        gen = torch.Generator().manual_seed(0)
+        p, g, s = (torch.rand(1000, generator=gen, dtype=torch.float64).cuda() for _ in range(3))
+        n = torch.tensor(start, dtype=torch.float32, device="cuda")
+        adagrad_([p], [g], [s], [n], **_groups_args(groups))
+        assert n.item() == 2.0**24
+        out.append(p.cpu())
+    assert_bitwise_equal(out[1], out[0], "param")
+
+
+@needs_gpu
 def test_cuda_class_matches_cpu_class():
     """pyoptim.Adagrad on CUDA with fused=True (step counts on the device) and on the CPU, fed
     the same grads: the same bits."""

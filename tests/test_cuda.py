@@ -227,6 +227,25 @@ def test_device_steps_match_cpu(dtype, step_dtype):
 
 
 @needs_gpu
+def test_float32_device_step_stays_at_2_pow_24():
+    """A float32 count stays at 2**24 (torch's `step_t += 1`, the host's next_step_count), so a
+    device-mode step from 2**24 takes the coefficients of one from 2**24 - 1: both count 2**24.
+    (The kernel once computed them from 2**24 + 1: a different step size, visible in float64.)"""
+    out = []
+    for start in (2.0**24 - 1, 2.0**24):
+        gen = torch.Generator().manual_seed(0)
+        p, g, m, v = (torch.rand(1000, generator=gen, dtype=torch.float64).cuda()
+                      for _ in range(4))
+        step = torch.tensor(start, dtype=torch.float32, device="cuda")
+        op_calls.adam_([p], [g], [m], [v], [], [step], lr=1e-2, beta1=1 - 2.0**-24, beta2=0.999,
+                       weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False,
+                       decoupled=True)
+        assert step.item() == 2.0**24
+        out.append(p)
+    assert_bitwise(out[1], out[0], "param")
+
+
+@needs_gpu
 @pytest.mark.parametrize("step_device", ["cpu", "cuda"])
 def test_found_inf_skips_everything(step_device):
     prob = Problem([5, 70000], [torch.float32] * 2, seed=6, amsgrad=True)

@@ -244,6 +244,75 @@ def test_sgd_sparse_matches_cpu_bitwise(dtype, flags, shape, sparse_dim, nnz):
         assert_bitwise(bg, bc, "buf")
 
 
+# Plain sparse SGD (no momentum, no weight decay) takes one of three paths by the layouts of the
+# param and of the grad's values (cpu::PlainSparse, ops::aten_plain_sparse; Note [Sparse SGD] in
+# csrc/ops/sgd_cpu.cpp): entries applied in turn with a fused multiply-add, the same with the
+# product rounded first (a flagged-coalesced grad without dense dims), or duplicates summed first.
+# The CUDA op once always took the first, so these differed from the CPU in the last bits.
+PLAIN_SPARSE_KINDS = ["coalesced_1d", "single_entry", "transposed_param", "transposed_values",
+                      "strided_1d_values", "no_sparse_dim", "uncoalesced"]
+
+
+def plain_sparse_case(kind, dtype, seed, device):
+    """(param, grad) of one case on `device`; the same values on every device."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (40,) if kind == "coalesced_1d" else (6, 33)
+    p = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    if kind == "transposed_param":
+        p = torch.empty(shape[::-1], dtype=dtype, device=device).t().copy_(p)
+    nnz = 12
+    rows = torch.randint(0, 3, (nnz,), generator=gen)  # duplicates
+    if kind == "coalesced_1d":  # unique sorted rows, flagged coalesced: ATen's non-hybrid path
+        idx = torch.randperm(shape[0], generator=gen)[:nnz].sort().values[None]
+        vals = torch.randn(nnz, generator=gen, dtype=torch.float64).to(dtype).to(device)
+        return p, torch.sparse_coo_tensor(idx.to(device), vals, shape, is_coalesced=True)
+    if kind in ("single_entry", "strided_1d_values"):  # every dim sparse: 1-D values
+        n = 1 if kind == "single_entry" else nnz
+        idx = torch.stack([rows[:n], torch.randint(0, shape[1], (n,), generator=gen)])
+        vals = torch.randn(n, 2, generator=gen, dtype=torch.float64).to(dtype).to(device)
+        vals = vals[:, 0] if kind == "strided_1d_values" else vals[:, 0].contiguous()
+        return p, torch.sparse_coo_tensor(idx.to(device), vals, shape)
+    if kind == "no_sparse_dim":
+        vals = torch.randn(3, *shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
+        idx = torch.zeros(0, 3, dtype=torch.long, device=device)
+        return p, torch.sparse_coo_tensor(idx, vals, shape)
+    vals = torch.randn(shape[1], nnz, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    vals = vals.t() if kind == "transposed_values" else vals.t().contiguous()
+    return p, torch.sparse_coo_tensor(rows[None].to(device), vals, shape)
+
+
+def test_plain_sparse_cases_take_every_path():
+    """The cases above reach each of the CPU's paths (no GPU needed)."""
+    # the case's layouts, as the op sees them (is_contiguous of param and values, coalesced)
+    seen = set()
+    for kind in PLAIN_SPARSE_KINDS:
+        p, g = plain_sparse_case(kind, torch.float32, 0, "cpu")
+        seen.add((p.is_contiguous(), g._values().is_contiguous(),
+                  g.is_coalesced() or g._nnz() == 1, g._values().dim()))
+    assert (True, True, True, 1) in seen  # rounded product
+    assert (True, True, False, 2) in seen  # in turn
+    assert any(not (pc and vc) for pc, vc, _, _ in seen)  # summed first
+
+
+@needs_gpu
+@pytest.mark.parametrize("maximize", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", PLAIN_SPARSE_KINDS)
+def test_plain_sparse_sgd_layouts_match_cpu_bitwise(kind, dtype, maximize):
+    out = {}
+    for dev in ("cpu", "cuda"):
+        p, _ = plain_sparse_case(kind, dtype, 0, dev)
+        p0 = p.clone()
+        for s in range(3):
+            _, g = plain_sparse_case(kind, dtype, 10 + s, dev)
+            ops.sgd_sparse_(p, g, None, lr=0.37, momentum=0.0, dampening=0.0, nesterov=False,
+                            weight_decay=0.0, maximize=maximize, is_first_step=False)
+        assert not torch.equal(p, p0)
+        out[dev] = p
+    torch.cuda.synchronize()
+    assert_bitwise(out["cuda"], out["cpu"], f"param ({kind})")
+
+
 @needs_gpu
 def test_sgd_sparse_out_of_range_index_raises_before_writing():
     p = torch.randn(10, 4, device="cuda")

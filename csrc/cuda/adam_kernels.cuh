@@ -32,12 +32,16 @@ struct AdamLaunchArgs {
 template <class T>
 __device__ __noinline__ math::AdamCoeffs<T> adam_device_coeffs(const AdamLaunchArgs<T>& a,
                                                                bool decoupled, const void* step) {
-  const double old = a.step_is_double ? *static_cast<const double*>(step)
-                                      : static_cast<double>(*static_cast<const float*>(step));
+  // the count after this step as its tensor stores it (increment_steps; the host's
+  // next_step_count): a float32 count stays at 2^24, as torch's `step_t += 1`
+  const double next =
+      a.step_is_double
+          ? *static_cast<const double*>(step) + 1.0
+          : static_cast<double>(static_cast<float>(*static_cast<const float*>(step) + 1.0));
   const double lr = a.lr_dev.ptr ? a.lr_dev.get() : a.lr;
   const double scale = a.scale_dev.ptr ? a.scale_dev.get() : a.scale;
   return math::make_adam_coeffs<T>(lr, a.beta1, a.beta2, a.eps, a.weight_decay, decoupled,
-                                   old + 1.0, scale);
+                                   next, scale);
 }
 
 // Arrays: 0 param, 1 grad (read only), 2 exp_avg, 3 exp_avg_sq, 4 max_exp_avg_sq (amsgrad).

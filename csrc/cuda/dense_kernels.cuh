@@ -39,10 +39,12 @@ struct DenseOp {
       double h[Opt::kHypers];
       for (int k = 0; k < Opt::kHypers; ++k) h[k] = a.hyper[k];
       if (a.lr_dev.ptr) h[0] = a.lr_dev.get();
-      const double old = a.step_is_double
-                             ? *static_cast<const double*>(c.extra)
-                             : static_cast<double>(*static_cast<const float*>(c.extra));
-      cf = Opt::template coeffs<T>(h, old + 1.0);
+      // the count after this step as its tensor stores it (see adam_device_coeffs)
+      const double next =
+          a.step_is_double
+              ? *static_cast<const double*>(c.extra) + 1.0
+              : static_cast<double>(static_cast<float>(*static_cast<const float*>(c.extra) + 1.0));
+      cf = Opt::template coeffs<T>(h, next);
     }
     const T scale = static_cast<T>(a.scale_dev.ptr ? a.scale_dev.get() : a.scale);
     mta::for_each_element<S, kDepth, kWrite>(c, [&](T(&x)[kDepth]) {

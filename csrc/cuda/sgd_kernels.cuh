@@ -75,11 +75,13 @@ void launch_dense(const std::vector<SgdWork>& items, const SgdLaunchArgs<mta::op
 constexpr int kSgdWarpsPerBlock = 4;
 
 // One warp per unique row u; each lane keeps kCols columns of the row (cuda/sparse_rows.cuh).
-// kSeq (plain SGD): each value row is applied in turn, in position order, rounded to S after
-// each (as the CPU applies and stores them); else the row's gradient is its duplicates summed
-// in the order of Note [Blocked duplicate sums] and the row is updated once. See Note [Sparse
-// SGD] in ops/sgd_cpu.cpp.
-template <class S, bool kM, bool kN, bool kF, bool kMax, bool kS, bool kSeq>
+// kSeq (plain SGD, cpu::PlainSparse::kInOrder / kRoundProduct): each value row is applied in
+// turn, in position order, rounded to S after each (as the CPU applies and stores them), with
+// one fused multiply-add or, kRound, the product rounded first (math::sgd_plain_rounded); else
+// (lazy momentum / weight decay, PlainSparse::kSumFirst) the row's gradient is its duplicates
+// summed in the order of Note [Blocked duplicate sums] and the row is updated once. See Note
+// [Sparse SGD] in ops/sgd_cpu.cpp.
+template <class S, bool kM, bool kN, bool kF, bool kMax, bool kS, bool kSeq, bool kRound>
 __global__ void __launch_bounds__(kSgdWarpsPerBlock * 32)
     sgd_sparse_kernel(S* __restrict__ param, S* __restrict__ buf,
                       const int64_t* __restrict__ rows, const DuplicateSums<S> d,
@@ -107,7 +109,11 @@ __global__ void __launch_bounds__(kSgdWarpsPerBlock * 32)
           const int64_t j = jb + lane + 32 * t;
           if (j >= width) continue;
           T pv = mta::load_op<S>(p[t]), dummy = pv;
-          math::sgd_step<false, false, false, kMax, kS>(pv, mta::load_op<S>(vrow[j]), dummy, c);
+          if (kRound) {
+            math::sgd_plain_rounded<kMax, kS>(pv, mta::load_op<S>(vrow[j]), c);
+          } else {
+            math::sgd_step<false, false, false, kMax, kS>(pv, mta::load_op<S>(vrow[j]), dummy, c);
+          }
           p[t] = mta::store_op<S>(pv);
         }
       }
@@ -133,12 +139,16 @@ __global__ void __launch_bounds__(kSgdWarpsPerBlock * 32)
   }
 }
 
+// `sum_first`, `round_product`: plain SGD's path (cpu::PlainSparse kSumFirst, kRoundProduct;
+// ops::aten_plain_sparse picks it as for the CPU op); `g` planned with block sums unless plain
+// SGD applies the entries in turn.
 template <class S>
 void launch_sparse(const at::Tensor& param, const at::Tensor& buf, const at::Tensor& values,
                    const DeviceRowGroups& g, int64_t width,
                    const math::SgdCoeffs<mta::opmath_t<S>>& c, bool momentum, bool nesterov,
-                   bool first, bool maximize, bool scale) {
-  const bool seq = !momentum && !c.has_weight_decay;
+                   bool first, bool maximize, bool scale, bool sum_first, bool round_product) {
+  const bool seq = !momentum && !c.has_weight_decay && !sum_first;
+  const bool round = seq && round_product;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   at::Tensor partials;  // block sums of hot rows: alive until the update is queued
   const DuplicateSums<S> d =
@@ -151,15 +161,17 @@ void launch_sparse(const at::Tensor& param, const at::Tensor& buf, const at::Ten
                                                                    auto mx, auto s) {
     constexpr bool kM = decltype(m)::value;
     PYOPTIM_BOOL_SWITCH(seq, kSeq, [&] {
-      if constexpr (kSeq && kM) {
-        return;  // unreachable: seq implies no momentum
-      } else {
-        sgd_sparse_kernel<S, kM, decltype(n)::value, decltype(f)::value, decltype(mx)::value,
-                          decltype(s)::value, kSeq>
-            <<<static_cast<unsigned>(blocks), kSgdWarpsPerBlock * 32, 0, stream>>>(
-                pp, bp, rp, d, g.num_unique, c);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
+      PYOPTIM_BOOL_SWITCH(round, kRound, [&] {
+        if constexpr ((kSeq && kM) || (kRound && !kSeq)) {
+          return;  // unreachable: seq implies no momentum, round implies seq
+        } else {
+          sgd_sparse_kernel<S, kM, decltype(n)::value, decltype(f)::value, decltype(mx)::value,
+                            decltype(s)::value, kSeq, kRound>
+              <<<static_cast<unsigned>(blocks), kSgdWarpsPerBlock * 32, 0, stream>>>(
+                  pp, bp, rp, d, g.num_unique, c);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
     });
   });
 }

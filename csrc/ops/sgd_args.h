@@ -197,5 +197,26 @@ inline SgdCall check_sgd_call(
   return call;
 }
 
+// How ATen's CPU `param.add_(grad, alpha=-lr)` (torch 2.14's add_out_dense_sparse_cpu) adds a
+// sparse grad, torch's plain SGD step (Note [Sparse SGD] in ops/sgd_cpu.cpp); `grad` is the
+// gradient before maximize negates it. Shared by the CPU and CUDA ops: both apply a plain sparse
+// step the same way, so their results agree bitwise.
+inline cpu::PlainSparse aten_plain_sparse(const at::Tensor& param, const CooGrad& grad,
+                                          bool maximize) {
+  const at::Tensor& v = grad.values;
+  bool values_contiguous = v.is_contiguous();
+  if (maximize && !values_contiguous && !v.is_non_overlapping_and_dense()) {
+    // -grad's values: a new tensor in the layout TensorIterator gives it (strides of v where v
+    // is dense, else sorted by v's strides), which may be contiguous
+    values_contiguous = v.neg().is_contiguous();
+  }
+  const bool coalesced = grad.coalesced || grad.nnz == 1;  // ATen: is_coalesced() || nnz == 1
+  if (param.is_contiguous() && values_contiguous) {
+    if (coalesced && v.dim() == 1) return cpu::PlainSparse::kRoundProduct;  // non-hybrid
+    if (coalesced || grad.sparse_dim > 0) return cpu::PlainSparse::kInOrder;
+  }
+  return cpu::PlainSparse::kSumFirst;  // grad.coalesce(), then one add_ per row
+}
+
 }  // namespace ops
 }  // namespace pyoptim

@@ -62,26 +62,6 @@ struct SparseItem {
   cpu::PlainSparse plain;
 };
 
-// How ATen's CPU `param.add_(grad, alpha=-lr)` (torch 2.14's add_out_dense_sparse_cpu) adds a
-// sparse grad, torch's plain SGD step (Note [Sparse SGD]); `grad` is the gradient before
-// maximize negates it.
-cpu::PlainSparse aten_plain_sparse(const at::Tensor& param, const ops::CooGrad& grad,
-                                   bool maximize) {
-  const at::Tensor& v = grad.values;
-  bool values_contiguous = v.is_contiguous();
-  if (maximize && !values_contiguous && !v.is_non_overlapping_and_dense()) {
-    // -grad's values: a new tensor in the layout TensorIterator gives it (strides of v where v
-    // is dense, else sorted by v's strides), which may be contiguous
-    values_contiguous = v.neg().is_contiguous();
-  }
-  const bool coalesced = grad.coalesced || grad.nnz == 1;  // ATen: is_coalesced() || nnz == 1
-  if (param.is_contiguous() && values_contiguous) {
-    if (coalesced && v.dim() == 1) return cpu::PlainSparse::kRoundProduct;  // non-hybrid
-    if (coalesced || grad.sparse_dim > 0) return cpu::PlainSparse::kInOrder;
-  }
-  return cpu::PlainSparse::kSumFirst;  // grad.coalesce(), then one add_ per row
-}
-
 // Coefficients per (group, param dtype), narrowed with torch's overflow check for that dtype
 // (Note [Narrowing coefficients] in math/scalar_ops.h), computed while validating.
 class SgdCoeffTable {
@@ -241,7 +221,7 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
                             call.first[i],         grp.maximize,
                             grad_scale.has_value(), false,
                             cpu::StateFormat::kParam, false};  // (the modes take dense grads)
-    s.plain = aten_plain_sparse(params[i], *call.sparse[i], grp.maximize);
+    s.plain = ops::aten_plain_sparse(params[i], *call.sparse[i], grp.maximize);
     s.values = writes.unaliased(call.sparse[i]->values);
     s.param = params[i].is_contiguous() ? params[i] : params[i].contiguous();
     s.buf = (!buf.defined() || buf.is_contiguous()) ? buf : buf.contiguous();

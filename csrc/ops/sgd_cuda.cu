@@ -136,6 +136,8 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
     });
   }
   std::vector<cuda::DeviceRowGroups> rows(n);
+  // plain SGD's path per sparse grad, picked as the CPU op picks it (Note [Sparse SGD])
+  std::vector<cpu::PlainSparse> plain(n, cpu::PlainSparse::kInOrder);
   if (n > 0) {
     const c10::cuda::CUDAGuard guard(dev);
     for (size_t i = 0; i < n; ++i) {
@@ -148,9 +150,11 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
         continue;
       }
       const ops::SgdGroup& grp = call.of(i);
+      plain[i] = ops::aten_plain_sparse(params[i], coo, grp.maximize);
       rows[i] = cuda::group_rows_cuda(coo.indices, params[i].sizes(), kOp, what.c_str(),
                                       /*block_sums=*/grp.has_momentum() ||
-                                          grp.weight_decay != 0.0);  // else plain SGD
+                                          grp.weight_decay != 0.0 ||
+                                          plain[i] == cpu::PlainSparse::kSumFirst);
     }
   }
   // The seeds of the stochastic modes: one-element int64 CPU tensors (checked), read here.
@@ -305,7 +309,8 @@ void sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList moment
       }
       cuda::launch_sparse<S>(work[i].param, work[i].buf, values, rows[i], coo.width, c,
                              grp.has_momentum(), grp.nesterov, call.first[i], grp.maximize,
-                             has_scale);
+                             has_scale, plain[i] == cpu::PlainSparse::kSumFirst,
+                             plain[i] == cpu::PlainSparse::kRoundProduct);
     });
   }
 
