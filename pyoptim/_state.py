@@ -384,6 +384,8 @@ class Plan:
         self.calls: list[DeviceCall] = []
         self.extra: Any = None  # what a subclass keeps with the plan
         self.held: list[Tensor] = []  # Note [Held state]
+        # (state, its dicts, their positions by id) when the Plan has dicts (see finish)
+        self.positions: tuple[dict, list[dict], dict[int, int]] | None = None
         # Note [Sparse params in a dense step]: the params stepped by _run_sparse
         self.dense_mask = mask  # the params with a grad that go to the dense calls
         self.sparse_index: list[int] = []  # positions in `params` of the sparse ones
@@ -476,7 +478,18 @@ class Plan:
             and len(self.dicts) in (0, len(self.active))
             and all(type(p) is Tensor or type(p) is Parameter for p in self.active))
         if self.dicts or self.sparse_dicts:
-            positions = {id(d): k for k, d in enumerate(state.values())}
+            # the position of each state dict in the state, kept for the next Plan: a Plan is
+            # rebuilt in every step where the set of params with a grad changes (mixture of
+            # experts, frozen branches), and comparing the dicts is a fifth of the dict's cost
+            values = list(state.values())
+            kept = opt.__dict__.get("_pyoptim_plan")
+            kept = kept.positions if kept is not None else None
+            if kept is not None and kept[0] is state and len(kept[1]) == len(values) and \
+                    all(map(operator.is_, values, kept[1])):
+                positions = kept[2]
+            else:
+                positions = {id(d): k for k, d in enumerate(values)}
+            self.positions = (state, values, positions)
             self.dict_pos = [positions[id(d)] for d in self.dicts]
             self.sparse_dict_pos = [positions[id(d)] for d in self.sparse_dicts]
             if self.dict_pos == list(range(len(state))):
@@ -488,7 +501,9 @@ class Plan:
             local = [t if type(t) is Tensor else t._local_tensor  # a DTensor's: what the op gets
                      for d in self.dicts for t in d.values()
                      if type(t) is Tensor or (dtensor is not None and type(t) is dtensor)]
-            self.held = [t.view(t.shape) for t in local]
+            # t[...]: an alias view as t.view(t.shape) is, at a quarter of its cost (1500
+            # tensors: 1.2 ms against 5 ms, paid in each Plan rebuild)
+            self.held = [t[...] for t in local]
 
     def valid(self, opt: torch.optim.Optimizer, params: list[Tensor], mask: list[bool],
               layout: Any) -> bool:
