@@ -35,7 +35,8 @@ int64_t split_align(const cpu::AdamFlags& f) {
   return f.states == cpu::StateFormat::kQ8 ? math::kQ8Block : ops::ItemSplit::kAlign;
 }
 
-// Tensors whose layouts disagree are updated in row-major copies, copied back afterwards.
+// Tensors whose layouts disagree are updated in copies in one layout (Note [Work layout] in
+// ops/checks.h), copied back afterwards.
 struct Relayout {
   size_t index;
   at::Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, comp;
@@ -148,7 +149,7 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
   if (validate_only || skip) return;  // skip: GradScaler found inf/NaN grads (no step counted)
   grads = writes.unaliased_reads(grads, own_grads);  // Note [Exact overlap]
 
-  // ---- 2. plan: pointers, or contiguous copies where layouts differ -----------------------
+  // ---- 2. plan: pointers, or copies in one layout where layouts differ ----------------------
   std::vector<Relayout> relayouts;
   ops::ItemSplit split;
   const at::Tensor none;
@@ -176,14 +177,15 @@ void adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_av
                               v_scale,
                               comp.defined() ? comp.data_ptr() : nullptr};
     } else {
-      Relayout r{i,
-                 params[i].contiguous(),
-                 grads[i].contiguous(),
-                 exp_avgs[i].contiguous(),
-                 exp_avg_sqs[i].contiguous(),
-                 vmax.defined() ? vmax.contiguous() : at::Tensor(),
-                 master.defined() ? master.contiguous() : at::Tensor(),
-                 comp.defined() ? comp.contiguous() : at::Tensor()};
+      // Note [Work layout] in ops/checks.h: the param's own where the walk order does not
+      // matter (the stochastic modes key random bits by it; 8-bit states are row-major)
+      const bool order = ops::param_work_order(
+          params[i], call.seed[i] < 0 && it.flags.states == cpu::StateFormat::kParam);
+      const auto work = [&](const at::Tensor& t) {
+        return ops::in_work_layout(t, params[i], order);
+      };
+      Relayout r{i,         work(params[i]), work(grads[i]), work(exp_avgs[i]),
+                 work(exp_avg_sqs[i]), work(vmax),   work(master), work(comp)};
       it.ptrs = cpu::AdamPtrs{r.param.data_ptr(),
                               r.grad.const_data_ptr(),
                               r.exp_avg.data_ptr(),

@@ -130,6 +130,18 @@ inline void check_param(const char* op, const at::Tensor& p, size_t i, c10::Devi
                    "passed as real views)");
 }
 
+// True when t (sized as p) has p's strides in every dim of more than one element: the two walk
+// their elements in the same memory order (a size-1 dim's stride is never used).
+inline bool same_walk(const at::Tensor& t, const at::Tensor& p) {
+  const auto ts = t.strides(), ps = p.strides();
+  const auto sizes = p.sizes();
+  if (ts.size() != ps.size()) return false;
+  for (size_t d = 0; d < ps.size(); ++d) {
+    if (sizes[d] > 1 && ts[d] != ps[d]) return false;
+  }
+  return true;
+}
+
 // True when every defined tensor in `others` has p's strides and p covers its memory densely:
 // then a kernel can walk all of them as flat arrays in memory order (transposed or channels-last
 // weights included) with no copy. `row_major` (8-bit states): memory order must also be the
@@ -143,6 +155,35 @@ inline bool same_dense_layout(const at::Tensor& p, std::initializer_list<const a
     if (t->defined() && t->strides() != p.strides()) return false;
   }
   return true;
+}
+
+// Note [Work layout]
+// Where the tensors of one param disagree in layout (same_dense_layout is false), the kernel
+// walks work tensors that share one layout: each tensor that is already in it is used in place,
+// the others are copied into it (and, if the step writes them, copied back afterwards). The
+// layout is the param's own when the param is dense (a channels-last or transposed weight whose
+// grad came contiguous: only the grad is copied, where row-major work tensors would copy the
+// param and every state there and back, 3-8x the step's time), and row-major otherwise (a
+// param that is a slice of a larger tensor: its state is row-major already). `memory_order`
+// false keeps row-major work tensors for a dense param too: the stochastic modes key their
+// random bits by the element's index in the walk, which was row-major in such a step before
+// and stays so (bitwise identical results), and 8-bit states are defined in row-major blocks.
+inline bool param_work_order(const at::Tensor& p, bool memory_order) {
+  return memory_order && p.is_non_overlapping_and_dense();
+}
+
+// t (sized as p) in the work layout (Note [Work layout]): t itself where it already is, else a
+// copy. `copy` false: an uninitialized tensor (a buffer the step writes before reading).
+inline at::Tensor in_work_layout(const at::Tensor& t, const at::Tensor& p, bool param_order,
+                                 bool copy = true) {
+  if (!t.defined()) return t;
+  if (param_order) {
+    if (same_walk(t, p)) return t;
+    at::Tensor w = at::empty_strided(p.sizes(), p.strides(), t.options());
+    return copy ? w.copy_(t) : w;
+  }
+  if (t.is_contiguous()) return t;
+  return copy ? t.contiguous() : at::empty(t.sizes(), t.options());
 }
 
 // Note [Exact overlap]

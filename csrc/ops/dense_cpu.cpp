@@ -114,7 +114,7 @@ void dense_cpu(at::TensorList params, at::TensorList grads, at::TensorList state
   if (validate_only || skip) return;  // skip: GradScaler found inf/NaN grads (no step counted)
   grads = writes.unaliased_reads(grads, own_grads);  // Note [Exact overlap]
 
-  // ---- 2. plan: pointers, or row-major copies where layouts differ -------------------------
+  // ---- 2. plan: pointers, or copies in one layout where layouts differ ----------------------
   std::vector<std::vector<at::Tensor>> copies(n);  // param, grad, states (only when copied)
   ops::ItemSplit split;
   for (size_t i = 0; i < n; ++i) {
@@ -127,10 +127,14 @@ void dense_cpu(at::TensorList params, at::TensorList grads, at::TensorList state
       ptrs.grad = grads[i].const_data_ptr();
       for (int k = 0; k < N; ++k) ptrs.state[k] = states[k * n + i].data_ptr();
     } else {
+      // Note [Work layout] in ops/checks.h: the param's own layout where it is dense
+      const bool order = ops::param_work_order(params[i], /*memory_order=*/true);
       std::vector<at::Tensor>& c = copies[i];
-      c.push_back(params[i].contiguous());
-      c.push_back(grads[i].contiguous());
-      for (int k = 0; k < N; ++k) c.push_back(states[k * n + i].contiguous());
+      c.push_back(ops::in_work_layout(params[i], params[i], order));
+      c.push_back(ops::in_work_layout(grads[i], params[i], order));
+      for (int k = 0; k < N; ++k) {
+        c.push_back(ops::in_work_layout(states[k * n + i], params[i], order));
+      }
       ptrs.param = c[0].data_ptr();
       ptrs.grad = c[1].const_data_ptr();
       for (int k = 0; k < N; ++k) ptrs.state[k] = c[2 + k].data_ptr();

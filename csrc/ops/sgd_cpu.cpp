@@ -189,15 +189,17 @@ void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentu
       it.buf = buf;
       it.master = master;
       it.comp = comp;
-    } else {  // layouts differ: work on row-major copies (only those that are not already)
-      it.param = params[i].contiguous();
-      it.grad = grads[i].contiguous();
+    } else {  // layouts differ: work on copies in one layout (only of those not in it)
+      // Note [Work layout] in ops/checks.h: the param's own where the walk order does not
+      // matter (the stochastic modes key random bits by it; 8-bit states are row-major)
+      const bool order = ops::param_work_order(
+          params[i], call.seed[i] < 0 && it.flags.states == cpu::StateFormat::kParam);
+      it.param = ops::in_work_layout(params[i], params[i], order);
+      it.grad = ops::in_work_layout(grads[i], params[i], order);
       // a first-step buffer is written before it is read: no need to copy its contents
-      if (buf.defined()) {
-        it.buf = call.first[i] ? at::empty_like(it.param, buf.options()) : buf.contiguous();
-      }
-      if (master.defined()) it.master = master.contiguous();
-      if (comp.defined()) it.comp = comp.contiguous();
+      it.buf = ops::in_work_layout(buf, params[i], order, /*copy=*/!call.first[i]);
+      it.master = ops::in_work_layout(master, params[i], order);
+      it.comp = ops::in_work_layout(comp, params[i], order);
     }
     it.ptrs = cpu::SgdPtrs{
         it.param.data_ptr(),
