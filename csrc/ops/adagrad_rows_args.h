@@ -141,5 +141,14 @@ inline AdagradRowsCall check_adagrad_rows_call(
   return call;
 }
 
+// Note [Sparse Adagrad] (math/adagrad.h)'s kPlainUpdate: ATen's add_ rounds the product first
+// where the sparse operand has one touched element and no dense dims and the param is
+// contiguous. `num_rows`: the gradient's unique rows; `values`: its values. Shared by the CPU
+// and CUDA ops, so they take the same path.
+inline bool sparse_adagrad_plain_update(const at::Tensor& param, int64_t num_rows,
+                                        const at::Tensor& values) {
+  return num_rows == 1 && values.dim() == 1 && param.is_contiguous();
+}
+
 }  // namespace ops
 }  // namespace pyoptim

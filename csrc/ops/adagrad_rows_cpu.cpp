@@ -106,9 +106,8 @@ void adagrad_rows_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
     ops::group_rows(rows, coo.nnz, coo.num_rows, op, *it.groups);
     it.num_rows = it.groups->num_unique();
     it.values = writes.unaliased(coo.values);
-    // Note [Sparse Adagrad]: one touched element, no dense dims, a contiguous param
-    it.plain_update = !kRowwise && it.num_rows == 1 && coo.values.dim() == 1 &&
-                      params[i].is_contiguous();
+    it.plain_update =
+        !kRowwise && ops::sparse_adagrad_plain_update(params[i], it.num_rows, coo.values);
   }
   writes.check(op);
   if (validate_only) return;

@@ -119,8 +119,7 @@ void adagrad_rows_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
         const auto& c = [&]() -> const math::SparseAdagradCoeffs<T>& {
           if constexpr (std::is_same<T, double>::value) return it.sd; else return it.sf;
         }();
-        // Note [Sparse Adagrad]: one touched element, no dense dims, a contiguous param
-        const bool plain = it.num_rows == 1 && it.values.dim() == 1 && params[i].is_contiguous();
+        const bool plain = ops::sparse_adagrad_plain_update(params[i], it.num_rows, it.values);
         cuda::launch_sparse_adagrad<S>(p, s, it.values, it.groups, width, c, grp.maximize,
                                        plain);
       }
