@@ -57,14 +57,17 @@ _spec_of = operator.attrgetter("_spec")  # DTensor's mesh, placements and global
 # needs no sharding strategy: an element-wise update of shards laid out as their param (same
 # mesh, placements and global shape) is the update of the global tensor. Right before the op
 # call, every DTensor param, grad and state tensor is replaced by its `_local_tensor` (what
-# to_local() returns, without the autograd view to_local() makes of a Parameter). Nothing local
-# is kept across steps (FSDP2 may swap a param's local tensor): the Plan keeps the positions of
-# the DTensors in each call (DeviceCall.dt_pos), so a step over plain tensors pays nothing for
-# them. Each grad and each state tensor (but _PLAIN_KEYS below) of a DTensor param must be a
-# DTensor laid out as its param, and not Partial (a grad not yet reduced: FSDP2 and DDP reduce
-# grads before step()). That is checked, and the specs found good are kept
-# (DeviceCall.dt_specs), so a step in which no spec object changed checks them with one list
-# compare (FSDP2's grads carry their param's own spec object; state keeps its tensors).
+# to_local() returns, without the autograd view to_local() makes of a Parameter). The Plan keeps
+# the positions of the DTensors in each call (DeviceCall.dt_pos), so a step over plain tensors
+# pays nothing for them. Each grad and each state tensor (but _PLAIN_KEYS below) of a DTensor
+# param must be a DTensor laid out as its param, and not Partial (a grad not yet reduced: FSDP2
+# and DDP reduce grads before step()). That is checked where it may have changed, so that a
+# step of 1000 FSDP2 params reads what it must and little more (_local_shards): the params'
+# local shards in every step (FSDP2 gives a param a new one in reset_sharded_param; a param
+# object is the Plan's, with its spec), the grads' specs (one list compare against the last
+# step's: FSDP2's grads carry their param's own spec object) and shards; a state value's spec
+# and shard where it is not the DTensor found last (DeviceCall.dt_states: the optimizer's own
+# tensors, replaced by load_state_dict or by assigning a state key, never changed in place).
 # State is created by torch.zeros_like(param), a DTensor like the param, as torch.optim creates
 # it, so get/set_optimizer_state_dict and torch.distributed.checkpoint see torch's state. Step
 # counts are plain tensors, as in torch (a DTensor count is stepped on its local value). An
@@ -73,6 +76,33 @@ _spec_of = operator.attrgetter("_spec")  # DTensor's mesh, placements and global
 # The state keys that are not shaped like the param: plain tensors for a DTensor param too (the
 # step count, as torch makes it; the seed of the mixed-precision modes, _mixed.SEED_KEY).
 _PLAIN_KEYS = ("step", "sr_seed")
+
+
+# Note [Reading grads]
+# `p.grad` on a Tensor subclass (a DTensor param: FSDP2) first asks whether the subclass
+# overrides __torch_function__ (a lookup on its type), at twice the cost of the read itself:
+# 0.22 ms for 1000 DTensor params, 0.08 ms with torch function off. Where no param's type
+# has a __torch_function__ of its own (Tensor, Parameter, DTensor: torch's disabled impl),
+# turning it off changes nothing but that cost, so the grads are read with it off. A param of
+# any other subclass keeps torch's getter (its __torch_function__ may answer `grad` itself).
+_QUIET_TYPES: dict[type, bool] = {Tensor: True, Parameter: True}
+
+
+def _quiet(t: type) -> bool:
+    """Whether `p.grad` for a param of type `t` reaches no __torch_function__."""
+    quiet = _QUIET_TYPES.get(t)
+    if quiet is None:
+        quiet = _QUIET_TYPES[t] = (
+            getattr(t, "__torch_function__", None) is torch._C._disabled_torch_function_impl)
+    return quiet
+
+
+def _grads(params: list[Tensor]) -> list[Tensor | None]:
+    """Each param's grad (Note [Reading grads])."""
+    if all(map(_quiet, set(map(type, params)))):
+        with torch._C.DisableTorchFunctionSubclass():
+            return list(map(_grad_of, params))
+    return list(map(_grad_of, params))
 
 
 def _dtensor_type() -> type | None:
@@ -341,7 +371,10 @@ def optional_lists(plan: Any, table: Sequence[tuple[str, int]], values: Sequence
 # well, only without the view until the Plan is rebuilt; so is a state tensor first found by
 # a rebuild right after a Plan that served a single step (Plan.finish). Params get none:
 # torch.utils.swap_tensors (module.to() with swapping, FSDP2) needs a param's TensorImpl to have
-# no other reference.
+# no other reference. A DTensor param's local shard does (DeviceCall.dt_param_locals): what is
+# swapped is the DTensor, and where FSDP2 gives a param a new shard (assigning its
+# _local_tensor) the step finds it and lets the views of the old shards go, so none is kept
+# alive. Grads of DTensor params (new tensors in every step) get none.
 
 
 class DeviceCall:
@@ -360,7 +393,12 @@ class DeviceCall:
         self.dt_pos: list[int] = []  # Note [DTensor params]: positions of DTensor params
         self.dt_state_pos: list[int] = []  # and in the state lists
         self.dt_state_param: list[int] = []  # the index in dt_pos of each of those
-        self.dt_specs: list | None = None  # the DTensors' specs last found laid out right
+        self.dt_grad_specs: list | None = None  # the grads' specs last found laid out right
+        # per state key: the DTensor values last found laid out right, and their local shards
+        self.dt_states: dict[str, tuple[list[Any], list[Any]]] = {}
+        # Note [Held state]: the DTensor params' local shards the Plan holds views of (None:
+        # none held, or FSDP2 replaced one since: _local_shards lets them go)
+        self.dt_param_locals: list[Tensor] | None = None
 
 
 class Plan:
@@ -503,6 +541,10 @@ class Plan:
             local = [t if type(t) is Tensor else t._local_tensor  # a DTensor's: what the op gets
                      for d in self.dicts for t in d.values()
                      if type(t) is Tensor or (dtensor is not None and type(t) is dtensor)]
+            for call in self.calls:  # and the DTensor params' local shards
+                if call.dt_pos:
+                    call.dt_param_locals = list(map(_local_of, pick(call.params, call.dt_pos)))
+                    local += call.dt_param_locals
             # t[...]: an alias view as t.view(t.shape) is, at a quarter of its cost; the view
             # the last Plan made of the same tensor is taken over (a rebuild after
             # add_param_group keeps nearly all): by id, with the tensor kept to compare. A view
@@ -519,6 +561,10 @@ class Plan:
                 elif new_views:
                     held[id(t)] = (t, t[...])
             self.held = held
+            for call in self.calls:
+                if call.dt_param_locals is not None and \
+                        not all(id(t) in held for t in call.dt_param_locals):
+                    call.dt_param_locals = None  # not held (see new_views)
 
     def valid(self, opt: torch.optim.Optimizer, params: list[Tensor], mask: list[bool],
               layout: Any) -> bool:
@@ -564,7 +610,7 @@ class Plan:
         if not call.complex_pos and not call.dt_pos:
             return call.params, grads, states
         if call.dt_pos:
-            params, grads, states = _local_shards(call, grads, states, keys)
+            params, grads, states = _local_shards(call, grads, states, keys, self.held)
         else:
             params, grads, states = list(call.params), list(grads), [list(s) for s in states]
         for k in call.complex_pos:
@@ -595,50 +641,59 @@ class Plan:
 
 
 def _local_shards(call: DeviceCall, grads: list[Tensor], states: list[list[Any]],
-                  keys: Sequence[str]) -> tuple[list[Tensor], list[Tensor], list[list[Any]]]:
+                  keys: Sequence[str], held: dict[int, tuple[Tensor, Tensor]],
+                  ) -> tuple[list[Tensor], list[Tensor], list[list[Any]]]:
     """Note [DTensor params]: the call's params, grads and state lists (`keys`: the key of each),
     new lists in which each DTensor param, its grad and its state tensors are their local
-    shards, once the grads and state tensors are checked to be laid out as their params."""
+    shards, once the grads and state tensors are checked to be laid out as their params.
+    `held`: the Plan's views (Note [Held state]); those of param shards FSDP2 has replaced
+    since the Plan was built are let go."""
     params = list(call.params)
     grads = list(grads)
     states = [list(s) for s in states]
     pos, spos = call.dt_pos, call.dt_state_pos
     every = len(pos) == len(params)  # FSDP2: every param of the call is a DTensor
     every_state = not states or len(spos) == len(states[0])
-    lists = [params if every else pick(params, pos), grads if every else pick(grads, pos)]
-    targets = [(params, pos, every), (grads, pos, every)]  # where each list's shards go
-    names = ["grad"]
+    dparams = params if every else pick(params, pos)
+    dgrads = grads if every else pick(grads, pos)
+    # grads: new in every step, checked where a spec object differs from the last step's
+    try:
+        specs = list(map(_spec_of, dgrads))
+    except AttributeError:  # a plain tensor
+        specs = None
+    if specs is None or specs != call.dt_grad_specs:
+        _check_layout("grad", dparams, dgrads)
+        call.dt_grad_specs = specs
+    # state: checked, and its shards read, where a value is not the one found last
+    local_states = []
     for key, values in zip(keys, states):
         dvalues = values if every_state else pick(values, spos)
         if key in _PLAIN_KEYS:  # a plain tensor or number
             dtensor = _dtensor_type()
             # the value types first: isinstance with a Tensor class is a metaclass call each
             if any(issubclass(t, dtensor) for t in set(map(type, dvalues))):
-                _put(values, spos, every_state,
-                     [v._local_tensor if isinstance(v, dtensor) else v for v in dvalues])
+                local_states.append((values, [v._local_tensor if isinstance(v, dtensor) else v
+                                              for v in dvalues]))
             continue
-        lists.append(dvalues)
-        targets.append((values, spos, every_state))
-        names.append(f"state[{key!r}]")
-    flat = list(chain.from_iterable(lists))
-    try:
-        specs = list(map(_spec_of, flat))
-    except AttributeError:  # a plain tensor, or None (an optional state key absent)
-        specs = None
-    if specs is None or specs != call.dt_specs:
-        dparams = lists[0]
-        sparams = dparams if len(spos) == len(pos) else pick(dparams, call.dt_state_param)
-        for name, values in zip(names, lists[1:]):
-            _check_layout(name, dparams if name == "grad" else sparams, values)
-        call.dt_specs = specs
-    if specs is not None:
-        local = list(map(_local_of, flat))
-    else:
-        local = [None if t is None else t._local_tensor for t in flat]
-    start = 0
-    for (dst, index, whole), values in zip(targets, lists):
-        _put(dst, index, whole, local[start:start + len(values)])
-        start += len(values)
+        found = call.dt_states.get(key)
+        if found is None or len(found[0]) != len(dvalues) or \
+                not all(map(operator.is_, dvalues, found[0])):
+            sparams = dparams if len(spos) == len(pos) else pick(dparams, call.dt_state_param)
+            _check_layout(f"state[{key!r}]", sparams, dvalues)
+            found = call.dt_states[key] = (
+                list(dvalues), [None if t is None else t._local_tensor for t in dvalues])
+        local_states.append((values, found[1]))
+    # params: read in every step (FSDP2 may give a param a new shard)
+    local = list(map(_local_of, dparams))
+    kept = call.dt_param_locals
+    if kept is not None and not all(map(operator.is_, local, kept)):
+        for t in kept:  # a param's local shard was replaced: keep no view of the old one
+            held.pop(id(t), None)
+        call.dt_param_locals = None
+    _put(params, pos, every, local)
+    _put(grads, pos, every, list(map(_local_of, dgrads)))
+    for values, shards in local_states:
+        _put(values, spos, every_state, shards)
     return params, grads, states
 
 
@@ -996,7 +1051,7 @@ class FusedStep:
                 implicit_failed = True
         else:
             implicit_failed = False
-        grads = list(map(_grad_of, params))
+        grads = _grads(params)
         mask = list(map(operator.is_not, grads, repeat(None)))
         if plan is None or not plan.valid(self, params, mask, layout):
             plan = self._build_plan(params, mask, layout)

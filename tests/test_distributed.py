@@ -212,6 +212,7 @@ def _fsdp2_worker(rank: int, world: int) -> None:
         _compare(f"FSDP2 mixed DTensor and plain params, {name}", cls, runs,
                  lambda m: list(m.parameters()), STEPS, init)
     _bad_layouts(rank, mesh)
+    _replaced_shard(rank, mesh)
     _sgd_mixed_dtype_grads(rank, mesh)
     _mixed_precision_modes(rank, mesh)
 
@@ -259,6 +260,43 @@ def _bad_layouts(rank: int, mesh) -> None:
         rowwise.step()
     assert len(rowwise.state) == 0
     assert all(map(torch.equal, before, (q._local_tensor for q in model.parameters())))
+
+
+def _replaced_shard(rank: int, mesh) -> None:
+    """A DTensor param whose local shard is replaced between steps (FSDP2 assigns a new
+    _local_tensor when it resets a param): the step updates the new shard as an optimizer that
+    never saw the old one does, bit for bit, and keeps nothing of the old shard alive (the
+    Plan's views of the params' shards, Note [Held state] in pyoptim/_state.py)."""
+    import gc
+    import weakref
+
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    def param(seed: int) -> nn.Parameter:
+        g = torch.Generator().manual_seed(seed)
+        w = nn.Parameter(distribute_tensor(torch.randn(6, 4, generator=g), mesh, [Shard(0)]))
+        w.grad = distribute_tensor(torch.randn(6, 4, generator=g), mesh, [Shard(0)])
+        return w
+
+    ws, refs = [param(0), param(1)], [param(0), param(1)]
+    opt, ref = pyoptim.AdamW(ws, lr=1e-2), pyoptim.AdamW(refs, lr=1e-2)
+    for _ in range(2):
+        opt.step()
+        ref.step()
+    old = ws[0]._local_tensor
+    gone = weakref.ref(old)
+    ws[0]._local_tensor = old.clone()
+    before = old.clone()
+    opt.step()
+    assert torch.equal(old, before), "the replaced shard was stepped"
+    del old
+    gc.collect()
+    assert gone() is None, "the step keeps the replaced shard alive"
+    ref.step()
+    opt.step()
+    ref.step()
+    for w, r in zip(ws, refs):
+        assert torch.equal(w._local_tensor, r._local_tensor)
 
 
 def _sgd_mixed_dtype_grads(rank: int, mesh) -> None:

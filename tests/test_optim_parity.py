@@ -36,7 +36,7 @@ from tolerances import (
     sgd_tol,
     sgd_vs_torch_bound,
 )
-from torch import nn
+from torch import Tensor, nn
 
 import pyoptim
 
@@ -575,6 +575,34 @@ def test_params_without_grad_are_skipped():
     opt.step()
     assert opt.state[m[2].bias]["step"].item() == 1.0
     assert opt.state[m[0].weight]["step"].item() == 2.0
+
+
+def test_param_subclass_torch_function_sees_grad_reads():
+    """A param of a Tensor subclass with a __torch_function__ of its own: the step reads its
+    grad through it, as torch.optim's does (pyoptim reads the grads of Tensor, Parameter and
+    DTensor params with torch function off: Note [Reading grads] in pyoptim/_state.py), and
+    steps it as torch does."""
+    seen = []
+
+    class Logged(Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            seen.append(getattr(func, "__name__", ""))
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    ws = []
+    for lib in (pyoptim, torch.optim):
+        w = torch.randn(4, generator=torch.Generator().manual_seed(0)).as_subclass(Logged)
+        w.requires_grad_()
+        w.grad = torch.full((4,), 0.5)
+        opt = lib.AdamW([w, nn.Parameter(torch.zeros(3))], lr=0.1)
+        opt.step()
+        seen.clear()
+        opt.step()
+        if lib is pyoptim:
+            assert "__get__" in seen, seen  # the grad getter reached __torch_function__
+        ws.append(w.detach().as_subclass(Tensor))
+    assert torch.equal(ws[0], ws[1])
 
 
 _WRITERS = [  # (class, kwargs, grad): every op that writes params and state
