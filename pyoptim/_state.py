@@ -82,9 +82,10 @@ _PLAIN_KEYS = ("step", "sr_seed")
 # `p.grad` on a Tensor subclass (a DTensor param: FSDP2) first asks whether the subclass
 # overrides __torch_function__ (a lookup on its type), at twice the cost of the read itself:
 # 0.22 ms for 1000 DTensor params, 0.08 ms with torch function off. Where no param's type
-# has a __torch_function__ of its own (Tensor, Parameter, DTensor: torch's disabled impl),
-# turning it off changes nothing but that cost, so the grads are read with it off. A param of
-# any other subclass keeps torch's getter (its __torch_function__ may answer `grad` itself).
+# has a __torch_function__ of its own (Tensor; Parameter and DTensor carry torch's disabled
+# one), turning it off changes nothing but that cost, so the grads are read with it off. A
+# param of any other subclass keeps torch's getter (its __torch_function__ may answer `grad`
+# itself).
 _QUIET_TYPES: dict[type, bool] = {Tensor: True, Parameter: True}
 
 
