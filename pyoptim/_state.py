@@ -395,8 +395,9 @@ class DeviceCall:
         self.dt_state_pos: list[int] = []  # and in the state lists
         self.dt_state_param: list[int] = []  # the index in dt_pos of each of those
         self.dt_grad_specs: list | None = None  # the grads' specs last found laid out right
-        # per state key: the DTensor values last found laid out right, and their local shards
-        self.dt_states: dict[str, tuple[list[Any], list[Any]]] = {}
+        # per state key: the values last found laid out right, and their local shards (None: a
+        # plain key's plain values)
+        self.dt_states: dict[str, tuple[list[Any], list[Any] | None]] = {}
         # Note [Held state]: the DTensor params' local shards the Plan holds views of (None:
         # none held, or FSDP2 replaced one since: _local_shards lets them go)
         self.dt_param_locals: list[Tensor] | None = None
@@ -665,25 +666,27 @@ def _local_shards(call: DeviceCall, grads: list[Tensor], states: list[list[Any]]
     if specs is None or specs != call.dt_grad_specs:
         _check_layout("grad", dparams, dgrads)
         call.dt_grad_specs = specs
-    # state: checked, and its shards read, where a value is not the one found last
+    # state: checked, and its shards read, where a value is not the one found last (shards
+    # None: a plain key whose values are all plain, used as they are)
     local_states = []
     for key, values in zip(keys, states):
         dvalues = values if every_state else pick(values, spos)
-        if key in _PLAIN_KEYS:  # a plain tensor or number
-            dtensor = _dtensor_type()
-            # the value types first: isinstance with a Tensor class is a metaclass call each
-            if any(issubclass(t, dtensor) for t in set(map(type, dvalues))):
-                local_states.append((values, [v._local_tensor if isinstance(v, dtensor) else v
-                                              for v in dvalues]))
-            continue
         found = call.dt_states.get(key)
         if found is None or len(found[0]) != len(dvalues) or \
                 not all(map(operator.is_, dvalues, found[0])):
-            sparams = dparams if len(spos) == len(pos) else pick(dparams, call.dt_state_param)
-            _check_layout(f"state[{key!r}]", sparams, dvalues)
-            found = call.dt_states[key] = (
-                list(dvalues), [None if t is None else t._local_tensor for t in dvalues])
-        local_states.append((values, found[1]))
+            if key in _PLAIN_KEYS:  # a plain tensor or number; a DTensor one: its local value
+                dtensor = _dtensor_type()
+                # the value types first: isinstance with a Tensor class is a metaclass call each
+                shards = ([v._local_tensor if isinstance(v, dtensor) else v for v in dvalues]
+                          if any(issubclass(t, dtensor) for t in set(map(type, dvalues)))
+                          else None)
+            else:
+                sparams = dparams if len(spos) == len(pos) else pick(dparams, call.dt_state_param)
+                _check_layout(f"state[{key!r}]", sparams, dvalues)
+                shards = [None if t is None else t._local_tensor for t in dvalues]
+            found = call.dt_states[key] = (list(dvalues), shards)
+        if found[1] is not None:
+            local_states.append((values, found[1]))
     # params: read in every step (FSDP2 may give a param a new shard)
     local = list(map(_local_of, dparams))
     kept = call.dt_param_locals

@@ -266,11 +266,12 @@ def _replaced_shard(rank: int, mesh) -> None:
     """A DTensor param whose local shard is replaced between steps (FSDP2 assigns a new
     _local_tensor when it resets a param): the step updates the new shard as an optimizer that
     never saw the old one does, bit for bit, and keeps nothing of the old shard alive (the
-    Plan's views of the params' shards, Note [Held state] in pyoptim/_state.py)."""
+    Plan's views of the params' shards, Note [Held state] in pyoptim/_state.py). A step count
+    set to a DTensor later is stepped on its local value."""
     import gc
     import weakref
 
-    from torch.distributed.tensor import Shard, distribute_tensor
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
     def param(seed: int) -> nn.Parameter:
         g = torch.Generator().manual_seed(seed)
@@ -295,6 +296,14 @@ def _replaced_shard(rank: int, mesh) -> None:
     ref.step()
     opt.step()
     ref.step()
+    for w, r in zip(ws, refs):
+        assert torch.equal(w._local_tensor, r._local_tensor)
+    # a step count that is a DTensor (Note [DTensor params]: stepped on its local value)
+    state = opt.state[ws[1]]
+    state["step"] = distribute_tensor(state["step"].clone(), mesh, [Replicate()])
+    opt.step()
+    ref.step()
+    assert torch.equal(state["step"]._local_tensor, ref.state[refs[1]]["step"])
     for w, r in zip(ws, refs):
         assert torch.equal(w._local_tensor, r._local_tensor)
 

@@ -32,12 +32,7 @@ struct AdamLaunchArgs {
 template <class T>
 __device__ __noinline__ math::AdamCoeffs<T> adam_device_coeffs(const AdamLaunchArgs<T>& a,
                                                                bool decoupled, const void* step) {
-  // the count after this step as its tensor stores it (increment_steps; the host's
-  // next_step_count): a float32 count stays at 2^24, as torch's `step_t += 1`
-  const double next =
-      a.step_is_double
-          ? *static_cast<const double*>(step) + 1.0
-          : static_cast<double>(static_cast<float>(*static_cast<const float*>(step) + 1.0));
+  const double next = mta::next_step_count(step, a.step_is_double);
   const double lr = a.lr_dev.ptr ? a.lr_dev.get() : a.lr;
   const double scale = a.scale_dev.ptr ? a.scale_dev.get() : a.scale;
   return math::make_adam_coeffs<T>(lr, a.beta1, a.beta2, a.eps, a.weight_decay, decoupled,

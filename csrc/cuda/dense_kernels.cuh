@@ -39,12 +39,7 @@ struct DenseOp {
       double h[Opt::kHypers];
       for (int k = 0; k < Opt::kHypers; ++k) h[k] = a.hyper[k];
       if (a.lr_dev.ptr) h[0] = a.lr_dev.get();
-      // the count after this step as its tensor stores it (see adam_device_coeffs)
-      const double next =
-          a.step_is_double
-              ? *static_cast<const double*>(c.extra) + 1.0
-              : static_cast<double>(static_cast<float>(*static_cast<const float*>(c.extra) + 1.0));
-      cf = Opt::template coeffs<T>(h, next);
+      cf = Opt::template coeffs<T>(h, mta::next_step_count(c.extra, a.step_is_double));
     }
     const T scale = static_cast<T>(a.scale_dev.ptr ? a.scale_dev.get() : a.scale);
     mta::for_each_element<S, kDepth, kWrite>(c, [&](T(&x)[kDepth]) {

@@ -72,6 +72,15 @@ struct ScalarRef {
   }
 };
 
+// A step count tensor's value after this step, as the tensor stores it (the host's
+// ops::next_step_count; the count is incremented in place after the update): a float32 count
+// stays at 2^24, as torch's `step_t += 1`.
+__device__ __forceinline__ double next_step_count(const void* count, bool is_double) {
+  return is_double
+             ? *static_cast<const double*>(count) + 1.0
+             : static_cast<double>(static_cast<float>(*static_cast<const float*>(count) + 1.0));
+}
+
 // A one-element scalar tensor that the kernels read on the device (float32 or float64).
 inline ScalarRef device_scalar(const at::Tensor& t, std::vector<at::Tensor>& keep_alive) {
   at::Tensor u = t;
