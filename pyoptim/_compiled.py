@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._state import DeviceCall, Plan, _dtensor_type, zeros_state
+from ._state import TRACED_HELD, DeviceCall, Plan, _dtensor_type, zeros_state
 
 # Note [Compiled step]
 # A step traced by Dynamo (torch.compile of a training step, or of opt.step) makes the same op
@@ -103,6 +103,9 @@ def init_for_trace(opt: Any, group: None, params: list, grads: list, *lists: lis
     grads.extend(p.grad for p in plan.active)
     for out, values in zip(lists, states):
         out.extend(values)
+    # Note [Held state] in _state.py: a traced step keeps no Plan, so the optimizer holds the
+    # views of the state tensors the graph gives the op; the next trace replaces them
+    opt.__dict__[TRACED_HELD] = [t[...] for values in states for t in values if type(t) is Tensor]
     return all_keys, _chunks(plan), plan.extra, plan.layout, with_state
 
 

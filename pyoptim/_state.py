@@ -375,7 +375,15 @@ def optional_lists(plan: Any, table: Sequence[tuple[str, int]], values: Sequence
 # no other reference. A DTensor param's local shard does (DeviceCall.dt_param_locals): what is
 # swapped is the DTensor, and where FSDP2 gives a param a new shard (assigning its
 # _local_tensor) the step finds it and lets the views of the old shards go, so none is kept
-# alive. Grads of DTensor params (new tensors in every step) get none.
+# alive. Grads of DTensor params (new tensors in every step) get none. A traced step (Note
+# [Compiled step]) keeps no Plan; the graph hands its op the state tensors as inputs, and the
+# optimizer holds views of them from the trace (TRACED_HELD; 200 AdamW params of 64x64, one
+# thread: 0.55 -> 0.47 ms a compiled step).
+
+
+# The optimizer's attribute holding the views of the state tensors the last trace gave its op
+# calls (_compiled.init_for_trace).
+TRACED_HELD = "_pyoptim_traced_held"
 
 
 class DeviceCall:
@@ -540,6 +548,7 @@ class Plan:
         # Note [Held state]: a view of each state tensor, so the op's stack never drops the
         # last C++ reference to one
         if not torch.compiler.is_compiling():  # a traced step keeps no Plan
+            opt.__dict__.pop(TRACED_HELD, None)  # an eager step's Plan holds its own views
             local = [t if type(t) is Tensor else t._local_tensor  # a DTensor's: what the op gets
                      for d in self.dicts for t in d.values()
                      if type(t) is Tensor or (dtensor is not None and type(t) is dtensor)]
@@ -1003,6 +1012,7 @@ class FusedStep:
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())  # type: ignore[misc]
         state.pop("_pyoptim_plan", None)
+        state.pop(TRACED_HELD, None)
         return state
 
     @_with_step_hooks

@@ -25,6 +25,7 @@ tests are the ones named `_inductor`. The whole file takes about a minute.
 
 from __future__ import annotations
 
+import copy
 import pathlib
 
 import pytest
@@ -160,6 +161,44 @@ def test_compiled_step_fullgraph_equals_eager(name):
                                                     fullgraph=True))
     assert_bitwise_equal(compiled, eager, name)
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize("then", ["compiled", "eager"])
+def test_views_held_after_a_trace_follow_the_state(then):
+    """Note [Held state]: a traced step holds views of the state tensors its graph steps. After
+    load_state_dict gives the optimizer new state tensors, the next step lets the old ones go:
+    a compiled one (the recompile's trace) holds views of the new tensors only, an eager one none
+    (its Plan holds its own). Either steps the loaded state: the same numbers as an eager
+    optimizer that loaded it. (Dynamo's cache entries hold the tensors their graphs were traced
+    on, as for torch.optim's compiled steps, until torch._dynamo.reset().)"""
+    model, opt = _make("adamw")
+    ref_model, ref = _make("adamw")
+    step = torch.compile(opt.step, backend="aot_eager", fullgraph=True)
+    for k in range(2):
+        _set_grads(model, k)
+        step()
+
+    def state_ids() -> set[int]:
+        return {id(t) for s in opt.state.values() for t in s.values()}
+
+    def held_bases() -> set[int] | None:
+        held = opt.__dict__.get(pyoptim._compiled.TRACED_HELD)
+        return None if held is None else {id(v._base) for v in held}
+
+    assert held_bases() == state_ids()
+    _set_grads(ref_model, 0)
+    ref.step()
+    opt.load_state_dict(copy.deepcopy(ref.state_dict()))  # (a state_dict shares its tensors)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            p.copy_(q)
+    _set_grads(model, 5)
+    _set_grads(ref_model, 5)
+    (step if then == "compiled" else opt.step)()
+    ref.step()
+    assert held_bases() == (state_ids() if then == "compiled" else None)
+    assert_bitwise_equal(snapshot(list(model.parameters())), snapshot(list(ref_model.parameters())))
+    assert_bitwise_equal(snapshot(opt.state_dict()["state"]), snapshot(ref.state_dict()["state"]))
 
 
 def test_adam_every_optional_state_list_compiles():
