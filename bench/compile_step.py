@@ -1,14 +1,15 @@
 """`python -m bench.compile_step`: pyoptim under torch.compile, against itself eager and against
 torch.optim compiled (Note [Compiled step] in pyoptim/_compiled.py).
 
-    python -m bench.compile_step             # every part (10-15 min on 2 cores)
+    python -m bench.compile_step             # every part (11-16 min on 2 cores)
     python -m bench.compile_step --threads 1 # on a shared machine: with two threads, torch's
                                              # CPU kernels stall whenever another process
                                              # holds a core (the README's numbers: --threads 1)
     python -m bench.compile_step --quick     # small sizes, AdamW only: a smoke run
     python -m bench.compile_step --opt sgd --part step
+    python -m bench.compile_step --part floor --threads 1
 
-Two parts, each for AdamW and SGD (momentum 0.9), float32, on the CPU:
+Three parts, each for AdamW and SGD (momentum 0.9), float32, on the CPU:
 
   * step: `opt.step()` alone, grads preset once, on two models: `mlp-8x512` (8 Linear(512, 512),
     16 tensors, 2.1M elements) and `mlp-100x64` (100 Linear(64, 64), 200 tensors, 0.4M
@@ -30,6 +31,7 @@ The header prints the 1-minute load average before and after.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import time
 from collections.abc import Callable
@@ -85,6 +87,41 @@ STEP_ROUNDS = (("pyoptim", "pyoptim-compiled", "torch-fused", "torch-foreach-com
                ("pyoptim", "pyoptim-compiled", "torch-fused-compiled"))
 TRAIN_ROUNDS = (("pyoptim", "pyoptim-compiled", "torch-foreach-compiled"),
                 ("pyoptim", "pyoptim-compiled", "torch-fused-compiled"))
+
+
+# Per optimizer: the pyoptim module and its module-level op (the eager step's), and the
+# registered op (what Inductor's code calls).
+OPS = {"adamw": ("adam", "_adam_", "adam_"), "sgd": ("sgd", "_sgd_", "sgd_")}
+NOOP = "/no-op"
+
+
+def _noop(*args: object, **kwargs: object) -> None:
+    return None
+
+
+def _with_noop(owner: object, attr: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """fn, run with owner.attr (an op) replaced by a no-op."""
+    real = getattr(owner, attr)
+
+    def run() -> object:
+        setattr(owner, attr, _noop)
+        try:
+            return fn()
+        finally:
+            setattr(owner, attr, real)
+
+    return run
+
+
+def floor_impls(opt: str, layers: int, width: int) -> tuple[dict, dict]:
+    """The floor part: pyoptim eager and compiled, with and without the op's work."""
+    steps, compile_s = step_impls(opt, layers, width, ("pyoptim", "pyoptim-compiled"))
+    module_name, eager_attr, op_name = OPS[opt]
+    module = importlib.import_module(f"pyoptim.{module_name}")
+    packet = getattr(torch.ops.pyoptim, op_name)
+    steps["pyoptim" + NOOP] = _with_noop(module, eager_attr, steps["pyoptim"])
+    steps["pyoptim-compiled" + NOOP] = _with_noop(packet, "default", steps["pyoptim-compiled"])
+    return steps, compile_s
 
 
 def step_impls(opt: str, layers: int, width: int, impls: tuple[str, ...]) -> tuple[dict, dict]:
@@ -148,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, AdamW only, few repeats")
     ap.add_argument("--opt", action="append", choices=list(OPTS), help="default: all")
-    ap.add_argument("--part", action="append", choices=["step", "train"], help="default: both")
+    ap.add_argument("--part", action="append", choices=["step", "train", "floor"],
+                    help="default: all three")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: all CPUs)")
     ap.add_argument("--min-time", type=float, default=1.0, help="timed seconds per impl")
     args = ap.parse_args(argv)
@@ -162,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
                       min_reps=5 if args.quick else 20)
     models = QUICK_MODELS if args.quick else MODELS
     opts = args.opt or (["adamw"] if args.quick else list(OPTS))
-    parts = args.part or ["step", "train"]
+    parts = args.part or ["step", "train", "floor"]
     print(f"torch {torch.__version__}, pyoptim {pyoptim.__version__} "
           f"({pyoptim.cpu_capability()}), {torch.get_num_threads()} threads, "
           f"{harness.cpu_model()}, load average {os.getloadavg()}", flush=True)
@@ -172,6 +210,10 @@ def main(argv: list[str] | None = None) -> None:
                 for impls in STEP_ROUNDS:
                     report(f"step/{opt}/{name}: opt.step() alone",
                            *step_impls(opt, layers, width, impls), cfg)
+        if "floor" in parts:
+            for name, (layers, width) in models.items():
+                report(f"floor/{opt}/{name}: the step around its op (/no-op: the op call "
+                       "a no-op, no update)", *floor_impls(opt, layers, width), cfg)
         if "train" in parts:
             name, (layers, width) = next(iter(models.items()))
             for impls in TRAIN_ROUNDS:
