@@ -21,6 +21,18 @@ PYOPTIM_INLINE void store_param_tail(S* p, opmath_t<S> x, uint32_t lo, const mat
   }
 }
 
+// The prefetch (Note [Streaming prefetch]) of one iteration of an Adam loop advancing kStep
+// elements: the param and moments (written), the grad, max_exp_avg_sq with kAmsgrad.
+template <int64_t kStep, bool kAmsgrad, class P, class M, class Q>
+PYOPTIM_INLINE void prefetch_adam(const P* param, const P* grad, const M* exp_avg,
+                                  const Q* exp_avg_sq, const Q* max_sq, int64_t i) {
+  prefetch_ahead<kStep, true>(param, i);
+  prefetch_ahead<kStep>(grad, i);
+  prefetch_ahead<kStep, true>(exp_avg, i);
+  prefetch_ahead<kStep, true>(exp_avg_sq, i);
+  if constexpr (kAmsgrad) prefetch_ahead<kStep, true>(max_sq, i);
+}
+
 // [begin, end): with kSR, within one block of 2^32 elements (adam_range splits at them), so
 // uint32(i) + lane never wraps.
 template <class S, bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale, bool kSR>
@@ -39,6 +51,7 @@ void adam_loop(const AdamPtrs& a, int64_t begin, int64_t end,
   // random bits follow the element index)
   if constexpr (HasPaired<S>::value && !kSR) {
     for (; i + 2 * W <= end; i += 2 * W) {
+      prefetch_adam<2 * W, kAmsgrad>(param, grad, exp_avg, exp_avg_sq, max_sq, i);
       V p0, p1, g0, g1, m0, m1, v0, v1, x0, x1;
       vload2(param + i, p0, p1);
       vload2(grad + i, g0, g1);
@@ -59,6 +72,7 @@ void adam_loop(const AdamPtrs& a, int64_t begin, int64_t end,
     }
   }
   for (; i + W <= end; i += W) {
+    prefetch_adam<W, kAmsgrad>(param, grad, exp_avg, exp_avg_sq, max_sq, i);
     V p = vload(param + i), m = vload(exp_avg + i), v = vload(exp_avg_sq + i);
     V vmax = kAmsgrad ? vload(max_sq + i) : v;
     math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(p, vload(grad + i), m, v, vmax, c);
@@ -120,6 +134,8 @@ void adam_kahan_loop(const AdamPtrs& a, int64_t begin, int64_t end,
   int64_t i = begin;
   if constexpr (HasPaired<S>::value) {  // two vectors per register (see adam_loop)
     for (; i + 2 * W <= end; i += 2 * W) {
+      prefetch_adam<2 * W, kAmsgrad>(param, grad, exp_avg, exp_avg_sq, max_sq, i);
+      prefetch_ahead<2 * W, true>(comp, i);
       V p0, p1, g0, g1, m0, m1, v0, v1, x0, x1, c0, c1;
       vload2(param + i, p0, p1);
       vload2(grad + i, g0, g1);
@@ -142,6 +158,8 @@ void adam_kahan_loop(const AdamPtrs& a, int64_t begin, int64_t end,
     }
   }
   for (; i + W <= end; i += W) {
+    prefetch_adam<W, kAmsgrad>(param, grad, exp_avg, exp_avg_sq, max_sq, i);
+    prefetch_ahead<W, true>(comp, i);
     const V p0 = vload(param + i);
     V q = p0, m = vload(exp_avg + i), v = vload(exp_avg_sq + i);
     V vmax = kAmsgrad ? vload(max_sq + i) : v;
@@ -179,6 +197,8 @@ void adam_master_loop(const AdamPtrs& a, int64_t begin, int64_t end,
   float* __restrict__ max_sq = static_cast<float*>(a.max_exp_avg_sq);
   int64_t i = begin;
   for (; i + W <= end; i += W) {
+    prefetch_adam<W, kAmsgrad>(param, grad, exp_avg, exp_avg_sq, max_sq, i);
+    prefetch_ahead<W, true>(master, i);
     V p = vload(master + i), m = vload(exp_avg + i), v = vload(exp_avg_sq + i);
     V vmax = kAmsgrad ? vload(max_sq + i) : v;
     math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(p, vload(grad + i), m, v, vmax, c);
@@ -217,6 +237,7 @@ void adam_bf16_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
   bf16* __restrict__ exp_avg_sq = static_cast<bf16*>(a.exp_avg_sq);
   int64_t i = begin;
   for (; i + W <= end; i += W) {
+    prefetch_adam<W, false>(param, grad, exp_avg, exp_avg_sq, exp_avg_sq, i);
     V p = vload(param + i), m = vload(exp_avg + i), v = vload(exp_avg_sq + i), vmax = v;
     math::adam_step<kDecoupled, false, kMaximize, kScale>(p, vload(grad + i), m, v, vmax, c);
     vstore(param + i, p);
@@ -273,7 +294,6 @@ void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
   float* __restrict__ m_scale = static_cast<float*>(a.exp_avg_scale);
   float* __restrict__ v_scale = static_cast<float*>(a.exp_avg_sq_scale);
   const math::AdamCoeffs<float> cc = c;  // a local copy: not reloaded after each store
-  constexpr int64_t kAhead = 4 * B;  // software prefetch distance, elements
   alignas(64) float mbuf[B];
   alignas(64) float rbuf[B];
   for (int64_t b0 = begin; b0 < end; b0 += B) {
@@ -287,12 +307,7 @@ void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
     V m_acc = V(0.0f), r_acc = V(0.0f);
     int64_t j = 0;
     for (; j + W <= n; j += W) {
-      if (j % 64 == 0) {  // one line of codes per 64 elements: ask for those of later blocks
-        __builtin_prefetch(mb + j + kAhead);
-        __builtin_prefetch(vb + j + kAhead);
-      }
-      __builtin_prefetch(pb + j + kAhead, 1);
-      __builtin_prefetch(gb + j + kAhead);
+      prefetch_adam<W, false>(pb, gb, mb, vb, vb, j);
       V p = vload(pb + j);
       V m = math::q8_decode_signed(vload_code(mb + j), ms);
       V v = math::q8_decode_sqrt(vload_code(vb + j), vs), vmax = v;

@@ -18,6 +18,7 @@ namespace cpu {
 namespace PYOPTIM_ISA {
 namespace {
 
+#include "cpu/stream_prefetch_impl.h"  // shared by the loops over whole arrays
 #include "cpu/sparse_rows_impl.h"  // shared by the sparse optimizers
 #include "cpu/adam_impl.h"  // one include per optimizer
 #include "cpu/sgd_impl.h"
