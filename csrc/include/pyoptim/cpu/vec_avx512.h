@@ -150,15 +150,15 @@ PYOPTIM_INLINE VecF vload(const fp16* p) {
 PYOPTIM_INLINE void vstore(float* p, VecF x) { _mm512_storeu_ps(p, x.v); }
 PYOPTIM_INLINE void vstore(double* p, VecD x) { _mm512_storeu_pd(p, x.v); }
 // float -> bfloat16 bits, round to nearest even, NaN -> 0x7FC0 (as from_opmath<bf16>), in the
-// low half of each 32-bit lane.
+// low half of each 32-bit lane: (u + 0x7FFF + bit 16 of u) >> 16, the bias chosen by a mask and
+// the NaN lanes merged into the shift (5 instructions, where bfloat16 steps are compute-bound).
 PYOPTIM_INLINE __m512i bf16_bits(VecF x) {
   const __m512i u = _mm512_castps_si512(x.v);
-  const __m512i bias =
-      _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)),
-                       _mm512_set1_epi32(0x7FFF));
-  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
-  return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q), r,
-                                 _mm512_set1_epi32(0x7FC0));
+  const __mmask16 odd = _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000));
+  const __m512i t = _mm512_add_epi32(
+      u, _mm512_mask_blend_epi32(odd, _mm512_set1_epi32(0x7FFF), _mm512_set1_epi32(0x8000)));
+  return _mm512_mask_srli_epi32(_mm512_set1_epi32(0x7FC0),
+                                _mm512_cmp_ps_mask(x.v, x.v, _CMP_ORD_Q), t, 16);
 }
 PYOPTIM_INLINE void vstore(bf16* p, VecF x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bf16_bits(x)));
