@@ -17,6 +17,9 @@ void dense_loop(const DensePtrs& a, int64_t begin, int64_t end,
   const typename Opt::template Coeffs<T>& c = args.coeffs;
   int64_t i = begin;
   for (; i + W <= end; i += W) {
+    prefetch_ahead<W, true>(param, i);  // Note [Streaming prefetch]
+    prefetch_ahead<W>(grad, i);
+    for (int k = 0; k < N; ++k) prefetch_ahead<W, true>(state[k], i);
     V p = vload(param + i), g = vload(grad + i);
     if (kScale) g = g / math::bcast<V>(args.grad_scale);  // grad / scale (GradScaler unscale)
     V s[N];

@@ -2,11 +2,22 @@
 // loop, all calling math::sgd_step. Included by cpu/kernels_impl.h inside namespace
 // pyoptim::cpu::<isa>.
 
+// The prefetch (Note [Streaming prefetch]) of one iteration of an SGD loop over whole arrays
+// advancing kStep elements: the param (written), the grad, the buffer with momentum (written;
+// read after the first step).
+template <int64_t kStep, bool kMomentum, class P, class G, class B>
+PYOPTIM_INLINE void prefetch_sgd(const P* param, const G* grad, const B* buf, int64_t i) {
+  prefetch_ahead<kStep, true>(param, i);
+  prefetch_ahead<kStep>(grad, i);
+  if constexpr (kMomentum) prefetch_ahead<kStep, true>(buf, i);
+}
+
 // Elements [begin, end) of one row (or one whole tensor): p and buf of storage type S, the
 // gradient of type G (S for a dense grad or a single sparse value row, opmath_t<S> for a row of
-// summed duplicates).
+// summed duplicates). kStream: a whole tensor, prefetched ahead (not a sparse row, where the
+// line past the row is another row's).
 template <class S, class G, bool kMomentum, bool kNesterov, bool kFirst, bool kMaximize,
-          bool kScale>
+          bool kScale, bool kStream = false>
 PYOPTIM_INLINE void sgd_span(S* __restrict__ param, const G* __restrict__ grad,
                              S* __restrict__ buf, int64_t begin, int64_t end,
                              const math::SgdCoeffs<opmath_t<S>>& c) {
@@ -15,6 +26,7 @@ PYOPTIM_INLINE void sgd_span(S* __restrict__ param, const G* __restrict__ grad,
   constexpr int64_t W = VecOf<S>::kSize;
   int64_t i = begin;
   for (; i + W <= end; i += W) {
+    if constexpr (kStream) prefetch_sgd<W, kMomentum>(param, grad, buf, i);
     V p = vload(param + i);
     V b = (kMomentum && !kFirst) ? vload(buf + i) : p;
     math::sgd_step<kMomentum, kNesterov, kFirst, kMaximize, kScale>(p, V(vload(grad + i)), b, c);
@@ -47,8 +59,9 @@ struct SgdDense {
   template <bool kM, bool kN, bool kF, bool kMax, bool kS>
   static void run(const SgdPtrs& a, int64_t begin, int64_t end,
                   const math::SgdCoeffs<opmath_t<S>>& c) {
-    sgd_span<S, S, kM, kN, kF, kMax, kS>(static_cast<S*>(a.param), static_cast<const S*>(a.grad),
-                                         static_cast<S*>(a.momentum_buffer), begin, end, c);
+    sgd_span<S, S, kM, kN, kF, kMax, kS, true>(static_cast<S*>(a.param),
+                                               static_cast<const S*>(a.grad),
+                                               static_cast<S*>(a.momentum_buffer), begin, end, c);
   }
 };
 
@@ -66,6 +79,7 @@ struct SgdDenseSr {
     bf16* __restrict__ buf = static_cast<bf16*>(a.momentum_buffer);
     int64_t i = begin;
     for (; i + W <= end; i += W) {
+      prefetch_sgd<W, kM>(param, grad, buf, i);
       V p = vload(param + i);
       V b = (kM && !kF) ? vload(buf + i) : p;
       math::sgd_step<kM, kN, kF, kMax, kS>(p, vload(grad + i), b, c);
@@ -98,6 +112,7 @@ struct SgdBf16Buffer {
       bf16* __restrict__ buf = static_cast<bf16*>(a.momentum_buffer);
       int64_t i = begin;
       for (; i + W <= end; i += W) {
+        prefetch_sgd<W, kM>(param, grad, buf, i);
         V p = vload(param + i);
         V b = kF ? p : vload(buf + i);
         math::sgd_step<kM, kN, kF, kMax, kS>(p, vload(grad + i), b, c);
@@ -144,6 +159,7 @@ struct SgdQ8Buffer {
         V acc = V(0.0f);
         int64_t j = 0;
         for (; j + W <= n; j += W) {
+          prefetch_sgd<W, kM>(pb, gb, qb, j);
           V p = vload(pb + j);
           V b = kF ? p : math::q8_decode_signed(vload_code(qb + j), s);
           math::sgd_step<kM, kN, kF, kMax, kS>(p, vload(gb + j), b, cc);
@@ -200,6 +216,8 @@ struct SgdDenseKahan {
     int64_t i = begin;
     if constexpr (HasPaired<S>::value) {  // two vectors per register (see adam_loop)
       for (; i + 2 * W <= end; i += 2 * W) {
+        prefetch_sgd<2 * W, kM>(param, grad, buf, i);
+        prefetch_ahead<2 * W, true>(comp, i);
         V p0, p1, g0, g1, c0, c1, b0, b1;
         vload2(param + i, p0, p1);
         vload2(grad + i, g0, g1);
@@ -218,6 +236,8 @@ struct SgdDenseKahan {
       }
     }
     for (; i + W <= end; i += W) {
+      prefetch_sgd<W, kM>(param, grad, buf, i);
+      prefetch_ahead<W, true>(comp, i);
       const V p0 = vload(param + i);
       V q = p0;
       V b = (kM && !kF) ? vload(buf + i) : p0;
@@ -286,6 +306,8 @@ struct SgdDenseMaster {
     float* __restrict__ buf = static_cast<float*>(a.momentum_buffer);
     int64_t i = begin;
     for (; i + W <= end; i += W) {
+      prefetch_sgd<W, kM>(param, grad, buf, i);
+      prefetch_ahead<W, true>(master, i);
       V p = vload(master + i);
       V b = (kM && !kF) ? vload(buf + i) : p;
       math::sgd_step<kM, kN, kF, kMax, kS>(p, V(vload(grad + i)), b, c);

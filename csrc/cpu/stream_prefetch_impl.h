@@ -1,5 +1,5 @@
-// Software prefetch for the loops that stream whole arrays front to back (adam_impl.h). Included
-// by cpu/kernels_impl.h inside namespace pyoptim::cpu::<isa>.
+// Software prefetch for the loops that stream whole arrays front to back (adam_impl.h, sgd_impl.h,
+// dense_impl.h). Included by cpu/kernels_impl.h inside namespace pyoptim::cpu::<isa>.
 //
 // Note [Streaming prefetch]
 // The hardware prefetchers follow a sequential stream, but where a loop does much arithmetic per
@@ -7,18 +7,20 @@
 // float32 element's; an AVX2 body, which takes twice AVX-512's iterations) they ran too little
 // ahead to keep the memory busy while the core computed: on the 2-core Zen 4 VM of the README's
 // tables (64M elements, 2 threads) such a step took about its memory time plus its compute time
-// instead of the larger of the two. So each Adam loop over whole arrays asks for every array's
-// line kPrefetchAhead elements ahead (once per 64-byte line). Measured (old and new kernels
-// interleaved in one process on the same arrays, medians of paired rounds; and whole optimizer
-// steps, old and new builds in alternating processes), the gain depends on how busy the host's
-// memory is: float32 at AVX2 18-22 %, the Kahan mode 12-25 %, bfloat16 params 4-15 % (AVX2),
-// bfloat16 states 0-14 %, float32 at AVX-512 0-8 %. Into L2 (prefetcht2, locality 1), not L1:
-// prefetcht0 made float32 at AVX-512 4 % slower (L1's miss buffers are the demand loads'); 256,
-// 512 and 1024 elements ahead measured alike; 512 is 2 KiB of a float32 array, 1 KiB of a 16-bit
-// one. A prefetch does not fault, so one past an array's end costs a useless line at most; the
-// address is computed in integers (no out-of-range pointer). SGD's and the dense optimizers'
-// loops have none (not measured; sgd_span also steps sparse rows, where a line past the row is
-// another row's).
+// instead of the larger of the two. So every loop over whole arrays (Adam's, SGD's, the dense
+// optimizers') asks for each array's line kPrefetchAhead elements ahead (once per 64-byte line).
+// Measured (old and new kernels interleaved in one process on the same arrays, medians of paired
+// rounds; and whole optimizer steps, old and new builds in alternating processes), the gain depends
+// on how busy the host's memory is: Adam float32 at AVX2 18-22 %, the Kahan mode 12-25 %, bfloat16
+// params 4-15 % (AVX2), bfloat16 states 0-14 %, float32 at AVX-512 0-8 %; at AVX2 SGD 9 %, Adamax
+// 19 %, Adagrad 13 % (medians of whole steps in 4 process pairs; at AVX-512 they did not change
+// beyond the noise). Into L2 (prefetcht2, locality 1), not L1: prefetcht0 made float32 at AVX-512
+// 4 % slower (L1's miss buffers are the demand loads'); 256, 512 and 1024 elements ahead measured
+// alike; 512 is 2 KiB of a float32 array, 1 KiB of a 16-bit one. A prefetch does not fault, so one
+// past an array's end costs a useless line at most; the address is computed in integers (no
+// out-of-range pointer). Sparse rows are not streams: the sparse kernels prefetch the rows they
+// will update (sparse_rows_impl.h's prefetch_row), and sgd_span, which steps both, prefetches ahead
+// only for a whole tensor (kStream).
 constexpr int64_t kPrefetchAhead = 512;  // elements
 constexpr int kLocality = 1;  // __builtin_prefetch's third argument: prefetcht2 on x86-64
 constexpr int64_t kLineBytes = 64;
