@@ -3,15 +3,16 @@
 // ops/sparse_rows.h and Note [Blocked duplicate sums] in math/duplicate_sum.h: the order of the
 // sum is fixed by `order`, never by the thread count.
 
-// The one prefetch of the sparse kernels: the `width` elements at `row` (every 64-byte line of
-// its first 2 KiB: a wider row is a sequential stream the hardware prefetcher follows), for
-// reading, or for writing (kWrite: a param or state row, read and then overwritten).
+// The one prefetch of the sparse kernels: the `width` elements at `row` (every line, of
+// stream_prefetch_impl.h's kLineBytes, of its first 2 KiB: a wider row is a sequential stream the
+// hardware prefetcher follows), for reading, or for writing (kWrite: a param or state row, read
+// and then overwritten).
 template <bool kWrite = false, class S>
 PYOPTIM_INLINE void prefetch_row(const S* row, int64_t width) {
   const char* b = reinterpret_cast<const char*>(row);
   const int64_t row_bytes = width * static_cast<int64_t>(sizeof(S));
   const int64_t bytes = row_bytes < 2048 ? row_bytes : 2048;
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(b + o, kWrite ? 1 : 0, 3);
+  for (int64_t o = 0; o < bytes; o += kLineBytes) __builtin_prefetch(b + o, kWrite ? 1 : 0, 3);
 }
 
 // Value rows of one sum prefetched ahead of the one being added: duplicates sit at random
