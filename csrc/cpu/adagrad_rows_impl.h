@@ -51,7 +51,7 @@ PYOPTIM_INLINE void prefetch_adagrad_row(const AdagradRowsPtrs& a, int64_t ahead
 template <class S, bool kMaximize, bool kPlain, class G>
 PYOPTIM_INLINE void sparse_adagrad_row(S* __restrict__ p_row, S* __restrict__ s_row,
                                        const G* __restrict__ g_row, int64_t width,
-                                       const math::SparseAdagradCoeffs<opmath_t<S>>& c) {
+                                       const math::SparseAdagradCoeffs<opmath_t<S>> c) {
   using V = typename VecOf<S>::type;
   using T = opmath_t<S>;
   constexpr int64_t W = VecOf<S>::kSize;
@@ -72,7 +72,7 @@ PYOPTIM_INLINE void sparse_adagrad_row(S* __restrict__ p_row, S* __restrict__ s_
 
 template <class S, bool kMaximize, bool kPlain>
 void sparse_adagrad_loop(const AdagradRowsPtrs& a, int64_t u_begin, int64_t u_end,
-                         const math::SparseAdagradCoeffs<opmath_t<S>>& c,
+                         const math::SparseAdagradCoeffs<opmath_t<S>> c,
                          opmath_t<S>* scratch) {
   S* const param = static_cast<S*>(a.param);
   S* const sum = static_cast<S*>(a.state_sum);
@@ -110,7 +110,7 @@ inline SparseAdagradKernels make_sparse_adagrad_kernels() {
 template <class S, bool kMaximize, math::RowwiseDecay kDecay, class G>
 PYOPTIM_INLINE opmath_t<S> rowwise_square_sum(const S* __restrict__ p_row,
                                               const G* __restrict__ g_row, int64_t width,
-                                              const math::RowwiseAdagradCoeffs<opmath_t<S>>& c) {
+                                              const math::RowwiseAdagradCoeffs<opmath_t<S>> c) {
   using V = typename VecOf<S>::type;
   using T = opmath_t<S>;
   constexpr int kLanes = math::kRowSumLanes;
@@ -141,7 +141,7 @@ PYOPTIM_INLINE opmath_t<S> rowwise_square_sum(const S* __restrict__ p_row,
 template <class S, bool kMaximize, math::RowwiseDecay kDecay, class G>
 PYOPTIM_INLINE void rowwise_adagrad_row(S* __restrict__ p_row, opmath_t<S>* __restrict__ sum,
                                         const G* __restrict__ g_row, int64_t width,
-                                        const math::RowwiseAdagradCoeffs<opmath_t<S>>& c) {
+                                        const math::RowwiseAdagradCoeffs<opmath_t<S>> c) {
   using V = typename VecOf<S>::type;
   using T = opmath_t<S>;
   constexpr int64_t W = VecOf<S>::kSize;
@@ -163,7 +163,7 @@ PYOPTIM_INLINE void rowwise_adagrad_row(S* __restrict__ p_row, opmath_t<S>* __re
 
 template <class S, bool kMaximize, math::RowwiseDecay kDecay>
 void rowwise_adagrad_loop(const AdagradRowsPtrs& a, int64_t u_begin, int64_t u_end,
-                          const math::RowwiseAdagradCoeffs<opmath_t<S>>& c,
+                          const math::RowwiseAdagradCoeffs<opmath_t<S>> c,
                           opmath_t<S>* scratch) {
   S* const param = static_cast<S*>(a.param);
   opmath_t<S>* const sum = static_cast<opmath_t<S>*>(a.state_sum);

@@ -37,7 +37,7 @@ PYOPTIM_INLINE void prefetch_adam(const P* param, const P* grad, const M* exp_av
 // uint32(i) + lane never wraps.
 template <class S, bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale, bool kSR>
 void adam_loop(const AdamPtrs& a, int64_t begin, int64_t end,
-               const math::AdamCoeffs<opmath_t<S>>& c, const math::SrKey& key) {
+               const math::AdamCoeffs<opmath_t<S>> c, const math::SrKey& key) {
   using V = typename VecOf<S>::type;
   using T = opmath_t<S>;
   constexpr int64_t W = VecOf<S>::kSize;
@@ -122,7 +122,7 @@ PYOPTIM_INLINE void kahan_store_tail(S* param, S* comp, float p0, float q) {
 // math/stochastic_round.h): the step on the widened param, then kahan_store.
 template <class S, bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale>
 void adam_kahan_loop(const AdamPtrs& a, int64_t begin, int64_t end,
-                     const math::AdamCoeffs<float>& c) {
+                     const math::AdamCoeffs<float> c) {
   using V = typename VecOf<S>::type;
   constexpr int64_t W = VecOf<S>::kSize;
   S* __restrict__ param = static_cast<S*>(a.param);
@@ -185,7 +185,7 @@ void adam_kahan_loop(const AdamPtrs& a, int64_t begin, int64_t end,
 // a float32 param), and the param is stored rounded to nearest from the new master.
 template <class P, bool kDecoupled, bool kAmsgrad, bool kMaximize, bool kScale>
 void adam_master_loop(const AdamPtrs& a, int64_t begin, int64_t end,
-                      const math::AdamCoeffs<float>& c) {
+                      const math::AdamCoeffs<float> c) {
   using V = typename VecOf<float>::type;
   constexpr int64_t W = VecOf<float>::kSize;
   static_assert(VecOf<P>::kSize == W, "16-bit and float32 vectors have the same lanes");
@@ -227,7 +227,7 @@ void adam_master_loop(const AdamPtrs& a, int64_t begin, int64_t end,
 // bfloat16 moments, stored rounded stochastically: 20 bytes per element.
 template <bool kDecoupled, bool kMaximize, bool kScale>
 void adam_bf16_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
-                          const math::AdamCoeffs<float>& c, const math::SrKey& key) {
+                          const math::AdamCoeffs<float> c, const math::SrKey& key) {
   using V = typename VecOf<float>::type;
   using U = VecU;
   constexpr int64_t W = VecOf<float>::kSize;
@@ -282,7 +282,7 @@ PYOPTIM_INLINE float lane_max(V x) {
 // (L1) with their largest magnitudes, then the block's scales and the codes.
 template <bool kDecoupled, bool kMaximize, bool kScale>
 void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
-                        const math::AdamCoeffs<float>& c, const math::SrKey& key) {
+                        const math::AdamCoeffs<float> c, const math::SrKey& key) {
   using V = typename VecOf<float>::type;
   using U = VecU;
   constexpr int64_t W = VecOf<float>::kSize;
@@ -293,7 +293,6 @@ void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
   uint8_t* __restrict__ exp_avg_sq = static_cast<uint8_t*>(a.exp_avg_sq);
   float* __restrict__ m_scale = static_cast<float*>(a.exp_avg_scale);
   float* __restrict__ v_scale = static_cast<float*>(a.exp_avg_sq_scale);
-  const math::AdamCoeffs<float> cc = c;  // a local copy: not reloaded after each store
   alignas(64) float mbuf[B];
   alignas(64) float rbuf[B];
   for (int64_t b0 = begin; b0 < end; b0 += B) {
@@ -312,7 +311,7 @@ void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
       V m = math::q8_decode_signed(vload_code(mb + j), ms);
       V v = math::q8_decode_sqrt(vload_code(vb + j), vs), vmax = v;
       const V root = math::adam_step_root<kDecoupled, false, kMaximize, kScale>(
-          p, vload(gb + j), m, v, vmax, cc);
+          p, vload(gb + j), m, v, vmax, c);
       vstore(pb + j, p);
       vstore(mbuf + j, m);
       vstore(rbuf + j, root);
@@ -325,7 +324,7 @@ void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
       float m = math::q8_decode_signed(static_cast<float>(mb[j]), ms);
       float v = math::q8_decode_sqrt(static_cast<float>(vb[j]), vs), vmax = v;
       const float root =
-          math::adam_step_root<kDecoupled, false, kMaximize, kScale>(p, gb[j], m, v, vmax, cc);
+          math::adam_step_root<kDecoupled, false, kMaximize, kScale>(p, gb[j], m, v, vmax, c);
       pb[j] = p;
       mbuf[j] = m;
       rbuf[j] = root;

@@ -14,7 +14,7 @@ void dense_loop(const DensePtrs& a, int64_t begin, int64_t end,
   const S* __restrict__ grad = static_cast<const S*>(a.grad);
   S* state[N];
   for (int k = 0; k < N; ++k) state[k] = static_cast<S*>(a.state[k]);
-  const typename Opt::template Coeffs<T>& c = args.coeffs;
+  const typename Opt::template Coeffs<T> c = args.coeffs;  // Note [Coefficients by value]
   int64_t i = begin;
   for (; i + W <= end; i += W) {
     prefetch_ahead<W, true>(param, i);  // Note [Streaming prefetch]

@@ -2,6 +2,14 @@
 // defines PYOPTIM_ISA and PYOPTIM_ISA_ENUM, then includes this file.
 // Rules (csrc/README.md): no torch, no STL beyond <cstdint>/<cstring>/<type_traits>, all in the ISA
 // namespace or PYOPTIM_INLINE, so no code built with AVX-512 flags can leak into another level.
+//
+// Note [Coefficients by value]
+// Every loop takes its coefficients (math::AdamCoeffs, SgdCoeffs, ...) by value, never by
+// reference. Through a reference the compiler must assume each store may change them (x86
+// intrinsics store through may_alias vector types; any float store may write a float field): it
+// reloads them, and retests their flags (lerp_small, has_weight_decay), in every iteration. A
+// by-value parameter is a local object no store can reach: its fields stay in registers or are
+// broadcast once. bfloat16 AdamW at AVX2, one core, from L1: 10 % less time.
 #pragma once
 
 #include "pyoptim/cpu/isa.h"

@@ -20,7 +20,7 @@ template <class S, class G, bool kMomentum, bool kNesterov, bool kFirst, bool kM
           bool kScale, bool kStream = false>
 PYOPTIM_INLINE void sgd_span(S* __restrict__ param, const G* __restrict__ grad,
                              S* __restrict__ buf, int64_t begin, int64_t end,
-                             const math::SgdCoeffs<opmath_t<S>>& c) {
+                             const math::SgdCoeffs<opmath_t<S>> c) {
   using V = typename VecOf<S>::type;
   using T = opmath_t<S>;
   constexpr int64_t W = VecOf<S>::kSize;
@@ -58,7 +58,7 @@ template <class S>
 struct SgdDense {
   template <bool kM, bool kN, bool kF, bool kMax, bool kS>
   static void run(const SgdPtrs& a, int64_t begin, int64_t end,
-                  const math::SgdCoeffs<opmath_t<S>>& c) {
+                  const math::SgdCoeffs<opmath_t<S>> c) {
     sgd_span<S, S, kM, kN, kF, kMax, kS, true>(static_cast<S*>(a.param),
                                                static_cast<const S*>(a.grad),
                                                static_cast<S*>(a.momentum_buffer), begin, end, c);
@@ -70,7 +70,7 @@ struct SgdDense {
 // block holding [begin, end).
 struct SgdDenseSr {
   template <bool kM, bool kN, bool kF, bool kMax, bool kS>
-  static void run(const SgdPtrs& a, int64_t begin, int64_t end, const math::SgdCoeffs<float>& c,
+  static void run(const SgdPtrs& a, int64_t begin, int64_t end, const math::SgdCoeffs<float> c,
                   const math::SrKey& key) {
     using V = typename VecOf<float>::type;
     constexpr int64_t W = VecOf<float>::kSize;
@@ -102,7 +102,7 @@ struct SgdDenseSr {
 // of Note [Reduced-precision optimizer states]). `key`: the state stream's.
 struct SgdBf16Buffer {
   template <bool kM, bool kN, bool kF, bool kMax, bool kS>
-  static void run(const SgdPtrs& a, int64_t begin, int64_t end, const math::SgdCoeffs<float>& c,
+  static void run(const SgdPtrs& a, int64_t begin, int64_t end, const math::SgdCoeffs<float> c,
                   const math::SrKey& key) {
     if constexpr (kM) {
       using V = typename VecOf<float>::type;
@@ -136,7 +136,7 @@ struct SgdBf16Buffer {
 // block, rounded stochastically). [begin, end) starts at a block boundary.
 struct SgdQ8Buffer {
   template <bool kM, bool kN, bool kF, bool kMax, bool kS>
-  static void run(const SgdPtrs& a, int64_t begin, int64_t end, const math::SgdCoeffs<float>& c,
+  static void run(const SgdPtrs& a, int64_t begin, int64_t end, const math::SgdCoeffs<float> c,
                   const math::SrKey& key) {
     if constexpr (kM) {
       using V = typename VecOf<float>::type;
@@ -147,7 +147,6 @@ struct SgdQ8Buffer {
       const float* __restrict__ grad = static_cast<const float*>(a.grad);
       int8_t* __restrict__ buf = static_cast<int8_t*>(a.momentum_buffer);
       float* __restrict__ scale = static_cast<float*>(a.buffer_scale);
-      const math::SgdCoeffs<float> cc = c;  // a local copy: not reloaded after each store
       alignas(64) float bbuf[B];
       for (int64_t b0 = begin; b0 < end; b0 += B) {
         const int64_t n = end - b0 < B ? end - b0 : B;
@@ -162,7 +161,7 @@ struct SgdQ8Buffer {
           prefetch_sgd<W, kM>(pb, gb, qb, j);
           V p = vload(pb + j);
           V b = kF ? p : math::q8_decode_signed(vload_code(qb + j), s);
-          math::sgd_step<kM, kN, kF, kMax, kS>(p, vload(gb + j), b, cc);
+          math::sgd_step<kM, kN, kF, kMax, kS>(p, vload(gb + j), b, c);
           vstore(pb + j, p);
           vstore(bbuf + j, b);
           acc = math::q8_absmax(acc, b);
@@ -171,7 +170,7 @@ struct SgdQ8Buffer {
         for (; j < n; ++j) {
           float p = pb[j];
           float b = kF ? p : math::q8_decode_signed(static_cast<float>(qb[j]), s);
-          math::sgd_step<kM, kN, kF, kMax, kS>(p, gb[j], b, cc);
+          math::sgd_step<kM, kN, kF, kMax, kS>(p, gb[j], b, c);
           pb[j] = p;
           bbuf[j] = b;
           mx = math::q8_absmax(mx, b);
@@ -206,7 +205,7 @@ struct SgdQ8Buffer {
 template <class S>
 struct SgdDenseKahan {
   template <bool kM, bool kN, bool kF, bool kMax, bool kS>
-  static void run(const SgdPtrs& a, int64_t begin, int64_t end, const math::SgdCoeffs<float>& c) {
+  static void run(const SgdPtrs& a, int64_t begin, int64_t end, const math::SgdCoeffs<float> c) {
     using V = typename VecOf<S>::type;
     constexpr int64_t W = VecOf<S>::kSize;
     S* __restrict__ param = static_cast<S*>(a.param);
@@ -296,7 +295,7 @@ template <class P>
 struct SgdDenseMaster {
   template <bool kM, bool kN, bool kF, bool kMax, bool kS>
   static void run(const SgdPtrs& a, int64_t begin, int64_t end,
-                  const math::SgdCoeffs<float>& c) {
+                  const math::SgdCoeffs<float> c) {
     using V = typename VecOf<float>::type;
     constexpr int64_t W = VecOf<float>::kSize;
     static_assert(VecOf<P>::kSize == W, "16-bit and float32 vectors have the same lanes");
@@ -363,7 +362,7 @@ template <class S>
 struct SgdSparse {
   template <bool kM, bool kN, bool kF, bool kMax, bool kS>
   static void run(const SgdSparsePtrs& a, int64_t u_begin, int64_t u_end,
-                  const math::SgdCoeffs<opmath_t<S>>& c, opmath_t<S>* scratch) {
+                  const math::SgdCoeffs<opmath_t<S>> c, opmath_t<S>* scratch) {
     S* param = static_cast<S*>(a.param);
     const S* values = static_cast<const S*>(a.values);
     S* buf = static_cast<S*>(a.momentum_buffer);

@@ -16,7 +16,7 @@ template <class S, bool kMaximize, bool kWeightDecay, class G>
 PYOPTIM_INLINE void sparse_adam_row(S* __restrict__ p_row, S* __restrict__ m_row,
                                     S* __restrict__ v_row, const G* __restrict__ g_row,
                                     int64_t width,
-                                    const math::SparseAdamCoeffs<opmath_t<S>>& c) {
+                                    const math::SparseAdamCoeffs<opmath_t<S>> c) {
   using V = typename VecOf<S>::type;
   using T = opmath_t<S>;
   constexpr int64_t W = VecOf<S>::kSize;
@@ -39,7 +39,7 @@ PYOPTIM_INLINE void sparse_adam_row(S* __restrict__ p_row, S* __restrict__ m_row
 
 template <class S, bool kMaximize, bool kWeightDecay>
 void sparse_adam_loop(const SparseAdamPtrs& a, int64_t u_begin, int64_t u_end,
-                      const math::SparseAdamCoeffs<opmath_t<S>>& c, opmath_t<S>* scratch) {
+                      const math::SparseAdamCoeffs<opmath_t<S>> c, opmath_t<S>* scratch) {
   S* const param = static_cast<S*>(a.param);
   S* const exp_avg = static_cast<S*>(a.exp_avg);
   S* const exp_avg_sq = static_cast<S*>(a.exp_avg_sq);

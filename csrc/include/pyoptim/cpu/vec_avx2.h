@@ -142,14 +142,18 @@ PYOPTIM_INLINE VecF vload(const fp16* p) {
 
 PYOPTIM_INLINE void vstore(float* p, VecF x) { _mm256_storeu_ps(p, x.v); }
 PYOPTIM_INLINE void vstore(double* p, VecD x) { _mm256_storeu_pd(p, x.v); }
+// x rounded to nearest even to bfloat16, in the high half of each lane (u + 0x7FFF + bit 16 of
+// u; the low half is left over). Not for NaN, which can round to infinity or carry into the sign.
+PYOPTIM_INLINE __m256i bf16_round_high(VecF x) {
+  const __m256i u = _mm256_castps_si256(x.v);
+  return _mm256_add_epi32(
+      u, _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)),
+                          _mm256_set1_epi32(0x7FFF)));
+}
 // float -> bfloat16 bits, round to nearest even, NaN -> 0x7FC0 (as from_opmath<bf16>), in the
 // low half of each 32-bit lane.
 PYOPTIM_INLINE __m256i bf16_bits(VecF x) {
-  const __m256i u = _mm256_castps_si256(x.v);
-  const __m256i bias =
-      _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)),
-                       _mm256_set1_epi32(0x7FFF));
-  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, bias), 16);
+  const __m256i r = _mm256_srli_epi32(bf16_round_high(x), 16);
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
   return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
 }
@@ -169,10 +173,12 @@ PYOPTIM_INLINE void vstore(fp16* p, VecF x) {
 }
 
 
-// Paired bfloat16 access: one full register of bfloat16 as two float vectors. unpacklo/hi put
-// the elements in an interleaved lane order that packus in vstore2 undoes exactly; the math is
-// element-wise and every array of a step uses the same order, so elements never mix. Half the
-// conversion instructions of vload/vstore, where bfloat16 steps are compute-bound.
+// Paired bfloat16 access: one full register of bfloat16 as two float vectors, `a` the elements
+// at even positions, `b` those at odd ones (a shift and a mask apart: each 32-bit lane holds one
+// of each). vstore2 blends them back into place; the math is element-wise and every array of a
+// step uses the same order, so elements never mix. Half the conversion instructions of
+// vload/vstore, where bfloat16 steps are compute-bound. vstore2 rounds without the NaN select
+// and checks once per register for a NaN, which takes the exact path (bf16_bits).
 template <class S>
 struct HasPaired {
   static constexpr bool value = false;
@@ -183,13 +189,17 @@ struct HasPaired<bf16> {
 };
 PYOPTIM_INLINE void vload2(const bf16* p, VecF& a, VecF& b) {
   const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  const __m256i z = _mm256_setzero_si256();
-  a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, x));  // bf16 bits in the high half
-  b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, x));
+  a = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+  b = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(int(0xFFFF0000u))));
 }
 PYOPTIM_INLINE void vstore2(bf16* p, VecF a, VecF b) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                      _mm256_packus_epi32(bf16_bits(a), bf16_bits(b)));
+  __m256i r = _mm256_blend_epi16(_mm256_srli_epi32(bf16_round_high(a), 16), bf16_round_high(b),
+                                 0xAA);
+  const __m256 nan = _mm256_cmp_ps(a.v, b.v, _CMP_UNORD_Q);  // a or b NaN
+  if (__builtin_expect(!_mm256_testz_ps(nan, nan), 0)) {
+    r = _mm256_blend_epi16(bf16_bits(a), _mm256_slli_epi32(bf16_bits(b), 16), 0xAA);
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), r);
 }
 
 }  // namespace avx2
