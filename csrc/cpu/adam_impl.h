@@ -259,27 +259,11 @@ void adam_bf16_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
   }
 }
 
-// The largest lane of a vector accumulator of non-negative values (NaN-propagating; also used by
-// sgd_impl.h's 8-bit buffers): the max
-// of the lanes if all are numbers, else NaN. (A max that drops NaN, then the NaN check.)
-template <class V>
-PYOPTIM_INLINE float lane_max(V x) {
-  constexpr int W = VecOf<float>::kSize;
-  float lanes[W];
-  vstore(lanes, x);
-  float r = lanes[0];
-  float sum = lanes[0];  // NaN if any lane is NaN (the lanes are >= 0: no inf - inf)
-  for (int k = 1; k < W; ++k) {
-    r = r > lanes[k] ? r : lanes[k];
-    sum += lanes[k];
-  }
-  return sum == sum ? r : sum;
-}
-
 // 8-bit moments with one scale per kQ8Block elements: 16 bytes per element. [begin, end) starts
 // at a block boundary (the op splits at them) and holds whole blocks but perhaps the tensor's
 // last. Per block: decode, step, keep the new exp_avg and sqrt(exp_avg_sq) in two block buffers
-// (L1) with their largest magnitudes, then the block's scales and the codes.
+// (L1) with their largest magnitudes (math::q8_absmax_bits), then the block's scales and the
+// codes, four vectors to a store (vstore_codes4) and the tensor's last block's rest one by one.
 template <bool kDecoupled, bool kMaximize, bool kScale>
 void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
                         const math::AdamCoeffs<float> c, const math::SrKey& key) {
@@ -303,7 +287,7 @@ void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
     const float* __restrict__ gb = grad + b0;
     int8_t* __restrict__ mb = exp_avg + b0;
     uint8_t* __restrict__ vb = exp_avg_sq + b0;
-    V m_acc = V(0.0f), r_acc = V(0.0f);
+    U m_acc = U(0u), r_acc = U(0u);
     int64_t j = 0;
     for (; j + W <= n; j += W) {
       prefetch_adam<W, false>(pb, gb, mb, vb, vb, j);
@@ -315,10 +299,11 @@ void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
       vstore(pb + j, p);
       vstore(mbuf + j, m);
       vstore(rbuf + j, root);
-      m_acc = math::q8_absmax(m_acc, m);
-      r_acc = math::q8_max(r_acc, root);
+      m_acc = math::q8_absmax_bits(m_acc, m);
+      r_acc = math::q8_absmax_bits(r_acc, root);
     }
-    float m_max = lane_max(m_acc), r_max = lane_max(r_acc);
+    float m_max = math::q8_float_of_bits(vhmax_u32(m_acc));
+    float r_max = math::q8_float_of_bits(vhmax_u32(r_acc));
     for (; j < n; ++j) {  // tail: the same math on single elements
       float p = pb[j];
       float m = math::q8_decode_signed(static_cast<float>(mb[j]), ms);
@@ -341,6 +326,17 @@ void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
       continue;
     }
     j = 0;
+    for (; j + 4 * W <= n; j += 4 * W) {
+      U mc[4], vc[4];
+      for (int q = 0; q < 4; ++q) {
+        const int64_t k = j + q * W;
+        const U bits = math::sr_random32(viota(static_cast<uint32_t>(b0 + k)), key);
+        mc[q] = math::q8_encode_signed(vload(mbuf + k), mq.inv16, math::bits_of_m(bits));
+        vc[q] = math::q8_encode_sqrt(vload(rbuf + k), vq.inv16, math::bits_of_v(bits));
+      }
+      vstore_codes4(mb + j, mc);
+      vstore_codes4(vb + j, vc);
+    }
     for (; j + W <= n; j += W) {
       const U bits = math::sr_random32(viota(static_cast<uint32_t>(b0 + j)), key);
       vstore_code(mb + j, math::q8_encode_signed(vload(mbuf + j), mq.inv16, math::bits_of_m(bits)));

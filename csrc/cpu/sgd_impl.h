@@ -155,7 +155,7 @@ struct SgdQ8Buffer {
         float* __restrict__ pb = param + b0;
         const float* __restrict__ gb = grad + b0;
         int8_t* __restrict__ qb = buf + b0;
-        V acc = V(0.0f);
+        U acc = U(0u);
         int64_t j = 0;
         for (; j + W <= n; j += W) {
           prefetch_sgd<W, kM>(pb, gb, qb, j);
@@ -164,9 +164,9 @@ struct SgdQ8Buffer {
           math::sgd_step<kM, kN, kF, kMax, kS>(p, vload(gb + j), b, c);
           vstore(pb + j, p);
           vstore(bbuf + j, b);
-          acc = math::q8_absmax(acc, b);
+          acc = math::q8_absmax_bits(acc, b);
         }
-        float mx = lane_max(acc);
+        float mx = math::q8_float_of_bits(vhmax_u32(acc));
         for (; j < n; ++j) {
           float p = pb[j];
           float b = kF ? p : math::q8_decode_signed(static_cast<float>(qb[j]), s);
@@ -183,6 +183,15 @@ struct SgdQ8Buffer {
         }
         scale[blk] = q.scale;
         j = 0;
+        for (; j + 4 * W <= n; j += 4 * W) {
+          U codes[4];
+          for (int k = 0; k < 4; ++k) {
+            const U bits = math::sr_random32(viota(static_cast<uint32_t>(b0 + j + k * W)), key);
+            codes[k] = math::q8_encode_signed(vload(bbuf + j + k * W), q.inv16,
+                                              math::bits_of_m(bits));
+          }
+          vstore_codes4(qb + j, codes);
+        }
         for (; j + W <= n; j += W) {
           const U bits = math::sr_random32(viota(static_cast<uint32_t>(b0 + j)), key);
           vstore_code(qb + j, math::q8_encode_signed(vload(bbuf + j), q.inv16,

@@ -117,6 +117,30 @@ PYOPTIM_INLINE void vstore_code(uint8_t* p, VecU c) {
   const __m128i w = code_words(c);
   _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(w, w));
 }
+// 4 x 8 int32 codes in the code's range, stored as 32 bytes in order: two packs to 16 bits and
+// one to 8 (saturating, so exact in range), which leave each 128-bit lane k holding c[0..3]'s
+// k-th 4 codes, and one dword permute to put them in order
+PYOPTIM_INLINE __m256i code_order4(__m256i x) {
+  return _mm256_permutevar8x32_epi32(x, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+PYOPTIM_INLINE void vstore_codes4(int8_t* p, const VecU* c) {
+  const __m256i x = _mm256_packs_epi16(_mm256_packs_epi32(c[0].v, c[1].v),
+                                       _mm256_packs_epi32(c[2].v, c[3].v));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), code_order4(x));
+}
+PYOPTIM_INLINE void vstore_codes4(uint8_t* p, const VecU* c) {
+  const __m256i x = _mm256_packus_epi16(_mm256_packus_epi32(c[0].v, c[1].v),
+                                        _mm256_packus_epi32(c[2].v, c[3].v));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), code_order4(x));
+}
+// block maxima on float bits (math::q8_absmax_bits): unsigned max, and the largest lane
+PYOPTIM_INLINE VecU vmax_u32(VecU a, VecU b) { return _mm256_max_epu32(a.v, b.v); }
+PYOPTIM_INLINE uint32_t vhmax_u32(VecU a) {
+  __m128i x = _mm_max_epu32(_mm256_castsi256_si128(a.v), _mm256_extracti128_si256(a.v, 1));
+  x = _mm_max_epu32(x, _mm_shuffle_epi32(x, _MM_SHUFFLE(1, 0, 3, 2)));
+  x = _mm_max_epu32(x, _mm_shuffle_epi32(x, _MM_SHUFFLE(2, 3, 0, 1)));
+  return static_cast<uint32_t>(_mm_cvtsi128_si32(x));
+}
 
 template <class S>
 struct VecOf {

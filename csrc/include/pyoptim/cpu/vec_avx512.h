@@ -124,6 +124,27 @@ PYOPTIM_INLINE void vstore_code(int8_t* p, VecU c) {
 PYOPTIM_INLINE void vstore_code(uint8_t* p, VecU c) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(c.v));
 }
+// 4 x 16 int32 codes in the code's range, stored as 64 bytes in order: two packs to 16 bits and
+// one to 8 (saturating, so exact in range; 2 + 1 instructions where vstore_code's narrowing takes
+// 2 uops per vector on Zen 4), which leave each 128-bit lane k holding c[0..3]'s k-th 4 codes,
+// and one dword permute to put them in order
+PYOPTIM_INLINE __m512i code_order4(__m512i x) {
+  return _mm512_permutexvar_epi32(
+      _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), x);
+}
+PYOPTIM_INLINE void vstore_codes4(int8_t* p, const VecU* c) {
+  const __m512i x = _mm512_packs_epi16(_mm512_packs_epi32(c[0].v, c[1].v),
+                                       _mm512_packs_epi32(c[2].v, c[3].v));
+  _mm512_storeu_si512(p, code_order4(x));
+}
+PYOPTIM_INLINE void vstore_codes4(uint8_t* p, const VecU* c) {
+  const __m512i x = _mm512_packus_epi16(_mm512_packus_epi32(c[0].v, c[1].v),
+                                        _mm512_packus_epi32(c[2].v, c[3].v));
+  _mm512_storeu_si512(p, code_order4(x));
+}
+// block maxima on float bits (math::q8_absmax_bits): unsigned max, and the largest lane
+PYOPTIM_INLINE VecU vmax_u32(VecU a, VecU b) { return _mm512_max_epu32(a.v, b.v); }
+PYOPTIM_INLINE uint32_t vhmax_u32(VecU a) { return _mm512_reduce_max_epu32(a.v); }
 
 template <class S>
 struct VecOf {

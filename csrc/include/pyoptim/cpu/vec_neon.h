@@ -128,6 +128,19 @@ PYOPTIM_INLINE void vstore_code(uint8_t* p, VecU c) {
   vst1_u8(b, vmovn_u16(vcombine_u16(w, w)));
   for (int k = 0; k < 4; ++k) p[k] = b[k];
 }
+// 4 x 4 int32 codes in the code's range, stored as 16 bytes in order (narrowed, exact in range)
+PYOPTIM_INLINE uint8x16_t code_bytes4(const VecU* c) {
+  const uint16x8_t lo = vcombine_u16(vmovn_u32(c[0].v), vmovn_u32(c[1].v));
+  const uint16x8_t hi = vcombine_u16(vmovn_u32(c[2].v), vmovn_u32(c[3].v));
+  return vcombine_u8(vmovn_u16(lo), vmovn_u16(hi));
+}
+PYOPTIM_INLINE void vstore_codes4(int8_t* p, const VecU* c) {
+  vst1q_s8(p, vreinterpretq_s8_u8(code_bytes4(c)));
+}
+PYOPTIM_INLINE void vstore_codes4(uint8_t* p, const VecU* c) { vst1q_u8(p, code_bytes4(c)); }
+// block maxima on float bits (math::q8_absmax_bits): unsigned max, and the largest lane
+PYOPTIM_INLINE VecU vmax_u32(VecU a, VecU b) { return vmaxq_u32(a.v, b.v); }
+PYOPTIM_INLINE uint32_t vhmax_u32(VecU a) { return vmaxvq_u32(a.v); }
 
 template <class S>
 struct VecOf {

@@ -37,6 +37,11 @@ PYOPTIM_INLINE float vload_code(const int8_t* p) { return static_cast<float>(*p)
 PYOPTIM_INLINE float vload_code(const uint8_t* p) { return static_cast<float>(*p); }
 PYOPTIM_INLINE void vstore_code(int8_t* p, uint32_t c) { *p = static_cast<int8_t>(c & 0xFFu); }
 PYOPTIM_INLINE void vstore_code(uint8_t* p, uint32_t c) { *p = static_cast<uint8_t>(c & 0xFFu); }
+PYOPTIM_INLINE uint32_t vhmax_u32(uint32_t u) { return u; }  // the largest lane: the one
+template <class Q>
+PYOPTIM_INLINE void vstore_codes4(Q* p, const uint32_t* c) {
+  for (int k = 0; k < 4; ++k) vstore_code(p + k, c[k]);
+}
 
 // No paired access at this level (see vec_avx512.h).
 template <class S>

@@ -58,12 +58,14 @@
 // tests/reference_mixed.py computes the same in plain PyTorch.
 //
 // Speed: bfloat16 states move 20 of fp32's 28 bytes and stay bandwidth-bound. The 8-bit step
-// moves 16 bytes but does about 45 vector operations per element more than the float32 step
-// (decode, block maxima, the hash, encode); on a machine with few cores per memory channel it
-// is compute-bound (README: the bench table).
+// moves 16 bytes but computes more per element than it saves in memory time: decode, block
+// maxima (q8_absmax_bits), the hash and encode. In L1, one Zen 4 core: float32 state 0.28
+// ns per element (AVX-512; 0.29 AVX2), 8 bits 0.66-0.69 (0.84 AVX2), so on a machine with few
+// cores per memory channel it is compute-bound (README: the bench table).
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "pyoptim/macros.h"
 #include "pyoptim/math/scalar_ops.h"
@@ -96,11 +98,12 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE uint32_t vclamp_int(uint32_t u, int32_t lo, i
   return static_cast<uint32_t>(i < lo ? lo : (i > hi ? hi : i));
 }
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE uint32_t vlow16(uint32_t u) { return u & 0xFFFFu; }
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE uint32_t vmax_u32(uint32_t a, uint32_t b) { return a > b ? a : b; }
 
 // The 32 random bits of the element whose index has low 32 bits `lo`: one round of mix32 (a
 // param's stochastic rounding takes two, sr_random16), as the moments' rounding is an
-// unbiased dither with a new key each step, and the second round would cost 2 of the 8-bit
-// step's ~45 vector operations per element.
+// unbiased dither with a new key each step, and the second round would add two multiplies and
+// three shift-xors per element to the compute-bound 8-bit step.
 template <class U>
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE U sr_random32(U lo, const SrKey& k) {
   return mix32(lo ^ U(k.a)) ^ U(k.b);
@@ -161,6 +164,25 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE V q8_absmax(V acc, V m) {
 template <class V>
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE V q8_max(V acc, V root) {
   return vmax_nan(acc, root);
+}
+// The same maxima in the CPU's SIMD bodies, kept as the bits of |x| in uint32 lanes: an unsigned
+// integer max orders non-negative floats as a float max does and puts every NaN above +inf, so
+// it propagates NaN by itself (one integer max where the float one needs a compare and a blend
+// too). q8_float_of_bits(vhmax_u32(acc)) is then the block's q8_absmax / q8_max (for a root,
+// which is >= 0 or NaN, taking |x| changes nothing), or a NaN where that is NaN, which
+// q8_scale_* treat alike. Start from U(0u).
+template <class V, class U>
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE U q8_absmax_bits(U acc, V x) {
+  return vmax_u32(acc, vbits(vabs(x)));
+}
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE float q8_float_of_bits(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+#endif
 }
 
 template <class V>
