@@ -227,6 +227,24 @@ def test_convergence_quick_run(tmp_path):
     assert set(json.loads(path.read_text())["curves"]) == ran
 
 
+def test_same_memory_quick_run_shares_the_tensors(tmp_path):
+    from bench import same_memory
+
+    p, ours, theirs, _ = same_memory.make_pair("AdamW", torch.bfloat16, 4096, 1)
+    state = ours.state[p]
+    assert theirs.state[p] is state and state["exp_avg"].dtype == torch.bfloat16
+    before = p.clone()
+    theirs.step()  # torch's fused step on pyoptim's state: counts on from pyoptim's first step
+    assert state["step"].item() == 2 and not torch.equal(p, before)
+    path = tmp_path / "s.json"
+    res = same_memory.main(["--quick", "--layouts", "2", "--json", str(path)], out=lambda _: None)
+    combos = {(r["class"], r["dtype"], r["layout"]) for r in res["rows"]}
+    assert combos == {(c, d, k) for c in same_memory.CLASSES for d in same_memory.DTYPES
+                      for k in range(2)}
+    assert all(r["pyoptim"] > 0 and r["torch-fused"] > 0 for r in res["rows"])
+    assert json.loads(path.read_text())["rows"] == res["rows"]
+
+
 def test_list_cuda_workloads_needs_no_gpu():
     lines = []
     assert cli.main(["--list", "--device", "cuda", "--scale", str(1 / 65536)],
