@@ -25,10 +25,10 @@
 //   * 8-bit states: a quantization block (kQ8Block = 256 elements) belongs to one warp, 8
 //     elements per lane (coalesced: lane + 32 k). Decode, step, the block's NaN-propagating
 //     maxima by a butterfly of shuffles (max is exact, so any order gives the CPU's value; a NaN
-//     anywhere gives NaN, as the CPU's math::q8_absmax_bits), then the q8_scale_* functions decide exactly
-//     as the CPU does (a NaN or inf maximum: codes 0 and scale NaN) and the lanes encode their
-//     elements from registers. A chunk (a multiple of 256 elements; so is a piece) holds whole
-//     quantization blocks.
+//     anywhere gives NaN, as the CPU's math::q8_absmax_bits), then the q8_scale_* functions
+//     decide exactly as the CPU does (a NaN or inf maximum: codes 0 and scale NaN) and the lanes
+//     encode their elements from registers. A chunk (a multiple of 256 elements; so is a piece)
+//     holds whole quantization blocks.
 #pragma once
 
 #include <ATen/ATen.h>

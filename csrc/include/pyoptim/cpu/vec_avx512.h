@@ -125,9 +125,9 @@ PYOPTIM_INLINE void vstore_code(uint8_t* p, VecU c) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(c.v));
 }
 // 4 x 16 int32 codes in the code's range, stored as 64 bytes in order: two packs to 16 bits and
-// one to 8 (saturating, so exact in range; 2 + 1 instructions where vstore_code's narrowing takes
-// 2 uops per vector on Zen 4), which leave each 128-bit lane k holding c[0..3]'s k-th 4 codes,
-// and one dword permute to put them in order
+// one to 8 (saturating, so exact in range), which leave each 128-bit lane k holding c[0..3]'s
+// k-th 4 codes, and one dword permute to put them in order: four instructions for four vectors,
+// where vstore_code narrows each on its own
 PYOPTIM_INLINE __m512i code_order4(__m512i x) {
   return _mm512_permutexvar_epi32(
       _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), x);

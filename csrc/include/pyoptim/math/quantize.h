@@ -98,7 +98,9 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE uint32_t vclamp_int(uint32_t u, int32_t lo, i
   return static_cast<uint32_t>(i < lo ? lo : (i > hi ? hi : i));
 }
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE uint32_t vlow16(uint32_t u) { return u & 0xFFFFu; }
-PYOPTIM_HOST_DEVICE PYOPTIM_INLINE uint32_t vmax_u32(uint32_t a, uint32_t b) { return a > b ? a : b; }
+PYOPTIM_HOST_DEVICE PYOPTIM_INLINE uint32_t vmax_u32(uint32_t a, uint32_t b) {
+  return a > b ? a : b;
+}
 
 // The 32 random bits of the element whose index has low 32 bits `lo`: one round of mix32 (a
 // param's stochastic rounding takes two, sr_random16), as the moments' rounding is an
