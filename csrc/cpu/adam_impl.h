@@ -72,7 +72,9 @@ void adam_loop(const AdamPtrs& a, int64_t begin, int64_t end,
     }
   }
   for (; i + W <= end; i += W) {
-    prefetch_adam<W, kAmsgrad>(param, grad, exp_avg, exp_avg_sq, max_sq, i);
+    if constexpr (kPrefetchWideAdam || sizeof(S) < 4) {  // stream_prefetch_impl.h
+      prefetch_adam<W, kAmsgrad>(param, grad, exp_avg, exp_avg_sq, max_sq, i);
+    }
     V p = vload(param + i), m = vload(exp_avg + i), v = vload(exp_avg_sq + i);
     V vmax = kAmsgrad ? vload(max_sq + i) : v;
     math::adam_step<kDecoupled, kAmsgrad, kMaximize, kScale>(p, vload(grad + i), m, v, vmax, c);

@@ -11,17 +11,24 @@
 // optimizers') asks for each array's line kPrefetchAhead elements ahead (once per 64-byte line).
 // Measured (old and new kernels interleaved in one process on the same arrays, medians of paired
 // rounds; and whole optimizer steps, old and new builds in alternating processes), the gain depends
-// on how busy the host's memory is: Adam float32 at AVX2 18-22 %, the Kahan mode 12-25 %, bfloat16
-// params 4-15 % (AVX2), bfloat16 states 0-14 %, float32 at AVX-512 0-8 %; at AVX2 SGD 9 %, Adamax
-// 19 %, Adagrad 13 % (medians of whole steps in 4 process pairs; at AVX-512 they did not change
-// beyond the noise). Into L2 (prefetcht2, locality 1), not L1: prefetcht0 made float32 at AVX-512
-// 4 % slower (L1's miss buffers are the demand loads'); 256, 512 and 1024 elements ahead measured
-// alike; 512 is 2 KiB of a float32 array, 1 KiB of a 16-bit one. A prefetch does not fault, so one
-// past an array's end costs a useless line at most; the address is computed in integers (no
-// out-of-range pointer). Sparse rows are not streams: the sparse kernels prefetch the rows they
-// will update (sparse_rows_impl.h's prefetch_row), and sgd_span, which steps both, prefetches ahead
-// only for a whole tensor (kStream).
+// on how busy the host's memory is: Adam float32 at AVX2 18-22 % (but see kPrefetchWideAdam below),
+// the Kahan mode 12-25 %, bfloat16 params 4-15 % (AVX2), bfloat16 states 0-14 %, float32 at AVX-512
+// 0-8 %; at AVX2 SGD 9 %, Adamax 19 %, Adagrad 13 % (medians of whole steps in 4 process pairs; at
+// AVX-512 they did not change beyond the noise). Into L2 (prefetcht2, locality 1), not L1:
+// prefetcht0 made float32 at AVX-512 4 % slower (L1's miss buffers are the demand loads'); 256, 512
+// and 1024 elements ahead measured alike; 512 is 2 KiB of a float32 array, 1 KiB of a 16-bit one. A
+// prefetch does not fault, so one past an array's end costs a useless line at most; the address is
+// computed in integers (no out-of-range pointer). Sparse rows are not streams: the sparse kernels
+// prefetch the rows they will update (sparse_rows_impl.h's prefetch_row), and sgd_span, which steps
+// both, prefetches ahead only for a whole tensor (kStream).
 constexpr int64_t kPrefetchAhead = 512;  // elements
+// But Adam's float32 / float64 loop at AVX2 does not prefetch. On the same pages (`python -m
+// bench.same_memory`: pyoptim and torch's fused AdamW take turns on one param, grad and state;
+// 2026-12-04, 64M, 2 threads, 3 layouts x 2 runs each) it ran 0.79-1.00x torch's speed with the
+// prefetch (0.82-0.87x where the memory was fast, ~22 ms a step), 0.95-1.03x in a build with no
+// prefetch at all and 1.00-1.16x with this rule; at AVX-512 the prefetch made no difference there
+// (0.98-0.99x either way). The other loops keep it: not measured on the same pages.
+constexpr bool kPrefetchWideAdam = PYOPTIM_ISA_ENUM != ::pyoptim::cpu::CpuIsa::kAvx2;
 constexpr int kLocality = 1;  // __builtin_prefetch's third argument: prefetcht2 on x86-64
 constexpr int64_t kLineBytes = 64;
 
