@@ -91,7 +91,6 @@ def time_layout(cls_name: str, dtype: torch.dtype, numel: int, layout: int, roun
 def main(argv: Sequence[str] | None = None, out=print) -> dict:
     args = parse_args(argv)
     numel, rounds = (2**20, 2) if args.quick else (args.numel, args.rounds)
-    torch.manual_seed(0)
     out(f"bench.same_memory: {numel / 2**20:g}M elements, {torch.get_num_threads()} threads, "
         f"pyoptim cpu_capability={pyoptim.cpu_capability()}, torch cpu_capability="
         f"{torch.backends.cpu.get_cpu_capability()}, load average (1 min) "

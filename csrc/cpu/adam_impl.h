@@ -72,7 +72,7 @@ void adam_loop(const AdamPtrs& a, int64_t begin, int64_t end,
     }
   }
   for (; i + W <= end; i += W) {
-    if constexpr (kPrefetchWideAdam || sizeof(S) < 4) {  // stream_prefetch_impl.h
+    if constexpr (kPrefetchAdam<S>) {  // stream_prefetch_impl.h
       prefetch_adam<W, kAmsgrad>(param, grad, exp_avg, exp_avg_sq, max_sq, i);
     }
     V p = vload(param + i), m = vload(exp_avg + i), v = vload(exp_avg_sq + i);
@@ -304,8 +304,7 @@ void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
       m_acc = math::q8_absmax_bits(m_acc, m);
       r_acc = math::q8_absmax_bits(r_acc, root);
     }
-    float m_max = math::q8_float_of_bits(vhmax_u32(m_acc));
-    float r_max = math::q8_float_of_bits(vhmax_u32(r_acc));
+    uint32_t m_max = vhmax_u32(m_acc), r_max = vhmax_u32(r_acc);
     for (; j < n; ++j) {  // tail: the same math on single elements
       float p = pb[j];
       float m = math::q8_decode_signed(static_cast<float>(mb[j]), ms);
@@ -315,10 +314,11 @@ void adam_q8_state_loop(const AdamPtrs& a, int64_t begin, int64_t end,
       pb[j] = p;
       mbuf[j] = m;
       rbuf[j] = root;
-      m_max = math::q8_absmax(m_max, m);
-      r_max = math::q8_max(r_max, root);
+      m_max = math::q8_absmax_bits(m_max, m);
+      r_max = math::q8_absmax_bits(r_max, root);
     }
-    const math::Q8Scale mq = math::q8_scale_signed(m_max), vq = math::q8_scale_sqrt(r_max);
+    const math::Q8Scale mq = math::q8_scale_signed(bits_to_f32(m_max));
+    const math::Q8Scale vq = math::q8_scale_sqrt(bits_to_f32(r_max));
     m_scale[blk] = mq.scale;
     v_scale[blk] = vq.scale;
     if (!mq.finite || !vq.finite) {  // NaN or inf in the block: codes 0, scales NaN

@@ -166,16 +166,16 @@ struct SgdQ8Buffer {
           vstore(bbuf + j, b);
           acc = math::q8_absmax_bits(acc, b);
         }
-        float mx = math::q8_float_of_bits(vhmax_u32(acc));
+        uint32_t mx = vhmax_u32(acc);
         for (; j < n; ++j) {
           float p = pb[j];
           float b = kF ? p : math::q8_decode_signed(static_cast<float>(qb[j]), s);
           math::sgd_step<kM, kN, kF, kMax, kS>(p, gb[j], b, c);
           pb[j] = p;
           bbuf[j] = b;
-          mx = math::q8_absmax(mx, b);
+          mx = math::q8_absmax_bits(mx, b);
         }
-        const math::Q8Scale q = math::q8_scale_signed(mx);
+        const math::Q8Scale q = math::q8_scale_signed(bits_to_f32(mx));
         if (!q.finite) {  // NaN or inf in the block: codes 0, scale NaN
           scale[blk] = math::q8_nan();
           std::memset(qb, 0, n);

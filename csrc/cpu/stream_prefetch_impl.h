@@ -11,7 +11,7 @@
 // optimizers') asks for each array's line kPrefetchAhead elements ahead (once per 64-byte line).
 // Measured (old and new kernels interleaved in one process on the same arrays, medians of paired
 // rounds; and whole optimizer steps, old and new builds in alternating processes), the gain depends
-// on how busy the host's memory is: Adam float32 at AVX2 18-22 % (but see kPrefetchWideAdam below),
+// on how busy the host's memory is: Adam float32 at AVX2 18-22 % (but see kPrefetchAdam below),
 // the Kahan mode 12-25 %, bfloat16 params 4-15 % (AVX2), bfloat16 states 0-14 %, float32 at AVX-512
 // 0-8 %; at AVX2 SGD 9 %, Adamax 19 %, Adagrad 13 % (medians of whole steps in 4 process pairs; at
 // AVX-512 they did not change beyond the noise). Into L2 (prefetcht2, locality 1), not L1:
@@ -28,7 +28,8 @@ constexpr int64_t kPrefetchAhead = 512;  // elements
 // prefetch (0.82-0.87x where the memory was fast, ~22 ms a step), 0.95-1.03x in a build with no
 // prefetch at all and 1.00-1.16x with this rule; at AVX-512 the prefetch made no difference there
 // (0.98-0.99x either way). The other loops keep it: not measured on the same pages.
-constexpr bool kPrefetchWideAdam = PYOPTIM_ISA_ENUM != ::pyoptim::cpu::CpuIsa::kAvx2;
+template <class S>  // adam_loop's param dtype
+constexpr bool kPrefetchAdam = sizeof(S) < 4 || PYOPTIM_ISA_ENUM != ::pyoptim::cpu::CpuIsa::kAvx2;
 constexpr int kLocality = 1;  // __builtin_prefetch's third argument: prefetcht2 on x86-64
 constexpr int64_t kLineBytes = 64;
 

@@ -65,7 +65,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "pyoptim/macros.h"
 #include "pyoptim/math/scalar_ops.h"
@@ -170,21 +169,12 @@ PYOPTIM_HOST_DEVICE PYOPTIM_INLINE V q8_max(V acc, V root) {
 // The same maxima in the CPU's SIMD bodies, kept as the bits of |x| in uint32 lanes: an unsigned
 // integer max orders non-negative floats as a float max does and puts every NaN above +inf, so
 // it propagates NaN by itself (one integer max where the float one needs a compare and a blend
-// too). q8_float_of_bits(vhmax_u32(acc)) is then the block's q8_absmax / q8_max (for a root,
-// which is >= 0 or NaN, taking |x| changes nothing), or a NaN where that is NaN, which
-// q8_scale_* treat alike. Start from U(0u).
+// too). The float of the largest lane's bits is then the block's q8_absmax / q8_max (for a
+// root, which is >= 0 or NaN, taking |x| changes nothing), or a NaN where that is NaN, which
+// q8_scale_* treat alike. Start from U(0u); the loops' scalar tails go on with uint32_t.
 template <class V, class U>
 PYOPTIM_HOST_DEVICE PYOPTIM_INLINE U q8_absmax_bits(U acc, V x) {
   return vmax_u32(acc, vbits(vabs(x)));
-}
-PYOPTIM_HOST_DEVICE PYOPTIM_INLINE float q8_float_of_bits(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-#endif
 }
 
 template <class V>
